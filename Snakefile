@@ -1,0 +1,33 @@
+# PQV: prune -> finetune -> quantize -> export -> evaluate -> profile -> plot, for timm ViTs.
+# Run: snakemake --cores 2                      (embedded default, config/config.yaml)
+#      snakemake --cores 2 --configfile my.yaml (your models and data; keys override the default)
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/plot.smk"
+
+
+rule all:
+    input:
+        SUMMARY,
+        FIGURES,
+        profile_targets(),
+    default_target: True

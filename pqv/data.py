@@ -1,0 +1,99 @@
+"""Data sets, by name: the bundled digits (default, no download) and any ImageFolder tree.
+
+Every stage gets its images through `dataset(spec, split, data_config)` so that the eager model,
+the pruner's calibration, the finetune loop and the exported artifact all see the same inputs.
+`data_config` is the model's timm preprocessing (input_size, mean, std, interpolation, crop_pct).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .errors import PQVError
+
+SPLITS = ("train", "eval")
+
+
+def _digits(spec: dict, split: str, data_config: dict, training: bool) -> Dataset:
+    """scikit-learn's 1,797 handwritten 8x8 digits, split 80/20 stratified with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    idx_train, idx_eval = train_test_split(
+        range(len(y)), test_size=0.2, stratify=y, random_state=spec.get("split_seed", 0)
+    )
+    idx = idx_train if split == "train" else idx_eval
+    images = torch.tensor(x[idx], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    chans, height, width = data_config["input_size"]
+    images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+    images = images.expand(-1, chans, -1, -1)
+    mean = torch.tensor(data_config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, -1, 1, 1)
+    return TensorDataset(((images - mean) / std).contiguous(), torch.tensor(y[idx], dtype=torch.long))
+
+
+def _imagefolder(spec: dict, split: str, data_config: dict, training: bool) -> Dataset:
+    """An ImageFolder tree (`root/<train_dir>/<class>/*.jpg`) with timm's transforms for the model."""
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    root = spec.get("root")
+    if not root:
+        raise PQVError("dataset 'imagefolder' needs dataset.root", "set dataset.root to the folder holding train/ and val/")
+    folder = Path(root) / spec.get(f"{split}_dir", "train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
+    transform = create_transform(
+        input_size=tuple(data_config["input_size"]),
+        is_training=training,
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        interpolation=data_config.get("interpolation", "bicubic"),
+        crop_pct=data_config.get("crop_pct", 0.875),
+    )
+    return ImageFolder(str(folder), transform=transform)
+
+
+DATASETS = {"digits": _digits, "imagefolder": _imagefolder}
+
+
+def num_classes(spec: dict) -> int:
+    if spec["name"] == "digits":
+        return 10
+    folder = Path(spec.get("root") or "") / spec.get("train_dir", "train")
+    if not folder.is_dir():
+        raise PQVError(f"data folder {folder} does not exist", "check dataset.root in the config")
+    return sum(1 for p in folder.iterdir() if p.is_dir())
+
+
+def dataset(spec: dict, split: str, data_config: dict, training: bool = False) -> Dataset:
+    if spec["name"] not in DATASETS:
+        raise PQVError(f"unknown dataset '{spec['name']}'", f"use one of {', '.join(DATASETS)}")
+    ds = DATASETS[spec["name"]](spec, split, data_config, training)
+    limit = spec.get(f"max_{split}")
+    if limit and limit < len(ds):
+        # A fixed random subset, the same in every stage, so small runs stay representative.
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
+        ds = Subset(ds, sorted(order.tolist()))
+    return ds
+
+
+def loader(spec: dict, split: str, data_config: dict, batch_size: int, training: bool = False, seed: int = 0):
+    ds = dataset(spec, split, data_config, training=training)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=training,
+        drop_last=False,
+        num_workers=spec.get("workers", 0),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def sample_batch(spec: dict, data_config: dict, n: int, split: str = "eval") -> torch.Tensor:
+    """The first `n` images of a split: fixed inputs for fidelity checks and profiling."""
+    ds = dataset(spec, split, data_config)
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])

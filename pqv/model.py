@@ -1,0 +1,89 @@
+"""Model stage: a timm ViT by name, with weights from the hub, a local file, or trained here.
+
+`weights: hub` and `weights: <file>` go through timm's own pretrained loading
+(`pretrained=True`, with `pretrained_cfg_overlay=dict(file=...)` for a local file); `weights: train`
+trains the model on the configured data set with the finetune loop, which is how the default
+workflow gets a real starting model without internet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import arch as archmod
+from . import data
+from .errors import PQVError
+
+
+def data_config_of(model: nn.Module, overrides: dict | None = None) -> dict:
+    """The model's preprocessing (timm's resolve_data_config), made consistent with its input layer."""
+    from timm.data import resolve_data_config
+
+    dc = dict(resolve_data_config(model=model))
+    chans = model.patch_embed.proj.in_channels
+    size = tuple(model.patch_embed.img_size)
+    dc["input_size"] = (chans, *size)
+    if len(dc["mean"]) != chans:
+        dc["mean"], dc["std"] = (0.5,) * chans, (0.5,) * chans
+    dc.update(overrides or {})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dc.items()}
+
+
+def _from_hub(name: str, kwargs: dict) -> nn.Module:
+    return archmod.create(name, pretrained=True, **kwargs)
+
+
+def _from_file(name: str, kwargs: dict, path: str) -> nn.Module:
+    if not Path(path).is_file():
+        raise PQVError(f"weights file {path} does not exist", "set weights to an existing .safetensors/.pth file, 'hub' or 'train'")
+    # timm reads .safetensors with safetensors and other files with torch.load(weights_only=True).
+    return archmod.create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+
+
+def create_base(model_cfg: dict, spec: dict) -> tuple[nn.Module, dict]:
+    """Build the starting model; returns (model, facts for the sidecar)."""
+    name = model_cfg["timm_name"]
+    weights = model_cfg.get("weights", "hub")
+    kwargs = {"num_classes": data.num_classes(spec), **model_cfg.get("kwargs", {})}
+    if weights == "train":
+        torch.manual_seed(model_cfg.get("seed", 0))
+        model = archmod.create(name, pretrained=False, **kwargs)
+    elif weights == "hub":
+        try:
+            model = _from_hub(name, kwargs)
+        except (OSError, RuntimeError) as e:  # no network, no cache
+            if isinstance(e, PQVError):
+                raise
+            raise PQVError(
+                f"could not fetch pretrained weights for '{name}' from the hub ({type(e).__name__})",
+                "pre-download them into the HF cache, or set weights to a local file or 'train'",
+            ) from None
+    else:
+        model = _from_file(name, kwargs, weights)
+    if not archmod.attention_blocks(model):
+        raise PQVError(f"'{name}' has no timm Attention blocks", "use a timm ViT such as deit_tiny_patch16_224")
+    return model.eval(), {"timm_name": name, "weights": weights, "kwargs": kwargs}
+
+
+def run(model_cfg: dict, spec: dict, out: str, metrics_csv: str) -> dict:
+    """CLI entry: create (and, for weights: train, train) the base model and save it."""
+    from . import io
+    from .evaluate import accuracy
+    from .finetune import model_eval, train
+
+    model, facts = create_base(model_cfg, spec)
+    dc = data_config_of(model, model_cfg.get("data_config"))
+    if facts["weights"] == "train":
+        result = train(model, spec, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model")
+        top1, top5 = result["top1"], result["top5"]
+    else:
+        top1, top5 = accuracy(model_eval(model), data.loader(spec, "eval", dc, 64))
+        from .finetune import write_history
+
+        write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
+    arch = archmod.describe(model, facts["timm_name"], facts["kwargs"], dc)
+    io.save_model(model, out, arch)
+    io.write_sidecar(out, "model", **facts, data_config=dc, top1=top1, top5=top5, params=archmod.count_params(model))
+    return {"top1": top1, "top5": top5}

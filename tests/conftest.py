@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny timm ViTs on the bundled digits, made once per session."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from pqv import arch, model as pqv_model
+from pqv import finetune
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+DIGITS = {"name": "digits"}
+TINY_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 3, "in_chans": 1}
+TIMM_NAME = "vit_tiny_patch16_224"
+
+
+def tiny_vit(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    m = arch.create(TIMM_NAME, pretrained=False, num_classes=10, **{**TINY_KWARGS, **overrides})
+    return m.eval()
+
+
+def tiny_arch(m) -> dict:
+    return arch.describe(m, TIMM_NAME, {"num_classes": 10, **TINY_KWARGS}, pqv_model.data_config_of(m))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny():
+    """A tiny ViT trained on digits for a few epochs: (model, arch description, top-1 %)."""
+    m = tiny_vit()
+    a = tiny_arch(m)
+    result = finetune.train(m, DIGITS, a["data_config"],
+                            {"epochs": 8, "lr": 3e-3, "batch_size": 32, "smoothing": 0.0, "warmup_epochs": 1})
+    return m, a, result["top1"]
+
+
+@pytest.fixture(scope="session")
+def saved_tiny(trained_tiny, tmp_path_factory):
+    """The trained tiny model saved as a finetuned artifact (safetensors + sidecar)."""
+    from pqv import io
+
+    m, a, top1 = trained_tiny
+    path = tmp_path_factory.mktemp("tiny") / "finetuned.safetensors"
+    io.save_model(m, path, a)
+    io.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
+    return path

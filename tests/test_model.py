@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pqv import arch, data, io, model
+from pqv.errors import PQVError
+
+from .conftest import DIGITS, TIMM_NAME, TINY_KWARGS, tiny_vit
+
+
+def test_trained_demo_model_beats_chance_by_a_wide_margin(trained_tiny):
+    _, _, top1 = trained_tiny
+    assert top1 > 70.0  # chance is 10 %
+
+
+def test_model_stage_trains_and_saves_a_reloadable_model(tmp_path):
+    cfg = {"id": "t", "timm_name": TIMM_NAME, "weights": "train", "kwargs": TINY_KWARGS,
+           "train": {"epochs": 2, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0}}
+    out = tmp_path / "model.safetensors"
+    result = model.run(cfg, DIGITS, str(out), str(tmp_path / "train.csv"))
+    side = io.read_sidecar(out)
+    assert side["top1"] == result["top1"] > 10.0
+    assert side["data_config"]["input_size"] == [1, 8, 8]
+    assert len((tmp_path / "train.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    reloaded, a = io.load_model(out)
+    x = data.sample_batch(DIGITS, a["data_config"], 8)
+    assert reloaded(x).shape == (8, 10)
+
+
+def test_local_weights_file_goes_through_timms_pretrained_loading(tmp_path):
+    src = tiny_vit(seed=3)
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    cfg = {"timm_name": TIMM_NAME, "weights": str(weights), "kwargs": TINY_KWARGS}
+    loaded, facts = model.create_base(cfg, DIGITS)
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), src(x))
+    assert facts["weights"] == str(weights)
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"timm_name": "deit_nonexistent_patch16", "weights": "train"}, "unknown timm model"),
+        ({"timm_name": TIMM_NAME, "weights": "/nope/weights.safetensors", "kwargs": TINY_KWARGS}, "does not exist"),
+        ({"timm_name": "resnet18", "weights": "train"}, "no timm Attention blocks"),
+    ],
+)
+def test_bad_model_config_is_one_clear_error(cfg, message):
+    with pytest.raises(PQVError, match=message):
+        model.create_base(cfg, DIGITS)
+
+
+def test_corrupt_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(PQVError, match="corrupt model file"):
+        io.load_model(bad)
+
+
+def test_architecture_header_is_plain_json(trained_tiny, tmp_path):
+    m, a, _ = trained_tiny
+    path = tmp_path / "m.safetensors"
+    io.save_model(m, path, a)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()[io.ARCH_KEY])
+    assert header["timm_name"] == TIMM_NAME
+    assert [b["num_heads"] for b in header["attention"]] == [3, 3]
+    assert arch.count_params(io.load_model(path)[0]) == arch.count_params(m)

@@ -1,0 +1,107 @@
+"""The Snakemake DAG end to end on a tiny config, in a temporary folder."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import TIMM_NAME, TINY_KWARGS
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_CONFIG = {
+    "dataset": {"name": "digits"},
+    "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": "train", "kwargs": TINY_KWARGS,
+                "train": {"epochs": 3, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0}}],
+    "prune": {"importances": ["l2", "taylor"], "ratios": [0.0, 0.5], "calibration_batches": 2},
+    "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64},
+    "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86"]},
+    "export": {"formats": ["ptl"]},
+    "evaluate": {"threads": 1, "warmup": 1, "runs": 3},
+    "profile": {"artifacts": [{"importance": "l2", "precision": "int8_dynamic"}], "runs": 2, "warmup": 1},
+}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+    cfg = workdir / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config or TINY_CONFIG))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(cfg), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def scheduled(result: subprocess.CompletedProcess) -> Counter:
+    """Jobs per rule from a dry run's 'Job stats' table (empty when nothing is to be done)."""
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return Counter()
+    table = out.split("Job stats:")[1].split("total")[0]
+    return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
+    jobs = scheduled(snakemake(tmp_path, "-n"))
+    # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions
+    assert jobs == Counter(model=1, prune=3, finetune=3, quantize=6, export=6, evaluate=6,
+                           profile=1, summary=1, plot=1, all=1)
+
+
+def test_workflow_writes_summary_figures_profile_and_logs(finished):
+    summary = pd.read_csv(finished / "results/summary.csv")
+    got = set(zip(summary["importance"], summary["ratio"], summary["precision"], summary["engine"]))
+    assert got == {(imp, r, p, e) for imp, r in [("none", 0.0), ("l2", 0.5), ("taylor", 0.5)]
+                   for p, e in [("fp32", "none"), ("int8_dynamic", "x86")]}
+    required = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "top5",
+                "latency_ms_median", "latency_ms_min", "latency_ms_max", "size_mb", "params", "macs"]
+    assert not summary[required].isna().any().any()
+    assert (summary["latency_ms_min"] <= summary["latency_ms_median"]).all()
+    assert (summary["latency_ms_median"] <= summary["latency_ms_max"]).all()
+    assert (summary["top1"] > 10).all()  # above chance on held-out digits
+    dense = summary[summary["ratio"] == 0]["params"].iloc[0]
+    assert (summary[summary["ratio"] > 0]["params"] < dense).all()
+    for name in ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "pareto_accuracy_latency"]:
+        png = finished / f"results/figures/{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    profile = pd.read_csv(finished / "results/profile/tiny/l2_0.5/int8_dynamic-x86.ptl.csv")
+    assert "quantized::linear_dynamic" in set(profile["operator"])
+    assert (finished / "logs/prune/tiny/taylor_0.5.log").exists()
+
+
+def test_second_run_schedules_nothing(finished):
+    assert scheduled(snakemake(finished, "-n")) == Counter()
+
+
+def test_adding_a_ratio_schedules_only_the_new_branch(finished):
+    config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "ratios": [0.0, 0.5, 0.25]}}
+    jobs = scheduled(snakemake(finished, "-n", config=config))
+    # two new branches (l2 0.25, taylor 0.25), each 2 precisions; then the aggregates
+    assert jobs == Counter(prune=2, finetune=2, quantize=4, export=4, evaluate=4, summary=1, plot=1, all=1)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prune": {"ratios": [1.5]}}, "ratios"),
+        ({"quantize": {"precisions": ["int3"]}}, "int3"),
+        ({"prun": {}}, "prun"),
+    ],
+)
+def test_bad_config_fails_with_a_message_naming_the_key(tmp_path, change, message):
+    result = snakemake(tmp_path, "-n", config={**TINY_CONFIG, **change})
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()

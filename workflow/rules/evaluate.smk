@@ -1,0 +1,38 @@
+EVALUATE = config["evaluate"]
+
+
+rule evaluate:
+    """Accuracy, latency, size and memory of one artifact, in its own process and runtime.
+
+    It asks for evaluate.threads cores, so timing jobs never share the CPU with each other."""
+    input:
+        artifact=EXPORTED,
+        sidecar=EXPORTED + ".json",
+    output:
+        METRICS,
+    params:
+        data=DATA,
+        labels=lambda wc: json.dumps(
+            dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision,
+                 engine=wc.engine, format=wc.format)
+        ),
+        e=EVALUATE,
+    log:
+        "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    threads: EVALUATE["threads"]
+    shell:
+        "{PQV} evaluate --artifact {input.artifact} --out {output} --data {params.data:q}"
+        " --labels {params.labels:q} --threads {threads} --warmup {params.e[warmup]}"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log} 2>&1"
+
+
+rule summary:
+    """One row per final artifact: results/summary.csv."""
+    input:
+        [METRICS.format(**t) for t in targets()],
+    output:
+        SUMMARY,
+    log:
+        "logs/summary.log",
+    shell:
+        "{PQV} summarize {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,22 @@
+EXPORT = config["export"]
+
+
+rule export:
+    """Mobile artifact, loaded back in its runtime and checked against the eager FP32 parent."""
+    input:
+        src=QUANTIZED,
+        parent=FINETUNED,
+    output:
+        artifact=EXPORTED,
+        sidecar=EXPORTED + ".json",
+    params:
+        data=DATA,
+        check_images=EXPORT["check_images"],
+        min_cosine=EXPORT["min_cosine"],
+        options="" if EXPORT["mobile_optimizer"] else "--no-mobile-optimizer",
+    log:
+        "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    shell:
+        "{PQV} export --src {input.src} --parent {input.parent} --out {output.artifact}"
+        " --format {wildcards.format} --data {params.data:q} --check-images {params.check_images}"
+        " --min-cosine {params.min_cosine} {params.options} > {log} 2>&1"

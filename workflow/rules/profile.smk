@@ -1,0 +1,20 @@
+PROFILE_CFG = config["profile"]
+
+
+rule profile:
+    """Per-operator time table (CSV) and bar chart of one artifact (paper Fig. 3)."""
+    input:
+        artifact=EXPORTED,
+        sidecar=EXPORTED + ".json",
+    output:
+        csv=PROFILE + ".csv",
+        png=PROFILE + ".png",
+    params:
+        warmup=PROFILE_CFG["warmup"],
+        runs=PROFILE_CFG["runs"],
+    log:
+        "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    threads: EVALUATE["threads"]
+    shell:
+        "{PQV} profile --artifact {input.artifact} --out-csv {output.csv} --out-png {output.png}"
+        " --threads {threads} --warmup {params.warmup} --runs {params.runs} > {log} 2>&1"
