@@ -4,7 +4,8 @@ EVALUATE = config["evaluate"]
 rule evaluate:
     """Accuracy, latency, size and memory of one artifact, in its own process and runtime.
 
-    It asks for evaluate.threads cores, so timing jobs never share the CPU with each other."""
+    Torch runs evaluate.threads threads, but the job reserves all cores given to Snakemake, so
+    no other job shares the CPU while it is timed."""
     input:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
@@ -17,12 +18,13 @@ rule evaluate:
                  engine=wc.engine, format=wc.format)
         ),
         e=EVALUATE,
+        threads=EVALUATE["threads"],
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: EVALUATE["threads"]
+    threads: workflow.cores
     shell:
         "{PQV} evaluate --artifact {input.artifact} --out {output} --data {params.data:q}"
-        " --labels {params.labels:q} --threads {threads} --warmup {params.e[warmup]}"
+        " --labels {params.labels:q} --threads {params.threads} --warmup {params.e[warmup]}"
         " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log} 2>&1"
 
 

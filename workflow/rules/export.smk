@@ -16,6 +16,7 @@ rule export:
         options="" if EXPORT["mobile_optimizer"] else "--no-mobile-optimizer",
     log:
         "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    threads: 1
     shell:
         "{PQV} export --src {input.src} --parent {input.parent} --out {output.artifact}"
         " --format {wildcards.format} --data {params.data:q} --check-images {params.check_images}"

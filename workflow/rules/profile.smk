@@ -12,9 +12,10 @@ rule profile:
     params:
         warmup=PROFILE_CFG["warmup"],
         runs=PROFILE_CFG["runs"],
+        threads=EVALUATE["threads"],
     log:
         "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: EVALUATE["threads"]
+    threads: workflow.cores
     shell:
         "{PQV} profile --artifact {input.artifact} --out-csv {output.csv} --out-png {output.png}"
-        " --threads {threads} --warmup {params.warmup} --runs {params.runs} > {log} 2>&1"
+        " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule prune:
         ),
     log:
         "logs/prune/{model}/{importance}_{ratio}.log",
-    threads: workflow.cores
+    threads: 1
     shell:
         "{PQV} prune --model {input} --out {output.model} --importance {wildcards.importance}"
         " --ratio {wildcards.ratio} --data {params.data:q} --calibration-batches {params.calibration_batches}"

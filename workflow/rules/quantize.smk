@@ -7,6 +7,7 @@ rule quantize:
         sidecar=QUANTIZED + ".json",
     log:
         "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.log",
+    threads: 1
     shell:
         "{PQV} quantize --model {input} --out {output.model} --precision {wildcards.precision}"
         " --engine {wildcards.engine} > {log} 2>&1"

@@ -1,0 +1,37 @@
+"""The CLI contract: a user error is one line naming problem and fix, exit 2, and no file left."""
+import subprocess
+import sys
+
+import pytest
+
+
+def pqv(*args):
+    return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "--model", "{saved}", "--out", "{out}", "--importance", "tayler", "--ratio", "0.5",
+          "--data", '{{"name": "digits"}}'], "unknown importance 'tayler'"),
+        (["prune", "--model", "{saved}", "--out", "{out}", "--importance", "l2", "--ratio", "1.2",
+          "--data", '{{"name": "digits"}}'], "outside [0, 1)"),
+        (["prune", "--model", "{missing}", "--out", "{out}", "--importance", "l2", "--ratio", "0.5",
+          "--data", '{{"name": "digits"}}'], "missing model file"),
+        (["quantize", "--model", "{saved}", "--out", "{out}", "--precision", "int8_dynamic", "--engine", "tpu"],
+         "unknown engine 'tpu'"),
+        (["quantize", "--model", "{corrupt}", "--out", "{out}", "--precision", "fp32", "--engine", "none"],
+         "corrupt model file"),
+    ],
+)
+def test_user_errors_are_one_line_with_a_fix_and_leave_no_file(saved_tiny, tmp_path, args, message):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 32)
+    out = tmp_path / "out" / "artifact.bin"
+    paths = {"saved": saved_tiny, "out": out, "missing": tmp_path / "nope.safetensors", "corrupt": corrupt}
+    result = pqv(*[a.format(**paths) for a in args])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "(fix: " in lines[0]
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))

@@ -1,0 +1,29 @@
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from pqv import evaluate, plot
+import pandas as pd
+
+
+def test_accuracy_counts_top1_and_top5_exactly():
+    logits = torch.tensor([[9.0, 1, 2, 3, 4, 5, 0], [0.0, 9, 8, 7, 6, 5, 4], [1.0, 2, 3, 4, 5, 6, 7]])
+    labels = torch.tensor([0, 6, 0])  # hit; in no top-5; ranked last
+    loader = DataLoader(TensorDataset(logits, labels), batch_size=2)
+    top1, top5 = evaluate.accuracy(lambda x: x, loader)
+    assert top1 == 100 / 3 and top5 == 100 / 3
+    labels = torch.tensor([0, 3, 2])  # hit; 4th for row 2 -> top-5; 5th for row 3 -> top-5
+    top1, top5 = evaluate.accuracy(lambda x: x, DataLoader(TensorDataset(logits, labels), batch_size=3))
+    assert top1 == 100 / 3 and top5 == 100.0
+
+
+def test_latency_reports_ordered_statistics_of_the_requested_calls():
+    calls = []
+    stats = evaluate.latency(lambda x: calls.append(1), torch.zeros(1), warmup=3, runs=7)
+    assert len(calls) == 10
+    assert stats["latency_ms_min"] <= stats["latency_ms_median"] <= stats["latency_ms_p90"] <= stats["latency_ms_max"]
+
+
+def test_pareto_front_keeps_only_unbeaten_artifacts():
+    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0, 1.5], "top1": [80.0, 90.0, 85.0, 79.0]})
+    front = plot.pareto_front(table)
+    assert sorted(front.index) == [0, 1]
