@@ -93,11 +93,18 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             setattr(mod, attr, getattr(mod, wname).shape[dim])
         if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
             mod.normalized_shape = tuple(mod.weight.shape)
-    if hasattr(model, "cls_token") and model.cls_token is not None:
-        width = model.cls_token.shape[-1]
-        for attr in ("embed_dim", "num_features", "head_hidden_size"):
-            if hasattr(model, attr):
-                setattr(model, attr, width)
+    sync_widths(model)
+
+
+def sync_widths(model: nn.Module) -> None:
+    """Set the model's width attributes (embed_dim, num_features, ...) from its patch embedding."""
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if not isinstance(proj, (nn.Conv2d, nn.Linear)):
+        return
+    width = proj.weight.shape[0]
+    for attr in ("embed_dim", "num_features", "head_hidden_size"):
+        if hasattr(model, attr):
+            setattr(model, attr, width)
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,9 +1,14 @@
 """Prune stage: structural pruning of a timm ViT with Torch-Pruning's dependency graph.
 
+Choices (each a small registry below): the importance criterion, the ranking `scope` (uniform: the
+same ratio in every layer; global: one ranking across layers), and what goes in attention (`heads`:
+`dims` removes dimensions inside every head, `whole` removes whole heads).
+
 After `pruner.step()` every attention block gets its bookkeeping (num_heads, head_dim, attn_dim,
 scale) set from the new projection widths, and the softmax temperature is kept: timm's fused path
 uses 1/sqrt(head_dim), so when head_dim shrinks the query projection is rescaled by
 sqrt(new/old). That folds the correction into the weights instead of patching timm's classes.
+Whole-head pruning leaves head_dim, and so the temperature, unchanged.
 """
 from __future__ import annotations
 
@@ -33,26 +38,65 @@ def _tp():
     return tp
 
 
+def _hessian_importance():
+    """Torch-Pruning 1.6.1's `GroupHessianImportance.accumulate_grad` looks parameters up by name in
+    a dict keyed by parameter, so every call overwrites: only the last sample would count. This
+    subclass keeps the running sum of squared per-sample gradients that OBD needs."""
+    tp = _tp()
+
+    class HessianImportance(tp.importance.GroupHessianImportance):
+        def accumulate_grad(self, model):
+            for param in model.parameters():
+                if param.grad is not None:
+                    g2 = param.grad.detach().pow(2)
+                    if param in self._accu_grad:
+                        self._accu_grad[param] += g2
+                        self._counter[param] += 1
+                    else:
+                        self._accu_grad[param] = g2.clone()
+                        self._counter[param] = 1
+
+    return HessianImportance()
+
+
 IMPORTANCES: dict[str, Importance] = {
     "l1": Importance(lambda: _tp().importance.GroupMagnitudeImportance(p=1)),
     "l2": Importance(lambda: _tp().importance.GroupMagnitudeImportance(p=2)),
     "lamp": Importance(lambda: _tp().importance.LAMPImportance(p=2)),
     "random": Importance(lambda: _tp().importance.RandomImportance()),
     "taylor": Importance(lambda: _tp().importance.GroupTaylorImportance(), needs="gradients"),
-    "hessian": Importance(lambda: _tp().importance.GroupHessianImportance(), needs="hessian"),
+    "hessian": Importance(_hessian_importance, needs="hessian"),
 }
 
+# Ranking scope -> Torch-Pruning's global_pruning flag.
+SCOPES = {"uniform": False, "global": True}
+# What is removed in attention -> (prune_head_dims, prune_num_heads).
+HEAD_MODES = {"dims": (True, False), "whole": (False, True)}
 
 NO_PRUNING = "none"  # the importance name of the dense branch (ratio 0)
 
 
-def check_args(importance: str, ratio: float) -> None:
+def _check_ratio(name: str, ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise PQVError(f"{name} {ratio} is outside [0, 1)", "use a ratio such as 0.09375, 0.25 or 0.5")
+
+
+def check_args(importance: str, ratio: float, scope: str = "uniform", heads: str = "dims",
+               head_ratio: float | None = None) -> None:
+    """Reject bad options before anything is loaded or written."""
+    if scope not in SCOPES:
+        raise PQVError(f"unknown pruning scope '{scope}'", f"use one of {', '.join(SCOPES)}")
+    if heads not in HEAD_MODES:
+        raise PQVError(f"unknown head pruning mode '{heads}'", f"use one of {', '.join(HEAD_MODES)}")
+    if head_ratio is not None:
+        if heads != "whole":
+            raise PQVError("head_ratio applies to whole-head pruning only", "set heads to whole or drop head_ratio")
+        _check_ratio("head ratio", head_ratio)
     if importance == NO_PRUNING and ratio == 0.0:
         return
     if importance not in IMPORTANCES:
         raise PQVError(f"unknown importance '{importance}'", f"use one of {', '.join(IMPORTANCES)}")
-    if not 0.0 <= ratio < 1.0:
-        raise PQVError(f"pruning ratio {ratio} is outside [0, 1)", "use a ratio such as 0.09375, 0.25 or 0.5")
+    _check_ratio("pruning ratio", ratio)
 
 
 def count_ops(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -68,55 +112,90 @@ def prune(
     example: torch.Tensor,
     calibration: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     round_to: int | None = None,
-    global_pruning: bool = False,
+    scope: str = "uniform",
+    heads: str = "dims",
+    head_ratio: float | None = None,
     bottleneck: bool = False,
     seed: int = 0,
 ) -> nn.Module:
-    """Prune `model` in place, removing `ratio` of the channels of each prunable group, and return it.
+    """Prune `model` in place and return it.
 
-    `bottleneck` keeps the embedding width and prunes only the MLP hidden units and head dims.
+    `ratio` is Torch-Pruning's channel ratio: the fraction of the embedding channels, MLP hidden units
+    and (heads="dims") every head's dims removed. With heads="whole", `head_ratio` (default `ratio`)
+    is the fraction of heads removed per block, rounded up. `bottleneck` keeps the embedding width.
+    Ratio 0 returns the model untouched (the dense branch).
     """
-    check_args(importance, ratio)
+    check_args(importance, ratio, scope, heads, head_ratio)
     blocks = archmod.attention_blocks(model)
     if not blocks:
         raise PQVError("this model has no timm Attention blocks to prune", "use a timm ViT (deit_*, vit_*, deit3_*)")
-    if ratio == 0.0:
+    if any(not isinstance(a.q_norm, nn.Identity) for a in blocks):
+        raise PQVError("attention with qk_norm cannot be pruned (Torch-Pruning cannot split the per-head norm)",
+                       "use a ViT without qk_norm")
+    if ratio == 0.0:  # the dense branch, whatever the other options say
         return model
+    head_ratio = ratio if head_ratio is None else head_ratio
     imp_spec = IMPORTANCES[importance]
     if imp_spec.needs != "weights" and not calibration:
         raise PQVError(f"importance '{importance}' needs calibration data", "give calibration batches (prune.calibration_batches > 0)")
+    prune_head_dims, prune_num_heads = HEAD_MODES[heads]
+    if prune_num_heads and scope == "uniform":
+        for attn in blocks:
+            if math.ceil(head_ratio * attn.num_heads) >= attn.num_heads:
+                raise PQVError(f"head ratio {head_ratio} removes all {attn.num_heads} heads of a block",
+                               "use a smaller head_ratio")
 
     tp = _tp()
-    torch.manual_seed(seed)
-    imp = imp_spec.make()
     old_head_dims = {a: a.head_dim for a in blocks}
-    pruner = tp.pruner.BasePruner(
-        model,
-        example,
-        importance=imp,
-        global_pruning=global_pruning,
-        pruning_ratio=ratio,
-        ignored_layers=[model.get_classifier()] + (_residual_writers(model) if bottleneck else []),
-        num_heads={a.qkv: a.num_heads for a in blocks},
-        prune_head_dims=True,
-        prune_num_heads=False,
-        round_to=round_to,
-        # cls_token / pos_embed sit directly on the model: their last dim is the embedding width.
-        unwrapped_parameters=[(p, p.dim() - 1) for p in model.parameters(recurse=False)],
-    )
-    if imp_spec.needs == "gradients":
-        _accumulate_gradients(model, calibration)
-    elif imp_spec.needs == "hessian":
-        _accumulate_hessian(model, imp, calibration)
-    pruner.step()
+    with torch.random.fork_rng(devices=[]):  # seed the pruner's randomness without touching the caller's
+        torch.manual_seed(seed)
+        imp = imp_spec.make()
+        pruner = tp.pruner.BasePruner(
+            model,
+            example,
+            importance=imp,
+            global_pruning=SCOPES[scope],
+            pruning_ratio=ratio,
+            ignored_layers=[model.get_classifier()] + (_residual_writers(model) if bottleneck else []),
+            round_to=round_to,
+            num_heads={a.qkv: a.num_heads for a in blocks},
+            prune_head_dims=prune_head_dims,
+            prune_num_heads=prune_num_heads,
+            head_pruning_ratio=head_ratio if prune_num_heads else 0.0,
+            # Torch-Pruning's defaults for these two are shared dicts that it mutates: pass fresh ones.
+            in_channel_groups={},
+            out_channel_groups={},
+            unwrapped_parameters=_unwrapped_parameters(model),
+        )
+        if imp_spec.needs == "gradients":
+            _accumulate_gradients(model, calibration)
+        elif imp_spec.needs == "hessian":
+            _accumulate_hessian(model, imp, calibration)
+        pruner.step()
     model.zero_grad(set_to_none=True)
 
+    # Global ranking can empty a layer (all of a block's heads or MLP units score lowest).
+    emptied = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and 0 in m.weight.shape]
+    emptied += [f"attention block {i}" for i, a in enumerate(blocks) if pruner.num_heads[a.qkv] < 1]
+    if emptied:
+        raise PQVError(f"pruning removed every channel of {emptied[0]}", "use a smaller ratio/head_ratio or scope uniform")
     for attn in blocks:
         num_heads = pruner.num_heads[attn.qkv]
         head_dim = attn.qkv.out_features // (3 * num_heads)
         _keep_softmax_temperature(attn, old_head_dims[attn], head_dim)
         archmod.set_attention_geometry(attn, num_heads, head_dim)
+    archmod.sync_widths(model)
     return model.eval()
+
+
+def _unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters outside Linear/Conv/LayerNorm that carry the embedding in their last dim:
+    cls/dist/reg tokens and pos_embed on the model, LayerScale gammas (DeiT3's ls1/ls2)."""
+    from timm.layers import LayerScale
+
+    params = list(model.parameters(recurse=False))
+    params += [m.gamma for m in model.modules() if isinstance(m, LayerScale)]
+    return [(p, p.dim() - 1) for p in params]
 
 
 def _residual_writers(model: nn.Module) -> list[nn.Module]:
@@ -128,22 +207,19 @@ def _residual_writers(model: nn.Module) -> list[nn.Module]:
 
 
 def _keep_softmax_temperature(attn: nn.Module, old_head_dim: int, new_head_dim: int) -> None:
+    """Scale q by sqrt(new/old) so that q.k / sqrt(new_head_dim) equals the old q.k / sqrt(old_head_dim)."""
     if old_head_dim == new_head_dim:
         return
     factor = math.sqrt(new_head_dim / old_head_dim)
     q_width = attn.qkv.out_features // 3
-    with torch.no_grad():
-        if isinstance(attn.q_norm, nn.Identity):
-            attn.qkv.weight[:q_width] *= factor
-            if attn.qkv.bias is not None:
-                attn.qkv.bias[:q_width] *= factor
-        else:  # the norm's affine output is what meets the keys
-            attn.q_norm.weight *= factor
-            if getattr(attn.q_norm, "bias", None) is not None:
-                attn.q_norm.bias *= factor
+    with torch.no_grad():  # qkv's output rows are [q | k | v]; no q_norm in between (rejected above)
+        attn.qkv.weight[:q_width] *= factor
+        if attn.qkv.bias is not None:
+            attn.qkv.bias[:q_width] *= factor
 
 
 def _accumulate_gradients(model: nn.Module, calibration) -> None:
+    """Taylor: gradients of the loss summed over all calibration batches."""
     model.zero_grad(set_to_none=True)
     model.eval()
     for images, labels in calibration:
@@ -151,22 +227,26 @@ def _accumulate_gradients(model: nn.Module, calibration) -> None:
 
 
 def _accumulate_hessian(model: nn.Module, imp, calibration) -> None:
+    """Hessian (OBD): the diagonal is estimated by the mean of squared per-sample gradients.
+
+    One forward/backward per image: backpropagating each loss of a batched forward would cost a
+    whole batch's backward per sample."""
     imp.zero_grad()
     model.eval()
     for images, labels in calibration:
-        losses = nn.functional.cross_entropy(model(images), labels, reduction="none")
-        for i, loss in enumerate(losses):
+        for image, label in zip(images, labels):
             model.zero_grad(set_to_none=True)
-            loss.backward(retain_graph=i < len(losses) - 1)
+            nn.functional.cross_entropy(model(image[None]), label[None]).backward()
             imp.accumulate_grad(model)
 
 
 def run(model_path: str, out: str, importance: str, ratio: float, spec: dict, calibration_batches: int,
-        batch_size: int, round_to: int | None, global_pruning: bool, seed: int, bottleneck: bool = False) -> dict:
+        batch_size: int, round_to: int | None = None, scope: str = "uniform", heads: str = "dims",
+        head_ratio: float | None = None, bottleneck: bool = False, seed: int = 0) -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
     from . import io
 
-    check_args(importance, ratio)
+    check_args(importance, ratio, scope, heads, head_ratio)
     model, arch = io.load_model(model_path)
     dc = arch["data_config"]
     example = torch.zeros(1, *dc["input_size"])
@@ -177,14 +257,14 @@ def run(model_path: str, out: str, importance: str, ratio: float, spec: dict, ca
             raise PQVError(f"importance '{importance}' needs calibration data", "set prune.calibration_batches > 0")
         loader = data.loader(spec, "train", dc, batch_size, training=False, seed=seed)
         calibration = [batch for _, batch in zip(range(calibration_batches), loader)]
-    prune(model, importance, ratio, example, calibration, round_to=round_to, global_pruning=global_pruning,
-          bottleneck=bottleneck, seed=seed)
+    prune(model, importance, ratio, example, calibration, round_to=round_to, scope=scope, heads=heads,
+          head_ratio=head_ratio, bottleneck=bottleneck, seed=seed)
     macs_after, params_after = count_ops(model, example)
     arch = archmod.describe(model, arch["timm_name"], arch["kwargs"], dc)
     io.save_model(model, out, arch)
     report = {
-        "importance": importance, "ratio": ratio, "round_to": round_to, "global": global_pruning,
-        "bottleneck": bottleneck,
+        "importance": importance, "ratio": ratio, "round_to": round_to, "scope": scope, "heads": heads,
+        "head_ratio": ratio if heads == "whole" and head_ratio is None else head_ratio, "bottleneck": bottleneck,
         "params_before": params_before, "params": params_after, "macs_before": macs_before, "macs": macs_after,
         "attention": arch["attention"],
     }

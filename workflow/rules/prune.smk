@@ -1,6 +1,20 @@
 PRUNE = config["prune"]
 
 
+def prune_options(wildcards):
+    """Only non-default options, so results made before an option existed stay valid; none for the
+    dense branch (ratio 0), which they cannot change."""
+    if float(wildcards.ratio) == 0:
+        return ""
+    return " ".join(
+        ([f"--round-to {PRUNE['round_to']}"] if PRUNE["round_to"] else [])
+        + ([f"--scope {PRUNE['scope']}"] if PRUNE["scope"] != "uniform" else [])
+        + ([f"--heads {PRUNE['heads']}"] if PRUNE["heads"] != "dims" else [])
+        + ([f"--head-ratio {PRUNE['head_ratio']}"] if PRUNE["head_ratio"] is not None else [])
+        + (["--bottleneck"] if PRUNE["bottleneck"] else [])
+    )
+
+
 rule prune:
     """Structural pruning of one (importance, ratio) branch; params/MACs before and after in the sidecar."""
     input:
@@ -13,10 +27,7 @@ rule prune:
         calibration_batches=PRUNE["calibration_batches"],
         batch_size=PRUNE["batch_size"],
         seed=PRUNE["seed"],
-        options=" ".join(
-            ([f"--round-to {PRUNE['round_to']}"] if PRUNE["round_to"] else [])
-            + (["--global-pruning"] if PRUNE["global"] else [])
-        ),
+        options=prune_options,
     log:
         "logs/prune/{model}/{importance}_{ratio}.log",
     threads: 1
