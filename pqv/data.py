@@ -16,7 +16,7 @@ from .errors import PQVError
 SPLITS = ("train", "eval")
 
 
-def _digits(spec: dict, split: str, data_config: dict, training: bool) -> Dataset:
+def _digits(spec: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
     """scikit-learn's 1,797 handwritten 8x8 digits, split 80/20 stratified with a fixed seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -35,15 +35,19 @@ def _digits(spec: dict, split: str, data_config: dict, training: bool) -> Datase
     return TensorDataset(((images - mean) / std).contiguous(), torch.tensor(y[idx], dtype=torch.long))
 
 
-def _imagefolder(spec: dict, split: str, data_config: dict, training: bool) -> Dataset:
-    """An ImageFolder tree (`root/<train_dir>/<class>/*.jpg`) with timm's transforms for the model."""
+def _imagefolder(spec: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
+    """An ImageFolder tree (`root/<train_dir>/<class>/*.jpg`) with timm's transforms for the model.
+
+    `augment` holds timm create_transform options for training (auto_augment, re_prob, color_jitter,
+    hflip); the digits tensors are used as they are.
+    """
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
     root = spec.get("root")
     if not root:
         raise PQVError("dataset 'imagefolder' needs dataset.root", "set dataset.root to the folder holding train/ and val/")
-    folder = Path(root) / spec.get(f"{split}_dir", "train" if split == "train" else "val")
+    folder = Path(root).expanduser() / spec.get(f"{split}_dir", "train" if split == "train" else "val")
     if not folder.is_dir():
         raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
     transform = create_transform(
@@ -53,6 +57,7 @@ def _imagefolder(spec: dict, split: str, data_config: dict, training: bool) -> D
         std=tuple(data_config["std"]),
         interpolation=data_config.get("interpolation", "bicubic"),
         crop_pct=data_config.get("crop_pct", 0.875),
+        **((augment or {}) if training else {}),
     )
     return ImageFolder(str(folder), transform=transform)
 
@@ -63,16 +68,16 @@ DATASETS = {"digits": _digits, "imagefolder": _imagefolder}
 def num_classes(spec: dict) -> int:
     if spec["name"] == "digits":
         return 10
-    folder = Path(spec.get("root") or "") / spec.get("train_dir", "train")
+    folder = Path(spec.get("root") or "").expanduser() / spec.get("train_dir", "train")
     if not folder.is_dir():
         raise PQVError(f"data folder {folder} does not exist", "check dataset.root in the config")
     return sum(1 for p in folder.iterdir() if p.is_dir())
 
 
-def dataset(spec: dict, split: str, data_config: dict, training: bool = False) -> Dataset:
+def dataset(spec: dict, split: str, data_config: dict, training: bool = False, augment: dict | None = None) -> Dataset:
     if spec["name"] not in DATASETS:
         raise PQVError(f"unknown dataset '{spec['name']}'", f"use one of {', '.join(DATASETS)}")
-    ds = DATASETS[spec["name"]](spec, split, data_config, training)
+    ds = DATASETS[spec["name"]](spec, split, data_config, training, augment)
     limit = spec.get(f"max_{split}")
     if limit and limit < len(ds):
         # A fixed random subset, the same in every stage, so small runs stay representative.
@@ -81,14 +86,31 @@ def dataset(spec: dict, split: str, data_config: dict, training: bool = False) -
     return ds
 
 
-def loader(spec: dict, split: str, data_config: dict, batch_size: int, training: bool = False, seed: int = 0):
-    ds = dataset(spec, split, data_config, training=training)
+def loader(spec: dict, split: str, data_config: dict, batch_size: int, training: bool = False, seed: int = 0,
+           rank: int = 0, world_size: int = 1, augment: dict | None = None):
+    """A DataLoader; with world_size > 1 each rank gets its own shard (`batch_size` is per rank).
+
+    Training shuffles through a DistributedSampler even in one process: its order depends only on
+    (seed, epoch) (call `loader.sampler.set_epoch`), so N ranks with batch B see exactly the batches
+    one process with batch N*B sees, and a resumed run sees the same order as an uninterrupted one.
+    The incomplete last batch is dropped so that every rank takes the same number of steps.
+    Evaluation shards without padding (rank r gets items r, r+N, ...), so counts sum exactly.
+    """
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = dataset(spec, split, data_config, training=training, augment=augment)
+    sampler = None
+    if training:
+        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    elif world_size > 1:
+        ds = Subset(ds, range(rank, len(ds), world_size))
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=training,
-        drop_last=False,
+        sampler=sampler,
+        drop_last=training and len(sampler) >= batch_size,
         num_workers=spec.get("workers", 0),
+        pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed),
     )
 

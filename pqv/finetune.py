@@ -1,25 +1,51 @@
-"""Finetune stage: recover a pruned model's accuracy with timm's optimizer and scheduler.
+"""Finetune stage: recover a pruned model's accuracy with timm's training pieces.
+
+timm supplies the optimizer (create_optimizer_v2), the cosine schedule with warm-up
+(create_scheduler_v2), Mixup/CutMix with soft targets, label smoothing and the ImageFolder
+augmentation (pqv.data). This module adds what a long run on shared machines needs:
+
+- one code path for CPU, one GPU (autocast + GradScaler when `amp`) and several GPUs or nodes
+  under `torchrun` (DistributedDataParallel; `batch_size` is per process, so the global batch is
+  `batch_size` x world size; only rank 0 writes files);
+- optional knowledge distillation from the unpruned parent;
+- a checkpoint after every epoch in `<out>.ckpt/` (safetensors weights + a tensors-only
+  torch.save of optimizer/scheduler/scaler state), from which a killed run resumes to the same
+  result, because every epoch's randomness is seeded from (seed, epoch, rank).
 
 The same loop trains the demo model from scratch in the model stage, so the "pretrained" starting
 point of the default workflow is made by exactly the code that finetunes.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import json
 import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from . import data
+from .errors import PQVError
 from .evaluate import accuracy
 from .io import atomic_path
 
+# Mirrors `$defs/hparams` in workflow/schemas/config.schema.yaml (a test keeps them equal): the CLI
+# and the library can be used without the workflow's schema filling in defaults.
 DEFAULTS = {
     "epochs": 5,
-    "batch_size": 64,
+    "batch_size": 64,  # per process: global batch = batch_size x world size
     "lr": 1.5e-4,
     "weight_decay": 0.05,
     "opt": "adamw",
@@ -28,59 +54,236 @@ DEFAULTS = {
     "warmup_lr": 1e-6,
     "min_lr": 1e-6,
     "smoothing": 0.1,
+    "mixup": 0.0,  # Mixup alpha; 0 = off
+    "cutmix": 0.0,  # CutMix alpha; 0 = off
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "mixup_mode": "batch",
+    "auto_augment": None,  # e.g. DeiT's rand-m9-mstd0.5-inc1 (ImageFolder data only)
+    "reprob": 0.0,  # random erasing probability (ImageFolder data only)
+    "color_jitter": 0.4,
+    "hflip": 0.5,
+    "clip_grad": None,
+    "amp": True,  # mixed precision on CUDA; ignored on CPU
+    "amp_dtype": "float16",
     "seed": 0,
 }
+DISTILL_DEFAULTS = {"enabled": False, "alpha": 0.5, "temperature": 1.0}
+# Keys of the finetune config that say how to launch the job, not how to train.
+LAUNCH_KEYS = ("nproc", "launcher")
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def resolve_hparams(hparams: dict) -> dict:
+    """Defaults filled in; an unknown key is an error (a typo would otherwise be silently ignored)."""
+    unknown = set(hparams) - set(DEFAULTS) - {"distill"}
+    if unknown:
+        raise PQVError(f"unknown finetune setting(s) {', '.join(sorted(unknown))}",
+                       "see $defs/hparams in workflow/schemas/config.schema.yaml")
+    hp = {**DEFAULTS, **hparams, "distill": {**DISTILL_DEFAULTS, **hparams.get("distill", {})}}
+    if hp["amp_dtype"] not in ("float16", "bfloat16"):
+        raise PQVError(f"unknown amp_dtype '{hp['amp_dtype']}'", "use float16 or bfloat16")
+    if (hp["mixup"] > 0 or hp["cutmix"] > 0) and hp["batch_size"] % 2:
+        raise PQVError(f"mixup/cutmix need an even batch_size, got {hp['batch_size']}", "use an even batch_size")
+    return hp
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: rank, world size and device (world 1 = no process group)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed() -> Dist:
+    """Join torchrun's process group when launched by torchrun with WORLD_SIZE > 1 (idempotent).
+
+    torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; NCCL on GPUs, gloo on CPUs.
+    """
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), device)
+    return Dist(device=device)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> int:
+    """Seed every RNG the loop uses (torch, numpy for Mixup, random for transforms) from
+    (seed, epoch, rank) alone, so an epoch draws the same numbers whether or not it follows a resume."""
+    value = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+    return value
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft-target loss: KL(teacher || student) at temperature T, scaled by T^2."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _loss_and_mixup(hp: dict, num_classes: int):
+    """timm's Mixup/CutMix with soft-target CE when configured, else (smoothed) CE."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if hp["mixup"] > 0 or hp["cutmix"] > 0:
+        mixup = Mixup(mixup_alpha=hp["mixup"], cutmix_alpha=hp["cutmix"], prob=hp["mixup_prob"],
+                      switch_prob=hp["mixup_switch_prob"], mode=hp["mixup_mode"],
+                      label_smoothing=hp["smoothing"], num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    if hp["smoothing"] > 0:
+        return LabelSmoothingCrossEntropy(hp["smoothing"]), None
+    return nn.CrossEntropyLoss(), None
+
+
+def _augment(hp: dict) -> dict:
+    return {"auto_augment": hp["auto_augment"], "re_prob": hp["reprob"], "color_jitter": hp["color_jitter"],
+            "hflip": hp["hflip"]}
 
 
 def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metrics_csv: str | None = None,
-          desc: str = "finetune") -> dict:
-    """Train `model` in place; return the final eval top-1/top-5 and the per-epoch history."""
-    from timm.loss import LabelSmoothingCrossEntropy
+          desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
+          resume_key: str = "") -> dict:
+    """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
+
+    Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
+    `ckpt_dir`, a checkpoint is written after every epoch and the latest one whose hparams, world
+    size and `resume_key` (e.g. a hash of the input files) match is resumed from.
+    """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    hp = {**DEFAULTS, **hparams}
+    hp = resolve_hparams(hparams)
+    kd = hp["distill"]
+    if kd["enabled"] and teacher is None:
+        raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
+    ctx = distributed()
     torch.manual_seed(hp["seed"])
-    train_loader = data.loader(spec, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"])
-    eval_loader = data.loader(spec, "eval", data_config, 256)
+    train_loader = data.loader(spec, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
+                               rank=ctx.rank, world_size=ctx.world, augment=_augment(hp))
+    eval_loader = data.loader(spec, "eval", data_config, 256, rank=ctx.rank, world_size=ctx.world)
+    steps_per_epoch = len(train_loader)
+
+    model.to(ctx.device)
+    net = model
+    if ctx.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if teacher is not None and kd["enabled"]:
+        teacher = teacher.to(ctx.device).eval().requires_grad_(False)
+    else:
+        teacher = None
+    # The optimizer sees the unwrapped model: timm excludes norms/biases/tokens from weight decay by name.
     optimizer = create_optimizer_v2(model, opt=hp["opt"], lr=hp["lr"], weight_decay=hp["weight_decay"])
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=hp["sched"], num_epochs=hp["epochs"], warmup_epochs=hp["warmup_epochs"],
         warmup_lr=hp["warmup_lr"], min_lr=hp["min_lr"], step_on_epochs=False,
-        updates_per_epoch=len(train_loader),
+        updates_per_epoch=steps_per_epoch,
     )
-    loss_fn = LabelSmoothingCrossEntropy(hp["smoothing"]) if hp["smoothing"] > 0 else nn.CrossEntropyLoss()
+    use_amp = hp["amp"] and ctx.device.type == "cuda"
+    amp_dtype = getattr(torch, hp["amp_dtype"])
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    autocast = lambda: torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp)  # noqa: E731
+    loss_fn, mixup = _loss_and_mixup(hp, _num_classes(model))
 
-    history = []
-    bar = tqdm(range(hp["epochs"]), desc=desc, unit="epoch", mininterval=2)
-    step = 0
+    key = json.dumps({"hparams": hp, "world": ctx.world, "input": resume_key}, sort_keys=True)
+    history, start = [], 0
+    state = load_checkpoint(ckpt_dir, key) if ckpt_dir else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start = state["history"], state["epoch"]
+        if ctx.main:
+            print(f"{desc}: resuming after epoch {start} from {ckpt_dir}", flush=True)
+
+    bar = tqdm(range(start, hp["epochs"]), desc=desc, unit="epoch", mininterval=2, initial=start,
+               total=hp["epochs"], disable=not ctx.main)
     for epoch in bar:
-        model.train()
-        total, seen = 0.0, 0
-        for images, labels in train_loader:
-            loss = loss_fn(model(images), labels)
+        seed = seed_epoch(hp["seed"], epoch, ctx.rank)
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(seed)  # DataLoader workers' seeds
+        net.train()
+        total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, samples
+        for step, (images, labels) in enumerate(train_loader, start=epoch * steps_per_epoch):
+            images = images.to(ctx.device, non_blocking=True)
+            labels = labels.to(ctx.device, non_blocking=True)
+            targets = labels
+            if mixup is not None:
+                images, targets = mixup(images, labels)
+            with autocast():
+                logits = net(images)
+                loss = loss_fn(logits, targets)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(images)
+                    loss = (1 - kd["alpha"]) * loss + kd["alpha"] * distill_loss(logits.float(), teacher_logits.float(), kd["temperature"])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-            total += loss.item() * len(labels)
-            seen += len(labels)
-        top1, top5 = accuracy(model_eval(model), eval_loader)
-        row = {"epoch": epoch + 1, "train_loss": total / seen, "eval_top1": top1, "eval_top5": top5,
-               "lr": optimizer.param_groups[0]["lr"]}
+            scaler.scale(loss).backward()
+            if hp["clip_grad"]:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), hp["clip_grad"])
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step_update(step + 1)
+            total[0] += loss.detach().double() * len(labels)
+            total[1] += len(labels)
+        if ctx.world > 1:
+            dist.all_reduce(total)
+        top1, top5 = evaluate(model, eval_loader, ctx, autocast)
+        row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "eval_top1": top1,
+               "eval_top5": top5, "lr": optimizer.param_groups[0]["lr"]}
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {row['train_loss']}); lower the lr")
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
-    model.eval()
-    if metrics_csv:
-        write_history(history, metrics_csv)
-    last = history[-1] if history else {}
+        if ckpt_dir and ctx.main:
+            save_checkpoint(ckpt_dir, epoch + 1, key, model, optimizer, scheduler, scaler, history)
+    bar.close()
     if not history:
-        top1, top5 = accuracy(model_eval(model), eval_loader)
-        last = {"eval_top1": top1, "eval_top5": top5}
-    return {"top1": last["eval_top1"], "top5": last["eval_top5"], "epochs": hp["epochs"], "hparams": hp}
+        top1, top5 = evaluate(model, eval_loader, ctx, autocast)
+        history = [{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}]
+    model.cpu().eval()
+    if metrics_csv and ctx.main:
+        write_history(history, metrics_csv)
+    last = history[-1]
+    return {"top1": last["eval_top1"], "top5": last["eval_top5"], "epochs": hp["epochs"], "hparams": hp,
+            "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
+            "resumed_after_epoch": start}
+
+
+def _num_classes(model: nn.Module) -> int:
+    return getattr(model, "num_classes", None) or model.get_classifier().out_features
+
+
+def evaluate(model: nn.Module, loader, ctx: Dist, autocast=contextlib.nullcontext) -> tuple[float, float]:
+    """Top-1/top-5 in percent over the whole eval split: each rank scores its shard, then sums."""
+    def fn(x):
+        with autocast():
+            return model(x.to(ctx.device, non_blocking=True)).float()
+
+    model.eval()
+    n = len(loader.dataset)
+    top1, top5 = accuracy(fn, loader) if n else (0.0, 0.0)
+    if ctx.world == 1:
+        return top1, top5
+    counts = torch.tensor([top1 * n, top5 * n, n], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(counts)
+    return (counts[0] / counts[2]).item(), (counts[1] / counts[2]).item()
 
 
 def model_eval(model: nn.Module):
@@ -101,16 +304,87 @@ def write_history(history: list[dict], path: str) -> None:
         writer.writerows(history)
 
 
-def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str) -> dict:
-    """CLI entry: load a pruned model, finetune it, save it with the same architecture header."""
+def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optimizer, scheduler, scaler,
+                    history: list[dict]) -> None:
+    """Write `ckpt_dir/epoch-NNNN/` (weights.safetensors + state.pt) atomically, then drop older ones.
+
+    The folder is filled under a temporary name and renamed, so a present epoch folder is complete.
+    state.pt holds only tensors, numbers, strings and containers: torch.load(weights_only=True) reads it.
+    """
+    from safetensors.torch import save_file
+
+    root = Path(ckpt_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".epoch-", suffix=".part", dir=root))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "weights.safetensors")
+        torch.save({"epoch": epoch, "key": key, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "history": history}, tmp / "state.pt")
+        final = root / f"epoch-{epoch:04d}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in root.glob("epoch-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir: str, key: str) -> dict | None:
+    """The latest complete checkpoint made with the same settings and inputs, or None."""
+    from safetensors.torch import load_file
+
+    done = sorted(Path(ckpt_dir).glob("epoch-*")) if Path(ckpt_dir).is_dir() else []
+    if not done:
+        return None
+    state = torch.load(done[-1] / "state.pt", map_location="cpu", weights_only=True)
+    if state.get("key") != key:
+        print(f"ignoring checkpoint {done[-1]}: made with other settings or inputs", flush=True)
+        return None
+    state["model"] = load_file(str(done[-1] / "weights.safetensors"))
+    return state
+
+
+def checkpoint_dir(out: str) -> str:
+    return f"{out}{CHECKPOINT_SUFFIX}"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, teacher: str | None = None) -> dict:
+    """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
+
+    Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success.
+    """
     from . import io
 
+    hparams = {k: v for k, v in hparams.items() if k not in LAUNCH_KEYS}
+    hp = resolve_hparams(hparams)
+    if hp["distill"]["enabled"] and not teacher:
+        raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
     model, arch = io.load_model(model_path)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = train(model, spec, arch["data_config"], hparams, metrics_csv=metrics_csv, desc=f"finetune {Path(out).parent.name}")
     parent = io.read_sidecar(model_path)
-    io.save_model(model, out, arch)
-    io.write_sidecar(out, "finetune", parent=str(model_path), top1=result["top1"], top5=result["top5"],
-                     hparams=result["hparams"], params=parent.get("params"), macs=parent.get("macs"),
-                     data_config=arch["data_config"])
+    teacher_model = io.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
+    ctx = distributed()
+    try:
+        resume_key = _sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
+        result = train(model, spec, arch["data_config"], hparams, metrics_csv=metrics_csv,
+                       desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
+                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key)
+        if ctx.main:
+            io.save_model(model, out, arch)
+            io.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],
+                             top5=result["top5"], hparams=result["hparams"], world_size=result["world_size"],
+                             global_batch=result["global_batch"], resumed_after_epoch=result["resumed_after_epoch"],
+                             params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+            shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return result

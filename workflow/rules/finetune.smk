@@ -1,17 +1,42 @@
+FINETUNE = config["finetune"]
+DISTILL = FINETUNE["distill"]["enabled"]
+
+
+# `pqv` as one process, under torchrun with finetune.nproc processes, or under finetune.launcher.
+# A module variable, not a param: how a job starts must not trigger a rerun.
+if FINETUNE["launcher"]:
+    FINETUNE_PQV = f"{FINETUNE['launcher']} -m pqv"
+elif FINETUNE["nproc"] > 1:
+    FINETUNE_PQV = f'"{sys.executable}" -m torch.distributed.run --standalone --nproc_per_node={FINETUNE["nproc"]} -m pqv'
+else:
+    FINETUNE_PQV = PQV
+
+
 rule finetune:
-    """Recover accuracy of a pruned model (timm optimizer + scheduler); per-epoch CSV beside it."""
+    """Recover accuracy of a pruned model (timm optimizer + scheduler); per-epoch CSV beside it.
+
+    Resumes from <output>.ckpt/ when an earlier attempt was killed. The parent model is an input
+    only when distillation is on. `launcher` is left out of params: how a job starts does not
+    change its result (nproc does: it multiplies the global batch).
+    """
     input:
-        PRUNED,
+        model=PRUNED,
+        teacher=MODEL if DISTILL else [],
     output:
         model=FINETUNED,
         sidecar=FINETUNED + ".json",
         metrics=BRANCH + "/finetune_metrics.csv",
     params:
         data=DATA,
-        hparams=json.dumps(config["finetune"], sort_keys=True),
+        hparams=json.dumps({k: v for k, v in FINETUNE.items() if k != "launcher"}, sort_keys=True),
+        teacher=lambda wc, input: f"--teacher {input.teacher}" if DISTILL else "",
     log:
         "logs/finetune/{model}/{importance}_{ratio}.log",
-    threads: workflow.cores
+    threads: ALL_CORES
+    resources:
+        # Defaults for one machine; a cluster profile overrides them (profiles/slurm/config.yaml).
+        mem_mb=4000,
+        gpu=0,
     shell:
-        "{PQV} finetune --model {input} --out {output.model} --data {params.data:q}"
-        " --hparams {params.hparams:q} --metrics {output.metrics} > {log} 2>&1"
+        "{FINETUNE_PQV} finetune --model {input.model} --out {output.model} --data {params.data:q}"
+        " --hparams {params.hparams:q} --metrics {output.metrics} {params.teacher} > {log} 2>&1"

@@ -1,0 +1,183 @@
+"""Finetune: recovery after pruning, exact resume after a kill, DDP = one process, distillation, wiring."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pqv import data, finetune, io, prune
+from pqv.errors import PQVError
+
+from .conftest import DIGITS, tiny_arch, tiny_vit
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"name": "digits", "max_train": 192, "max_eval": 64}  # 6 steps of 32 per epoch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: fast on a shared 2-core machine (two threads spin-wait against each other)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _save(path: Path, seed: int = 0) -> Path:
+    m = tiny_vit(seed)
+    io.save_model(m, path, tiny_arch(m))
+    io.write_sidecar(path, "prune", params=1, macs=1)
+    return path
+
+
+def test_defaults_match_the_schema():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    keys = schema["$defs"]["hparams_keys"]["properties"]
+    assert {k: v["default"] for k, v in keys.items()} == finetune.DEFAULTS
+    section = schema["properties"]["finetune"]["properties"]
+    distill = section["distill"]["properties"]
+    assert {k: v["default"] for k, v in distill.items()} == finetune.DISTILL_DEFAULTS
+    assert set(section) - {"distill"} == set(finetune.LAUNCH_KEYS)
+
+
+def test_pruned_demo_model_recovers_within_two_points_of_dense(trained_tiny):
+    """25 % L2-pruned, then the default workflow's finetune (config/config.yaml) recovers."""
+    dense, a, dense_top1 = trained_tiny
+    hparams = yaml.safe_load((REPO / "config/config.yaml").read_text())["finetune"]
+    example = data.sample_batch(DIGITS, a["data_config"], 1)
+    pruned = prune.prune(copy.deepcopy(dense), "l2", 0.25, example)
+    before = finetune.evaluate(pruned, data.loader(DIGITS, "eval", a["data_config"], 256), finetune.Dist())[0]
+    after = finetune.train(pruned, DIGITS, a["data_config"], hparams)["top1"]
+    print(f"dense {dense_top1:.2f}  pruned {before:.2f}  finetuned {after:.2f}")
+    assert before < dense_top1 - 2  # pruning did cost accuracy ...
+    assert after >= dense_top1 - 2  # ... and the finetune gave it back
+
+
+def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    src = _save(tmp_path / "pruned.safetensors")
+    hp = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "mixup": 0.8, "cutmix": 1.0}  # mixup: RNG must resume too
+    whole = tmp_path / "whole" / "finetuned.safetensors"
+    finetune.run(str(src), str(whole), SMALL, hp, str(whole.parent / "metrics.csv"))
+
+    out = tmp_path / "resumed" / "finetuned.safetensors"
+    metrics = out.parent / "metrics.csv"
+    save = finetune.save_checkpoint
+
+    def killed_after_epoch_2(ckpt_dir, epoch, *args):
+        save(ckpt_dir, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if the job was killed here
+
+    monkeypatch.setattr(finetune, "save_checkpoint", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run(str(src), str(out), SMALL, hp, str(metrics))
+    monkeypatch.undo()
+    ckpt = Path(finetune.checkpoint_dir(out))
+    assert not out.exists() and not metrics.exists()  # Snakemake never sees a partial output
+    assert [p.name for p in ckpt.iterdir()] == ["epoch-0002"]
+    state = torch.load(ckpt / "epoch-0002" / "state.pt", weights_only=True)  # no pickle needed
+    assert state["epoch"] == 2
+
+    result = finetune.run(str(src), str(out), SMALL, hp, str(metrics))
+    assert result["resumed_after_epoch"] == 2 and io.read_sidecar(out)["resumed_after_epoch"] == 2
+    assert not ckpt.exists()
+    a, b = load_file(str(whole)), load_file(str(out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics.read_text() == (whole.parent / "metrics.csv").read_text()
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    src = _save(tmp_path / "pruned.safetensors")
+    out = tmp_path / "finetuned.safetensors"
+    m, arch = io.load_model(src)
+    dc = arch["data_config"]
+    ckpt = finetune.checkpoint_dir(out)
+    finetune.train(m, SMALL, dc, {"epochs": 1, "batch_size": 32}, ckpt_dir=ckpt, resume_key="x")
+    result = finetune.run(str(src), str(out), SMALL, {"epochs": 1, "batch_size": 32}, str(tmp_path / "m.csv"))
+    assert result["resumed_after_epoch"] == 0  # the key differs (input hash): start over
+
+
+def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo on CPU), batch 16 each == one process with batch 32."""
+    src = _save(tmp_path / "pruned.safetensors")
+    hp = {"epochs": 2, "lr": 1e-3, "warmup_epochs": 1}
+    ddp = tmp_path / "ddp" / "finetuned.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pqv",
+           "finetune", "--model", str(src), "--out", str(ddp), "--data", json.dumps(SMALL),
+           "--hparams", json.dumps({**hp, "batch_size": 16}), "--metrics", str(ddp.parent / "m.csv")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    side = io.read_sidecar(ddp)
+    assert side["world_size"] == 2 and side["global_batch"] == 32
+    assert sorted(p.name for p in ddp.parent.iterdir()) == ["finetuned.safetensors", "finetuned.safetensors.json", "m.csv"]
+
+    one = tmp_path / "one" / "finetuned.safetensors"
+    finetune.run(str(src), str(one), SMALL, {**hp, "batch_size": 32}, str(one.parent / "m.csv"))
+    a, b = load_file(str(one)), load_file(str(ddp))
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"largest weight difference DDP vs one process: {worst:.2e}")
+    assert worst < 1e-4, worst
+    assert side["top1"] == pytest.approx(io.read_sidecar(one)["top1"], abs=2.0)
+
+
+def test_distillation_from_the_parent(tmp_path):
+    x = torch.randn(4, 10)
+    assert finetune.distill_loss(x, x, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert finetune.distill_loss(x, torch.randn(4, 10), 2.0).item() > 0
+
+    src = _save(tmp_path / "pruned.safetensors")
+    teacher = _save(tmp_path / "model.safetensors", seed=1)
+    out = tmp_path / "finetuned.safetensors"
+    hp = {"epochs": 1, "batch_size": 32, "distill": {"enabled": True, "alpha": 0.7, "temperature": 2.0}}
+    with pytest.raises(PQVError, match="distill.enabled needs"):
+        finetune.run(str(src), str(out), SMALL, hp, str(tmp_path / "m.csv"))
+    assert not out.exists()
+    finetune.run(str(src), str(out), SMALL, hp, str(tmp_path / "m.csv"), teacher=str(teacher))
+    assert io.read_sidecar(out)["teacher"] == str(teacher)
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(PQVError, match="unknown finetune setting"):
+        finetune.resolve_hparams({"epoch": 3})
+    with pytest.raises(PQVError, match="even batch_size"):
+        finetune.resolve_hparams({"mixup": 0.8, "batch_size": 33})
+
+
+def test_imagefolder_training_gets_timm_augmentation(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (60 * i, 30, 200)).save(tmp_path / "train" / cls / f"{i}.png")
+    spec = {"name": "imagefolder", "root": str(tmp_path)}
+    dc = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+    augment = {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "color_jitter": 0.4, "hflip": 0.5}
+    loader = data.loader(spec, "train", dc, 4, training=True, augment=augment)
+    transform = repr(loader.dataset.transform)
+    assert "RandAugment" in transform and "RandomErasing" in transform
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 32, 32)
+
+
+def test_rule_adds_teacher_and_torchrun_only_when_configured(tmp_path):
+    from .test_workflow import TINY_CONFIG, snakemake
+
+    plain = snakemake(tmp_path, "-n", "-p", "--forceall").stdout
+    lines = [ln for ln in plain.splitlines() if " -m pqv finetune " in ln]
+    assert lines and all("--teacher" not in ln and "torch.distributed.run" not in ln for ln in lines)
+
+    cfg = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "nproc": 2, "distill": {"enabled": True}}}
+    out = snakemake(tmp_path, "-n", "-p", "--forceall", config=cfg).stdout
+    lines = [ln for ln in out.splitlines() if " -m pqv finetune " in ln]
+    assert lines and all("--teacher results/tiny/model.safetensors" in ln for ln in lines)
+    assert all("torch.distributed.run --standalone --nproc_per_node=2 -m pqv" in ln for ln in lines)
