@@ -36,26 +36,27 @@ def _prune(a):
     from . import prune
 
     prune.run(a.model, a.out, a.importance, a.ratio, a.data, a.calibration_batches, a.batch_size,
-              a.round_to, a.global_pruning, a.seed)
+              round_to=a.round_to, scope=a.scope, heads=a.heads, head_ratio=a.head_ratio,
+              bottleneck=a.bottleneck, seed=a.seed)
 
 
 def _finetune(a):
     from . import finetune
 
-    finetune.run(a.model, a.out, a.data, a.hparams, a.metrics)
+    finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher)
 
 
 def _quantize(a):
     from . import quantize
 
-    quantize.run(a.model, a.out, a.precision, a.engine)
+    quantize.run(a.model, a.out, a.precision, a.engine, a.data, a.calibration_images)
 
 
 def _export(a):
     from . import export
 
     export.run(a.src, a.parent, a.out, a.format, a.data, mobile_optimizer=not a.no_mobile_optimizer,
-               check_images=a.check_images, min_cosine=a.min_cosine)
+               xnnpack_rewrite=not a.no_xnnpack_rewrite, check_images=a.check_images, min_cosine=a.min_cosine)
 
 
 def _evaluate(a):
@@ -82,6 +83,12 @@ def _plot(a):
     plot.run(a.summary, a.outdir)
 
 
+def _choose(a):
+    from . import choose
+
+    choose.run(a.summary, a.max_accuracy_loss, a.model)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pqv", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="stage", required=True)
@@ -102,33 +109,45 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", **data)
     s.add_argument("--calibration-batches", type=int, default=4)
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--round-to", type=int, default=None)
-    s.add_argument("--global-pruning", action="store_true")
+    s.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
+    # scope/heads are checked by pqv.prune, not argparse choices, so a typo is the usual one-line error
+    s.add_argument("--scope", default="uniform", help="uniform (same ratio per layer) or global")
+    s.add_argument("--heads", default="dims", help="dims (prune head dims) or whole (prune whole heads)")
+    s.add_argument("--head-ratio", type=_ratio, default=None, help="fraction of heads removed (heads whole)")
+    s.add_argument("--bottleneck", action="store_true", help="keep the embedding width")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_prune)
 
-    s = sub.add_parser("finetune", help="recover accuracy of a pruned model")
+    s = sub.add_parser("finetune", help="recover accuracy of a pruned model",
+                       description="Finetune a pruned model; resumes from <out>.ckpt/ if a run was interrupted. "
+                       "Several processes/GPUs: torchrun --nproc_per_node=N -m pqv finetune ... "
+                       "(hparams.batch_size is per process).")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--data", **data)
-    s.add_argument("--hparams", type=_json, default={})
+    s.add_argument("--hparams", type=_json, default={}, help="finetune section of the config, as JSON")
     s.add_argument("--metrics", required=True)
+    s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
     s.set_defaults(fn=_finetune)
 
-    s = sub.add_parser("quantize", help="convert to a precision for an engine (TorchScript)")
+    s = sub.add_parser("quantize", help="convert to a precision for an engine (.ts for ptl, .pt2 for pte)")
     s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="ends in .ts (TorchScript, for ptl) or .pt2 (torch.export, for pte)")
     s.add_argument("--precision", required=True)
     s.add_argument("--engine", required=True)
+    s.add_argument("--data", type=_json, default=None, help="dataset section, for calibration images")
+    s.add_argument("--calibration-images", type=int, default=128)
     s.set_defaults(fn=_quantize)
 
     s = sub.add_parser("export", help="write a mobile artifact and verify it against its parent")
-    s.add_argument("--src", required=True, help="quantized TorchScript module")
+    s.add_argument("--src", required=True, help="quantized program (.ts or .pt2)")
     s.add_argument("--parent", required=True, help="eager FP32 model it was made from")
     s.add_argument("--out", required=True)
     s.add_argument("--format", required=True)
     s.add_argument("--data", **data)
-    s.add_argument("--no-mobile-optimizer", action="store_true")
+    s.add_argument("--no-mobile-optimizer", action="store_true", help="ptl: save a frozen module, unoptimized")
+    s.add_argument("--no-xnnpack-rewrite", action="store_true",
+                   help="ptl: keep optimize_for_mobile's other passes but not its XNNPACK prepacked ops")
     s.add_argument("--check-images", type=int, default=64)
     s.add_argument("--min-cosine", type=float, default=0.98)
     s.set_defaults(fn=_export)
@@ -157,6 +176,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--runs", type=int, default=10)
     s.set_defaults(fn=_profile)
+
+    s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")
+    s.add_argument("--summary", default="results/summary.csv")
+    s.add_argument("--max-accuracy-loss", type=float, required=True, help="top-1 points below the dense FP32 model")
+    s.add_argument("--model", default=None, help="only this model id")
+    s.set_defaults(fn=_choose)
 
     s = sub.add_parser("plot", help="draw the trade-off figures from the summary")
     s.add_argument("--summary", required=True)

@@ -1,29 +1,53 @@
-"""Export stage: turn a quantized TorchScript module into a mobile file and verify it.
+"""Export stage: turn a quantized program into a mobile file and verify it.
 
-Every artifact is loaded back in its own runtime and compared with the eager FP32 model it came
-from, on real held-out images; a failed check fails the job, so nothing unverified is cached.
+Every artifact is loaded back in its own runtime (Lite Interpreter, ExecuTorch) and compared with
+the eager FP32 model it came from on real held-out images; a failed check fails the job, so
+nothing unverified is cached.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import data
+from . import data, targets
 from .errors import PQVError
-from .quantize import NO_ENGINE, PRECISIONS, QUANTIZED_ENGINES, engine_scope
+from .quantize import NO_ENGINE, PRECISIONS, engine_scope
 
 
-def _export_ptl(src: str, out: str, precision: str, mobile_optimizer: bool) -> None:
+# x86/fbgemm packed weights serialize by unpacking into a fresh tensor each time, so a Lite file
+# stores every int8 weight twice; onednn's keep the original tensor and are stored once. The int8
+# values and scales are the same, and the runtime repacks them for its own engine at load, so
+# writing under onednn halves the file without changing one output (tests check both).
+COMPACT_STORAGE = {"x86": "onednn", "fbgemm": "onednn"}
+
+
+def _storage_engine(engine: str) -> str:
+    compact = COMPACT_STORAGE.get(engine)
+    return compact if compact in torch.backends.quantized.supported_engines else engine
+
+
+def _export_ptl(src: str, out: str, precision: str, options: dict) -> None:
     """TorchScript -> optimize_for_mobile -> Lite Interpreter (the paper's path)."""
+    with engine_scope(_storage_engine(options.get("engine", NO_ENGINE))):
+        _write_ptl(src, out, precision, options)
+
+
+def _write_ptl(src: str, out: str, precision: str, options: dict) -> None:
     from torch.utils.mobile_optimizer import MobileOptimizerType, optimize_for_mobile
 
     module = torch.jit.load(src).eval()
-    if mobile_optimizer:
-        # FP16 breaks the prepack-folding pass; everything else takes the full optimizer.
-        blocklist = {MobileOptimizerType.INSERT_FOLD_PREPACK_OPS} if precision == "fp16" else set()
+    if options.get("mobile_optimizer", True):
+        blocklist = set()
+        # FP16 breaks the prepack-folding pass; on x86 that XNNPACK rewrite makes FP32 ~3x slower.
+        if precision == "fp16" or not options.get("xnnpack_rewrite", True):
+            blocklist.add(MobileOptimizerType.INSERT_FOLD_PREPACK_OPS)
         module = optimize_for_mobile(module, optimization_blocklist=blocklist)
     else:
         module = torch.jit.freeze(module)  # Lite saving needs a frozen or optimized module
@@ -36,23 +60,56 @@ def _load_ptl(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return _load_for_lite_interpreter(path)
 
 
+def _export_pte(src: str, out: str, precision: str, options: dict) -> None:
+    """torch.export program -> ExecuTorch with everything XNNPACK can run delegated to it."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    _find_flatc()
+    program = torch.export.load(src)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    with open(out, "wb") as f:
+        lowered.write_to_file(f)
+
+
+def _find_flatc() -> None:
+    """ExecuTorch serializes with the `flatc` binary its wheel installs beside the interpreter;
+    point it there so nobody has to put the venv's bin/ on PATH."""
+    beside = Path(sys.executable).parent / "flatc"
+    if "FLATC_EXECUTABLE" not in os.environ and not shutil.which("flatc") and beside.exists():
+        os.environ["FLATC_EXECUTABLE"] = str(beside)
+
+
+class _ExecuTorchModule:
+    """Call an ExecuTorch program like a module: tensor in, tensor out."""
+
+    def __init__(self, path: str):
+        from executorch.runtime import Runtime
+
+        self.method = Runtime.get().load_program(path).load_method("forward")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([x.contiguous()])[0]
+
+
 @dataclass(frozen=True)
 class Format:
-    export: Callable[[str, str, str, bool], None]
+    export: Callable[[str, str, str, dict], None]
     load: Callable[[str], Callable[[torch.Tensor], torch.Tensor]]
-    engines: tuple[str, ...]  # quantized engines whose kernels this runtime has
 
 
 FORMATS: dict[str, Format] = {
-    "ptl": Format(_export_ptl, _load_ptl, engines=QUANTIZED_ENGINES),
+    "ptl": Format(_export_ptl, _load_ptl),
+    "pte": Format(_export_pte, _ExecuTorchModule),
 }
 
 
 def check_format(fmt: str, engine: str) -> None:
     if fmt not in FORMATS:
         raise PQVError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
-    if engine != NO_ENGINE and engine not in FORMATS[fmt].engines:
-        raise PQVError(f"format '{fmt}' cannot run engine '{engine}'", f"use one of {', '.join(FORMATS[fmt].engines)}")
+    engines = targets.FORMATS[fmt]["engines"]
+    if engine != NO_ENGINE and engine not in engines:
+        raise PQVError(f"format '{fmt}' cannot run engine '{engine}'", f"use one of {', '.join(engines)}")
 
 
 def load(path: str, fmt: str, engine: str):
@@ -85,25 +142,29 @@ def verdict(precision: str, fidelity: dict, min_cosine: float) -> str | None:
 
 
 def run(src: str, parent_model: str, out: str, fmt: str, spec: dict, mobile_optimizer: bool = True,
-        check_images: int = 64, min_cosine: float = 0.98) -> dict:
+        xnnpack_rewrite: bool = True, check_images: int = 64, min_cosine: float = 0.98) -> dict:
     """CLI entry: export, load back, compare with the eager FP32 parent, then publish."""
     from . import io
 
     meta = io.read_sidecar(src)
     precision, engine = meta["precision"], meta["engine"]
     check_format(fmt, engine)
+    if meta.get("ir", "ts") != targets.ir_of(fmt):
+        raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{targets.ir_of(fmt)}",
+                       f"quantize to a .{targets.ir_of(fmt)} file first")
     eager, arch = io.load_model(parent_model)
     images = data.sample_batch(spec, arch["data_config"], check_images)
     with torch.no_grad():
         reference = eager(images)
+    options = {"mobile_optimizer": mobile_optimizer, "xnnpack_rewrite": xnnpack_rewrite}
     with io.atomic_path(out) as tmp, engine_scope(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript/Lite are deprecated upstream
-        FORMATS[fmt].export(src, tmp, precision, mobile_optimizer)
+        FORMATS[fmt].export(src, tmp, precision, {**options, "engine": engine})
         fidelity = compare(FORMATS[fmt].load(tmp)(images), reference)
         problem = verdict(precision, fidelity, min_cosine)
         if problem:
             raise PQVError(problem, "inspect the quantize settings; nothing was written")
     facts = {k: meta[k] for k in ("precision", "engine", "params", "macs", "data_config", "eager_top1")}
-    io.write_sidecar(out, "export", parent=str(src), format=fmt, mobile_optimizer=mobile_optimizer,
+    io.write_sidecar(out, "export", parent=str(src), format=fmt, **options,
                      check_images=len(images), fidelity=fidelity, **facts)
     return fidelity

@@ -39,7 +39,33 @@ def _from_file(name: str, kwargs: dict, path: str) -> nn.Module:
     if not Path(path).is_file():
         raise PQVError(f"weights file {path} does not exist", "set weights to an existing .safetensors/.pth file, 'hub' or 'train'")
     # timm reads .safetensors with safetensors and other files with torch.load(weights_only=True).
-    return archmod.create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    # It keeps the file's classifier only if the file's class count is the pretrained config's, so
+    # tell it the file's count: a head that fits the data set is kept, another one is re-initialised.
+    overlay = {"file": str(path)}
+    classes = _classifier_rows(name, path)
+    if classes is not None:
+        overlay["num_classes"] = classes
+    return archmod.create(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def _classifier_rows(name: str, path: str) -> int | None:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.classifier:
+        return None
+    key = f"{cfg.classifier}.weight"
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_slice(key).get_shape()[0] if key in f.keys() else None
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else {}
+        return state[key].shape[0] if key in state else None
+    except Exception as e:  # unreadable: let timm's own loading report it
+        raise PQVError(f"cannot read weights file {path}: {e}", "give a safetensors or torch state-dict file") from None
 
 
 def create_base(model_cfg: dict, spec: dict) -> tuple[nn.Module, dict]:

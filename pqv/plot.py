@@ -1,7 +1,8 @@
 """Plot stage: the trade-off figures, all drawn from results/summary.csv.
 
 Fig. 2 latency and memory vs pruning ratio per precision; Fig. 4 accuracy vs pruning ratio per
-precision; Fig. 5 accuracy per importance; and accuracy vs latency with the Pareto front.
+precision; Fig. 5 accuracy per importance; Fig. 6 models; Fig. 7 engines; and accuracy vs
+latency with the Pareto front.
 The dense model (ratio 0) is the shared starting point of every importance's curve.
 """
 from __future__ import annotations
@@ -60,8 +61,8 @@ def latency_memory(table: pd.DataFrame):
         axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label)
         axes[1].plot(g["ratio"], g["size_mb"], marker="o", label=label)
         axes[2].plot(g["ratio"], g["peak_rss_mb"], marker="o", label=label)
-    threads = ", ".join(str(t) for t in sorted(table["threads"].unique()))
-    axes[0].set(title=f"Latency per image (median, bars: min-max; {threads} threads)", ylabel="latency (ms)")
+    threads = ", ".join(str(int(t)) for t in sorted(table["threads"].unique()))
+    axes[0].set(title=f"Latency per image (median, bars: min-max; threads: {threads})", ylabel="latency (ms)")
     axes[1].set(title="Model file size", ylabel="size (MB)")
     axes[2].set(title="Peak resident memory (load + 1 image)", ylabel="peak RSS (MB)")
     for ax in axes:
@@ -104,6 +105,71 @@ def importance(table: pd.DataFrame):
     return fig
 
 
+def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt: str = "{:.1f}") -> None:
+    """Bars of `value` at each `x`, one colour per `series`, labelled with their values."""
+    xs = sorted(frame[x].unique(), key=str)
+    groups = sorted(frame[series].unique(), key=str)
+    width = 0.8 / max(1, len(groups))
+    for i, g in enumerate(groups):
+        sub = frame[frame[series] == g].set_index(x)
+        heights = [sub[value].get(v, float("nan")) for v in xs]
+        bars = ax.bar([j + i * width for j in range(len(xs))], heights, width, label=str(g))
+        ax.bar_label(bars, labels=[fmt.format(h) if h == h else "" for h in heights], fontsize=7)
+    ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(xs))], [str(v) for v in xs])
+    ax.margins(y=0.15)
+
+
+def _recipe(table: pd.DataFrame) -> pd.Series:
+    """The most compressed shipped recipe present: the one the comparison figures use."""
+    shipped = table[table["format"] != "eager"]
+    order = ["int8_static", "int8_dynamic", "int4_weight", "fp16", "fp32"]
+    shipped = shipped.assign(rank=shipped["precision"].map({p: i for i, p in enumerate(order)}))
+    return shipped.sort_values(["rank", "engine", "format"]).iloc[0]
+
+
+@figure("fig6_models")
+def models(table: pd.DataFrame):
+    plt = _plt()
+    ref = _recipe(table)
+    imp = main_importance(table)
+    sub = table[(table["precision"] == ref["precision"]) & (table["engine"] == ref["engine"])
+                & (table["format"] == ref["format"]) & ((table["importance"] == imp) | (table["ratio"] == 0))]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    _grouped_bars(axes[0], sub, "ratio", "model", "latency_ms_median", "{:.2f}")
+    _grouped_bars(axes[1], sub, "ratio", "model", "top1")
+    axes[0].set(xlabel=f"pruning ratio ({imp})", ylabel="latency per image, median (ms)", title="Latency")
+    axes[1].set(xlabel=f"pruning ratio ({imp})", ylabel="top-1 accuracy (%)", title="Accuracy")
+    for ax in axes:
+        ax.legend(fontsize=8, title="model")
+        ax.grid(alpha=0.3, axis="y")
+    n = table["model"].nunique()
+    fig.suptitle(f"Fig. 6: models compared ({ref['precision']} {ref['engine']} .{ref['format']}; {n} model{'s' * (n > 1)} configured)")
+    return fig
+
+
+@figure("fig7_engines")
+def engines(table: pd.DataFrame):
+    plt = _plt()
+    quantized = table[table["engine"] != "none"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    if quantized.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no quantized precision configured", ha="center", va="center", transform=ax.transAxes)
+    else:
+        imp = main_importance(table)
+        sub = quantized[(quantized["importance"] == imp) | (quantized["ratio"] == 0)]
+        sub = sub.assign(engine_label=sub["precision"] + "\n" + sub["engine"] + " ." + sub["format"])
+        _grouped_bars(axes[0], sub, "engine_label", "ratio", "latency_ms_median", "{:.2f}")
+        _grouped_bars(axes[1], sub, "engine_label", "ratio", "top1")
+        for ax in axes:
+            ax.legend(fontsize=8, title=f"pruning ratio ({imp})")
+            ax.grid(alpha=0.3, axis="y")
+    axes[0].set(ylabel="latency per image, median (ms)", title="Latency")
+    axes[1].set(ylabel="top-1 accuracy (%)", title="Accuracy")
+    fig.suptitle("Fig. 7: quantized engines compared")
+    return fig
+
+
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     """Rows not beaten by any other row in both latency (lower) and top-1 (higher)."""
     ordered = table.sort_values(["latency_ms_median", "top1"], ascending=[True, False])
@@ -138,6 +204,7 @@ def run(summary_csv: str, outdir: str) -> list[str]:
 
     plt = _plt()
     table = pd.read_csv(summary_csv)
+    table["engine"] = table["engine"].fillna("none")
     Path(outdir).mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in FIGURES.items():

@@ -10,7 +10,7 @@ from .io import atomic_path
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
 COLUMNS = KEYS + [
     "top1", "top5", "eager_top1", "top1_agreement", "cosine_min",
-    "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90",
+    "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
     "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs",
     "threads", "warmup", "runs", "batch_size", "cpu", "torch", "artifact",
 ]

@@ -10,6 +10,8 @@ from pqv import arch, model as pqv_model
 from pqv import finetune
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+# Tiny models run fastest on one thread; on 2-vCPU machines two torch threads mostly spin-wait.
+torch.set_num_threads(1)
 
 DIGITS = {"name": "digits"}
 TINY_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 3, "in_chans": 1}

@@ -27,7 +27,7 @@ def pqv(*args):
 def test_user_errors_are_one_line_with_a_fix_and_leave_no_file(saved_tiny, tmp_path, args, message):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 32)
-    out = tmp_path / "out" / "artifact.bin"
+    out = tmp_path / "out" / "artifact.ts"
     paths = {"saved": saved_tiny, "out": out, "missing": tmp_path / "nope.safetensors", "corrupt": corrupt}
     result = pqv(*[a.format(**paths) for a in args])
     assert result.returncode == 2

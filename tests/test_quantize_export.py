@@ -1,18 +1,24 @@
 import pytest
 import torch
 
-from pqv import data, export, io, quantize
+from pqv import data, export, io, quantize, targets
 from pqv.errors import PQVError
 
 from .conftest import DIGITS
 
 
-def _export(saved, tmp_path, precision, engine, fmt="ptl", mobile_optimizer=True):
-    ts = tmp_path / f"{precision}-{engine}.ts"
-    quantize.run(str(saved), str(ts), precision, engine)
+def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
+    program = tmp_path / f"{precision}-{engine}.{targets.ir_of(fmt)}"
+    quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=64)
     out = tmp_path / f"{precision}-{engine}.{fmt}"
-    fidelity = export.run(str(ts), str(saved), str(out), fmt, DIGITS, mobile_optimizer=mobile_optimizer)
+    fidelity = export.run(str(program), str(saved), str(out), fmt, DIGITS, **options)
     return out, fidelity
+
+
+@pytest.fixture(scope="module")
+def fp32_artifacts(saved_tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fp32")
+    return {fmt: _export(saved_tiny, tmp, "fp32", "none", fmt)[0] for fmt in targets.FORMATS}
 
 
 def _reference(saved, n=64):
@@ -22,11 +28,12 @@ def _reference(saved, n=64):
         return x, m(x)
 
 
-@pytest.mark.parametrize("mobile_optimizer", [True, False])
-def test_fp32_lite_artifact_matches_its_eager_parent(saved_tiny, tmp_path, mobile_optimizer):
-    out, fidelity = _export(saved_tiny, tmp_path, "fp32", "none", mobile_optimizer=mobile_optimizer)
+@pytest.mark.parametrize("fmt, options", [("ptl", {}), ("ptl", {"mobile_optimizer": False}),
+                                          ("ptl", {"xnnpack_rewrite": False}), ("pte", {})])
+def test_fp32_artifact_matches_its_eager_parent(saved_tiny, tmp_path, fmt, options):
+    out, fidelity = _export(saved_tiny, tmp_path, "fp32", "none", fmt, **options)
     x, ref = _reference(saved_tiny)
-    lite = export.load(str(out), "ptl", "none")
+    lite = export.load(str(out), fmt, "none")
     torch.testing.assert_close(lite(x), ref, atol=1e-4, rtol=0)
     assert fidelity["max_abs_diff"] <= 1e-4
     assert io.read_sidecar(out)["fidelity"] == fidelity
@@ -41,23 +48,34 @@ def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
     assert fidelity["top1_agreement"] == 1.0
 
 
-@pytest.mark.parametrize("engine", quantize.available_engines())
-def test_int8_dynamic_lite_artifact_agrees_with_its_parent(saved_tiny, tmp_path, engine):
-    out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", engine)
+QUANTIZED_TARGETS = [c for c in targets.combinations(list(targets.PRECISIONS), quantize.available_engines(),
+                                                     list(targets.FORMATS)) if c[1] != "none"]
+
+
+@pytest.mark.parametrize("precision, engine, fmt", QUANTIZED_TARGETS)
+def test_every_quantized_artifact_agrees_with_its_parent(saved_tiny, fp32_artifacts, tmp_path, precision, engine, fmt):
+    out, fidelity = _export(saved_tiny, tmp_path, precision, engine, fmt)
     x, ref = _reference(saved_tiny)
-    lite = export.load(str(out), "ptl", engine)
-    got = lite(x)
+    got = export.load(str(out), fmt, engine)(x)
     assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
     assert fidelity["cosine_min"] >= 0.98
-    assert "quantized::linear_dynamic" in str(torch.jit.load(tmp_path / f"int8_dynamic-{engine}.ts").inlined_graph)
-    # int8 weights: the artifact is smaller than the float one
-    fp32, _ = _export(saved_tiny, tmp_path, "fp32", "none")
-    assert out.stat().st_size < fp32.stat().st_size
+    assert io.read_sidecar(out)["fidelity"]["cosine_min"] == fidelity["cosine_min"]
+    # integer weights: the artifact is smaller than the float one of the same format
+    assert out.stat().st_size < fp32_artifacts[fmt].stat().st_size
+
+
+@pytest.mark.parametrize("precision, op", [("int8_dynamic", "quantized::linear_dynamic"), ("int8_static", "quantized::linear")])
+def test_torchscript_int8_uses_quantized_linear_kernels(saved_tiny, tmp_path, precision, op):
+    ts = tmp_path / "q.ts"
+    quantize.run(str(saved_tiny), str(ts), precision, "x86", DIGITS, calibration_images=32)
+    graph = str(torch.jit.load(ts).inlined_graph)
+    assert f"{op}(" in graph
+    assert "scaled_dot_product_attention" in graph  # attention stays float, deliberately
 
 
 def test_failed_fidelity_check_writes_nothing(saved_tiny, tmp_path):
     ts = tmp_path / "int8.ts"
-    quantize.run(str(saved_tiny), str(ts), "int8_dynamic", "x86")
+    quantize.run(str(saved_tiny), str(ts), "int8_dynamic", "x86", DIGITS)
     out = tmp_path / "int8.ptl"
     with pytest.raises(PQVError, match="cosine similarity"):
         export.run(str(ts), str(saved_tiny), str(out), "ptl", DIGITS, min_cosine=1.0 + 1e-9)
@@ -70,19 +88,34 @@ def test_failed_fidelity_check_writes_nothing(saved_tiny, tmp_path):
         ("int4", "x86", "unknown precision"),
         ("int8_dynamic", "tpu", "unknown engine"),
         ("fp32", "x86", "takes no quantized engine"),
+        ("int4_weight", "x86", "cannot be exported as .ptl"),
+        ("int8_dynamic", "xnnpack", "does not run in .ptl"),
     ],
 )
 def test_bad_quantize_input_is_one_clear_error(precision, engine, message):
     with pytest.raises(PQVError, match=message):
-        quantize.check(precision, engine)
+        quantize.check(precision, engine, "ts")
 
 
 def test_engine_missing_from_this_build_names_the_available_ones(monkeypatch):
     monkeypatch.setattr(quantize, "available_engines", lambda: ["x86"])
-    with pytest.raises(PQVError, match="not in this torch build.*x86"):
+    with pytest.raises(PQVError, match="not in this build.*x86"):
         quantize.check("int8_dynamic", "qnnpack")
 
 
 def test_unknown_format_is_one_clear_error():
     with pytest.raises(PQVError, match="unknown export format"):
         export.check_format("tflite", "none")
+
+
+def test_x86_lite_files_store_each_int8_weight_once_and_compute_the_same(saved_tiny, tmp_path):
+    ts = tmp_path / "q.ts"
+    quantize.run(str(saved_tiny), str(ts), "int8_dynamic", "x86", DIGITS)
+    compact = tmp_path / "compact.ptl"
+    export._export_ptl(str(ts), str(compact), "int8_dynamic", {"engine": "x86"})
+    with quantize.engine_scope("x86"):  # the unpatched path: packed and saved under x86
+        plain = tmp_path / "plain.ptl"
+        export._write_ptl(str(ts), str(plain), "int8_dynamic", {})
+        x = torch.randn(8, 1, 8, 8)
+        torch.testing.assert_close(export._load_ptl(str(compact))(x), export._load_ptl(str(plain))(x), atol=0, rtol=0)
+    assert compact.stat().st_size < 0.7 * plain.stat().st_size

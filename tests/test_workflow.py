@@ -55,16 +55,33 @@ def finished(tmp_path_factory):
 
 def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
     jobs = scheduled(snakemake(tmp_path, "-n"))
-    # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions
-    assert jobs == Counter(model=1, prune=3, finetune=3, quantize=6, export=6, evaluate=6,
+    # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions, plus each branch's eager baseline
+    assert jobs == Counter(model=1, prune=3, finetune=3, evaluate_eager=3, quantize=6, export=6, evaluate=6,
                            profile=1, summary=1, plot=1, all=1)
+
+
+def test_shipped_configs_plan_their_sweeps(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("dataset: {root: /placeholder/imagenet}\n")
+    base = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+            "--cores", "2"]
+    default = subprocess.run(base, capture_output=True, text=True)
+    assert scheduled(default)["evaluate"] == 10
+    paper = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml"), str(site)], capture_output=True, text=True)
+    # 2 models x (dense + 4 importances x 3 ratios) branches x (fp32 + int8 on 4 engines)
+    assert scheduled(paper)["export"] == 2 * 13 * 5, paper.stderr[-2000:]
+    cifar = subprocess.run(base + ["--configfile", str(REPO / "config/cifar10.yaml")], capture_output=True, text=True)
+    # 5 branches x (fp32 ptl + fp32 pte + int8 dynamic/static on x86 ptl and xnnpack pte)
+    assert scheduled(cifar)["export"] == 5 * 6, cifar.stderr[-2000:]
+    no_root = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml")], capture_output=True, text=True)
+    assert no_root.returncode != 0 and "dataset.root is required" in no_root.stdout + no_root.stderr
 
 
 def test_workflow_writes_summary_figures_profile_and_logs(finished):
     summary = pd.read_csv(finished / "results/summary.csv")
-    got = set(zip(summary["importance"], summary["ratio"], summary["precision"], summary["engine"]))
-    assert got == {(imp, r, p, e) for imp, r in [("none", 0.0), ("l2", 0.5), ("taylor", 0.5)]
-                   for p, e in [("fp32", "none"), ("int8_dynamic", "x86")]}
+    got = set(zip(summary["importance"], summary["ratio"], summary["precision"], summary["engine"], summary["format"]))
+    assert got == {(imp, r, p, e, f) for imp, r in [("none", 0.0), ("l2", 0.5), ("taylor", 0.5)]
+                   for p, e, f in [("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"), ("fp32", "none", "eager")]}
     required = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "top5",
                 "latency_ms_median", "latency_ms_min", "latency_ms_max", "size_mb", "params", "macs"]
     assert not summary[required].isna().any().any()
@@ -73,7 +90,8 @@ def test_workflow_writes_summary_figures_profile_and_logs(finished):
     assert (summary["top1"] > 10).all()  # above chance on held-out digits
     dense = summary[summary["ratio"] == 0]["params"].iloc[0]
     assert (summary[summary["ratio"] > 0]["params"] < dense).all()
-    for name in ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "pareto_accuracy_latency"]:
+    for name in ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
+                 "pareto_accuracy_latency"]:
         png = finished / f"results/figures/{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     profile = pd.read_csv(finished / "results/profile/tiny/l2_0.5/int8_dynamic-x86.ptl.csv")
@@ -88,8 +106,48 @@ def test_second_run_schedules_nothing(finished):
 def test_adding_a_ratio_schedules_only_the_new_branch(finished):
     config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "ratios": [0.0, 0.5, 0.25]}}
     jobs = scheduled(snakemake(finished, "-n", config=config))
-    # two new branches (l2 0.25, taylor 0.25), each 2 precisions; then the aggregates
-    assert jobs == Counter(prune=2, finetune=2, quantize=4, export=4, evaluate=4, summary=1, plot=1, all=1)
+    # two new branches (l2 0.25, taylor 0.25), each 2 precisions; the l2 int8 one matches the profile
+    # selector; then the aggregates
+    assert jobs == Counter(prune=2, finetune=2, evaluate_eager=2, quantize=4, export=4, evaluate=4,
+                           profile=1, summary=1, plot=1, all=1)
+
+
+def test_changing_one_engine_reruns_only_that_engines_jobs(finished):
+    config = {**TINY_CONFIG, "quantize": {**TINY_CONFIG["quantize"], "engines": ["onednn"]}}
+    jobs = scheduled(snakemake(finished, "-n", config=config))
+    # int8 for onednn in 3 branches; the x86 profile selector no longer matches -> profile re-targets
+    assert jobs == Counter(quantize=3, export=3, evaluate=3, profile=1, summary=1, plot=1, all=1)
+
+
+def test_changing_a_finetune_setting_reruns_finetune_and_below_only(finished):
+    config = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "lr": 2e-3}}
+    jobs = scheduled(snakemake(finished, "-n", config=config))
+    assert jobs == Counter(finetune=3, evaluate_eager=3, quantize=6, export=6, evaluate=6, profile=1,
+                           summary=1, plot=1, all=1)
+
+
+def test_choose_picks_the_fastest_artifact_within_the_budget(finished):
+    result = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"),
+                             "--max-accuracy-loss", "100"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = pd.read_csv(finished / "results/summary.csv")
+    shipped = summary[summary["format"] != "eager"]
+    fastest = shipped.sort_values(["latency_ms_median", "size_mb"]).iloc[0]
+    assert f"fastest within 100 top-1 points" in result.stdout
+    assert str(fastest["artifact"]) in result.stdout.split("smallest")[0]
+    impossible = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"),
+                                 "--max-accuracy-loss", "-1"], capture_output=True, text=True)
+    assert impossible.returncode == 2 and "no artifact loses at most -1" in impossible.stderr
+
+
+def test_report_gathers_figures_and_summary(finished):
+    result = snakemake(finished, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import zipfile
+
+    names = zipfile.ZipFile(finished / "report.zip").namelist()
+    assert any(n.endswith("fig2_latency_memory.png") for n in names)
+    assert any(n.endswith("summary.csv") for n in names)
 
 
 @pytest.mark.parametrize(

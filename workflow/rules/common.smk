@@ -1,27 +1,31 @@
 # Paths, sweep expansion and shared parameters. Rules are wiring; logic lives in pqv/.
 import json
+from snakemake.exceptions import WorkflowError
 import os
 import sys
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
 PQV = f'"{sys.executable}" -m pqv'
+sys.path.insert(0, workflow.basedir)  # pqv.targets: the precision/engine/format table, torch-free
+from pqv import targets as T
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 R = config["results"]
-FLOAT_PRECISIONS = {"fp32", "fp16"}
-NO_ENGINE = "none"
+NO_ENGINE = T.NO_ENGINE
 
 BRANCH = R + "/{model}/{importance}_{ratio}"
 MODEL = R + "/{model}/model.safetensors"
 PRUNED = BRANCH + "/pruned.safetensors"
 FINETUNED = BRANCH + "/finetuned.safetensors"
-QUANTIZED = BRANCH + "/quantized/{precision}-{engine}.ts"
+QUANTIZED = BRANCH + "/quantized/{precision}-{engine}.{ir}"
 EXPORTED = BRANCH + "/export/{precision}-{engine}.{format}"
 METRICS = BRANCH + "/eval/{precision}-{engine}.{format}.json"
+EAGER_METRICS = BRANCH + "/eval/fp32-none.eager.json"  # the eager FP32 baseline of a branch
 PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
 SUMMARY = R + "/summary.csv"
-FIGURE_NAMES = ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "pareto_accuracy_latency"]
+FIGURE_NAMES = ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
+                "pareto_accuracy_latency"]
 FIGURES = expand(R + "/figures/{name}.png", name=FIGURE_NAMES)
 
 
@@ -30,10 +34,46 @@ wildcard_constraints:
     model="[^/]+",
     importance="[a-z0-9]+",
     ratio="[0-9.]+",
-    precision="|".join(["fp32", "fp16", "int8_dynamic"]),
+    precision="|".join(T.PRECISIONS),
+    ir="|".join(T.IRS),
     engine="[a-z0-9]+",
-    format="[a-z]+",
+    format="|".join(T.FORMATS),
 
+
+if config["dataset"]["name"] == "imagefolder" and not config["dataset"]["root"]:
+    raise WorkflowError(
+        "config: dataset.root is required for imagefolder data "
+        "(fix: add a file with `dataset: {root: /path/to/data}` after the config, e.g. --configfile config/paper.yaml site.yaml)"
+    )
+
+def _check_machine():
+    """Asking a local run for more cores, threads or memory than the machine has is an error."""
+    if not workflow.local_exec:
+        return
+    def value(name):
+        resource = workflow.global_resources.get(name)
+        return getattr(resource, "value", resource)
+
+    cores, machine = value("_cores"), os.cpu_count()
+    if cores is not None and cores > machine:
+        raise WorkflowError(f"--cores {cores} exceeds the {machine} cores of this machine (fix: --cores {machine} or fewer)")
+    limit = cores if cores is not None else machine
+    if config["evaluate"]["threads"] > limit:
+        raise WorkflowError(
+            f"config: evaluate.threads {config['evaluate']['threads']} exceeds the {limit} cores this run may use "
+            f"(fix: evaluate.threads <= {limit}, or more --cores)"
+        )
+    mem_mb = value("mem_mb")
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    if isinstance(mem_mb, int) and mem_mb > total_mb:
+        raise WorkflowError(f"--resources mem_mb={mem_mb} exceeds this machine's {total_mb} MB (fix: mem_mb <= {total_mb})")
+
+
+_check_machine()
+
+# Heavy and timing stages take every core of a local run; on a cluster (no --cores) the profile's
+# set-threads decides.
+ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
 
 MODELS = {m["id"]: m for m in config["models"]}
 DATA = json.dumps(config["dataset"], sort_keys=True)
@@ -51,16 +91,34 @@ def branches():
     return out
 
 
+COMBINATIONS = T.combinations(config["quantize"]["precisions"], config["quantize"]["engines"], config["export"]["formats"])
+for _engine in config["quantize"]["engines"]:
+    if not any(e == _engine for _, e, _ in COMBINATIONS):
+        raise WorkflowError(
+            f"config: quantize.engines lists '{_engine}' but no export.formats entry runs it with a configured "
+            f"precision (fix: add {[f for f, d in T.FORMATS.items() if _engine in d['engines']]} to export.formats)"
+        )
+
+
 def targets():
     """Every final artifact the config asks for, as wildcard dicts."""
     for model in MODELS:
         for importance, ratio in branches():
-            for precision in config["quantize"]["precisions"]:
-                engines = [NO_ENGINE] if precision in FLOAT_PRECISIONS else config["quantize"]["engines"]
-                for engine in engines:
-                    for fmt in config["export"]["formats"]:
-                        yield dict(model=model, importance=importance, ratio=ratio,
-                                   precision=precision, engine=engine, format=fmt)
+            for precision, engine, fmt in COMBINATIONS:
+                yield dict(model=model, importance=importance, ratio=ratio,
+                           precision=precision, engine=engine, format=fmt)
+
+
+def metrics_files():
+    files = [METRICS.format(**t) for t in targets()]
+    if config["evaluate"]["eager_baseline"]:
+        files += [EAGER_METRICS.format(model=m, importance=i, ratio=r) for m in MODELS for i, r in branches()]
+    return files
+
+
+def quantized_for(wc):
+    """The quantize output an export needs: its format decides the representation."""
+    return QUANTIZED.format(ir=T.ir_of(wc.format), **{k: wc[k] for k in ("model", "importance", "ratio", "precision", "engine")})
 
 
 def profile_targets():

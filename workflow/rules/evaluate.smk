@@ -18,22 +18,44 @@ rule evaluate:
                  engine=wc.engine, format=wc.format)
         ),
         e=EVALUATE,
-        threads=EVALUATE["threads"],
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         "{PQV} evaluate --artifact {input.artifact} --out {output} --data {params.data:q}"
-        " --labels {params.labels:q} --threads {params.threads} --warmup {params.e[warmup]}"
+        " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log} 2>&1"
+
+
+rule evaluate_eager:
+    """The eager FP32 model of a branch, measured like an artifact: the honest FP32 baseline."""
+    input:
+        model=FINETUNED,
+        sidecar=FINETUNED + ".json",
+    output:
+        EAGER_METRICS,
+    params:
+        data=DATA,
+        labels=lambda wc: json.dumps(
+            dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision="fp32",
+                 engine=NO_ENGINE, format="eager")
+        ),
+        e=EVALUATE,
+    log:
+        "logs/evaluate/{model}/{importance}_{ratio}/fp32-none.eager.log",
+    threads: ALL_CORES
+    shell:
+        "{PQV} evaluate --artifact {input.model} --out {output} --data {params.data:q}"
+        " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
         " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log} 2>&1"
 
 
 rule summary:
     """One row per final artifact: results/summary.csv."""
     input:
-        [METRICS.format(**t) for t in targets()],
+        metrics_files(),
     output:
-        SUMMARY,
+        report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     log:
         "logs/summary.log",
     shell:

@@ -4,7 +4,7 @@ EXPORT = config["export"]
 rule export:
     """Mobile artifact, loaded back in its runtime and checked against the eager FP32 parent."""
     input:
-        src=QUANTIZED,
+        src=quantized_for,
         parent=FINETUNED,
     output:
         artifact=EXPORTED,
@@ -13,7 +13,10 @@ rule export:
         data=DATA,
         check_images=EXPORT["check_images"],
         min_cosine=EXPORT["min_cosine"],
-        options="" if EXPORT["mobile_optimizer"] else "--no-mobile-optimizer",
+        options=" ".join(
+            ([] if EXPORT["mobile_optimizer"] else ["--no-mobile-optimizer"])
+            + ([] if EXPORT["xnnpack_rewrite"] else ["--no-xnnpack-rewrite"])
+        ),
     log:
         "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     threads: 1

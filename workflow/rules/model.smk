@@ -9,7 +9,7 @@ rule model:
         data=DATA,
     log:
         "logs/model/{model}.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         "{PQV} model --model-cfg {params.model_cfg:q} --data {params.data:q}"
         " --out {output.model} --metrics {output.metrics} > {log} 2>&1"

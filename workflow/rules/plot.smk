@@ -3,7 +3,10 @@ rule plot:
     input:
         SUMMARY,
     output:
-        FIGURES,
+        [
+            report(path, caption=f"../report/{name}.rst", category="Figures")
+            for name, path in zip(FIGURE_NAMES, FIGURES)
+        ],
     params:
         outdir=R + "/figures",
     log:

@@ -8,14 +8,14 @@ rule profile:
         sidecar=EXPORTED + ".json",
     output:
         csv=PROFILE + ".csv",
-        png=PROFILE + ".png",
+        png=report(PROFILE + ".png", caption="../report/profile.rst", category="Operator profiles"),
     params:
         warmup=PROFILE_CFG["warmup"],
         runs=PROFILE_CFG["runs"],
         threads=EVALUATE["threads"],
     log:
         "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: workflow.cores
+    threads: ALL_CORES
     shell:
         "{PQV} profile --artifact {input.artifact} --out-csv {output.csv} --out-png {output.png}"
         " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} > {log} 2>&1"

@@ -1,13 +1,17 @@
 rule quantize:
-    """One precision for one engine, as a TorchScript module."""
+    """One precision for one engine: TorchScript (.ts) for Lite, a torch.export program (.pt2) for ExecuTorch."""
     input:
         FINETUNED,
     output:
         model=QUANTIZED,
         sidecar=QUANTIZED + ".json",
+    params:
+        data=DATA,
+        calibration_images=config["quantize"]["calibration_images"],
     log:
-        "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.log",
+        "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
     threads: 1
     shell:
         "{PQV} quantize --model {input} --out {output.model} --precision {wildcards.precision}"
-        " --engine {wildcards.engine} > {log} 2>&1"
+        " --engine {wildcards.engine} --data {params.data:q} --calibration-images {params.calibration_images}"
+        " > {log} 2>&1"

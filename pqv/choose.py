@@ -1,0 +1,48 @@
+"""Choose for me: the fastest and the smallest artifact within an accuracy budget, from a summary."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .errors import PQVError
+
+SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
+
+
+def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -> pd.DataFrame:
+    """Shippable artifacts whose top-1 is at most `max_loss` points below their model's dense FP32."""
+    if model is not None:
+        if model not in set(table["model"]):
+            raise PQVError(f"model '{model}' is not in the summary", f"use one of {', '.join(sorted(set(table['model'])))}")
+        table = table[table["model"] == model]
+    dense = table[(table["ratio"] == 0) & (table["precision"] == "fp32")]
+    if dense.empty:
+        raise PQVError("the summary has no dense FP32 row to measure accuracy loss against",
+                       "keep 0.0 in prune.ratios and fp32 in quantize.precisions")
+    reference = dense.groupby("model")["top1"].max().rename("reference_top1")
+    table = table.join(reference, on="model")
+    table = table.assign(accuracy_loss=table["reference_top1"] - table["top1"])
+    shippable = table[table["format"] != "eager"]
+    return shippable[shippable["accuracy_loss"] <= max_loss]
+
+
+def choose(table: pd.DataFrame, max_loss: float, model: str | None = None) -> dict[str, pd.Series]:
+    ok = candidates(table, max_loss, model)
+    if ok.empty:
+        raise PQVError(f"no artifact loses at most {max_loss} top-1 points", "allow a larger --max-accuracy-loss")
+    return {
+        "fastest": ok.sort_values(["latency_ms_median", "size_mb"]).iloc[0],
+        "smallest": ok.sort_values(["size_mb", "latency_ms_median"]).iloc[0],
+    }
+
+
+def run(summary_csv: str, max_loss: float, model: str | None = None) -> dict[str, pd.Series]:
+    try:
+        table = pd.read_csv(summary_csv)
+    except FileNotFoundError:
+        raise PQVError(f"no summary at {summary_csv}", "run the workflow first (snakemake --cores N)") from None
+    picks = choose(table, max_loss, model)
+    for name, row in picks.items():
+        print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %):")
+        for key in SHOWN:
+            print(f"  {key:18} {row[key]}")
+    return picks

@@ -1,0 +1,45 @@
+"""Which precision runs on which engine in which mobile format.
+
+Plain data, importable without torch, so the Snakefile expands the sweep from the same table
+the stages check their arguments against.
+"""
+from __future__ import annotations
+
+NO_ENGINE = "none"  # float precisions use no quantized engine
+
+# Mobile formats: the intermediate representation the quantize stage writes for them, and the
+# quantized engines whose kernels their runtime has.
+FORMATS = {
+    "ptl": {"ir": "ts", "engines": ("x86", "fbgemm", "qnnpack", "onednn")},  # TorchScript Lite
+    "pte": {"ir": "pt2", "engines": ("xnnpack",)},  # ExecuTorch, XNNPACK delegate
+}
+
+# Precisions: whether they need a quantized engine, and the formats that can carry them.
+PRECISIONS = {
+    "fp32": {"quantized": False, "formats": ("ptl", "pte")},
+    "fp16": {"quantized": False, "formats": ("ptl",)},
+    "int8_dynamic": {"quantized": True, "formats": ("ptl", "pte")},
+    "int8_static": {"quantized": True, "formats": ("ptl", "pte")},
+    "int4_weight": {"quantized": True, "formats": ("pte",)},  # int8 dynamic activations, int4 weights
+}
+
+ENGINES = tuple(e for f in FORMATS.values() for e in f["engines"])
+IRS = {f["ir"]: name for name, f in FORMATS.items()}
+
+
+def combinations(precisions, engines, formats):
+    """(precision, engine, format) for every meaningful combination of the configured lists."""
+    out = []
+    for fmt in formats:
+        for precision in precisions:
+            if fmt not in PRECISIONS[precision]["formats"]:
+                continue
+            if not PRECISIONS[precision]["quantized"]:
+                out.append((precision, NO_ENGINE, fmt))
+                continue
+            out += [(precision, e, fmt) for e in engines if e in FORMATS[fmt]["engines"]]
+    return out
+
+
+def ir_of(fmt: str) -> str:
+    return FORMATS[fmt]["ir"]
