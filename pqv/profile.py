@@ -41,7 +41,7 @@ def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
     for bar, pct, calls in zip(bars, head["self_cpu_pct"], head["calls"]):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {pct:.1f}% ({calls} calls)", va="center", fontsize=8)
     ax.set_xlabel("self CPU time per inference (ms)")
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     ax.margins(x=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
@@ -59,6 +59,6 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     table = profile_ops(module, example, warmup, runs)
     with io.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    title = f"{artifact}\nper-operator self CPU time, batch 1, {threads} threads, mean of {runs} runs"
+    title = f"{artifact}\nper-operator self CPU time: batch 1, threads: {threads}, mean of {runs} runs"
     with io.atomic_path(out_png) as tmp, open(tmp, "wb") as f:
         bar_chart(table, title, f)
