@@ -27,3 +27,12 @@ def test_pareto_front_keeps_only_unbeaten_artifacts():
     table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0, 1.5], "top1": [80.0, 90.0, 85.0, 79.0]})
     front = plot.pareto_front(table)
     assert sorted(front.index) == [0, 1]
+
+
+def test_workflow_tracks_every_figure_the_plot_stage_draws():
+    import re
+    from pathlib import Path
+
+    common = (Path(__file__).parents[1] / "workflow/rules/common.smk").read_text()
+    block = common.split("FIGURE_NAMES = [")[1].split("]")[0]
+    assert re.findall(r'"(\w+)"', block) == list(plot.FIGURES)

@@ -1,14 +1,16 @@
 # Paths, sweep expansion and shared parameters. Rules are wiring; logic lives in pqv/.
 import json
-from snakemake.exceptions import WorkflowError
 import os
 import sys
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, workflow.basedir)  # pqv.targets: the precision/engine/format table, torch-free
+from pqv import targets as T
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
 PQV = f'"{sys.executable}" -m pqv'
-sys.path.insert(0, workflow.basedir)  # pqv.targets: the precision/engine/format table, torch-free
-from pqv import targets as T
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 R = config["results"]
@@ -24,10 +26,10 @@ METRICS = BRANCH + "/eval/{precision}-{engine}.{format}.json"
 EAGER_METRICS = BRANCH + "/eval/fp32-none.eager.json"  # the eager FP32 baseline of a branch
 PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
 SUMMARY = R + "/summary.csv"
-FIGURE_NAMES = ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
+FIGURE_NAMES = [  # the keys of pqv.plot.FIGURES (tests/test_evaluate.py keeps them equal)
+    "fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
                 "pareto_accuracy_latency"]
 FIGURES = expand(R + "/figures/{name}.png", name=FIGURE_NAMES)
-
 
 
 wildcard_constraints:
