@@ -49,6 +49,9 @@ def latency(fn, example: torch.Tensor, warmup: int, runs: int) -> dict:
     }
 
 
+EVAL_BATCH = 64  # accuracy batches; exported .pte programs accept batches up to this
+
+
 def machine() -> dict:
     cpu = platform.processor() or "unknown"
     try:
@@ -115,7 +118,7 @@ def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup:
     memory = {"rss_base_mb": rss_before, "rss_model_mb": _rss_mb() - rss_before,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     timing = latency(module, example, warmup, runs)
-    top1, top5 = accuracy(module, data.loader(spec, "eval", dc, 64), desc=f"accuracy {Path(artifact).name}")
+    top1, top5 = accuracy(module, data.loader(spec, "eval", dc, EVAL_BATCH), desc=f"accuracy {Path(artifact).name}")
     metrics = {
         **labels,
         "top1": top1, "top5": top5, "eager_top1": meta.get("eager_top1"),

@@ -286,16 +286,6 @@ def evaluate(model: nn.Module, loader, ctx: Dist, autocast=contextlib.nullcontex
     return (counts[0] / counts[2]).item(), (counts[1] / counts[2]).item()
 
 
-def model_eval(model: nn.Module):
-    model.eval()
-
-    @torch.no_grad()
-    def run(x):
-        return model(x)
-
-    return run
-
-
 def write_history(history: list[dict], path: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         fields = ["epoch", "train_loss", "eval_top1", "eval_top5", "lr"]

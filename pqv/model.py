@@ -96,8 +96,8 @@ def create_base(model_cfg: dict, spec: dict) -> tuple[nn.Module, dict]:
 def run(model_cfg: dict, spec: dict, out: str, metrics_csv: str) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
     from . import io
-    from .evaluate import accuracy
-    from .finetune import model_eval, train
+    from .evaluate import EVAL_BATCH, accuracy
+    from .finetune import train
 
     model, facts = create_base(model_cfg, spec)
     dc = data_config_of(model, model_cfg.get("data_config"))
@@ -105,7 +105,7 @@ def run(model_cfg: dict, spec: dict, out: str, metrics_csv: str) -> dict:
         result = train(model, spec, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model")
         top1, top5 = result["top1"], result["top5"]
     else:
-        top1, top5 = accuracy(model_eval(model), data.loader(spec, "eval", dc, 64))
+        top1, top5 = accuracy(model.eval(), data.loader(spec, "eval", dc, EVAL_BATCH))
         from .finetune import write_history
 
         write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)

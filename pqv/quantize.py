@@ -23,11 +23,12 @@ from torch import nn
 
 from . import targets
 from .errors import PQVError
+from .evaluate import EVAL_BATCH
 from .targets import NO_ENGINE
 
 QUANTIZED_ENGINES = targets.FORMATS["ptl"]["engines"]
 INT4_GROUP = 32  # XNNPACK's 4-bit kernels need a group size that is a multiple of 32
-MAX_BATCH = 64  # largest batch an exported program accepts (evaluation batches are 64)
+MAX_BATCH = EVAL_BATCH  # largest batch an exported program accepts
 
 
 class HalfPrecision(nn.Module):
