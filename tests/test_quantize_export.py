@@ -119,3 +119,27 @@ def test_x86_lite_files_store_each_int8_weight_once_and_compute_the_same(saved_t
         x = torch.randn(8, 1, 8, 8)
         torch.testing.assert_close(export._load_ptl(str(compact))(x), export._load_ptl(str(plain))(x), atol=0, rtol=0)
     assert compact.stat().st_size < 0.7 * plain.stat().st_size
+
+
+# The recipes bench/latency.py finds fastest for DeiT-B (docs/latency.md): speed must not cost
+# fidelity, so each keeps >= 99 % top-1 agreement with its trained FP32 parent on every held-out image.
+FAST_RECIPES = [("int8_dynamic", "xnnpack", "pte", {}), ("int8_static", "xnnpack", "pte", {}),
+                ("int8_dynamic", "onednn", "ptl", {}), ("int8_dynamic", "x86", "ptl", {"xnnpack_rewrite": False})]
+
+
+@pytest.mark.parametrize("precision, engine, fmt, options", FAST_RECIPES)
+def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(saved_tiny, tmp_path, precision,
+                                                                                  engine, fmt, options):
+    if engine not in quantize.available_engines():
+        pytest.skip(f"engine {engine} not in this build")
+    out, _ = _export(saved_tiny, tmp_path, precision, engine, fmt, **options)
+    artifact = export.load(str(out), fmt, engine)
+    model, a = io.load_model(saved_tiny)
+    got, ref = [], []
+    with torch.no_grad():
+        for images, _ in data.loader(DIGITS, "eval", a["data_config"], 64):
+            got.append(artifact(images))
+            ref.append(model(images))
+    fidelity = export.compare(torch.cat(got), torch.cat(ref))
+    assert len(torch.cat(ref)) >= 300
+    assert fidelity["top1_agreement"] >= 0.99
