@@ -81,15 +81,18 @@ def _find_flatc() -> None:
 
 
 class _ExecuTorchModule:
-    """Call an ExecuTorch program like a module: tensor in, tensor out."""
+    """Call an ExecuTorch program like a module: tensor in, tensor out, any batch size (a batch
+    larger than the program's is run in pieces of the program's batch)."""
 
     def __init__(self, path: str):
         from executorch.runtime import Runtime
 
         self.method = Runtime.get().load_program(path).load_method("forward")
+        self.batch = self.method.metadata.input_tensor_meta(0).sizes()[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.execute([x.contiguous()])[0]
+        pieces = x.contiguous().split(self.batch)
+        return torch.cat([self.method.execute([p.contiguous()])[0] for p in pieces])
 
 
 @dataclass(frozen=True)

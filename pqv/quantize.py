@@ -10,6 +10,8 @@ Attention is handled deliberately: the matmuls and softmax inside scaled-dot-pro
 stay in floating point in every int8 recipe; only the Linear layers (qkv, proj, fc1, fc2, head),
 which hold >95 % of a ViT's MACs, are quantized. Quantizing the whole graph statically costs
 accuracy (cosine 0.88 on x86, 7-bit activations) and ExecuTorch cannot load it (DESIGN.md).
+For ExecuTorch the model is first rewritten with `layers.for_xnnpack` (same function, ops that
+XNNPACK runs whole) and exported at a fixed batch of one image.
 """
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import targets
+from . import layers, targets
 from .errors import PQVError
-from .evaluate import EVAL_BATCH
 from .targets import NO_ENGINE
 
 QUANTIZED_ENGINES = targets.FORMATS["ptl"]["engines"]
 INT4_GROUP = 32  # XNNPACK's 4-bit kernels need a group size that is a multiple of 32
-MAX_BATCH = EVAL_BATCH  # largest batch an exported program accepts
+# Exported programs take a fixed batch of one image, as a phone app calls them: with a symbolic
+# batch, XNNPACK declines every reshape and the graph splits into ~100 delegated pieces (10-40 %
+# slower, docs/latency.md). Larger batches are run image by image by the loader.
+PROGRAM_BATCH = 1
 
 
 class HalfPrecision(nn.Module):
@@ -71,10 +75,7 @@ TORCHSCRIPT: dict[str, Callable] = {
 # ---- torch.export family (ExecuTorch, XNNPACK) -------------------------------------------
 
 def _export(model, example):
-    from torch.export import Dim, export
-
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    return export(model, (example,), dynamic_shapes=({0: batch},))
+    return torch.export.export(model, (example[:PROGRAM_BATCH],))
 
 
 def _pt2e(model, example, calibration, dynamic: bool):
@@ -87,9 +88,10 @@ def _pt2e(model, example, calibration, dynamic: bool):
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     quantizer = XNNPACKQuantizer().set_module_type(nn.Linear, config)
     prepared = prepare_pt2e(_export(model, example).module(), quantizer)
+    images = torch.cat(calibration) if not dynamic else example  # dynamic ranges need no statistics
     with torch.no_grad():
-        for batch in calibration if not dynamic else calibration[:1]:
-            prepared(batch)
+        for image in images.split(PROGRAM_BATCH):  # the program's fixed batch
+            prepared(image)
     return _export(convert_pt2e(prepared), example)
 
 
@@ -171,16 +173,6 @@ def engine_scope(engine: str):
         torch.backends.quantized.engine = before
 
 
-def unfused_attention(model: nn.Module) -> nn.Module:
-    """Use timm's explicit attention path: ExecuTorch lowers its matmul/softmax to XNNPACK,
-    while the fused SDPA op falls back to slow portable kernels (DESIGN.md)."""
-    from .arch import attention_blocks
-
-    for attn in attention_blocks(model):
-        attn.fused_attn = False
-    return model
-
-
 def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", calibration: list[torch.Tensor] | None = None):
     """A TorchScript module (ir 'ts') or an ExportedProgram (ir 'pt2') of `model` at `precision`."""
     check(precision, engine, ir)
@@ -190,7 +182,7 @@ def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", cali
     with engine_scope(engine):
         if ir == "ts":
             return torch.jit.script(TORCHSCRIPT[precision](model, engine, calibration).eval())
-        model = unfused_attention(model)
+        model = layers.for_xnnpack(model)
         example = calibration[0] if calibration else None
         return EXPORTED[precision](model, example, calibration)
 
