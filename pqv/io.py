@@ -67,12 +67,13 @@ def read_sidecar(artifact: str | os.PathLike) -> dict:
 def versions() -> dict:
     import torch
 
+    from importlib import metadata
+
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("timm", "torch_pruning", "executorch"):
-        try:
-            mod = __import__(name)
-            out[name] = getattr(mod, "__version__", "unknown")
-        except Exception:  # an optional package missing is a fact, not an error
+    for name in ("timm", "torch-pruning", "executorch"):
+        try:  # the installed distribution's version: torch_pruning's __version__ lags its release
+            out[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # an optional package missing is a fact, not an error
             pass
     return out
 
