@@ -49,7 +49,7 @@ def latency(fn, example: torch.Tensor, warmup: int, runs: int) -> dict:
     }
 
 
-EVAL_BATCH = 64  # accuracy batches; exported .pte programs accept batches up to this
+EVAL_BATCH = 64  # accuracy batches (a .pte program runs them image by image: export.py)
 
 
 def machine() -> dict:
