@@ -11,13 +11,12 @@ With --trained MODEL the same recipes are applied to a trained model and compare
 dataset's held-out split (top-1 agreement): the accuracy side of the speed.
 
     .venv/bin/python bench/latency.py                      # DeiT-B, 9.375 % pruned, 3 rounds
-    .venv/bin/python bench/latency.py --trained results/vit_tiny_patch16_224/taylor_0.25/finetuned.safetensors
+    .venv/bin/python bench/latency.py --trained results/demo_vit/taylor_0.25/finetuned.safetensors
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pqv import arch, evaluate, export, io, prune, quantize, targets
@@ -44,6 +44,7 @@ class Recipe:
     fmt: str  # ptl | pte | eager | onnx (ONNX Runtime, an outside reference)
     options: dict = field(default_factory=dict)
     threads: int | None = None  # None: --threads
+    twins: bool = True  # pte only: False exports timm's own layers (unfused attention), the lever's baseline
     note: str = ""
 
 
@@ -58,6 +59,8 @@ RECIPES: dict[str, Recipe] = {
     "lite int8_static onednn": Recipe("pruned", "int8_static", "onednn", "ptl"),
     "pte fp32": Recipe("pruned", "fp32", NO_ENGINE, "pte"),
     "pte int8_dynamic": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", note="PQV's fastest"),
+    "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", twins=False,
+                                           note="without pqv/layers.py twins"),
     "pte int8_dynamic 1 thread": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", threads=1),
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
@@ -72,6 +75,7 @@ def artifact_path(work: Path, name: str, recipe: Recipe) -> Path:
     if recipe.fmt == EAGER:
         return work / f"{recipe.model}.safetensors"
     stem = f"{recipe.model}-{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
+    stem += "" if recipe.twins else "-timm_layers"
     return work / f"{stem}.{'onnx' if recipe.fmt == 'onnx' else recipe.fmt}"
 
 
@@ -83,7 +87,12 @@ def build(recipe: Recipe, model_path: Path, out: Path, calibration: list[torch.T
     if recipe.fmt == "onnx":
         return _build_onnx(model, out, calibration[0][:1])
     ir = targets.ir_of(recipe.fmt)
-    program = quantize.quantize(model, recipe.precision, recipe.engine, ir, calibration)
+    if recipe.twins:
+        program = quantize.quantize(model, recipe.precision, recipe.engine, ir, calibration)
+    else:  # PQV's export minus the layers.for_xnnpack rewrite: timm's layers, explicit attention
+        for attn in arch.attention_blocks(model):
+            attn.fused_attn = False
+        program = quantize.EXPORTED[recipe.precision](model.eval(), calibration[0], calibration)
     src = out.with_suffix(f".{ir}")
     quantize.save(program, str(src), ir)
     with quantize.engine_scope(recipe.engine), warnings.catch_warnings():
@@ -297,11 +306,8 @@ def main() -> None:
               f" {row['cosine_min_vs_parent']:>6.3f}"
               f" {agree if agree is not None else float('nan'):>6.3f}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    with io.atomic_path(out) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
     print(f"wrote {out}")
 
 

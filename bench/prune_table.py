@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import platform
 import time
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pqv import arch, io, prune
@@ -115,10 +115,8 @@ def main() -> None:
               f" {row['head_dim']:>5} {row['mlp_hidden']:>9} {seconds:>5.1f}", flush=True)
 
     out = Path(args.out)
-    with io.atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    with io.atomic_path(out) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
     print(f"wrote {out}")
 
 
