@@ -124,11 +124,6 @@ def load(recipe_fmt: str, engine: str, path: str):
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
-    if recipe_fmt == "pte":
-        from executorch.extension.pybindings import portable_lib
-
-        if portable_lib._threadpool_get_thread_count() != torch.get_num_threads():
-            portable_lib._unsafe_reset_threadpool(torch.get_num_threads())
     return export.load(path, recipe_fmt, engine)
 
 

@@ -85,14 +85,18 @@ class _ExecuTorchModule:
     larger than the program's is run in pieces of the program's batch)."""
 
     def __init__(self, path: str):
+        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
+        # XNNPACK runs on ExecuTorch's own pool (all cores by default): give it torch's thread
+        # count, so `evaluate.threads` means the same for every format
+        if portable_lib._threadpool_get_thread_count() != torch.get_num_threads():
+            portable_lib._unsafe_reset_threadpool(torch.get_num_threads())
         self.method = Runtime.get().load_program(path).load_method("forward")
         self.batch = self.method.metadata.input_tensor_meta(0).sizes()[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        pieces = x.contiguous().split(self.batch)
-        return torch.cat([self.method.execute([p.contiguous()])[0] for p in pieces])
+        return torch.cat([self.method.execute([piece])[0] for piece in x.contiguous().split(self.batch)])
 
 
 @dataclass(frozen=True)

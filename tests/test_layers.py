@@ -55,3 +55,21 @@ def test_exported_program_takes_one_image_and_the_loader_any_batch(tmp_path):
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(export.load(str(out), "pte", "none")(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_executorch_runs_on_torchs_thread_count(tmp_path):
+    """`evaluate.threads` must bind XNNPACK too, whose pool otherwise takes every core."""
+    from executorch.extension.pybindings import portable_lib
+
+    program = quantize.quantize(tiny_vit(), "fp32", "none", "pt2", [torch.randn(1, 1, 8, 8)])
+    src, out = tmp_path / "m.pt2", tmp_path / "m.pte"
+    quantize.save(program, str(src), "pt2")
+    export._export_pte(str(src), str(out), "fp32", {})
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            export.load(str(out), "pte", "none")
+            assert portable_lib._threadpool_get_thread_count() == threads
+    finally:
+        torch.set_num_threads(before)
