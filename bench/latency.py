@@ -152,41 +152,46 @@ def time_in_subprocess(recipe: Recipe, path: Path, reference: Path, threads: int
 
 # ---- fidelity on a trained model -----------------------------------------------------------------
 
-def agreement(recipe: Recipe, trained: Path, spec: dict, work: Path) -> dict:
-    """Top-1 agreement and cosine of the recipe's artifact with its trained FP32 parent over the
-    whole held-out split, fed in batches the artifact accepts."""
+def agreement(recipes: dict[str, Recipe], trained: Path, spec: dict, work: Path) -> dict[str, dict]:
+    """Per recipe, top-1 agreement and cosine of its artifact with the trained FP32 parent over the
+    whole held-out split."""
     from pqv import data
 
     model, a = io.load_model(trained)
     dc = a["data_config"]
     calibration = list(data.sample_batch(spec, dc, 128, split="train").split(32))
-    out = work / f"trained-{artifact_path(work, '', recipe).name}"
-    build(recipe, trained, out, calibration)
-    fn = load(recipe.fmt, recipe.engine, str(out))
-    outs, refs = [], []
-    with torch.no_grad():
-        for images, _ in data.loader(spec, "eval", dc, evaluate.EVAL_BATCH):
-            outs.append(fn(images))
-            refs.append(model(images))
-    return export.compare(torch.cat(outs), torch.cat(refs))
+
+    def logits(fn) -> torch.Tensor:  # batch by batch: a held-out split may not fit in memory at once
+        with torch.no_grad():
+            return torch.cat([fn(images) for images, _ in data.loader(spec, "eval", dc, evaluate.EVAL_BATCH)])
+
+    reference = logits(model)
+    fidelity = {}
+    for name, recipe in recipes.items():
+        out = work / f"trained-{artifact_path(work, name, recipe).name}"
+        build(recipe, trained, out, calibration)
+        fidelity[name] = export.compare(logits(load(recipe.fmt, recipe.engine, str(out))), reference)
+    return fidelity
 
 
 # ---- the table ----------------------------------------------------------------------------------
 
 def make_models(work: Path, model_name: str, ratio: float, round_to: int) -> tuple[dict, dict]:
-    """Dense, pruned, and pruned-with-round_to models saved as PQV artifacts; their widths."""
+    """Dense, pruned, and pruned-with-round_to models saved as PQV artifacts (made once, then
+    reused from `work`); their widths."""
     torch.manual_seed(0)
     dense = arch.create(model_name, pretrained=False).eval()
     size = dense.patch_embed.img_size[0]
     example = torch.zeros(1, 3, size, size)
     dc = {"input_size": [3, size, size]}
-    variants = {"dense": dense,
-                "pruned": prune.prune(copy.deepcopy(dense), "l2", ratio, example),
-                "pruned_round_to": prune.prune(copy.deepcopy(dense), "l2", ratio, example, round_to=round_to)}
+    pruning = {"dense": None, "pruned": {}, "pruned_round_to": {"round_to": round_to}}
     facts = {}
-    for name, m in variants.items():
+    for name, options in pruning.items():
         path = work / f"{name}.safetensors"
-        if not path.exists():
+        if path.exists():
+            m = io.load_model(path)[0]
+        else:
+            m = dense if options is None else prune.prune(copy.deepcopy(dense), "l2", ratio, example, **options)
             io.save_model(m, path, arch.describe(m, model_name, {}, dc))
         macs, params = prune.count_ops(m, example)
         facts[name] = {"params": params, "macs": macs, "embed_dim": m.embed_dim,
@@ -253,9 +258,7 @@ def main() -> None:
     fidelity = {}
     if args.trained:
         spec = {"name": "digits"} if args.data == "digits" else {"name": "imagefolder", "root": args.data.split(":", 1)[1]}
-        for name, recipe in rows.items():
-            if recipe.fmt != EAGER:
-                fidelity[name] = agreement(recipe, Path(args.trained), spec, work)
+        fidelity = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), spec, work)
 
     def ratio(base: str, name: str) -> float:
         per_round = [b["latency_ms_median"] / t["latency_ms_median"] for b, t in zip(timings[base], timings[name])]
