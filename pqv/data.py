@@ -50,6 +50,9 @@ def _imagefolder(spec: dict, split: str, data_config: dict, training: bool, augm
     folder = Path(root).expanduser() / spec.get(f"{split}_dir", "train" if split == "train" else "val")
     if not folder.is_dir():
         raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
+    from .imagecheck import check
+
+    check(folder)  # every unreadable image and empty class, up front and once (cached)
     transform = create_transform(
         input_size=tuple(data_config["input_size"]),
         is_training=training,
@@ -115,7 +118,63 @@ def loader(spec: dict, split: str, data_config: dict, batch_size: int, training:
     )
 
 
-def sample_batch(spec: dict, data_config: dict, n: int, split: str = "eval") -> torch.Tensor:
-    """The first `n` images of a split: fixed inputs for fidelity checks and profiling."""
+def labels_of(ds: Dataset) -> list[int]:
+    """Every item's class without decoding an image (ImageFolder keeps them; digits are tensors)."""
+    if isinstance(ds, Subset):
+        inner = labels_of(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].tolist()
+    if hasattr(ds, "targets"):
+        return list(ds.targets)
+    return [int(ds[i][1]) for i in range(len(ds))]
+
+
+def stratified_indices(labels: list[int], n: int, seed: int = 0) -> list[int]:
+    """`n` indices drawn across classes: each class shuffled (seeded), then one per class in turn.
+
+    ImageFolder trees are sorted by class, so "the first n" of CIFAR-10 or ImageNet are all class 0.
+    This gives every class its share (within one image) and the same images for the same
+    (labels, n, seed); a smaller n is a prefix of a larger one, so stages that draw different
+    counts still share their first images.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    classes = sorted(by_class)
+    queues = [[by_class[c][j] for j in torch.randperm(len(by_class[c]), generator=gen).tolist()] for c in classes]
+    class_order = torch.randperm(len(classes), generator=gen).tolist()
+    out: list[int] = []
+    depth = 0
+    while len(out) < min(n, len(labels)):
+        for c in class_order:
+            if depth < len(queues[c]) and len(out) < n:
+                out.append(queues[c][depth])
+        depth += 1
+    return out
+
+
+def sample(spec: dict, data_config: dict, n: int, split: str = "eval", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels): `n` images of a split, drawn across classes with `seed`.
+
+    The one sample every stage uses for calibration, fidelity checks and profiling inputs."""
     ds = dataset(spec, split, data_config)
-    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+    idx = stratified_indices(labels_of(ds), n, seed)
+    items = [ds[i] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)
+
+
+def sample_batch(spec: dict, data_config: dict, n: int, split: str = "eval", seed: int = 0) -> torch.Tensor:
+    """The images of `sample`: fixed, class-balanced inputs for fidelity checks and profiling."""
+    return sample(spec, data_config, n, split, seed)[0]
+
+
+def calibration_batches(spec: dict, data_config: dict, batches: int, batch_size: int, seed: int = 0,
+                        split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`batches` batches of a class-balanced sample, shuffled (seeded) so every batch mixes classes:
+    the gradient statistics of Taylor/Hessian importance see the whole label space."""
+    images, labels = sample(spec, data_config, batches * batch_size, split, seed)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))
+    images, labels = images[order], labels[order]
+    return list(zip(images.split(batch_size), labels.split(batch_size)))

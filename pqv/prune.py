@@ -22,6 +22,7 @@ from torch import nn
 from . import arch as archmod
 from . import data
 from .errors import PQVError
+from .progress import progress
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,15 @@ def prune(
     head_ratio: float | None = None,
     bottleneck: bool = False,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
     """Prune `model` in place and return it.
 
     `ratio` is Torch-Pruning's channel ratio: the fraction of the embedding channels, MLP hidden units
     and (heads="dims") every head's dims removed. With heads="whole", `head_ratio` (default `ratio`)
     is the fraction of heads removed per block, rounded up. `bottleneck` keeps the embedding width.
-    Ratio 0 returns the model untouched (the dense branch).
+    Ratio 0 returns the model untouched (the dense branch). Gradients (taylor, hessian) are taken on
+    `device` (pqv.device.resolve); the pruned model is returned on the CPU.
     """
     check_args(importance, ratio, scope, heads, head_ratio)
     blocks = archmod.attention_blocks(model)
@@ -146,6 +149,9 @@ def prune(
                                "use a smaller head_ratio")
 
     tp = _tp()
+    device = torch.device(device)
+    model.to(device)
+    example = example.to(device)
     old_head_dims = {a: a.head_dim for a in blocks}
     with torch.random.fork_rng(devices=[]):  # seed the pruner's randomness without touching the caller's
         torch.manual_seed(seed)
@@ -156,7 +162,7 @@ def prune(
             importance=imp,
             global_pruning=SCOPES[scope],
             pruning_ratio=ratio,
-            ignored_layers=[model.get_classifier()] + (_residual_writers(model) if bottleneck else []),
+            ignored_layers=classifiers(model) + (_residual_writers(model) if bottleneck else []),
             round_to=round_to,
             num_heads={a.qkv: a.num_heads for a in blocks},
             prune_head_dims=prune_head_dims,
@@ -168,11 +174,12 @@ def prune(
             unwrapped_parameters=_unwrapped_parameters(model),
         )
         if imp_spec.needs == "gradients":
-            _accumulate_gradients(model, calibration)
+            _accumulate_gradients(model, calibration, device)
         elif imp_spec.needs == "hessian":
-            _accumulate_hessian(model, imp, calibration)
+            _accumulate_hessian(model, imp, calibration, device)
         pruner.step()
     model.zero_grad(set_to_none=True)
+    model.cpu()
 
     # Global ranking can empty a layer (all of a block's heads or MLP units score lowest).
     emptied = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and 0 in m.weight.shape]
@@ -186,6 +193,14 @@ def prune(
         archmod.set_attention_geometry(attn, num_heads, head_dim)
     archmod.sync_widths(model)
     return model.eval()
+
+
+def classifiers(model: nn.Module) -> list[nn.Module]:
+    """Every classifier head: timm's distilled DeiTs return (head, head_dist) from get_classifier(),
+    and Torch-Pruning silently ignores non-module entries of ignored_layers."""
+    heads = model.get_classifier()
+    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+    return [h for h in heads if isinstance(h, nn.Module)]
 
 
 def _unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
@@ -218,22 +233,23 @@ def _keep_softmax_temperature(attn: nn.Module, old_head_dim: int, new_head_dim: 
             attn.qkv.bias[:q_width] *= factor
 
 
-def _accumulate_gradients(model: nn.Module, calibration) -> None:
+def _accumulate_gradients(model: nn.Module, calibration, device: torch.device) -> None:
     """Taylor: gradients of the loss summed over all calibration batches."""
     model.zero_grad(set_to_none=True)
     model.eval()
-    for images, labels in calibration:
-        nn.functional.cross_entropy(model(images), labels).backward()
+    for images, labels in progress(calibration, desc="taylor gradients", unit="batch"):
+        nn.functional.cross_entropy(model(images.to(device)), labels.to(device)).backward()
 
 
-def _accumulate_hessian(model: nn.Module, imp, calibration) -> None:
+def _accumulate_hessian(model: nn.Module, imp, calibration, device: torch.device) -> None:
     """Hessian (OBD): the diagonal is estimated by the mean of squared per-sample gradients.
 
     One forward/backward per image: backpropagating each loss of a batched forward would cost a
     whole batch's backward per sample."""
     imp.zero_grad()
     model.eval()
-    for images, labels in calibration:
+    for images, labels in progress(calibration, desc="hessian per-sample gradients", unit="batch"):
+        images, labels = images.to(device), labels.to(device)
         for image, label in zip(images, labels):
             model.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(image[None]), label[None]).backward()
@@ -242,8 +258,9 @@ def _accumulate_hessian(model: nn.Module, imp, calibration) -> None:
 
 def run(model_path: str, out: str, importance: str, ratio: float, spec: dict, calibration_batches: int,
         batch_size: int, round_to: int | None = None, scope: str = "uniform", heads: str = "dims",
-        head_ratio: float | None = None, bottleneck: bool = False, seed: int = 0) -> dict:
+        head_ratio: float | None = None, bottleneck: bool = False, seed: int = 0, device: str = "auto") -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
+    from .device import resolve
     from . import io
 
     check_args(importance, ratio, scope, heads, head_ratio)
@@ -255,10 +272,9 @@ def run(model_path: str, out: str, importance: str, ratio: float, spec: dict, ca
     if ratio > 0 and IMPORTANCES[importance].needs != "weights":
         if calibration_batches <= 0:
             raise PQVError(f"importance '{importance}' needs calibration data", "set prune.calibration_batches > 0")
-        loader = data.loader(spec, "train", dc, batch_size, training=False, seed=seed)
-        calibration = [batch for _, batch in zip(range(calibration_batches), loader)]
+        calibration = data.calibration_batches(spec, dc, calibration_batches, batch_size, seed=seed)
     prune(model, importance, ratio, example, calibration, round_to=round_to, scope=scope, heads=heads,
-          head_ratio=head_ratio, bottleneck=bottleneck, seed=seed)
+          head_ratio=head_ratio, bottleneck=bottleneck, seed=seed, device=resolve(device))
     macs_after, params_after = count_ops(model, example)
     arch = archmod.describe(model, arch["timm_name"], arch["kwargs"], dc)
     io.save_model(model, out, arch)
