@@ -2,8 +2,9 @@
 # Run: snakemake --cores 2                      (embedded default, config/config.yaml)
 #      snakemake --cores 2 --configfile my.yaml (your models and data; keys override the default)
 import os
+import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,7 +12,14 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# The config is checked before any job: one line `pqv config: error: ... (fix: ...)`, exit status 2
+# (pqv/config.py); then the schema's defaults are filled in.
+sys.path.insert(0, workflow.basedir)
+from pqv import config as pqv_config
+
+with pqv_config.reported():
+    pqv_config.check(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+                     default=pqv_config.load_yaml(os.path.join(workflow.basedir, "config", "config.yaml")))
 
 
 report: "workflow/report/workflow.rst"

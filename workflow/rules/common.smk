@@ -6,7 +6,9 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # pqv.targets: the precision/engine/format table, torch-free
+from pqv import config as pqv_config
 from pqv import targets as T
+from pqv.errors import PQVError
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
@@ -42,12 +44,7 @@ wildcard_constraints:
     format="|".join(T.FORMATS),
 
 
-if config["dataset"]["name"] == "imagefolder" and not config["dataset"]["root"]:
-    raise WorkflowError(
-        "config: dataset.root is required for imagefolder data "
-        "(fix: add a file with `dataset: {root: /path/to/data}` after the config, e.g. --configfile config/paper.yaml site.yaml)"
-    )
-
+# The config itself was checked by the Snakefile (pqv.config); this checks it against the machine.
 def _check_machine():
     """Asking a local run for more cores, threads or memory than the machine has is an error."""
     if not workflow.local_exec:
@@ -58,20 +55,19 @@ def _check_machine():
 
     cores, machine = value("_cores"), os.cpu_count()
     if cores is not None and cores > machine:
-        raise WorkflowError(f"--cores {cores} exceeds the {machine} cores of this machine (fix: --cores {machine} or fewer)")
+        raise PQVError(f"--cores {cores} exceeds the {machine} cores of this machine", f"--cores {machine} or fewer")
     limit = cores if cores is not None else machine
     if config["evaluate"]["threads"] > limit:
-        raise WorkflowError(
-            f"config: evaluate.threads {config['evaluate']['threads']} exceeds the {limit} cores this run may use "
-            f"(fix: evaluate.threads <= {limit}, or more --cores)"
-        )
+        raise PQVError(f"evaluate.threads {config['evaluate']['threads']} exceeds the {limit} cores this run may use",
+                       f"evaluate.threads <= {limit}, or more --cores")
     mem_mb = value("mem_mb")
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     if isinstance(mem_mb, int) and mem_mb > total_mb:
-        raise WorkflowError(f"--resources mem_mb={mem_mb} exceeds this machine's {total_mb} MB (fix: mem_mb <= {total_mb})")
+        raise PQVError(f"--resources mem_mb={mem_mb} exceeds this machine's {total_mb} MB", f"mem_mb <= {total_mb}")
 
 
-_check_machine()
+with pqv_config.reported():
+    _check_machine()
 
 # Heavy and timing stages take every core of a local run; on a cluster (no --cores) the profile's
 # set-threads decides.
@@ -81,25 +77,17 @@ MODELS = {m["id"]: m for m in config["models"]}
 DATA = json.dumps(config["dataset"], sort_keys=True)
 
 
-def ratio_name(ratio):
-    return f"{float(ratio):g}"
+ratio_name = pqv_config.ratio_name
 
 
 def branches():
     """(importance, ratio) per pruned branch; the dense model (ratio 0) is one shared branch."""
-    ratios = config["prune"]["ratios"]
-    out = [(NO_ENGINE, "0")] if any(float(r) == 0 for r in ratios) else []
-    out += [(imp, ratio_name(r)) for imp in config["prune"]["importances"] for r in ratios if float(r) > 0]
-    return out
+    return pqv_config.branches(config)
 
 
-COMBINATIONS = T.combinations(config["quantize"]["precisions"], config["quantize"]["engines"], config["export"]["formats"])
-for _engine in config["quantize"]["engines"]:
-    if not any(e == _engine for _, e, _ in COMBINATIONS):
-        raise WorkflowError(
-            f"config: quantize.engines lists '{_engine}' but no export.formats entry runs it with a configured "
-            f"precision (fix: add {[f for f, d in T.FORMATS.items() if _engine in d['engines']]} to export.formats)"
-        )
+# Engines that no configured precision uses make nothing (a float-only sweep); pqv.config checked
+# that every other listed precision and engine makes something.
+COMBINATIONS = pqv_config.combinations(config)
 
 
 def targets():
@@ -127,7 +115,7 @@ def profile_targets():
     chosen = []
     for t in targets():
         for sel in config["profile"]["artifacts"]:
-            if all(ratio_name(v) == t["ratio"] if k == "ratio" else str(v) == t[k] for k, v in sel.items()):
+            if pqv_config.matches(sel, t):
                 chosen.append(t)
                 break
     return [PROFILE.format(**t) + ext for t in chosen for ext in (".csv", ".png")]

@@ -1,0 +1,148 @@
+"""pqv.config: every config mistake is one line naming the key (and the closest valid one), found
+before any job runs; the schema's enums are the registries' names."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pqv import config as C
+from pqv import targets as T
+from pqv.errors import PQVError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def merged(change: dict) -> dict:
+    """The default config with `change` merged in one level deep, as snakemake merges a --configfile."""
+    config = copy.deepcopy(DEFAULT)
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+    return config
+
+
+def error(change: dict) -> str:
+    with pytest.raises(PQVError) as e:
+        C.check(merged(change), default=DEFAULT)
+    text = str(e.value)
+    assert "\n" not in text and "(fix: " in text
+    return text
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"prun": {"ratios": [0.1]}}, "unknown key 'prun' (did you mean 'prune'?) (fix: rename it to 'prune')"),
+    ({"finetune": {"lrr": 1e-3}}, "unknown key 'finetune.lrr' (did you mean 'lr'?)"),
+    ({"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"epoch": 1}}]},
+     "unknown key 'models[0].train.epoch' (did you mean 'epochs'?)"),
+    ({"quantize": {"precisions": ["int8_dynamc"]}},
+     "quantize.precisions[0] is 'int8_dynamc', not a valid value (did you mean 'int8_dynamic'?) "
+     "(fix: use one of fp32, fp16, int8_dynamic, int8_static, int4_weight)"),
+    ({"prune": {"importances": ["tayler"]}}, "(did you mean 'taylor'?)"),
+    ({"prune": {"ratios": [1.5]}}, "prune.ratios[0]: 1.5 is greater than or equal to the maximum of 1 (fix: use a value < 1)"),
+    ({"dataset": {"name": "imagefloder"}}, "(did you mean 'imagefolder'?)"),
+])
+def test_typos_and_bad_values_name_the_key_and_the_closest_valid_one(change, expected):
+    assert expected in error(change)
+
+
+def test_a_typo_is_one_line_not_the_schema():
+    text = error({"prun": {}})
+    assert len(text) < 200 and "properties" not in text
+
+
+def test_defaults_are_filled_from_the_schema():
+    config = C.check({"dataset": {"name": "digits"}, "models": [{"id": "m", "timm_name": "vit_tiny_patch16_224",
+                                                                  "train": {"epochs": 1}}]})
+    assert config["quantize"]["engines"] == ["x86"] and config["prune"]["scope"] == "uniform"
+    assert config["finetune"]["opt"] == "adamw" and config["finetune"]["distill"]["alpha"] == 0.5
+    assert config["models"][0]["weights"] == "hub" and config["models"][0]["train"]["lr"] == 1.5e-4
+    assert config["profile"]["artifacts"] == [] and config["results"] == "results"
+
+
+@pytest.mark.parametrize("precisions", [["fp32"], ["fp32", "fp16"]])
+def test_a_float_only_sweep_is_valid_and_its_engines_make_nothing(precisions):
+    config = C.check(merged({"quantize": {"precisions": precisions}, "profile": {"artifacts": []}}))
+    assert {(p, e) for p, e, _ in C.combinations(config)} == {(p, T.NO_ENGINE) for p in precisions}
+
+
+def test_the_default_profile_selector_without_a_match_is_a_warning(caplog):
+    C.check(merged({"quantize": {"precisions": ["fp32"]}}), default=DEFAULT)
+    assert "matches no artifact" in caplog.text
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86", "xnnpack"]}},
+     "quantize.engines lists 'xnnpack' but export.formats ['ptl'] has no format that runs it (fix: add pte"),
+    ({"quantize": {"precisions": ["int4_weight"]}},
+     "quantize.precisions lists 'int4_weight' but export.formats ['ptl'] cannot carry it (fix: add pte"),
+    ({"quantize": {"precisions": ["int8_dynamic"], "engines": ["xnnpack"]}, "export": {"formats": ["ptl", "pte"]},
+      "profile": {"artifacts": []}}, None),
+    ({"profile": {"artifacts": [{"importance": "tayler"}]}},
+     "profile.artifacts[0] asks for importance 'tayler', which this sweep does not make (did you mean 'taylor'?)"),
+    ({"profile": {"artifacts": [{"ratio": 0.3, "precision": "fp32"}]}}, "asks for ratio '0.3'"),
+    ({"profile": {"artifacts": [{"importance": "none", "ratio": 0.5}]}}, "each value exists, not together"),
+    ({"prune": {"head_ratio": 0.5}}, "prune.head_ratio 0.5 applies to whole-head pruning only, but prune.heads is 'dims'"),
+    ({"finetune": {"mixup": 0.8, "batch_size": 33}}, "finetune: mixup/cutmix need an even batch_size, got 33"),
+    ({"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"cutmix": 1.0, "batch_size": 7}}]},
+     "models[0].train: mixup/cutmix need an even batch_size, got 7"),
+    ({"finetune": {"sched": "cosin"}}, "finetune.sched: unknown timm scheduler 'cosin' (did you mean 'cosine'?)"),
+    ({"finetune": {"opt": "adamww"}}, "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
+    ({"dataset": {"name": "imagefolder"}}, "dataset.root is required for imagefolder data"),
+])
+def test_mistakes_that_would_surface_after_upstream_jobs_are_config_errors(change, expected):
+    if expected is None:
+        C.check(merged(change), default=DEFAULT)
+    else:
+        assert expected in error(change)
+
+
+def test_timm_accepts_every_listed_scheduler_and_the_default_optimizer():
+    import torch
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = create_optimizer_v2(torch.nn.Linear(2, 2), opt=C.DEFAULT_OPT, lr=0.1)
+    for name in C.SCHEDULERS:
+        create_scheduler_v2(optimizer, sched=name, num_epochs=10, warmup_epochs=1, updates_per_epoch=10,
+                            step_on_epochs=False)
+    with pytest.raises(ValueError):
+        create_scheduler_v2(optimizer, sched="cosin", num_epochs=2, updates_per_epoch=1)
+    C.check_training("finetune", {"opt": "lookahead_sgd"})  # timm's lookahead_ prefix is valid
+
+
+def test_schema_enums_are_the_registries():
+    from pqv import prune
+
+    schema = C.load_schema()
+    props = schema["properties"]
+    assert props["prune"]["properties"]["importances"]["items"]["enum"] == list(prune.IMPORTANCES)
+    assert props["prune"]["properties"]["scope"]["enum"] == list(prune.SCOPES)
+    assert props["prune"]["properties"]["heads"]["enum"] == list(prune.HEAD_MODES)
+    assert props["quantize"]["properties"]["precisions"]["items"]["enum"] == list(T.PRECISIONS)
+    assert props["quantize"]["properties"]["engines"]["items"]["enum"] == list(T.ENGINES)
+    assert props["export"]["properties"]["formats"]["items"]["enum"] == list(T.FORMATS)
+    profile_keys = props["profile"]["properties"]["artifacts"]["items"]["properties"]
+    assert set(profile_keys) == set(C.artifacts(C.check(merged({})))[0])
+
+
+def test_schema_entries_use_only_schema_keywords():
+    """A description with a comma inside a YAML flow mapping silently becomes extra keys."""
+    keywords = {"type", "enum", "default", "description", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                "items", "properties", "additionalProperties", "unevaluatedProperties", "required", "minItems", "$ref",
+                "pattern"}
+
+    def walk(node, path):
+        assert set(node) <= keywords, (path, set(node) - keywords)
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    schema = C.load_schema()
+    for name, sub in schema["properties"].items():
+        walk(sub, name)
+    for name, sub in schema["$defs"].items():
+        walk(sub, f"$defs.{name}")
