@@ -1,15 +1,30 @@
 """`pqv <stage> ...`: one subcommand per workflow stage; each rule in workflow/rules calls one.
 
-Problems a user can fix are printed as one line `pqv <stage>: error: ...` with exit status 2.
+Problems a user can fix are printed as one line `pqv <stage>: error: ...` with exit status 2; so
+are mistakes on the command line itself. Progress goes through `logging`, with timestamps.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 
 from .errors import PQVError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a command-line mistake is the same one line as any other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (fix: see `{self.prog} --help`)\n")
+
+
+def _one_of(names) -> str:
+    return "one of: " + ", ".join(names)
 
 
 def _json(text: str):
@@ -90,7 +105,10 @@ def _choose(a):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pqv", description=__doc__.splitlines()[0])
+    from . import targets
+    from .prune import HEAD_MODES, IMPORTANCES, SCOPES
+
+    p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="stage", required=True)
     data = {"type": _json, "required": True, "help": "dataset section of the config, as JSON"}
 
@@ -104,15 +122,15 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prune", help="structurally prune a model")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--importance", required=True)
+    s.add_argument("--importance", required=True, help=_one_of(IMPORTANCES))
     s.add_argument("--ratio", type=_ratio, required=True)
     s.add_argument("--data", **data)
     s.add_argument("--calibration-batches", type=int, default=4)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
-    # scope/heads are checked by pqv.prune, not argparse choices, so a typo is the usual one-line error
-    s.add_argument("--scope", default="uniform", help="uniform (same ratio per layer) or global")
-    s.add_argument("--heads", default="dims", help="dims (prune head dims) or whole (prune whole heads)")
+    # choices are checked by pqv.prune, not argparse, so a typo is the usual one-line error with a fix
+    s.add_argument("--scope", default="uniform", help=f"{_one_of(SCOPES)} (uniform: same ratio per layer)")
+    s.add_argument("--heads", default="dims", help=f"{_one_of(HEAD_MODES)} (dims: head dims; whole: whole heads)")
     s.add_argument("--head-ratio", type=_ratio, default=None, help="fraction of heads removed (heads whole)")
     s.add_argument("--bottleneck", action="store_true", help="keep the embedding width")
     s.add_argument("--seed", type=int, default=0)
@@ -133,8 +151,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("quantize", help="convert to a precision for an engine (.ts for ptl, .pt2 for pte)")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True, help="ends in .ts (TorchScript, for ptl) or .pt2 (torch.export, for pte)")
-    s.add_argument("--precision", required=True)
-    s.add_argument("--engine", required=True)
+    s.add_argument("--precision", required=True, help=_one_of(targets.PRECISIONS))
+    s.add_argument("--engine", required=True,
+                   help=f"{_one_of((targets.NO_ENGINE, *targets.ENGINES))} ({targets.NO_ENGINE} for float precisions)")
     s.add_argument("--data", type=_json, default=None, help="dataset section, for calibration images")
     s.add_argument("--calibration-images", type=int, default=128)
     s.set_defaults(fn=_quantize)
@@ -143,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--src", required=True, help="quantized program (.ts or .pt2)")
     s.add_argument("--parent", required=True, help="eager FP32 model it was made from")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", required=True)
+    s.add_argument("--format", required=True, help=_one_of(targets.FORMATS))
     s.add_argument("--data", **data)
     s.add_argument("--no-mobile-optimizer", action="store_true", help="ptl: save a frozen module, unoptimized")
     s.add_argument("--no-xnnpack-rewrite", action="store_true",
@@ -192,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # job logs get timestamped lines
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:

@@ -121,9 +121,15 @@ def check_format(fmt: str, engine: str) -> None:
 
 def load(path: str, fmt: str, engine: str):
     """Load an exported artifact in its runtime; the engine must be selected before loading."""
+    from . import io
+
     check_format(fmt, engine)
+    io.check_artifact(path)  # a cut or damaged file is a one-line error, not the runtime's traceback
     with engine_scope(engine):
-        return FORMATS[fmt].load(path)
+        try:
+            return FORMATS[fmt].load(path)
+        except RuntimeError as e:
+            raise io.corrupt(path, f"{fmt} runtime cannot load {path}: {' '.join(str(e).split())[:160]}") from None
 
 
 @torch.no_grad()
@@ -154,6 +160,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, spec: dict, mobile_opti
     from . import io
 
     meta = io.read_sidecar(src)
+    io.check_artifact(src)
     precision, engine = meta["precision"], meta["engine"]
     check_format(fmt, engine)
     if meta.get("ir", "ts") != targets.ir_of(fmt):

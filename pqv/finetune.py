@@ -21,6 +21,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -40,6 +41,8 @@ from . import data
 from .errors import PQVError
 from .evaluate import accuracy
 from .io import atomic_path
+
+log = logging.getLogger(__name__)
 
 # Mirrors `$defs/hparams` in workflow/schemas/config.schema.yaml (a test keeps them equal): the CLI
 # and the library can be used without the workflow's schema filling in defaults.
@@ -209,7 +212,7 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
         scaler.load_state_dict(state["scaler"])
         history, start = state["history"], state["epoch"]
         if ctx.main:
-            print(f"{desc}: resuming after epoch {start} from {ckpt_dir}", flush=True)
+            log.info("%s: resuming after epoch %d from %s", desc, start, ckpt_dir)
 
     bar = tqdm(range(start, hp["epochs"]), desc=desc, unit="epoch", mininterval=2, initial=start,
                total=hp["epochs"], disable=not ctx.main)
@@ -248,7 +251,8 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
         row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "eval_top1": top1,
                "eval_top5": top5, "lr": optimizer.param_groups[0]["lr"]}
         if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {row['train_loss']}); lower the lr")
+            raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
+                           f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
         if ckpt_dir and ctx.main:
@@ -329,7 +333,7 @@ def load_checkpoint(ckpt_dir: str, key: str) -> dict | None:
         return None
     state = torch.load(done[-1] / "state.pt", map_location="cpu", weights_only=True)
     if state.get("key") != key:
-        print(f"ignoring checkpoint {done[-1]}: made with other settings or inputs", flush=True)
+        log.info("ignoring checkpoint %s: made with other settings or inputs", done[-1])
         return None
     state["model"] = load_file(str(done[-1] / "weights.safetensors"))
     return state
@@ -363,7 +367,9 @@ def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, 
     teacher_model = io.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
     ctx = distributed()
     try:
-        resume_key = _sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
+        # the data set is an input too: a checkpoint made on other data must not be resumed
+        resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
+                      + json.dumps({k: v for k, v in spec.items() if k != "workers"}, sort_keys=True))
         result = train(model, spec, arch["data_config"], hparams, metrics_csv=metrics_csv,
                        desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
                        ckpt_dir=checkpoint_dir(out), resume_key=resume_key)

@@ -27,9 +27,11 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; artifacts get the usual permissions
     try:
         yield tmp
+        # mkstemp makes 0600 files, and writers that replace the file (safetensors' save_file) keep
+        # that: set the usual permissions last, so colleagues on a shared cluster can read results
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -46,22 +48,111 @@ def write_json(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
-def read_json(path: str | os.PathLike) -> dict:
+def read_json(path: str | os.PathLike, artifact: str | os.PathLike | None = None) -> dict:
+    """A JSON object; a missing, cut or non-object file is a one-line error naming the stage to rerun."""
     path = Path(path)
     if not path.exists():
         raise PQVError(f"missing file {path}", "run the stage that produces it (snakemake does this for you)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PQVError(f"corrupt JSON in {path}: {e}", "delete the file and rerun the stage that made it") from None
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise corrupt(artifact or path, f"corrupt JSON in {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise corrupt(artifact or path, f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def write_sidecar(artifact: str | os.PathLike, stage: str, **facts) -> None:
     write_json(sidecar_path(artifact), {"stage": stage, **facts, "versions": versions()})
 
 
+# What each stage's sidecar must hold for the stages after it (the keys they read).
+SIDECAR_KEYS = {
+    "model": (),
+    "prune": (),
+    "finetune": ("data_config",),  # the eager baseline is measured from it
+    "quantize": ("precision", "engine", "data_config"),
+    "export": ("precision", "engine", "format", "data_config", "fidelity"),
+}
+
+
 def read_sidecar(artifact: str | os.PathLike) -> dict:
-    return read_json(sidecar_path(artifact))
+    """An artifact's sidecar, checked to have the structure its stage writes."""
+    path = sidecar_path(artifact)
+    meta = read_json(path, artifact)
+    stage = meta.get("stage")
+    if stage not in SIDECAR_KEYS:
+        raise corrupt(artifact, f"sidecar {path} names no PQV stage (stage: {stage!r})")
+    missing = [k for k in SIDECAR_KEYS[stage] if k not in meta]
+    if missing:
+        raise corrupt(artifact, f"sidecar {path} lacks {', '.join(missing)}")
+    dc = meta.get("data_config", {"input_size": [0, 0, 0]})
+    if not isinstance(dc, dict) or not isinstance(dc.get("input_size"), list) or len(dc["input_size"]) != 3:
+        raise corrupt(artifact, f"sidecar {path} has no valid data_config.input_size")
+    if "fidelity" in SIDECAR_KEYS[stage] and not {"cosine_min", "top1_agreement"} <= set(meta["fidelity"] or {}):
+        raise corrupt(artifact, f"sidecar {path} has no valid fidelity")
+    return meta
+
+
+# The stage that writes a file, by the names the workflow gives them (when its sidecar cannot say).
+STAGE_BY_NAME = {"model.safetensors": "model", "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
+STAGE_BY_SUFFIX = {".ts": "quantize", ".pt2": "quantize", ".ptl": "export", ".pte": "export"}
+
+
+def stage_of(path: str | os.PathLike) -> str | None:
+    """The stage that made `path`: its sidecar's word if readable, else its name's."""
+    path = Path(path)
+    if path.suffix == ".json" and path.with_suffix("").exists():
+        path = path.with_suffix("")  # a sidecar: the stage of its artifact
+    try:
+        stage = json.loads(sidecar_path(path).read_text()).get("stage")
+        if stage in SIDECAR_KEYS:
+            return stage
+    except (OSError, ValueError, AttributeError):
+        pass
+    return STAGE_BY_NAME.get(path.name) or STAGE_BY_SUFFIX.get(path.suffix)
+
+
+def corrupt(path: str | os.PathLike, problem: str) -> PQVError:
+    """The error for a damaged artifact: what is wrong, and which stage to rerun."""
+    stage = stage_of(path)
+    rerun = f"rerun the {stage} stage" if stage else "recreate it with the pqv stage that made it"
+    return PQVError(problem, f"delete {path} and its .json sidecar, then {rerun} (snakemake does on its next run)")
+
+
+def _short(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 160 else text[:160] + "..."
+
+
+def check_artifact(path: str | os.PathLike) -> None:
+    """Refuse a cut or damaged program file before a runtime reads it (and prints its own logs).
+
+    .ts, .pt2 and .ptl are zip archives with a CRC per record; a .pte states its size in its
+    ExecuTorch extended header."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise PQVError(f"missing file {path}", "run the stage that produces it (snakemake does this for you)")
+    if path.suffix in (".ts", ".pt2", ".ptl"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise corrupt(path, f"corrupt {path.suffix} file {path}: {_short(e)}") from None
+        if bad is not None:
+            raise corrupt(path, f"corrupt {path.suffix} file {path}: record {bad} fails its checksum")
+    elif path.suffix == ".pte":
+        head = path.read_bytes()[:40] if path.stat().st_size >= 40 else b""
+        if head[4:8] != b"ET12" or head[8:12] != b"eh00":
+            raise corrupt(path, f"corrupt .pte file {path}: no ExecuTorch header")
+        length = int.from_bytes(head[12:16], "little")
+        program, base = int.from_bytes(head[16:24], "little"), int.from_bytes(head[24:32], "little")
+        segments = int.from_bytes(head[32:40], "little") if length > 24 else 0
+        expected = max(program, base + segments if base else 0)
+        if path.stat().st_size < expected:
+            raise corrupt(path, f"corrupt .pte file {path}: {path.stat().st_size} bytes, its header says {expected}")
 
 
 def versions() -> dict:
@@ -102,11 +193,21 @@ def load_model(path: str | os.PathLike):
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise PQVError(f"corrupt model file {path}: {e}", "delete it and rerun the stage that made it") from None
+        raise corrupt(path, f"corrupt model file {path}: {_short(e)}") from None
     if ARCH_KEY not in meta:
         raise PQVError(f"{path} has no PQV architecture header", "save models with pqv (pqv.io.save_model)")
-    arch = json.loads(meta[ARCH_KEY])
-    return archmod.build(arch, state), arch
+    try:
+        arch = json.loads(meta[ARCH_KEY])
+    except json.JSONDecodeError as e:
+        raise corrupt(path, f"corrupt model file {path}: its architecture header is cut ({e})") from None
+    if not isinstance(arch, dict) or not {"timm_name", "kwargs", "attention", "data_config"} <= set(arch):
+        raise corrupt(path, f"corrupt model file {path}: its architecture header lacks timm_name/kwargs/attention/data_config")
+    try:
+        return archmod.build(arch, state), arch
+    except PQVError as e:
+        raise corrupt(path, f"model file {path} does not fit its architecture: {e.problem}") from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # load_state_dict(strict=True), bad header values
+        raise corrupt(path, f"model file {path} does not fit its architecture: {_short(e)}") from None
 
 
 def _jsonable(obj):

@@ -7,6 +7,7 @@ workflow gets a real starting model without internet.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -31,8 +32,42 @@ def data_config_of(model: nn.Module, overrides: dict | None = None) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dc.items()}
 
 
+HUB_TIMEOUT_S = 3  # a reachable hub answers a TCP connect in well under a second
+
+
+def hub_offline() -> bool:
+    """Whether the hub is out of reach: HF_HUB_OFFLINE is set, or a short connect to HF_ENDPOINT fails.
+
+    Without this, huggingface_hub retries for ~50 s before it gives up on a machine without network."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_TIMEOUT_S).close()
+        return False
+    except OSError:
+        return True
+
+
 def _from_hub(name: str, kwargs: dict) -> nn.Module:
-    return archmod.create(name, pretrained=True, **kwargs)
+    offline = hub_offline()
+    if offline:
+        # read before huggingface_hub is imported (timm imports it): the local cache only, no retries
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return archmod.create(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, PQVError) or not offline:
+            raise
+        raise PQVError(
+            f"the hub is out of reach (offline) and the weights of '{name}' are not in the local cache",
+            f"on a machine with network run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
+            "and copy its ~/.cache/huggingface here (or point HF_HOME at a copy), or set weights to a local file",
+        ) from None
 
 
 def _from_file(name: str, kwargs: dict, path: str) -> nn.Module:

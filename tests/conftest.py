@@ -28,6 +28,20 @@ def tiny_arch(m) -> dict:
     return arch.describe(m, TIMM_NAME, {"num_classes": 10, **TINY_KWARGS}, pqv_model.data_config_of(m))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """pqv's caches (the ImageFolder check) go to a temporary folder, not the user's ~/.cache."""
+    import os
+
+    before = os.environ.get("PQV_CACHE")
+    os.environ["PQV_CACHE"] = str(tmp_path_factory.mktemp("pqv-cache"))
+    yield
+    if before is None:
+        os.environ.pop("PQV_CACHE", None)
+    else:
+        os.environ["PQV_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def trained_tiny():
     """A tiny ViT trained on digits for a few epochs: (model, arch description, top-1 %)."""

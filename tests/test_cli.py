@@ -35,3 +35,27 @@ def test_user_errors_are_one_line_with_a_fix_and_leave_no_file(saved_tiny, tmp_p
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and "(fix: " in lines[0]
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+@pytest.mark.parametrize("stage, option, names", [
+    ("prune", "--importance", "IMPORTANCES"), ("prune", "--scope", "SCOPES"), ("prune", "--heads", "HEAD_MODES"),
+    ("quantize", "--precision", "PRECISIONS"), ("quantize", "--engine", "ENGINES"), ("export", "--format", "FORMATS"),
+])
+def test_help_lists_the_valid_values_of_every_choice_from_the_registries(stage, option, names):
+    from pqv import prune, targets
+
+    registry = {"IMPORTANCES": prune.IMPORTANCES, "SCOPES": prune.SCOPES, "HEAD_MODES": prune.HEAD_MODES,
+                "PRECISIONS": targets.PRECISIONS, "ENGINES": (targets.NO_ENGINE, *targets.ENGINES),
+                "FORMATS": targets.FORMATS}[names]
+    result = pqv(stage, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert f"{option} {option[2:].upper()} one of: {', '.join(registry)}" in text
+
+
+def test_a_command_line_mistake_is_one_line_too(tmp_path):
+    result = pqv("prune", "--model", str(tmp_path / "m.safetensors"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pqv prune: error: the following arguments are required: --out, --importance, --ratio, --data "
+        "(fix: see `pqv prune --help`)"]

@@ -1,0 +1,255 @@
+"""Every mistake a user can make is one line `pqv <stage>: error: ... (fix: ...)`, exit status 2,
+before work is wasted, and nothing is written: damaged artifacts, a diverging finetune, an offline
+hub, config mistakes in the workflow."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from pqv import arch, export, finetune, io, quantize
+from pqv.errors import PQVError
+
+from .conftest import DIGITS
+from .test_workflow import TINY_CONFIG, snakemake
+
+SMALL = {"name": "digits", "max_train": 64, "max_eval": 32}
+
+
+def pqv(*args, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "pqv", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line(result, stage: str, *fragments: str) -> str:
+    """The command failed with status 2 and printed exactly one line, naming problem and fix."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"pqv {stage}: error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "(fix: " in errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def nothing_in(folder: Path) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
+
+
+# ---- damaged artifacts ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def artifacts(saved_tiny, tmp_path_factory):
+    """A finetuned model and its quantized and exported files in both families (.ts/.ptl, .pt2/.pte)."""
+    tmp = tmp_path_factory.mktemp("artifacts")
+    model = tmp / "finetuned.safetensors"
+    model.write_bytes(Path(saved_tiny).read_bytes())
+    io.sidecar_path(model).write_text(io.sidecar_path(saved_tiny).read_text())
+    files = {"model": model}
+    for fmt in ("ptl", "pte"):
+        ir = {"ptl": "ts", "pte": "pt2"}[fmt]
+        files[ir] = tmp / f"fp32-none.{ir}"
+        quantize.run(str(model), str(files[ir]), "fp32", "none", DIGITS, 2)
+        files[fmt] = tmp / f"fp32-none.{fmt}"
+        export.run(str(files[ir]), str(model), str(files[fmt]), fmt, DIGITS, check_images=8)
+    return files
+
+
+def _copy(src: Path, dst: Path, cut: int | None = None) -> Path:
+    """A copy of an artifact and its sidecar; `cut` keeps that many bytes of the artifact."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    data = src.read_bytes()
+    dst.write_bytes(data[:cut] if cut else data)
+    io.sidecar_path(dst).write_text(io.sidecar_path(src).read_text())
+    return dst
+
+
+def test_model_file_with_a_cut_architecture_header(artifacts, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(artifacts["model"]), framework="pt") as f:
+        arch_json = f.metadata()[io.ARCH_KEY]
+    bad = _copy(artifacts["model"], tmp_path / "b" / "model-v2.safetensors")  # the sidecar names the stage
+    save_file(load_file(str(artifacts["model"])), str(bad), metadata={io.ARCH_KEY: arch_json[: len(arch_json) // 2]})
+    out = tmp_path / "out" / "q.ts"
+    result = pqv("quantize", "--model", bad, "--out", out, "--precision", "fp32", "--engine", "none")
+    one_line(result, "quantize", f"corrupt model file {bad}: its architecture header is cut",
+             "rerun the finetune stage")
+    assert nothing_in(out.parent)
+
+
+def test_model_file_missing_a_tensor(artifacts, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(artifacts["model"]), framework="pt") as f:
+        meta = f.metadata()
+    state = load_file(str(artifacts["model"]))
+    state.pop("blocks.0.attn.qkv.weight")
+    bad = tmp_path / "b" / "pruned.safetensors"  # no sidecar: the stage comes from the name
+    bad.parent.mkdir()
+    save_file(state, str(bad), metadata=meta)
+    out = tmp_path / "out" / "f.safetensors"
+    result = pqv("finetune", "--model", bad, "--out", out, "--data", json.dumps(SMALL), "--metrics", tmp_path / "out" / "m.csv")
+    one_line(result, "finetune", f"model file {bad} does not fit its architecture", "blocks.0.attn.qkv.weight",
+             "rerun the prune stage")
+    assert nothing_in(out.parent)
+
+
+@pytest.mark.parametrize("sidecar, problem", [
+    ([1, 2], "holds a JSON list, not an object"),
+    ({"stage": "quantize", "engine": "none"}, "lacks precision, data_config"),
+    ({"stage": "quantize", "precision": "fp32", "engine": "none", "data_config": {"input_size": 8}},
+     "has no valid data_config.input_size"),
+    ('{"stage": "quantize", "prec', "corrupt JSON in"),
+])
+def test_sidecar_with_the_wrong_structure(artifacts, tmp_path, sidecar, problem):
+    src = _copy(artifacts["ts"], tmp_path / "q" / "fp32-none.ts")
+    io.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
+    out = tmp_path / "out" / "fp32-none.ptl"
+    result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl",
+                 "--data", json.dumps(DIGITS))
+    one_line(result, "export", problem, f"delete {src}", "rerun the quantize stage")
+    assert nothing_in(out.parent)
+
+
+@pytest.mark.parametrize("kind", ["ts", "pt2"])
+def test_truncated_quantized_program(artifacts, tmp_path, kind):
+    fmt = {"ts": "ptl", "pt2": "pte"}[kind]
+    src = _copy(artifacts[kind], tmp_path / "q" / f"fp32-none.{kind}", cut=4000)
+    out = tmp_path / "out" / f"fp32-none.{fmt}"
+    result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", fmt,
+                 "--data", json.dumps(DIGITS))
+    one_line(result, "export", f"corrupt .{kind} file {src}", "rerun the quantize stage")
+    assert nothing_in(out.parent)
+
+
+@pytest.mark.parametrize("kind", ["ptl", "pte"])
+@pytest.mark.parametrize("stage", ["evaluate", "profile"])
+def test_truncated_exported_artifact(artifacts, tmp_path, kind, stage):
+    bad = _copy(artifacts[kind], tmp_path / "e" / f"fp32-none.{kind}", cut=len(artifacts[kind].read_bytes()) - 100)
+    out = tmp_path / "out"
+    if stage == "evaluate":
+        result = pqv("evaluate", "--artifact", bad, "--out", out / "m.json", "--data", json.dumps(DIGITS), "--runs", 1)
+    else:
+        result = pqv("profile", "--artifact", bad, "--out-csv", out / "p.csv", "--out-png", out / "p.png", "--runs", 1)
+    one_line(result, stage, f"corrupt .{kind} file {bad}", "rerun the export stage")
+    assert nothing_in(out)
+
+
+def test_a_damaged_program_that_keeps_its_length_is_caught_by_its_checksums(artifacts, tmp_path):
+    src = _copy(artifacts["ptl"], tmp_path / "e" / "fp32-none.ptl")
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    src.write_bytes(bytes(data))
+    with pytest.raises(PQVError, match="fails its checksum.*rerun the export stage"):
+        export.load(str(src), "ptl", "none")
+
+
+# ---- training, hub, permissions, resume ------------------------------------------------------
+
+def test_a_diverging_finetune_is_one_line_and_writes_nothing(saved_tiny, tmp_path):
+    out = tmp_path / "out" / "finetuned.safetensors"
+    hparams = {"epochs": 2, "lr": 1e30, "warmup_epochs": 0, "batch_size": 32, "smoothing": 0.0}
+    result = pqv("finetune", "--model", saved_tiny, "--out", out, "--data", json.dumps(SMALL),
+                 "--hparams", json.dumps(hparams), "--metrics", out.parent / "m.csv")
+    one_line(result, "finetune", "training diverged at epoch 1", "lower lr (now 1e+30)")
+    assert not out.exists() and not (out.parent / "m.csv").exists()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["offline-mode", "unreachable-endpoint"])
+def test_hub_weights_without_network_fail_fast_with_how_to_predownload(tmp_path, env):
+    out = tmp_path / "out" / "model.safetensors"
+    cfg = {"id": "d", "timm_name": "deit_tiny_patch16_224", "weights": "hub"}
+    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", json.dumps(DIGITS), "--out", out,
+                 "--metrics", out.parent / "m.csv", env={"HF_HOME": str(tmp_path / "hf"), **env})
+    one_line(result, "model", "the hub is out of reach (offline)", "'deit_tiny_patch16_224' are not in the local cache",
+             "timm.create_model('deit_tiny_patch16_224', pretrained=True)", "set weights to a local file")
+    assert nothing_in(out.parent)
+
+
+def test_model_files_are_as_readable_as_every_other_artifact(trained_tiny, tmp_path):
+    m, a, _ = trained_tiny
+    io.save_model(m, tmp_path / "m.safetensors", a)
+    io.write_json(tmp_path / "m.json", {})
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "m.safetensors") == mode(tmp_path / "m.json") == 0o666 & ~umask
+
+
+def test_a_checkpoint_made_on_other_data_is_not_resumed(saved_tiny, tmp_path, monkeypatch):
+    out = tmp_path / "finetuned.safetensors"
+    hp = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
+    save = finetune.save_checkpoint
+
+    def killed_after_epoch_1(ckpt_dir, epoch, *args):
+        save(ckpt_dir, epoch, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "save_checkpoint", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run(str(saved_tiny), str(out), SMALL, hp, str(tmp_path / "m.csv"))
+    monkeypatch.undo()
+    assert (Path(finetune.checkpoint_dir(out)) / "epoch-0001").is_dir()
+    other_data = {**SMALL, "split_seed": 1}
+    result = finetune.run(str(saved_tiny), str(out), other_data, hp, str(tmp_path / "m.csv"))
+    assert result["resumed_after_epoch"] == 0
+
+
+def test_unknown_timm_name_suggests_the_closest_names():
+    with pytest.raises(PQVError) as e:
+        arch.create("deit_bse_patch16_224")
+    assert "unknown timm model 'deit_bse_patch16_224' (did you mean 'deit_base_patch16_224'?)" in str(e.value)
+
+
+# ---- the workflow: config mistakes stop before any job ------------------------------------------
+
+def _workflow_error(tmp_path, change: dict, *fragments: str) -> None:
+    config = {**TINY_CONFIG, **{k: {**TINY_CONFIG.get(k, {}), **v} if isinstance(v, dict) else v
+                                for k, v in change.items()}}
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("pqv config: error: ")]
+    # Snakemake's own notices (the profile it uses, --configfile extending the default) may precede
+    # it; nothing else is printed
+    notices = ("is extended by additional config", "Using workflow specific profile")
+    others = [line for line in lines if line not in ours and not any(n in line for n in notices)]
+    assert len(ours) == 1 and not others, lines
+    for fragment in fragments:
+        assert fragment in ours[0], ours[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"prun": {"ratios": [0.25]}}, ["unknown key 'prun' (did you mean 'prune'?)", "(fix: rename it to 'prune')"]),
+    ({"quantize": {"precisions": ["int8_dynamc"]}}, ["did you mean 'int8_dynamic'?"]),
+    ({"profile": {"artifacts": [{"importance": "tayler"}]}}, ["asks for importance 'tayler'", "did you mean 'taylor'?"]),
+    ({"finetune": {"opt": "adamww"}}, ["finetune.opt: unknown timm optimizer 'adamww'"]),
+    ({"finetune": {"sched": "cosin"}}, ["finetune.sched: unknown timm scheduler 'cosin'"]),
+    ({"prune": {"heads": "dims", "head_ratio": 0.5}}, ["applies to whole-head pruning only"]),
+    ({"finetune": {"mixup": 0.8, "batch_size": 63}}, ["mixup/cutmix need an even batch_size, got 63"]),
+    ({"quantize": {"engines": ["x86", "xnnpack"]}}, ["quantize.engines lists 'xnnpack'", "add pte to export.formats"]),
+])
+def test_config_mistakes_are_one_line_before_any_job(tmp_path, change, fragments):
+    _workflow_error(tmp_path, change, *fragments)
+
+
+@pytest.mark.parametrize("precisions", [["fp32"], ["fp32", "fp16"]])
+def test_a_float_only_sweep_plans_with_the_default_engines(tmp_path, precisions):
+    from .test_workflow import scheduled
+
+    config = {**TINY_CONFIG, "quantize": {"precisions": precisions}, "profile": {"artifacts": []}}
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 3 branches, one artifact per float precision each, no engine-specific job
+    assert scheduled(result)["export"] == 3 * len(precisions)
+    assert "-x86." not in result.stdout and "quantized/fp32-none.ts" in result.stdout
