@@ -22,6 +22,8 @@ def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -
     table = table.join(reference, on="model")
     table = table.assign(accuracy_loss=table["reference_top1"] - table["top1"])
     shippable = table[table["format"] != "eager"]
+    if "status" in shippable:  # a recipe that failed its export check is never picked
+        shippable = shippable[shippable["status"].fillna("verified") == "verified"]
     return shippable[shippable["accuracy_loss"] <= max_loss]
 
 

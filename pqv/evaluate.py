@@ -14,20 +14,74 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+
+from .progress import progress
 
 
 @torch.no_grad()
-def accuracy(fn, loader, desc: str | None = None) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy in percent of a callable over a DataLoader."""
+def counts(fn, loader, desc: str | None = None) -> tuple[int, int, int]:
+    """(top-1 hits, top-5 hits, images) of a callable over a DataLoader (a bar when `desc` is given)."""
     correct1 = correct5 = total = 0
-    for images, labels in tqdm(loader, desc=desc, disable=desc is None, mininterval=2):
+    for images, labels in progress(loader, desc=desc, disable=desc is None, unit="batch"):
         logits = fn(images)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         total += len(labels)
+    return correct1, correct5, total
+
+
+def accuracy(fn, loader, desc: str | None = None) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy in percent of a callable over a DataLoader."""
+    correct1, correct5, total = counts(fn, loader, desc)
     return 100.0 * correct1 / total, 100.0 * correct5 / total
+
+
+def _pte_shard(artifact: str, engine: str, spec: dict, data_config: dict, rank: int, world: int, desc: str | None):
+    """One worker process of a sharded .pte accuracy pass: its own program, one XNNPACK thread."""
+    from . import data, export
+
+    set_threads(1)
+    module = export.load(artifact, "pte", engine)
+    set_threads(1)
+    loader = data.loader(spec, "eval", data_config, EVAL_BATCH, rank=rank, world_size=world)
+    return counts(module, loader, desc if rank == 0 else None)
+
+
+def sharded_accuracy(artifact: str, engine: str, spec: dict, data_config: dict, workers: int,
+                     desc: str | None = None) -> tuple[float, float]:
+    """Accuracy of a .pte in `workers` processes, each scoring every workers-th image on one thread.
+
+    A .pte runs one image per call (its program has a fixed batch of one, as an app calls it), and one
+    image does not keep many threads busy; independent programs on separate cores do. Only rank 0
+    draws a bar (the shards are equal, so its ETA is the pass's)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shards = [pool.submit(_pte_shard, artifact, engine, spec, data_config, r, workers,
+                              f"{desc} (shard 1 of {workers})" if desc else None) for r in range(workers)]
+        hits1, hits5, total = (sum(x) for x in zip(*(f.result() for f in shards)))
+    return 100.0 * hits1 / total, 100.0 * hits5 / total
+
+
+def accuracy_on(model: torch.nn.Module, loader, device: torch.device, desc: str | None = None) -> tuple[float, float]:
+    """Accuracy of an eager model on `device` (CUDA where there is one); the model ends on the CPU."""
+    model.to(device).eval()
+    try:
+        return accuracy(lambda x: model(x.to(device, non_blocking=True)).float(), loader, desc)
+    finally:
+        model.cpu()
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads and, when a .pte is loaded, ExecuTorch's XNNPACK pool."""
+    import sys
+
+    torch.set_num_threads(threads)
+    portable = sys.modules.get("executorch.extension.pybindings.portable_lib")
+    if portable is not None and portable._threadpool_get_thread_count() != threads:
+        portable._unsafe_reset_threadpool(threads)
 
 
 @torch.no_grad()
@@ -61,7 +115,24 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "node_exclusive": _slurm_node_exclusive(), "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+def _slurm_node_exclusive() -> bool | None:
+    """In a SLURM job: whether it holds its node alone (`--exclusive`, OverSubscribe=NO), so no other
+    job shared the CPU while it was timed. None outside SLURM, where the workflow instead reserves
+    every core Snakemake has for a timing job."""
+    import subprocess
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return "OverSubscribe=NO" in out.split() if out else None
 
 
 def _rss_mb() -> float:
@@ -97,28 +168,45 @@ EAGER = "eager"  # format name of the eager FP32 baseline rows
 
 
 def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup: int, runs: int,
-        batch_size: int = 1) -> dict:
-    """CLI entry: measure one artifact (exported file, or a .safetensors model as the eager baseline)."""
-    from . import data, io
+        batch_size: int = 1, accuracy_threads: int | None = None, device: str = "auto") -> dict:
+    """CLI entry: measure one artifact (exported file, or a .safetensors model as the eager baseline).
 
-    torch.set_num_threads(threads)
+    Latency: `threads` threads, on the CPU. Accuracy: every core the job holds (`accuracy_threads`),
+    batches of EVAL_BATCH, and for the eager baseline CUDA when the device rule gives it; an
+    exported file is always scored in its own runtime."""
+    from . import data, io
+    from .device import resolve
+
+    set_threads(threads)
     meta = io.read_sidecar(artifact)
     if str(artifact).endswith(".safetensors"):
         fidelity = {"cosine_min": 1.0, "top1_agreement": 1.0}
-        meta = {**meta, "format": EAGER, "engine": "none", "eager_top1": meta.get("top1")}
+        meta = {**meta, "format": EAGER, "engine": "none", "eager_top1": meta.get("top1"), "status": "verified"}
     else:
         fidelity = meta["fidelity"]
     dc = meta["data_config"]
-    # Memory first, in a process that has loaded nothing but torch: load the artifact, run one image
-    # (that first, cold call is also what the paper's one-call profiler method times).
+    example = data.sample_batch(spec, dc, batch_size)  # real held-out images, across classes
+    # Memory first, in a process that has loaded nothing but torch and the inputs: load the artifact,
+    # run one image (that first, cold call is also what the paper's one-call profiler method times).
     rss_before = _rss_mb()
     module = _load(artifact, meta)
-    example = torch.zeros(batch_size, *dc["input_size"])
     paper_ms = paper_method_ms(module, example)
     memory = {"rss_base_mb": rss_before, "rss_model_mb": _rss_mb() - rss_before,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     timing = latency(module, example, warmup, runs)
-    top1, top5 = accuracy(module, data.loader(spec, "eval", dc, EVAL_BATCH), desc=f"accuracy {Path(artifact).name}")
+    accuracy_threads = accuracy_threads or threads
+    set_threads(accuracy_threads)
+    loader = data.loader(spec, "eval", dc, EVAL_BATCH)
+    started = time.perf_counter()
+    desc = f"accuracy {Path(artifact).name}"
+    if meta["format"] == EAGER:
+        top1, top5 = accuracy_on(module, loader, resolve(device), desc)
+    elif meta["format"] == "pte" and accuracy_threads > 1:
+        del module  # the shards load their own programs
+        top1, top5 = sharded_accuracy(artifact, meta["engine"], spec, dc, accuracy_threads, desc)
+    else:  # Lite runs a whole batch per call on every thread
+        top1, top5 = accuracy(module, loader, desc)
+    accuracy_s = time.perf_counter() - started
     metrics = {
         **labels,
         "top1": top1, "top5": top5, "eager_top1": meta.get("eager_top1"),
@@ -127,7 +215,9 @@ def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup:
         **memory,
         "params": meta.get("params"), "macs": meta.get("macs"),
         "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
+        "status": meta.get("status", "verified"), "reason": meta.get("reason", ""),
         "threads": threads, "warmup": warmup, "runs": runs, "batch_size": batch_size,
+        "accuracy_threads": accuracy_threads, "accuracy_images_per_s": len(loader.dataset) / accuracy_s,
         **machine(), "artifact": str(artifact),
     }
     io.write_json(out, metrics)

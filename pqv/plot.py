@@ -4,6 +4,8 @@ Fig. 2 latency and memory vs pruning ratio per precision; Fig. 4 accuracy vs pru
 precision; Fig. 5 accuracy per importance; Fig. 6 models; Fig. 7 engines; and accuracy vs
 latency with the Pareto front.
 The dense model (ratio 0) is the shared starting point of every importance's curve.
+Artifacts that failed their export check (`status: rejected`) are drawn with a red cross over
+their point and never count on the Pareto front.
 """
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ def _curves(table: pd.DataFrame, importance: str):
         yield _label(group.iloc[0], with_model), group
 
 
+def rejected(table: pd.DataFrame) -> pd.Series:
+    """Rows whose artifact failed its export check (summaries from before `status` have none)."""
+    return table["status"].eq("rejected") if "status" in table else pd.Series(False, index=table.index)
+
+
+def mark_rejected(ax, g: pd.DataFrame, x: str, y: str) -> None:
+    """A red cross over every rejected point of a curve, labelled once per axes."""
+    bad = g[rejected(g)]
+    if bad.empty:
+        return
+    seen = any(h.get_label() == REJECTED_LABEL for h in ax.collections)
+    ax.scatter(bad[x], bad[y], marker="x", s=90, color="red", zorder=5, label=None if seen else REJECTED_LABEL)
+
+
+REJECTED_LABEL = "rejected by the export check"
+
+
 def main_importance(table: pd.DataFrame) -> str:
     pruned = [i for i in table["importance"].unique() if i != "none"]
     return "taylor" if "taylor" in pruned else (sorted(pruned)[0] if pruned else "none")
@@ -61,6 +80,8 @@ def latency_memory(table: pd.DataFrame):
         axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label)
         axes[1].plot(g["ratio"], g["size_mb"], marker="o", label=label)
         axes[2].plot(g["ratio"], g["peak_rss_mb"], marker="o", label=label)
+        for ax, y in zip(axes, ("latency_ms_median", "size_mb", "peak_rss_mb")):
+            mark_rejected(ax, g, "ratio", y)
     threads = ", ".join(str(int(t)) for t in sorted(table["threads"].unique()))
     axes[0].set(title=f"Latency per image (median, bars: min-max; threads: {threads})", ylabel="latency (ms)")
     axes[1].set(title="Model file size", ylabel="size (MB)")
@@ -80,6 +101,7 @@ def accuracy(table: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, g in _curves(table, imp):
         ax.plot(g["ratio"], g["top1"], marker="o", label=label)
+        mark_rejected(ax, g, "ratio", "top1")
     ax.set(xlabel=f"pruning ratio ({imp} importance)", ylabel="top-1 accuracy (%)",
            title="Fig. 4: accuracy of the exported artifact vs pruning and precision")
     ax.grid(alpha=0.3)
@@ -113,8 +135,13 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
     for i, g in enumerate(groups):
         sub = frame[frame[series] == g].set_index(x)
         heights = [sub[value].get(v, float("nan")) for v in xs]
+        bad = [sub["status"].get(v) == "rejected" for v in xs]
         bars = ax.bar([j + i * width for j in range(len(xs))], heights, width, label=str(g))
-        ax.bar_label(bars, labels=[fmt.format(h) if h == h else "" for h in heights], fontsize=7)
+        for bar, is_bad in zip(bars, bad):
+            if is_bad:  # a rejected recipe stays visible, struck through
+                bar.set(hatch="xx", edgecolor="red")
+        ax.bar_label(bars, labels=[("rejected " if b else "") + fmt.format(h) if h == h else "" for h, b in zip(heights, bad)],
+                     fontsize=7)
     ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(xs))], [str(v) for v in xs])
     ax.margins(y=0.15)
 
@@ -122,6 +149,7 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
 def _recipe(table: pd.DataFrame) -> pd.Series:
     """The most compressed shipped recipe present: the one the comparison figures use."""
     shipped = table[table["format"] != "eager"]
+    shipped = shipped[~rejected(shipped)] if (~rejected(shipped)).any() else shipped
     order = ["int8_static", "int8_dynamic", "int4_weight", "fp16", "fp32"]
     shipped = shipped.assign(rank=shipped["precision"].map({p: i for i, p in enumerate(order)}))
     return shipped.sort_values(["rank", "engine", "format"]).iloc[0]
@@ -171,8 +199,8 @@ def engines(table: pd.DataFrame):
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows not beaten by any other row in both latency (lower) and top-1 (higher)."""
-    ordered = table.sort_values(["latency_ms_median", "top1"], ascending=[True, False])
+    """Verified rows not beaten by any other verified row in both latency (lower) and top-1 (higher)."""
+    ordered = table[~rejected(table)].sort_values(["latency_ms_median", "top1"], ascending=[True, False])
     best, keep = float("-inf"), []
     for idx, row in ordered.iterrows():
         if row["top1"] > best:
@@ -187,6 +215,7 @@ def pareto(table: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(8, 5))
     for (prec, fmt), g in table.groupby(["precision", "format"]):
         ax.scatter(g["latency_ms_median"], g["top1"], label=f"{prec} .{fmt}", s=30)
+        mark_rejected(ax, g, "latency_ms_median", "top1")
     front = pareto_front(table).sort_values("latency_ms_median")
     ax.plot(front["latency_ms_median"], front["top1"], "k--", lw=1, label="Pareto front")
     for _, r in front.iterrows():
@@ -205,6 +234,7 @@ def run(summary_csv: str, outdir: str) -> list[str]:
     plt = _plt()
     table = pd.read_csv(summary_csv)
     table["engine"] = table["engine"].fillna("none")
+    table["status"] = table["status"].fillna("verified") if "status" in table else "verified"
     Path(outdir).mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in FIGURES.items():

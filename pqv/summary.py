@@ -9,10 +9,10 @@ from .io import atomic_path
 
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
 COLUMNS = KEYS + [
-    "top1", "top5", "eager_top1", "top1_agreement", "cosine_min",
+    "status", "reason", "top1", "top5", "eager_top1", "top1_agreement", "cosine_min",
     "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
     "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs",
-    "threads", "warmup", "runs", "batch_size", "cpu", "torch", "artifact",
+    "threads", "warmup", "runs", "batch_size", "accuracy_threads", "accuracy_images_per_s", "cpu", "node_exclusive", "torch", "artifact",
 ]
 
 
@@ -25,6 +25,37 @@ def collect(paths: list[str]) -> pd.DataFrame:
 
 def run(paths: list[str], out: str) -> pd.DataFrame:
     table = collect(paths)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return table
+
+
+# Snakemake's benchmark files: one TSV per job under <results>/benchmarks/<rule>/...
+COST_COLUMNS = {"s": "wall_s", "max_rss": "max_rss_mb", "cpu_time": "cpu_s"}
+
+
+def stage_costs(paths: list[str], root: str) -> pd.DataFrame:
+    """Per stage (the rule's folder under `root`): jobs, wall and CPU seconds summed, the longest
+    job and the largest peak memory; a `total` row at the end."""
+    from pathlib import Path
+
+    rows = []
+    for path in paths:
+        bench = pd.read_csv(path, sep="\t").rename(columns=COST_COLUMNS)
+        rel = Path(path).relative_to(root)
+        stage = rel.parts[0] if len(rel.parts) > 1 else rel.stem  # <rule>/<job>.tsv, or <rule>.tsv
+        rows.append({"stage": stage, **{c: pd.to_numeric(bench[c], errors="coerce").iloc[-1] for c in COST_COLUMNS.values()}})
+    jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values()])
+    table = jobs.groupby("stage", sort=False).agg(
+        jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), wall_s_max=("wall_s", "max"), cpu_s=("cpu_s", "sum"),
+        max_rss_mb=("max_rss_mb", "max")).reset_index()
+    total = {"stage": "total", "jobs": len(jobs), "wall_s": jobs["wall_s"].sum(), "wall_s_max": jobs["wall_s"].max(),
+             "cpu_s": jobs["cpu_s"].sum(), "max_rss_mb": jobs["max_rss_mb"].max()}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+def run_costs(paths: list[str], root: str, out: str) -> pd.DataFrame:
+    table = stage_costs(paths, root)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return table

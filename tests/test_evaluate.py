@@ -36,3 +36,27 @@ def test_workflow_tracks_every_figure_the_plot_stage_draws():
     common = (Path(__file__).parents[1] / "workflow/rules/common.smk").read_text()
     block = common.split("FIGURE_NAMES = [")[1].split("]")[0]
     assert re.findall(r'"(\w+)"', block) == list(plot.FIGURES)
+
+
+def test_rejected_artifacts_never_make_the_pareto_front():
+    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0], "top1": [95.0, 90.0, 92.0],
+                          "status": ["rejected", "verified", "verified"]})
+    assert sorted(plot.pareto_front(table).index) == [1, 2]
+
+
+def test_a_pte_scored_in_parallel_shards_gives_the_in_process_accuracy(saved_tiny, tmp_path):
+    """The accuracy pass of a .pte runs one program per core; the counts must be the same."""
+    from pqv import data, export, io, quantize
+
+    from .conftest import DIGITS
+
+    program, pte = tmp_path / "int8.pt2", tmp_path / "int8.pte"
+    quantize.run(str(saved_tiny), str(program), "int8_dynamic", "xnnpack", DIGITS)
+    export.run(str(program), str(saved_tiny), str(pte), "pte", DIGITS)
+    dc = io.read_sidecar(pte)["data_config"]
+    whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), data.loader(DIGITS, "eval", dc, 64))
+    assert evaluate.sharded_accuracy(str(pte), "xnnpack", DIGITS, dc, workers=2) == whole
+    metrics = evaluate.run(str(pte), str(tmp_path / "m.json"), DIGITS, {}, threads=1, warmup=1, runs=2,
+                           accuracy_threads=2)
+    assert (metrics["top1"], metrics["top5"]) == whole
+    assert metrics["threads"] == 1 and metrics["accuracy_threads"] == 2 and metrics["accuracy_images_per_s"] > 0

@@ -71,3 +71,17 @@ def test_architecture_header_is_plain_json(trained_tiny, tmp_path):
     assert header["timm_name"] == TIMM_NAME
     assert [b["num_heads"] for b in header["attention"]] == [3, 3]
     assert arch.count_params(io.load_model(path)[0]) == arch.count_params(m)
+
+
+def test_a_deit_b_weights_file_loads_with_a_head_for_the_data_sets_classes(tmp_path, monkeypatch):
+    """config/deit_b.yaml's path: a random-weight stand-in of the hub's DeiT-B file (1,000-class
+    head), given as `~/...`, loads through timm's pretrained loading with a 10-class head."""
+    torch.manual_seed(0)
+    hub_like = arch.create("deit_base_patch16_224", pretrained=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "deit_b").mkdir()
+    save_file({k: v.contiguous() for k, v in hub_like.state_dict().items()}, str(tmp_path / "deit_b/model.safetensors"))
+    cfg = {"id": "deit-b", "timm_name": "deit_base_patch16_224", "weights": "~/deit_b/model.safetensors"}
+    loaded, facts = model.create_base(cfg, DIGITS)
+    assert loaded.head.out_features == 10 and arch.count_params(loaded) == 85_806_346
+    torch.testing.assert_close(loaded.blocks[11].mlp.fc2.weight, hub_like.blocks[11].mlp.fc2.weight)

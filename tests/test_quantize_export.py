@@ -143,3 +143,12 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
     fidelity = export.compare(torch.cat(got), torch.cat(ref))
     assert len(torch.cat(ref)) >= 300
     assert fidelity["top1_agreement"] >= 0.99
+
+
+def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_tiny, tmp_path):
+    out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86", min_cosine=1.0)
+    meta = io.read_sidecar(out)
+    assert out.exists() and meta["status"] == "rejected"
+    assert "cosine similarity" in meta["reason"] and f"{fidelity['cosine_min']:.4f}" in meta["reason"]
+    ok, _ = _export(saved_tiny, tmp_path / "ok", "int8_dynamic", "x86")
+    assert io.read_sidecar(ok)["status"] == "verified" and io.read_sidecar(ok)["reason"] == ""
