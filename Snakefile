@@ -39,6 +39,7 @@ include: "workflow/rules/plot.smk"
 rule all:
     input:
         SUMMARY,
+        STAGE_COSTS,
         FIGURES,
         profile_targets(),
     default_target: True

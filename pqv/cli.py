@@ -44,7 +44,7 @@ def _ratio(text: str) -> float:
 def _model(a):
     from . import model
 
-    model.run(a.model_cfg, a.data, a.out, a.metrics)
+    model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device)
 
 
 def _prune(a):
@@ -52,13 +52,16 @@ def _prune(a):
 
     prune.run(a.model, a.out, a.importance, a.ratio, a.data, a.calibration_batches, a.batch_size,
               round_to=a.round_to, scope=a.scope, heads=a.heads, head_ratio=a.head_ratio,
-              bottleneck=a.bottleneck, seed=a.seed)
+              bottleneck=a.bottleneck, seed=a.seed, device=a.device)
 
 
 def _finetune(a):
     from . import finetune
 
-    finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher)
+    if a.keep:
+        finetune.keep(a.model, a.out, a.metrics)
+    else:
+        finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device)
 
 
 def _quantize(a):
@@ -77,13 +80,20 @@ def _export(a):
 def _evaluate(a):
     from . import evaluate
 
-    evaluate.run(a.artifact, a.out, a.data, a.labels, a.threads, a.warmup, a.runs, a.batch_size)
+    evaluate.run(a.artifact, a.out, a.data, a.labels, a.threads, a.warmup, a.runs, a.batch_size,
+                 accuracy_threads=a.accuracy_threads, device=a.device)
 
 
 def _summarize(a):
     from . import summary
 
     summary.run(a.metrics, a.out)
+
+
+def _costs(a):
+    from . import summary
+
+    summary.run_costs(a.benchmarks, a.root, a.out)
 
 
 def _profile(a):
@@ -111,12 +121,17 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="stage", required=True)
     data = {"type": _json, "required": True, "help": "dataset section of the config, as JSON"}
+    from .device import CHOICES as DEVICES
+
+    device = {"default": "auto", "choices": DEVICES,
+              "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)"}
 
     s = sub.add_parser("model", help="create or train the starting model")
     s.add_argument("--model-cfg", type=_json, required=True, help="one entry of `models`, as JSON")
     s.add_argument("--data", **data)
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True, help="per-epoch CSV")
+    s.add_argument("--device", **device)
     s.set_defaults(fn=_model)
 
     s = sub.add_parser("prune", help="structurally prune a model")
@@ -134,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--head-ratio", type=_ratio, default=None, help="fraction of heads removed (heads whole)")
     s.add_argument("--bottleneck", action="store_true", help="keep the embedding width")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", **device)
     s.set_defaults(fn=_prune)
 
     s = sub.add_parser("finetune", help="recover accuracy of a pruned model",
@@ -146,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--hparams", type=_json, default={}, help="finetune section of the config, as JSON")
     s.add_argument("--metrics", required=True)
     s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
+    s.add_argument("--keep", action="store_true",
+                   help="pass the model through unchanged (the dense branch when finetune.dense is false)")
+    s.add_argument("--device", **device)
     s.set_defaults(fn=_finetune)
 
     s = sub.add_parser("quantize", help="convert to a precision for an engine (.ts for ptl, .pt2 for pte)")
@@ -180,12 +199,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=5)
     s.add_argument("--runs", type=int, default=20)
     s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--accuracy-threads", type=int, default=None,
+                   help="threads of the accuracy pass (default: every core the job holds; latency keeps --threads)")
+    s.add_argument("--device", **device)
     s.set_defaults(fn=_evaluate)
 
     s = sub.add_parser("summarize", help="gather evaluate results into one CSV")
     s.add_argument("metrics", nargs="+")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_summarize)
+
+    s = sub.add_parser("costs", help="sum Snakemake's per-job benchmark files per stage (wall time, CPU, peak memory)")
+    s.add_argument("benchmarks", nargs="+")
+    s.add_argument("--root", required=True, help="the benchmarks folder: its first sub-folder names the stage")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_costs)
 
     s = sub.add_parser("profile", help="per-operator time table of an artifact")
     s.add_argument("--artifact", required=True)

@@ -35,12 +35,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
-
 from . import data
 from .errors import PQVError
 from .evaluate import accuracy
 from .io import atomic_path
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,8 @@ DEFAULTS = {
     "seed": 0,
 }
 DISTILL_DEFAULTS = {"enabled": False, "alpha": 0.5, "temperature": 1.0}
-# Keys of the finetune config that say how to launch the job, not how to train.
-LAUNCH_KEYS = ("nproc", "launcher")
+# Keys of the finetune config that say how to launch the job or which branches to train, not how to train.
+LAUNCH_KEYS = ("nproc", "launcher", "dense")
 CHECKPOINT_SUFFIX = ".ckpt"
 
 
@@ -104,12 +103,15 @@ class Dist:
         return self.rank == 0
 
 
-def distributed() -> Dist:
+def distributed(device: str = "auto") -> Dist:
     """Join torchrun's process group when launched by torchrun with WORLD_SIZE > 1 (idempotent).
 
     torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; NCCL on GPUs, gloo on CPUs.
+    `device` is the config's preference (pqv.device.resolve): auto = CUDA when available.
     """
-    cuda = torch.cuda.is_available()
+    from .device import resolve
+
+    cuda = resolve(device).type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
@@ -160,7 +162,7 @@ def _augment(hp: dict) -> dict:
 
 def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metrics_csv: str | None = None,
           desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
-          resume_key: str = "") -> dict:
+          resume_key: str = "", device: str = "auto") -> dict:
     """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
 
     Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
@@ -174,7 +176,7 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
     kd = hp["distill"]
     if kd["enabled"] and teacher is None:
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
-    ctx = distributed()
+    ctx = distributed(device)
     torch.manual_seed(hp["seed"])
     train_loader = data.loader(spec, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
                                rank=ctx.rank, world_size=ctx.world, augment=_augment(hp))
@@ -214,9 +216,11 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
         if ctx.main:
             log.info("%s: resuming after epoch %d from %s", desc, start, ckpt_dir)
 
-    bar = tqdm(range(start, hp["epochs"]), desc=desc, unit="epoch", mininterval=2, initial=start,
-               total=hp["epochs"], disable=not ctx.main)
-    for epoch in bar:
+    # One bar over every optimizer step of the run (an ImageNet epoch is thousands of steps), with
+    # rate and ETA; the epoch and its metrics are in the postfix.
+    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps_per_epoch, initial=start * steps_per_epoch,
+                   disable=not ctx.main)
+    for epoch in range(start, hp["epochs"]):
         seed = seed_epoch(hp["seed"], epoch, ctx.rank)
         train_loader.sampler.set_epoch(epoch)
         train_loader.generator.manual_seed(seed)  # DataLoader workers' seeds
@@ -245,6 +249,8 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
             scheduler.step_update(step + 1)
             total[0] += loss.detach().double() * len(labels)
             total[1] += len(labels)
+            bar.update()
+            bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", refresh=False)
         if ctx.world > 1:
             dist.all_reduce(total)
         top1, top5 = evaluate(model, eval_loader, ctx, autocast)
@@ -254,7 +260,7 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
             raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
                            f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
+        bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
         if ckpt_dir and ctx.main:
             save_checkpoint(ckpt_dir, epoch + 1, key, model, optimizer, scheduler, scaler, history)
     bar.close()
@@ -351,7 +357,8 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, teacher: str | None = None) -> dict:
+def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, teacher: str | None = None,
+        device: str = "auto") -> dict:
     """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
 
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success.
@@ -365,14 +372,14 @@ def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, 
     model, arch = io.load_model(model_path)
     parent = io.read_sidecar(model_path)
     teacher_model = io.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
-    ctx = distributed()
+    ctx = distributed(device)
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
         resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
                       + json.dumps({k: v for k, v in spec.items() if k != "workers"}, sort_keys=True))
         result = train(model, spec, arch["data_config"], hparams, metrics_csv=metrics_csv,
                        desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
-                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key)
+                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device)
         if ctx.main:
             io.save_model(model, out, arch)
             io.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],
@@ -384,3 +391,21 @@ def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, 
         if dist.is_initialized():
             dist.destroy_process_group()
     return result
+
+
+def keep(model_path: str, out: str, metrics_csv: str) -> dict:
+    """The dense branch without finetuning (finetune.dense: false): the paper compares pruned models
+    with the pretrained one, and 60 ImageNet epochs of the dense DeiT-B would cost GPU-days for nothing.
+
+    The model is written unchanged; its accuracy is the starting model's, from the model stage."""
+    from . import io
+
+    model, arch = io.load_model(model_path)
+    parent = io.read_sidecar(model_path)
+    base = io.read_sidecar(parent["parent"]) if parent.get("parent") else parent
+    top1, top5 = base.get("top1"), base.get("top5")
+    io.save_model(model, out, arch)
+    write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
+    io.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, top1=top1, top5=top5,
+                     params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+    return {"top1": top1, "top5": top5}

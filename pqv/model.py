@@ -71,6 +71,7 @@ def _from_hub(name: str, kwargs: dict) -> nn.Module:
 
 
 def _from_file(name: str, kwargs: dict, path: str) -> nn.Module:
+    path = str(Path(path).expanduser())
     if not Path(path).is_file():
         raise PQVError(f"weights file {path} does not exist", "set weights to an existing .safetensors/.pth file, 'hub' or 'train'")
     # timm reads .safetensors with safetensors and other files with torch.load(weights_only=True).
@@ -128,19 +129,22 @@ def create_base(model_cfg: dict, spec: dict) -> tuple[nn.Module, dict]:
     return model.eval(), {"timm_name": name, "weights": weights, "kwargs": kwargs}
 
 
-def run(model_cfg: dict, spec: dict, out: str, metrics_csv: str) -> dict:
+def run(model_cfg: dict, spec: dict, out: str, metrics_csv: str, device: str = "auto") -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
     from . import io
-    from .evaluate import EVAL_BATCH, accuracy
+    from .device import resolve
+    from .evaluate import EVAL_BATCH, accuracy_on
     from .finetune import train
 
     model, facts = create_base(model_cfg, spec)
     dc = data_config_of(model, model_cfg.get("data_config"))
     if facts["weights"] == "train":
-        result = train(model, spec, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model")
+        result = train(model, spec, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model",
+                       device=device)
         top1, top5 = result["top1"], result["top5"]
     else:
-        top1, top5 = accuracy(model.eval(), data.loader(spec, "eval", dc, EVAL_BATCH))
+        top1, top5 = accuracy_on(model, data.loader(spec, "eval", dc, EVAL_BATCH), resolve(device),
+                                 desc=f"accuracy {model_cfg['id']}")
         from .finetune import write_history
 
         write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)

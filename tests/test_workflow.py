@@ -55,9 +55,24 @@ def finished(tmp_path_factory):
 
 def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
     jobs = scheduled(snakemake(tmp_path, "-n"))
-    # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions, plus each branch's eager baseline
-    assert jobs == Counter(model=1, prune=3, finetune=3, evaluate_eager=3, quantize=6, export=6, evaluate=6,
-                           profile=1, summary=1, plot=1, all=1)
+    # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions, plus each branch's eager baseline; the
+    # dense branch is passed through, not finetuned (finetune.dense: false)
+    assert jobs == Counter(model=1, prune=3, finetune=2, keep_dense=1, evaluate_eager=3, quantize=6, export=6,
+                           evaluate=6, profile=1, summary=1, stage_costs=1, plot=1, all=1)
+
+
+def test_finetuning_the_dense_branch_is_opt_in(tmp_path):
+    config = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "dense": True}}
+    jobs = scheduled(snakemake(tmp_path, "-n", config=config))
+    assert jobs["finetune"] == 3 and "keep_dense" not in jobs
+
+
+def test_device_is_passed_to_every_gradient_and_accuracy_job_and_reruns_nothing(finished):
+    result = snakemake(finished, "-n", "-p", "--forceall", config={**TINY_CONFIG, "device": "cpu"})
+    commands = [line for line in result.stdout.splitlines() if " -m pqv " in line]
+    for stage in ("model", "prune", "finetune", "evaluate"):
+        assert any(f"-m pqv {stage} " in c and "--device cpu" in c for c in commands), stage
+    assert scheduled(snakemake(finished, "-n", config={**TINY_CONFIG, "device": "cpu"})) == Counter()
 
 
 def test_shipped_configs_plan_their_sweeps(tmp_path):
@@ -74,6 +89,11 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     cifar = subprocess.run(base + ["--configfile", str(REPO / "config/cifar10.yaml")], capture_output=True, text=True)
     # 5 branches x (fp32 ptl + fp32 pte + int8 dynamic/static on x86 ptl and xnnpack pte)
     assert scheduled(cifar)["export"] == 5 * 6, cifar.stderr[-2000:]
+    deit_b = subprocess.run(base + ["--configfile", str(REPO / "config/deit_b.yaml")], capture_output=True, text=True)
+    # dense (passed through) + taylor 0.09375: fp32/int8 x86 .ptl, fp32/int8 xnnpack .pte, each evaluated
+    assert scheduled(deit_b) == Counter(model=1, prune=2, finetune=1, keep_dense=1, evaluate_eager=2, quantize=8,
+                                        export=8, evaluate=8, profile=1, summary=1, stage_costs=1, plot=1, all=1), \
+        deit_b.stderr[-2000:]
     no_root = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml")], capture_output=True, text=True)
     assert no_root.returncode != 0 and "dataset.root is required" in no_root.stdout + no_root.stderr
 
@@ -98,6 +118,39 @@ def test_workflow_writes_summary_figures_profile_and_logs(finished):
     profile = pd.read_csv(finished / "results/profile/tiny/l2_0.5/int8_dynamic-x86.ptl.csv")
     assert "quantized::linear_dynamic" in set(profile["operator"])
     assert (finished / "logs/prune/tiny/taylor_0.5.log").exists()
+    assert set(summary["status"]) == {"verified"}
+    # the dense branch was passed through: its FP32 eager row has the starting model's accuracy
+    import json
+
+    base = json.loads((finished / "results/tiny/model.safetensors.json").read_text())
+    dense_eager = summary[(summary["ratio"] == 0) & (summary["format"] == "eager")].iloc[0]
+    assert dense_eager["top1"] == pytest.approx(base["top1"])
+
+
+def test_stage_costs_sum_every_jobs_benchmark(finished):
+    costs = pd.read_csv(finished / "results/stage_costs.csv").set_index("stage")
+    jobs = {"model": 1, "prune": 3, "finetune": 2, "keep_dense": 1, "evaluate_eager": 3, "quantize": 6, "export": 6,
+            "evaluate": 6, "profile": 1, "summary": 1}
+    assert costs["jobs"].drop("total").to_dict() == jobs
+    assert costs.loc["total", "jobs"] == sum(jobs.values())
+    assert (costs["wall_s"] > 0).all() and (costs["max_rss_mb"] > 0).all()
+    assert costs.loc["total", "wall_s"] == pytest.approx(costs["wall_s"].drop("total").sum())
+
+
+def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
+    """An impossible cosine gate rejects every int8 file: the sweep still completes, the rows say why."""
+    config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"]},
+              "export": {"formats": ["ptl"], "min_cosine": 1.0}, "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    int8 = summary[summary["precision"] == "int8_dynamic"]
+    assert set(int8["status"]) == {"rejected"} and int8["reason"].str.contains("cosine similarity").all()
+    assert set(summary[summary["precision"] == "fp32"]["status"]) == {"verified"}
+    assert (tmp_path / "results/figures/pareto_accuracy_latency.png").exists()
+    chosen = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(tmp_path / "results/summary.csv"),
+                             "--max-accuracy-loss", "100"], capture_output=True, text=True)
+    assert chosen.returncode == 0 and "int8_dynamic" not in chosen.stdout
 
 
 def test_second_run_schedules_nothing(finished):
@@ -110,21 +163,22 @@ def test_adding_a_ratio_schedules_only_the_new_branch(finished):
     # two new branches (l2 0.25, taylor 0.25), each 2 precisions; the l2 int8 one matches the profile
     # selector; then the aggregates
     assert jobs == Counter(prune=2, finetune=2, evaluate_eager=2, quantize=4, export=4, evaluate=4,
-                           profile=1, summary=1, plot=1, all=1)
+                           profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
 def test_changing_one_engine_reruns_only_that_engines_jobs(finished):
     config = {**TINY_CONFIG, "quantize": {**TINY_CONFIG["quantize"], "engines": ["onednn"]}}
     jobs = scheduled(snakemake(finished, "-n", config=config))
     # int8 for onednn in 3 branches; the x86 profile selector no longer matches -> profile re-targets
-    assert jobs == Counter(quantize=3, export=3, evaluate=3, profile=1, summary=1, plot=1, all=1)
+    assert jobs == Counter(quantize=3, export=3, evaluate=3, profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
 def test_changing_a_finetune_setting_reruns_finetune_and_below_only(finished):
     config = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "lr": 2e-3}}
     jobs = scheduled(snakemake(finished, "-n", config=config))
-    assert jobs == Counter(finetune=3, evaluate_eager=3, quantize=6, export=6, evaluate=6, profile=1,
-                           summary=1, plot=1, all=1)
+    # the two pruned branches; the dense one is not finetuned
+    assert jobs == Counter(finetune=2, evaluate_eager=2, quantize=4, export=4, evaluate=4, profile=1,
+                           summary=1, stage_costs=1, plot=1, all=1)
 
 
 def test_choose_picks_the_fastest_artifact_within_the_budget(finished):
