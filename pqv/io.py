@@ -144,9 +144,12 @@ def check_artifact(path: str | os.PathLike) -> None:
         if bad is not None:
             raise corrupt(path, f"corrupt {path.suffix} file {path}: record {bad} fails its checksum")
     elif path.suffix == ".pte":
-        head = path.read_bytes()[:40] if path.stat().st_size >= 40 else b""
-        if head[4:8] != b"ET12" or head[8:12] != b"eh00":
+        with open(path, "rb") as f:
+            head = f.read(40)  # the header only: evaluate measures memory after this
+        if len(head) < 8 or head[4:6] != b"ET":  # the flatbuffer identifier ET12 (ET + version)
             raise corrupt(path, f"corrupt .pte file {path}: no ExecuTorch header")
+        if head[8:12] != b"eh00" or len(head) < 32:
+            return  # no extended header: nothing states the size
         length = int.from_bytes(head[12:16], "little")
         program, base = int.from_bytes(head[16:24], "little"), int.from_bytes(head[24:32], "little")
         segments = int.from_bytes(head[32:40], "little") if length > 24 else 0
