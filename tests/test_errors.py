@@ -204,10 +204,16 @@ def test_a_checkpoint_made_on_other_data_is_not_resumed(saved_tiny, tmp_path, mo
     assert result["resumed_after_epoch"] == 0
 
 
-def test_unknown_timm_name_suggests_the_closest_names():
+def test_unknown_timm_name_suggests_the_closest_names(tmp_path):
     with pytest.raises(PQVError) as e:
         arch.create("deit_bse_patch16_224")
     assert "unknown timm model 'deit_bse_patch16_224' (did you mean 'deit_base_patch16_224'?)" in str(e.value)
+    out = tmp_path / "out" / "model.safetensors"
+    cfg = {"id": "d", "timm_name": "deit_bse_patch16_224", "weights": "train"}
+    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", json.dumps(DIGITS), "--out", out,
+                 "--metrics", out.parent / "m.csv")
+    one_line(result, "model", "(did you mean 'deit_base_patch16_224'?)", "(fix: use deit_base_patch16_224 or ")
+    assert nothing_in(out.parent)
 
 
 # ---- the workflow: config mistakes stop before any job ------------------------------------------
