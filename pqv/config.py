@@ -116,9 +116,15 @@ def _key(path) -> str:
     return out or "the config"
 
 
-def _close(word, choices) -> str:
+def _closest(word, choices) -> str | None:
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    return match[0] if match else None
+
+
+def _close(word, choices) -> str:
+    """' (did you mean 'x'?)' for the closest valid choice, or nothing."""
+    match = _closest(word, choices)
+    return f" (did you mean '{match}'?)" if match else ""
 
 
 def _resolve(schema: dict, sub: dict) -> dict:
@@ -147,10 +153,10 @@ def _explain(error, schema: dict) -> PQVError:
         unknown = sorted(k for k in error.instance if k not in known)
         key = unknown[0] if unknown else "?"
         full = f"{where}.{key}" if error.absolute_path else key
-        hint = _close(key, known)
-        fix = (f"rename it to '{hint.split(chr(39))[1]}'" if hint
+        match = _closest(key, known)
+        fix = (f"rename it to '{match}'" if match
                else f"remove it; {where if error.absolute_path else 'top-level'} keys are {', '.join(known)}")
-        return PQVError(f"unknown key '{full}'{hint}", fix)
+        return PQVError(f"unknown key '{full}'{_close(key, known)}", fix)
     if error.validator == "enum":
         choices = error.validator_value
         return PQVError(f"{where} is '{error.instance}', not a valid value{_close(error.instance, choices)}",
