@@ -50,9 +50,9 @@ def _imagefolder(spec: dict, split: str, data_config: dict, training: bool, augm
     folder = Path(root).expanduser() / spec.get(f"{split}_dir", "train" if split == "train" else "val")
     if not folder.is_dir():
         raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
-    from .imagecheck import check
+    from .imagecheck import check_splits
 
-    check(folder)  # every unreadable image and empty class, up front and once (cached)
+    check_splits(spec)  # every unreadable image and empty class of both splits, once (cached)
     transform = create_transform(
         input_size=tuple(data_config["input_size"]),
         is_training=training,

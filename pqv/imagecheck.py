@@ -1,10 +1,12 @@
 """Check an ImageFolder once, before any stage trains or measures on it.
 
 A corrupt JPEG otherwise stops a run with PIL's traceback when the DataLoader reaches it, possibly
-hours in, and an empty class folder with torchvision's. `check(folder)` decodes every image the
-way ImageFolder would find it (extensions, followed links), in parallel and at reduced scale
-(JPEG draft mode still reads the whole compressed stream, so a cut file is caught), and reports
-every unreadable file and empty class in one `PQVError`.
+hours in, and an empty class folder with torchvision's. pqv.data calls `check_splits(spec)` for
+either split, so the first stage that reads the data checks the train and eval folders.
+`check(folder)` decodes every image the way ImageFolder would find it (extensions, followed
+links), in parallel and at reduced scale (JPEG draft mode still reads the whole compressed
+stream, so a cut file is caught), and reports every unreadable file and empty class in one
+`PQVError`.
 
 A folder that passed is remembered in a small JSON file under `$PQV_CACHE` (default
 `~/.cache/pqv`)/imagecheck, keyed by the folder's path and the modification times of it and its
@@ -14,7 +16,6 @@ by the next stage or run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,16 @@ def check(folder: str | os.PathLike, workers: int | None = None) -> None:
     if problems or empty:
         raise PQVError(_describe(folder, problems, empty, cache), _fix(problems, empty))
     write_json(cache, {"folder": str(folder.resolve()), "classes": len(classes), "images": len(paths)})
+
+
+def check_splits(spec: dict) -> None:
+    """Check the train and eval folders of an ImageFolder data set: whichever split the first
+    stage reads (the model stage may read only eval), a bad image in the other stops it too."""
+    root = Path(spec["root"]).expanduser()
+    for split, default in (("train", "train"), ("eval", "val")):
+        folder = root / spec.get(f"{split}_dir", default)
+        if folder.is_dir():  # a missing split is reported by the stage that reads it
+            check(folder)
 
 
 def _describe(folder: Path, problems: list[tuple[Path, str]], empty: list[str], cache: Path) -> str:

@@ -46,6 +46,15 @@ def test_every_unreadable_image_and_empty_class_in_one_error(tmp_path):
     imagecheck.check(root / "val")  # the good split passes
 
 
+def test_reading_either_split_checks_both(tmp_path):
+    from pqv import data
+
+    root = _tree(tmp_path)  # the bad images are in train/
+    config = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
+    with pytest.raises(PQVError, match="train has 2 unreadable image"):
+        data.dataset({"name": "imagefolder", "root": str(root)}, "eval", config)  # the model stage's first read
+
+
 def test_a_checked_folder_is_not_decoded_again_until_it_changes(tmp_path, monkeypatch):
     root = _tree(tmp_path, bad=False)
     imagecheck.check(root / "train")
