@@ -1,11 +1,15 @@
 """The SLURM profile makes valid submissions: Snakemake's SLURM executor plugin runs for real
-against stand-in sbatch/sacct/sacctmgr/sinfo commands that record what they were asked."""
+against stand-in sbatch/sacct/sacctmgr/sinfo commands that record what they were asked.
+(tests/test_slurm_cluster.py runs the workflow on a real SLURM cluster.)"""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,41 +21,104 @@ FAKE = {
     "sinfo": "true",
     "scontrol": "true",
 }
+BRANCH = "results/demo_vit/{}"
+# stand-in inputs, so that each target's own job is the one submitted: finetune taylor_0.25,
+# prune taylor_0.5 / l2_0.5, evaluate l2_0.25
+INPUTS = ["model.safetensors", "model.safetensors.json", "taylor_0.25/pruned.safetensors",
+          "taylor_0.25/pruned.safetensors.json"] + [
+    f"l2_0.25/{name}" for name in ("pruned.safetensors", "pruned.safetensors.json", "finetuned.safetensors",
+                                   "finetuned.safetensors.json", "export/int8_dynamic-x86.ptl",
+                                   "export/int8_dynamic-x86.ptl.json")]
 
 
-def test_slurm_profile_submits_jobs_with_their_resources(tmp_path):
+@pytest.fixture
+def submit(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in FAKE.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    work = tmp_path / "work"
-    branch = work / "results/demo_vit/taylor_0.25"
-    branch.mkdir(parents=True)
-    for name in ("pruned.safetensors", "pruned.safetensors.json"):  # lets finetune be submitted directly
-        (branch / name).touch()
     log = tmp_path / "sbatch.log"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_LOG": str(log)}
+    runs = iter(range(100))
 
-    def submit(target: str) -> str:
-        """The sbatch arguments of the one job that makes `target`."""
+    def run(config: dict, targets: list[str], *args: str, inputs: bool = True) -> dict[str, str]:
+        """sbatch's own options (space-delimited) per submitted job, keyed by rule and wildcards,
+        for one run of the README's command with partition and account named on the command line."""
+        work = tmp_path / f"work{next(runs)}"
+        for name in INPUTS if inputs else []:
+            (work / "results/demo_vit" / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / "results/demo_vit" / name).touch()
+        work.mkdir(exist_ok=True)
+        (work / "site.yaml").write_text(yaml.safe_dump(config))
         log.unlink(missing_ok=True)
         result = subprocess.run(
             [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-             "--profile", str(REPO / "profiles/slurm"), "--jobs", "1",
+             "--profile", str(REPO / "profiles/slurm"), "--configfile", str(work / "site.yaml"),
              "--slurm-init-seconds-before-status-checks", "1",
-             "--default-resources", "slurm_account=acct", "slurm_partition=part", "--", target],
+             "--default-resources", "slurm_account=acct", "slurm_partition=part", *args, "--", *targets],
             capture_output=True, text=True, env=env, timeout=300,
         )
         assert log.exists(), result.stderr[-3000:]
-        (call,) = log.read_text().splitlines()
-        assert "-A acct -p part" in call and "--parsable" in call
-        return call
+        calls = {}
+        for call in log.read_text().splitlines():
+            assert "-A acct -p part" in call and "--parsable" in call
+            assert "--wrap=" in call and "--executor slurm-jobstep" in call  # the job runs Snakemake's jobstep
+            comment = call.split("--comment ")[1].split()[0].strip("'").replace("_wildcards_demo_vit", "")
+            calls[comment] = " " + call.split(" --wrap=")[0] + " "
+        assert len(calls) == len(targets), (sorted(calls), result.stderr[-3000:])
+        return calls
 
-    model = submit("results/demo_vit/model.safetensors")
-    finetune = submit("results/demo_vit/taylor_0.25/finetuned.safetensors")
-    # per-rule threads, memory, runtime and GPUs come from the profile
-    assert "--cpus-per-task=8" in model and "--mem 32000" in model and "-t 240" in model and "--gpus" not in model
-    assert "--cpus-per-task=16" in finetune and "--mem 64000" in finetune and "-t 2880" in finetune
-    assert "--gpus=4" in finetune
-    assert "--wrap=" in model and "--executor slurm-jobstep" in model  # the job runs Snakemake's jobstep
+    return run
+
+
+FINETUNE = BRANCH.format("taylor_0.25/finetuned.safetensors")
+PRUNE_TAYLOR, PRUNE_L2 = BRANCH.format("taylor_0.5/pruned.safetensors"), BRANCH.format("l2_0.5/pruned.safetensors")
+EVALUATE = BRANCH.format("l2_0.25/eval/int8_dynamic-x86.ptl.json")
+EAGER = BRANCH.format("l2_0.25/eval/fp32-none.eager.json")
+
+
+def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(submit):
+    # the paper's shape: 4 finetune processes, GPUs where a stage uses them (device: auto)
+    jobs = submit({"finetune": {"nproc": 4}, "evaluate": {"threads": 2}},
+                  [FINETUNE, PRUNE_TAYLOR, PRUNE_L2, EVALUATE, EAGER])
+    finetune = jobs["rule_finetune_taylor_0.25"]
+    # 4 processes x (1 torch thread + 0 workers on the digits), 4 x 2000 MB, one GPU per process
+    assert " --cpus-per-task=4 " in finetune and " --mem 8000 " in finetune and " --gpus=4 " in finetune
+    assert " -t " in finetune and "--exclusive" not in finetune
+    # a prune job asks for a GPU only where its importance takes gradients
+    assert " --gpus=1 " in jobs["rule_prune_taylor_0.5"] and "--gpus" not in jobs["rule_prune_l2_0.5"]
+    # latency jobs ask for the node to themselves; the eager baseline's accuracy pass may use CUDA
+    evaluate = jobs["rule_evaluate_l2_0.25_int8_dynamic_x86_ptl"]
+    assert " --exclusive " in evaluate and " --cpus-per-task=2 " in evaluate and "--gpus" not in evaluate
+    eager = jobs["rule_evaluate_eager_l2_0.25"]
+    assert " --exclusive " in eager and " --gpus=1 " in eager
+    (model,) = submit({}, ["results/demo_vit/model.safetensors"], inputs=False).values()
+    assert " --cpus-per-task=1 " in model and " --mem 2000 " in model and " --gpus=1 " in model
+
+
+def test_one_override_keeps_the_other_values_and_device_cpu_asks_for_no_gpu(submit):
+    jobs = submit({"device": "cpu", "finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR],
+                  "--set-resources", "finetune:runtime=77")
+    finetune = jobs["rule_finetune_taylor_0.25"]
+    assert " -t 77 " in finetune and " --mem 4000 " in finetune and " --cpus-per-task=2 " in finetune
+    assert "--gpus" not in finetune and "--gpus" not in jobs["rule_prune_taylor_0.5"]
+
+
+def test_max_threads_and_resources_cap_every_job(submit):
+    (finetune,) = submit({"finetune": {"nproc": 4}}, [FINETUNE], "--max-threads", "2", "--resources", "mem_mb=3000").values()
+    assert " --cpus-per-task=2 " in finetune and " --mem 3000 " in finetune
+
+
+@pytest.mark.parametrize("oversubscribe, expected", [("NO", True), ("OK", False)])
+def test_evaluate_records_whether_a_slurm_job_had_its_node_alone(tmp_path, monkeypatch, oversubscribe, expected):
+    from pqv import evaluate
+
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f"#!/bin/bash\n[ \"$4\" = 77 ] && echo 'JobId=77 NumCPUs=2 OverSubscribe={oversubscribe} Contiguous=0'\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert evaluate.machine()["node_exclusive"] is None  # outside SLURM
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert evaluate.machine()["node_exclusive"] is expected

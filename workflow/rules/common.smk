@@ -47,7 +47,9 @@ wildcard_constraints:
 # The config itself was checked by the Snakefile (pqv.config); this checks it against the machine.
 def _check_machine():
     """Asking a local run for more cores, threads or memory than the machine has is an error."""
-    if not workflow.local_exec:
+    # The executor is unknown while the Snakefile is read (workflow.local_exec is always True here):
+    # a cluster run is one with --jobs and no --cores, or a job process it started (remote mode).
+    if workflow.remote_exec or workflow.resource_settings.nodes is not None:
         return
     def value(name):
         resource = workflow.global_resources.get(name)
@@ -69,8 +71,7 @@ def _check_machine():
 with pqv_config.reported():
     _check_machine()
 
-# Heavy and timing stages take every core of a local run; on a cluster (no --cores) the profile's
-# set-threads decides.
+# Heavy and timing stages take every core of a local run; on a cluster see stage_threads() below.
 ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
 
 MODELS = {m["id"]: m for m in config["models"]}
@@ -119,3 +120,34 @@ def profile_targets():
                 chosen.append(t)
                 break
     return [PROFILE.format(**t) + ext for t in chosen for ext in (".csv", ".png")]
+
+
+# ---- Resources: what each job asks for (pqv/resources.py) -------------------------------------
+# One machine (`snakemake --cores N`): heavy and timing stages take every core Snakemake has, the
+# rest one. On a cluster threads come from the config, the same in the process that submits a job
+# and in the ones that run it. Memory, wall time, GPUs and SLURM's --exclusive for timing jobs come
+# from the config everywhere, so profiles carry only site settings (partition, account).
+from pqv import resources as RES
+
+# As in _check_machine: a cluster run is one given --jobs without --cores (Snakemake turns a local
+# run's --jobs into --cores), or a job process that a cluster executor started (remote mode).
+ON_CLUSTER = workflow.remote_exec or workflow.resource_settings.nodes is not None
+
+
+def stage_threads(stage):
+    if ON_CLUSTER:
+        return RES.threads(stage, config)
+    return ALL_CORES if stage in RES.ALL_CORES_LOCALLY else 1
+
+
+def stage_resources(stage):
+    """A rule's `resources:`; each value is a function of the job's wildcards (prune's GPU depends
+    on its importance and ratio)."""
+    def value(key):
+        return lambda wc: RES.of(stage, config, getattr(wc, "importance", ""), getattr(wc, "ratio", 0))[key]
+
+    return {key: value(key) for key in RES.of(stage, config)}
+
+
+# Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
+localrules: all, summary, plot, stage_costs, keep_dense

@@ -20,7 +20,9 @@ rule evaluate:
         e=EVALUATE,
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: ALL_CORES
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     shell:
         "{PQV} evaluate --artifact {input.artifact} --out {output} --data {params.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
@@ -43,7 +45,9 @@ rule evaluate_eager:
         e=EVALUATE,
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/fp32-none.eager.log",
-    threads: ALL_CORES
+    threads: stage_threads("evaluate_eager")
+    resources:
+        **stage_resources("evaluate_eager"),
     shell:
         "{PQV} evaluate --artifact {input.model} --out {output} --data {params.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"

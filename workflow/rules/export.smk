@@ -19,7 +19,9 @@ rule export:
         ),
     log:
         "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: 1
+    threads: stage_threads("export")
+    resources:
+        **stage_resources("export"),
     shell:
         "{PQV} export --src {input.src} --parent {input.parent} --out {output.artifact}"
         " --format {wildcards.format} --data {params.data:q} --check-images {params.check_images}"

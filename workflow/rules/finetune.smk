@@ -32,11 +32,9 @@ rule finetune:
         teacher=lambda wc, input: f"--teacher {input.teacher}" if DISTILL else "",
     log:
         "logs/finetune/{model}/{importance}_{ratio}.log",
-    threads: ALL_CORES
+    threads: stage_threads("finetune")
     resources:
-        # Defaults for one machine; a cluster profile overrides them (profiles/slurm/config.yaml).
-        mem_mb=4000,
-        gpu=0,
+        **stage_resources("finetune"),
     shell:
         "{FINETUNE_PQV} finetune --model {input.model} --out {output.model} --data {params.data:q}"
         " --hparams {params.hparams:q} --metrics {output.metrics} {params.teacher} > {log} 2>&1"

@@ -9,7 +9,9 @@ rule model:
         data=DATA,
     log:
         "logs/model/{model}.log",
-    threads: ALL_CORES
+    threads: stage_threads("model")
+    resources:
+        **stage_resources("model"),
     shell:
         "{PQV} model --model-cfg {params.model_cfg:q} --data {params.data:q}"
         " --out {output.model} --metrics {output.metrics} > {log} 2>&1"

@@ -15,7 +15,9 @@ rule profile:
         threads=EVALUATE["threads"],
     log:
         "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
-    threads: ALL_CORES
+    threads: stage_threads("profile")
+    resources:
+        **stage_resources("profile"),
     shell:
         "{PQV} profile --artifact {input.artifact} --out-csv {output.csv} --out-png {output.png}"
         " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} > {log} 2>&1"

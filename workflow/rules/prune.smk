@@ -30,7 +30,9 @@ rule prune:
         options=prune_options,
     log:
         "logs/prune/{model}/{importance}_{ratio}.log",
-    threads: 1
+    threads: stage_threads("prune")
+    resources:
+        **stage_resources("prune"),
     shell:
         "{PQV} prune --model {input} --out {output.model} --importance {wildcards.importance}"
         " --ratio {wildcards.ratio} --data {params.data:q} --calibration-batches {params.calibration_batches}"

@@ -10,7 +10,9 @@ rule quantize:
         calibration_images=config["quantize"]["calibration_images"],
     log:
         "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
-    threads: 1
+    threads: stage_threads("quantize")
+    resources:
+        **stage_resources("quantize"),
     shell:
         "{PQV} quantize --model {input} --out {output.model} --precision {wildcards.precision}"
         " --engine {wildcards.engine} --data {params.data:q} --calibration-images {params.calibration_images}"
