@@ -9,6 +9,10 @@ as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved r
 - one large square GEMM (1024 tokens x 1024 -> 1024): the kernel's best rate on this machine.
 
     .venv/bin/python bench/gemm_floor.py          # after bench/latency.py (reuses bench/work)
+
+The whole model is bench/latency.py's row (pqv.quantize.run + pqv.export.run, checked against its
+parent); the two probes are not models the workflow makes, so they are built with the same
+quantizer and lowering (pqv.quantize.quantize, pqv.export's .pte writer) without that stage.
 """
 from __future__ import annotations
 
@@ -60,8 +64,11 @@ def build_pte(module: nn.Module, example: torch.Tensor, out: Path) -> None:
     program = quantize.quantize(module, "int8_dynamic", "xnnpack", "pt2", [example])
     src = out.with_suffix(".pt2")
     quantize.save(program, str(src), "pt2")
-    export._export_pte(str(src), str(out), "int8_dynamic", {})
-    src.unlink()
+    try:
+        with io.atomic_path(out) as tmp:
+            export._export_pte(str(src), tmp, "int8_dynamic", {})
+    finally:
+        src.unlink()
 
 
 def main() -> None:
@@ -74,29 +81,33 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--square", type=int, default=1024)
     p.add_argument("--work", default="bench/work")
+    p.add_argument("--data", default="digits", help="images of the whole model's export check")
+    p.add_argument("--check-images", type=int, default=64)
     p.add_argument("--out", default="bench/results/gemm_floor.csv")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
 
-    facts, shape = latency.make_models(work, args.model, args.ratio, round_to=64)
-    vit, _ = io.load_model(work / "pruned.safetensors")
+    # the whole model: bench/latency.py's row, built (or reused) the way the workflow builds it
+    pruned = latency.make_models(work, args.model, args.ratio, 64, ["pruned"])["pruned"]
+    facts = latency.widths(pruned)
+    vit, _ = io.load_model(pruned)
     vit.eval()
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
     full_name = "pte int8_dynamic"
     full = latency.RECIPES[full_name]
-    g = torch.Generator().manual_seed(0)
-    calibration = [torch.randn(16, 3, shape["size"], shape["size"], generator=g) for _ in range(2)]
-    full_path = latency.artifact_path(work, full_name, full)
-    latency.build(full, work / "pruned.safetensors", full_path, calibration)
+    spec = latency.spec_of(args.data)
+    full_path = latency.artifact_path(pruned.parent, full, spec, 0)
+    meta = latency.build(full, pruned, full_path, spec, 0, args.check_images, 0.98)
+    if meta.get("status") == latency.REJECTED:
+        raise SystemExit(f"{full_path} failed its export check: {meta.get('reason')}")
 
     linears = LinearsOnly(vit)
     square = SquareGemm(args.square)
     rows = {
-        "whole model (pte int8_dynamic)": (full_path, torch.randn(1, 3, shape["size"], shape["size"]), facts["pruned"]["macs"]),
-        "its Linear layers only": (work / "pruned-linears-int8_dynamic.pte", torch.randn(1, tokens, vit.embed_dim),
+        "whole model (pte int8_dynamic)": (full_path, torch.randn(1, *facts["input_size"]), facts["macs"]),
+        "its Linear layers only": (pruned.parent / "linears-int8_dynamic.pte", torch.randn(1, tokens, vit.embed_dim),
                                    linear_macs(linears, tokens)),
         f"square GEMM {args.square}^3": (work / f"gemm{args.square}-int8_dynamic.pte",
                                          torch.randn(1, args.square, args.square), linear_macs(square, args.square)),

@@ -1,22 +1,27 @@
 """Latency of PQV's mobile artifacts for a pruned DeiT-B, beside the paper's recipe and the FP32 baselines.
 
-Every artifact is built by PQV's own quantize and export code, then timed in a fresh subprocess of
-its own (fixed threads, warm-up calls, median of repeated batch-1 calls; min and max kept). The
-machines we run on share their host, so the whole set is timed in several interleaved rounds and
-each speed-up is the median over rounds of the ratio measured within one round (side by side).
-Random-init weights are fine for timing; each artifact's cosine to its eager FP32 parent on a few
-random images shows it still computes the same function.
+Every row is an artifact the workflow would ship: the dense model is pruned by pqv.prune.run, and
+each recipe is quantized by pqv.quantize.run and exported by pqv.export.run, whose check loads the
+file back and compares it with its eager FP32 parent on held-out images (a rejected file is
+reported, not timed). Two lever rows are made outside the workflow on purpose and say so: timm's
+own layers (the baseline of pqv/layers.py's twins) and ONNX Runtime (an outside reference); they
+get the same check. Each artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
+calls, median of repeated batch-1 calls; min and max kept). The machines we run on share their
+host, so the whole set is timed in several interleaved rounds and each speed-up is the median over
+rounds of the ratio measured within one round (side by side). Random-init weights are fine for
+timing.
 
 With --trained MODEL the same recipes are applied to a trained model and compared with it on its
 dataset's held-out split (top-1 agreement): the accuracy side of the speed.
 
     .venv/bin/python bench/latency.py                      # DeiT-B, 9.375 % pruned, 3 rounds
     .venv/bin/python bench/latency.py --trained results/demo_vit/taylor_0.25/finetuned.safetensors
+    .venv/bin/python bench/latency.py --model deit_tiny_patch16_224 --only "pte int8_dynamic" \\
+        --rounds 1 --warmup 1 --runs 3 --check-images 8 --out /tmp/smoke.csv     # a quick smoke run
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
@@ -29,7 +34,10 @@ import pandas as pd
 import torch
 
 from pqv import arch, evaluate, export, io, prune, quantize, targets
+from pqv.errors import PQVError
 from pqv.targets import NO_ENGINE
+
+DIGITS = {"name": "digits"}
 
 EAGER = evaluate.EAGER
 PAPER = "paper recipe"
@@ -60,57 +68,126 @@ RECIPES: dict[str, Recipe] = {
     "pte fp32": Recipe("pruned", "fp32", NO_ENGINE, "pte"),
     "pte int8_dynamic": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", note="PQV's fastest"),
     "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", twins=False,
-                                           note="without pqv/layers.py twins"),
+                                           note="lever baseline, not a workflow recipe: without pqv/layers.py twins"),
     "pte int8_dynamic 1 thread": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", threads=1),
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
     "pte int8_dynamic round_to=64": Recipe("pruned_round_to", "int8_dynamic", "xnnpack", "pte"),
-    "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="outside reference"),
+    "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="outside reference, not a PQV format"),
 }
 
 
 # ---- building artifacts with PQV's own stages ----------------------------------------------------
+# The cache (--work) is keyed by everything that makes a file: each model has a folder named after
+# its timm model, importance, ratio and round_to; each artifact is named after its precision,
+# engine, options and lever, plus its calibration data where the precision is calibrated; the
+# artifacts of a --trained model sit in a folder named after that file's content hash.
 
-def artifact_path(work: Path, name: str, recipe: Recipe) -> Path:
-    if recipe.fmt == EAGER:
-        return work / f"{recipe.model}.safetensors"
-    stem = f"{recipe.model}-{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
+REJECTED = "rejected"  # pqv.export's status of a file that failed its fidelity check
+
+
+def model_path(work: Path, model_name: str, which: str, ratio: float, round_to: int) -> Path:
+    """Where the bench keeps the dense or pruned `model_name` it times."""
+    folder = {"dense": "dense", "pruned": f"l2_{ratio:g}", "pruned_round_to": f"l2_{ratio:g}_round_to{round_to}"}[which]
+    return work / model_name / folder / "model.safetensors"
+
+
+def trained_folder(work: Path, trained: Path) -> Path:
+    """Artifacts of a trained model: one folder per content of that file, not per its name."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(trained, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return work / "trained" / digest.hexdigest()[:16]
+
+
+def data_tag(spec: dict) -> str:
+    if spec["name"] != "imagefolder":
+        return spec["name"]
+    import hashlib
+
+    return "imagefolder-" + hashlib.sha256(str(Path(spec["root"]).expanduser().resolve()).encode()).hexdigest()[:8]
+
+
+def artifact_path(folder: Path, recipe: Recipe, spec: dict, calibration_images: int) -> Path:
+    """The row's artifact inside its model's folder (`folder`)."""
+    stem = f"{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
     stem += "" if recipe.twins else "-timm_layers"
-    return work / f"{stem}.{'onnx' if recipe.fmt == 'onnx' else recipe.fmt}"
+    if quantize.PRECISIONS[recipe.precision].calibrated:
+        stem += f"-cal{calibration_images}-{data_tag(spec)}"
+    return folder / f"{stem}.{recipe.fmt}"
 
 
-def build(recipe: Recipe, model_path: Path, out: Path, calibration: list[torch.Tensor]) -> None:
-    """quantize -> export through pqv (or ONNX Runtime's quantizer for the outside reference)."""
-    if out.exists() or recipe.fmt == EAGER:
-        return
-    model, _ = io.load_model(model_path)
-    if recipe.fmt == "onnx":
-        return _build_onnx(model, out, calibration[0][:1])
-    ir = targets.ir_of(recipe.fmt)
-    if recipe.twins:
-        program = quantize.quantize(model, recipe.precision, recipe.engine, ir, calibration)
-    else:  # PQV's export minus the layers.for_xnnpack rewrite: timm's layers, explicit attention
-        for attn in arch.attention_blocks(model):
-            attn.fused_attn = False
-        program = quantize.EXPORTED[recipe.precision](model.eval(), calibration[0], calibration)
-    src = out.with_suffix(f".{ir}")
-    quantize.save(program, str(src), ir)
-    with quantize.engine_scope(recipe.engine), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export.FORMATS[recipe.fmt].export(str(src), str(out), recipe.precision, {**recipe.options, "engine": recipe.engine})
-    src.unlink()
+def build(recipe: Recipe, source: Path, out: Path, spec: dict, calibration_images: int, check_images: int,
+          min_cosine: float) -> dict:
+    """The row's artifact made as the workflow makes it, unless cached: pqv.quantize.run, then
+    pqv.export.run, which loads it back and checks it against `source` on `check_images` held-out
+    images. Its export sidecar (status, fidelity). ONNX Runtime's file, an outside reference, is
+    made by its own quantizer and given the same check."""
+    if not out.exists():
+        if recipe.fmt == "onnx":
+            _build_onnx(source, out, spec, check_images, min_cosine)
+        else:
+            program = out.with_suffix(f".{targets.ir_of(recipe.fmt)}")
+            if recipe.twins:
+                quantize.run(str(source), str(program), recipe.precision, recipe.engine, spec, calibration_images)
+            else:
+                _quantize_timm_layers(source, program, recipe.precision, spec)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    export.run(str(program), str(source), str(out), recipe.fmt, spec, check_images=check_images,
+                               min_cosine=min_cosine, **recipe.options)
+            finally:
+                program.unlink(missing_ok=True)
+                io.sidecar_path(program).unlink(missing_ok=True)
+    return io.read_sidecar(out)
 
 
-def _build_onnx(model, out: Path, example: torch.Tensor) -> None:
+def _quantize_timm_layers(source: Path, program: Path, precision: str, spec: dict) -> None:
+    """pqv.quantize.run's .pt2 path minus its layers.for_xnnpack rewrite: timm's own layers with
+    explicit attention, the baseline of the twins lever (not a recipe the workflow makes)."""
+    from pqv import data
+
+    model, a = io.load_model(source)
+    for attn in arch.attention_blocks(model):
+        attn.fused_attn = False
+    calibration = list(data.sample_batch(spec, a["data_config"], 2, split="train").split(32))
+    exported = quantize.EXPORTED[precision](model.eval(), calibration[0], calibration)
+    with io.atomic_path(program) as tmp:
+        quantize.save(exported, tmp, "pt2")
+    parent = io.read_sidecar(source)
+    io.write_sidecar(program, "quantize", parent=str(source), precision=precision, engine="xnnpack", ir="pt2",
+                     params=parent.get("params"), macs=parent.get("macs"), data_config=a["data_config"],
+                     eager_top1=parent.get("top1"), calibration_images=0, lever="timm layers")
+
+
+def _build_onnx(source: Path, out: Path, spec: dict, check_images: int, min_cosine: float) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from pqv import data
+
+    model, a = io.load_model(source)
     for attn in arch.attention_blocks(model):
         attn.fused_attn = False  # timm's explicit attention: MatMul nodes ONNX Runtime's quantizer takes
-    fp32 = out.with_suffix(".fp32.onnx")
-    torch.onnx.export(model, (example,), str(fp32), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False, opset_version=17)
-    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
-    fp32.unlink()
+    example = torch.zeros(1, *a["data_config"]["input_size"])
+    with io.atomic_path(out) as tmp:
+        fp32 = Path(tmp).with_suffix(".fp32.onnx")
+        try:
+            torch.onnx.export(model, (example,), str(fp32), input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False, opset_version=17)
+            quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+        finally:
+            fp32.unlink(missing_ok=True)
+        images = data.sample_batch(spec, a["data_config"], check_images)
+        with torch.no_grad():
+            fidelity = export.compare(load("onnx", "mlas", tmp)(images), model(images))
+    problem = export.verdict("int8_dynamic", fidelity, min_cosine)
+    io.write_sidecar(out, "export", parent=str(source), format="onnx", precision="int8_dynamic", engine="mlas",
+                     check_images=len(images), fidelity=fidelity, status=REJECTED if problem else "verified",
+                     reason=problem or "", data_config=a["data_config"])
 
 
 def load(recipe_fmt: str, engine: str, path: str):
@@ -130,20 +207,18 @@ def load(recipe_fmt: str, engine: str, path: str):
 # ---- timing, one artifact per process ------------------------------------------------------------
 
 def time_one(args) -> None:
-    """Subprocess entry: load one artifact, check it against the reference outputs, time it."""
+    """Subprocess entry: load one artifact, time it at batch 1 on a fixed random image."""
     torch.set_num_threads(args.threads)
     fn = load(args.format, args.engine, args.path)
-    ref = torch.load(args.reference, weights_only=True)
+    example = torch.randn(1, *json.loads(args.input_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        outs = torch.cat([fn(x[None]) for x in ref["images"]])  # batch 1, as timed
-    fidelity = export.compare(outs, ref["logits"])
-    timing = evaluate.latency(fn, ref["images"][:1], args.warmup, args.runs)
-    print(json.dumps({**timing, "cosine_min": fidelity["cosine_min"]}))
+        print(json.dumps(evaluate.latency(fn, example, args.warmup, args.runs)))
 
 
-def time_in_subprocess(recipe: Recipe, path: Path, reference: Path, threads: int, warmup: int, runs: int) -> dict:
+def time_in_subprocess(recipe: Recipe, path: Path, input_size: list, threads: int, warmup: int, runs: int) -> dict:
     cmd = [sys.executable, __file__, "_time", "--format", recipe.fmt, "--engine", recipe.engine, "--path", str(path),
-           "--reference", str(reference), "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs)]
+           "--input-size", json.dumps(list(input_size)), "--threads", str(threads), "--warmup", str(warmup),
+           "--runs", str(runs)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"timing {path} failed:\n{done.stderr[-3000:]}")
@@ -152,51 +227,65 @@ def time_in_subprocess(recipe: Recipe, path: Path, reference: Path, threads: int
 
 # ---- fidelity on a trained model -----------------------------------------------------------------
 
-def agreement(recipes: dict[str, Recipe], trained: Path, spec: dict, work: Path) -> dict[str, dict]:
-    """Per recipe, top-1 agreement and cosine of its artifact with the trained FP32 parent over the
-    whole held-out split."""
+def agreement(recipes: dict[str, Recipe], trained: Path, spec: dict, work: Path, calibration_images: int,
+              check_images: int, min_cosine: float) -> dict[str, dict]:
+    """Per recipe, top-1 agreement and cosine of its artifact, built from the trained model the
+    same way, with the trained FP32 parent over the whole held-out split."""
     from pqv import data
 
     model, a = io.load_model(trained)
     dc = a["data_config"]
-    calibration = list(data.sample_batch(spec, dc, 128, split="train").split(32))
 
     def logits(fn) -> torch.Tensor:  # batch by batch: a held-out split may not fit in memory at once
         with torch.no_grad():
             return torch.cat([fn(images) for images, _ in data.loader(spec, "eval", dc, evaluate.EVAL_BATCH)])
 
     reference = logits(model)
+    folder = trained_folder(work, trained)
     fidelity = {}
     for name, recipe in recipes.items():
-        out = work / f"trained-{artifact_path(work, name, recipe).name}"
-        build(recipe, trained, out, calibration)
+        out = artifact_path(folder, recipe, spec, calibration_images)
+        try:
+            meta = build(recipe, trained, out, spec, calibration_images, check_images, min_cosine)
+        except PQVError as e:
+            meta = {"status": REJECTED, "reason": str(e)}
+        if meta.get("status") == REJECTED:
+            print(f"  trained {name}: rejected by the export check: {meta.get('reason')}")
+            continue
         fidelity[name] = export.compare(logits(load(recipe.fmt, recipe.engine, str(out))), reference)
     return fidelity
 
 
 # ---- the table ----------------------------------------------------------------------------------
 
-def make_models(work: Path, model_name: str, ratio: float, round_to: int) -> tuple[dict, dict]:
-    """Dense, pruned, and pruned-with-round_to models saved as PQV artifacts (made once, then
-    reused from `work`); their widths."""
-    torch.manual_seed(0)
-    dense = arch.create(model_name, pretrained=False).eval()
-    size = dense.patch_embed.img_size[0]
-    example = torch.zeros(1, 3, size, size)
-    dc = {"input_size": [3, size, size]}
-    pruning = {"dense": None, "pruned": {}, "pruned_round_to": {"round_to": round_to}}
-    facts = {}
-    for name, options in pruning.items():
-        path = work / f"{name}.safetensors"
-        if path.exists():
-            m = io.load_model(path)[0]
-        else:
-            m = dense if options is None else prune.prune(copy.deepcopy(dense), "l2", ratio, example, **options)
-            io.save_model(m, path, arch.describe(m, model_name, {}, dc))
-        macs, params = prune.count_ops(m, example)
-        facts[name] = {"params": params, "macs": macs, "embed_dim": m.embed_dim,
-                       "head_dim": m.blocks[0].attn.head_dim, "mlp_hidden": m.blocks[0].mlp.fc1.out_features}
-    return facts, {"size": size}
+def make_models(work: Path, model_name: str, ratio: float, round_to: int, which: list[str]) -> dict[str, Path]:
+    """The random-init dense model and its pruned copies (pqv.prune.run, L2, uniform), each saved
+    once under a path keyed by all that made it; {kind: path}."""
+    from pqv import model as pqv_model
+
+    paths = {w: model_path(work, model_name, w, ratio, round_to) for w in ["dense", *which] if w}
+    dense = paths["dense"]
+    if not dense.exists():
+        torch.manual_seed(0)
+        m = arch.create(model_name, pretrained=False).eval()
+        dc = pqv_model.data_config_of(m)
+        macs, params = prune.count_ops(m, torch.zeros(1, *dc["input_size"]))
+        io.save_model(m, dense, arch.describe(m, model_name, {}, dc))
+        io.write_sidecar(dense, "model", weights="random init, seed 0", timm_name=model_name, data_config=dc,
+                         params=params, macs=macs)
+    for kind, path in paths.items():
+        if kind != "dense" and not path.exists():
+            prune.run(str(dense), str(path), "l2", ratio, DIGITS, 0, 1,
+                      round_to=round_to if kind == "pruned_round_to" else None)
+    return paths
+
+
+def widths(path: Path) -> dict:
+    m, a = io.load_model(path)
+    meta = io.read_sidecar(path)
+    return {"params": meta["params"], "macs": meta["macs"], "embed_dim": m.embed_dim,
+            "head_dim": m.blocks[0].attn.head_dim, "mlp_hidden": m.blocks[0].mlp.fc1.out_features,
+            "input_size": list(a["data_config"]["input_size"])}
 
 
 def available(recipe: Recipe) -> bool:
@@ -207,9 +296,14 @@ def available(recipe: Recipe) -> bool:
     return recipe.engine == NO_ENGINE or recipe.engine in quantize.available_engines()
 
 
-def main() -> None:
+def spec_of(text: str) -> dict:
+    """--data: `digits` (bundled) or `imagefolder:ROOT`."""
+    return DIGITS if text == "digits" else {"name": "imagefolder", "root": text.split(":", 1)[1]}
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="deit_base_patch16_224")
+    p.add_argument("--model", default="deit_base_patch16_224", help="timm model name (random-init weights)")
     p.add_argument("--ratio", type=float, default=0.09375)
     p.add_argument("--round-to", type=int, default=64, help="channel multiple of the round_to lever row")
     p.add_argument("--threads", type=int, default=2)
@@ -217,48 +311,67 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all rows")
     p.add_argument("--only", nargs="*", help="rows to run (names as in the table); default all")
-    p.add_argument("--work", default="bench/work", help="artifact cache (reused between runs)")
+    p.add_argument("--work", default="bench/work", help="artifact cache (reused between runs, keyed by what made each file)")
     p.add_argument("--out", default="bench/results/latency.csv")
+    p.add_argument("--data", default="digits",
+                   help="images for calibration and the export check, and --trained's held-out split (digits, or imagefolder:ROOT)")
+    # the workflow's defaults (workflow/schemas/config.schema.yaml: quantize / export)
+    p.add_argument("--calibration-images", type=int, default=128, help="int8_static calibration images")
+    p.add_argument("--check-images", type=int, default=64, help="held-out images of the export check")
+    p.add_argument("--min-cosine", type=float, default=0.98, help="the export check's least cosine (int8)")
     p.add_argument("--trained", help="a trained PQV model: also report each recipe's top-1 agreement with it")
-    p.add_argument("--data", default="digits", help="dataset name of --trained (digits, or imagefolder:ROOT)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    spec = spec_of(args.data)
 
     rows = {n: r for n, r in RECIPES.items() if (not args.only or n in args.only) and available(r)}
     for needed in ("eager fp32 dense", PAPER):
         rows.setdefault(needed, RECIPES[needed])  # the two ratios need them
-    facts, shape = make_models(work, args.model, args.ratio, args.round_to)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(4, 3, shape["size"], shape["size"], generator=g)
-    calibration = [torch.randn(16, 3, shape["size"], shape["size"], generator=g) for _ in range(2)]
-    references = {}
-    for name in facts:
-        references[name] = work / f"{name}.reference.pt"
-        with torch.no_grad():
-            torch.save({"images": images, "logits": io.load_model(work / f"{name}.safetensors")[0](images)},
-                       references[name])
+    models = make_models(work, args.model, args.ratio, args.round_to, sorted({r.model for r in rows.values()}))
+    facts = {kind: widths(path) for kind, path in models.items()}
 
+    paths, fidelity, rejected = {}, {}, {}
     for name, recipe in rows.items():
+        source = models[recipe.model]
+        if recipe.fmt == EAGER:
+            paths[name] = source
+            continue
         print(f"building {name} ...", flush=True)
-        build(recipe, work / f"{recipe.model}.safetensors", artifact_path(work, name, recipe), calibration)
+        paths[name] = artifact_path(source.parent, recipe, spec, args.calibration_images)
+        try:
+            meta = build(recipe, source, paths[name], spec, args.calibration_images, args.check_images, args.min_cosine)
+        except PQVError as e:  # pqv.export before it kept rejected files: nothing was written
+            meta = {"status": REJECTED, "reason": str(e)}
+        if meta.get("status") == REJECTED:
+            rejected[name] = meta.get("reason", "")
+            print(f"  rejected by the export check, not timed: {rejected[name]}")
+        else:
+            fidelity[name] = meta["fidelity"]
+    for name in rejected:
+        if name in ("eager fp32 dense", PAPER):
+            raise SystemExit(f"the '{name}' row is the base of every ratio and failed its export check")
+        del rows[name]
 
     machine = {**evaluate.machine(), **io.versions()}
     print(f"machine: {machine}")
     timings: dict[str, list[dict]] = {n: [] for n in rows}
     for r in range(args.rounds):
         for name, recipe in rows.items():
-            t = time_in_subprocess(recipe, artifact_path(work, name, recipe), references[recipe.model],
+            t = time_in_subprocess(recipe, paths[name], facts[recipe.model]["input_size"],
                                    recipe.threads or args.threads, args.warmup, args.runs)
             timings[name].append(t)
             print(f"  round {r + 1}: {name:<34} {t['latency_ms_median']:8.1f} ms", flush=True)
 
-    fidelity = {}
+    trained = {}
     if args.trained:
-        spec = {"name": "digits"} if args.data == "digits" else {"name": "imagefolder", "root": args.data.split(":", 1)[1]}
-        fidelity = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), spec, work)
+        trained = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), spec, work,
+                            args.calibration_images, args.check_images, args.min_cosine)
 
     def ratio(base: str, name: str) -> float:
         per_round = [b["latency_ms_median"] / t["latency_ms_median"] for b, t in zip(timings[base], timings[name])]
@@ -267,7 +380,6 @@ def main() -> None:
     table = []
     for name, recipe in rows.items():
         ts = timings[name]
-        path = artifact_path(work, name, recipe)
         row = {
             "row": name, "model": args.model, "pruned": recipe.model, "ratio": 0.0 if recipe.model == "dense" else args.ratio,
             "precision": recipe.precision, "engine": recipe.engine, "format": recipe.fmt,
@@ -279,13 +391,16 @@ def main() -> None:
             # how many times faster than the base, from the ratio within each round
             "speedup_vs_paper": ratio(PAPER, name),
             "speedup_vs_eager_dense": ratio("eager fp32 dense", name),
-            "size_mb": path.stat().st_size / 2**20,
-            "cosine_min_vs_parent": ts[0]["cosine_min"],
-            "trained_top1_agreement": fidelity.get(name, {}).get("top1_agreement"),
-            "trained_cosine_min": fidelity.get(name, {}).get("cosine_min"),
+            "size_mb": paths[name].stat().st_size / 2**20,
+            # the export check's (pqv.export.run): held-out images of --data against the FP32 parent
+            "cosine_min_vs_parent": fidelity.get(name, {}).get("cosine_min", 1.0 if recipe.fmt == EAGER else None),
+            "check_images": 0 if recipe.fmt == EAGER else args.check_images,
+            "trained_top1_agreement": trained.get(name, {}).get("top1_agreement"),
+            "trained_cosine_min": trained.get(name, {}).get("cosine_min"),
             "macs": facts[recipe.model]["macs"], "params": facts[recipe.model]["params"],
             "widths": "{embed_dim}/{head_dim}/{mlp_hidden}".format(**facts[recipe.model]),
             "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, "note": recipe.note,
+            "artifact": str(paths[name]),
             **machine,
         }
         table.append(row)
@@ -297,12 +412,14 @@ def main() -> None:
               f" {'cos':>6} {'agree':>6}")
     print(header)
     print("-" * len(header))
+    nan = float("nan")
     for row in table:
-        agree = row["trained_top1_agreement"]
+        agree, cos = row["trained_top1_agreement"], row["cosine_min_vs_parent"]
         print(f"{row['row']:<34} {row['latency_ms_median']:>7.1f} {row['latency_ms_min']:>7.1f} {row['latency_ms_max']:>7.1f}"
               f" {row['size_mb']:>6.1f} {row['speedup_vs_paper']:>7.2f} {row['speedup_vs_eager_dense']:>7.2f}"
-              f" {row['cosine_min_vs_parent']:>6.3f}"
-              f" {agree if agree is not None else float('nan'):>6.3f}")
+              f" {cos if cos is not None else nan:>6.3f} {agree if agree is not None else nan:>6.3f}")
+    for name, reason in rejected.items():
+        print(f"{name:<34} rejected by the export check: {reason}")
     out = Path(args.out)
     with io.atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
@@ -311,7 +428,7 @@ def main() -> None:
 
 def _time_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    for flag in ("--format", "--engine", "--path", "--reference"):
+    for flag in ("--format", "--engine", "--path", "--input-size"):
         p.add_argument(flag, required=True)
     for flag in ("--threads", "--warmup", "--runs"):
         p.add_argument(flag, type=int, required=True)
