@@ -2,8 +2,8 @@
 # Side environment for `pqv profile` on .pte files (envs/etdump/.venv, git-ignored).
 #
 # The project's executorch 1.3.1 wheel is built without ExecuTorch's event tracer: a .pte runs, but
-# ETDump stays empty, so its time cannot be split by operator. ExecuTorch's Linux wheels compile the
-# tracer and XNNPACK's per-operator timings in from 1.5 on. Only their runtime is used here (the
+# ETDump stays empty, so its time cannot be split by operator. executorch 1.5.1's Linux wheel has the
+# tracer and XNNPACK's per-operator timings compiled in. Only its runtime is used here (the
 # project still exports with 1.3.1): it loads the project's .pte files and writes an ETDump that
 # pqv/profile.py reads with executorch.devtools.Inspector. executorch 1.5.1's bindings need a torch
 # with a matching C++ ABI: 2.13.0 works; 2.12.1 loads but fails on the first tensor.
