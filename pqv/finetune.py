@@ -257,6 +257,7 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
         row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "eval_top1": top1,
                "eval_top5": top5, "lr": optimizer.param_groups[0]["lr"]}
         if not math.isfinite(row["train_loss"]):
+            bar.close()  # its last line before the error, not after it
             raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
                            f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
         history.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -27,12 +28,17 @@ def pqv(*args, env: dict | None = None):
                           env={**os.environ, **(env or {})})
 
 
+PROGRESS = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO |\d+%\|")  # log lines, progress bars
+
+
 def one_line(result, stage: str, *fragments: str) -> str:
-    """The command failed with status 2 and printed exactly one line, naming problem and fix."""
+    """The command failed with status 2 and its error is one line, naming problem and fix: the last
+    line, after nothing but the stage's progress (timestamped log lines, progress bars)."""
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith(f"pqv {stage}: error: ")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
+    assert all(PROGRESS.search(line) for line in lines[:-1]), result.stderr[-2000:]
     assert "(fix: " in errors[0]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]

@@ -11,6 +11,7 @@ from pqv import imagecheck
 from pqv.errors import PQVError
 
 from .conftest import TIMM_NAME
+from .test_errors import one_line
 
 
 def _jpeg(path, shade=0):
@@ -81,8 +82,5 @@ def test_the_first_stage_that_reads_the_folder_stops_with_one_line_and_no_file(t
                              "--data", json.dumps({"name": "imagefolder", "root": str(root)}),
                              "--out", str(out), "--metrics", str(tmp_path / "out" / "m.csv")],
                             capture_output=True, text=True)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("pqv model: error: data folder") and "Traceback" not in result.stderr
-    assert "cat/0.jpg" in errors[0] and "empty" in errors[0]
+    one_line(result, "model", "error: data folder", "cat/0.jpg (OSError: ", "1 empty class folder(s): empty")
     assert not out.parent.exists() or not any(out.parent.iterdir())
