@@ -99,7 +99,7 @@ def _costs(a):
 def _profile(a):
     from . import profile
 
-    profile.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs)
+    profile.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs, spec=a.data)
 
 
 def _plot(a):
@@ -222,6 +222,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--runs", type=int, default=10)
+    s.add_argument("--data", type=_json, default=None,
+                   help="dataset section, as JSON: profile on a held-out image (default: zeros)")
     s.set_defaults(fn=_profile)
 
     s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")

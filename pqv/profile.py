@@ -60,11 +60,10 @@ def profile_ops(fn, example: torch.Tensor, warmup: int, runs: int):
     ])
 
 
-def _torch_profiler(artifact: str, meta: dict, warmup: int, runs: int):
+def _torch_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
     from . import export
 
     module = export.load(artifact, meta["format"], meta["engine"])
-    example = torch.zeros(1, *meta["data_config"]["input_size"])
     return profile_ops(module, example, warmup, runs), "torch.profiler, self CPU time"
 
 
@@ -84,19 +83,24 @@ def etdump_python() -> str:
     return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else sys.executable
 
 
-def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, python: str | None = None) -> str:
+def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, python: str | None = None,
+                  example: torch.Tensor | None = None) -> str:
     """Run `pte` warmup + runs times at batch 1 with ETDump on (in `python`, a subprocess) and write
-    the dump to `etdump`; the runtime's ExecuTorch version."""
+    the dump to `etdump`; the runtime's ExecuTorch version. `example` (default zeros) is the input."""
     from .errors import PQVError
 
     python = python or etdump_python()
+    inputs = f"{etdump}.input.pt"
+    torch.save({"x": example if example is not None else torch.zeros(0)}, inputs)  # tensors only: weights_only loads it
     # -P: pqv/ must not go on sys.path (its io.py, data.py, ... would shadow other modules)
-    cmd = [python, "-P", str(Path(__file__).resolve()), pte, etdump, str(threads), str(warmup), str(runs)]
+    cmd = [python, "-P", str(Path(__file__).resolve()), pte, etdump, str(threads), str(warmup), str(runs), inputs]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
+        Path(inputs).unlink(missing_ok=True)
         raise PQVError(f"cannot run {python} to profile {pte}: {e.strerror}",
                        f"run `bash envs/etdump.sh`, or set {ETDUMP_PYTHON_ENV} to an existing Python") from None
+    Path(inputs).unlink(missing_ok=True)
     if done.returncode != 0:
         raise RuntimeError(f"profiling {pte} in {python} failed:\n{done.stderr[-3000:]}")
     version = json.loads(done.stdout.strip().splitlines()[-1])["executorch"]
@@ -150,17 +154,17 @@ def etdump_table(etdump: str, runs: int):
     return _finish(rows)
 
 
-def _etdump(artifact: str, meta: dict, warmup: int, runs: int):
+def _etdump(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
     with tempfile.TemporaryDirectory() as tmp:
         etdump = str(Path(tmp) / "profile.etdp")
-        version = record_etdump(artifact, etdump, torch.get_num_threads(), warmup, runs)
+        version = record_etdump(artifact, etdump, torch.get_num_threads(), warmup, runs, example=example)
         table = etdump_table(etdump, runs)
     return table, f"ExecuTorch {version} ETDump, XNNPACK per-operator timings (1 µs resolution)"
 
 
 @dataclass(frozen=True)
 class Profiler:
-    table: Callable  # (artifact, sidecar, warmup, runs) -> (table, what measured it)
+    table: Callable  # (artifact, sidecar, example, warmup, runs) -> (table, what measured it)
 
 
 PROFILERS: dict[str, Profiler] = {
@@ -188,9 +192,10 @@ def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
     plt.close(fig)
 
 
-def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, runs: int) -> None:
-    """CLI entry: profile one exported artifact at batch 1 in its own runtime."""
-    from . import io
+def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, runs: int, spec: dict | None = None) -> None:
+    """CLI entry: profile one exported artifact at batch 1 in its own runtime, on one held-out image of
+    the data set (`spec`; the same class-balanced sample as every stage) or, without data, zeros."""
+    from . import data, io
     from .errors import PQVError
 
     torch.set_num_threads(threads)
@@ -199,7 +204,9 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     profiler = PROFILERS.get(meta["format"])
     if profiler is None:
         raise PQVError(f"no profiler for format '{meta['format']}'", f"profile a {' or '.join(PROFILERS)} artifact")
-    table, what = profiler.table(artifact, meta, warmup, runs)
+    size = (1, *meta["data_config"]["input_size"])
+    example = data.sample_batch(spec, meta["data_config"], 1) if spec else torch.zeros(size)
+    table, what = profiler.table(artifact, meta, example, warmup, runs)
     with io.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     title = f"{artifact}\nper-operator time ({what}): batch 1, threads: {threads}, mean of {runs} runs"
@@ -207,7 +214,7 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
         bar_chart(table, title, f)
 
 
-def _run_with_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int) -> None:
+def _run_with_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, inputs: str) -> None:
     """Runner (in the tracer's Python): execute the program with ETDump on, write the dump if the
     runtime recorded one, print the ExecuTorch version. Needs torch and executorch only."""
     from executorch.extension.pybindings import portable_lib
@@ -219,7 +226,9 @@ def _run_with_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int
         portable_lib._unsafe_reset_threadpool(threads)
     program = Runtime.get().load_program(pte, enable_etdump=True, debug_buffer_size=0)
     method = program.load_method("forward")
-    example = torch.zeros(*method.metadata.input_tensor_meta(0).sizes())
+    example = torch.load(inputs, weights_only=True)["x"]
+    if example.numel() == 0:
+        example = torch.zeros(*method.metadata.input_tensor_meta(0).sizes())
     for _ in range(warmup + runs):
         method.execute([example])
     program.write_etdump_result_to_file(etdump, os.devnull)  # writes nothing if no tracer was built in
@@ -227,5 +236,5 @@ def _run_with_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int
 
 
 if __name__ == "__main__":
-    pte, etdump, threads, warmup, runs = sys.argv[1:6]
-    _run_with_etdump(pte, etdump, int(threads), int(warmup), int(runs))
+    pte, etdump, threads, warmup, runs, inputs = sys.argv[1:7]
+    _run_with_etdump(pte, etdump, int(threads), int(warmup), int(runs), inputs)

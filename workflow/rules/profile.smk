@@ -13,11 +13,14 @@ rule profile:
         warmup=PROFILE_CFG["warmup"],
         runs=PROFILE_CFG["runs"],
         threads=EVALUATE["threads"],
+        data=DATA,
     log:
         "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    benchmark:
+        BENCHMARKS + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.tsv"
     threads: stage_threads("profile")
     resources:
         **stage_resources("profile"),
     shell:
         "{PQV} profile --artifact {input.artifact} --out-csv {output.csv} --out-png {output.png}"
-        " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} > {log} 2>&1"
+        " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} --data {params.data:q} > {log} 2>&1"
