@@ -43,7 +43,10 @@ def _ratio(text: str) -> float:
 
 def _model(a):
     from . import model
+    from .config import check_training
 
+    if a.model_cfg.get("weights") == "train":  # timm names and Mixup's batch, before anything is built
+        check_training("models[].train", a.model_cfg.get("train") or {})
     model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device)
 
 
@@ -57,6 +60,9 @@ def _prune(a):
 
 def _finetune(a):
     from . import finetune
+    from .config import check_training
+
+    check_training("finetune", a.hparams)  # timm names and Mixup's batch, before the model is loaded
 
     if a.keep:
         finetune.keep(a.model, a.out, a.metrics)

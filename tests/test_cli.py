@@ -59,3 +59,17 @@ def test_a_command_line_mistake_is_one_line_too(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "pqv prune: error: the following arguments are required: --out, --importance, --ratio, --data "
         "(fix: see `pqv prune --help`)"]
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ('{"opt": "adamww"}', "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
+    ('{"sched": "cosin"}', "finetune.sched: unknown timm scheduler 'cosin' (did you mean 'cosine'?)"),
+    ('{"mixup": 0.8, "batch_size": 31}', "finetune: mixup/cutmix need an even batch_size, got 31"),
+])
+def test_finetune_settings_timm_would_reject_are_one_line_before_loading(saved_tiny, tmp_path, hparams, message):
+    out = tmp_path / "out" / "finetuned.safetensors"
+    result = pqv("finetune", "--model", str(saved_tiny), "--out", str(out), "--data", '{"name": "digits"}',
+                 "--hparams", hparams, "--metrics", str(tmp_path / "out" / "m.csv"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert not out.parent.exists()
