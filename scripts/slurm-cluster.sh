@@ -51,9 +51,14 @@ launch() {  # launch NAME COMMAND...: start a foreground daemon in the backgroun
     local name=$1
     shift
     "$@" >>"$DIR/$name.log" 2>&1 </dev/null &
-    echo $! >"$DIR/$name.pid"
-    sleep 0.2
-    alive "$name" || die "$name exited at once: $(tail -n 5 "$DIR/$name.log")"
+    local pid=$!
+    echo "$pid" >"$DIR/$name.pid"
+    for _ in $(seq 20); do  # setpriv execs munged: the PID gets the daemon's name a moment later
+        alive "$name" && return
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    die "$name did not start: $(tail -n 5 "$DIR/$name.log")"
 }
 
 install_packages() {
@@ -66,8 +71,8 @@ install_packages() {
     say "installing $PACKAGES"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d-less containers would start the services through invoke-rc.d: they fail harmlessly
-    apt-get install -y -qq --no-install-recommends $PACKAGES >"$DIR/apt.log" 2>&1 \
+    # without systemd the packages' own services stay down; this script starts its own daemons
+    apt-get install -y -qq $PACKAGES >"$DIR/apt.log" 2>&1 \
         || die "apt-get install failed: $(tail -n 5 "$DIR/apt.log")"
 }
 
