@@ -39,6 +39,9 @@ def cluster():
     if subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True).returncode != 0:
         if os.geteuid() != 0:
             pytest.skip("a SLURM cluster is not running and starting one needs root (scripts/slurm-cluster.sh)")
+        conf = Path("/etc/slurm/slurm.conf")
+        if conf.exists() and "# written by scripts/slurm-cluster.sh" not in conf.read_text():
+            pytest.skip(f"{conf} belongs to another SLURM set-up: not starting a test cluster over it")
         missing = [d for d in DAEMONS if shutil.which(d) is None]
         if missing:
             pytest.skip(f"no SLURM cluster: {', '.join(missing)} not installed (apt-get install slurm-wlm munge "
