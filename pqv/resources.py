@@ -104,14 +104,15 @@ def runtime(stage: str, config: dict, importance: str = "") -> int:
     infer_s = s["gpu_train_s"] / 3 if gpu else s["infer_s"] / cores
     n_train, n_eval = _images(config, "train"), _images(config, "eval")
     if stage == "model":
-        train = next((m.get("train", {}).get("epochs", 0) for m in config["models"] if m.get("weights") == "train"), 0)
+        train = max((m.get("train", {}).get("epochs", 0) for m in config["models"] if m.get("weights") == "train"), default=0)
         seconds = train * n_train * train_s + (train + 1) * n_eval * infer_s
     elif stage == "prune":
         images = config["prune"]["calibration_batches"] * config["prune"]["batch_size"]
         seconds = images * train_s * (10 if importance == "hessian" else 1)  # hessian: per-sample backward
     elif stage == "finetune":
-        epochs = config["finetune"]["epochs"]
-        seconds = epochs * (n_train * train_s / config["finetune"]["nproc"] + n_eval * infer_s)
+        # on GPUs the nproc processes share the images; on CPUs `cores` already counts every process
+        per_image = train_s / config["finetune"]["nproc"] if gpu else train_s
+        seconds = config["finetune"]["epochs"] * (n_train * per_image + n_eval * infer_s)
     elif stage == "quantize":
         seconds = config["quantize"]["calibration_images"] * infer_s
     elif stage == "export":

@@ -58,6 +58,10 @@ def test_wall_time_follows_epochs_and_images():
     full = config(dataset=data)
     for stage in ("model", "finetune", "evaluate"):
         assert resources.runtime(stage, full) > resources.runtime(stage, subset) >= resources.MIN_RUNTIME
+    # twice the finetune processes on CPUs: twice the cores, half the wall time
+    one, two = (resources.runtime("finetune", config(device="cpu", dataset=data, finetune={"nproc": n})) - resources.MIN_RUNTIME
+                for n in (1, 2))
+    assert abs(one - 2 * two) <= 2
 
 
 def test_only_latency_jobs_ask_for_the_node_to_themselves():
