@@ -28,6 +28,12 @@ METRICS = BRANCH + "/eval/{precision}-{engine}.{format}.json"
 EAGER_METRICS = BRANCH + "/eval/fp32-none.eager.json"  # the eager FP32 baseline of a branch
 PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
 SUMMARY = R + "/summary.csv"
+STAGE_COSTS = R + "/stage_costs.csv"
+# Snakemake's benchmark file of each job (wall time, max RSS, CPU): BENCHMARKS/<rule>/<job>.tsv
+BENCHMARKS = R + "/benchmarks"
+# Where gradients and eager accuracy passes run (pqv.device); how a job runs, not what it makes, so
+# it goes into the command line, not into params (changing it reruns nothing).
+DEVICE = f"--device {config['device']}"
 FIGURE_NAMES = [  # the keys of pqv.plot.FIGURES (tests/test_evaluate.py keeps them equal)
     "fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
                 "pareto_accuracy_latency"]
@@ -110,6 +116,26 @@ def metrics_files():
 def quantized_for(wc):
     """The quantize output an export needs: its format decides the representation."""
     return QUANTIZED.format(ir=T.ir_of(wc.format), **{k: wc[k] for k in ("model", "importance", "ratio", "precision", "engine")})
+
+
+def benchmark_files():
+    """The benchmark file of every job this config schedules (Snakefile's `benchmark:` paths)."""
+    files = [f"{BENCHMARKS}/model/{m}.tsv" for m in MODELS]
+    for m in MODELS:
+        for i, r in branches():
+            b = f"{m}/{i}_{r}"
+            dense_kept = float(r) == 0 and not config["finetune"]["dense"]
+            files += [f"{BENCHMARKS}/prune/{b}.tsv", f"{BENCHMARKS}/{'keep_dense' if dense_kept else 'finetune'}/{b}.tsv"]
+            if config["evaluate"]["eager_baseline"]:
+                files.append(f"{BENCHMARKS}/evaluate_eager/{b}.tsv")
+    for t in targets():
+        b = "{model}/{importance}_{ratio}/{precision}-{engine}".format(**t)
+        files += [f"{BENCHMARKS}/quantize/{b}.{T.ir_of(t['format'])}.tsv", f"{BENCHMARKS}/export/{b}.{t['format']}.tsv",
+                  f"{BENCHMARKS}/evaluate/{b}.{t['format']}.tsv"]
+    files += [f"{BENCHMARKS}/profile/{p[len(R) + len('/profile/'):-len('.csv')]}.tsv"
+              for p in profile_targets() if p.endswith(".csv")]
+    files.append(f"{BENCHMARKS}/summary.tsv")
+    return sorted(set(files))
 
 
 def profile_targets():

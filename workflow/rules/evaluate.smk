@@ -20,13 +20,16 @@ rule evaluate:
         e=EVALUATE,
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    benchmark:
+        BENCHMARKS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.tsv"
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
     shell:
         "{PQV} evaluate --artifact {input.artifact} --out {output} --data {params.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log} 2>&1"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {DEVICE}"
+        " > {log} 2>&1"
 
 
 rule evaluate_eager:
@@ -45,13 +48,16 @@ rule evaluate_eager:
         e=EVALUATE,
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/fp32-none.eager.log",
+    benchmark:
+        BENCHMARKS + "/evaluate_eager/{model}/{importance}_{ratio}.tsv"
     threads: stage_threads("evaluate_eager")
     resources:
         **stage_resources("evaluate_eager"),
     shell:
         "{PQV} evaluate --artifact {input.model} --out {output} --data {params.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log} 2>&1"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {DEVICE}"
+        " > {log} 2>&1"
 
 
 rule summary:
@@ -62,5 +68,21 @@ rule summary:
         report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     log:
         "logs/summary.log",
+    benchmark:
+        BENCHMARKS + "/summary.tsv"
     shell:
         "{PQV} summarize {input} --out {output} > {log} 2>&1"
+
+
+rule stage_costs:
+    """Wall time, CPU time and peak memory per stage, summed from every job's benchmark file."""
+    input:
+        benchmark_files(),
+    output:
+        report(STAGE_COSTS, caption="../report/stage_costs.rst", category="Tables"),
+    params:
+        root=BENCHMARKS,
+    log:
+        "logs/stage_costs.log",
+    shell:
+        "{PQV} costs {input} --root {params.root} --out {output} > {log} 2>&1"

@@ -19,6 +19,8 @@ rule export:
         ),
     log:
         "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+    benchmark:
+        BENCHMARKS + "/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.tsv"
     threads: stage_threads("export")
     resources:
         **stage_resources("export"),

@@ -28,13 +28,41 @@ rule finetune:
         metrics=BRANCH + "/finetune_metrics.csv",
     params:
         data=DATA,
-        hparams=json.dumps({k: v for k, v in FINETUNE.items() if k != "launcher"}, sort_keys=True),
+        # not `launcher` (how a job starts) nor `dense` (which branches train): neither changes a result
+        hparams=json.dumps({k: v for k, v in FINETUNE.items() if k not in ("launcher", "dense")}, sort_keys=True),
         teacher=lambda wc, input: f"--teacher {input.teacher}" if DISTILL else "",
     log:
         "logs/finetune/{model}/{importance}_{ratio}.log",
+    benchmark:
+        BENCHMARKS + "/finetune/{model}/{importance}_{ratio}.tsv"
     threads: stage_threads("finetune")
     resources:
         **stage_resources("finetune"),
     shell:
         "{FINETUNE_PQV} finetune --model {input.model} --out {output.model} --data {params.data:q}"
-        " --hparams {params.hparams:q} --metrics {output.metrics} {params.teacher} > {log} 2>&1"
+        " --hparams {params.hparams:q} --metrics {output.metrics} {params.teacher} {DEVICE} > {log} 2>&1"
+
+
+if not FINETUNE["dense"]:
+
+    ruleorder: keep_dense > finetune
+
+    rule keep_dense:
+        """The dense branch passes through unfinetuned (finetune.dense: false): the paper compares
+        pruned models with the pretrained one."""
+        input:
+            model=PRUNED,
+        output:
+            model=FINETUNED,
+            sidecar=FINETUNED + ".json",
+            metrics=BRANCH + "/finetune_metrics.csv",
+        wildcard_constraints:
+            importance=NO_ENGINE,
+            ratio="0",
+        log:
+            "logs/finetune/{model}/{importance}_{ratio}.log",
+        benchmark:
+            BENCHMARKS + "/keep_dense/{model}/{importance}_{ratio}.tsv"
+        shell:
+            "{PQV} finetune --keep --model {input.model} --out {output.model} --data {DATA:q}"
+            " --metrics {output.metrics} > {log} 2>&1"

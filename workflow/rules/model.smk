@@ -9,9 +9,11 @@ rule model:
         data=DATA,
     log:
         "logs/model/{model}.log",
+    benchmark:
+        BENCHMARKS + "/model/{model}.tsv"
     threads: stage_threads("model")
     resources:
         **stage_resources("model"),
     shell:
         "{PQV} model --model-cfg {params.model_cfg:q} --data {params.data:q}"
-        " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
+        " --out {output.model} --metrics {output.metrics} {DEVICE} > {log} 2>&1"

@@ -11,5 +11,7 @@ rule plot:
         outdir=R + "/figures",
     log:
         "logs/plot.log",
+    benchmark:
+        BENCHMARKS + "/plot.tsv"
     shell:
         "{PQV} plot --summary {input} --outdir {params.outdir} > {log} 2>&1"

@@ -30,10 +30,12 @@ rule prune:
         options=prune_options,
     log:
         "logs/prune/{model}/{importance}_{ratio}.log",
+    benchmark:
+        BENCHMARKS + "/prune/{model}/{importance}_{ratio}.tsv"
     threads: stage_threads("prune")
     resources:
         **stage_resources("prune"),
     shell:
         "{PQV} prune --model {input} --out {output.model} --importance {wildcards.importance}"
         " --ratio {wildcards.ratio} --data {params.data:q} --calibration-batches {params.calibration_batches}"
-        " --batch-size {params.batch_size} --seed {params.seed} {params.options} > {log} 2>&1"
+        " --batch-size {params.batch_size} --seed {params.seed} {params.options} {DEVICE} > {log} 2>&1"

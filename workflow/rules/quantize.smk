@@ -10,6 +10,8 @@ rule quantize:
         calibration_images=config["quantize"]["calibration_images"],
     log:
         "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
+    benchmark:
+        BENCHMARKS + "/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.tsv"
     threads: stage_threads("quantize")
     resources:
         **stage_resources("quantize"),
