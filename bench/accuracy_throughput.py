@@ -1,9 +1,9 @@
 """Images per second of the evaluate stage's accuracy pass, before and after it used every core.
 
-Before: the accuracy pass ran on `evaluate.threads` threads in the evaluate process (a .pte image
-by image on that pool). After: every core the job holds; a .ptl scores batches of 64 on all of
-them, a .pte is scored by one worker process per core (pqv.evaluate.sharded_accuracy). Both are
-the functions the evaluate stage calls, on artifacts the workflow made (e.g. results-deit_b).
+Before: the accuracy pass ran on `evaluate.threads` threads. After: on every core the job holds (a
+.ptl scores batches of 64, a .pte image by image on an XNNPACK pool that wide). With --shards, a .pte
+is also scored by one worker process per core, each on one thread (a design we measured and did
+not adopt: docs/paper.md). The same functions as the evaluate stage, on artifacts the workflow made.
 
     python bench/accuracy_throughput.py --artifacts results-deit_b/deit-b/taylor_0.09375/export/int8_dynamic-x86.ptl \
         results-deit_b/deit-b/taylor_0.09375/export/int8_dynamic-xnnpack.pte --configfile config/deit_b.yaml
@@ -30,6 +30,24 @@ def dataset_spec(configfile: str) -> dict:
     return {"workers": 0, "train_dir": "train", "eval_dir": "val", **spec}
 
 
+def _shard(artifact: str, engine: str, spec: dict, data_config: dict, rank: int, world: int) -> tuple[int, int, int]:
+    evaluate.set_threads(1)
+    module = export.load(artifact, "pte", engine)
+    evaluate.set_threads(1)
+    return evaluate.counts(module, data.loader(spec, "eval", data_config, evaluate.EVAL_BATCH, rank=rank, world_size=world))
+
+
+def sharded_accuracy(artifact: str, engine: str, spec: dict, data_config: dict, workers: int) -> float:
+    """Top-1 of a .pte scored by `workers` spawned processes, each on every workers-th image."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = [pool.submit(_shard, artifact, engine, spec, data_config, r, workers) for r in range(workers)]
+        hits1, _, total = (sum(x) for x in zip(*(f.result() for f in parts)))
+    return 100.0 * hits1 / total
+
+
 def measure(artifact: str, spec: dict, threads: int, sharded: bool) -> tuple[float, float]:
     """(images/s, top-1) of one accuracy pass over the evaluation split."""
     meta = io.read_sidecar(artifact)
@@ -38,7 +56,7 @@ def measure(artifact: str, spec: dict, threads: int, sharded: bool) -> tuple[flo
     evaluate.set_threads(threads)
     start = time.perf_counter()
     if sharded:
-        top1, _ = evaluate.sharded_accuracy(artifact, meta["engine"], spec, dc, threads)
+        top1 = sharded_accuracy(artifact, meta["engine"], spec, dc, threads)
     else:
         module = export.load(artifact, meta["format"], meta["engine"])
         evaluate.set_threads(threads)
@@ -52,13 +70,16 @@ def main() -> None:
     p.add_argument("--configfile", required=True, help="the config that made them (its dataset section is used)")
     p.add_argument("--before-threads", type=int, default=1, help="evaluate.threads of the old pass")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="cores the evaluate job holds")
+    p.add_argument("--shards", action="store_true", help="also score each .pte in one process per core")
     p.add_argument("--out", default="bench/work/accuracy_throughput.csv")
     a = p.parse_args()
     spec = dataset_spec(a.configfile)
     rows = []
     for artifact in a.artifacts:
         fmt = io.read_sidecar(artifact)["format"]
-        cases = [("before", a.before_threads, False), ("after", a.cores, fmt == "pte" and a.cores > 1)]
+        cases = [("before", a.before_threads, False), ("after", a.cores, False)]
+        if a.shards and fmt == "pte":
+            cases.append(("shards", a.cores, True))
         for label, threads, sharded in cases:
             rate, top1 = measure(artifact, spec, threads, sharded)
             rows.append({"artifact": artifact, "format": fmt, "pass": label, "threads": threads,

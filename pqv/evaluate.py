@@ -37,34 +37,6 @@ def accuracy(fn, loader, desc: str | None = None) -> tuple[float, float]:
     return 100.0 * correct1 / total, 100.0 * correct5 / total
 
 
-def _pte_shard(artifact: str, engine: str, spec: dict, data_config: dict, rank: int, world: int, desc: str | None):
-    """One worker process of a sharded .pte accuracy pass: its own program, one XNNPACK thread."""
-    from . import data, export
-
-    set_threads(1)
-    module = export.load(artifact, "pte", engine)
-    set_threads(1)
-    loader = data.loader(spec, "eval", data_config, EVAL_BATCH, rank=rank, world_size=world)
-    return counts(module, loader, desc if rank == 0 else None)
-
-
-def sharded_accuracy(artifact: str, engine: str, spec: dict, data_config: dict, workers: int,
-                     desc: str | None = None) -> tuple[float, float]:
-    """Accuracy of a .pte in `workers` processes, each scoring every workers-th image on one thread.
-
-    A .pte runs one image per call (its program has a fixed batch of one, as an app calls it), and one
-    image does not keep many threads busy; independent programs on separate cores do. Only rank 0
-    draws a bar (the shards are equal, so its ETA is the pass's)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        shards = [pool.submit(_pte_shard, artifact, engine, spec, data_config, r, workers,
-                              f"{desc} (shard 1 of {workers})" if desc else None) for r in range(workers)]
-        hits1, hits5, total = (sum(x) for x in zip(*(f.result() for f in shards)))
-    return 100.0 * hits1 / total, 100.0 * hits5 / total
-
-
 def accuracy_on(model: torch.nn.Module, loader, device: torch.device, desc: str | None = None) -> tuple[float, float]:
     """Accuracy of an eager model on `device` (CUDA where there is one); the model ends on the CPU."""
     model.to(device).eval()
@@ -195,16 +167,18 @@ def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup:
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     timing = latency(module, example, warmup, runs)
     accuracy_threads = accuracy_threads or threads
-    set_threads(accuracy_threads)
+    if accuracy_threads != threads:
+        # ExecuTorch's XNNPACK pool can only be resized with no program bound to it: drop the timed
+        # copy, widen the pool (and torch's threads), load the artifact again for the accuracy pass.
+        del module
+        set_threads(accuracy_threads)
+        module = _load(artifact, meta)
     loader = data.loader(spec, "eval", dc, EVAL_BATCH)
     started = time.perf_counter()
     desc = f"accuracy {Path(artifact).name}"
     if meta["format"] == EAGER:
         top1, top5 = accuracy_on(module, loader, resolve(device), desc)
-    elif meta["format"] == "pte" and accuracy_threads > 1:
-        del module  # the shards load their own programs
-        top1, top5 = sharded_accuracy(artifact, meta["engine"], spec, dc, accuracy_threads, desc)
-    else:  # Lite runs a whole batch per call on every thread
+    else:  # Lite: batches of EVAL_BATCH on every thread; .pte: image by image on an XNNPACK pool as wide
         top1, top5 = accuracy(module, loader, desc)
     accuracy_s = time.perf_counter() - started
     metrics = {

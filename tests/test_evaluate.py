@@ -44,8 +44,11 @@ def test_rejected_artifacts_never_make_the_pareto_front():
     assert sorted(plot.pareto_front(table).index) == [1, 2]
 
 
-def test_a_pte_scored_in_parallel_shards_gives_the_in_process_accuracy(saved_tiny, tmp_path):
-    """The accuracy pass of a .pte runs one program per core; the counts must be the same."""
+def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_threads(saved_tiny, tmp_path,
+                                                                                          monkeypatch):
+    """A .pte's accuracy pass runs on an XNNPACK pool as wide as the job; its latency on evaluate.threads."""
+    from executorch.extension.pybindings import portable_lib
+
     from pqv import data, export, io, quantize
 
     from .conftest import DIGITS
@@ -55,8 +58,16 @@ def test_a_pte_scored_in_parallel_shards_gives_the_in_process_accuracy(saved_tin
     export.run(str(program), str(saved_tiny), str(pte), "pte", DIGITS)
     dc = io.read_sidecar(pte)["data_config"]
     whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), data.loader(DIGITS, "eval", dc, 64))
-    assert evaluate.sharded_accuracy(str(pte), "xnnpack", DIGITS, dc, workers=2) == whole
-    metrics = evaluate.run(str(pte), str(tmp_path / "m.json"), DIGITS, {}, threads=1, warmup=1, runs=2,
-                           accuracy_threads=2)
+    pools = {}
+    for name in ("latency", "accuracy"):  # the XNNPACK pool's width when each pass starts
+        real = getattr(evaluate, name)
+        monkeypatch.setattr(evaluate, name, lambda *a, _real=real, _name=name, **k: (
+            pools.setdefault(_name, portable_lib._threadpool_get_thread_count()), _real(*a, **k))[1])
+    try:
+        metrics = evaluate.run(str(pte), str(tmp_path / "m.json"), DIGITS, {}, threads=1, warmup=1, runs=2,
+                               accuracy_threads=2)
+    finally:
+        evaluate.set_threads(1)
+    assert pools == {"latency": 1, "accuracy": 2}
     assert (metrics["top1"], metrics["top5"]) == whole
     assert metrics["threads"] == 1 and metrics["accuracy_threads"] == 2 and metrics["accuracy_images_per_s"] > 0
