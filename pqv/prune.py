@@ -233,7 +233,7 @@ def _keep_softmax_temperature(attn: nn.Module, old_head_dim: int, new_head_dim: 
             attn.qkv.bias[:q_width] *= factor
 
 
-def _accumulate_gradients(model: nn.Module, calibration, device: torch.device) -> None:
+def _accumulate_gradients(model: nn.Module, calibration, device: torch.device | str = "cpu") -> None:
     """Taylor: gradients of the loss summed over all calibration batches."""
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -241,7 +241,7 @@ def _accumulate_gradients(model: nn.Module, calibration, device: torch.device) -
         nn.functional.cross_entropy(model(images.to(device)), labels.to(device)).backward()
 
 
-def _accumulate_hessian(model: nn.Module, imp, calibration, device: torch.device) -> None:
+def _accumulate_hessian(model: nn.Module, imp, calibration, device: torch.device | str = "cpu") -> None:
     """Hessian (OBD): the diagonal is estimated by the mean of squared per-sample gradients.
 
     One forward/backward per image: backpropagating each loss of a batched forward would cost a
