@@ -31,7 +31,9 @@ def run(paths: list[str], out: str) -> pd.DataFrame:
 
 
 # Snakemake's benchmark files: one TSV per job under <results>/benchmarks/<rule>/...
-COST_COLUMNS = {"s": "wall_s", "max_rss": "max_rss_mb", "cpu_time": "cpu_s"}
+# max_rss sums the resident memory of the job's process tree (DataLoader workers count the pages
+# they share with their parent again); max_pss counts shared pages once: the memory a job needs.
+COST_COLUMNS = {"s": "wall_s", "max_rss": "max_rss_mb", "max_pss": "max_pss_mb", "cpu_time": "cpu_s"}
 
 
 def stage_costs(paths: list[str], root: str) -> pd.DataFrame:
@@ -48,9 +50,9 @@ def stage_costs(paths: list[str], root: str) -> pd.DataFrame:
     jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values()])
     table = jobs.groupby("stage", sort=False).agg(
         jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), wall_s_max=("wall_s", "max"), cpu_s=("cpu_s", "sum"),
-        max_rss_mb=("max_rss_mb", "max")).reset_index()
+        max_pss_mb=("max_pss_mb", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
     total = {"stage": "total", "jobs": len(jobs), "wall_s": jobs["wall_s"].sum(), "wall_s_max": jobs["wall_s"].max(),
-             "cpu_s": jobs["cpu_s"].sum(), "max_rss_mb": jobs["max_rss_mb"].max()}
+             "cpu_s": jobs["cpu_s"].sum(), "max_pss_mb": jobs["max_pss_mb"].max(), "max_rss_mb": jobs["max_rss_mb"].max()}
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 
