@@ -29,8 +29,16 @@ EAGER_METRICS = BRANCH + "/eval/fp32-none.eager.json"  # the eager FP32 baseline
 PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
 SUMMARY = R + "/summary.csv"
 STAGE_COSTS = R + "/stage_costs.csv"
-# Snakemake's benchmark file of each job (wall time, max RSS, CPU): BENCHMARKS/<rule>/<job>.tsv
+# Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is one
+# of these patterns; the rules and benchmark_files() (the stage_costs inputs) both use them.
 BENCHMARKS = R + "/benchmarks"
+JOB_BRANCH = "{model}/{importance}_{ratio}"
+JOB_PROGRAM = JOB_BRANCH + "/{precision}-{engine}.{ir}"
+JOB_ARTIFACT = JOB_BRANCH + "/{precision}-{engine}.{format}"
+
+
+def bench(rule, job=None):
+    return f"{BENCHMARKS}/{rule}/{job}.tsv" if job else f"{BENCHMARKS}/{rule}.tsv"
 # Where gradients and eager accuracy passes run (pqv.device); how a job runs, not what it makes, so
 # it goes into the command line, not into params (changing it reruns nothing).
 DEVICE = f"--device {config['device']}"
@@ -120,32 +128,28 @@ def quantized_for(wc):
 
 def benchmark_files():
     """The benchmark file of every job this config schedules (Snakefile's `benchmark:` paths)."""
-    files = [f"{BENCHMARKS}/model/{m}.tsv" for m in MODELS]
+    files = [bench("model", m) for m in MODELS] + [bench("summary")]
     for m in MODELS:
         for i, r in branches():
-            b = f"{m}/{i}_{r}"
+            job = JOB_BRANCH.format(model=m, importance=i, ratio=r)
             dense_kept = float(r) == 0 and not config["finetune"]["dense"]
-            files += [f"{BENCHMARKS}/prune/{b}.tsv", f"{BENCHMARKS}/{'keep_dense' if dense_kept else 'finetune'}/{b}.tsv"]
+            files += [bench("prune", job), bench("keep_dense" if dense_kept else "finetune", job)]
             if config["evaluate"]["eager_baseline"]:
-                files.append(f"{BENCHMARKS}/evaluate_eager/{b}.tsv")
+                files.append(bench("evaluate_eager", job))
     for t in targets():
-        b = "{model}/{importance}_{ratio}/{precision}-{engine}".format(**t)
-        files += [f"{BENCHMARKS}/quantize/{b}.{T.ir_of(t['format'])}.tsv", f"{BENCHMARKS}/export/{b}.{t['format']}.tsv",
-                  f"{BENCHMARKS}/evaluate/{b}.{t['format']}.tsv"]
-    files += [f"{BENCHMARKS}/profile/{p[len(R) + len('/profile/'):-len('.csv')]}.tsv"
-              for p in profile_targets() if p.endswith(".csv")]
-    files.append(f"{BENCHMARKS}/summary.tsv")
+        files += [bench("quantize", JOB_PROGRAM.format(ir=T.ir_of(t["format"]), **t)),
+                  bench("export", JOB_ARTIFACT.format(**t)), bench("evaluate", JOB_ARTIFACT.format(**t))]
+    files += [bench("profile", JOB_ARTIFACT.format(**t)) for t in profiled()]
     return sorted(set(files))
 
 
+def profiled():
+    """The targets that some profile selector matches."""
+    return [t for t in targets() if any(pqv_config.matches(sel, t) for sel in config["profile"]["artifacts"])]
+
+
 def profile_targets():
-    chosen = []
-    for t in targets():
-        for sel in config["profile"]["artifacts"]:
-            if pqv_config.matches(sel, t):
-                chosen.append(t)
-                break
-    return [PROFILE.format(**t) + ext for t in chosen for ext in (".csv", ".png")]
+    return [PROFILE.format(**t) + ext for t in profiled() for ext in (".csv", ".png")]
 
 
 # ---- Resources: what each job asks for (pqv/resources.py) -------------------------------------

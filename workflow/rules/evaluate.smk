@@ -21,7 +21,7 @@ rule evaluate:
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
-        BENCHMARKS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.tsv"
+        bench("evaluate", JOB_ARTIFACT)
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
@@ -49,7 +49,7 @@ rule evaluate_eager:
     log:
         "logs/evaluate/{model}/{importance}_{ratio}/fp32-none.eager.log",
     benchmark:
-        BENCHMARKS + "/evaluate_eager/{model}/{importance}_{ratio}.tsv"
+        bench("evaluate_eager", JOB_BRANCH)
     threads: stage_threads("evaluate_eager")
     resources:
         **stage_resources("evaluate_eager"),
@@ -69,7 +69,7 @@ rule summary:
     log:
         "logs/summary.log",
     benchmark:
-        BENCHMARKS + "/summary.tsv"
+        bench("summary")
     shell:
         "{PQV} summarize {input} --out {output} > {log} 2>&1"
 

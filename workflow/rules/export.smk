@@ -20,7 +20,7 @@ rule export:
     log:
         "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
-        BENCHMARKS + "/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.tsv"
+        bench("export", JOB_ARTIFACT)
     threads: stage_threads("export")
     resources:
         **stage_resources("export"),

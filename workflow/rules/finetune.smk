@@ -34,7 +34,7 @@ rule finetune:
     log:
         "logs/finetune/{model}/{importance}_{ratio}.log",
     benchmark:
-        BENCHMARKS + "/finetune/{model}/{importance}_{ratio}.tsv"
+        bench("finetune", JOB_BRANCH)
     threads: stage_threads("finetune")
     resources:
         **stage_resources("finetune"),
@@ -62,7 +62,7 @@ if not FINETUNE["dense"]:
         log:
             "logs/finetune/{model}/{importance}_{ratio}.log",
         benchmark:
-            BENCHMARKS + "/keep_dense/{model}/{importance}_{ratio}.tsv"
+            bench("keep_dense", JOB_BRANCH)
         shell:
             "{PQV} finetune --keep --model {input.model} --out {output.model} --data {DATA:q}"
             " --metrics {output.metrics} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule model:
     log:
         "logs/model/{model}.log",
     benchmark:
-        BENCHMARKS + "/model/{model}.tsv"
+        bench("model", "{model}")
     threads: stage_threads("model")
     resources:
         **stage_resources("model"),

@@ -12,6 +12,6 @@ rule plot:
     log:
         "logs/plot.log",
     benchmark:
-        BENCHMARKS + "/plot.tsv"
+        bench("plot")
     shell:
         "{PQV} plot --summary {input} --outdir {params.outdir} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule profile:
     log:
         "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
-        BENCHMARKS + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.tsv"
+        bench("profile", JOB_ARTIFACT)
     threads: stage_threads("profile")
     resources:
         **stage_resources("profile"),

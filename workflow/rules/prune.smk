@@ -31,7 +31,7 @@ rule prune:
     log:
         "logs/prune/{model}/{importance}_{ratio}.log",
     benchmark:
-        BENCHMARKS + "/prune/{model}/{importance}_{ratio}.tsv"
+        bench("prune", JOB_BRANCH)
     threads: stage_threads("prune")
     resources:
         **stage_resources("prune"),

@@ -11,7 +11,7 @@ rule quantize:
     log:
         "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
     benchmark:
-        BENCHMARKS + "/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.tsv"
+        bench("quantize", JOB_PROGRAM)
     threads: stage_threads("quantize")
     resources:
         **stage_resources("quantize"),
