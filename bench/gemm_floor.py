@@ -1,8 +1,9 @@
 """How close PQV's fastest DeiT-B artifact is to this machine's limit: its int8 Linear layers alone.
 
-With PQV's own int8_dynamic / xnnpack recipe this builds three ExecuTorch programs and times them
+With PQV's own int8_dynamic / xnnpack recipe this builds four ExecuTorch programs and times them
 as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved rounds):
-- the whole pruned DeiT-B (bench/latency.py's "pte int8_dynamic" row);
+- the whole pruned DeiT-B (bench/latency.py's "pte int8_dynamic" row), and the same with the
+  LayerNorm twin PQV exported before issue 15 (its "pooled-mean LayerNorm" row);
 - only its Linear layers (qkv, proj, fc1, fc2 of every block, same shapes, chained as in the
   blocks): they hold >95 % of the MACs, so their time is the floor of any int8 recipe built on
   these kernels; the rest of the model's time is attention, softmax, norms, GELU and copies;
@@ -99,14 +100,19 @@ def main() -> None:
     full = latency.RECIPES[full_name]
     spec = latency.spec_of(args.data)
     full_path = latency.artifact_path(pruned.parent, full, spec, 0)
-    meta = latency.build(full, pruned, full_path, spec, 0, args.check_images, 0.98)
-    if meta.get("status") == latency.REJECTED:
-        raise SystemExit(f"{full_path} failed its export check: {meta.get('reason')}")
+    before_name = "pte int8_dynamic pooled-mean LayerNorm"  # the same, with the LayerNorm twin before issue 15
+    before = latency.RECIPES[before_name]
+    before_path = latency.artifact_path(pruned.parent, before, spec, 0)
+    for recipe, path in ((full, full_path), (before, before_path)):
+        meta = latency.build(recipe, pruned, path, spec, 0, args.check_images, 0.98)
+        if meta.get("status") == latency.REJECTED:
+            raise SystemExit(f"{path} failed its export check: {meta.get('reason')}")
 
     linears = LinearsOnly(vit)
     square = SquareGemm(args.square)
     rows = {
         "whole model (pte int8_dynamic)": (full_path, torch.randn(1, *facts["input_size"]), facts["macs"]),
+        "whole model, LayerNorm before issue 15": (before_path, torch.randn(1, *facts["input_size"]), facts["macs"]),
         "its Linear layers only": (pruned.parent / "linears-int8_dynamic.pte", torch.randn(1, tokens, vit.embed_dim),
                                    linear_macs(linears, tokens)),
         f"square GEMM {args.square}^3": (work / f"gemm{args.square}-int8_dynamic.pte",
@@ -126,6 +132,7 @@ def main() -> None:
 
     machine = {**evaluate.machine(), **io.versions()}
     whole = statistics.median(t["latency_ms_median"] for t in timings["whole model (pte int8_dynamic)"])
+    floor = timings["its Linear layers only"]
     table = []
     for name, (path, _, macs) in rows.items():
         ms = statistics.median(t["latency_ms_median"] for t in timings[name])
@@ -133,6 +140,9 @@ def main() -> None:
                       "latency_ms_min": min(t["latency_ms_min"] for t in timings[name]),
                       "latency_ms_max": max(t["latency_ms_max"] for t in timings[name]),
                       "gmac": macs / 1e9, "gop_per_s": 2 * macs / ms / 1e6, "share_of_whole_model": ms / whole,
+                      # how far from the floor: the ratio to the Linear layers alone, within each round
+                      "x_linears_only": statistics.median(t["latency_ms_median"] / f["latency_ms_median"]
+                                                          for t, f in zip(timings[name], floor)),
                       "threads": args.threads, "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds,
                       **machine})
     print(f"machine: {machine}")
@@ -140,7 +150,7 @@ def main() -> None:
           f"warm-up {args.warmup}, median of {args.runs}, {args.rounds} rounds; Linears-only cosine to eager "
           f"{check['cosine_min']:.4f}")
     df = pd.DataFrame(table)
-    print(df[["row", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model"]]
+    print(df[["row", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model", "x_linears_only"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     out = Path(args.out)
     with io.atomic_path(out) as tmp:

@@ -3,9 +3,10 @@
 Every row is an artifact the workflow would ship: the dense model is pruned by pqv.prune.run, and
 each recipe is quantized by pqv.quantize.run and exported by pqv.export.run, whose check loads the
 file back and compares it with its eager FP32 parent on held-out images (a rejected file is
-reported, not timed). Two lever rows are made outside the workflow on purpose and say so: timm's
-own layers (the baseline of pqv/layers.py's twins) and ONNX Runtime (an outside reference); they
-get the same check. Each artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
+reported, not timed). Four lever rows are made outside the workflow on purpose and say so: timm's
+own layers (the baseline of pqv/layers.py's twins), PQV's LayerNorm twin before issue 15 and
+timm's LayerNorm as a portable kernel (the two alternatives to today's, bench/layernorm.py), and
+ONNX Runtime (an outside reference); they get the same check. Each artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
 calls, median of repeated batch-1 calls; min and max kept). The machines we run on share their
 host, so the whole set is timed in several interleaved rounds and each speed-up is the median over
 rounds of the ratio measured within one round (side by side). Random-init weights are fine for
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 from pqv import arch, evaluate, export, io, prune, quantize, targets
 from pqv.errors import PQVError
@@ -52,7 +54,7 @@ class Recipe:
     fmt: str  # ptl | pte | eager | onnx (ONNX Runtime, an outside reference)
     options: dict = field(default_factory=dict)
     threads: int | None = None  # None: --threads
-    twins: bool = True  # pte only: False exports timm's own layers (unfused attention), the lever's baseline
+    layers: str = "pqv"  # pte only: which layers are exported (LAYERS); "pqv" is what the workflow ships
     note: str = ""
 
 
@@ -67,8 +69,12 @@ RECIPES: dict[str, Recipe] = {
     "lite int8_static onednn": Recipe("pruned", "int8_static", "onednn", "ptl"),
     "pte fp32": Recipe("pruned", "fp32", NO_ENGINE, "pte"),
     "pte int8_dynamic": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", note="PQV's fastest"),
-    "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", twins=False,
+    "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="timm",
                                            note="lever baseline, not a workflow recipe: without pqv/layers.py twins"),
+    "pte int8_dynamic pooled-mean LayerNorm": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="pooled-mean",
+                                                     note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15"),
+    "pte int8_dynamic portable LayerNorm": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="portable-layernorm",
+                                                  note="lever, not a workflow recipe: nn.LayerNorm as a portable kernel, between delegated pieces"),
     "pte int8_dynamic 1 thread": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", threads=1),
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
@@ -114,10 +120,22 @@ def data_tag(spec: dict) -> str:
 def artifact_path(folder: Path, recipe: Recipe, spec: dict, calibration_images: int) -> Path:
     """The row's artifact inside its model's folder (`folder`)."""
     stem = f"{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
-    stem += "" if recipe.twins else "-timm_layers"
+    if recipe.fmt == "pte":  # a program's file depends on the code of the layers it was exported with
+        stem += f"-layers={recipe.layers}-{layers_fingerprint()}"
     if quantize.PRECISIONS[recipe.precision].calibrated:
         stem += f"-cal{calibration_images}-{data_tag(spec)}"
     return folder / f"{stem}.{recipe.fmt}"
+
+
+def layers_fingerprint() -> str:
+    """Content hash of pqv/layers.py and bench/layernorm.py: a changed twin makes new files."""
+    import hashlib
+
+    from pqv import layers
+
+    digest = hashlib.sha256(Path(layers.__file__).read_bytes())
+    digest.update((Path(__file__).parent / "layernorm.py").read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def build(recipe: Recipe, source: Path, out: Path, spec: dict, calibration_images: int, check_images: int,
@@ -131,10 +149,10 @@ def build(recipe: Recipe, source: Path, out: Path, spec: dict, calibration_image
             _build_onnx(source, out, spec, check_images, min_cosine)
         else:
             program = out.with_suffix(f".{targets.ir_of(recipe.fmt)}")
-            if recipe.twins:
+            if recipe.layers == "pqv":
                 quantize.run(str(source), str(program), recipe.precision, recipe.engine, spec, calibration_images)
             else:
-                _quantize_timm_layers(source, program, recipe.precision, spec)
+                _quantize_lever_layers(source, program, recipe.precision, spec, recipe.layers)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -146,14 +164,49 @@ def build(recipe: Recipe, source: Path, out: Path, spec: dict, calibration_image
     return io.read_sidecar(out)
 
 
-def _quantize_timm_layers(source: Path, program: Path, precision: str, spec: dict) -> None:
-    """pqv.quantize.run's .pt2 path minus its layers.for_xnnpack rewrite: timm's own layers with
-    explicit attention, the baseline of the twins lever (not a recipe the workflow makes)."""
+def _timm_layers(model):
+    for attn in arch.attention_blocks(model):
+        attn.fused_attn = False  # timm's explicit attention, which XNNPACK runs (SDPA would not)
+    return model
+
+
+def _pooled_mean_layernorm(model):
+    """PQV's twins, but with the LayerNorm it exported before issue 15 (bench/layernorm.py)."""
+    from layernorm import PooledMeanLayerNorm  # bench/layernorm.py, beside this script
+    from pqv import layers
+
+    model = layers.for_xnnpack(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, layers.MeanLayerNorm):
+                setattr(parent, name, PooledMeanLayerNorm(child))
+    return model
+
+
+def _portable_layernorm(model):
+    """PQV's attention twin with timm's nn.LayerNorm, which runs as ExecuTorch's portable kernel."""
+    from pqv import layers
+
+    norms = {id(m): m for m in model.modules() if isinstance(m, nn.LayerNorm)}
+    model = layers.for_xnnpack(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, layers.MeanLayerNorm):
+                setattr(parent, name, next(n for n in norms.values() if n.weight is child.weight))
+    return model
+
+
+# lever baselines: how the model is rewritten instead of pqv.layers.for_xnnpack
+LAYERS = {"timm": _timm_layers, "pooled-mean": _pooled_mean_layernorm, "portable-layernorm": _portable_layernorm}
+
+
+def _quantize_lever_layers(source: Path, program: Path, precision: str, spec: dict, kind: str) -> None:
+    """pqv.quantize.run's .pt2 path with the model's layers rewritten by LAYERS[kind] instead of
+    layers.for_xnnpack: a lever's baseline (not a recipe the workflow makes)."""
     from pqv import data
 
     model, a = io.load_model(source)
-    for attn in arch.attention_blocks(model):
-        attn.fused_attn = False
+    model = LAYERS[kind](model.eval())
     calibration = list(data.sample_batch(spec, a["data_config"], 2, split="train").split(32))
     exported = quantize.EXPORTED[precision](model.eval(), calibration[0], calibration)
     with io.atomic_path(program) as tmp:
@@ -161,7 +214,7 @@ def _quantize_timm_layers(source: Path, program: Path, precision: str, spec: dic
     parent = io.read_sidecar(source)
     io.write_sidecar(program, "quantize", parent=str(source), precision=precision, engine="xnnpack", ir="pt2",
                      params=parent.get("params"), macs=parent.get("macs"), data_config=a["data_config"],
-                     eager_top1=parent.get("top1"), calibration_images=0, lever="timm layers")
+                     eager_top1=parent.get("top1"), calibration_images=0, lever=kind)
 
 
 def _build_onnx(source: Path, out: Path, spec: dict, check_images: int, min_cosine: float) -> None:

@@ -5,28 +5,37 @@ a delegated subgraph, and the tensor crosses into a portable (single-threaded, u
 kernel and back. A timm ViT exported as is splits into ~120 subgraphs on a 9.375 %-pruned DeiT-B:
 `layer_norm` has no XNNPACK node, `q @ k` decomposes into `expand_copy` + `bmm` (the expand is
 portable), and `qkv.unbind` into `squeeze_copy` (portable). These modules compute the same
-function (to float rounding) with mean/rsqrt, slices and 3-D `bmm`, so the blocks become one
+function (to float rounding) with matrix-vector means, rsqrt, slices and 3-D `bmm`, so the blocks become one
 delegated graph (5-18 % faster at int8 on DeiT-B; with the fixed batch-1 export, 1.7x: see
 docs/latency.md). They share the original parameters; nothing is copied or retrained.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class MeanLayerNorm(nn.Module):
-    """LayerNorm over the last dim, as XNNPACK's mean over the two innermost dims of a 4-D view."""
+    """LayerNorm over the last dim, its two means taken as FP32 matrix-vector products.
+
+    XNNPACK's only mean is global average pooling, vectorized over channels; a row mean over a
+    4-D view has one channel, and the LayerNorm built on it was about 2x slower than this one
+    (bench/layernorm.py; the whole-model effect is in docs/latency.md). The averaging row is a
+    non-persistent buffer used through `F.linear`, so no checkpoint changes and no quantizer,
+    which looks for `nn.Linear` modules, ever turns the statistics into int8."""
 
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+        width, like = norm.normalized_shape[0], norm.weight if norm.weight is not None else torch.empty(0)
+        self.register_buffer("row_mean", torch.full((1, width), 1.0 / width, dtype=like.dtype, device=like.device),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x4 = x.reshape(-1, 1, 1, x.shape[-1])
-        centered = x4 - x4.mean(dim=(2, 3), keepdim=True)
-        variance = (centered * centered).mean(dim=(2, 3), keepdim=True)
-        y = (centered * torch.rsqrt(variance + self.eps)).reshape(x.shape)
+        centered = x - F.linear(x, self.row_mean)
+        variance = F.linear(centered * centered, self.row_mean)
+        y = centered * torch.rsqrt(variance + self.eps)
         if self.weight is not None:
             y = y * self.weight
         return y + self.bias if self.bias is not None else y

@@ -38,7 +38,7 @@ def test_artifact_paths_differ_by_recipe_and_calibration(latency, tmp_path):
     digits = {"name": "digits"}
     paths = {latency.artifact_path(tmp_path, latency.RECIPES[n], digits, 128) for n in names}
     # rows that differ only in threads or source model share a file; every other pair differs
-    distinct = {(r.precision, r.engine, r.fmt, tuple(r.options.items()), r.twins)
+    distinct = {(r.precision, r.engine, r.fmt, tuple(r.options.items()), r.layers)
                 for r in (latency.RECIPES[n] for n in names)}
     assert len(paths) == len(distinct)
     static = latency.RECIPES["pte int8_static"]

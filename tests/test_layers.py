@@ -26,6 +26,7 @@ def test_xnnpack_twins_compute_the_same_function(overrides):
     # the twins share the original parameters: nothing copied, nothing new
     assert {id(p) for p in twin.parameters()} == source_params
     assert sum(p.numel() for p in twin.parameters()) == arch.count_params(model)
+    assert twin.state_dict().keys() == model.state_dict().keys()  # the averaging rows are not saved
 
 
 def test_exported_vit_lowers_to_xnnpack_almost_whole():
@@ -73,3 +74,17 @@ def test_executorch_runs_on_torchs_thread_count(tmp_path):
             assert portable_lib._threadpool_get_thread_count() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_int8_programs_quantize_the_linear_layers_and_keep_layernorm_statistics_in_fp32():
+    """The LayerNorm twin takes its means as matrix-vector products (`F.linear` with a constant row):
+    XNNPACK's quantizer must leave them FP32 (an int8 mean and variance would skew every token) and
+    still quantize every nn.Linear of the model."""
+    model = tiny_vit()
+    program = quantize.quantize(model, "int8_dynamic", "xnnpack", "pt2", [torch.randn(2, 1, 8, 8)])
+    weights = [n.args[1] for n in program.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+    int8 = [w for w in weights if w.op == "call_function" and "dequantize" in str(w.target)]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    norms = sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert len(int8) == linears
+    assert len(weights) - len(int8) == 2 * norms
