@@ -34,13 +34,13 @@ method = Runtime.get().load_program(path).load_method("forward")
 shape = list(method.metadata.input_tensor_meta(0).sizes())
 x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
 for _ in range(warmup):
-    y = method.execute([x])[0]
+    method.execute([x])
 times = []
 for _ in range(runs):
     start = time.perf_counter()
     method.execute([x])
     times.append((time.perf_counter() - start) * 1e3)
-torch.save(y.clone(), out)
+torch.save(method.execute([x])[0].clone(), out)
 print(json.dumps({"median": statistics.median(times), "min": min(times), "max": max(times),
                   "executorch": md.version("executorch"), "torch": torch.__version__,
                   "threads": portable_lib._threadpool_get_thread_count()}))

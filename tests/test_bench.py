@@ -61,3 +61,29 @@ def test_trained_artifacts_are_keyed_by_the_file_content(latency, tmp_path):
     before = latency.trained_folder(work, b)
     b.write_bytes(b"model b, retrained")  # same name, new content: a new folder
     assert latency.trained_folder(work, b) != before
+
+
+def test_pte_files_are_keyed_by_the_layers_code(latency, tmp_path):
+    path = latency.artifact_path(tmp_path, latency.RECIPES["pte int8_dynamic"], {"name": "digits"}, 128)
+    assert latency.layers_fingerprint() in path.name
+    assert latency.layers_fingerprint() not in latency.artifact_path(
+        tmp_path, latency.RECIPES["paper recipe"], {"name": "digits"}, 128).name  # a .ptl does not use the twins
+
+
+@pytest.mark.parametrize("kind", ["timm", "pooled-mean", "portable-layernorm"])
+def test_lever_baselines_compute_the_models_function(latency, kind, monkeypatch):
+    """A lever row times another way of writing the same model, never a different model."""
+    import copy
+
+    import torch
+
+    from .conftest import tiny_vit
+
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the pooled-mean twin lives in bench/layernorm.py
+    model = tiny_vit().eval()
+    for block in model.blocks:
+        torch.nn.init.normal_(block.norm1.weight, 1.0, 0.3)
+        torch.nn.init.normal_(block.norm1.bias, 0.0, 0.3)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(latency.LAYERS[kind](copy.deepcopy(model))(x), model(x), atol=1e-5, rtol=1e-5)
