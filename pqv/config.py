@@ -8,7 +8,8 @@ the key, and for a typo the closest valid key or value. The Snakefile calls it i
 which prints the one line `pqv config: error: ...` and exits with status 2 before any job starts.
 
 Torch-free on purpose: the Snakefile imports it on every run (timm is imported only to check an
-optimizer name other than the default).
+optimizer name other than the default, and once per timm version to list its model names, which
+are then read from `$PQV_CACHE`, default `~/.cache/pqv`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import contextlib
 import copy
 import difflib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -320,4 +322,41 @@ def _check_training(config: dict) -> None:
         check_training(where, hp)
 
 
-SEMANTIC_CHECKS = (_check_dataset, _check_sweep, _check_prune, _check_training)
+def timm_models() -> set[str]:
+    """timm's model names, listed once per installed timm version and kept in a small file, so a
+    config check stays free of the torch import (seconds) on every later run."""
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("PQV_CACHE") or Path.home() / ".cache" / "pqv").expanduser()
+    path = cache / f"timm-{version('timm')}-models.txt"
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        pass
+    import timm
+
+    names = timm.list_models()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        tmp.write_text("\n".join(names))
+        tmp.replace(path)  # atomic: a concurrent run reads the whole list or none
+    except OSError:
+        pass  # a read-only home: check without the cache
+    return set(names)
+
+
+def _check_models(config: dict) -> None:
+    """An unknown timm name would fail only in the model job; name it now, with the closest names."""
+    known = timm_models() if config["models"] else set()
+    for i, m in enumerate(config["models"]):
+        name = m["timm_name"]
+        if name.split(".", 1)[0] not in known:  # timm accepts a pretrained tag: name.tag
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            raise PQVError(f"models[{i}].timm_name: unknown timm model '{name}'" +
+                           (f" (did you mean '{close[0]}'?)" if close else ""),
+                           f"use {' or '.join(close)}" if close else
+                           "use a name from timm.list_models(), e.g. deit_tiny_patch16_224")
+
+
+SEMANTIC_CHECKS = (_check_dataset, _check_sweep, _check_prune, _check_training, _check_models)

@@ -146,3 +146,21 @@ def test_schema_entries_use_only_schema_keywords():
         walk(sub, name)
     for name, sub in schema["$defs"].items():
         walk(sub, f"$defs.{name}")
+
+
+def test_timm_model_names_are_listed_once_per_timm_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("PQV_CACHE", str(tmp_path))
+    names = C.timm_models()
+    assert {"deit_base_patch16_224", "vit_tiny_patch16_224"} <= names
+    (cached,) = tmp_path.glob("timm-*-models.txt")
+    cached.write_text("only_this_model")  # later checks read the file, not timm
+    assert C.timm_models() == {"only_this_model"}
+
+
+def test_an_unknown_timm_model_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PQV_CACHE", str(tmp_path))
+    model = {"id": "m", "timm_name": "deit_bse_patch16_224", "weights": "train"}
+    with pytest.raises(PQVError, match=r"models\[0\]\.timm_name: unknown timm model 'deit_bse_patch16_224' "
+                                       r"\(did you mean 'deit_base_patch16_224'\?\)"):
+        C.check(merged({"models": [model]}))
+    C.check(merged({"models": [{**model, "timm_name": "deit_base_patch16_224.fb_in1k"}]}))  # a pretrained tag

@@ -250,6 +250,8 @@ def _workflow_error(tmp_path, change: dict, *fragments: str) -> None:
     ({"prune": {"heads": "dims", "head_ratio": 0.5}}, ["applies to whole-head pruning only"]),
     ({"finetune": {"mixup": 0.8, "batch_size": 63}}, ["mixup/cutmix need an even batch_size, got 63"]),
     ({"quantize": {"engines": ["x86", "xnnpack"]}}, ["quantize.engines lists 'xnnpack'", "add pte to export.formats"]),
+    ({"models": [{**TINY_CONFIG["models"][0], "timm_name": "vit_tiny_patch16_22"}]},
+     ["models[0].timm_name: unknown timm model 'vit_tiny_patch16_22'", "did you mean 'vit_tiny_patch16_224'?"]),
 ])
 def test_config_mistakes_are_one_line_before_any_job(tmp_path, change, fragments):
     _workflow_error(tmp_path, change, *fragments)
