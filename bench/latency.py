@@ -170,30 +170,33 @@ def _timm_layers(model):
     return model
 
 
-def _pooled_mean_layernorm(model):
-    """PQV's twins, but with the LayerNorm it exported before issue 15 (bench/layernorm.py)."""
-    from layernorm import PooledMeanLayerNorm  # bench/layernorm.py, beside this script
+def _with_layernorm(model, make):
+    """PQV's twins, each LayerNorm twin replaced by `make(twin)` (same weight, bias and eps)."""
     from pqv import layers
 
     model = layers.for_xnnpack(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, layers.MeanLayerNorm):
-                setattr(parent, name, PooledMeanLayerNorm(child))
+                setattr(parent, name, make(child))
     return model
+
+
+def _pooled_mean_layernorm(model):
+    """The LayerNorm twin PQV exported before issue 15 (bench/layernorm.py)."""
+    from layernorm import PooledMeanLayerNorm  # bench/layernorm.py, beside this script
+
+    return _with_layernorm(model, PooledMeanLayerNorm)
 
 
 def _portable_layernorm(model):
-    """PQV's attention twin with timm's nn.LayerNorm, which runs as ExecuTorch's portable kernel."""
-    from pqv import layers
+    """timm's nn.LayerNorm, which runs as ExecuTorch's portable kernel, with PQV's attention twin."""
+    def layer_norm(twin):
+        norm = nn.LayerNorm(twin.weight.shape[0], eps=twin.eps)
+        norm.weight, norm.bias = twin.weight, twin.bias
+        return norm
 
-    norms = {id(m): m for m in model.modules() if isinstance(m, nn.LayerNorm)}
-    model = layers.for_xnnpack(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, layers.MeanLayerNorm):
-                setattr(parent, name, next(n for n in norms.values() if n.weight is child.weight))
-    return model
+    return _with_layernorm(model, layer_norm)
 
 
 # lever baselines: how the model is rewritten instead of pqv.layers.for_xnnpack
