@@ -20,7 +20,7 @@ class MeanLayerNorm(nn.Module):
     """LayerNorm over the last dim, its two means taken as FP32 matrix-vector products.
 
     XNNPACK's only mean is global average pooling, vectorized over channels; a row mean over a
-    4-D view has one channel, and the LayerNorm built on it was about 2x slower than this one
+    4-D view has one channel, and the LayerNorm built on it was 2-3x slower than this one
     (bench/layernorm.py; the whole-model effect is in docs/latency.md). The averaging row is a
     non-persistent buffer used through `F.linear`, so no checkpoint changes and no quantizer,
     which looks for `nn.Linear` modules, ever turns the statistics into int8."""
