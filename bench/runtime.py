@@ -77,16 +77,17 @@ def main() -> None:
     scratch = Path(args.out).parent / "runtime-outputs"
     scratch.mkdir(parents=True, exist_ok=True)
     results = {(f, r): [] for f in args.pte for r in runtimes}
+    output = {(f, r): scratch / f"{i}-{r}.pt" for i, f in enumerate(args.pte) for r in runtimes}
     for round_ in range(args.rounds):
         for f in args.pte:
             for r, python in runtimes.items():
-                t = time_once(python, f, args.threads, args.warmup, args.runs, scratch / f"{r}.pt")
+                t = time_once(python, f, args.threads, args.warmup, args.runs, output[f, r])
                 results[f, r].append(t)
                 print(f"  round {round_ + 1}: {f.name:<60} {r:<8} executorch {t['executorch']:<7} {t['median']:7.1f} ms", flush=True)
     machine = evaluate.machine()
     table = []
     for f in args.pte:
-        project, side = results[f, "project"], results[f, "side"]
+        project = results[f, "project"]
         for r in runtimes:
             runs = results[f, r]
             table.append({"artifact": str(f), "runtime": r, "executorch": runs[0]["executorch"], "torch": runs[0]["torch"],
@@ -96,9 +97,7 @@ def main() -> None:
                           "speedup_vs_project": statistics.median(a["median"] / b["median"] for a, b in zip(project, runs)),
                           "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, **machine})
         # same file, same input: the two runtimes must compute the same function
-        for r in runtimes:
-            time_once(runtimes[r], f, args.threads, 0, 1, scratch / f"{r}.pt")
-        a, b = (torch.load(scratch / f"{r}.pt", weights_only=True) for r in runtimes)
+        a, b = (torch.load(output[f, r], weights_only=True) for r in runtimes)
         for row in table[-2:]:
             row["max_abs_diff_between_runtimes"] = (a - b).abs().max().item()
     df = pd.DataFrame(table)
