@@ -34,13 +34,9 @@ def create(timm_name: str, **kwargs) -> nn.Module:
     import timm
 
     if not timm.is_model(timm_name):
-        import difflib
+        from .config import unknown_timm_model
 
-        close = difflib.get_close_matches(timm_name, timm.list_models(), n=3, cutoff=0.6)
-        raise PQVError(
-            f"unknown timm model '{timm_name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-            f"use {' or '.join(close)}" if close else "use a name from timm.list_models(), e.g. deit_tiny_patch16_224",
-        )
+        raise unknown_timm_model(timm_name, timm.list_models())
     return timm.create_model(timm_name, **kwargs)
 
 

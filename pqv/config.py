@@ -346,17 +346,20 @@ def timm_models() -> set[str]:
     return set(names)
 
 
+def unknown_timm_model(name: str, known, where: str = "") -> PQVError:
+    """The one-line error for a timm name that is not a model, with the closest names."""
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return PQVError(f"{where}unknown timm model '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                    f"use {' or '.join(close)}" if close else "use a name from timm.list_models(), e.g. deit_tiny_patch16_224")
+
+
 def _check_models(config: dict) -> None:
     """An unknown timm name would fail only in the model job; name it now, with the closest names."""
     known = timm_models() if config["models"] else set()
     for i, m in enumerate(config["models"]):
         name = m["timm_name"]
         if name.split(".", 1)[0] not in known:  # timm accepts a pretrained tag: name.tag
-            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-            raise PQVError(f"models[{i}].timm_name: unknown timm model '{name}'" +
-                           (f" (did you mean '{close[0]}'?)" if close else ""),
-                           f"use {' or '.join(close)}" if close else
-                           "use a name from timm.list_models(), e.g. deit_tiny_patch16_224")
+            raise unknown_timm_model(name, known, f"models[{i}].timm_name: ")
 
 
 SEMANTIC_CHECKS = (_check_dataset, _check_sweep, _check_prune, _check_training, _check_models)
