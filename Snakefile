@@ -26,6 +26,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/finetune.smk"

@@ -22,41 +22,41 @@ import pandas as pd
 import torch
 import yaml
 
-from pqv import data, evaluate, export, io
+from pqv import data, datasets, evaluate, export, io
 
 
-def dataset_spec(configfile: str) -> dict:
-    spec = yaml.safe_load(Path(configfile).read_text())["dataset"]
-    return {"workers": 0, "train_dir": "train", "eval_dir": "val", **spec}
+def dataset_manifest(configfile: str) -> dict:
+    """The config's data set, read by the data stage (pqv.data.scan)."""
+    return data.scan(yaml.safe_load(Path(configfile).read_text())["dataset"])
 
 
-def _shard(artifact: str, engine: str, spec: dict, data_config: dict, rank: int, world: int) -> tuple[int, int, int]:
+def _shard(artifact: str, engine: str, manifest: dict, data_config: dict, rank: int, world: int) -> tuple[int, int, int]:
     evaluate.set_threads(1)
     module = export.load(artifact, "pte", engine)
     evaluate.set_threads(1)
-    return evaluate.counts(module, data.loader(spec, "eval", data_config, evaluate.EVAL_BATCH, rank=rank, world_size=world))
+    return evaluate.counts(module, datasets.loader(manifest, "eval", data_config, evaluate.EVAL_BATCH, rank=rank, world_size=world))
 
 
-def sharded_accuracy(artifact: str, engine: str, spec: dict, data_config: dict, workers: int) -> float:
+def sharded_accuracy(artifact: str, engine: str, manifest: dict, data_config: dict, workers: int) -> float:
     """Top-1 of a .pte scored by `workers` spawned processes, each on every workers-th image."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        parts = [pool.submit(_shard, artifact, engine, spec, data_config, r, workers) for r in range(workers)]
+        parts = [pool.submit(_shard, artifact, engine, manifest, data_config, r, workers) for r in range(workers)]
         hits1, _, total = (sum(x) for x in zip(*(f.result() for f in parts)))
     return 100.0 * hits1 / total
 
 
-def measure(artifact: str, spec: dict, threads: int, sharded: bool) -> tuple[float, float]:
+def measure(artifact: str, manifest: dict, threads: int, sharded: bool) -> tuple[float, float]:
     """(images/s, top-1) of one accuracy pass over the evaluation split."""
     meta = io.read_sidecar(artifact)
     dc = meta["data_config"]
-    loader = data.loader(spec, "eval", dc, evaluate.EVAL_BATCH)
+    loader = datasets.loader(manifest, "eval", dc, evaluate.EVAL_BATCH)
     evaluate.set_threads(threads)
     start = time.perf_counter()
     if sharded:
-        top1 = sharded_accuracy(artifact, meta["engine"], spec, dc, threads)
+        top1 = sharded_accuracy(artifact, meta["engine"], manifest, dc, threads)
     else:
         module = export.load(artifact, meta["format"], meta["engine"])
         evaluate.set_threads(threads)
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--shards", action="store_true", help="also score each .pte in one process per core")
     p.add_argument("--out", default="bench/work/accuracy_throughput.csv")
     a = p.parse_args()
-    spec = dataset_spec(a.configfile)
+    manifest = dataset_manifest(a.configfile)
     rows = []
     for artifact in a.artifacts:
         fmt = io.read_sidecar(artifact)["format"]
@@ -81,7 +81,7 @@ def main() -> None:
         if a.shards and fmt == "pte":
             cases.append(("shards", a.cores, True))
         for label, threads, sharded in cases:
-            rate, top1 = measure(artifact, spec, threads, sharded)
+            rate, top1 = measure(artifact, manifest, threads, sharded)
             rows.append({"artifact": artifact, "format": fmt, "pass": label, "threads": threads,
                          "how": "one worker process per core" if sharded else f"one process, {threads} threads",
                          "images_per_s": rate, "top1": top1})

@@ -98,13 +98,13 @@ def main() -> None:
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
     full_name = "pte int8_dynamic"
     full = latency.RECIPES[full_name]
-    spec = latency.spec_of(args.data)
-    full_path = latency.artifact_path(pruned.parent, full, spec, 0)
+    manifest = latency.manifest_of(args.data)
+    full_path = latency.artifact_path(pruned.parent, full, manifest, 0)
     before_name = "pte int8_dynamic pooled-mean LayerNorm"  # the same, with the LayerNorm twin before issue 15
     before = latency.RECIPES[before_name]
-    before_path = latency.artifact_path(pruned.parent, before, spec, 0)
+    before_path = latency.artifact_path(pruned.parent, before, manifest, 0)
     for recipe, path in ((full, full_path), (before, before_path)):
-        meta = latency.build(recipe, pruned, path, spec, 0, args.check_images, 0.98)
+        meta = latency.build(recipe, pruned, path, manifest, 0, args.check_images, 0.98)
         if meta.get("status") == latency.REJECTED:
             raise SystemExit(f"{path} failed its export check: {meta.get('reason')}")
 

@@ -109,21 +109,18 @@ def trained_folder(work: Path, trained: Path) -> Path:
     return work / "trained" / digest.hexdigest()[:16]
 
 
-def data_tag(spec: dict) -> str:
-    if spec["name"] != "imagefolder":
-        return spec["name"]
-    import hashlib
-
-    return "imagefolder-" + hashlib.sha256(str(Path(spec["root"]).expanduser().resolve()).encode()).hexdigest()[:8]
+def data_tag(manifest: dict) -> str:
+    """The data set a calibrated file was made from: its name and its manifest's fingerprint."""
+    return f"{manifest['dataset']['name']}-{manifest['fingerprint'][:8]}"
 
 
-def artifact_path(folder: Path, recipe: Recipe, spec: dict, calibration_images: int) -> Path:
+def artifact_path(folder: Path, recipe: Recipe, manifest: dict, calibration_images: int) -> Path:
     """The row's artifact inside its model's folder (`folder`)."""
     stem = f"{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
     if recipe.fmt == "pte":  # a program's file depends on the code of the layers it was exported with
         stem += f"-layers={recipe.layers}-{layers_fingerprint()}"
-    if quantize.PRECISIONS[recipe.precision].calibrated:
-        stem += f"-cal{calibration_images}-{data_tag(spec)}"
+    if quantize.Precision.calibrated(recipe.precision):
+        stem += f"-cal{calibration_images}-{data_tag(manifest)}"
     return folder / f"{stem}.{recipe.fmt}"
 
 
@@ -138,7 +135,7 @@ def layers_fingerprint() -> str:
     return digest.hexdigest()[:8]
 
 
-def build(recipe: Recipe, source: Path, out: Path, spec: dict, calibration_images: int, check_images: int,
+def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_images: int, check_images: int,
           min_cosine: float) -> dict:
     """The row's artifact made as the workflow makes it, unless cached: pqv.quantize.run, then
     pqv.export.run, which loads it back and checks it against `source` on `check_images` held-out
@@ -146,17 +143,17 @@ def build(recipe: Recipe, source: Path, out: Path, spec: dict, calibration_image
     made by its own quantizer and given the same check."""
     if not out.exists():
         if recipe.fmt == "onnx":
-            _build_onnx(source, out, spec, check_images, min_cosine)
+            _build_onnx(source, out, manifest, check_images, min_cosine)
         else:
             program = out.with_suffix(f".{targets.ir_of(recipe.fmt)}")
             if recipe.layers == "pqv":
-                quantize.run(str(source), str(program), recipe.precision, recipe.engine, spec, calibration_images)
+                quantize.run(str(source), str(program), recipe.precision, recipe.engine, manifest, calibration_images)
             else:
-                _quantize_lever_layers(source, program, recipe.precision, spec, recipe.layers)
+                _quantize_lever_layers(source, program, recipe.precision, manifest, recipe.layers)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    export.run(str(program), str(source), str(out), recipe.fmt, spec, check_images=check_images,
+                    export.run(str(program), str(source), str(out), recipe.fmt, manifest, check_images=check_images,
                                min_cosine=min_cosine, **recipe.options)
             finally:
                 program.unlink(missing_ok=True)
@@ -203,14 +200,14 @@ def _portable_layernorm(model):
 LAYERS = {"timm": _timm_layers, "pooled-mean": _pooled_mean_layernorm, "portable-layernorm": _portable_layernorm}
 
 
-def _quantize_lever_layers(source: Path, program: Path, precision: str, spec: dict, kind: str) -> None:
+def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest: dict, kind: str) -> None:
     """pqv.quantize.run's .pt2 path with the model's layers rewritten by LAYERS[kind] instead of
     layers.for_xnnpack: a lever's baseline (not a recipe the workflow makes)."""
-    from pqv import data
+    from pqv import datasets
 
     model, a = io.load_model(source)
     model = LAYERS[kind](model.eval())
-    calibration = list(data.sample_batch(spec, a["data_config"], 2, split="train").split(32))
+    calibration = list(datasets.sample_batch(manifest, a["data_config"], 2, split="train").split(32))
     exported = quantize.EXPORTED[precision](model.eval(), calibration[0], calibration)
     with io.atomic_path(program) as tmp:
         quantize.save(exported, tmp, "pt2")
@@ -220,10 +217,10 @@ def _quantize_lever_layers(source: Path, program: Path, precision: str, spec: di
                      eager_top1=parent.get("top1"), calibration_images=0, lever=kind)
 
 
-def _build_onnx(source: Path, out: Path, spec: dict, check_images: int, min_cosine: float) -> None:
+def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_cosine: float) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from pqv import data
+    from pqv import datasets
 
     model, a = io.load_model(source)
     for attn in arch.attention_blocks(model):
@@ -237,7 +234,7 @@ def _build_onnx(source: Path, out: Path, spec: dict, check_images: int, min_cosi
             quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
         finally:
             fp32.unlink(missing_ok=True)
-        images = data.sample_batch(spec, a["data_config"], check_images)
+        images = datasets.sample_batch(manifest, a["data_config"], check_images)
         with torch.no_grad():
             fidelity = export.compare(load("onnx", "mlas", tmp)(images), model(images))
     problem = export.verdict("int8_dynamic", fidelity, min_cosine)
@@ -283,26 +280,26 @@ def time_in_subprocess(recipe: Recipe, path: Path, input_size: list, threads: in
 
 # ---- fidelity on a trained model -----------------------------------------------------------------
 
-def agreement(recipes: dict[str, Recipe], trained: Path, spec: dict, work: Path, calibration_images: int,
+def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: Path, calibration_images: int,
               check_images: int, min_cosine: float) -> dict[str, dict]:
     """Per recipe, top-1 agreement and cosine of its artifact, built from the trained model the
     same way, with the trained FP32 parent over the whole held-out split."""
-    from pqv import data
+    from pqv import datasets
 
     model, a = io.load_model(trained)
     dc = a["data_config"]
 
     def logits(fn) -> torch.Tensor:  # batch by batch: a held-out split may not fit in memory at once
         with torch.no_grad():
-            return torch.cat([fn(images) for images, _ in data.loader(spec, "eval", dc, evaluate.EVAL_BATCH)])
+            return torch.cat([fn(images) for images, _ in datasets.loader(manifest, "eval", dc, evaluate.EVAL_BATCH)])
 
     reference = logits(model)
     folder = trained_folder(work, trained)
     fidelity = {}
     for name, recipe in recipes.items():
-        out = artifact_path(folder, recipe, spec, calibration_images)
+        out = artifact_path(folder, recipe, manifest, calibration_images)
         try:
-            meta = build(recipe, trained, out, spec, calibration_images, check_images, min_cosine)
+            meta = build(recipe, trained, out, manifest, calibration_images, check_images, min_cosine)
         except PQVError as e:
             meta = {"status": REJECTED, "reason": str(e)}
         if meta.get("status") == REJECTED:
@@ -331,7 +328,7 @@ def make_models(work: Path, model_name: str, ratio: float, round_to: int, which:
                          params=params, macs=macs)
     for kind, path in paths.items():
         if kind != "dense" and not path.exists():
-            prune.run(str(dense), str(path), "l2", ratio, DIGITS, 0, 1,
+            prune.run(str(dense), str(path), "l2", ratio, None, 0, 1,
                       round_to=round_to if kind == "pruned_round_to" else None)
     return paths
 
@@ -352,9 +349,11 @@ def available(recipe: Recipe) -> bool:
     return recipe.engine == NO_ENGINE or recipe.engine in quantize.available_engines()
 
 
-def spec_of(text: str) -> dict:
-    """--data: `digits` (bundled) or `imagefolder:ROOT`."""
-    return DIGITS if text == "digits" else {"name": "imagefolder", "root": text.split(":", 1)[1]}
+def manifest_of(text: str) -> dict:
+    """--data: `digits` (bundled) or `imagefolder:ROOT`, read by the data stage (pqv.data.scan)."""
+    from pqv import data
+
+    return data.scan(DIGITS if text == "digits" else {"name": "imagefolder", "root": text.split(":", 1)[1]})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -384,7 +383,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    spec = spec_of(args.data)
+    manifest = manifest_of(args.data)
 
     rows = {n: r for n, r in RECIPES.items() if (not args.only or n in args.only) and available(r)}
     for needed in ("eager fp32 dense", PAPER):
@@ -399,9 +398,9 @@ def main() -> None:
             paths[name] = source
             continue
         print(f"building {name} ...", flush=True)
-        paths[name] = artifact_path(source.parent, recipe, spec, args.calibration_images)
+        paths[name] = artifact_path(source.parent, recipe, manifest, args.calibration_images)
         try:
-            meta = build(recipe, source, paths[name], spec, args.calibration_images, args.check_images, args.min_cosine)
+            meta = build(recipe, source, paths[name], manifest, args.calibration_images, args.check_images, args.min_cosine)
         except PQVError as e:  # pqv.export before it kept rejected files: nothing was written
             meta = {"status": REJECTED, "reason": str(e)}
         if meta.get("status") == REJECTED:
@@ -426,7 +425,7 @@ def main() -> None:
 
     trained = {}
     if args.trained:
-        trained = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), spec, work,
+        trained = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), manifest, work,
                             args.calibration_images, args.check_images, args.min_cosine)
 
     def ratio(base: str, name: str) -> float:

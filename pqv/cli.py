@@ -41,13 +41,19 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
 
 
+def _data(a):
+    from . import data
+
+    data.run(a.spec, a.out, threads=a.threads)
+
+
 def _model(a):
     from . import model
     from .config import check_training
 
     if a.model_cfg.get("weights") == "train":  # timm names and Mixup's batch, before anything is built
         check_training("models[].train", a.model_cfg.get("train") or {})
-    model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device)
+    model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device, workers=a.workers)
 
 
 def _prune(a):
@@ -66,8 +72,10 @@ def _finetune(a):
 
     if a.keep:
         finetune.keep(a.model, a.out, a.metrics)
+    elif a.data is None:
+        raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/manifest.json, or --keep")
     else:
-        finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device)
+        finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device, workers=a.workers)
 
 
 def _quantize(a):
@@ -87,7 +95,7 @@ def _evaluate(a):
     from . import evaluate
 
     evaluate.run(a.artifact, a.out, a.data, a.labels, a.threads, a.warmup, a.runs, a.batch_size,
-                 accuracy_threads=a.accuracy_threads, device=a.device)
+                 accuracy_threads=a.accuracy_threads, device=a.device, workers=a.workers)
 
 
 def _summarize(a):
@@ -105,7 +113,7 @@ def _costs(a):
 def _profile(a):
     from . import profile
 
-    profile.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs, spec=a.data)
+    profile.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs, manifest=a.data)
 
 
 def _plot(a):
@@ -126,17 +134,25 @@ def parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="stage", required=True)
-    data = {"type": _json, "required": True, "help": "dataset section of the config, as JSON"}
+    data = {"required": True, "help": "the data set's manifest (results/data/manifest.json, made by `pqv data`)"}
+    workers = {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"}
     from .device import CHOICES as DEVICES
 
     device = {"default": "auto", "choices": DEVICES,
               "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)"}
+
+    s = sub.add_parser("data", help="list and decode the data set once; write its manifest")
+    s.add_argument("--spec", type=_json, required=True, help="dataset section of the config, as JSON")
+    s.add_argument("--out", required=True, help="the manifest (JSON)")
+    s.add_argument("--threads", type=int, default=None, help="decoding threads (default: every core)")
+    s.set_defaults(fn=_data)
 
     s = sub.add_parser("model", help="create or train the starting model")
     s.add_argument("--model-cfg", type=_json, required=True, help="one entry of `models`, as JSON")
     s.add_argument("--data", **data)
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True, help="per-epoch CSV")
+    s.add_argument("--workers", **workers)
     s.add_argument("--device", **device)
     s.set_defaults(fn=_model)
 
@@ -145,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--importance", required=True, help=_one_of(IMPORTANCES))
     s.add_argument("--ratio", type=_ratio, required=True)
-    s.add_argument("--data", **data)
+    s.add_argument("--data", default=None, help="the data set's manifest, for taylor/hessian calibration")
     s.add_argument("--calibration-batches", type=int, default=4)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
@@ -164,12 +180,13 @@ def parser() -> argparse.ArgumentParser:
                        "(hparams.batch_size is per process).")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--data", **data)
+    s.add_argument("--data", default=None, help="the data set's manifest (not needed with --keep)")
     s.add_argument("--hparams", type=_json, default={}, help="finetune section of the config, as JSON")
     s.add_argument("--metrics", required=True)
     s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
     s.add_argument("--keep", action="store_true",
                    help="pass the model through unchanged (the dense branch when finetune.dense is false)")
+    s.add_argument("--workers", **workers)
     s.add_argument("--device", **device)
     s.set_defaults(fn=_finetune)
 
@@ -179,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", required=True, help=_one_of(targets.PRECISIONS))
     s.add_argument("--engine", required=True,
                    help=f"{_one_of((targets.NO_ENGINE, *targets.ENGINES))} ({targets.NO_ENGINE} for float precisions)")
-    s.add_argument("--data", type=_json, default=None, help="dataset section, for calibration images")
+    s.add_argument("--data", default=None, help="the data set's manifest, for calibration images (int8_static)")
     s.add_argument("--calibration-images", type=int, default=128)
     s.set_defaults(fn=_quantize)
 
@@ -207,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--accuracy-threads", type=int, default=None,
                    help="threads of the accuracy pass (default: every core the job holds; latency keeps --threads)")
+    s.add_argument("--workers", **workers)
     s.add_argument("--device", **device)
     s.set_defaults(fn=_evaluate)
 
@@ -228,8 +246,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--runs", type=int, default=10)
-    s.add_argument("--data", type=_json, default=None,
-                   help="dataset section, as JSON: profile on a held-out image (default: zeros)")
+    s.add_argument("--data", default=None, help="the data set's manifest: profile on a held-out image (default: zeros)")
     s.set_defaults(fn=_profile)
 
     s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")

@@ -139,14 +139,14 @@ def _load(artifact: str, meta: dict):
 EAGER = "eager"  # format name of the eager FP32 baseline rows
 
 
-def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup: int, runs: int,
-        batch_size: int = 1, accuracy_threads: int | None = None, device: str = "auto") -> dict:
+def run(artifact: str, out: str, manifest, labels: dict, threads: int, warmup: int, runs: int,
+        batch_size: int = 1, accuracy_threads: int | None = None, device: str = "auto", workers: int = 0) -> dict:
     """CLI entry: measure one artifact (exported file, or a .safetensors model as the eager baseline).
 
     Latency: `threads` threads, on the CPU. Accuracy: every core the job holds (`accuracy_threads`),
     batches of EVAL_BATCH, and for the eager baseline CUDA when the device rule gives it; an
     exported file is always scored in its own runtime."""
-    from . import data, io
+    from . import data, datasets, io
     from .device import resolve
 
     set_threads(threads)
@@ -157,7 +157,8 @@ def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup:
     else:
         fidelity = meta["fidelity"]
     dc = meta["data_config"]
-    example = data.sample_batch(spec, dc, batch_size)  # real held-out images, across classes
+    manifest = data.of(manifest)
+    example = datasets.sample_batch(manifest, dc, batch_size)  # real held-out images, across classes
     # Memory first, in a process that has loaded nothing but torch and the inputs: load the artifact,
     # run one image (that first, cold call is also what the paper's one-call profiler method times).
     rss_before = _rss_mb()
@@ -173,7 +174,7 @@ def run(artifact: str, out: str, spec: dict, labels: dict, threads: int, warmup:
         del module
         set_threads(accuracy_threads)
         module = _load(artifact, meta)
-    loader = data.loader(spec, "eval", dc, EVAL_BATCH)
+    loader = datasets.loader(manifest, "eval", dc, EVAL_BATCH, workers=workers)
     started = time.perf_counter()
     desc = f"accuracy {Path(artifact).name}"
     if meta["format"] == EAGER:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from . import data, targets
+from . import datasets, targets
 from .errors import PQVError
 from .progress import progress
 from .quantize import NO_ENGINE, PRECISIONS, engine_scope
@@ -162,7 +162,7 @@ def verdict(precision: str, fidelity: dict, min_cosine: float) -> str | None:
     return None
 
 
-def run(src: str, parent_model: str, out: str, fmt: str, spec: dict, mobile_optimizer: bool = True,
+def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimizer: bool = True,
         xnnpack_rewrite: bool = True, check_images: int = 64, min_cosine: float = 0.98) -> dict:
     """CLI entry: export, load back, compare with the eager FP32 parent, then publish."""
     from . import io
@@ -175,7 +175,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, spec: dict, mobile_opti
         raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{targets.ir_of(fmt)}",
                        f"quantize to a .{targets.ir_of(fmt)} file first")
     eager, arch = io.load_model(parent_model)
-    images = data.sample_batch(spec, arch["data_config"], check_images)
+    images = datasets.sample_batch(manifest, arch["data_config"], check_images)
     with torch.no_grad():
         reference = eager(images)
     options = {"mobile_optimizer": mobile_optimizer, "xnnpack_rewrite": xnnpack_rewrite}

@@ -2,7 +2,7 @@
 
 timm supplies the optimizer (create_optimizer_v2), the cosine schedule with warm-up
 (create_scheduler_v2), Mixup/CutMix with soft targets, label smoothing and the ImageFolder
-augmentation (pqv.data). This module adds what a long run on shared machines needs:
+augmentation (pqv.datasets). This module adds what a long run on shared machines needs:
 
 - one code path for CPU, one GPU (autocast + GradScaler when `amp`) and several GPUs or nodes
   under `torchrun` (DistributedDataParallel; `batch_size` is per process, so the global batch is
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from . import data
+from . import data, datasets
 from .errors import PQVError
 from .evaluate import accuracy
 from .io import atomic_path
@@ -160,9 +160,9 @@ def _augment(hp: dict) -> dict:
             "hflip": hp["hflip"]}
 
 
-def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metrics_csv: str | None = None,
+def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
           desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
-          resume_key: str = "", device: str = "auto") -> dict:
+          resume_key: str = "", device: str = "auto", workers: int = 0) -> dict:
     """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
 
     Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
@@ -178,9 +178,10 @@ def train(model: nn.Module, spec: dict, data_config: dict, hparams: dict, metric
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
     ctx = distributed(device)
     torch.manual_seed(hp["seed"])
-    train_loader = data.loader(spec, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
-                               rank=ctx.rank, world_size=ctx.world, augment=_augment(hp))
-    eval_loader = data.loader(spec, "eval", data_config, 256, rank=ctx.rank, world_size=ctx.world)
+    manifest = data.of(manifest)
+    train_loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
+                                   rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
+    eval_loader = datasets.loader(manifest, "eval", data_config, 256, rank=ctx.rank, world_size=ctx.world, workers=workers)
     steps_per_epoch = len(train_loader)
 
     model.to(ctx.device)
@@ -358,8 +359,8 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, teacher: str | None = None,
-        device: str = "auto") -> dict:
+def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, teacher: str | None = None,
+        device: str = "auto", workers: int = 0) -> dict:
     """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
 
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success.
@@ -376,11 +377,12 @@ def run(model_path: str, out: str, spec: dict, hparams: dict, metrics_csv: str, 
     ctx = distributed(device)
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
+        manifest = data.of(manifest)
         resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
-                      + json.dumps({k: v for k, v in spec.items() if k != "workers"}, sort_keys=True))
-        result = train(model, spec, arch["data_config"], hparams, metrics_csv=metrics_csv,
+                      + manifest["fingerprint"])
+        result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
                        desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
-                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device)
+                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers)
         if ctx.main:
             io.save_model(model, out, arch)
             io.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],

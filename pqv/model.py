@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import arch as archmod
-from . import data
+from . import datasets
 from .errors import PQVError
 
 
@@ -104,11 +104,11 @@ def _classifier_rows(name: str, path: str) -> int | None:
         raise PQVError(f"cannot read weights file {path}: {e}", "give a safetensors or torch state-dict file") from None
 
 
-def create_base(model_cfg: dict, spec: dict) -> tuple[nn.Module, dict]:
+def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
     """Build the starting model; returns (model, facts for the sidecar)."""
     name = model_cfg["timm_name"]
     weights = model_cfg.get("weights", "hub")
-    kwargs = {"num_classes": data.num_classes(spec), **model_cfg.get("kwargs", {})}
+    kwargs = {"num_classes": datasets.num_classes(manifest), **model_cfg.get("kwargs", {})}
     if weights == "train":
         torch.manual_seed(model_cfg.get("seed", 0))
         model = archmod.create(name, pretrained=False, **kwargs)
@@ -129,26 +129,33 @@ def create_base(model_cfg: dict, spec: dict) -> tuple[nn.Module, dict]:
     return model.eval(), {"timm_name": name, "weights": weights, "kwargs": kwargs}
 
 
-def run(model_cfg: dict, spec: dict, out: str, metrics_csv: str, device: str = "auto") -> dict:
+def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
     from . import io
     from .device import resolve
     from .evaluate import EVAL_BATCH, accuracy_on
     from .finetune import train
 
-    model, facts = create_base(model_cfg, spec)
+    from . import data
+
+    manifest = data.of(manifest)
+    model, facts = create_base(model_cfg, manifest)
     dc = data_config_of(model, model_cfg.get("data_config"))
     if facts["weights"] == "train":
-        result = train(model, spec, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model",
-                       device=device)
+        result = train(model, manifest, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model",
+                       device=device, workers=workers)
         top1, top5 = result["top1"], result["top5"]
     else:
-        top1, top5 = accuracy_on(model, data.loader(spec, "eval", dc, EVAL_BATCH), resolve(device),
+        top1, top5 = accuracy_on(model, datasets.loader(manifest, "eval", dc, EVAL_BATCH, workers=workers), resolve(device),
                                  desc=f"accuracy {model_cfg['id']}")
         from .finetune import write_history
 
         write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
     arch = archmod.describe(model, facts["timm_name"], facts["kwargs"], dc)
     io.save_model(model, out, arch)
-    io.write_sidecar(out, "model", **facts, data_config=dc, top1=top1, top5=top5, params=archmod.count_params(model))
+    from .prune import count_ops
+
+    macs, params = count_ops(model, torch.zeros(1, *dc["input_size"]))
+    io.write_sidecar(out, "model", **facts, data_config=dc, top1=top1, top5=top5, params=params, macs=macs,
+                     classes=len(manifest["classes"]))
     return {"top1": top1, "top5": top5}

@@ -2,10 +2,12 @@
 
 Fig. 2 latency and memory vs pruning ratio per precision; Fig. 4 accuracy vs pruning ratio per
 precision; Fig. 5 accuracy per importance; Fig. 6 models; Fig. 7 engines; and accuracy vs
-latency with the Pareto front.
+latency with the Pareto front. A sweep may hold any number of models, importances, engines and
+formats, and a model may lack some formats: figures that compare recipes of one model have one
+row of panels per model, and bars are keyed by every column that tells two rows apart.
 The dense model (ratio 0) is the shared starting point of every importance's curve.
 Artifacts that failed their export check (`status: rejected`) are drawn with a red cross over
-their point and never count on the Pareto front.
+their point (hatched bars) and never count on the Pareto front.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 FIGURES = {}
+RECIPE = ["precision", "engine", "format"]
+REJECTED_LABEL = "rejected by the export check"
 
 
 def figure(name):
@@ -33,19 +37,37 @@ def _plt():
     return plt
 
 
-def _label(row, with_model: bool) -> str:
+def _recipe_label(row) -> str:
     engine = "" if row["engine"] == "none" else f" {row['engine']}"
-    return (f"{row['model']}: " if with_model else "") + f"{row['precision']}{engine} .{row['format']}"
+    return f"{row['precision']}{engine} .{row['format']}"
+
+
+def _per_model(table: pd.DataFrame, ncols: int, width: float = 5.0, height: float = 4.2):
+    """A figure with one row of `ncols` panels per model: [(model, its rows, its axes)]."""
+    plt = _plt()
+    models = sorted(table["model"].unique(), key=str)
+    fig, axes = plt.subplots(len(models), ncols, figsize=(width * ncols, height * len(models)), squeeze=False)
+    return fig, [(m, table[table["model"] == m], axes[i]) for i, m in enumerate(models)]
+
+
+def _colours(table: pd.DataFrame) -> dict[str, str]:
+    """One colour per recipe across every panel, so a recipe looks the same for every model."""
+    labels = sorted({_recipe_label(r) for _, r in table[RECIPE].drop_duplicates().iterrows()})
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
 
 
 def _curves(table: pd.DataFrame, importance: str):
-    """Per (model, precision, engine, format): rows of one importance plus the dense rows, by ratio."""
-    keys = ["model", "precision", "engine", "format"]
+    """Per recipe: rows of one importance plus the dense rows, by ratio."""
     sub = table[(table["importance"] == importance) | (table["ratio"] == 0)]
-    with_model = table["model"].nunique() > 1
-    for _, group in sub.groupby(keys, sort=True):
-        group = group.sort_values("ratio")
-        yield _label(group.iloc[0], with_model), group
+    for _, group in sub.groupby(RECIPE, sort=True):
+        yield _recipe_label(group.iloc[0]), group.sort_values("ratio")
+
+
+def _legend(ax, **kwargs) -> None:
+    """The legend beside the panel, where it hides no point or bar."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kwargs)
 
 
 def rejected(table: pd.DataFrame) -> pd.Series:
@@ -62,80 +84,95 @@ def mark_rejected(ax, g: pd.DataFrame, x: str, y: str) -> None:
     ax.scatter(bad[x], bad[y], marker="x", s=90, color="red", zorder=5, label=None if seen else REJECTED_LABEL)
 
 
-REJECTED_LABEL = "rejected by the export check"
-
-
 def main_importance(table: pd.DataFrame) -> str:
     pruned = [i for i in table["importance"].unique() if i != "none"]
     return "taylor" if "taylor" in pruned else (sorted(pruned)[0] if pruned else "none")
 
 
+def _title_row(ax, model: str, n_models: int, text: str) -> None:
+    ax.set_title(f"{model}: {text}" if n_models > 1 else text)
+
+
 @figure("fig2_latency_memory")
 def latency_memory(table: pd.DataFrame):
-    plt = _plt()
     imp = main_importance(table)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for label, g in _curves(table, imp):
-        err = [g["latency_ms_median"] - g["latency_ms_min"], g["latency_ms_max"] - g["latency_ms_median"]]
-        axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label)
-        axes[1].plot(g["ratio"], g["size_mb"], marker="o", label=label)
-        axes[2].plot(g["ratio"], g["peak_rss_mb"], marker="o", label=label)
-        for ax, y in zip(axes, ("latency_ms_median", "size_mb", "peak_rss_mb")):
-            mark_rejected(ax, g, "ratio", y)
-    threads = ", ".join(str(int(t)) for t in sorted(table["threads"].unique()))
-    axes[0].set(title=f"Latency per image (median, bars: min-max; threads: {threads})", ylabel="latency (ms)")
-    axes[1].set(title="Model file size", ylabel="size (MB)")
-    axes[2].set(title="Peak resident memory (load + 1 image)", ylabel="peak RSS (MB)")
-    for ax in axes:
-        ax.set_xlabel(f"pruning ratio ({imp} importance)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    colour = _colours(table)
+    fig, rows = _per_model(table, 3)
+    for model, sub, axes in rows:
+        for label, g in _curves(sub, imp):
+            err = [g["latency_ms_median"] - g["latency_ms_min"], g["latency_ms_max"] - g["latency_ms_median"]]
+            axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label,
+                             color=colour[label])
+            axes[1].plot(g["ratio"], g["size_mb"], marker="o", label=label, color=colour[label])
+            axes[2].plot(g["ratio"], g["peak_rss_mb"], marker="o", label=label, color=colour[label])
+            for ax, y in zip(axes, ("latency_ms_median", "size_mb", "peak_rss_mb")):
+                mark_rejected(ax, g, "ratio", y)
+        threads = ", ".join(str(int(t)) for t in sorted(sub["threads"].dropna().unique()))
+        _title_row(axes[0], model, len(rows), f"latency per image (median, bars: min-max; threads: {threads})")
+        _title_row(axes[1], model, len(rows), "model file size")
+        _title_row(axes[2], model, len(rows), "peak resident memory (load + 1 image)")
+        for ax, ylabel in zip(axes, ("latency (ms)", "size (MB)", "peak RSS (MB)")):
+            ax.set(xlabel=f"pruning ratio ({imp} importance)", ylabel=ylabel)
+            ax.grid(alpha=0.3)
+        _legend(axes[2])
     fig.suptitle("Fig. 2: latency and memory vs pruning and precision")
     return fig
 
 
 @figure("fig4_accuracy")
 def accuracy(table: pd.DataFrame):
-    plt = _plt()
     imp = main_importance(table)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, g in _curves(table, imp):
-        ax.plot(g["ratio"], g["top1"], marker="o", label=label)
-        mark_rejected(ax, g, "ratio", "top1")
-    ax.set(xlabel=f"pruning ratio ({imp} importance)", ylabel="top-1 accuracy (%)",
-           title="Fig. 4: accuracy of the exported artifact vs pruning and precision")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    colour = _colours(table)
+    fig, rows = _per_model(table, 1, width=7)
+    for model, sub, (ax,) in rows:
+        for label, g in _curves(sub, imp):
+            ax.plot(g["ratio"], g["top1"], marker="o", label=label, color=colour[label])
+            mark_rejected(ax, g, "ratio", "top1")
+        ax.set(xlabel=f"pruning ratio ({imp} importance)", ylabel="top-1 accuracy (%)")
+        _title_row(ax, model, len(rows), "accuracy of the exported artifact")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.suptitle("Fig. 4: accuracy vs pruning and precision")
     return fig
+
+
+def _reference_recipe(table: pd.DataFrame) -> pd.Series:
+    """The recipe the importance figure compares: eager FP32 if measured, else the first present."""
+    eager = table[(table["format"] == "eager")]
+    return (eager if not eager.empty else table).sort_values(RECIPE).iloc[0]
 
 
 @figure("fig5_importance")
 def importance(table: pd.DataFrame):
-    plt = _plt()
-    ref = table.sort_values(["precision", "engine", "format"]).iloc[0]
-    sub = table[(table["precision"] == ref["precision"]) & (table["engine"] == ref["engine"]) & (table["format"] == ref["format"])]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    dense = sub[sub["ratio"] == 0]
-    for (model, imp), g in sub[sub["ratio"] > 0].groupby(["model", "importance"]):
-        g = pd.concat([dense[dense["model"] == model], g]).sort_values("ratio")
-        label = f"{model}: {imp}" if table["model"].nunique() > 1 else imp
-        ax.plot(g["ratio"], g["top1"], marker="o", label=label)
-    ax.set(xlabel="pruning ratio", ylabel="top-1 accuracy (%)",
-           title=f"Fig. 5: importance criteria compared ({ref['precision']} .{ref['format']}, after finetune)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ref = _reference_recipe(table)
+    fig, rows = _per_model(table, 1, width=7)
+    for model, sub, (ax,) in rows:
+        sub = sub[(sub[RECIPE] == ref[RECIPE]).all(axis=1)]
+        dense = sub[sub["ratio"] == 0]
+        for imp, g in sub[sub["ratio"] > 0].groupby("importance", sort=True):
+            g = pd.concat([dense, g]).sort_values("ratio")
+            ax.plot(g["ratio"], g["top1"], marker="o", label=imp)
+            mark_rejected(ax, g, "ratio", "top1")
+        ax.set(xlabel="pruning ratio", ylabel="top-1 accuracy (%)")
+        _title_row(ax, model, len(rows), f"importance criteria ({_recipe_label(ref)}, after finetune)")
+        ax.grid(alpha=0.3)
+        _legend(ax, title="importance")
+    fig.suptitle("Fig. 5: importance criteria compared")
     return fig
 
 
 def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt: str = "{:.1f}") -> None:
-    """Bars of `value` at each `x`, one colour per `series`, labelled with their values."""
+    """Bars of `value` at each `x`, one colour per `series`, labelled with their values; (x, series)
+    must name one row (a missing combination leaves a gap)."""
+    if frame.duplicated([x, series]).any():
+        raise ValueError(f"grouped bars need one row per ({x}, {series})")
     xs = sorted(frame[x].unique(), key=str)
     groups = sorted(frame[series].unique(), key=str)
     width = 0.8 / max(1, len(groups))
     for i, g in enumerate(groups):
         sub = frame[frame[series] == g].set_index(x)
-        heights = [sub[value].get(v, float("nan")) for v in xs]
-        bad = [sub["status"].get(v) == "rejected" for v in xs]
+        heights = [float(sub.at[v, value]) if v in sub.index else float("nan") for v in xs]
+        bad = [bool(v in sub.index and sub.at[v, "status"] == "rejected") for v in xs]
         bars = ax.bar([j + i * width for j in range(len(xs))], heights, width, label=str(g))
         for bar, is_bad in zip(bars, bad):
             if is_bad:  # a rejected recipe stays visible, struck through
@@ -146,54 +183,59 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
     ax.margins(y=0.15)
 
 
-def _recipe(table: pd.DataFrame) -> pd.Series:
-    """The most compressed shipped recipe present: the one the comparison figures use."""
-    shipped = table[table["format"] != "eager"]
-    shipped = shipped[~rejected(shipped)] if (~rejected(shipped)).any() else shipped
+def _compressed_recipe(table: pd.DataFrame) -> pd.Series:
+    """The most compressed shipped recipe that most models have: the one the model figure compares."""
+    shipped = table[(table["format"] != "eager") & ~rejected(table)]
+    shipped = shipped if not shipped.empty else table[table["format"] != "eager"]
+    shipped = shipped if not shipped.empty else table
     order = ["int8_static", "int8_dynamic", "int4_weight", "fp16", "fp32"]
-    shipped = shipped.assign(rank=shipped["precision"].map({p: i for i, p in enumerate(order)}))
-    return shipped.sort_values(["rank", "engine", "format"]).iloc[0]
+    recipes = shipped.groupby(RECIPE)["model"].nunique().rename("models").reset_index()
+    recipes["rank"] = recipes["precision"].map({p: i for i, p in enumerate(order)}).fillna(len(order))
+    return recipes.sort_values(["models", "rank", "engine", "format"], ascending=[False, True, True, True]).iloc[0]
 
 
 @figure("fig6_models")
 def models(table: pd.DataFrame):
     plt = _plt()
-    ref = _recipe(table)
+    ref = _compressed_recipe(table)
     imp = main_importance(table)
-    sub = table[(table["precision"] == ref["precision"]) & (table["engine"] == ref["engine"])
-                & (table["format"] == ref["format"]) & ((table["importance"] == imp) | (table["ratio"] == 0))]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    sub = table[(table[RECIPE] == ref[RECIPE]).all(axis=1) & ((table["importance"] == imp) | (table["ratio"] == 0))]
+    fig, axes = plt.subplots(1, 2, figsize=(min(18, max(12, 1.2 * sub["ratio"].nunique() * sub["model"].nunique())), 4.5))
     _grouped_bars(axes[0], sub, "ratio", "model", "latency_ms_median", "{:.2f}")
     _grouped_bars(axes[1], sub, "ratio", "model", "top1")
     axes[0].set(xlabel=f"pruning ratio ({imp})", ylabel="latency per image, median (ms)", title="Latency")
     axes[1].set(xlabel=f"pruning ratio ({imp})", ylabel="top-1 accuracy (%)", title="Accuracy")
     for ax in axes:
-        ax.legend(fontsize=8, title="model")
         ax.grid(alpha=0.3, axis="y")
+    _legend(axes[1], title="model")
     n = table["model"].nunique()
-    fig.suptitle(f"Fig. 6: models compared ({ref['precision']} {ref['engine']} .{ref['format']}; {n} model{'s' * (n > 1)} configured)")
+    fig.suptitle(f"Fig. 6: models compared ({_recipe_label(ref)}; {n} model{'s' * (n > 1)} configured)")
     return fig
 
 
 @figure("fig7_engines")
 def engines(table: pd.DataFrame):
-    plt = _plt()
     quantized = table[table["engine"] != "none"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     if quantized.empty:
+        plt = _plt()
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for ax in axes:
             ax.text(0.5, 0.5, "no quantized precision configured", ha="center", va="center", transform=ax.transAxes)
-    else:
-        imp = main_importance(table)
-        sub = quantized[(quantized["importance"] == imp) | (quantized["ratio"] == 0)]
-        sub = sub.assign(engine_label=sub["precision"] + "\n" + sub["engine"] + " ." + sub["format"])
-        _grouped_bars(axes[0], sub, "engine_label", "ratio", "latency_ms_median", "{:.2f}")
-        _grouped_bars(axes[1], sub, "engine_label", "ratio", "top1")
+        fig.suptitle("Fig. 7: quantized engines compared")
+        return fig
+    imp = main_importance(table)
+    sub = quantized[(quantized["importance"] == imp) | (quantized["ratio"] == 0)]
+    sub = sub.assign(recipe=sub["precision"] + "\n" + sub["engine"] + " ." + sub["format"])
+    width = max(6.0, 0.5 * sub["recipe"].nunique() * sub["ratio"].nunique())
+    fig, rows = _per_model(sub, 2, width=width)
+    for model, part, axes in rows:
+        _grouped_bars(axes[0], part, "recipe", "ratio", "latency_ms_median", "{:.2f}")
+        _grouped_bars(axes[1], part, "recipe", "ratio", "top1")
+        _title_row(axes[0], model, len(rows), "latency per image, median (ms)")
+        _title_row(axes[1], model, len(rows), "top-1 accuracy (%)")
         for ax in axes:
-            ax.legend(fontsize=8, title=f"pruning ratio ({imp})")
             ax.grid(alpha=0.3, axis="y")
-    axes[0].set(ylabel="latency per image, median (ms)", title="Latency")
-    axes[1].set(ylabel="top-1 accuracy (%)", title="Accuracy")
+        _legend(axes[1], title=f"pruning ratio ({imp})")
     fig.suptitle("Fig. 7: quantized engines compared")
     return fig
 
@@ -209,40 +251,61 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[keep]
 
 
+MARKERS = "osD^vP*Xhp<>"
+
+
 @figure("pareto_accuracy_latency")
 def pareto(table: pd.DataFrame):
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for (prec, fmt), g in table.groupby(["precision", "format"]):
-        ax.scatter(g["latency_ms_median"], g["top1"], label=f"{prec} .{fmt}", s=30)
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    models = sorted(table["model"].unique(), key=str)
+    several = len(models) > 1
+    colours = {}
+    for (model, prec, fmt), g in table.groupby(["model", "precision", "format"]):
+        key = (prec, fmt)
+        colours.setdefault(key, f"C{len(colours) % 10}")
+        label = f"{model}: {prec} .{fmt}" if several else f"{prec} .{fmt}"
+        ax.scatter(g["latency_ms_median"], g["top1"], label=label, s=30, color=colours[key],
+                   marker=MARKERS[models.index(model) % len(MARKERS)])
         mark_rejected(ax, g, "latency_ms_median", "top1")
     front = pareto_front(table).sort_values("latency_ms_median")
     ax.plot(front["latency_ms_median"], front["top1"], "k--", lw=1, label="Pareto front")
     for _, r in front.iterrows():
-        ax.annotate(f"{r['importance']} {r['ratio']:g}", (r["latency_ms_median"], r["top1"]), fontsize=7,
+        name = f"{r['model']} " if several else ""
+        ax.annotate(f"{name}{r['importance']} {r['ratio']:g}", (r["latency_ms_median"], r["top1"]), fontsize=7,
                     xytext=(4, -10), textcoords="offset points")
     ax.set(xlabel="latency per image, median (ms)", ylabel="top-1 accuracy (%)",
-           title="Accuracy vs latency of every artifact (front: nothing is both faster and more accurate)")
+           title="Accuracy vs latency of every artifact\n(dashed: the Pareto front, where nothing is both faster and more accurate)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, ncol=2 if len(ax.get_legend_handles_labels()[0]) > 16 else 1)
     return fig
+
+
+def load(summary_csv: str) -> pd.DataFrame:
+    return load_frame(pd.read_csv(summary_csv))
+
+
+def load_frame(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    table["engine"] = table["engine"].fillna("none")
+    table["status"] = table["status"].fillna("verified") if "status" in table else "verified"
+    table["model"] = table["model"].astype(str)
+    return table
 
 
 def run(summary_csv: str, outdir: str) -> list[str]:
     from .io import atomic_path
 
     plt = _plt()
-    table = pd.read_csv(summary_csv)
-    table["engine"] = table["engine"].fillna("none")
-    table["status"] = table["status"].fillna("verified") if "status" in table else "verified"
+    table = load(summary_csv)
     Path(outdir).mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in FIGURES.items():
         fig = draw(table)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
         path = Path(outdir) / f"{name}.png"
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            fig.savefig(f, dpi=120, format="png")
+            fig.savefig(f, dpi=100, format="png")
         plt.close(fig)
         written.append(str(path))
     return written

@@ -192,10 +192,10 @@ def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
     plt.close(fig)
 
 
-def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, runs: int, spec: dict | None = None) -> None:
+def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, runs: int, manifest=None) -> None:
     """CLI entry: profile one exported artifact at batch 1 in its own runtime, on one held-out image of
-    the data set (`spec`; the same class-balanced sample as every stage) or, without data, zeros."""
-    from . import data, io
+    the data set (its manifest; the same class-balanced sample as every stage) or, without data, zeros."""
+    from . import datasets, io
     from .errors import PQVError
 
     torch.set_num_threads(threads)
@@ -205,7 +205,7 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     if profiler is None:
         raise PQVError(f"no profiler for format '{meta['format']}'", f"profile a {' or '.join(PROFILERS)} artifact")
     size = (1, *meta["data_config"]["input_size"])
-    example = data.sample_batch(spec, meta["data_config"], 1) if spec else torch.zeros(size)
+    example = datasets.sample_batch(manifest, meta["data_config"], 1) if manifest else torch.zeros(size)
     table, what = profiler.table(artifact, meta, example, warmup, runs)
     with io.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import arch as archmod
-from . import data
+from . import datasets
 from .errors import PQVError
 from .progress import progress
 
@@ -142,6 +142,7 @@ def prune(
     if imp_spec.needs != "weights" and not calibration:
         raise PQVError(f"importance '{importance}' needs calibration data", "give calibration batches (prune.calibration_batches > 0)")
     prune_head_dims, prune_num_heads = HEAD_MODES[heads]
+    before = widths(model)
     if prune_num_heads and scope == "uniform":
         for attn in blocks:
             if math.ceil(head_ratio * attn.num_heads) >= attn.num_heads:
@@ -192,7 +193,52 @@ def prune(
         _keep_softmax_temperature(attn, old_head_dims[attn], head_dim)
         archmod.set_attention_geometry(attn, num_heads, head_dim)
     archmod.sync_widths(model)
+    check_widths(before, widths(model), ratio, scope=scope, heads=heads, head_ratio=head_ratio, round_to=round_to,
+                 bottleneck=bottleneck)
     return model.eval()
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """The widths pruning changes, as Torch-Pruning counts them: the embedding, each block's MLP
+    hidden units, and each attention block's head dims (one group per block, shared by its heads)
+    and heads."""
+    out = {"embed": model.patch_embed.proj.out_channels}
+    for i, block in enumerate(model.blocks):
+        out[f"blocks.{i}.mlp"] = block.mlp.fc1.out_features
+        out[f"blocks.{i}.head_dim"] = block.attn.head_dim
+        out[f"blocks.{i}.heads"] = block.attn.num_heads
+    return out
+
+
+def check_widths(before: dict[str, int], after: dict[str, int], ratio: float, scope: str = "uniform",
+                 heads: str = "dims", head_ratio: float | None = None, round_to: int | None = None,
+                 bottleneck: bool = False) -> None:
+    """A pruned model must be as narrow as its ratio says. Torch-Pruning leaves a group whole when
+    the ratio would keep fewer than one channel (or fewer than `round_to`) of it, so near 1 a "99.9 %
+    pruned" model can have every dense width: that is an error, never a result."""
+    step = round_to or 1
+    kinds = (["embed"] if not bottleneck else []) + ["mlp"] + (["head_dim"] if heads == "dims" else ["heads"])
+    groups = [g for g in before if g.rsplit(".", 1)[-1] in kinds]
+
+    def target(group: str) -> float:
+        if group.endswith(".heads"):
+            return before[group] - math.ceil((ratio if head_ratio is None else head_ratio) * before[group])
+        return before[group] * (1 - ratio)
+
+    if scope == "uniform":
+        wide = [g for g in groups if after[g] > target(g) + step]
+    else:  # one ranking across layers: widths differ per layer, their sum follows the ratio
+        wide = groups if sum(after[g] for g in groups) > sum(target(g) for g in groups) + step * len(groups) else []
+    if not wide:
+        return
+    g = wide[0]
+    narrowest = min(groups, key=lambda name: before[name])
+    reach = 1 - step / before[narrowest]
+    raise PQVError(f"pruning ratio {ratio:g} is out of Torch-Pruning's reach for this model: {g} kept {after[g]} of "
+                   f"{before[g]} where the ratio asks for about {max(target(g), 0):.0f}{f' in multiples of {step}' if round_to else ''} "
+                   f"(it leaves a group whole when it would keep less than {'one channel' if step == 1 else f'{step} channels'})",
+                   f"use a ratio of at most {math.floor(reach * 1000) / 1000:g}, as the narrowest group, {narrowest}, has "
+                   f"{before[narrowest]} channels{', or a smaller prune.round_to' if round_to else ''}")
 
 
 def classifiers(model: nn.Module) -> list[nn.Module]:
@@ -256,7 +302,7 @@ def _accumulate_hessian(model: nn.Module, imp, calibration, device: torch.device
             imp.accumulate_grad(model)
 
 
-def run(model_path: str, out: str, importance: str, ratio: float, spec: dict, calibration_batches: int,
+def run(model_path: str, out: str, importance: str, ratio: float, manifest, calibration_batches: int,
         batch_size: int, round_to: int | None = None, scope: str = "uniform", heads: str = "dims",
         head_ratio: float | None = None, bottleneck: bool = False, seed: int = 0, device: str = "auto") -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
@@ -272,7 +318,10 @@ def run(model_path: str, out: str, importance: str, ratio: float, spec: dict, ca
     if ratio > 0 and IMPORTANCES[importance].needs != "weights":
         if calibration_batches <= 0:
             raise PQVError(f"importance '{importance}' needs calibration data", "set prune.calibration_batches > 0")
-        calibration = data.calibration_batches(spec, dc, calibration_batches, batch_size, seed=seed)
+        if manifest is None:
+            raise PQVError(f"importance '{importance}' needs the data set for its gradients",
+                           "give --data results/data/manifest.json (made by `pqv data`)")
+        calibration = datasets.calibration_batches(manifest, dc, calibration_batches, batch_size, seed=seed)
     prune(model, importance, ratio, example, calibration, round_to=round_to, scope=scope, heads=heads,
           head_ratio=head_ratio, bottleneck=bottleneck, seed=seed, device=resolve(device))
     macs_after, params_after = count_ops(model, example)

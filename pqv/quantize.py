@@ -115,14 +115,18 @@ EXPORTED: dict[str, Callable] = {
 @dataclass(frozen=True)
 class Precision:
     atol: float | None  # max |artifact - eager fp32| allowed on logits; None: judged by cosine
-    calibrated: bool = False  # needs calibration images
+
+    @staticmethod
+    def calibrated(name: str) -> bool:
+        """Whether it needs calibration images (pqv.targets says, for the workflow too)."""
+        return targets.PRECISIONS[name]["calibrated"]
 
 
 PRECISIONS: dict[str, Precision] = {
     "fp32": Precision(atol=1e-4),
     "fp16": Precision(atol=5e-2),
     "int8_dynamic": Precision(atol=None),
-    "int8_static": Precision(atol=None, calibrated=True),
+    "int8_static": Precision(atol=None),
     "int4_weight": Precision(atol=None),
 }
 
@@ -176,15 +180,21 @@ def engine_scope(engine: str):
 def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", calibration: list[torch.Tensor] | None = None):
     """A TorchScript module (ir 'ts') or an ExportedProgram (ir 'pt2') of `model` at `precision`."""
     check(precision, engine, ir)
-    if PRECISIONS[precision].calibrated and not calibration:
+    if Precision.calibrated(precision) and not calibration:
         raise PQVError(f"precision '{precision}' needs calibration images", "set quantize.calibration_images > 0")
     model = copy.deepcopy(model).eval()
     with engine_scope(engine):
         if ir == "ts":
             return torch.jit.script(TORCHSCRIPT[precision](model, engine, calibration).eval())
         model = layers.for_xnnpack(model)
-        example = calibration[0] if calibration else None
+        # torch.export traces shapes, not values: uncalibrated precisions read no image
+        example = calibration[0] if calibration else torch.zeros(PROGRAM_BATCH, *_input_size(model))
         return EXPORTED[precision](model, example, calibration)
+
+
+def _input_size(model: nn.Module) -> tuple[int, int, int]:
+    proj = model.patch_embed.proj
+    return (proj.in_channels, *model.patch_embed.img_size)
 
 
 def save(program, path: str, ir: str) -> None:
@@ -194,10 +204,10 @@ def save(program, path: str, ir: str) -> None:
         torch.export.save(program, path)
 
 
-def run(model_path: str, out: str, precision: str, engine: str, spec: dict | None = None,
+def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
         calibration_images: int = 128) -> dict:
     """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2) picks the family."""
-    from . import data, io
+    from . import datasets, io
 
     ir = str(out).rsplit(".", 1)[-1]
     check(precision, engine, ir)
@@ -205,17 +215,16 @@ def run(model_path: str, out: str, precision: str, engine: str, spec: dict | Non
     parent = io.read_sidecar(model_path)
     dc = arch["data_config"]
     calibration = None
-    if PRECISIONS[precision].calibrated or ir == "pt2":
-        n = calibration_images if PRECISIONS[precision].calibrated else 2
-        if spec is None or n <= 0:
+    if Precision.calibrated(precision):
+        if manifest is None or calibration_images <= 0:
             raise PQVError(f"precision '{precision}' needs calibration images", "give --data and --calibration-images > 0")
-        images = data.sample_batch(spec, dc, n, split="train")
+        images = datasets.sample_batch(manifest, dc, calibration_images, split="train")
         calibration = list(images.split(32))
     program = quantize(model, precision, engine, ir, calibration)
     with io.atomic_path(out) as tmp:
         save(program, tmp, ir)
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
              "macs": parent.get("macs"), "data_config": dc, "eager_top1": parent.get("top1"),
-             "calibration_images": sum(len(b) for b in calibration) if PRECISIONS[precision].calibrated else 0}
+             "calibration_images": sum(len(b) for b in calibration) if calibration else 0}
     io.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

@@ -1,4 +1,4 @@
-"""What each job asks a cluster for (threads, memory, wall time, GPUs), computed from the config.
+"""What each job asks a cluster for (threads, memory, wall time, GPUs), from the data and the model.
 
 Per-rule resources live in the rules, not in a profile: on the command line Snakemake *replaces* a
 profile's --default-resources, --set-resources and --set-threads with the ones given, so resources
@@ -6,46 +6,77 @@ kept in profiles/slurm vanished as soon as a user named a partition or overrode 
 here, a site profile needs only partition and account, and `--set-resources finetune:runtime=600`
 changes that one value and keeps the rest.
 
-The numbers are a budget, not a measurement: the demo scale (`dataset.name: digits`, the bundled
-images in memory, a model like the demo's) and the ImageFolder scale (files read by
-`dataset.workers` loader processes, a model the size of DeiT-B at 224 px) each get per-stage
-threads, memory and per-image costs; wall time follows the image counts and epochs of the config.
+The numbers are a budget, not a measurement. A job's work is its image count (from the data
+manifest: `Work.images`, or before the data job ran `pqv.data.estimate`) times a per-image cost
+that follows the model's multiply-accumulates (from the sidecar of the job's input model; for the
+model job, estimated from the config: `estimate_macs`). Threads are fixed when Snakemake plans
+(it needs them as integers), so they follow the data set's estimated size; memory and wall time
+are computed again from the manifest just before each job starts (a resource that reads a file
+not yet made is "to be determined" until then).
 Torch-free: the Snakefile imports it on every run.
 """
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 
 # Importances whose scores need backward passes (pqv.prune.IMPORTANCES with needs != "weights";
-# tests/test_resources.py keeps the two equal): only those prune jobs can use a GPU.
+# tests/test_resources.py keeps the two equal): only those prune jobs read images or use a GPU.
 GRADIENT_IMPORTANCES = ("taylor", "hessian")
 
 # Stages that time latency: on SLURM they ask for the node to themselves (`--exclusive`), and on one
 # machine they reserve every core Snakemake has, so nothing else runs while they are timed.
 TIMING_STAGES = ("evaluate", "evaluate_eager", "profile")
 # Stages that take every core of a local run (`--cores N`); the rest take one.
-ALL_CORES_LOCALLY = ("model", "finetune") + TIMING_STAGES
+ALL_CORES_LOCALLY = ("data", "model", "finetune") + TIMING_STAGES
 
-# Image counts when the config gives no max_train/max_eval: the digits split (pqv.data, 80/20 of
-# 1,797) and, for ImageFolder data, ImageNet-1k (an upper bound for a budget).
-IMAGES = {"digits": {"train": 1438, "eval": 359}, "imagefolder": {"train": 1_281_167, "eval": 50_000}}
+# Per-image costs, core-seconds on one CPU core: the multiply-accumulates of one forward pass at
+# these rates (eager FP32 DeiT-B, 17.6 GMAC: ~0.4 core-s to infer and ~3 core-s to train, on the
+# 2-vCPU machines of docs/deit_b.md; training = 3 forward passes' work), plus a fixed part per image
+# (the demo ViT, 11.7 MMAC, trains at ~6 core-ms per image: framework overhead dominates) and, for
+# image files, decoding and transforms. A GPU trains DeiT-B at ~4 ms per image (docs/paper.md).
+CPU_INFER_MACS_PER_S = 4.4e10
+CPU_TRAIN_MACS_PER_S = 1.76e10
+GPU_TRAIN_MACS_PER_S = 1.3e13
+GPU_INFER_MACS_PER_S = 4.0e13
+OVERHEAD_S = {"train": 0.004, "infer": 0.001}
+DECODE_S = {"digits": 0.0, "imagefolder": 0.005}  # per image file read by a loader
+SCAN_S = 0.003  # the data job: list, hash and decode (JPEG at 1/8 scale) one file
 
-# Per data scale: torch threads per process, MB per process (torch + timm + ExecuTorch import to
-# ~0.85 GB before any model or data), MB per DataLoader worker, and core-seconds per image:
-# training (forward + backward), inference. Digits: the demo ViT trains 30 epochs of 1,438 images
-# in ~2 min on 2 cores (~6 core-ms/image, budgeted 10). ImageFolder: DeiT-B, ~1.4 s/image on
-# 2 cores for training (~3 core-s) and ~0.2 s/image eager at 2 threads (0.4 core-s); a GPU
-# trains it at ~4 ms/image (docs/paper.md: 60 ImageNet epochs in 5-10 h on 4 GPUs, doubled).
-SCALE = {
-    "digits": {"threads": 1, "mem_mb": 2000, "worker_mb": 0, "train_s": 0.01, "infer_s": 0.002,
-               "gpu_train_s": 0.001},
-    "imagefolder": {"threads": 8, "mem_mb": 16000, "worker_mb": 1000, "train_s": 3.0, "infer_s": 0.4,
-                    "gpu_train_s": 0.004},
-}
-STAGE_THREADS = {"quantize": 2, "export": 2}  # at most this many threads, whatever the scale
+# Memory: a process that imports torch, timm and ExecuTorch holds ~0.85 GB before any model or data;
+# training keeps weights, gradients and two Adam moments (4 copies) plus activations (~0.012 bytes
+# per MAC per image in the batch, FP32: DeiT-B at batch 64 ~13 GB); inference keeps a few copies of
+# the weights (eager model, quantized program, runtime); the manifest's file list ~0.5 kB per image
+# in Python; a DataLoader worker ~0.5 GB.
+BASE_MB = 1000
+WORKER_MB = 500
+ITEM_BYTES = 500
+ACTIVATION_BYTES_PER_MAC = 0.012
+
+# Threads of a job on a cluster: a small data set needs few (its jobs take minutes on one core);
+# a large one gets LARGE_THREADS per process.
+SMALL_IMAGES = 20_000
+SMALL_THREADS, LARGE_THREADS = 2, 8
+STAGE_THREADS = {"quantize": 2, "export": 2}  # at most this many threads, whatever the data
 GPU_PROCESS_THREADS = 4  # torch threads of a finetune process that drives a GPU
 MIN_RUNTIME = 10  # minutes: start-up, imports, scheduling slack
 MARGIN = 2  # wall time asked = 2x the budget, so a slower node does not kill a job near its end
+
+# timm's ViT sizes: (embed width, depth); a name's size word picks one, kwargs override it.
+VIT_SIZES = {"tiny": (192, 12), "small": (384, 12), "medium": (512, 12), "base": (768, 12),
+             "large": (1024, 24), "huge": (1280, 32), "giant": (1408, 40)}
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a job's budget is computed from: the data set's image counts and the model's size."""
+
+    train_images: int
+    eval_images: int
+    macs: float  # multiply-accumulates of one forward pass, batch 1
+    params: float
+    data: str = "imagefolder"  # digits | imagefolder: whether images are files to decode
 
 
 def uses_gpu(config: dict) -> bool:
@@ -53,24 +84,35 @@ def uses_gpu(config: dict) -> bool:
     return config.get("device", "auto") != "cpu"
 
 
-def _scale(config: dict) -> dict:
-    return SCALE[config["dataset"]["name"]]
+def estimate_macs(model_cfg: dict) -> tuple[float, float]:
+    """(MACs, params) of a timm ViT from its name and kwargs, for the model job's budget (the model
+    does not exist yet): per block 12 d^2 per token for the Linear layers, 2 T d for attention."""
+    name, kwargs = model_cfg.get("timm_name", ""), model_cfg.get("kwargs") or {}
+    size = next((VIT_SIZES[w] for w in re.split(r"[_.]", name) if w in VIT_SIZES), VIT_SIZES["base"])
+    patch = re.search(r"patch(\d+)", name)
+    img = re.search(r"_(\d{2,4})(?:$|[_.])", name)
+    width = kwargs.get("embed_dim", size[0])
+    depth = kwargs.get("depth", size[1])
+    patch = kwargs.get("patch_size", int(patch.group(1)) if patch else 16)
+    img = kwargs.get("img_size", int(img.group(1)) if img else 224)
+    img = img if isinstance(img, int) else img[0]
+    tokens = (img // patch) ** 2 + 1
+    ratio = kwargs.get("mlp_ratio", 4)
+    per_block = (4 + 2 * ratio) * width * width
+    return float(depth * (tokens * per_block + 2 * tokens * tokens * width)), float(depth * per_block)
 
 
-def _images(config: dict, split: str) -> int:
-    data = config["dataset"]
-    limit = data.get(f"max_{split}")
-    full = IMAGES[data["name"]][split]
-    return min(limit, full) if limit else full
-
-
-def threads(stage: str, config: dict) -> int:
-    """CPU cores of one job on a cluster: torch threads plus DataLoader workers, per process."""
-    s = _scale(config)
+def threads(stage: str, config: dict, images: int | None = None) -> int:
+    """CPU cores of one job on a cluster: torch threads plus DataLoader workers, per process.
+    `images` is the data set's estimated size (pqv.data.estimate): small sets get few threads."""
+    small = images is not None and images <= SMALL_IMAGES
+    base = SMALL_THREADS if small else LARGE_THREADS
     workers = config["dataset"].get("workers", 0)
+    if stage == "data":
+        return base
     if stage in TIMING_STAGES:
-        return max(config["evaluate"]["threads"], s["threads"]) + (workers if stage != "profile" else 0)
-    compute = min(s["threads"], STAGE_THREADS.get(stage, s["threads"]))
+        return max(config["evaluate"]["threads"], base) + (workers if stage != "profile" else 0)
+    compute = min(base, STAGE_THREADS.get(stage, base))
     if stage == "finetune" and gpus(stage, config):
         compute = min(compute, GPU_PROCESS_THREADS)  # the GPU computes; the CPU feeds it
     per_process = compute + workers
@@ -89,45 +131,69 @@ def gpus(stage: str, config: dict, importance: str = "", ratio: float = 0.0) -> 
     return int(stage in ("model", "evaluate_eager"))
 
 
-def mem_mb(stage: str, config: dict) -> int:
-    s = _scale(config)
-    per_process = s["mem_mb"] + s["worker_mb"] * config["dataset"].get("workers", 0)
-    return per_process * (config["finetune"]["nproc"] if stage == "finetune" else 1)
+def _per_image(work: Work, gpu: bool, cores: int) -> tuple[float, float]:
+    """Wall seconds per image (train, infer) on `cores` cores or one GPU."""
+    decode = DECODE_S[work.data] / cores  # decoding runs on the job's cores either way
+    if gpu:
+        return 3 * work.macs / GPU_TRAIN_MACS_PER_S + decode, work.macs / GPU_INFER_MACS_PER_S + decode
+    train = 3 * work.macs / CPU_TRAIN_MACS_PER_S + OVERHEAD_S["train"]
+    infer = work.macs / CPU_INFER_MACS_PER_S + OVERHEAD_S["infer"]
+    return train / cores + decode, infer / cores + decode
 
 
-def runtime(stage: str, config: dict, importance: str = "") -> int:
-    """Wall-time limit in minutes: MARGIN x (images x seconds per image / cores) + MIN_RUNTIME."""
-    s = _scale(config)
-    cores = threads(stage, config)
+def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: int | None = None) -> int:
+    """Wall-time limit in minutes: MARGIN x (images x seconds per image) + MIN_RUNTIME."""
+    cores = cores or threads(stage, config, work.train_images + work.eval_images)
     gpu = gpus(stage, config, importance, 1.0) > 0
-    train_s = s["gpu_train_s"] if gpu else s["train_s"] / cores
-    infer_s = s["gpu_train_s"] / 3 if gpu else s["infer_s"] / cores
-    n_train, n_eval = _images(config, "train"), _images(config, "eval")
-    if stage == "model":
+    train_s, infer_s = _per_image(work, gpu, cores)
+    if stage == "data":
+        seconds = (work.train_images + work.eval_images) * SCAN_S / cores
+    elif stage == "model":
         train = max((m.get("train", {}).get("epochs", 0) for m in config["models"] if m.get("weights") == "train"), default=0)
-        seconds = train * n_train * train_s + (train + 1) * n_eval * infer_s
+        seconds = train * work.train_images * train_s + (train + 1) * work.eval_images * infer_s
     elif stage == "prune":
         images = config["prune"]["calibration_batches"] * config["prune"]["batch_size"]
         seconds = images * train_s * (10 if importance == "hessian" else 1)  # hessian: per-sample backward
     elif stage == "finetune":
         # on GPUs the nproc processes share the images; on CPUs `cores` already counts every process
         per_image = train_s / config["finetune"]["nproc"] if gpu else train_s
-        seconds = config["finetune"]["epochs"] * (n_train * per_image + n_eval * infer_s)
-    elif stage == "quantize":
-        seconds = config["quantize"]["calibration_images"] * infer_s
-    elif stage == "export":
-        seconds = config["export"]["check_images"] * infer_s * 4 + (600 if config["dataset"]["name"] == "imagefolder" else 0)
+        seconds = config["finetune"]["epochs"] * (work.train_images * per_image + work.eval_images * infer_s)
+    elif stage == "quantize":  # scripting or tracing a model takes time with its size (DeiT-B: ~1 min)
+        seconds = config["quantize"]["calibration_images"] * infer_s + work.macs / 1e8
+    elif stage == "export":  # lowering and checking DeiT-B took up to 5.5 min (docs/deit_b.md)
+        seconds = config["export"]["check_images"] * infer_s * 4 + work.macs / 3e7
     elif stage in ("evaluate", "evaluate_eager"):
-        seconds = n_eval * infer_s + (config["evaluate"]["warmup"] + config["evaluate"]["runs"]) * s["infer_s"]
+        # FP32 .ptl files run ~2x slower than eager (the mobile optimizer's XNNPACK rewrite on x86)
+        seconds = work.eval_images * infer_s * 2 + (config["evaluate"]["warmup"] + config["evaluate"]["runs"]) * infer_s * cores
     else:  # profile
-        seconds = (config["profile"].get("warmup", 5) + config["profile"].get("runs", 20)) * s["infer_s"] * 2
+        seconds = (config["profile"].get("warmup", 5) + config["profile"].get("runs", 20)) * infer_s * cores * 2
     return MIN_RUNTIME + math.ceil(MARGIN * seconds / 60)
 
 
-def of(stage: str, config: dict, importance: str = "", ratio: float = 0.0) -> dict:
+def mem_mb(stage: str, config: dict, work: Work) -> int:
+    """Memory of one job: every process's imports, model copies, activations, file list and workers."""
+    model_mb = work.params * 4 / 2**20
+    if stage in ("model", "finetune", "prune"):
+        batch = {"finetune": config["finetune"]["batch_size"], "prune": config["prune"]["batch_size"]}.get(stage)
+        if batch is None:  # the model job trains with its own batch
+            batch = max((m.get("train", {}).get("batch_size", 64) for m in config["models"]), default=64)
+        compute_mb = 5 * model_mb + ACTIVATION_BYTES_PER_MAC * work.macs * batch / 2**20
+    else:
+        compute_mb = 4 * model_mb
+    files_mb = (work.train_images + work.eval_images) * ITEM_BYTES / 2**20
+    if stage == "data":
+        return math.ceil(BASE_MB + 2 * files_mb)
+    workers = config["dataset"].get("workers", 0)
+    per_process = BASE_MB + compute_mb + files_mb + workers * (WORKER_MB + files_mb)
+    return math.ceil(per_process * (config["finetune"]["nproc"] if stage == "finetune" else 1))
+
+
+def of(stage: str, config: dict, work: Work, importance: str = "", ratio: float = 0.0,
+       planned_images: int | None = None) -> dict:
     """Every resource of one job (what a rule's `resources:` gives Snakemake). Jobs that time
     latency add `slurm_extra: --exclusive`: on a cluster the node would otherwise be shared."""
-    out = {"mem_mb": mem_mb(stage, config), "runtime": runtime(stage, config, importance),
+    cores = threads(stage, config, planned_images)
+    out = {"mem_mb": mem_mb(stage, config, work), "runtime": runtime(stage, config, work, importance, cores),
            "gpu": gpus(stage, config, importance, ratio)}
     if stage in TIMING_STAGES:
         out["slurm_extra"] = "--exclusive"

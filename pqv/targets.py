@@ -14,13 +14,14 @@ FORMATS = {
     "pte": {"ir": "pt2", "engines": ("xnnpack",)},  # ExecuTorch, XNNPACK delegate
 }
 
-# Precisions: whether they need a quantized engine, and the formats that can carry them.
+# Precisions: whether they need a quantized engine, whether they are calibrated on images (and so
+# read the data set), and the formats that can carry them.
 PRECISIONS = {
-    "fp32": {"quantized": False, "formats": ("ptl", "pte")},
-    "fp16": {"quantized": False, "formats": ("ptl",)},
-    "int8_dynamic": {"quantized": True, "formats": ("ptl", "pte")},
-    "int8_static": {"quantized": True, "formats": ("ptl", "pte")},
-    "int4_weight": {"quantized": True, "formats": ("pte",)},  # int8 dynamic activations, int4 weights
+    "fp32": {"quantized": False, "calibrated": False, "formats": ("ptl", "pte")},
+    "fp16": {"quantized": False, "calibrated": False, "formats": ("ptl",)},
+    "int8_dynamic": {"quantized": True, "calibrated": False, "formats": ("ptl", "pte")},
+    "int8_static": {"quantized": True, "calibrated": True, "formats": ("ptl", "pte")},
+    "int4_weight": {"quantized": True, "calibrated": False, "formats": ("pte",)},  # int8 dynamic activations, int4 weights
 }
 
 ENGINES = tuple(e for f in FORMATS.values() for e in f["engines"])

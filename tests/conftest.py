@@ -1,26 +1,49 @@
 """Shared fixtures: tiny timm ViTs on the bundled digits, made once per session."""
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from pqv import arch, model as pqv_model
+from pqv import arch, data, model as pqv_model
 from pqv import finetune
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 # Tiny models run fastest on one thread; on 2-vCPU machines two torch threads mostly spin-wait.
 torch.set_num_threads(1)
 
-DIGITS = {"name": "digits"}
+DIGITS_SPEC = {"name": "digits"}
+DIGITS = data.scan(DIGITS_SPEC)  # the data stage's manifest of the bundled digits, in memory
+_MANIFESTS: dict[str, str] = {}
+
+
+def manifest_file(spec: dict = DIGITS_SPEC) -> str:
+    """The path of a data manifest written by the data stage (`pqv data`), once per spec."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _MANIFESTS:
+        path = Path(tempfile.mkdtemp(prefix="pqv-test-data-")) / "manifest.json"
+        data.run(spec, str(path))
+        _MANIFESTS[key] = str(path)
+    return _MANIFESTS[key]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_manifests():
+    yield
+    for path in _MANIFESTS.values():
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
 TINY_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 3, "in_chans": 1}
 TIMM_NAME = "vit_tiny_patch16_224"
 
 
 def tiny_vit(seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    m = arch.create(TIMM_NAME, pretrained=False, num_classes=10, **{**TINY_KWARGS, **overrides})
+    m = arch.create(TIMM_NAME, pretrained=False, **{"num_classes": 10, **TINY_KWARGS, **overrides})
     return m.eval()
 
 

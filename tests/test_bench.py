@@ -35,7 +35,7 @@ def test_model_paths_differ_by_model_ratio_and_round_to(latency, tmp_path):
 
 def test_artifact_paths_differ_by_recipe_and_calibration(latency, tmp_path):
     names = [n for n, r in latency.RECIPES.items() if r.fmt != latency.EAGER]
-    digits = {"name": "digits"}
+    digits = {"dataset": {"name": "digits"}, "fingerprint": "d1"}
     paths = {latency.artifact_path(tmp_path, latency.RECIPES[n], digits, 128) for n in names}
     # rows that differ only in threads or source model share a file; every other pair differs
     distinct = {(r.precision, r.engine, r.fmt, tuple(r.options.items()), r.layers)
@@ -44,7 +44,7 @@ def test_artifact_paths_differ_by_recipe_and_calibration(latency, tmp_path):
     static = latency.RECIPES["pte int8_static"]
     dynamic = latency.RECIPES["pte int8_dynamic"]
     assert latency.artifact_path(tmp_path, static, digits, 128) != latency.artifact_path(tmp_path, static, digits, 32)
-    folder = {"name": "imagefolder", "root": str(tmp_path)}
+    folder = {"dataset": {"name": "imagefolder", "root": str(tmp_path)}, "fingerprint": "f2"}
     assert latency.artifact_path(tmp_path, static, digits, 128) != latency.artifact_path(tmp_path, static, folder, 128)
     # an uncalibrated recipe does not depend on the calibration set
     assert latency.artifact_path(tmp_path, dynamic, digits, 128) == latency.artifact_path(tmp_path, dynamic, folder, 32)

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from .conftest import manifest_file
+
 
 def pqv(*args):
     return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True)
@@ -12,12 +14,9 @@ def pqv(*args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["prune", "--model", "{saved}", "--out", "{out}", "--importance", "tayler", "--ratio", "0.5",
-          "--data", '{{"name": "digits"}}'], "unknown importance 'tayler'"),
-        (["prune", "--model", "{saved}", "--out", "{out}", "--importance", "l2", "--ratio", "1.2",
-          "--data", '{{"name": "digits"}}'], "outside [0, 1)"),
-        (["prune", "--model", "{missing}", "--out", "{out}", "--importance", "l2", "--ratio", "0.5",
-          "--data", '{{"name": "digits"}}'], "missing model file"),
+        (["prune", "--model", "{saved}", "--out", "{out}", "--importance", "tayler", "--ratio", "0.5"], "unknown importance 'tayler'"),
+        (["prune", "--model", "{saved}", "--out", "{out}", "--importance", "l2", "--ratio", "1.2"], "outside [0, 1)"),
+        (["prune", "--model", "{missing}", "--out", "{out}", "--importance", "l2", "--ratio", "0.5"], "missing model file"),
         (["quantize", "--model", "{saved}", "--out", "{out}", "--precision", "int8_dynamic", "--engine", "tpu"],
          "unknown engine 'tpu'"),
         (["quantize", "--model", "{corrupt}", "--out", "{out}", "--precision", "fp32", "--engine", "none"],
@@ -57,7 +56,7 @@ def test_a_command_line_mistake_is_one_line_too(tmp_path):
     result = pqv("prune", "--model", str(tmp_path / "m.safetensors"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "pqv prune: error: the following arguments are required: --out, --importance, --ratio, --data "
+        "pqv prune: error: the following arguments are required: --out, --importance, --ratio "
         "(fix: see `pqv prune --help`)"]
 
 
@@ -68,7 +67,7 @@ def test_a_command_line_mistake_is_one_line_too(tmp_path):
 ])
 def test_finetune_settings_timm_would_reject_are_one_line_before_loading(saved_tiny, tmp_path, hparams, message):
     out = tmp_path / "out" / "finetuned.safetensors"
-    result = pqv("finetune", "--model", str(saved_tiny), "--out", str(out), "--data", '{"name": "digits"}',
+    result = pqv("finetune", "--model", str(saved_tiny), "--out", str(out), "--data", manifest_file(),
                  "--hparams", hparams, "--metrics", str(tmp_path / "out" / "m.csv"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr

@@ -1,87 +1,273 @@
-"""Samples that every stage draws (calibration, fidelity checks, profiling) cover every class.
+"""The data stage (pqv.data) and the data sets built from its manifest (pqv.datasets).
 
-ImageFolder trees are sorted by class, so "the first N images" of CIFAR-10 or ImageNet are all
-class 0; these tests use a small sorted ImageFolder with several classes."""
+ImageFolder trees as people keep them: hidden folders, splits with different classes, 16-bit
+images, unreadable files; and the samples every stage draws, which must cover every class (trees
+are sorted by class, so "the first N images" of CIFAR-10 or ImageNet are all class 0)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
-from pqv import data
+from pqv import data, datasets
+from pqv.errors import PQVError
 
 CLASSES = ["airplane", "bird", "cat", "deer", "dog", "frog"]
 DATA_CONFIG = {"input_size": [3, 16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
                "interpolation": "bilinear", "crop_pct": 1.0}
 
 
-@pytest.fixture(scope="module")
-def imagefolder(tmp_path_factory):
-    """train/ and val/ with 6 classes x 12 JPEGs each, every class a different colour."""
+def _jpeg(path, colour):
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("imagefolder")
-    for split in ("train", "val"):
-        for c, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(12):
-                Image.new("RGB", (20, 20), (40 * c, 255 - 40 * c, 10 * i)).save(folder / f"{i:04d}.jpg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), colour).save(path, quality=90)
+
+
+def tree(root, classes=CLASSES, per_class=12, splits=("train", "val")):
+    """train/ and val/ with `per_class` JPEGs per class, every class a different colour."""
+    for split in splits:
+        for c, name in enumerate(classes):
+            for i in range(per_class):
+                _jpeg(root / split / name / f"{i:04d}.jpg", (40 * c, 255 - 40 * c, 10 * i))
     return {"name": "imagefolder", "root": str(root), "train_dir": "train", "eval_dir": "val"}
 
 
-def classes_of(spec, images_by_sample, split="eval"):
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory):
+    return data.scan(tree(tmp_path_factory.mktemp("imagefolder")))
+
+
+# ---- the manifest: one class index, hidden entries, missing classes --------------------------
+
+def test_a_hidden_folder_is_neither_a_class_nor_an_image(tmp_path):
+    """Row 1 of issue 19: `.ipynb_checkpoints/` inside train/ became class 0, shifting every label."""
+    spec = tree(tmp_path, CLASSES[:3], per_class=2)
+    _jpeg(tmp_path / "train" / ".ipynb_checkpoints" / "0000-checkpoint.jpg", (1, 2, 3))
+    _jpeg(tmp_path / "train" / "cat" / ".hidden.jpg", (1, 2, 3))  # macOS ._ files, editors' backups
+    (tmp_path / "train" / "cat" / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    manifest = data.scan(spec)
+    assert manifest["classes"] == ["airplane", "bird", "cat"]
+    assert manifest["splits"]["train"]["images"] == 6
+    ds = datasets.dataset(manifest, "eval", DATA_CONFIG)
+    assert datasets.labels_of(manifest, "eval") == [0, 0, 1, 1, 2, 2] == [ds[i][1] for i in range(len(ds))]
+
+
+def test_every_split_takes_the_training_class_index(tmp_path):
+    """Row 2: val/ lacking one of train's classes gave val its own index (its class_2 scored as 1)."""
+    spec = tree(tmp_path, ["class_0", "class_1", "class_2"], per_class=2, splits=("train",))
+    tree(tmp_path, ["class_0", "class_2"], per_class=2, splits=("val",))
+    manifest = data.scan(spec)
+    assert manifest["classes"] == ["class_0", "class_1", "class_2"]
+    assert datasets.labels_of(manifest, "eval") == [0, 0, 2, 2]
+    assert manifest["splits"]["eval"]["counts"] == {"class_0": 2, "class_1": 0, "class_2": 2}
+    assert manifest["warnings"] == ["1 training class(es) have no evaluation images and cannot be scored: class_1"]
+
+
+def test_a_class_only_the_evaluation_split_has_is_an_error_naming_it(tmp_path):
+    """Row 3: a val class the model has no output for."""
+    spec = tree(tmp_path, ["b", "c"], per_class=1, splits=("train",))
+    tree(tmp_path, ["a", "b", "c"], per_class=1, splits=("val",))
+    with pytest.raises(PQVError, match=r"class\(es\) the training split lacks: a \(the model has no output"):
+        data.scan(spec)
+
+
+def test_the_data_stage_warns_in_its_log_and_writes_the_manifest(tmp_path):
+    spec = tree(tmp_path / "d", ["x", "y"], per_class=1, splits=("train",))
+    tree(tmp_path / "d", ["x"], per_class=1, splits=("val",))
+    out = tmp_path / "results" / "data" / "manifest.json"
+    result = subprocess.run([sys.executable, "-m", "pqv", "data", "--spec", json.dumps(spec), "--out", str(out),
+                             "--threads", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" in result.stderr and "cannot be scored: y" in result.stderr
+    manifest = json.loads(out.read_text())
+    assert manifest["modes"] == {"RGB": 3} and len(manifest["fingerprint"]) == 64
+    assert data.read(out)["splits"]["train"]["items"] == [[0, "x/0000.jpg"], [1, "y/0000.jpg"]]
+
+
+def test_every_unreadable_image_and_empty_class_in_one_line_and_no_manifest(tmp_path):
+    spec = tree(tmp_path / "d", ["cat", "dog", "owl"], per_class=3)
+    cut = tmp_path / "d" / "train" / "cat" / "0000.jpg"
+    cut.write_bytes(cut.read_bytes()[:300])  # a truncated JPEG: its header still opens
+    (tmp_path / "d" / "val" / "dog" / "0001.jpg").write_bytes(b"not an image")
+    (tmp_path / "d" / "train" / "dog" / "notes.txt").write_text("not an image extension: skipped")
+    with pytest.raises(PQVError) as e:
+        data.scan(spec)
+    text = str(e.value)
+    assert text.startswith("2 unreadable image(s): ") and "cat/0000.jpg (OSError: " in text
+    assert "dog/0001.jpg (UnidentifiedImageError" in text and "notes.txt" not in text and "\n" not in text
+    (tmp_path / "d" / "train" / "empty").mkdir()
+    out = tmp_path / "out" / "manifest.json"
+    result = subprocess.run([sys.executable, "-m", "pqv", "data", "--spec", json.dumps(spec), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "pqv data: error: 1 empty class folder(s) in ")
+    assert "train/empty" in result.stderr and not out.exists()
+
+
+def test_a_subset_is_drawn_once_in_the_manifest_and_decoded_alone(tmp_path, monkeypatch):
+    spec = {**tree(tmp_path, CLASSES, per_class=5), "max_train": 7, "max_eval": 4}
+    decoded = []
+    inspect = data.inspect
+    monkeypatch.setattr(data, "inspect", lambda p: decoded.append(p) or inspect(p))
+    manifest = data.scan(spec)
+    assert [manifest["splits"][s]["images"] for s in data.SPLITS] == [7, 4] and len(decoded) == 11
+    assert data.scan(spec)["splits"]["train"]["items"] == manifest["splits"]["train"]["items"]  # fixed seed
+
+
+# ---- images that decode to the wrong thing -----------------------------------------------------
+
+def _gray16(path, level, fmt):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(hash(str(path)) % 2**32)
+    values = np.clip(level + rng.normal(0, 300, (12, 12)), 0, 65535).astype(np.uint16)
+    Image.fromarray(values).save(path, format=fmt)  # PIL writes mode I;16
+
+
+@pytest.fixture(scope="module")
+def sixteen_bit(tmp_path_factory):
+    """Two classes of 16-bit grayscale PNG and TIFF that differ only in level (both above 255)."""
+    root = tmp_path_factory.mktemp("gray16")
+    for split, n in (("train", 24), ("val", 8)):
+        for name, level in (("dim", 8000), ("bright", 40000)):
+            for i in range(n):
+                fmt = "PNG" if i % 2 else "TIFF"
+                _gray16(root / split / name / f"{i}.{fmt.lower()}", level, fmt)
+    return data.scan({"name": "imagefolder", "root": str(root)})
+
+
+def test_16_bit_images_are_scaled_not_clipped(sixteen_bit):
+    """Row 4: convert("RGB") clipped every I;16 value to 255: all white, top-1 = chance."""
+    assert set(sixteen_bit["modes"]) == {"I;16"} and sum(sixteen_bit["modes"].values()) == 64
+    low, high = sixteen_bit["value_range"]
+    assert 0 <= low < 8000 < 40000 < high <= 65535
+    folder = sixteen_bit["splits"]["train"]["folder"]
+    bright = np.asarray(datasets.load_image(os.path.join(folder, "bright", "0.tiff"), sixteen_bit["value_range"]))
+    dim = np.asarray(datasets.load_image(os.path.join(folder, "dim", "1.png"), sixteen_bit["value_range"]))
+    assert bright.shape == (12, 12, 3) and dim.shape == (12, 12, 3)
+    assert bright.mean() > dim.mean() + 100  # the levels stay apart
+    assert (bright < 255).mean() > 0.5  # not clipped to white
+
+
+def test_a_model_learns_classes_that_differ_only_in_16_bit_level(sixteen_bit):
+    from pqv import finetune
+
+    from .conftest import tiny_vit
+
+    m = tiny_vit(in_chans=3, img_size=8, num_classes=2)
+    dc = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    result = finetune.train(m, sixteen_bit, dc, {"epochs": 6, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0,
+                                                 "warmup_epochs": 0, "hflip": 0.0, "color_jitter": None})
+    assert result["top1"] == 100.0
+
+
+# ---- noticing a change without walking the tree ---------------------------------------------
+
+def test_the_stamp_changes_with_the_files_of_a_class_and_nothing_else(tmp_path):
+    spec = tree(tmp_path, CLASSES[:2], per_class=2)
+    first = data.stamp(spec)
+    assert data.stamp(spec) == first
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
+    (tmp_path / "test").mkdir()  # not a configured split
+    (tmp_path / "train" / "README.txt").write_text("not in a class folder")
+    assert data.stamp(spec) == first
+    changes = [
+        lambda: _jpeg(tmp_path / "val" / "bird" / "new.jpg", (9, 9, 9)),  # added
+        lambda: (tmp_path / "val" / "bird" / "new.jpg").unlink(),  # removed
+        lambda: os.replace(tmp_path / "train" / "airplane" / "0001.jpg", tmp_path / "train" / "airplane" / "0009.jpg"),
+        lambda: (tmp_path / "train" / "newclass").mkdir(),  # a new class
+    ]
+    seen = {first}
+    for change in changes:
+        change()
+        now = data.stamp(spec)
+        assert now not in seen
+        seen.add(now)
+
+
+def test_the_stamp_sees_a_copy_extracted_again_with_its_old_times(tmp_path):
+    """tar restores folders' mtimes; their ctimes (and inodes) still change."""
+    spec = tree(tmp_path, CLASSES[:2], per_class=1)
+    before = data.stamp(spec)
+    folder = tmp_path / "train" / "bird"
+    st = os.stat(folder)
+    (folder / "0000.jpg").unlink()
+    _jpeg(folder / "0000.jpg", (1, 1, 1))  # a different image under the same name
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))  # as tar -x leaves it
+    assert os.stat(folder).st_mtime_ns == st.st_mtime_ns
+    assert data.stamp(spec) != before
+
+
+def test_estimate_counts_class_folders_and_lists_only_a_few(tmp_path):
+    spec = tree(tmp_path, CLASSES, per_class=3)
+    assert data.estimate(spec) == {"classes": 6, "train": 18, "eval": 18}
+    assert data.estimate({**spec, "max_eval": 5})["eval"] == 5
+
+
+# ---- samples every stage draws ---------------------------------------------------------------
+
+def classes_of(manifest, images_by_sample, split="eval"):
     """Class of each sampled image, found by matching it against the split's images."""
-    ds = data.dataset(spec, split, DATA_CONFIG)
+    ds = datasets.dataset(manifest, split, DATA_CONFIG)
     table = torch.stack([ds[i][0] for i in range(len(ds))])
-    labels = data.labels_of(ds)
+    labels = datasets.labels_of(manifest, split)
     return [labels[int((table - x).abs().flatten(1).sum(1).argmin())] for x in images_by_sample]
 
 
 def test_every_class_appears_in_the_check_and_calibration_samples(imagefolder):
-    images = data.sample_batch(imagefolder, DATA_CONFIG, 12)  # export check, profile input
+    images = datasets.sample_batch(imagefolder, DATA_CONFIG, 12)  # export check, profile input
     counts = Counter(classes_of(imagefolder, images))
     assert set(counts) == set(range(len(CLASSES))) and set(counts.values()) == {2}
-    calibration = data.sample_batch(imagefolder, DATA_CONFIG, 18, split="train")  # int8 static calibration
+    calibration = datasets.sample_batch(imagefolder, DATA_CONFIG, 18, split="train")  # int8 static calibration
     assert set(Counter(classes_of(imagefolder, calibration, "train")).values()) == {3}
 
 
 def test_the_same_seed_and_count_give_the_same_images_in_every_stage(imagefolder):
-    a, la = data.sample(imagefolder, DATA_CONFIG, 10)
-    b, lb = data.sample(imagefolder, DATA_CONFIG, 10)
+    a, la = datasets.sample(imagefolder, DATA_CONFIG, 10)
+    b, lb = datasets.sample(imagefolder, DATA_CONFIG, 10)
     assert torch.equal(a, b) and torch.equal(la, lb)
-    prefix, _ = data.sample(imagefolder, DATA_CONFIG, 4)
+    prefix, _ = datasets.sample(imagefolder, DATA_CONFIG, 4)
     assert torch.equal(prefix, a[:4])  # a smaller sample is the start of a larger one
-    other, _ = data.sample(imagefolder, DATA_CONFIG, 10, seed=1)
+    other, _ = datasets.sample(imagefolder, DATA_CONFIG, 10, seed=1)
     assert not torch.equal(other, a)
 
 
 def test_taylor_calibration_batches_are_shuffled_across_classes(imagefolder):
-    batches = data.calibration_batches(imagefolder, DATA_CONFIG, batches=3, batch_size=6)
+    batches = datasets.calibration_batches(imagefolder, DATA_CONFIG, batches=3, batch_size=6)
     assert [len(x) for x, _ in batches] == [6, 6, 6]
     labels = torch.cat([y for _, y in batches])
     assert set(Counter(labels.tolist()).values()) == {3}
     assert all(len(set(y.tolist())) > 1 for _, y in batches)  # no batch is one class
-    again = data.calibration_batches(imagefolder, DATA_CONFIG, batches=3, batch_size=6)
+    again = datasets.calibration_batches(imagefolder, DATA_CONFIG, batches=3, batch_size=6)
     assert all(torch.equal(x, x2) for (x, _), (x2, _) in zip(batches, again))
 
 
-def test_a_max_subset_sample_still_covers_every_class(imagefolder):
-    spec = {**imagefolder, "max_eval": 30}
-    labels = data.sample(spec, DATA_CONFIG, 12)[1].tolist()
+def test_a_max_subset_sample_still_covers_every_class(tmp_path):
+    manifest = data.scan({**tree(tmp_path, CLASSES, per_class=12), "max_eval": 30})
+    labels = datasets.sample(manifest, DATA_CONFIG, 12)[1].tolist()
     assert len(set(labels)) == len(CLASSES)
 
 
 def test_stratified_indices_handle_uneven_and_small_classes():
     labels = [0] * 10 + [1] * 2 + [2] * 5
-    idx = data.stratified_indices(labels, 9, seed=0)
+    idx = datasets.stratified_indices(labels, 9, seed=0)
     assert len(idx) == len(set(idx)) == 9
     assert Counter(labels[i] for i in idx) == Counter({0: 4, 2: 3, 1: 2})
-    assert len(data.stratified_indices(labels, 100)) == len(labels)
+    assert len(datasets.stratified_indices(labels, 100)) == len(labels)
 
 
 def test_digits_samples_cover_every_class():
+    from .conftest import DIGITS
+
     dc = {"input_size": [1, 8, 8], "mean": [0.5], "std": [0.5]}
-    _, labels = data.sample({"name": "digits"}, dc, 20)
+    _, labels = datasets.sample(DIGITS, dc, 20)
     assert set(Counter(labels.tolist()).values()) == {2}
+    assert DIGITS["classes"] == [str(c) for c in range(10)]

@@ -29,15 +29,15 @@ def test_training_follows_the_rule(monkeypatch):
 
 
 def test_prune_and_accuracy_run_on_the_given_device_and_return_to_cpu(trained_tiny):
-    from pqv import data, evaluate, prune
+    from pqv import datasets, evaluate, prune
     from .conftest import DIGITS, tiny_vit
 
     m, a, _ = trained_tiny
     dc = a["data_config"]
-    loader = data.loader(DIGITS, "eval", dc, 64)
+    loader = datasets.loader(DIGITS, "eval", dc, 64)
     top1, _ = evaluate.accuracy_on(m, loader, torch.device("cpu"))
     assert top1 > 50 and next(m.parameters()).device.type == "cpu"
     model = tiny_vit()
-    calibration = data.calibration_batches(DIGITS, dc, 2, 8)
+    calibration = datasets.calibration_batches(DIGITS, dc, 2, 8)
     prune.prune(model, "taylor", 0.25, torch.zeros(1, *dc["input_size"]), calibration, device=torch.device("cpu"))
     assert all(p.device.type == "cpu" for p in model.parameters())

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from pqv import arch, export, finetune, io, quantize
+from pqv import arch, data, export, finetune, io, quantize
 from pqv.errors import PQVError
 
-from .conftest import DIGITS
+from .conftest import DIGITS, manifest_file
 from .test_workflow import TINY_CONFIG, snakemake
 
 SMALL = {"name": "digits", "max_train": 64, "max_eval": 32}
@@ -102,7 +102,7 @@ def test_model_file_missing_a_tensor(artifacts, tmp_path):
     bad.parent.mkdir()
     save_file(state, str(bad), metadata=meta)
     out = tmp_path / "out" / "f.safetensors"
-    result = pqv("finetune", "--model", bad, "--out", out, "--data", json.dumps(SMALL), "--metrics", tmp_path / "out" / "m.csv")
+    result = pqv("finetune", "--model", bad, "--out", out, "--data", manifest_file(SMALL), "--metrics", tmp_path / "out" / "m.csv")
     one_line(result, "finetune", f"model file {bad} does not fit its architecture", "blocks.0.attn.qkv.weight",
              "rerun the prune stage")
     assert nothing_in(out.parent)
@@ -120,7 +120,7 @@ def test_sidecar_with_the_wrong_structure(artifacts, tmp_path, sidecar, problem)
     io.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
     out = tmp_path / "out" / "fp32-none.ptl"
     result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl",
-                 "--data", json.dumps(DIGITS))
+                 "--data", manifest_file())
     one_line(result, "export", problem, f"delete {src}", "rerun the quantize stage")
     assert nothing_in(out.parent)
 
@@ -131,7 +131,7 @@ def test_truncated_quantized_program(artifacts, tmp_path, kind):
     src = _copy(artifacts[kind], tmp_path / "q" / f"fp32-none.{kind}", cut=4000)
     out = tmp_path / "out" / f"fp32-none.{fmt}"
     result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", fmt,
-                 "--data", json.dumps(DIGITS))
+                 "--data", manifest_file())
     one_line(result, "export", f"corrupt .{kind} file {src}", "rerun the quantize stage")
     assert nothing_in(out.parent)
 
@@ -142,7 +142,7 @@ def test_truncated_exported_artifact(artifacts, tmp_path, kind, stage):
     bad = _copy(artifacts[kind], tmp_path / "e" / f"fp32-none.{kind}", cut=len(artifacts[kind].read_bytes()) - 100)
     out = tmp_path / "out"
     if stage == "evaluate":
-        result = pqv("evaluate", "--artifact", bad, "--out", out / "m.json", "--data", json.dumps(DIGITS), "--runs", 1)
+        result = pqv("evaluate", "--artifact", bad, "--out", out / "m.json", "--data", manifest_file(), "--runs", 1)
     else:
         result = pqv("profile", "--artifact", bad, "--out-csv", out / "p.csv", "--out-png", out / "p.png", "--runs", 1)
     one_line(result, stage, f"corrupt .{kind} file {bad}", "rerun the export stage")
@@ -163,7 +163,7 @@ def test_a_damaged_program_that_keeps_its_length_is_caught_by_its_checksums(arti
 def test_a_diverging_finetune_is_one_line_and_writes_nothing(saved_tiny, tmp_path):
     out = tmp_path / "out" / "finetuned.safetensors"
     hparams = {"epochs": 2, "lr": 1e30, "warmup_epochs": 0, "batch_size": 32, "smoothing": 0.0}
-    result = pqv("finetune", "--model", saved_tiny, "--out", out, "--data", json.dumps(SMALL),
+    result = pqv("finetune", "--model", saved_tiny, "--out", out, "--data", manifest_file(SMALL),
                  "--hparams", json.dumps(hparams), "--metrics", out.parent / "m.csv")
     one_line(result, "finetune", "training diverged at epoch 1", "lower lr (now 1e+30)")
     assert not out.exists() and not (out.parent / "m.csv").exists()
@@ -174,7 +174,7 @@ def test_a_diverging_finetune_is_one_line_and_writes_nothing(saved_tiny, tmp_pat
 def test_hub_weights_without_network_fail_fast_with_how_to_predownload(tmp_path, env):
     out = tmp_path / "out" / "model.safetensors"
     cfg = {"id": "d", "timm_name": "deit_tiny_patch16_224", "weights": "hub"}
-    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", json.dumps(DIGITS), "--out", out,
+    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", manifest_file(), "--out", out,
                  "--metrics", out.parent / "m.csv", env={"HF_HOME": str(tmp_path / "hf"), **env})
     one_line(result, "model", "the hub is out of reach (offline)", "'deit_tiny_patch16_224' are not in the local cache",
              "timm.create_model('deit_tiny_patch16_224', pretrained=True)", "set weights to a local file")
@@ -202,11 +202,11 @@ def test_a_checkpoint_made_on_other_data_is_not_resumed(saved_tiny, tmp_path, mo
 
     monkeypatch.setattr(finetune, "save_checkpoint", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        finetune.run(str(saved_tiny), str(out), SMALL, hp, str(tmp_path / "m.csv"))
+        finetune.run(str(saved_tiny), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"))
     monkeypatch.undo()
     assert (Path(finetune.checkpoint_dir(out)) / "epoch-0001").is_dir()
     other_data = {**SMALL, "split_seed": 1}
-    result = finetune.run(str(saved_tiny), str(out), other_data, hp, str(tmp_path / "m.csv"))
+    result = finetune.run(str(saved_tiny), str(out), data.scan(other_data), hp, str(tmp_path / "m.csv"))
     assert result["resumed_after_epoch"] == 0
 
 
@@ -216,7 +216,7 @@ def test_unknown_timm_name_suggests_the_closest_names(tmp_path):
     assert "unknown timm model 'deit_bse_patch16_224' (did you mean 'deit_base_patch16_224'?)" in str(e.value)
     out = tmp_path / "out" / "model.safetensors"
     cfg = {"id": "d", "timm_name": "deit_bse_patch16_224", "weights": "train"}
-    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", json.dumps(DIGITS), "--out", out,
+    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", manifest_file(), "--out", out,
                  "--metrics", out.parent / "m.csv")
     one_line(result, "model", "(did you mean 'deit_base_patch16_224'?)", "(fix: use deit_base_patch16_224 or ")
     assert nothing_in(out.parent)

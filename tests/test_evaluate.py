@@ -49,7 +49,7 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
     """A .pte's accuracy pass runs on an XNNPACK pool as wide as the job; its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
 
-    from pqv import data, export, io, quantize
+    from pqv import datasets, export, io, quantize
 
     from .conftest import DIGITS
 
@@ -57,7 +57,7 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
     quantize.run(str(saved_tiny), str(program), "int8_dynamic", "xnnpack", DIGITS)
     export.run(str(program), str(saved_tiny), str(pte), "pte", DIGITS)
     dc = io.read_sidecar(pte)["data_config"]
-    whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), data.loader(DIGITS, "eval", dc, 64))
+    whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), datasets.loader(DIGITS, "eval", dc, 64))
     pools = {}
     for name in ("latency", "accuracy"):  # the XNNPACK pool's width when each pass starts
         real = getattr(evaluate, name)

@@ -13,10 +13,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pqv import data, finetune, io, prune
+from pqv import data, datasets, finetune, io, prune
 from pqv.errors import PQVError
 
-from .conftest import DIGITS, tiny_arch, tiny_vit
+from .conftest import DIGITS, manifest_file, tiny_arch, tiny_vit
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"name": "digits", "max_train": 192, "max_eval": 64}  # 6 steps of 32 per epoch
@@ -52,9 +52,9 @@ def test_pruned_demo_model_recovers_within_two_points_of_dense(trained_tiny):
     """25 % L2-pruned, then the default workflow's finetune (config/config.yaml) recovers."""
     dense, a, dense_top1 = trained_tiny
     hparams = yaml.safe_load((REPO / "config/config.yaml").read_text())["finetune"]
-    example = data.sample_batch(DIGITS, a["data_config"], 1)
+    example = datasets.sample_batch(DIGITS, a["data_config"], 1)
     pruned = prune.prune(copy.deepcopy(dense), "l2", 0.25, example)
-    before = finetune.evaluate(pruned, data.loader(DIGITS, "eval", a["data_config"], 256), finetune.Dist())[0]
+    before = finetune.evaluate(pruned, datasets.loader(DIGITS, "eval", a["data_config"], 256), finetune.Dist())[0]
     after = finetune.train(pruned, DIGITS, a["data_config"], hparams)["top1"]
     print(f"dense {dense_top1:.2f}  pruned {before:.2f}  finetuned {after:.2f}")
     assert before < dense_top1 - 2  # pruning did cost accuracy ...
@@ -65,7 +65,7 @@ def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
     src = _save(tmp_path / "pruned.safetensors")
     hp = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "mixup": 0.8, "cutmix": 1.0}  # mixup: RNG must resume too
     whole = tmp_path / "whole" / "finetuned.safetensors"
-    finetune.run(str(src), str(whole), SMALL, hp, str(whole.parent / "metrics.csv"))
+    finetune.run(str(src), str(whole), data.scan(SMALL), hp, str(whole.parent / "metrics.csv"))
 
     out = tmp_path / "resumed" / "finetuned.safetensors"
     metrics = out.parent / "metrics.csv"
@@ -78,7 +78,7 @@ def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(finetune, "save_checkpoint", killed_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        finetune.run(str(src), str(out), SMALL, hp, str(metrics))
+        finetune.run(str(src), str(out), data.scan(SMALL), hp, str(metrics))
     monkeypatch.undo()
     ckpt = Path(finetune.checkpoint_dir(out))
     assert not out.exists() and not metrics.exists()  # Snakemake never sees a partial output
@@ -86,7 +86,7 @@ def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
     state = torch.load(ckpt / "epoch-0002" / "state.pt", weights_only=True)  # no pickle needed
     assert state["epoch"] == 2
 
-    result = finetune.run(str(src), str(out), SMALL, hp, str(metrics))
+    result = finetune.run(str(src), str(out), data.scan(SMALL), hp, str(metrics))
     assert result["resumed_after_epoch"] == 2 and io.read_sidecar(out)["resumed_after_epoch"] == 2
     assert not ckpt.exists()
     a, b = load_file(str(whole)), load_file(str(out))
@@ -100,8 +100,8 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     m, arch = io.load_model(src)
     dc = arch["data_config"]
     ckpt = finetune.checkpoint_dir(out)
-    finetune.train(m, SMALL, dc, {"epochs": 1, "batch_size": 32}, ckpt_dir=ckpt, resume_key="x")
-    result = finetune.run(str(src), str(out), SMALL, {"epochs": 1, "batch_size": 32}, str(tmp_path / "m.csv"))
+    finetune.train(m, data.scan(SMALL), dc, {"epochs": 1, "batch_size": 32}, ckpt_dir=ckpt, resume_key="x")
+    result = finetune.run(str(src), str(out), data.scan(SMALL), {"epochs": 1, "batch_size": 32}, str(tmp_path / "m.csv"))
     assert result["resumed_after_epoch"] == 0  # the key differs (input hash): start over
 
 
@@ -111,7 +111,7 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     hp = {"epochs": 2, "lr": 1e-3, "warmup_epochs": 1}
     ddp = tmp_path / "ddp" / "finetuned.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pqv",
-           "finetune", "--model", str(src), "--out", str(ddp), "--data", json.dumps(SMALL),
+           "finetune", "--model", str(src), "--out", str(ddp), "--data", manifest_file(SMALL),
            "--hparams", json.dumps({**hp, "batch_size": 16}), "--metrics", str(ddp.parent / "m.csv")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -121,7 +121,7 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert sorted(p.name for p in ddp.parent.iterdir()) == ["finetuned.safetensors", "finetuned.safetensors.json", "m.csv"]
 
     one = tmp_path / "one" / "finetuned.safetensors"
-    finetune.run(str(src), str(one), SMALL, {**hp, "batch_size": 32}, str(one.parent / "m.csv"))
+    finetune.run(str(src), str(one), data.scan(SMALL), {**hp, "batch_size": 32}, str(one.parent / "m.csv"))
     a, b = load_file(str(one)), load_file(str(ddp))
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"largest weight difference DDP vs one process: {worst:.2e}")
@@ -139,9 +139,9 @@ def test_distillation_from_the_parent(tmp_path):
     out = tmp_path / "finetuned.safetensors"
     hp = {"epochs": 1, "batch_size": 32, "distill": {"enabled": True, "alpha": 0.7, "temperature": 2.0}}
     with pytest.raises(PQVError, match="distill.enabled needs"):
-        finetune.run(str(src), str(out), SMALL, hp, str(tmp_path / "m.csv"))
+        finetune.run(str(src), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"))
     assert not out.exists()
-    finetune.run(str(src), str(out), SMALL, hp, str(tmp_path / "m.csv"), teacher=str(teacher))
+    finetune.run(str(src), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"), teacher=str(teacher))
     assert io.read_sidecar(out)["teacher"] == str(teacher)
 
 
@@ -155,14 +155,15 @@ def test_bad_settings_are_clear_errors():
 def test_imagefolder_training_gets_timm_augmentation(tmp_path):
     from PIL import Image
 
-    for cls in ("a", "b"):
-        (tmp_path / "train" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (40, 40), (60 * i, 30, 200)).save(tmp_path / "train" / cls / f"{i}.png")
-    spec = {"name": "imagefolder", "root": str(tmp_path)}
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (60 * i, 30, 200)).save(tmp_path / split / cls / f"{i}.png")
+    spec = data.scan({"name": "imagefolder", "root": str(tmp_path)})
     dc = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
     augment = {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "color_jitter": 0.4, "hflip": 0.5}
-    loader = data.loader(spec, "train", dc, 4, training=True, augment=augment)
+    loader = datasets.loader(spec, "train", dc, 4, training=True, augment=augment)
     transform = repr(loader.dataset.transform)
     assert "RandAugment" in transform and "RandomErasing" in transform
     images, labels = next(iter(loader))

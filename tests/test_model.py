@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pqv import arch, data, io, model
+from pqv import arch, datasets, io, model
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, TIMM_NAME, TINY_KWARGS, tiny_vit
@@ -25,7 +25,7 @@ def test_model_stage_trains_and_saves_a_reloadable_model(tmp_path):
     assert side["data_config"]["input_size"] == [1, 8, 8]
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 3  # header + 2 epochs
     reloaded, a = io.load_model(out)
-    x = data.sample_batch(DIGITS, a["data_config"], 8)
+    x = datasets.sample_batch(DIGITS, a["data_config"], 8)
     assert reloaded(x).shape == (8, 10)
 
 

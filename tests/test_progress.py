@@ -5,14 +5,14 @@ import json
 import subprocess
 import sys
 
-from .conftest import DIGITS
+from .conftest import manifest_file
 
 
 def test_finetune_steps_are_counted_in_the_log(saved_tiny, tmp_path):
     out = tmp_path / "finetuned.safetensors"
     result = subprocess.run(
         [sys.executable, "-m", "pqv", "finetune", "--model", str(saved_tiny), "--out", str(out), "--data",
-         json.dumps(DIGITS), "--hparams", json.dumps({"epochs": 2, "batch_size": 128, "lr": 1e-4}),
+         manifest_file(), "--hparams", json.dumps({"epochs": 2, "batch_size": 128, "lr": 1e-4}),
          "--metrics", str(tmp_path / "m.csv")],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

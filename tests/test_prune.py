@@ -8,7 +8,7 @@ import torch
 from pqv import arch, io, prune
 from pqv.errors import PQVError
 
-from .conftest import TIMM_NAME, TINY_KWARGS, tiny_arch, tiny_vit
+from .conftest import TIMM_NAME, TINY_KWARGS, manifest_file, tiny_arch, tiny_vit
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 IMPORTANCES = ["l1", "l2", "lamp", "random", "taylor", "hessian"]
@@ -320,7 +320,7 @@ def tiny_file(tmp_path):
 def test_cli_prune_passes_every_option(tiny_file, tmp_path):
     out = tmp_path / "out" / "pruned.safetensors"
     result = _pqv("prune", "--model", str(tiny_file), "--out", str(out), "--importance", "taylor", "--ratio", "0.5",
-                  "--data", json.dumps({"name": "digits"}), "--calibration-batches", "1", "--batch-size", "8",
+                  "--data", manifest_file(), "--calibration-batches", "1", "--batch-size", "8",
                   "--scope", "global", "--heads", "whole", "--head-ratio", "0.3", "--bottleneck", "--round-to", "2")
     assert result.returncode == 0, result.stderr
     side = io.read_sidecar(out)
@@ -354,3 +354,31 @@ def test_cli_user_errors_are_one_line_and_leave_no_file(tiny_file, tmp_path, arg
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and "(fix: " in lines[0]
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+@pytest.mark.parametrize("ratio, options", [(0.999, {}), (0.99, {}), (0.97, {}), (0.9, {"round_to": 8}),
+                                            (0.9, {"scope": "global"})])
+def test_a_ratio_out_of_torch_prunings_reach_is_an_error_not_a_dense_model(ratio, options):
+    """Near 1, Torch-Pruning leaves groups whole (0.999 gave the dense shapes): the label would lie."""
+    with pytest.raises(PQVError, match=f"pruning ratio {ratio:g} is out of Torch-Pruning's reach.*use a ratio of at most"):
+        prune.prune(tiny_vit(), "l2", ratio, torch.zeros(1, 1, 8, 8), **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"round_to": 8}, {"scope": "global"}, {"heads": "whole"}, {"bottleneck": True}])
+def test_a_pruned_model_is_as_narrow_as_its_ratio(options):
+    m = tiny_vit()
+    before = prune.widths(m)
+    prune.prune(m, "l2", 0.5, torch.zeros(1, 1, 8, 8), **options)
+    after = prune.widths(m)
+    prune.check_widths(before, after, 0.5, **options)  # passes
+    assert after["blocks.0.mlp"] <= before["blocks.0.mlp"] // 2 + 5
+    assert arch.count_params(m) < arch.count_params(tiny_vit()) * 0.6
+
+
+def test_the_prune_stage_refuses_an_unreachable_ratio_in_one_line_and_writes_nothing(tiny_file, tmp_path):
+    out = tmp_path / "out" / "pruned.safetensors"
+    result = subprocess.run([sys.executable, "-m", "pqv", "prune", "--model", str(tiny_file), "--out", str(out),
+                             "--importance", "l2", "--ratio", "0.999"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("pqv prune: error: pruning ratio 0.999 is out of")
+    assert not out.exists()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pqv import data, export, io, quantize, targets
+from pqv import datasets, export, io, quantize, targets
 from pqv.errors import PQVError
 
 from .conftest import DIGITS
@@ -23,7 +23,7 @@ def fp32_artifacts(saved_tiny, tmp_path_factory):
 
 def _reference(saved, n=64):
     m, a = io.load_model(saved)
-    x = data.sample_batch(DIGITS, a["data_config"], n)
+    x = datasets.sample_batch(DIGITS, a["data_config"], n)
     with torch.no_grad():
         return x, m(x)
 
@@ -128,7 +128,7 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
     model, a = io.load_model(saved_tiny)
     got, ref = [], []
     with torch.no_grad():
-        for images, _ in data.loader(DIGITS, "eval", a["data_config"], 64):
+        for images, _ in datasets.loader(DIGITS, "eval", a["data_config"], 64):
             got.append(artifact(images))
             ref.append(model(images))
     fidelity = export.compare(torch.cat(got), torch.cat(ref))

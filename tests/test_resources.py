@@ -1,4 +1,4 @@
-"""What each job asks a cluster for follows the config (pqv/resources.py)."""
+"""What each job asks a cluster for follows the data and the model (pqv/resources.py)."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,15 @@ import pytest
 
 from pqv import config as pqv_config
 from pqv import prune, resources
+from pqv.resources import Work
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("model", "prune", "finetune", "quantize", "export", "evaluate", "evaluate_eager", "profile")
+STAGES = ("data", "model", "prune", "finetune", "quantize", "export", "evaluate", "evaluate_eager", "profile")
+DEIT_B = {"timm_name": "deit_base_patch16_224"}
+DEIT_TINY = {"timm_name": "deit_tiny_patch16_224"}
+IMAGENET = Work(1_281_167, 50_000, *resources.estimate_macs(DEIT_B), data="imagefolder")
+# a 398-image photo set (300 train, 98 val) and DeiT-tiny
+PHOTOS = Work(300, 98, *resources.estimate_macs(DEIT_TINY), data="imagefolder")
 
 
 def config(**sections) -> dict:
@@ -26,13 +32,53 @@ def test_gradient_importances_are_prunes():
     assert set(resources.GRADIENT_IMPORTANCES) == {n for n, i in prune.IMPORTANCES.items() if i.needs != "weights"}
 
 
+def test_macs_of_a_timm_vit_are_estimated_from_its_name_and_kwargs():
+    macs, params = resources.estimate_macs(DEIT_B)
+    assert macs == pytest.approx(17.6e9, rel=0.03) and params == pytest.approx(85e6, rel=0.03)  # timm: 17.6 G, 86.6 M
+    demo = pqv_config.load_yaml(REPO / "config/config.yaml")["models"][0]
+    assert resources.estimate_macs(demo)[0] == pytest.approx(11.7e6, rel=0.03)  # measured: 11.7 M (README)
+    assert resources.estimate_macs(DEIT_TINY)[0] == pytest.approx(1.26e9, rel=0.05)
+
+
+def test_a_small_photo_set_asks_for_minutes_and_imagenet_for_hours():
+    tiny = config(dataset={"name": "imagefolder", "root": "/photos"}, models=[{"id": "t", **DEIT_TINY, "weights": "hub"}],
+                  finetune={"epochs": 10}, device="cpu")
+    big = config(dataset={"name": "imagefolder", "root": "/imagenet"}, models=[{"id": "b", **DEIT_B, "weights": "hub"}],
+                 finetune={"epochs": 60}, device="cpu")
+    for stage in STAGES:
+        small, large = resources.of(stage, tiny, PHOTOS, "taylor", 0.25, 398), resources.of(stage, big, IMAGENET, "taylor", 0.25, 1_331_167)
+        assert small["runtime"] <= 30, (stage, small)  # minutes
+        assert large["mem_mb"] > small["mem_mb"], stage
+        assert large["runtime"] > small["runtime"] or stage == "profile", stage  # one image either way
+        if stage in ("model", "finetune", "evaluate", "evaluate_eager"):
+            assert large["runtime"] >= 60, (stage, large)  # hours
+    assert resources.of("finetune", big, IMAGENET, planned_images=1_331_167)["runtime"] > 24 * 60  # 60 CPU epochs: days
+    assert resources.of("finetune", tiny, PHOTOS, planned_images=398)["mem_mb"] < 4000
+    assert resources.threads("finetune", tiny, 398) < resources.threads("finetune", big, 1_331_167)
+
+
+def test_wall_time_follows_images_epochs_and_model_size():
+    cfg = config(finetune={"epochs": 5})
+    longer = config(finetune={"epochs": 60})
+    half = Work(IMAGENET.train_images // 2, IMAGENET.eval_images // 2, IMAGENET.macs, IMAGENET.params)
+    smaller = Work(IMAGENET.train_images, IMAGENET.eval_images, IMAGENET.macs / 4, IMAGENET.params / 4)
+    assert resources.runtime("finetune", longer, IMAGENET) > resources.runtime("finetune", cfg, IMAGENET)
+    for stage in ("model", "finetune", "evaluate"):
+        assert resources.runtime(stage, cfg, IMAGENET) > resources.runtime(stage, cfg, half) >= resources.MIN_RUNTIME
+        assert resources.runtime(stage, cfg, IMAGENET) > resources.runtime(stage, cfg, smaller)
+    # twice the finetune processes on CPUs: twice the cores, half the wall time
+    one, two = (resources.runtime("finetune", config(device="cpu", finetune={"nproc": n}), IMAGENET) - resources.MIN_RUNTIME
+                for n in (1, 2))
+    assert abs(one - 2 * two) <= 2
+
+
 def test_gpus_follow_device_nproc_and_importance():
     cfg = config(finetune={"nproc": 4})
     assert resources.gpus("finetune", cfg) == 4
     assert resources.gpus("model", cfg) == 1 and resources.gpus("evaluate_eager", cfg) == 1
     assert resources.gpus("prune", cfg, "taylor", 0.25) == 1 and resources.gpus("prune", cfg, "hessian", 0.5) == 1
     assert resources.gpus("prune", cfg, "l2", 0.25) == 0 and resources.gpus("prune", cfg, "taylor", 0.0) == 0
-    assert all(resources.gpus(s, cfg) == 0 for s in ("quantize", "export", "evaluate", "profile"))
+    assert all(resources.gpus(s, cfg) == 0 for s in ("data", "quantize", "export", "evaluate", "profile"))
     cpu = config(device="cpu", finetune={"nproc": 4})
     assert all(resources.gpus(s, cpu, "taylor", 0.5) == 0 for s in STAGES)
 
@@ -41,45 +87,33 @@ def test_threads_and_memory_follow_processes_and_workers():
     data = {"name": "imagefolder", "root": "/data", "workers": 2}
     cpu = config(device="cpu", dataset=data, finetune={"nproc": 2})
     gpu = config(dataset=data, finetune={"nproc": 2})
+    big = 1_000_000
     # per process: torch threads + 2 DataLoader workers; a process that drives a GPU needs fewer threads
-    assert resources.threads("finetune", cpu) == 2 * (resources.SCALE["imagefolder"]["threads"] + 2)
-    assert resources.threads("finetune", gpu) == 2 * (resources.GPU_PROCESS_THREADS + 2)
-    assert resources.mem_mb("finetune", cpu) == 2 * resources.mem_mb("model", cpu)
-    assert resources.mem_mb("model", cpu) > resources.mem_mb("model", config())
+    assert resources.threads("finetune", cpu, big) == 2 * (resources.LARGE_THREADS + 2)
+    assert resources.threads("finetune", gpu, big) == 2 * (resources.GPU_PROCESS_THREADS + 2)
+    assert resources.mem_mb("finetune", cpu, IMAGENET) > 2 * resources.mem_mb("finetune", config(dataset=data), IMAGENET) / 2
+    assert resources.mem_mb("evaluate", cpu, IMAGENET) > resources.mem_mb("evaluate", config(), PHOTOS)
     # latency jobs: at least evaluate.threads
-    assert resources.threads("evaluate", config(evaluate={"threads": 3})) == 3
-
-
-def test_wall_time_follows_epochs_and_images():
-    short, long = config(finetune={"epochs": 5}), config(finetune={"epochs": 60})
-    assert resources.runtime("finetune", long) > resources.runtime("finetune", short)
-    data = {"name": "imagefolder", "root": "/data"}
-    subset = config(dataset={**data, "max_train": 20000, "max_eval": 2000})
-    full = config(dataset=data)
-    for stage in ("model", "finetune", "evaluate"):
-        assert resources.runtime(stage, full) > resources.runtime(stage, subset) >= resources.MIN_RUNTIME
-    # twice the finetune processes on CPUs: twice the cores, half the wall time
-    one, two = (resources.runtime("finetune", config(device="cpu", dataset=data, finetune={"nproc": n})) - resources.MIN_RUNTIME
-                for n in (1, 2))
-    assert abs(one - 2 * two) <= 2
+    assert resources.threads("evaluate", config(evaluate={"threads": 3}), 100) == 3
 
 
 def test_only_latency_jobs_ask_for_the_node_to_themselves():
     cfg = config()
     for stage in STAGES:
-        extra = resources.of(stage, cfg).get("slurm_extra")
+        extra = resources.of(stage, cfg, PHOTOS).get("slurm_extra")
         assert (extra == "--exclusive") == (stage in resources.TIMING_STAGES)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10.yaml", "deit_b.yaml"])
 def test_every_shipped_config_gets_whole_positive_resources(name):
     cfg = copy.deepcopy(pqv_config.load_yaml(REPO / "config" / name))
     if name != "config.yaml":
         cfg = {**config(), **cfg}
     cfg["dataset"] = {**cfg["dataset"], "root": cfg["dataset"].get("root") or "/data"}
     pqv_config.fill_defaults(cfg, pqv_config.load_schema())
+    work = Work(10_000, 1_000, *resources.estimate_macs(cfg["models"][0]))
     for stage in STAGES:
-        res = resources.of(stage, cfg, "taylor", 0.25)
-        assert resources.threads(stage, cfg) >= 1
+        res = resources.of(stage, cfg, work, "taylor", 0.25, 11_000)
+        assert resources.threads(stage, cfg, 11_000) >= 1
         assert all(isinstance(res[k], int) and res[k] >= 0 for k in ("mem_mb", "runtime", "gpu"))
         assert res["mem_mb"] > 0 and res["runtime"] >= resources.MIN_RUNTIME

@@ -45,7 +45,11 @@ def submit(tmp_path):
     def run(config: dict, targets: list[str], *args: str, inputs: bool = True) -> dict[str, str]:
         """sbatch's own options (space-delimited) per submitted job, keyed by rule and wildcards,
         for one run of the README's command with partition and account named on the command line."""
+        from pqv import data
+
         work = tmp_path / f"work{next(runs)}"
+        if inputs:  # the data job's manifest first, then the files made after it
+            data.run({"name": "digits"}, str(work / "results/data/manifest.json"))
         for name in INPUTS if inputs else []:
             (work / "results/demo_vit" / name).parent.mkdir(parents=True, exist_ok=True)
             (work / "results/demo_vit" / name).touch()
@@ -78,13 +82,29 @@ EVALUATE = BRANCH.format("l2_0.25/eval/int8_dynamic-x86.ptl.json")
 EAGER = BRANCH.format("l2_0.25/eval/fp32-none.eager.json")
 
 
+def expected(stage: str, config: dict, images: tuple[int, int]) -> dict:
+    """What pqv.resources gives a job of the default config (with `config` over it) on the digits
+    and the demo model's size estimate (the stand-in inputs have no sidecar facts)."""
+    from pqv import config as pqv_config, resources
+
+    cfg = pqv_config.load_yaml(REPO / "config/config.yaml")
+    for key, value in config.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    pqv_config.fill_defaults(cfg, pqv_config.load_schema())
+    work = resources.Work(*images, *resources.estimate_macs(cfg["models"][0]), data="digits")
+    return {**resources.of(stage, cfg, work, planned_images=1797), "threads": resources.threads(stage, cfg, 1797)}
+
+
 def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(submit):
     # the paper's shape: 4 finetune processes, GPUs where a stage uses them (device: auto)
-    jobs = submit({"finetune": {"nproc": 4}, "evaluate": {"threads": 2}},
-                  [FINETUNE, PRUNE_TAYLOR, PRUNE_L2, EVALUATE, EAGER])
+    config = {"finetune": {"nproc": 4}, "evaluate": {"threads": 2}}
+    jobs = submit(config, [FINETUNE, PRUNE_TAYLOR, PRUNE_L2, EVALUATE, EAGER])
     finetune = jobs["rule_finetune_taylor_0.25"]
-    # 4 processes x (1 torch thread + 0 workers on the digits), 4 x 2000 MB, one GPU per process
-    assert " --cpus-per-task=4 " in finetune and " --mem 8000 " in finetune and " --gpus=4 " in finetune
+    want = expected("finetune", config, (1437, 360))
+    # 4 processes x (2 torch threads + 0 workers on the digits), memory from the data and the model
+    assert want["threads"] == 8 and want["gpu"] == 4
+    assert f" --cpus-per-task=8 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --gpus=4 " in finetune
+    assert f" -t {want['runtime']} " in finetune
     assert " -t " in finetune and "--exclusive" not in finetune
     # a prune job asks for a GPU only where its importance takes gradients
     assert " --gpus=1 " in jobs["rule_prune_taylor_0.5"] and "--gpus" not in jobs["rule_prune_l2_0.5"]
@@ -93,21 +113,22 @@ def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(
     assert " --exclusive " in evaluate and " --cpus-per-task=2 " in evaluate and "--gpus" not in evaluate
     eager = jobs["rule_evaluate_eager_l2_0.25"]
     assert " --exclusive " in eager and " --gpus=1 " in eager
-    (model,) = submit({}, ["results/demo_vit/model.safetensors"], inputs=False).values()
-    assert " --cpus-per-task=1 " in model and " --mem 2000 " in model and " --gpus=1 " in model
+    (model,) = submit({}, ["results/data/manifest.json"], inputs=False).values()  # the first job: the data
+    assert " --cpus-per-task=2 " in model and "--gpus" not in model
 
 
 def test_one_override_keeps_the_other_values_and_device_cpu_asks_for_no_gpu(submit):
     jobs = submit({"device": "cpu", "finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR],
                   "--set-resources", "finetune:runtime=77")
     finetune = jobs["rule_finetune_taylor_0.25"]
-    assert " -t 77 " in finetune and " --mem 4000 " in finetune and " --cpus-per-task=2 " in finetune
+    want = expected("finetune", {"device": "cpu", "finetune": {"nproc": 2}}, (1437, 360))
+    assert " -t 77 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --cpus-per-task=4 " in finetune
     assert "--gpus" not in finetune and "--gpus" not in jobs["rule_prune_taylor_0.5"]
 
 
 def test_max_threads_and_resources_cap_every_job(submit):
-    (finetune,) = submit({"finetune": {"nproc": 4}}, [FINETUNE], "--max-threads", "2", "--resources", "mem_mb=3000").values()
-    assert " --cpus-per-task=2 " in finetune and " --mem 3000 " in finetune
+    (finetune,) = submit({"finetune": {"nproc": 4}}, [FINETUNE], "--max-threads", "2", "--resources", "mem_mb=1500").values()
+    assert " --cpus-per-task=2 " in finetune and " --mem 1500 " in finetune
 
 
 @pytest.mark.parametrize("oversubscribe, expected", [("NO", True), ("OK", False)])

@@ -57,7 +57,7 @@ def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
     jobs = scheduled(snakemake(tmp_path, "-n"))
     # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions, plus each branch's eager baseline; the
     # dense branch is passed through, not finetuned (finetune.dense: false)
-    assert jobs == Counter(model=1, prune=3, finetune=2, keep_dense=1, evaluate_eager=3, quantize=6, export=6,
+    assert jobs == Counter(data=1, model=1, prune=3, finetune=2, keep_dense=1, evaluate_eager=3, quantize=6, export=6,
                            evaluate=6, profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
@@ -91,7 +91,7 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     assert scheduled(cifar)["export"] == 5 * 6, cifar.stderr[-2000:]
     deit_b = subprocess.run(base + ["--configfile", str(REPO / "config/deit_b.yaml")], capture_output=True, text=True)
     # dense (passed through) + taylor 0.09375: fp32/int8 x86 .ptl, fp32/int8 xnnpack .pte, each evaluated
-    assert scheduled(deit_b) == Counter(model=1, prune=2, finetune=1, keep_dense=1, evaluate_eager=2, quantize=8,
+    assert scheduled(deit_b) == Counter(data=1, model=1, prune=2, finetune=1, keep_dense=1, evaluate_eager=2, quantize=8,
                                         export=8, evaluate=8, profile=1, summary=1, stage_costs=1, plot=1, all=1), \
         deit_b.stderr[-2000:]
     no_root = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml")], capture_output=True, text=True)
@@ -129,7 +129,7 @@ def test_workflow_writes_summary_figures_profile_and_logs(finished):
 
 def test_stage_costs_sum_every_jobs_benchmark(finished):
     costs = pd.read_csv(finished / "results/stage_costs.csv").set_index("stage")
-    jobs = {"model": 1, "prune": 3, "finetune": 2, "keep_dense": 1, "evaluate_eager": 3, "quantize": 6, "export": 6,
+    jobs = {"data": 1, "model": 1, "prune": 3, "finetune": 2, "keep_dense": 1, "evaluate_eager": 3, "quantize": 6, "export": 6,
             "evaluate": 6, "profile": 1, "summary": 1}
     assert costs["jobs"].drop("total").to_dict() == jobs
     assert costs.loc["total", "jobs"] == sum(jobs.values())

@@ -1,12 +1,16 @@
 # Paths, sweep expansion and shared parameters. Rules are wiring; logic lives in pqv/.
+import functools
 import json
 import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # pqv.targets: the precision/engine/format table, torch-free
 from pqv import config as pqv_config
+from pqv import data as pqv_data
+from pqv import resources as RES
 from pqv import targets as T
 from pqv.errors import PQVError
 
@@ -19,6 +23,7 @@ R = config["results"]
 NO_ENGINE = T.NO_ENGINE
 
 BRANCH = R + "/{model}/{importance}_{ratio}"
+MANIFEST = R + "/data/manifest.json"  # the data stage's output: every stage that reads images takes it
 MODEL = R + "/{model}/model.safetensors"
 PRUNED = BRANCH + "/pruned.safetensors"
 FINETUNED = BRANCH + "/finetuned.safetensors"
@@ -89,7 +94,11 @@ with pqv_config.reported():
 ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
 
 MODELS = {m["id"]: m for m in config["models"]}
-DATA = json.dumps(config["dataset"], sort_keys=True)
+# What the data set is (its manifest's params); `workers` says how it is loaded, so it goes on the
+# command line of the jobs that load it, where changing it reruns nothing.
+DATA_SPEC = json.dumps({k: config["dataset"].get(k) for k in pqv_data.SPEC_KEYS}, sort_keys=True)
+DATA_STAMP = pqv_data.stamp(config["dataset"])
+WORKERS = f"--workers {config['dataset']['workers']}"
 
 
 ratio_name = pqv_config.ratio_name
@@ -121,6 +130,19 @@ def metrics_files():
     return files
 
 
+def reads_data(stage, wc):
+    """Whether a prune or quantize job reads images: gradient importances (their calibration
+    batches) and calibrated precisions do; the others take no manifest, so a changed data set does
+    not rerun them."""
+    if stage == "prune":
+        return wc.importance in RES.GRADIENT_IMPORTANCES and float(wc.ratio) > 0
+    return T.PRECISIONS[wc.precision]["calibrated"]
+
+
+def data_option(wc, input):
+    return f"--data {shlex.quote(input.data)}" if input.get("data") else ""
+
+
 def quantized_for(wc):
     """The quantize output an export needs: its format decides the representation."""
     return QUANTIZED.format(ir=T.ir_of(wc.format), **{k: wc[k] for k in ("model", "importance", "ratio", "precision", "engine")})
@@ -128,7 +150,7 @@ def quantized_for(wc):
 
 def benchmark_files():
     """The benchmark file of every job this config schedules (Snakefile's `benchmark:` paths)."""
-    files = [bench("model", m) for m in MODELS] + [bench("summary")]
+    files = [bench("data"), bench("summary")] + [bench("model", m) for m in MODELS]
     for m in MODELS:
         for i, r in branches():
             job = JOB_BRANCH.format(model=m, importance=i, ratio=r)
@@ -154,30 +176,65 @@ def profile_targets():
 
 # ---- Resources: what each job asks for (pqv/resources.py) -------------------------------------
 # One machine (`snakemake --cores N`): heavy and timing stages take every core Snakemake has, the
-# rest one. On a cluster threads come from the config, the same in the process that submits a job
-# and in the ones that run it. Memory, wall time, GPUs and SLURM's --exclusive for timing jobs come
-# from the config everywhere, so profiles carry only site settings (partition, account).
-from pqv import resources as RES
+# rest one. On a cluster threads follow the data set's estimated size (the same in the process that
+# submits a job and in the ones that run it). Memory and wall time follow the job's images (from
+# the manifest) and its model's size (from its input's sidecar), GPUs the config, and SLURM's
+# --exclusive marks timing jobs, so profiles carry only site settings (partition, account).
 
 # As in _check_machine: a cluster run is one given --jobs without --cores (Snakemake turns a local
 # run's --jobs into --cores), or a job process that a cluster executor started (remote mode).
 ON_CLUSTER = workflow.remote_exec or workflow.resource_settings.nodes is not None
+# The data set's size before its manifest exists: class folders counted, a few of them listed.
+DATA_ESTIMATE = pqv_data.estimate(config["dataset"])
+PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
 
 
 def stage_threads(stage):
     if ON_CLUSTER:
-        return RES.threads(stage, config)
+        return RES.threads(stage, config, PLANNED_IMAGES)
     return ALL_CORES if stage in RES.ALL_CORES_LOCALLY else 1
 
 
+@functools.lru_cache(maxsize=4)
+def _manifest_images(path, mtime_ns):
+    splits = pqv_data.read(path)["splits"]
+    return splits["train"]["images"], splits["eval"]["images"]
+
+
+def job_work(stage, wc, input):
+    """What a job's budget follows: the images it reads (the manifest's counts) and its model's
+    size (its input's sidecar). Before those files exist (a dry run of a new sweep) the data set's
+    estimate and the config's model stand in; Snakemake computes the resources again when the job
+    is ready to start, from the real files."""
+    model = RES.estimate_macs(MODELS[wc.model]) if "model" in wc.keys() else (0, 0)
+    train, evaluation = DATA_ESTIMATE["train"], DATA_ESTIMATE["eval"]
+    if stage == "data":
+        return RES.Work(train, evaluation, 0, 0, config["dataset"]["name"])
+    if not input.get("data"):
+        train = evaluation = 0  # this job reads no images
+    elif os.path.exists(input.data):
+        train, evaluation = _manifest_images(input.data, os.stat(input.data).st_mtime_ns)
+    try:
+        with open(input.sidecar) as f:
+            facts = json.load(f)
+        model = (float(facts.get("macs") or model[0]), float(facts.get("params") or model[1]))
+    except (AttributeError, OSError, ValueError):
+        pass  # not made yet (or damaged: the job itself says so)
+    return RES.Work(train, evaluation, *model, config["dataset"]["name"])
+
+
 def stage_resources(stage):
-    """A rule's `resources:`; each value is a function of the job's wildcards (prune's GPU depends
-    on its importance and ratio)."""
+    """A rule's `resources:`: memory and wall time are functions of the job's input files (computed
+    again when the job is about to start, once its manifest and input model exist), GPUs of its
+    wildcards."""
     def value(key):
-        return lambda wc: RES.of(stage, config, getattr(wc, "importance", ""), getattr(wc, "ratio", 0))[key]
+        def resource(wc, input):
+            work = job_work(stage, wc, input)
+            return RES.of(stage, config, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES)[key]
 
-    return {key: value(key) for key in RES.of(stage, config)}
+        return resource
 
-
-# Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
-localrules: all, summary, plot, stage_costs, keep_dense
+    keys = RES.of(stage, config, RES.Work(0, 0, 0, 0), planned_images=PLANNED_IMAGES)
+    out = {key: value(key) for key in keys}
+    out["gpu"] = lambda wc: RES.gpus(stage, config, wc.get("importance", ""), wc.get("ratio", 0))
+    return out

@@ -9,10 +9,10 @@ rule evaluate:
     input:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
+        data=MANIFEST,
     output:
         METRICS,
     params:
-        data=DATA,
         labels=lambda wc: json.dumps(
             dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision,
                  engine=wc.engine, format=wc.format)
@@ -26,10 +26,10 @@ rule evaluate:
     resources:
         **stage_resources("evaluate"),
     shell:
-        "{PQV} evaluate --artifact {input.artifact} --out {output} --data {params.data:q}"
+        "{PQV} evaluate --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {DEVICE}"
-        " > {log} 2>&1"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {WORKERS} {DEVICE}"
+        " > {log:q} 2>&1"
 
 
 rule evaluate_eager:
@@ -37,10 +37,10 @@ rule evaluate_eager:
     input:
         model=FINETUNED,
         sidecar=FINETUNED + ".json",
+        data=MANIFEST,
     output:
         EAGER_METRICS,
     params:
-        data=DATA,
         labels=lambda wc: json.dumps(
             dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision="fp32",
                  engine=NO_ENGINE, format="eager")
@@ -54,10 +54,10 @@ rule evaluate_eager:
     resources:
         **stage_resources("evaluate_eager"),
     shell:
-        "{PQV} evaluate --artifact {input.model} --out {output} --data {params.data:q}"
+        "{PQV} evaluate --artifact {input.model:q} --out {output:q} --data {input.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {DEVICE}"
-        " > {log} 2>&1"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {WORKERS} {DEVICE}"
+        " > {log:q} 2>&1"
 
 
 rule summary:
@@ -71,7 +71,7 @@ rule summary:
     benchmark:
         bench("summary")
     shell:
-        "{PQV} summarize {input} --out {output} > {log} 2>&1"
+        "{PQV} summarize {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule stage_costs:
@@ -85,4 +85,4 @@ rule stage_costs:
     log:
         "logs/stage_costs.log",
     shell:
-        "{PQV} costs {input} --root {params.root} --out {output} > {log} 2>&1"
+        "{PQV} costs {input:q} --root {params.root:q} --out {output:q} > {log:q} 2>&1"

@@ -5,12 +5,13 @@ rule export:
     """Mobile artifact, loaded back in its runtime and checked against the eager FP32 parent."""
     input:
         src=quantized_for,
+        sidecar=lambda wc: quantized_for(wc) + ".json",
         parent=FINETUNED,
+        data=MANIFEST,
     output:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
     params:
-        data=DATA,
         check_images=EXPORT["check_images"],
         min_cosine=EXPORT["min_cosine"],
         options=" ".join(
@@ -25,6 +26,6 @@ rule export:
     resources:
         **stage_resources("export"),
     shell:
-        "{PQV} export --src {input.src} --parent {input.parent} --out {output.artifact}"
-        " --format {wildcards.format} --data {params.data:q} --check-images {params.check_images}"
-        " --min-cosine {params.min_cosine} {params.options} > {log} 2>&1"
+        "{PQV} export --src {input.src:q} --parent {input.parent:q} --out {output.artifact:q}"
+        " --format {wildcards.format} --data {input.data:q} --check-images {params.check_images}"
+        " --min-cosine {params.min_cosine} {params.options} > {log:q} 2>&1"

@@ -21,16 +21,17 @@ rule finetune:
     """
     input:
         model=PRUNED,
+        sidecar=PRUNED + ".json",
         teacher=MODEL if DISTILL else [],
+        data=MANIFEST,
     output:
         model=FINETUNED,
         sidecar=FINETUNED + ".json",
         metrics=BRANCH + "/finetune_metrics.csv",
     params:
-        data=DATA,
         # not `launcher` (how a job starts) nor `dense` (which branches train): neither changes a result
         hparams=json.dumps({k: v for k, v in FINETUNE.items() if k not in ("launcher", "dense")}, sort_keys=True),
-        teacher=lambda wc, input: f"--teacher {input.teacher}" if DISTILL else "",
+        teacher=lambda wc, input: f"--teacher {shlex.quote(input.teacher)}" if DISTILL else "",
     log:
         "logs/finetune/{model}/{importance}_{ratio}.log",
     benchmark:
@@ -39,8 +40,8 @@ rule finetune:
     resources:
         **stage_resources("finetune"),
     shell:
-        "{FINETUNE_PQV} finetune --model {input.model} --out {output.model} --data {params.data:q}"
-        " --hparams {params.hparams:q} --metrics {output.metrics} {params.teacher} {DEVICE} > {log} 2>&1"
+        "{FINETUNE_PQV} finetune --model {input.model:q} --out {output.model:q} --data {input.data:q}"
+        " --hparams {params.hparams:q} --metrics {output.metrics:q} {params.teacher} {WORKERS} {DEVICE} > {log:q} 2>&1"
 
 
 if not FINETUNE["dense"]:
@@ -64,5 +65,5 @@ if not FINETUNE["dense"]:
         benchmark:
             bench("keep_dense", JOB_BRANCH)
         shell:
-            "{PQV} finetune --keep --model {input.model} --out {output.model} --data {DATA:q}"
-            " --metrics {output.metrics} > {log} 2>&1"
+            "{PQV} finetune --keep --model {input.model:q} --out {output.model:q}"
+            " --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -1,12 +1,13 @@
 rule model:
     """The starting model: timm weights from the hub or a file, or trained here (the demo)."""
+    input:
+        data=MANIFEST,
     output:
         model=MODEL,
         sidecar=MODEL + ".json",
         metrics=R + "/{model}/model_train.csv",
     params:
         model_cfg=lambda wc: json.dumps(MODELS[wc.model], sort_keys=True),
-        data=DATA,
     log:
         "logs/model/{model}.log",
     benchmark:
@@ -15,5 +16,5 @@ rule model:
     resources:
         **stage_resources("model"),
     shell:
-        "{PQV} model --model-cfg {params.model_cfg:q} --data {params.data:q}"
-        " --out {output.model} --metrics {output.metrics} {DEVICE} > {log} 2>&1"
+        "{PQV} model --model-cfg {params.model_cfg:q} --data {input.data:q}"
+        " --out {output.model:q} --metrics {output.metrics:q} {WORKERS} {DEVICE} > {log:q} 2>&1"

@@ -14,4 +14,4 @@ rule plot:
     benchmark:
         bench("plot")
     shell:
-        "{PQV} plot --summary {input} --outdir {params.outdir} > {log} 2>&1"
+        "{PQV} plot --summary {input:q} --outdir {params.outdir:q} > {log:q} 2>&1"

@@ -6,6 +6,7 @@ rule profile:
     input:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
+        data=MANIFEST,
     output:
         csv=PROFILE + ".csv",
         png=report(PROFILE + ".png", caption="../report/profile.rst", category="Operator profiles"),
@@ -13,7 +14,6 @@ rule profile:
         warmup=PROFILE_CFG["warmup"],
         runs=PROFILE_CFG["runs"],
         threads=EVALUATE["threads"],
-        data=DATA,
     log:
         "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
@@ -22,5 +22,5 @@ rule profile:
     resources:
         **stage_resources("profile"),
     shell:
-        "{PQV} profile --artifact {input.artifact} --out-csv {output.csv} --out-png {output.png}"
-        " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} --data {params.data:q} > {log} 2>&1"
+        "{PQV} profile --artifact {input.artifact:q} --out-csv {output.csv:q} --out-png {output.png:q}"
+        " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} --data {input.data:q} > {log:q} 2>&1"

@@ -18,16 +18,19 @@ def prune_options(wildcards):
 rule prune:
     """Structural pruning of one (importance, ratio) branch; params/MACs before and after in the sidecar."""
     input:
-        MODEL,
+        model=MODEL,
+        sidecar=MODEL + ".json",
+        # only gradient importances read images (their calibration batches)
+        data=lambda wc: MANIFEST if reads_data("prune", wc) else [],
     output:
         model=PRUNED,
         sidecar=PRUNED + ".json",
     params:
-        data=DATA,
         calibration_batches=PRUNE["calibration_batches"],
         batch_size=PRUNE["batch_size"],
         seed=PRUNE["seed"],
         options=prune_options,
+        data=data_option,
     log:
         "logs/prune/{model}/{importance}_{ratio}.log",
     benchmark:
@@ -36,6 +39,6 @@ rule prune:
     resources:
         **stage_resources("prune"),
     shell:
-        "{PQV} prune --model {input} --out {output.model} --importance {wildcards.importance}"
-        " --ratio {wildcards.ratio} --data {params.data:q} --calibration-batches {params.calibration_batches}"
-        " --batch-size {params.batch_size} --seed {params.seed} {params.options} {DEVICE} > {log} 2>&1"
+        "{PQV} prune --model {input.model:q} --out {output.model:q} --importance {wildcards.importance}"
+        " --ratio {wildcards.ratio} {params.data} --calibration-batches {params.calibration_batches}"
+        " --batch-size {params.batch_size} --seed {params.seed} {params.options} {DEVICE} > {log:q} 2>&1"

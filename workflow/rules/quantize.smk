@@ -1,12 +1,15 @@
 rule quantize:
     """One precision for one engine: TorchScript (.ts) for Lite, a torch.export program (.pt2) for ExecuTorch."""
     input:
-        FINETUNED,
+        model=FINETUNED,
+        sidecar=FINETUNED + ".json",
+        # only calibrated precisions (int8_static) read images
+        data=lambda wc: MANIFEST if reads_data("quantize", wc) else [],
     output:
         model=QUANTIZED,
         sidecar=QUANTIZED + ".json",
     params:
-        data=DATA,
+        data=data_option,
         calibration_images=config["quantize"]["calibration_images"],
     log:
         "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
@@ -16,6 +19,6 @@ rule quantize:
     resources:
         **stage_resources("quantize"),
     shell:
-        "{PQV} quantize --model {input} --out {output.model} --precision {wildcards.precision}"
-        " --engine {wildcards.engine} --data {params.data:q} --calibration-images {params.calibration_images}"
-        " > {log} 2>&1"
+        "{PQV} quantize --model {input.model:q} --out {output.model:q} --precision {wildcards.precision}"
+        " --engine {wildcards.engine} {params.data} --calibration-images {params.calibration_images}"
+        " > {log:q} 2>&1"

@@ -1,0 +1,183 @@
+"""Data sets built from the data stage's manifest (pqv.data): the stages' only way to images.
+
+Every stage gets its images through `dataset(manifest, split, data_config)` so that the eager
+model, the pruner's calibration, the finetune loop and the exported artifact all see the same
+inputs with the same labels. `manifest` is the manifest (a dict) or the path of its file; nothing
+here lists a folder. `data_config` is the model's timm preprocessing (input_size, mean, std,
+interpolation, crop_pct).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from . import data
+from .data import HIGH_DEPTH
+
+
+def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
+    """The manifest's digits (indices into scikit-learn's 8x8 images), upsampled to the model's input."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    items = manifest["splits"][split]["items"]
+    idx = [i for _, i in items]
+    images = torch.tensor(x[idx], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    chans, height, width = data_config["input_size"]
+    images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+    images = images.expand(-1, chans, -1, -1)
+    mean = torch.tensor(data_config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, -1, 1, 1)
+    return TensorDataset(((images - mean) / std).contiguous(), torch.tensor([label for label, _ in items], dtype=torch.long))
+
+
+def load_image(path: str, value_range: list[float] | None = None):
+    """An RGB PIL image; 16-bit and float images are scaled linearly from the data set's value range
+    to 8 bits (convert("RGB") would clip them to 255)."""
+    import numpy as np
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        im.load()
+    if im.mode in HIGH_DEPTH:
+        low, high = value_range or (0.0, 65535.0)
+        values = (np.asarray(im, dtype=np.float64) - low) * (255.0 / max(high - low, 1e-12))
+        im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
+class ManifestImages(Dataset):
+    """The image files of one split of a manifest, with the training split's class index."""
+
+    def __init__(self, manifest: dict, split: str, transform=None):
+        folder = Path(manifest["splits"][split]["folder"])
+        self.samples = [(str(folder / rel), label) for label, rel in manifest["splits"][split]["items"]]
+        self.targets = [label for _, label in self.samples]
+        self.classes = manifest["classes"]
+        self.value_range = manifest.get("value_range")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        image = load_image(path, self.value_range)
+        return (self.transform(image) if self.transform else image), label
+
+
+def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
+    """The manifest's files with timm's transforms for the model. `augment` holds timm
+    create_transform options for training (auto_augment, re_prob, color_jitter, hflip)."""
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=tuple(data_config["input_size"]),
+        is_training=training,
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        interpolation=data_config.get("interpolation", "bicubic"),
+        crop_pct=data_config.get("crop_pct", 0.875),
+        **((augment or {}) if training else {}),
+    )
+    return ManifestImages(manifest, split, transform)
+
+
+DATASETS = {"digits": _digits, "imagefolder": _imagefolder}
+
+
+def num_classes(manifest) -> int:
+    return len(data.of(manifest)["classes"])
+
+
+def dataset(manifest, split: str, data_config: dict, training: bool = False, augment: dict | None = None) -> Dataset:
+    manifest = data.of(manifest)
+    return DATASETS[manifest["dataset"]["name"]](manifest, split, data_config, training, augment)
+
+
+def loader(manifest, split: str, data_config: dict, batch_size: int, training: bool = False, seed: int = 0,
+           rank: int = 0, world_size: int = 1, augment: dict | None = None, workers: int = 0):
+    """A DataLoader; with world_size > 1 each rank gets its own shard (`batch_size` is per rank).
+
+    Training shuffles through a DistributedSampler even in one process: its order depends only on
+    (seed, epoch) (call `loader.sampler.set_epoch`), so N ranks with batch B see exactly the batches
+    one process with batch N*B sees, and a resumed run sees the same order as an uninterrupted one.
+    The incomplete last batch is dropped so that every rank takes the same number of steps.
+    Evaluation shards without padding (rank r gets items r, r+N, ...), so counts sum exactly.
+    """
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = dataset(manifest, split, data_config, training=training, augment=augment)
+    sampler = None
+    if training:
+        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    elif world_size > 1:
+        ds = Subset(ds, range(rank, len(ds), world_size))
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=training and len(sampler) >= batch_size,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def labels_of(manifest, split: str) -> list[int]:
+    """Every item's class, from the manifest (no image is decoded)."""
+    return [label for label, _ in data.of(manifest)["splits"][split]["items"]]
+
+
+def stratified_indices(labels: list[int], n: int, seed: int = 0) -> list[int]:
+    """`n` indices drawn across classes: each class shuffled (seeded), then one per class in turn.
+
+    ImageFolder trees are sorted by class, so "the first n" of CIFAR-10 or ImageNet are all class 0.
+    This gives every class its share (within one image) and the same images for the same
+    (labels, n, seed); a smaller n is a prefix of a larger one, so stages that draw different
+    counts still share their first images.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    classes = sorted(by_class)
+    queues = [[by_class[c][j] for j in torch.randperm(len(by_class[c]), generator=gen).tolist()] for c in classes]
+    class_order = torch.randperm(len(classes), generator=gen).tolist()
+    out: list[int] = []
+    depth = 0
+    while len(out) < min(n, len(labels)):
+        for c in class_order:
+            if depth < len(queues[c]) and len(out) < n:
+                out.append(queues[c][depth])
+        depth += 1
+    return out
+
+
+def sample(manifest, data_config: dict, n: int, split: str = "eval", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels): `n` images of a split, drawn across classes with `seed`.
+
+    The one sample every stage uses for calibration, fidelity checks and profiling inputs."""
+    manifest = data.of(manifest)
+    ds = dataset(manifest, split, data_config)
+    idx = stratified_indices(labels_of(manifest, split), n, seed)
+    items = [ds[i] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)
+
+
+def sample_batch(manifest, data_config: dict, n: int, split: str = "eval", seed: int = 0) -> torch.Tensor:
+    """The images of `sample`: fixed, class-balanced inputs for fidelity checks and profiling."""
+    return sample(manifest, data_config, n, split, seed)[0]
+
+
+def calibration_batches(manifest, data_config: dict, batches: int, batch_size: int, seed: int = 0,
+                        split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`batches` batches of a class-balanced sample, shuffled (seeded) so every batch mixes classes:
+    the gradient statistics of Taylor/Hessian importance see the whole label space."""
+    images, labels = sample(manifest, data_config, batches * batch_size, split, seed)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + 1))
+    images, labels = images[order], labels[order]
+    return list(zip(images.split(batch_size), labels.split(batch_size)))

@@ -1,0 +1,126 @@
+"""The data set as the DAG's first node, on an ImageFolder tree as people keep it: a hidden
+`.ipynb_checkpoints/` folder inside train/, a val/ that lacks one class, notes beside the images.
+
+One run of a tiny sweep; then what Snakemake schedules after each kind of change to the tree."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import TIMM_NAME, TINY_KWARGS
+from .test_data import _jpeg
+from .test_workflow import REPO, scheduled, snakemake
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def config(root) -> dict:
+    return {
+        "dataset": {"name": "imagefolder", "root": str(root)},
+        "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": "train",
+                    "kwargs": {**TINY_KWARGS, "in_chans": 3}, "data_config": {"crop_pct": 1.0},
+                    "train": {"epochs": 4, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0, "warmup_epochs": 0,
+                              "hflip": 0.0, "color_jitter": None}}],
+        "prune": {"importances": ["l2"], "ratios": [0.0, 0.5]},
+        "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 8, "warmup_epochs": 0},
+        "quantize": {"precisions": ["fp32"]},
+        "export": {"formats": ["ptl"], "check_images": 8},
+        "evaluate": {"threads": 1, "warmup": 1, "runs": 2},
+        "profile": {"artifacts": []},
+    }
+
+
+def make_tree(root):
+    for split, n in (("train", 10), ("val", 4)):
+        for name, (r, g, b) in COLOURS.items():
+            if split == "val" and name == "blue":
+                continue  # val/ lacks a class: it cannot be scored, and must not shift the others
+            for i in range(n):
+                _jpeg(root / split / name / f"{i}.jpg", (r, g + 3 * i, b))
+    _jpeg(root / "train" / ".ipynb_checkpoints" / "0-checkpoint.jpg", (1, 2, 3))
+    (root / "train" / "red" / "notes.txt").write_text("not an image")
+
+
+def audited_run(workdir: Path, cfg: dict, audit: Path) -> subprocess.CompletedProcess:
+    """The workflow with every folder listing under the data root logged (bench/audit)."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "bench" / "audit"), "PQV_AUDIT_ROOT": cfg["dataset"]["root"],
+           "PQV_AUDIT_LOG": str(audit)}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2"],
+                          capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("imagefolder-sweep")
+    make_tree(workdir / "photos")
+    cfg = config(workdir / "photos")
+    result = audited_run(workdir, cfg, workdir / "listings.tsv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, cfg
+
+
+def test_the_sweep_scores_hidden_folders_and_missing_classes_right(sweep):
+    workdir, _ = sweep
+    manifest = json.loads((workdir / "results/data/manifest.json").read_text())
+    assert manifest["classes"] == ["blue", "green", "red"]
+    assert [manifest["splits"][s]["images"] for s in ("train", "eval")] == [30, 8]
+    assert "cannot be scored: blue" in manifest["warnings"][0]
+    assert "cannot be scored: blue" in (workdir / "logs/data.log").read_text()
+    base = json.loads((workdir / "results/tiny/model.safetensors.json").read_text())
+    assert base["classes"] == 3
+    summary = pd.read_csv(workdir / "results/summary.csv")
+    assert set(summary["status"]) == {"verified"}
+    assert (summary["top1"] > 50).all(), summary[["importance", "ratio", "format", "top1"]]  # chance: 50 % (2 scored classes)
+
+
+def test_changes_outside_the_class_folders_rerun_nothing(sweep):
+    workdir, cfg = sweep
+    root = workdir / "photos"
+    assert scheduled(snakemake(workdir, "-n", config=cfg)) == Counter()
+    _jpeg(root / "train" / ".ipynb_checkpoints" / "1-checkpoint.jpg", (5, 5, 5))
+    _jpeg(root / "val" / ".thumbnails" / "x.jpg", (5, 5, 5))
+    _jpeg(root / "test" / "red" / "0.jpg", (5, 5, 5))  # a split the config does not name
+    (root / "train" / "README.md").write_text("files beside the class folders are not images of a class")
+    assert scheduled(snakemake(workdir, "-n", config=cfg)) == Counter()
+
+
+def test_an_added_image_reruns_the_data_job_and_what_reads_it_then_nothing(sweep):
+    workdir, cfg = sweep
+    everything = scheduled(snakemake(workdir, "-n", "--forceall", config=cfg))
+    _jpeg(workdir / "photos" / "val" / "green" / "new.jpg", (30, 230, 40))
+    plan = snakemake(workdir, "-n", config=cfg)
+    # the starting model is trained on the data, so every job below the data job reads it
+    assert scheduled(plan) == everything
+    assert "params" in plan.stdout.split("rule data:")[1].split("rule ")[0]  # the stamp parameter changed
+    result = snakemake(workdir, config=cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((workdir / "results/data/manifest.json").read_text())
+    assert manifest["splits"]["eval"]["images"] == 9
+    assert scheduled(snakemake(workdir, "-n", config=cfg)) == Counter()
+
+
+def test_the_sweep_lists_each_class_folder_once(sweep):
+    """Measured in every process of the run: the data job lists the tree once; no stage lists it;
+    Snakemake's planning lists the split folders (the stamp) and a few class folders (the estimate)."""
+    workdir, _ = sweep
+    rows = [line.split("\t") for line in (workdir / "listings.tsv").read_text().splitlines()]
+    root = os.path.realpath(workdir / "photos")
+    by_data_job = Counter(path for _, who, path in rows if who == "pqv:data")
+    by_stages = [(who, path) for _, who, path in rows if who.startswith("pqv:") and who != "pqv:data"]
+    planning = [path for _, who, path in rows if who.startswith("snakemake:")]
+    assert len(by_data_job) + len(by_stages) + len(planning) == len(rows), Counter(who for _, who, _ in rows)
+    class_folders = {os.path.join(root, s, c) for s in ("train", "val") for c in COLOURS if (s, c) != ("val", "blue")}
+    assert {p for p in by_data_job if p in class_folders} == class_folders
+    assert all(by_data_job[p] == 1 for p in class_folders)
+    assert by_stages == [], by_stages[:5]
+    assert sum(p in class_folders for p in planning) <= 2 * 5  # data.estimate: at most 5 per split

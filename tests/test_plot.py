@@ -1,0 +1,68 @@
+"""Every figure draws any sweep: several models, importances, engines and formats, rejected rows,
+and a model that has only some of the formats (issue 20: a four-model sweep crashed in `plot`)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pqv import plot
+
+RECIPES = [("fp32", "none", "eager"), ("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"),
+           ("int8_dynamic", "onednn", "ptl"), ("int8_static", "x86", "ptl"), ("fp32", "none", "pte"),
+           ("int8_dynamic", "xnnpack", "pte")]
+BRANCHES = [("none", 0.0)] + [(i, r) for i in ("taylor", "l2", "hessian") for r in (0.25, 0.5)]
+
+
+def summary(models, recipes=RECIPES, branches=BRANCHES) -> pd.DataFrame:
+    rows = []
+    for k, model in enumerate(models):
+        own = [r for r in recipes if not (model == "vit_reg" and r[2] == "pte")]  # a model without .pte files
+        for importance, ratio in branches:
+            for j, (precision, engine, fmt) in enumerate(own):
+                bad = precision == "int8_static" and ratio == 0.5
+                rows.append({
+                    "model": model, "importance": importance, "ratio": ratio, "precision": precision,
+                    "engine": engine, "format": fmt, "status": "rejected" if bad else "verified",
+                    "reason": "cosine below 0.98" if bad else "", "top1": 90 - 30 * ratio - j * 0.1 - k,
+                    "latency_ms_median": 10 * (1 - ratio) + j, "latency_ms_min": 9 * (1 - ratio) + j,
+                    "latency_ms_max": 12 * (1 - ratio) + j, "size_mb": 5 * (1 - ratio), "peak_rss_mb": 500 + j,
+                    "threads": 1, "params": 1e6, "macs": 1e8, "artifact": f"{model}/{importance}_{ratio}/{j}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("models", [["demo"], ["deit3", "vit_reg"], ["deit3", "vit_avg", "vit_reg", "deit_dist"]])
+def test_every_figure_draws_any_number_of_models_recipes_and_rejected_rows(tmp_path, models):
+    path = tmp_path / "summary.csv"
+    summary(models).to_csv(path, index=False)
+    written = plot.run(str(path), str(tmp_path / "figures"))
+    assert [p.rsplit("/", 1)[-1] for p in written] == [f"{name}.png" for name in plot.FIGURES]
+    for p in written:
+        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_panels_per_model_and_bars_per_model_recipe_and_ratio():
+    table = plot.load_frame(summary(["deit3", "vit_avg", "vit_reg", "deit_dist"]))
+    assert len(plot.FIGURES["fig7_engines"](table).axes) == 4 * 2  # a row of two panels per model
+    assert len(plot.FIGURES["fig2_latency_memory"](table).axes) == 4 * 3
+    bars = plot.FIGURES["fig6_models"](table).axes[0].patches
+    assert len(bars) == 4 * 3  # 4 models x 3 ratios of the recipe all four models have
+    with pytest.raises(ValueError, match="one row per"):
+        plot._grouped_bars(None, table, "ratio", "model", "top1")  # two rows would share a bar
+
+
+def test_a_sweep_without_quantized_or_pruned_rows_still_draws(tmp_path):
+    path = tmp_path / "summary.csv"
+    summary(["a", "b"], recipes=[("fp32", "none", "ptl")], branches=[("none", 0.0)]).to_csv(path, index=False)
+    assert len(plot.run(str(path), str(tmp_path / "figures"))) == len(plot.FIGURES)
+
+
+def test_pqv_plot_draws_a_two_model_summary(tmp_path):
+    path = tmp_path / "summary.csv"
+    summary(["deit3", "vit_reg"]).to_csv(path, index=False)
+    result = subprocess.run([sys.executable, "-m", "pqv", "plot", "--summary", str(path), "--outdir",
+                             str(tmp_path / "figures")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "figures").glob("*.png"))) == len(plot.FIGURES)
