@@ -42,6 +42,7 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> int:
     """An ImageNet-shaped tree of hard links to four tiny JPEGs; returns the number of files."""
     from PIL import Image
 
+    root.mkdir(parents=True, exist_ok=True)
     sources = []
     for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]):
         path = root / f".source-{i}.jpg"

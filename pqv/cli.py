@@ -53,7 +53,7 @@ def _model(a):
 
     if a.model_cfg.get("weights") == "train":  # timm names and Mixup's batch, before anything is built
         check_training("models[].train", a.model_cfg.get("train") or {})
-    model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device, workers=a.workers)
+    model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device, workers=a.workers, threads=a.threads)
 
 
 def _prune(a):
@@ -75,7 +75,8 @@ def _finetune(a):
     elif a.data is None:
         raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/manifest.json, or --keep")
     else:
-        finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device, workers=a.workers)
+        finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device, workers=a.workers,
+                     threads=a.threads)
 
 
 def _quantize(a):
@@ -94,8 +95,10 @@ def _export(a):
 def _evaluate(a):
     from . import evaluate
 
-    evaluate.run(a.artifact, a.out, a.data, a.labels, a.threads, a.warmup, a.runs, a.batch_size,
-                 accuracy_threads=a.accuracy_threads, device=a.device, workers=a.workers)
+    if a.measure == "accuracy":
+        evaluate.run_accuracy(a.artifact, a.out, a.data, a.labels, a.threads, workers=a.workers, device=a.device)
+    else:
+        evaluate.run_latency(a.artifact, a.out, a.data, a.labels, a.threads, a.warmup, a.runs, a.batch_size)
 
 
 def _summarize(a):
@@ -136,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="stage", required=True)
     data = {"required": True, "help": "the data set's manifest (results/data/manifest.json, made by `pqv data`)"}
     workers = {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"}
+    threads = {"type": int, "default": None,
+               "help": "cores the job holds: each process takes its share, less its DataLoader workers (default: torch's)"}
     from .device import CHOICES as DEVICES
 
     device = {"default": "auto", "choices": DEVICES,
@@ -152,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", **data)
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True, help="per-epoch CSV")
+    s.add_argument("--threads", **threads)
     s.add_argument("--workers", **workers)
     s.add_argument("--device", **device)
     s.set_defaults(fn=_model)
@@ -186,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
     s.add_argument("--keep", action="store_true",
                    help="pass the model through unchanged (the dense branch when finetune.dense is false)")
+    s.add_argument("--threads", **threads)
     s.add_argument("--workers", **workers)
     s.add_argument("--device", **device)
     s.set_defaults(fn=_finetune)
@@ -213,20 +220,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--min-cosine", type=float, default=0.98)
     s.set_defaults(fn=_export)
 
-    s = sub.add_parser("evaluate", help="accuracy, latency, size, memory of an artifact")
-    s.add_argument("--artifact", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--data", **data)
-    s.add_argument("--labels", type=_json, default={}, help="identity columns for the summary, as JSON")
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--warmup", type=int, default=5)
-    s.add_argument("--runs", type=int, default=20)
-    s.add_argument("--batch-size", type=int, default=1)
-    s.add_argument("--accuracy-threads", type=int, default=None,
-                   help="threads of the accuracy pass (default: every core the job holds; latency keeps --threads)")
-    s.add_argument("--workers", **workers)
-    s.add_argument("--device", **device)
-    s.set_defaults(fn=_evaluate)
+    s = sub.add_parser("evaluate", help="accuracy, or latency, size and memory, of an artifact (or the eager baseline)")
+    measures = s.add_subparsers(dest="measure", required=True, parser_class=_Parser)
+    for measure, text in (("accuracy", "top-1/top-5 over the held-out split, on every core the job holds"),
+                          ("latency", "latency per image on the CPU, file size, and memory in a process of its own")):
+        m = measures.add_parser(measure, help=text)
+        m.add_argument("--artifact", required=True, help="an exported .ptl/.pte, or a .safetensors model (eager baseline)")
+        m.add_argument("--out", required=True)
+        m.add_argument("--data", **data)
+        m.add_argument("--labels", type=_json, default={}, help="identity columns for the summary, as JSON")
+        if measure == "accuracy":
+            m.add_argument("--threads", type=int, default=1, help="cores the job holds (DataLoader workers included)")
+            m.add_argument("--workers", **workers)
+            m.add_argument("--device", **device)
+        else:
+            m.add_argument("--threads", type=int, default=1, help="torch (and XNNPACK) threads while timing")
+            m.add_argument("--warmup", type=int, default=5)
+            m.add_argument("--runs", type=int, default=20)
+            m.add_argument("--batch-size", type=int, default=1)
+        m.set_defaults(fn=_evaluate)
 
     s = sub.add_parser("summarize", help="gather evaluate results into one CSV")
     s.add_argument("metrics", nargs="+")

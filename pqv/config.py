@@ -355,6 +355,12 @@ def unknown_timm_model(name: str, known, where: str = "") -> PQVError:
 
 def _check_models(config: dict) -> None:
     """An unknown timm name would fail only in the model job; name it now, with the closest names."""
+    seen: dict[str, int] = {}
+    for i, m in enumerate(config["models"]):
+        if m["id"] in seen:
+            raise PQVError(f"models[{i}].id '{m['id']}' is also models[{seen[m['id']]}].id: the second would "
+                           "silently replace the first", "give every model its own id")
+        seen[m["id"]] = i
     known = timm_models() if config["models"] else set()
     for i, m in enumerate(config["models"]):
         name = m["timm_name"]
@@ -362,4 +368,29 @@ def _check_models(config: dict) -> None:
             raise unknown_timm_model(name, known, f"models[{i}].timm_name: ")
 
 
-SEMANTIC_CHECKS = (_check_dataset, _check_sweep, _check_prune, _check_training, _check_models)
+ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
+SIDE_ENV_PYTHON = Path(__file__).resolve().parents[1] / "envs" / "etdump" / ".venv" / "bin" / "python"
+
+
+def tracer_python() -> str | None:
+    """A Python whose ExecuTorch runtime has the event tracer (for .pte operator profiles):
+    $PQV_ETDUMP_PYTHON, else the side environment of envs/etdump.sh; None when neither exists."""
+    given = os.environ.get(ETDUMP_PYTHON_ENV)
+    if given:
+        return given
+    return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else None
+
+
+def _check_profile_runtime(config: dict) -> None:
+    """A .pte operator profile needs ExecuTorch's event tracer, which the project's executorch wheel
+    lacks: say so before any job, not after the sweep."""
+    profiled = [a for a in artifacts(config) if a["format"] == "pte"
+                and any(matches(sel, a) for sel in config["profile"]["artifacts"])]
+    if profiled and tracer_python() is None:
+        raise PQVError("profile.artifacts selects .pte files, whose operator profile needs ExecuTorch's event tracer, "
+                       "which this environment's executorch lacks",
+                       f"run `bash envs/etdump.sh` once (a side environment with the executorch 1.5.1 runtime), set "
+                       f"{ETDUMP_PYTHON_ENV} to a Python that has it, or profile .ptl files")
+
+
+SEMANTIC_CHECKS = (_check_dataset, _check_sweep, _check_prune, _check_training, _check_models, _check_profile_runtime)

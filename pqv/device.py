@@ -12,6 +12,15 @@ from .errors import PQVError
 CHOICES = ("auto", "cpu", "cuda")
 
 
+def describe(device: torch.device, amp_dtype: str | None = None) -> str:
+    """What a job computed on, for sidecars and the summary's `device` column: "cpu (fp32)" or
+    "cuda: NVIDIA H200 (amp float16)"; branches trained on different hardware show it."""
+    if device.type != "cuda":
+        return "cpu (fp32)"
+    name = torch.cuda.get_device_name(device)
+    return f"cuda: {name} ({f'amp {amp_dtype}' if amp_dtype else 'fp32'})"
+
+
 def resolve(preference: str = "auto", cuda_available: bool | None = None) -> torch.device:
     """`auto`: cuda:0 if available, else cpu; `cpu`: cpu; `cuda`: cuda:0 or a one-line error."""
     if preference not in CHOICES:

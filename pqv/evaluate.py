@@ -1,20 +1,29 @@
 """Evaluate stage: accuracy, latency, size and memory of an exported artifact in its own runtime.
 
-Each artifact is measured in its own process (one Snakemake job each), with a fixed thread count,
-warm-up calls, and the median of repeated single-batch calls; min, max and p90 are kept so the
-spread is visible.
+Two measurements, two kinds of job (`pqv evaluate accuracy|latency`), because they want different
+machines: the accuracy pass is throughput (batches over the whole held-out split, every core the
+job holds, CUDA for the eager FP32 baseline where there is one); latency is a short timing on the
+CPU with a fixed thread count, warm-up calls and the median of repeated single-batch calls (min,
+max and p90 kept so the spread is visible), on a node the job has to itself on a cluster.
+Memory is measured in a process of its own that imports the runtime, loads the artifact and runs
+one saved input, nothing else: the figure is the artifact's, not the data set's.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from . import targets
 from .progress import progress
 
 
@@ -136,64 +145,125 @@ def _load(artifact: str, meta: dict):
     return export.load(artifact, meta["format"], meta["engine"])
 
 
-EAGER = "eager"  # format name of the eager FP32 baseline rows
+EAGER = targets.EAGER
+# The modules each runtime needs, imported before the memory baseline is read.
+RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
+                   EAGER: ("timm",)}
 
 
-def run(artifact: str, out: str, manifest, labels: dict, threads: int, warmup: int, runs: int,
-        batch_size: int = 1, accuracy_threads: int | None = None, device: str = "auto", workers: int = 0) -> dict:
-    """CLI entry: measure one artifact (exported file, or a .safetensors model as the eager baseline).
+def describe(artifact: str) -> dict:
+    """What the measurements need to know of an artifact: its sidecar, for the eager baseline (a
+    .safetensors model) completed with the eager format and a perfect fidelity to itself."""
+    from . import io
 
-    Latency: `threads` threads, on the CPU. Accuracy: every core the job holds (`accuracy_threads`),
-    batches of EVAL_BATCH, and for the eager baseline CUDA when the device rule gives it; an
-    exported file is always scored in its own runtime."""
-    from . import data, datasets, io
-    from .device import resolve
-
-    set_threads(threads)
     meta = io.read_sidecar(artifact)
     if str(artifact).endswith(".safetensors"):
-        fidelity = {"cosine_min": 1.0, "top1_agreement": 1.0}
-        meta = {**meta, "format": EAGER, "engine": "none", "eager_top1": meta.get("top1"), "status": "verified"}
-    else:
-        fidelity = meta["fidelity"]
-    dc = meta["data_config"]
-    manifest = data.of(manifest)
-    example = datasets.sample_batch(manifest, dc, batch_size)  # real held-out images, across classes
-    # Memory first, in a process that has loaded nothing but torch and the inputs: load the artifact,
-    # run one image (that first, cold call is also what the paper's one-call profiler method times).
-    rss_before = _rss_mb()
+        return {**meta, "format": EAGER, "engine": "none", "eager_top1": meta.get("top1"), "status": "verified",
+                "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}}
+    return meta
+
+
+def runtime_version(fmt: str) -> str:
+    """The runtime that ran the artifact, with its version (the profile names the same)."""
+    if fmt == "pte":
+        from importlib.metadata import version
+
+        return f"executorch {version('executorch')}"
+    return f"{'torch lite interpreter' if fmt == 'ptl' else 'torch'} {torch.__version__}"
+
+
+def process_threads(job_threads: int, workers: int = 0, processes: int = 1) -> int:
+    """Torch threads of one process: its share of the job's cores, less its DataLoader workers
+    (each a process of its own), at least one."""
+    return max(1, job_threads // max(1, processes) - workers)
+
+
+def memory(artifact: str, meta: dict, example: torch.Tensor) -> dict:
+    """Memory of the artifact alone, measured in a fresh process that imports the runtime, loads
+    the artifact and runs `example` (saved to a file), and nothing else."""
+    with tempfile.TemporaryDirectory(prefix="pqv-memory-") as tmp:
+        inputs = Path(tmp) / "input.pt"
+        torch.save({"x": example.contiguous()}, inputs)
+        done = subprocess.run([sys.executable, "-m", "pqv.evaluate", str(artifact), meta["format"], meta["engine"],
+                               str(inputs)], capture_output=True, text=True)
+    if done.returncode:
+        from .errors import PQVError
+
+        raise PQVError(f"measuring the memory of {artifact} failed: {done.stderr.strip().splitlines()[-1:]}",
+                       "run `python -m pqv.evaluate ARTIFACT FORMAT ENGINE INPUT.pt` to see the whole error")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(artifact: str, fmt: str, engine: str, inputs: str) -> dict:
+    """In the fresh process of `memory`: RSS after the imports, then peak and growth once the
+    artifact is loaded and has run one input."""
+    import importlib
+
+    from . import io
+
+    for name in RUNTIME_MODULES[fmt]:
+        importlib.import_module(name)
+    example = torch.load(inputs, weights_only=True)["x"]
+    base = _rss_mb()
+    meta = describe(artifact) if fmt == EAGER else {**io.read_sidecar(artifact), "format": fmt, "engine": engine}
     module = _load(artifact, meta)
-    paper_ms = paper_method_ms(module, example)
-    memory = {"rss_base_mb": rss_before, "rss_model_mb": _rss_mb() - rss_before,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with torch.no_grad():
+        module(example)
+    return {"rss_base_mb": base, "rss_model_mb": _rss_mb() - base,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, warmup: int, runs: int,
+                batch_size: int = 1) -> dict:
+    """CLI entry: latency, size and memory of one artifact (or of the eager baseline), on the CPU with
+    `threads` threads, on `batch_size` real held-out images drawn across classes."""
+    from . import datasets, io
+
+    set_threads(threads)
+    meta = describe(artifact)
+    example = datasets.sample_batch(manifest, meta["data_config"], batch_size)
+    used = memory(artifact, meta, example)
+    module = _load(artifact, meta)
+    paper_ms = paper_method_ms(module, example)  # the first, cold call of the freshly loaded file
     timing = latency(module, example, warmup, runs)
-    accuracy_threads = accuracy_threads or threads
-    if accuracy_threads != threads:
-        # ExecuTorch's XNNPACK pool can only be resized with no program bound to it: drop the timed
-        # copy, widen the pool (and torch's threads), load the artifact again for the accuracy pass.
-        del module
-        set_threads(accuracy_threads)
-        module = _load(artifact, meta)
-    loader = datasets.loader(manifest, "eval", dc, EVAL_BATCH, workers=workers)
-    started = time.perf_counter()
-    desc = f"accuracy {Path(artifact).name}"
-    if meta["format"] == EAGER:
-        top1, top5 = accuracy_on(module, loader, resolve(device), desc)
-    else:  # Lite: batches of EVAL_BATCH on every thread; .pte: image by image on an XNNPACK pool as wide
-        top1, top5 = accuracy(module, loader, desc)
-    accuracy_s = time.perf_counter() - started
-    metrics = {
-        **labels,
-        "top1": top1, "top5": top5, "eager_top1": meta.get("eager_top1"),
-        **timing, "latency_ms_paper_method": paper_ms,
-        "size_mb": os.path.getsize(artifact) / 2**20,
-        **memory,
-        "params": meta.get("params"), "macs": meta.get("macs"),
-        "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
-        "status": meta.get("status", "verified"), "reason": meta.get("reason", ""),
-        "threads": threads, "warmup": warmup, "runs": runs, "batch_size": batch_size,
-        "accuracy_threads": accuracy_threads, "accuracy_images_per_s": len(loader.dataset) / accuracy_s,
-        **machine(), "artifact": str(artifact),
-    }
+    metrics = {**labels, **timing, "latency_ms_paper_method": paper_ms, "size_mb": os.path.getsize(artifact) / 2**20,
+               **used, "threads": threads, "warmup": warmup, "runs": runs, "batch_size": batch_size,
+               "runtime": runtime_version(meta["format"]), **machine(), "artifact": str(artifact)}
     io.write_json(out, metrics)
     return metrics
+
+
+def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, workers: int = 0,
+                 device: str = "auto") -> dict:
+    """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on the
+    job's cores (`threads`, less its DataLoader `workers`); the eager baseline on CUDA when the
+    device rule gives it. A .pte runs image by image on an XNNPACK pool as wide."""
+    from . import datasets, io
+    from .device import resolve
+
+    compute = process_threads(threads, workers)
+    set_threads(compute)
+    meta = describe(artifact)
+    module = _load(artifact, meta)
+    loader = datasets.loader(manifest, "eval", meta["data_config"], EVAL_BATCH, workers=workers)
+    started = time.perf_counter()
+    desc = f"accuracy {Path(artifact).name}"
+    where = resolve(device) if meta["format"] == EAGER else torch.device("cpu")
+    if meta["format"] == EAGER:
+        top1, top5 = accuracy_on(module, loader, where, desc)
+    else:  # Lite: batches of EVAL_BATCH on every thread; .pte: image by image on an XNNPACK pool as wide
+        top1, top5 = accuracy(module, loader, desc)
+    seconds = time.perf_counter() - started
+    fidelity = meta["fidelity"]
+    metrics = {**labels, "top1": top1, "top5": top5, "eager_top1": meta.get("eager_top1"),
+               "params": meta.get("params"), "macs": meta.get("macs"), "device": meta.get("device"),
+               "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
+               "status": meta.get("status", "verified"), "reason": meta.get("reason", ""),
+               "accuracy_threads": compute, "accuracy_workers": workers, "accuracy_device": str(where),
+               "accuracy_images_per_s": len(loader.dataset) / seconds, "artifact": str(artifact)}
+    io.write_json(out, metrics)
+    return metrics
+
+
+if __name__ == "__main__":  # the memory probe's process (see `memory`)
+    print(json.dumps(_memory_probe(*sys.argv[1:5])))

@@ -137,7 +137,27 @@ def load(path: str, fmt: str, engine: str):
         try:
             return FORMATS[fmt].load(path)
         except RuntimeError as e:
-            raise io.corrupt(path, f"{fmt} runtime cannot load {path}: {' '.join(str(e).split())[:160]}") from None
+            why = " ".join(str(e).split())[:160]
+            made, here = _made_with(path), io.versions()
+            changed = {k: v for k, v in made.items() if k in here and here[k] != v}
+            if changed:  # not a damaged file: a file of another runtime version
+                raise PQVError(f"{fmt} runtime cannot load {path}, which was made with "
+                               + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (this machine has "
+                               + ", ".join(f"{k} {here[k]}" for k in changed) + f"): {why}",
+                               f"export it again with these versions (`snakemake --forcerun {path}`), or load "
+                               "it where those versions are installed") from None
+            raise io.corrupt(path, f"{fmt} runtime cannot load {path}: {why}") from None
+
+
+def _made_with(path: str) -> dict:
+    """The runtime versions an artifact's sidecar says it was made with ({} if unknown)."""
+    from . import io
+
+    try:
+        versions = io.read_json(io.sidecar_path(path)).get("versions") or {}
+    except PQVError:
+        return {}
+    return {k: v for k, v in versions.items() if k in ("torch", "executorch")}
 
 
 @torch.no_grad()
@@ -149,15 +169,20 @@ def compare(artifact_out: torch.Tensor, reference: torch.Tensor) -> dict:
         "cosine_min": cosine.min().item(),
         "cosine_mean": cosine.mean().item(),
         "top1_agreement": (artifact_out.argmax(1) == reference.argmax(1)).float().mean().item(),
+        "finite": bool(torch.isfinite(artifact_out).all()),
     }
 
 
 def verdict(precision: str, fidelity: dict, min_cosine: float) -> str | None:
-    """None if the artifact computes what its parent does, else the reason it does not."""
+    """None if the artifact computes what its parent does, else the reason it does not. Garbage
+    cannot pass: non-finite outputs fail, and so does any comparison with NaN (written so that a
+    NaN makes the test false, not the failure)."""
     atol = PRECISIONS[precision].atol
-    if atol is not None and fidelity["max_abs_diff"] > atol:
+    if not fidelity.get("finite", True):
+        return f"{precision} artifact gives non-finite outputs (NaN or inf)"
+    if atol is not None and not fidelity["max_abs_diff"] <= atol:
         return f"{precision} artifact differs from its FP32 parent by {fidelity['max_abs_diff']:.3g} > {atol}"
-    if atol is None and fidelity["cosine_min"] < min_cosine:
+    if atol is None and not fidelity["cosine_min"] >= min_cosine:
         return f"{precision} artifact's cosine similarity {fidelity['cosine_min']:.4f} to its FP32 parent is below {min_cosine}"
     return None
 
@@ -179,7 +204,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     with torch.no_grad():
         reference = eager(images)
     options = {"mobile_optimizer": mobile_optimizer, "xnnpack_rewrite": xnnpack_rewrite}
-    with io.atomic_path(out) as tmp, engine_scope(engine), warnings.catch_warnings():
+    with io.atomic_path(out, need_bytes=2 * os.path.getsize(src)) as tmp, engine_scope(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript/Lite are deprecated upstream
         log.info("exporting %s to .%s", src, fmt)
         FORMATS[fmt].export(src, tmp, precision, {**options, "engine": engine})
@@ -188,9 +213,14 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         outputs = torch.cat([artifact(piece) for piece in progress(images.split(CHECK_CHUNK), desc="export check", unit="chunk")])
         fidelity = compare(outputs, reference)
         problem = verdict(precision, fidelity, min_cosine)
+        if problem and not targets.PRECISIONS[precision]["lossy"]:
+            # an exact precision that does not compute its parent's function is a bug, not a recipe
+            raise PQVError(f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer "
+                           "rewrites of pqv/layers.py, is wrong for this model)",
+                           f"report it with this log; meanwhile drop {fmt} from export.formats for this model")
     if problem:
         log.warning("REJECTED: %s (the file is kept with status 'rejected'; loosen export.min_cosine to accept it)", problem)
-    facts = {k: meta[k] for k in ("precision", "engine", "params", "macs", "data_config", "eager_top1")}
+    facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "eager_top1", "device")}
     io.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
                      fidelity=fidelity, status=REJECTED if problem else VERIFIED, reason=problem or "",
                      min_cosine=min_cosine, **facts)

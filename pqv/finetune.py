@@ -162,12 +162,13 @@ def _augment(hp: dict) -> dict:
 
 def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
           desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
-          resume_key: str = "", device: str = "auto", workers: int = 0) -> dict:
+          resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
     """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
 
     Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
     `ckpt_dir`, a checkpoint is written after every epoch and the latest one whose hparams, world
-    size and `resume_key` (e.g. a hash of the input files) match is resumed from.
+    size and `resume_key` (e.g. a hash of the input files) match is resumed from. `threads` is the
+    job's cores: each process takes its share, less its DataLoader `workers`.
     """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -177,6 +178,10 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     if kd["enabled"] and teacher is None:
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
     ctx = distributed(device)
+    if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
+        from .evaluate import process_threads
+
+        torch.set_num_threads(process_threads(threads, workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(hp["seed"])
     manifest = data.of(manifest)
     train_loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
@@ -273,9 +278,12 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     if metrics_csv and ctx.main:
         write_history(history, metrics_csv)
     last = history[-1]
+    from .device import describe
+
     return {"top1": last["eval_top1"], "top5": last["eval_top5"], "epochs": hp["epochs"], "hparams": hp,
             "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
-            "resumed_after_epoch": start}
+            "resumed_after_epoch": start, "device": describe(ctx.device, hp["amp_dtype"] if use_amp else None),
+            "threads_per_process": torch.get_num_threads()}
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -360,7 +368,7 @@ def _sha256(path: str) -> str:
 
 
 def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, teacher: str | None = None,
-        device: str = "auto", workers: int = 0) -> dict:
+        device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
     """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
 
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success.
@@ -382,12 +390,14 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
                       + manifest["fingerprint"])
         result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
                        desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
-                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers)
+                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
+                       threads=threads)
         if ctx.main:
             io.save_model(model, out, arch)
             io.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],
                              top5=result["top5"], hparams=result["hparams"], world_size=result["world_size"],
                              global_batch=result["global_batch"], resumed_after_epoch=result["resumed_after_epoch"],
+                             device=result["device"], threads_per_process=result["threads_per_process"],
                              params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
             shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     finally:
@@ -410,5 +420,6 @@ def keep(model_path: str, out: str, metrics_csv: str) -> dict:
     io.save_model(model, out, arch)
     write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
     io.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, top1=top1, top5=top5,
+                     device=base.get("device"),
                      params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
     return {"top1": top1, "top5": top5}

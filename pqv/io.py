@@ -7,9 +7,12 @@ Every artifact `X` gets a sidecar `X.json` that says what produced it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
+import shlex
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,11 +21,27 @@ from .errors import PQVError
 ARCH_KEY = "pqv_arch"
 
 
+SPACE_MARGIN = 64 * 2**20  # bytes kept free beyond a file's expected size
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, need_bytes: int = 0):
+    """Yield a temporary path next to `path`; move it into place only if the block succeeds.
+
+    A writer that dies without running `finally` (torch's C++ serializer calls terminate() on a
+    full disk) leaves its `.part` file: the next writer of the same path removes it (a workflow
+    has one job per output). `need_bytes`, the file's expected size, is checked against the free
+    space first, so a full disk is one line naming it instead of a C++ backtrace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.part"):
+        stale.unlink(missing_ok=True)
+    if need_bytes:
+        free = shutil.disk_usage(path.parent).free
+        if free < need_bytes + SPACE_MARGIN:
+            raise PQVError(f"not enough disk space for {path}: {free / 2**20:.0f} MB free on its disk, about "
+                           f"{(need_bytes + SPACE_MARGIN) / 2**20:.0f} MB needed",
+                           "free space there, or set results: to a folder on a larger disk")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
@@ -33,9 +52,20 @@ def atomic_path(path: str | os.PathLike):
         # that: set the usual permissions last, so colleagues on a shared cluster can read results
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise PQVError(f"the disk holding {path.parent} is full (writing {path.name})",
+                           "free space there, or set results: to a folder on a larger disk") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -114,10 +144,13 @@ def stage_of(path: str | os.PathLike) -> str | None:
 
 
 def corrupt(path: str | os.PathLike, problem: str) -> PQVError:
-    """The error for a damaged artifact: what is wrong, and which stage to rerun."""
+    """The error for a damaged artifact: what is wrong, and how to make it again. Deleting the file
+    is not enough: when the files made from it are newer, Snakemake sees nothing to do; --forcerun
+    remakes it and everything that depends on it."""
     stage = stage_of(path)
-    rerun = f"rerun the {stage} stage" if stage else "recreate it with the pqv stage that made it"
-    return PQVError(problem, f"delete {path} and its .json sidecar, then {rerun} (snakemake does on its next run)")
+    what = f"the {stage} stage" if stage else "the pqv stage that made it"
+    return PQVError(problem, f"remake it with {what}: `snakemake --forcerun {shlex.quote(str(path))}` (with your "
+                             "usual options) reruns its job and every job that depends on it")
 
 
 def _short(e: Exception) -> str:
@@ -177,7 +210,7 @@ def save_model(model, path: str | os.PathLike, arch: dict) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, need_bytes=sum(v.numel() * v.element_size() for v in state.values())) as tmp:
         save_file(state, tmp, metadata={ARCH_KEY: json.dumps(arch, sort_keys=True)})
 
 

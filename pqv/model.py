@@ -36,15 +36,21 @@ HUB_TIMEOUT_S = 3  # a reachable hub answers a TCP connect in well under a secon
 
 
 def hub_offline() -> bool:
-    """Whether the hub is out of reach: HF_HUB_OFFLINE is set, or a short connect to HF_ENDPOINT fails.
+    """Whether the hub is out of reach: HF_HUB_OFFLINE is set, or a short connect fails to the
+    proxy that requests to HF_ENDPOINT go through (HTTPS_PROXY / HTTP_PROXY, unless NO_PROXY
+    exempts the hub), else to the hub itself.
 
     Without this, huggingface_hub retries for ~50 s before it gives up on a machine without network."""
     import socket
+    import urllib.request
     from urllib.parse import urlsplit
 
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
         return True
     url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    proxy = urllib.request.getproxies().get(url.scheme)  # what requests would use, from the environment
+    if proxy and not urllib.request.proxy_bypass(url.hostname):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
                                  timeout=HUB_TIMEOUT_S).close()
@@ -104,6 +110,10 @@ def _classifier_rows(name: str, path: str) -> int | None:
         raise PQVError(f"cannot read weights file {path}: {e}", "give a safetensors or torch state-dict file") from None
 
 
+def weights_source(weights: str) -> str:
+    return "timm hub" if weights == "hub" else "weights file"
+
+
 def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
     """Build the starting model; returns (model, facts for the sidecar)."""
     name = model_cfg["timm_name"]
@@ -129,7 +139,8 @@ def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
     return model.eval(), {"timm_name": name, "weights": weights, "kwargs": kwargs}
 
 
-def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0) -> dict:
+def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0,
+        threads: int | None = None) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
     from . import io
     from .device import resolve
@@ -143,9 +154,15 @@ def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "au
     dc = data_config_of(model, model_cfg.get("data_config"))
     if facts["weights"] == "train":
         result = train(model, manifest, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model",
-                       device=device, workers=workers)
+                       device=device, workers=workers, threads=threads)
         top1, top5 = result["top1"], result["top5"]
+        facts["device"] = result["device"]
     else:
+        facts["device"] = f"pretrained ({weights_source(facts['weights'])})"
+        if threads:
+            from .evaluate import process_threads
+
+            torch.set_num_threads(process_threads(threads, workers))
         top1, top5 = accuracy_on(model, datasets.loader(manifest, "eval", dc, EVAL_BATCH, workers=workers), resolve(device),
                                  desc=f"accuracy {model_cfg['id']}")
         from .finetune import write_history

@@ -24,8 +24,7 @@ from typing import Callable
 
 import torch
 
-ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
-SIDE_ENV_PYTHON = Path(__file__).resolve().parents[1] / "envs" / "etdump" / ".venv" / "bin" / "python"
+ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"  # the names pqv.config.tracer_python checks before any job
 COLUMNS = ["operator", "self_cpu_ms", "total_cpu_ms", "calls", "self_cpu_pct"]
 
 
@@ -63,8 +62,10 @@ def profile_ops(fn, example: torch.Tensor, warmup: int, runs: int):
 def _torch_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
     from . import export
 
+    from .evaluate import runtime_version
+
     module = export.load(artifact, meta["format"], meta["engine"])
-    return profile_ops(module, example, warmup, runs), "torch.profiler, self CPU time"
+    return profile_ops(module, example, warmup, runs), "torch.profiler, self CPU time", runtime_version("ptl")
 
 
 # ---- pte: ExecuTorch's event tracer (ETDump) ------------------------------------------------
@@ -78,9 +79,9 @@ _NUMBERED = re.compile(r" #\d+$")
 def etdump_python() -> str:
     """The Python that runs a .pte with the event tracer: $PQV_ETDUMP_PYTHON, else envs/etdump's,
     else this one (right once the project's own ExecuTorch has the tracer)."""
-    if os.environ.get(ETDUMP_PYTHON_ENV):
-        return os.environ[ETDUMP_PYTHON_ENV]
-    return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else sys.executable
+    from .config import tracer_python
+
+    return tracer_python() or sys.executable
 
 
 def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, python: str | None = None,
@@ -159,12 +160,12 @@ def _etdump(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs:
         etdump = str(Path(tmp) / "profile.etdp")
         version = record_etdump(artifact, etdump, torch.get_num_threads(), warmup, runs, example=example)
         table = etdump_table(etdump, runs)
-    return table, f"ExecuTorch {version} ETDump, XNNPACK per-operator timings (1 µs resolution)"
+    return table, f"ExecuTorch {version} ETDump, XNNPACK per-operator timings (1 µs resolution)", f"executorch {version}"
 
 
 @dataclass(frozen=True)
 class Profiler:
-    table: Callable  # (artifact, sidecar, example, warmup, runs) -> (table, what measured it)
+    table: Callable  # (artifact, sidecar, example, warmup, runs) -> (table, what measured it, runtime and version)
 
 
 PROFILERS: dict[str, Profiler] = {
@@ -206,7 +207,8 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
         raise PQVError(f"no profiler for format '{meta['format']}'", f"profile a {' or '.join(PROFILERS)} artifact")
     size = (1, *meta["data_config"]["input_size"])
     example = datasets.sample_batch(manifest, meta["data_config"], 1) if manifest else torch.zeros(size)
-    table, what = profiler.table(artifact, meta, example, warmup, runs)
+    table, what, runtime = profiler.table(artifact, meta, example, warmup, runs)
+    table["runtime"] = runtime  # the latency rows name theirs too: a .pte may be profiled by a newer runtime
     with io.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     title = f"{artifact}\nper-operator time ({what}): batch 1, threads: {threads}, mean of {runs} runs"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -221,10 +222,10 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
         images = datasets.sample_batch(manifest, dc, calibration_images, split="train")
         calibration = list(images.split(32))
     program = quantize(model, precision, engine, ir, calibration)
-    with io.atomic_path(out) as tmp:
+    with io.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
         save(program, tmp, ir)
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
-             "macs": parent.get("macs"), "data_config": dc, "eager_top1": parent.get("top1"),
+             "macs": parent.get("macs"), "data_config": dc, "eager_top1": parent.get("top1"), "device": parent.get("device"),
              "calibration_images": sum(len(b) for b in calibration) if calibration else 0}
     io.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

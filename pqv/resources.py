@@ -21,15 +21,18 @@ import math
 import re
 from dataclasses import dataclass
 
+from .targets import EAGER
+
 # Importances whose scores need backward passes (pqv.prune.IMPORTANCES with needs != "weights";
 # tests/test_resources.py keeps the two equal): only those prune jobs read images or use a GPU.
 GRADIENT_IMPORTANCES = ("taylor", "hessian")
 
 # Stages that time latency: on SLURM they ask for the node to themselves (`--exclusive`), and on one
-# machine they reserve every core Snakemake has, so nothing else runs while they are timed.
-TIMING_STAGES = ("evaluate", "evaluate_eager", "profile")
+# machine they reserve every core Snakemake has, so nothing else runs while they are timed. They
+# are short: the accuracy pass over the held-out split is a job of its own (throughput, shared node).
+TIMING_STAGES = ("latency", "profile")
 # Stages that take every core of a local run (`--cores N`); the rest take one.
-ALL_CORES_LOCALLY = ("data", "model", "finetune") + TIMING_STAGES
+ALL_CORES_LOCALLY = ("data", "model", "finetune", "accuracy") + TIMING_STAGES
 
 # Per-image costs, core-seconds on one CPU core: the multiply-accumulates of one forward pass at
 # these rates (eager FP32 DeiT-B, 17.6 GMAC: ~0.4 core-s to infer and ~3 core-s to train, on the
@@ -59,6 +62,7 @@ ACTIVATION_BYTES_PER_MAC = 0.012
 SMALL_IMAGES = 20_000
 SMALL_THREADS, LARGE_THREADS = 2, 8
 STAGE_THREADS = {"quantize": 2, "export": 2}  # at most this many threads, whatever the data
+LOADER_STAGES = ("model", "finetune", "accuracy")  # the stages that read whole splits with DataLoader workers
 GPU_PROCESS_THREADS = 4  # torch threads of a finetune process that drives a GPU
 MIN_RUNTIME = 10  # minutes: start-up, imports, scheduling slack
 MARGIN = 2  # wall time asked = 2x the budget, so a slower node does not kill a job near its end
@@ -77,6 +81,28 @@ class Work:
     macs: float  # multiply-accumulates of one forward pass, batch 1
     params: float
     data: str = "imagefolder"  # digits | imagefolder: whether images are files to decode
+
+
+def partition_has_gpus(partition: str | None) -> bool | None:
+    """Whether a SLURM partition (None: the default one) has GPUs, from sinfo's generic resources;
+    None when sinfo cannot tell (not a SLURM machine, an unknown partition)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %G"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gres: dict[str, list[str]] = {}
+    default = None
+    for line in out.splitlines():
+        name, _, what = line.strip().partition(" ")
+        if name.endswith("*"):
+            name = default = name[:-1]
+        gres.setdefault(name, []).append(what)
+    wanted = partition or default
+    if wanted not in gres:
+        return None
+    return any(g.startswith("gpu") for entry in gres[wanted] for g in entry.split(","))
 
 
 def uses_gpu(config: dict) -> bool:
@@ -107,11 +133,11 @@ def threads(stage: str, config: dict, images: int | None = None) -> int:
     `images` is the data set's estimated size (pqv.data.estimate): small sets get few threads."""
     small = images is not None and images <= SMALL_IMAGES
     base = SMALL_THREADS if small else LARGE_THREADS
-    workers = config["dataset"].get("workers", 0)
+    workers = config["dataset"].get("workers", 0) if stage in LOADER_STAGES else 0
     if stage == "data":
         return base
-    if stage in TIMING_STAGES:
-        return max(config["evaluate"]["threads"], base) + (workers if stage != "profile" else 0)
+    if stage in TIMING_STAGES:  # timed on evaluate.threads threads; no DataLoader
+        return config["evaluate"]["threads"]
     compute = min(base, STAGE_THREADS.get(stage, base))
     if stage == "finetune" and gpus(stage, config):
         compute = min(compute, GPU_PROCESS_THREADS)  # the GPU computes; the CPU feeds it
@@ -119,16 +145,19 @@ def threads(stage: str, config: dict, images: int | None = None) -> int:
     return per_process * (config["finetune"]["nproc"] if stage == "finetune" else 1)
 
 
-def gpus(stage: str, config: dict, importance: str = "", ratio: float = 0.0) -> int:
+def gpus(stage: str, config: dict, importance: str = "", ratio: float = 0.0, fmt: str = "") -> int:
     """GPUs a job uses: finetune one per process (finetune.nproc), the model stage and the eager
-    baseline's accuracy pass one, a prune job one only when its importance takes gradients."""
+    baseline's accuracy pass one, a prune job one only when its importance takes gradients.
+    Latency is always timed on the CPU: no timing job asks for a GPU."""
     if not uses_gpu(config):
         return 0
     if stage == "finetune":
         return config["finetune"]["nproc"]
     if stage == "prune":
         return int(importance in GRADIENT_IMPORTANCES and float(ratio) > 0)
-    return int(stage in ("model", "evaluate_eager"))
+    if stage == "accuracy":
+        return int(fmt == EAGER)
+    return int(stage == "model")
 
 
 def _per_image(work: Work, gpu: bool, cores: int) -> tuple[float, float]:
@@ -141,10 +170,10 @@ def _per_image(work: Work, gpu: bool, cores: int) -> tuple[float, float]:
     return train / cores + decode, infer / cores + decode
 
 
-def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: int | None = None) -> int:
+def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: int | None = None, fmt: str = "") -> int:
     """Wall-time limit in minutes: MARGIN x (images x seconds per image) + MIN_RUNTIME."""
     cores = cores or threads(stage, config, work.train_images + work.eval_images)
-    gpu = gpus(stage, config, importance, 1.0) > 0
+    gpu = gpus(stage, config, importance, 1.0, fmt) > 0
     train_s, infer_s = _per_image(work, gpu, cores)
     if stage == "data":
         seconds = (work.train_images + work.eval_images) * SCAN_S / cores
@@ -162,9 +191,10 @@ def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: i
         seconds = config["quantize"]["calibration_images"] * infer_s + work.macs / 1e8
     elif stage == "export":  # lowering and checking DeiT-B took up to 5.5 min (docs/deit_b.md)
         seconds = config["export"]["check_images"] * infer_s * 4 + work.macs / 3e7
-    elif stage in ("evaluate", "evaluate_eager"):
-        # FP32 .ptl files run ~2x slower than eager (the mobile optimizer's XNNPACK rewrite on x86)
-        seconds = work.eval_images * infer_s * 2 + (config["evaluate"]["warmup"] + config["evaluate"]["runs"]) * infer_s * cores
+    elif stage == "accuracy":  # FP32 .ptl files run ~2x slower than eager (the XNNPACK rewrite on x86)
+        seconds = work.eval_images * infer_s * (1 if fmt == EAGER else 2)
+    elif stage == "latency":  # the timed calls, and the memory probe's own process (imports, load)
+        seconds = (config["evaluate"]["warmup"] + config["evaluate"]["runs"] + 2) * infer_s * cores + 30
     else:  # profile
         seconds = (config["profile"].get("warmup", 5) + config["profile"].get("runs", 20)) * infer_s * cores * 2
     return MIN_RUNTIME + math.ceil(MARGIN * seconds / 60)
@@ -183,18 +213,20 @@ def mem_mb(stage: str, config: dict, work: Work) -> int:
     files_mb = (work.train_images + work.eval_images) * ITEM_BYTES / 2**20
     if stage == "data":
         return math.ceil(BASE_MB + 2 * files_mb)
-    workers = config["dataset"].get("workers", 0)
+    workers = config["dataset"].get("workers", 0) if stage in LOADER_STAGES else 0
     per_process = BASE_MB + compute_mb + files_mb + workers * (WORKER_MB + files_mb)
+    if stage == "latency":  # and the memory probe's process: imports, the artifact, one input
+        per_process += BASE_MB
     return math.ceil(per_process * (config["finetune"]["nproc"] if stage == "finetune" else 1))
 
 
 def of(stage: str, config: dict, work: Work, importance: str = "", ratio: float = 0.0,
-       planned_images: int | None = None) -> dict:
+       planned_images: int | None = None, fmt: str = "") -> dict:
     """Every resource of one job (what a rule's `resources:` gives Snakemake). Jobs that time
     latency add `slurm_extra: --exclusive`: on a cluster the node would otherwise be shared."""
     cores = threads(stage, config, planned_images)
-    out = {"mem_mb": mem_mb(stage, config, work), "runtime": runtime(stage, config, work, importance, cores),
-           "gpu": gpus(stage, config, importance, ratio)}
+    out = {"mem_mb": mem_mb(stage, config, work), "runtime": runtime(stage, config, work, importance, cores, fmt),
+           "gpu": gpus(stage, config, importance, ratio, fmt)}
     if stage in TIMING_STAGES:
         out["slurm_extra"] = "--exclusive"
     return out

@@ -11,14 +11,19 @@ KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
 COLUMNS = KEYS + [
     "status", "reason", "top1", "top5", "eager_top1", "top1_agreement", "cosine_min",
     "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
-    "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs",
-    "threads", "warmup", "runs", "batch_size", "accuracy_threads", "accuracy_images_per_s", "cpu", "node_exclusive", "torch", "artifact",
+    "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs", "device",
+    "threads", "warmup", "runs", "batch_size", "runtime", "accuracy_threads", "accuracy_workers", "accuracy_device",
+    "accuracy_images_per_s", "cpu", "node_exclusive", "torch", "artifact",
 ]
 
 
 def collect(paths: list[str]) -> pd.DataFrame:
-    rows = [json.loads(open(p).read()) for p in paths]
-    table = pd.DataFrame(rows)
+    """One row per artifact: its accuracy and its latency measurements (two jobs, two files) joined."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        measured = json.loads(open(path).read())
+        rows.setdefault(tuple(measured[k] for k in KEYS), {}).update(measured)
+    table = pd.DataFrame(list(rows.values()))
     table = table[[c for c in COLUMNS if c in table.columns]]
     return table.sort_values(KEYS, ignore_index=True)
 

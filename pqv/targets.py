@@ -6,6 +6,7 @@ the stages check their arguments against.
 from __future__ import annotations
 
 NO_ENGINE = "none"  # float precisions use no quantized engine
+EAGER = "eager"  # the "format" of the eager FP32 baseline: measured like an artifact, never shipped
 
 # Mobile formats: the intermediate representation the quantize stage writes for them, and the
 # quantized engines whose kernels their runtime has.
@@ -15,13 +16,14 @@ FORMATS = {
 }
 
 # Precisions: whether they need a quantized engine, whether they are calibrated on images (and so
-# read the data set), and the formats that can carry them.
+# read the data set), whether they lose precision (an exported file of a lossy precision that fails
+# its check is a rejected recipe; of an exact one, a bug), and the formats that can carry them.
 PRECISIONS = {
-    "fp32": {"quantized": False, "calibrated": False, "formats": ("ptl", "pte")},
-    "fp16": {"quantized": False, "calibrated": False, "formats": ("ptl",)},
-    "int8_dynamic": {"quantized": True, "calibrated": False, "formats": ("ptl", "pte")},
-    "int8_static": {"quantized": True, "calibrated": True, "formats": ("ptl", "pte")},
-    "int4_weight": {"quantized": True, "calibrated": False, "formats": ("pte",)},  # int8 dynamic activations, int4 weights
+    "fp32": {"quantized": False, "calibrated": False, "lossy": False, "formats": ("ptl", "pte")},
+    "fp16": {"quantized": False, "calibrated": False, "lossy": True, "formats": ("ptl",)},
+    "int8_dynamic": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("ptl", "pte")},
+    "int8_static": {"quantized": True, "calibrated": True, "lossy": True, "formats": ("ptl", "pte")},
+    "int4_weight": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("pte",)},  # int8 dynamic activations, int4 weights
 }
 
 ENGINES = tuple(e for f in FORMATS.values() for e in f["engines"])

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -87,7 +89,7 @@ def test_model_file_with_a_cut_architecture_header(artifacts, tmp_path):
     out = tmp_path / "out" / "q.ts"
     result = pqv("quantize", "--model", bad, "--out", out, "--precision", "fp32", "--engine", "none")
     one_line(result, "quantize", f"corrupt model file {bad}: its architecture header is cut",
-             "rerun the finetune stage")
+             "remake it with the finetune stage", f"snakemake --forcerun {bad}")
     assert nothing_in(out.parent)
 
 
@@ -104,7 +106,7 @@ def test_model_file_missing_a_tensor(artifacts, tmp_path):
     out = tmp_path / "out" / "f.safetensors"
     result = pqv("finetune", "--model", bad, "--out", out, "--data", manifest_file(SMALL), "--metrics", tmp_path / "out" / "m.csv")
     one_line(result, "finetune", f"model file {bad} does not fit its architecture", "blocks.0.attn.qkv.weight",
-             "rerun the prune stage")
+             "remake it with the prune stage")
     assert nothing_in(out.parent)
 
 
@@ -121,7 +123,7 @@ def test_sidecar_with_the_wrong_structure(artifacts, tmp_path, sidecar, problem)
     out = tmp_path / "out" / "fp32-none.ptl"
     result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl",
                  "--data", manifest_file())
-    one_line(result, "export", problem, f"delete {src}", "rerun the quantize stage")
+    one_line(result, "export", problem, f"snakemake --forcerun {src}", "remake it with the quantize stage")
     assert nothing_in(out.parent)
 
 
@@ -132,20 +134,21 @@ def test_truncated_quantized_program(artifacts, tmp_path, kind):
     out = tmp_path / "out" / f"fp32-none.{fmt}"
     result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", fmt,
                  "--data", manifest_file())
-    one_line(result, "export", f"corrupt .{kind} file {src}", "rerun the quantize stage")
+    one_line(result, "export", f"corrupt .{kind} file {src}", "remake it with the quantize stage")
     assert nothing_in(out.parent)
 
 
 @pytest.mark.parametrize("kind", ["ptl", "pte"])
-@pytest.mark.parametrize("stage", ["evaluate", "profile"])
+@pytest.mark.parametrize("stage", ["evaluate latency", "evaluate accuracy", "profile"])
 def test_truncated_exported_artifact(artifacts, tmp_path, kind, stage):
     bad = _copy(artifacts[kind], tmp_path / "e" / f"fp32-none.{kind}", cut=len(artifacts[kind].read_bytes()) - 100)
     out = tmp_path / "out"
-    if stage == "evaluate":
-        result = pqv("evaluate", "--artifact", bad, "--out", out / "m.json", "--data", manifest_file(), "--runs", 1)
+    if stage.startswith("evaluate"):
+        result = pqv(*stage.split(), "--artifact", bad, "--out", out / "m.json", "--data", manifest_file())
+        stage = "evaluate"
     else:
         result = pqv("profile", "--artifact", bad, "--out-csv", out / "p.csv", "--out-png", out / "p.png", "--runs", 1)
-    one_line(result, stage, f"corrupt .{kind} file {bad}", "rerun the export stage")
+    one_line(result, stage, f"corrupt .{kind} file {bad}", "remake it with the export stage")
     assert nothing_in(out)
 
 
@@ -154,7 +157,7 @@ def test_a_damaged_program_that_keeps_its_length_is_caught_by_its_checksums(arti
     data = bytearray(src.read_bytes())
     data[len(data) // 2] ^= 0xFF
     src.write_bytes(bytes(data))
-    with pytest.raises(PQVError, match="fails its checksum.*rerun the export stage"):
+    with pytest.raises(PQVError, match="fails its checksum.*remake it with the export stage"):
         export.load(str(src), "ptl", "none")
 
 
@@ -252,6 +255,14 @@ def _workflow_error(tmp_path, change: dict, *fragments: str) -> None:
     ({"quantize": {"engines": ["x86", "xnnpack"]}}, ["quantize.engines lists 'xnnpack'", "add pte to export.formats"]),
     ({"models": [{**TINY_CONFIG["models"][0], "timm_name": "vit_tiny_patch16_22"}]},
      ["models[0].timm_name: unknown timm model 'vit_tiny_patch16_22'", "did you mean 'vit_tiny_patch16_224'?"]),
+    # two models with one id: the second silently replaced the first
+    ({"models": [TINY_CONFIG["models"][0], {**TINY_CONFIG["models"][0], "timm_name": "deit_tiny_patch16_224"}]},
+     ["models[1].id 'tiny' is also models[0].id", "give every model its own id"]),
+    # a results folder nobody can write (root included): the first job failed with a traceback
+    ({"results": "/sys/pqv-results"}, ["the results folder /sys/pqv-results cannot be written", "set results: to a folder"]),
+    # a .pte operator profile without ExecuTorch's event tracer: it stopped the sweep after 36 jobs
+    ({"export": {"formats": ["pte"]}, "quantize": {"precisions": ["fp32"], "engines": ["xnnpack"]},
+      "profile": {"artifacts": [{"format": "pte"}]}}, ["selects .pte files", "bash envs/etdump.sh"]),
 ])
 def test_config_mistakes_are_one_line_before_any_job(tmp_path, change, fragments):
     _workflow_error(tmp_path, change, *fragments)
@@ -267,3 +278,104 @@ def test_a_float_only_sweep_plans_with_the_default_engines(tmp_path, precisions)
     # 3 branches, one artifact per float precision each, no engine-specific job
     assert scheduled(result)["export"] == 3 * len(precisions)
     assert "-x86." not in result.stdout and "quantized/fp32-none.ts" in result.stdout
+
+
+# ---- issue 20: mistakes that reached the user as something else -------------------------------
+
+def test_the_printed_fix_for_a_damaged_artifact_works(tiny_sweep):
+    """The fix names `snakemake --forcerun FILE`: deleting the file is not enough when the files
+    made from it are newer (Snakemake sees nothing to do)."""
+    from .test_workflow import scheduled
+
+    rel = "results/tiny/l2_0.5/export/fp32-none.ptl"  # as a job sees it, in the workflow's folder
+    ptl, sidecar = tiny_sweep / rel, tiny_sweep / (rel + ".json")
+    kept = {f: (f.read_bytes(), os.stat(f)) for f in (ptl, sidecar)}
+    try:
+        ptl.write_bytes(kept[ptl][0][:-100])
+        result = subprocess.run([sys.executable, "-m", "pqv", "evaluate", "latency", "--artifact", rel, "--out",
+                                 "m.json", "--data", "results/data/manifest.json"], capture_output=True, text=True,
+                                cwd=tiny_sweep)
+        one_line(result, "evaluate", f"corrupt .ptl file {rel}", f"snakemake --forcerun {rel}")
+        ptl.unlink()
+        sidecar.unlink()
+        assert scheduled(snakemake(tiny_sweep, "-n")) == Counter()  # what the user saw
+        command = result.stderr.split("`snakemake ")[1].split("`")[0].split()  # the printed fix, as written
+        plan = scheduled(snakemake(tiny_sweep, "-n", *command))
+        assert plan["export"] == 1 and plan["accuracy"] == plan["latency"] == 1 and plan["summary"] == 1
+    finally:
+        for f, (data, st) in kept.items():
+            f.write_bytes(data)
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_results_path_with_a_space_is_quoted_in_every_command(tmp_path):
+    """Every rule's command keeps a path with a space whole (it split into `unrecognized arguments`),
+    and a job with such paths runs."""
+    import shlex
+
+    config = {**TINY_CONFIG, "results": "my results"}
+    plan = snakemake(tmp_path, "-n", "-p", "--forceall", config=config)
+    commands = [line.strip() for line in plan.stdout.splitlines() if " -m pqv " in line]
+    assert len({c.split(" -m pqv ")[1].split()[0] for c in commands}) >= 9  # every stage's command
+    for command in commands:
+        words = shlex.split(command)
+        assert "my" not in words and "results/data/manifest.json" not in words, command
+        assert any(w.startswith("my results/") for w in words), command
+    result = snakemake(tmp_path, "my results/data/manifest.json", config=config)
+    assert result.returncode == 0 and (tmp_path / "my results/data/manifest.json").exists(), result.stderr[-2000:]
+
+
+def test_a_full_disk_is_one_line_before_the_file_and_a_dead_writers_part_file_goes(trained_tiny, tmp_path, monkeypatch):
+    m, a, _ = trained_tiny
+    out = tmp_path / "model.safetensors"
+    stale = tmp_path / ".model.safetensors.abc123.part"  # left by a writer that died in C++ (terminate)
+    stale.write_bytes(b"half a model")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 * 2**20))
+    with pytest.raises(PQVError, match=r"not enough disk space for .*model.safetensors: 10 MB free.*larger disk"):
+        io.save_model(m, out, a)
+    assert not out.exists() and not stale.exists() and not list(tmp_path.glob("*.part"))
+    monkeypatch.undo()
+    io.save_model(m, out, a)
+    assert out.exists()
+
+
+def test_enospc_while_writing_names_the_full_disk(tmp_path):
+    import errno
+
+    with pytest.raises(PQVError, match=r"the disk holding .* is full \(writing x.bin\)"):
+        with io.atomic_path(tmp_path / "x.bin"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_file_of_another_runtime_version_is_not_called_corrupt(artifacts, tmp_path):
+    pte = _copy(artifacts["pte"], tmp_path / "e" / "fp32-none.pte")
+    raw = bytearray(pte.read_bytes())
+    raw[4:8] = b"ET99"  # a program format this runtime does not read
+    pte.write_bytes(bytes(raw))
+    meta = json.loads(io.sidecar_path(pte).read_text())
+    meta["versions"]["executorch"] = "9.9.0"
+    io.sidecar_path(pte).write_text(json.dumps(meta))
+    with pytest.raises(PQVError) as e:
+        export.load(str(pte), "pte", "none")
+    assert "was made with executorch 9.9.0 (this machine has executorch 1.3.1)" in str(e.value)
+    assert "corrupt" not in str(e.value) and "export it again with these versions" in str(e.value)
+
+
+def test_the_hub_check_goes_through_the_proxy_the_environment_names(monkeypatch):
+    import socket
+
+    from pqv import model
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # unreachable from anywhere
+    assert model.hub_offline()
+    with socket.socket() as proxy:  # a proxy that accepts connections
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(1)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert not model.hub_offline()
+        monkeypatch.setenv("NO_PROXY", "hub.invalid")
+        assert model.hub_offline()

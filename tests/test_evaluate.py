@@ -3,6 +3,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pqv import evaluate, plot
 import pandas as pd
+import pytest
 
 
 def test_accuracy_counts_top1_and_top5_exactly():
@@ -46,7 +47,8 @@ def test_rejected_artifacts_never_make_the_pareto_front():
 
 def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_threads(saved_tiny, tmp_path,
                                                                                           monkeypatch):
-    """A .pte's accuracy pass runs on an XNNPACK pool as wide as the job; its latency on evaluate.threads."""
+    """Two jobs: a .pte's accuracy pass runs on an XNNPACK pool as wide as the job's cores less its
+    DataLoader workers; its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
 
     from pqv import datasets, export, io, quantize
@@ -64,10 +66,30 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
         monkeypatch.setattr(evaluate, name, lambda *a, _real=real, _name=name, **k: (
             pools.setdefault(_name, portable_lib._threadpool_get_thread_count()), _real(*a, **k))[1])
     try:
-        metrics = evaluate.run(str(pte), str(tmp_path / "m.json"), DIGITS, {}, threads=1, warmup=1, runs=2,
-                               accuracy_threads=2)
+        timed = evaluate.run_latency(str(pte), str(tmp_path / "l.json"), DIGITS, {}, threads=1, warmup=1, runs=2)
+        scored = evaluate.run_accuracy(str(pte), str(tmp_path / "a.json"), DIGITS, {}, threads=2)
+        with_workers = evaluate.run_accuracy(str(pte), str(tmp_path / "w.json"), DIGITS, {}, threads=4, workers=2)
     finally:
         evaluate.set_threads(1)
     assert pools == {"latency": 1, "accuracy": 2}
-    assert (metrics["top1"], metrics["top5"]) == whole
-    assert metrics["threads"] == 1 and metrics["accuracy_threads"] == 2 and metrics["accuracy_images_per_s"] > 0
+    assert (scored["top1"], scored["top5"]) == whole == (with_workers["top1"], with_workers["top5"])
+    assert timed["threads"] == 1 and scored["accuracy_threads"] == 2 and scored["accuracy_images_per_s"] > 0
+    assert with_workers["accuracy_threads"] == 2 and with_workers["accuracy_workers"] == 2  # 4 cores - 2 workers
+    assert timed["runtime"].startswith("executorch ") and "top1" not in timed and "latency_ms_median" not in scored
+
+
+def test_memory_is_the_artifacts_not_the_data_sets(saved_tiny, tmp_path):
+    """The memory figure comes from a process that loads the artifact and runs one input: a data
+    set with 100 times the files gives the same figure."""
+    from pqv import export, quantize
+
+    from .conftest import DIGITS
+
+    program, ptl = tmp_path / "int8.ts", tmp_path / "int8.ptl"
+    quantize.run(str(saved_tiny), str(program), "int8_dynamic", "x86", DIGITS)
+    export.run(str(program), str(saved_tiny), str(ptl), "ptl", DIGITS)
+    big = {**DIGITS, "splits": {s: {**v, "items": v["items"] * 100} for s, v in DIGITS["splits"].items()}}
+    small_run = evaluate.run_latency(str(ptl), str(tmp_path / "s.json"), DIGITS, {}, threads=1, warmup=1, runs=2)
+    big_run = evaluate.run_latency(str(ptl), str(tmp_path / "b.json"), big, {}, threads=1, warmup=1, runs=2)
+    assert small_run["peak_rss_mb"] == pytest.approx(big_run["peak_rss_mb"], rel=0.05)
+    assert 0 < small_run["rss_model_mb"] < small_run["peak_rss_mb"]

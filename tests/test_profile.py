@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pqv import config as pqv_config
 from pqv import export, io, profile, quantize, targets
 
 from .conftest import DIGITS
@@ -20,7 +21,7 @@ from .conftest import DIGITS
 LINEARS = 2 * 4 + 1
 # pqv/layers.py's attention twin: q @ k^T and attn @ v as 3-D batched matmuls in every block
 ATTENTION_MATMULS = 2 * 2
-TRACER = Path(os.environ.get(profile.ETDUMP_PYTHON_ENV) or profile.SIDE_ENV_PYTHON).exists()
+TRACER = Path(pqv_config.tracer_python() or "/no-tracer").exists()
 needs_tracer = pytest.mark.skipif(not TRACER, reason="no ExecuTorch with its event tracer: run `bash envs/etdump.sh`")
 
 

@@ -143,3 +143,35 @@ def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_ti
     assert "cosine similarity" in meta["reason"] and f"{fidelity['cosine_min']:.4f}" in meta["reason"]
     ok, _ = _export(saved_tiny, tmp_path / "ok", "int8_dynamic", "x86")
     assert io.read_sidecar(ok)["status"] == "verified" and io.read_sidecar(ok)["reason"] == ""
+
+
+@pytest.mark.parametrize("fidelity", [
+    {"max_abs_diff": float("nan"), "cosine_min": float("nan"), "top1_agreement": 0.1},
+    {"max_abs_diff": 0.0, "cosine_min": 1.0, "top1_agreement": 1.0, "finite": False},
+])
+def test_garbage_outputs_fail_the_check(fidelity):
+    """NaN compared with a bound is false either way: the check must not pass it."""
+    assert "non-finite" in export.verdict("int8_dynamic", fidelity, 0.98) or "cosine" in export.verdict(
+        "int8_dynamic", fidelity, 0.98)
+    assert export.verdict("fp32", fidelity, 0.98) is not None
+
+
+def _broken_runtime(monkeypatch, change):
+    """The ptl runtime, but its outputs changed by `change` (a broken exporter or layer rewrite)."""
+    real = export.FORMATS["ptl"]
+    monkeypatch.setitem(export.FORMATS, "ptl", export.Format(
+        real.export, lambda path: (lambda x, _m=real.load(path): change(_m(x)))))
+
+
+def test_an_fp32_artifact_that_changed_the_function_fails_the_job_with_no_file(saved_tiny, tmp_path, monkeypatch):
+    _broken_runtime(monkeypatch, lambda y: y + 1e-2)
+    with pytest.raises(PQVError, match=r"exporting to .ptl changed the model's function"):
+        _export(saved_tiny, tmp_path, "fp32", "none")
+    assert not (tmp_path / "fp32-none.ptl").exists() and not (tmp_path / "fp32-none.ptl.json").exists()
+
+
+def test_a_lossy_recipe_with_nan_outputs_is_rejected_not_verified(saved_tiny, tmp_path, monkeypatch):
+    _broken_runtime(monkeypatch, lambda y: y * float("nan"))
+    out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86")
+    meta = io.read_sidecar(out)
+    assert meta["status"] == "rejected" and "non-finite outputs" in meta["reason"] and fidelity["finite"] is False

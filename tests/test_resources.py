@@ -11,7 +11,7 @@ from pqv import prune, resources
 from pqv.resources import Work
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("data", "model", "prune", "finetune", "quantize", "export", "evaluate", "evaluate_eager", "profile")
+STAGES = ("data", "model", "prune", "finetune", "quantize", "export", "accuracy", "latency", "profile")
 DEIT_B = {"timm_name": "deit_base_patch16_224"}
 DEIT_TINY = {"timm_name": "deit_tiny_patch16_224"}
 IMAGENET = Work(1_281_167, 50_000, *resources.estimate_macs(DEIT_B), data="imagefolder")
@@ -49,8 +49,8 @@ def test_a_small_photo_set_asks_for_minutes_and_imagenet_for_hours():
         small, large = resources.of(stage, tiny, PHOTOS, "taylor", 0.25, 398), resources.of(stage, big, IMAGENET, "taylor", 0.25, 1_331_167)
         assert small["runtime"] <= 30, (stage, small)  # minutes
         assert large["mem_mb"] > small["mem_mb"], stage
-        assert large["runtime"] > small["runtime"] or stage == "profile", stage  # one image either way
-        if stage in ("model", "finetune", "evaluate", "evaluate_eager"):
+        assert large["runtime"] > small["runtime"] or stage in ("latency", "profile"), stage  # a few images either way
+        if stage in ("model", "finetune", "accuracy"):
             assert large["runtime"] >= 60, (stage, large)  # hours
     assert resources.of("finetune", big, IMAGENET, planned_images=1_331_167)["runtime"] > 24 * 60  # 60 CPU epochs: days
     assert resources.of("finetune", tiny, PHOTOS, planned_images=398)["mem_mb"] < 4000
@@ -63,7 +63,7 @@ def test_wall_time_follows_images_epochs_and_model_size():
     half = Work(IMAGENET.train_images // 2, IMAGENET.eval_images // 2, IMAGENET.macs, IMAGENET.params)
     smaller = Work(IMAGENET.train_images, IMAGENET.eval_images, IMAGENET.macs / 4, IMAGENET.params / 4)
     assert resources.runtime("finetune", longer, IMAGENET) > resources.runtime("finetune", cfg, IMAGENET)
-    for stage in ("model", "finetune", "evaluate"):
+    for stage in ("model", "finetune", "accuracy"):
         assert resources.runtime(stage, cfg, IMAGENET) > resources.runtime(stage, cfg, half) >= resources.MIN_RUNTIME
         assert resources.runtime(stage, cfg, IMAGENET) > resources.runtime(stage, cfg, smaller)
     # twice the finetune processes on CPUs: twice the cores, half the wall time
@@ -75,12 +75,14 @@ def test_wall_time_follows_images_epochs_and_model_size():
 def test_gpus_follow_device_nproc_and_importance():
     cfg = config(finetune={"nproc": 4})
     assert resources.gpus("finetune", cfg) == 4
-    assert resources.gpus("model", cfg) == 1 and resources.gpus("evaluate_eager", cfg) == 1
+    assert resources.gpus("model", cfg) == 1 and resources.gpus("accuracy", cfg, fmt="eager") == 1
     assert resources.gpus("prune", cfg, "taylor", 0.25) == 1 and resources.gpus("prune", cfg, "hessian", 0.5) == 1
     assert resources.gpus("prune", cfg, "l2", 0.25) == 0 and resources.gpus("prune", cfg, "taylor", 0.0) == 0
-    assert all(resources.gpus(s, cfg) == 0 for s in ("data", "quantize", "export", "evaluate", "profile"))
+    assert all(resources.gpus(s, cfg, fmt=f) == 0 for s in ("data", "quantize", "export", "accuracy", "latency", "profile")
+               for f in ("ptl", "pte"))
+    assert resources.gpus("latency", cfg, fmt="eager") == 0  # latency is timed on the CPU
     cpu = config(device="cpu", finetune={"nproc": 4})
-    assert all(resources.gpus(s, cpu, "taylor", 0.5) == 0 for s in STAGES)
+    assert all(resources.gpus(s, cpu, "taylor", 0.5, "eager") == 0 for s in STAGES)
 
 
 def test_threads_and_memory_follow_processes_and_workers():
@@ -92,16 +94,31 @@ def test_threads_and_memory_follow_processes_and_workers():
     assert resources.threads("finetune", cpu, big) == 2 * (resources.LARGE_THREADS + 2)
     assert resources.threads("finetune", gpu, big) == 2 * (resources.GPU_PROCESS_THREADS + 2)
     assert resources.mem_mb("finetune", cpu, IMAGENET) > 2 * resources.mem_mb("finetune", config(dataset=data), IMAGENET) / 2
-    assert resources.mem_mb("evaluate", cpu, IMAGENET) > resources.mem_mb("evaluate", config(), PHOTOS)
-    # latency jobs: at least evaluate.threads
-    assert resources.threads("evaluate", config(evaluate={"threads": 3}), 100) == 3
+    assert resources.mem_mb("accuracy", cpu, IMAGENET) > resources.mem_mb("accuracy", config(), PHOTOS)
+    # latency jobs: evaluate.threads, no workers; the accuracy pass: every core and its workers
+    assert resources.threads("latency", config(evaluate={"threads": 3}, dataset=data), big) == 3
+    assert resources.threads("accuracy", cpu, big) == resources.LARGE_THREADS + 2
+    assert resources.threads("quantize", cpu, big) == resources.STAGE_THREADS["quantize"]  # no DataLoader there
 
 
 def test_only_latency_jobs_ask_for_the_node_to_themselves():
     cfg = config()
     for stage in STAGES:
         extra = resources.of(stage, cfg, PHOTOS).get("slurm_extra")
-        assert (extra == "--exclusive") == (stage in resources.TIMING_STAGES)
+        assert (extra == "--exclusive") == (stage in ("latency", "profile"))
+    # and they are short: the accuracy pass over ImageNet is not timed on an exclusive node
+    assert resources.of("latency", cfg, IMAGENET)["runtime"] <= 15 < resources.of("accuracy", cfg, IMAGENET)["runtime"]
+
+
+@pytest.mark.parametrize("sinfo, partition, expected", [
+    ("pqv* (null)\ngpu gpu:a100:4", None, False), ("pqv* (null)\ngpu gpu:a100:4", "gpu", True),
+    ("main* gpu:h100:8,shard:2", None, True), ("main* (null)", "other", None), ("", None, None)])
+def test_slurm_partitions_say_whether_they_have_gpus(tmp_path, monkeypatch, sinfo, partition, expected):
+    fake = tmp_path / "sinfo"
+    fake.write_text(f"#!/bin/bash\nprintf '{sinfo}\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    assert resources.partition_has_gpus(partition) is expected
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10.yaml", "deit_b.yaml"])

@@ -78,8 +78,10 @@ def submit(tmp_path):
 
 FINETUNE = BRANCH.format("taylor_0.25/finetuned.safetensors")
 PRUNE_TAYLOR, PRUNE_L2 = BRANCH.format("taylor_0.5/pruned.safetensors"), BRANCH.format("l2_0.5/pruned.safetensors")
-EVALUATE = BRANCH.format("l2_0.25/eval/int8_dynamic-x86.ptl.json")
-EAGER = BRANCH.format("l2_0.25/eval/fp32-none.eager.json")
+LATENCY = BRANCH.format("l2_0.25/eval/int8_dynamic-x86.ptl.latency.json")
+ACCURACY = BRANCH.format("l2_0.25/eval/int8_dynamic-x86.ptl.accuracy.json")
+EAGER_LATENCY = BRANCH.format("l2_0.25/eval/fp32-none.eager.latency.json")
+EAGER_ACCURACY = BRANCH.format("l2_0.25/eval/fp32-none.eager.accuracy.json")
 
 
 def expected(stage: str, config: dict, images: tuple[int, int]) -> dict:
@@ -98,7 +100,7 @@ def expected(stage: str, config: dict, images: tuple[int, int]) -> dict:
 def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(submit):
     # the paper's shape: 4 finetune processes, GPUs where a stage uses them (device: auto)
     config = {"finetune": {"nproc": 4}, "evaluate": {"threads": 2}}
-    jobs = submit(config, [FINETUNE, PRUNE_TAYLOR, PRUNE_L2, EVALUATE, EAGER])
+    jobs = submit(config, [FINETUNE, PRUNE_TAYLOR, PRUNE_L2, LATENCY, ACCURACY, EAGER_LATENCY, EAGER_ACCURACY])
     finetune = jobs["rule_finetune_taylor_0.25"]
     want = expected("finetune", config, (1437, 360))
     # 4 processes x (2 torch threads + 0 workers on the digits), memory from the data and the model
@@ -108,11 +110,15 @@ def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(
     assert " -t " in finetune and "--exclusive" not in finetune
     # a prune job asks for a GPU only where its importance takes gradients
     assert " --gpus=1 " in jobs["rule_prune_taylor_0.5"] and "--gpus" not in jobs["rule_prune_l2_0.5"]
-    # latency jobs ask for the node to themselves; the eager baseline's accuracy pass may use CUDA
-    evaluate = jobs["rule_evaluate_l2_0.25_int8_dynamic_x86_ptl"]
-    assert " --exclusive " in evaluate and " --cpus-per-task=2 " in evaluate and "--gpus" not in evaluate
-    eager = jobs["rule_evaluate_eager_l2_0.25"]
-    assert " --exclusive " in eager and " --gpus=1 " in eager
+    # latency jobs ask for the node to themselves and no GPU; the accuracy pass shares a node, and
+    # for the eager baseline it may use CUDA
+    for fmt in ("int8_dynamic_x86_ptl", "fp32_none_eager"):
+        latency = jobs[f"rule_latency_l2_0.25_{fmt}"]
+        assert " --exclusive " in latency and " --cpus-per-task=2 " in latency and "--gpus" not in latency
+        assert int(latency.split(" -t ")[1].split()[0]) <= 15  # minutes: short
+        assert "--exclusive" not in jobs[f"rule_accuracy_l2_0.25_{fmt}"]
+    assert "--gpus" not in jobs["rule_accuracy_l2_0.25_int8_dynamic_x86_ptl"]
+    assert " --gpus=1 " in jobs["rule_accuracy_l2_0.25_fp32_none_eager"]
     (model,) = submit({}, ["results/data/manifest.json"], inputs=False).values()  # the first job: the data
     assert " --cpus-per-task=2 " in model and "--gpus" not in model
 
@@ -124,6 +130,14 @@ def test_one_override_keeps_the_other_values_and_device_cpu_asks_for_no_gpu(subm
     want = expected("finetune", {"device": "cpu", "finetune": {"nproc": 2}}, (1437, 360))
     assert " -t 77 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --cpus-per-task=4 " in finetune
     assert "--gpus" not in finetune and "--gpus" not in jobs["rule_prune_taylor_0.5"]
+
+
+@pytest.mark.parametrize("gres, gpus", [("(null)", False), ("gpu:a100:4", True)])
+def test_device_auto_asks_for_gpus_only_where_the_partition_has_them(submit, tmp_path, gres, gpus):
+    """sinfo tells whether partition `part` has GPUs: on one without, sbatch would refuse --gpus."""
+    (tmp_path / "bin" / "sinfo").write_text(f"#!/bin/bash\necho 'part* {gres}'\n")
+    jobs = submit({"finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR, EAGER_ACCURACY])
+    assert all((" --gpus=" in call) == gpus for call in jobs.values()), jobs
 
 
 def test_max_threads_and_resources_cap_every_job(submit):

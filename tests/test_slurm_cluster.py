@@ -23,8 +23,9 @@ from .test_workflow import TINY_CONFIG, scheduled
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts/slurm-cluster.sh"
 DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch")
-# This cluster has no GPU: the config says so, and no job asks for one.
-CONFIG = {**TINY_CONFIG, "device": "cpu"}
+# This cluster has no GPU, and the config keeps the default `device: auto`: the workflow asks SLURM
+# (sinfo) what the partition has, and no job asks for a GPU.
+CONFIG = TINY_CONFIG
 # What a user adds to the README's command: their partition and account (this cluster's).
 SITE = ["--default-resources", "slurm_partition=pqv", "slurm_account=root"]
 FAST = ["--slurm-init-seconds-before-status-checks", "5"]  # the plugin's first status check (default 40 s)
@@ -89,7 +90,9 @@ def test_tiny_workflow_runs_on_the_cluster_and_a_rerun_schedules_nothing(cluster
     assert sacct_states(cluster, jobs) == Counter(COMPLETED=on_cluster)
 
     summary = pd.read_csv(tmp_path / "results/summary.csv")
-    assert len(summary) == plan["evaluate"] + plan["evaluate_eager"]
+    assert len(summary) == plan["latency"] == plan["accuracy"]
+    assert "has no GPUs (sinfo): device auto asks for none" in out
+    assert set(summary["device"].dropna()) == {"cpu (fp32)"}
     assert (summary["top1"] > 10).all()  # above chance on held-out digits
     assert summary["node_exclusive"].astype(bool).all()  # every latency had its node to itself (--exclusive)
     assert (tmp_path / "results/figures/fig4_accuracy.png").read_bytes()[:4] == b"\x89PNG"
@@ -100,10 +103,10 @@ def test_tiny_workflow_runs_on_the_cluster_and_a_rerun_schedules_nothing(cluster
 
 
 def test_a_job_larger_than_the_cluster_fails_at_submission(cluster, tmp_path):
-    # 8 DataLoader workers + 1 torch thread: 9 CPUs on a cluster whose node has fewer
+    # as many DataLoader workers as the node has CPUs, plus the torch threads: more than the node
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], env=cluster, capture_output=True, text=True, check=True)
-    assert int(nodes.stdout.split()[0]) < 9
-    config = {**CONFIG, "dataset": {"name": "digits", "workers": 8}}
+    cpus = max(int(n) for n in nodes.stdout.split())
+    config = {**CONFIG, "dataset": {"name": "digits", "workers": cpus}}
     result = snakemake(cluster, tmp_path, config, *FAST, "--", "results/tiny/model.safetensors", timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode != 0

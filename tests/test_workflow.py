@@ -46,19 +46,16 @@ def scheduled(result: subprocess.CompletedProcess) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+def finished(tiny_sweep):
+    return tiny_sweep
 
 
 def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
     jobs = scheduled(snakemake(tmp_path, "-n"))
     # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions, plus each branch's eager baseline; the
     # dense branch is passed through, not finetuned (finetune.dense: false)
-    assert jobs == Counter(data=1, model=1, prune=3, finetune=2, keep_dense=1, evaluate_eager=3, quantize=6, export=6,
-                           evaluate=6, profile=1, summary=1, stage_costs=1, plot=1, all=1)
+    assert jobs == Counter(data=1, model=1, prune=3, finetune=2, keep_dense=1, quantize=6, export=6,
+                           accuracy=9, latency=9, profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
 def test_finetuning_the_dense_branch_is_opt_in(tmp_path):
@@ -70,7 +67,7 @@ def test_finetuning_the_dense_branch_is_opt_in(tmp_path):
 def test_device_is_passed_to_every_gradient_and_accuracy_job_and_reruns_nothing(finished):
     result = snakemake(finished, "-n", "-p", "--forceall", config={**TINY_CONFIG, "device": "cpu"})
     commands = [line for line in result.stdout.splitlines() if " -m pqv " in line]
-    for stage in ("model", "prune", "finetune", "evaluate"):
+    for stage in ("model", "prune", "finetune", "evaluate accuracy"):
         assert any(f"-m pqv {stage} " in c and "--device cpu" in c for c in commands), stage
     assert scheduled(snakemake(finished, "-n", config={**TINY_CONFIG, "device": "cpu"})) == Counter()
 
@@ -81,7 +78,7 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     base = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
             "--cores", "2"]
     default = subprocess.run(base, capture_output=True, text=True)
-    assert scheduled(default)["evaluate"] == 10
+    assert scheduled(default)["latency"] == scheduled(default)["accuracy"] == 10 + 5  # and 5 eager baselines
     paper = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml"), str(site)], capture_output=True, text=True)
     # 2 models x (dense + 4 importances x 3 ratios) branches x (fp32 + int8 on 4 engines in .ptl,
     # fp32 + int8 xnnpack in .pte)
@@ -91,8 +88,9 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     assert scheduled(cifar)["export"] == 5 * 6, cifar.stderr[-2000:]
     deit_b = subprocess.run(base + ["--configfile", str(REPO / "config/deit_b.yaml")], capture_output=True, text=True)
     # dense (passed through) + taylor 0.09375: fp32/int8 x86 .ptl, fp32/int8 xnnpack .pte, each evaluated
-    assert scheduled(deit_b) == Counter(data=1, model=1, prune=2, finetune=1, keep_dense=1, evaluate_eager=2, quantize=8,
-                                        export=8, evaluate=8, profile=1, summary=1, stage_costs=1, plot=1, all=1), \
+    assert scheduled(deit_b) == Counter(data=1, model=1, prune=2, finetune=1, keep_dense=1, quantize=8,
+                                        export=8, accuracy=10, latency=10, profile=1, summary=1, stage_costs=1, plot=1,
+                                        all=1), \
         deit_b.stderr[-2000:]
     no_root = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml")], capture_output=True, text=True)
     assert no_root.returncode != 0 and "dataset.root is required" in no_root.stdout + no_root.stderr
@@ -129,8 +127,8 @@ def test_workflow_writes_summary_figures_profile_and_logs(finished):
 
 def test_stage_costs_sum_every_jobs_benchmark(finished):
     costs = pd.read_csv(finished / "results/stage_costs.csv").set_index("stage")
-    jobs = {"data": 1, "model": 1, "prune": 3, "finetune": 2, "keep_dense": 1, "evaluate_eager": 3, "quantize": 6, "export": 6,
-            "evaluate": 6, "profile": 1, "summary": 1}
+    jobs = {"data": 1, "model": 1, "prune": 3, "finetune": 2, "keep_dense": 1, "quantize": 6, "export": 6,
+            "accuracy": 9, "latency": 9, "profile": 1, "summary": 1}
     assert costs["jobs"].drop("total").to_dict() == jobs
     assert costs.loc["total", "jobs"] == sum(jobs.values())
     assert (costs["wall_s"] > 0).all() and (costs["max_rss_mb"] > 0).all()
@@ -162,7 +160,7 @@ def test_adding_a_ratio_schedules_only_the_new_branch(finished):
     jobs = scheduled(snakemake(finished, "-n", config=config))
     # two new branches (l2 0.25, taylor 0.25), each 2 precisions; the l2 int8 one matches the profile
     # selector; then the aggregates
-    assert jobs == Counter(prune=2, finetune=2, evaluate_eager=2, quantize=4, export=4, evaluate=4,
+    assert jobs == Counter(prune=2, finetune=2, quantize=4, export=4, accuracy=6, latency=6,
                            profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
@@ -170,14 +168,14 @@ def test_changing_one_engine_reruns_only_that_engines_jobs(finished):
     config = {**TINY_CONFIG, "quantize": {**TINY_CONFIG["quantize"], "engines": ["onednn"]}}
     jobs = scheduled(snakemake(finished, "-n", config=config))
     # int8 for onednn in 3 branches; the x86 profile selector no longer matches -> profile re-targets
-    assert jobs == Counter(quantize=3, export=3, evaluate=3, profile=1, summary=1, stage_costs=1, plot=1, all=1)
+    assert jobs == Counter(quantize=3, export=3, accuracy=3, latency=3, profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
 def test_changing_a_finetune_setting_reruns_finetune_and_below_only(finished):
     config = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "lr": 2e-3}}
     jobs = scheduled(snakemake(finished, "-n", config=config))
     # the two pruned branches; the dense one is not finetuned
-    assert jobs == Counter(finetune=2, evaluate_eager=2, quantize=4, export=4, evaluate=4, profile=1,
+    assert jobs == Counter(finetune=2, quantize=4, export=4, accuracy=6, latency=6, profile=1,
                            summary=1, stage_costs=1, plot=1, all=1)
 
 

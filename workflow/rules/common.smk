@@ -29,8 +29,9 @@ PRUNED = BRANCH + "/pruned.safetensors"
 FINETUNED = BRANCH + "/finetuned.safetensors"
 QUANTIZED = BRANCH + "/quantized/{precision}-{engine}.{ir}"
 EXPORTED = BRANCH + "/export/{precision}-{engine}.{format}"
-METRICS = BRANCH + "/eval/{precision}-{engine}.{format}.json"
-EAGER_METRICS = BRANCH + "/eval/fp32-none.eager.json"  # the eager FP32 baseline of a branch
+EAGER = T.EAGER  # the "format" of a branch's eager FP32 baseline, measured like an artifact
+ACCURACY = BRANCH + "/eval/{precision}-{engine}.{format}.accuracy.json"
+LATENCY = BRANCH + "/eval/{precision}-{engine}.{format}.latency.json"
 PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
 SUMMARY = R + "/summary.csv"
 STAGE_COSTS = R + "/stage_costs.csv"
@@ -60,7 +61,7 @@ wildcard_constraints:
     precision="|".join(T.PRECISIONS),
     ir="|".join(T.IRS),
     engine="[a-z0-9]+",
-    format="|".join(T.FORMATS),
+    format="|".join([*T.FORMATS, T.EAGER]),
 
 
 # The config itself was checked by the Snakefile (pqv.config); this checks it against the machine.
@@ -87,8 +88,25 @@ def _check_machine():
         raise PQVError(f"--resources mem_mb={mem_mb} exceeds this machine's {total_mb} MB", f"mem_mb <= {total_mb}")
 
 
+def _check_results_writable():
+    """A results folder this process cannot write would fail the first job with a traceback: try
+    to create a file in it (or, before it exists, in the nearest folder above it), and remove it."""
+    import tempfile
+
+    folder = os.path.abspath(R)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pqv-write-check-"):
+            pass
+    except OSError as e:
+        raise PQVError(f"the results folder {R} cannot be written ({e.strerror} in {folder})",
+                       "set results: to a folder you can write, or fix its permissions")
+
+
 with pqv_config.reported():
     _check_machine()
+    _check_results_writable()
 
 # Heavy and timing stages take every core of a local run; on a cluster see stage_threads() below.
 ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
@@ -123,11 +141,17 @@ def targets():
                            precision=precision, engine=engine, format=fmt)
 
 
-def metrics_files():
-    files = [METRICS.format(**t) for t in targets()]
+def measured_targets():
+    """Every artifact, and each branch's eager FP32 baseline, as the measurement jobs see them."""
+    yield from targets()
     if config["evaluate"]["eager_baseline"]:
-        files += [EAGER_METRICS.format(model=m, importance=i, ratio=r) for m in MODELS for i, r in branches()]
-    return files
+        for m in MODELS:
+            for i, r in branches():
+                yield dict(model=m, importance=i, ratio=r, precision="fp32", engine=NO_ENGINE, format=EAGER)
+
+
+def metrics_files():
+    return [path.format(**t) for t in measured_targets() for path in (ACCURACY, LATENCY)]
 
 
 def reads_data(stage, wc):
@@ -156,11 +180,9 @@ def benchmark_files():
             job = JOB_BRANCH.format(model=m, importance=i, ratio=r)
             dense_kept = float(r) == 0 and not config["finetune"]["dense"]
             files += [bench("prune", job), bench("keep_dense" if dense_kept else "finetune", job)]
-            if config["evaluate"]["eager_baseline"]:
-                files.append(bench("evaluate_eager", job))
     for t in targets():
-        files += [bench("quantize", JOB_PROGRAM.format(ir=T.ir_of(t["format"]), **t)),
-                  bench("export", JOB_ARTIFACT.format(**t)), bench("evaluate", JOB_ARTIFACT.format(**t))]
+        files += [bench("quantize", JOB_PROGRAM.format(ir=T.ir_of(t["format"]), **t)), bench("export", JOB_ARTIFACT.format(**t))]
+    files += [bench(rule, JOB_ARTIFACT.format(**t)) for t in measured_targets() for rule in ("accuracy", "latency")]
     files += [bench("profile", JOB_ARTIFACT.format(**t)) for t in profiled()]
     return sorted(set(files))
 
@@ -184,6 +206,26 @@ def profile_targets():
 # As in _check_machine: a cluster run is one given --jobs without --cores (Snakemake turns a local
 # run's --jobs into --cores), or a job process that a cluster executor started (remote mode).
 ON_CLUSTER = workflow.remote_exec or workflow.resource_settings.nodes is not None
+
+
+def _planned_config():
+    """The config the cluster budget is computed with. With `device: auto` on SLURM, the partition
+    jobs go to (--default-resources slurm_partition=..., else the default one) is asked once
+    whether it has GPUs (sinfo's generic resources): on a partition without any, no job asks for
+    one (sbatch would refuse `--gpus`), and `auto` finds no CUDA in the job and runs on the CPU."""
+    if not ON_CLUSTER or config["device"] != "auto":
+        return config
+    resources = workflow.resource_settings.default_resources
+    partition = getattr(resources.get("slurm_partition"), "raw", None) if resources is not None else None
+    if RES.partition_has_gpus(partition) is False:
+        if not workflow.remote_exec:
+            print(f"pqv: partition {partition or '(default)'} has no GPUs (sinfo): device auto asks for none",
+                  file=sys.stderr)
+        return {**config, "device": "cpu"}
+    return config
+
+
+PLAN = _planned_config()
 # The data set's size before its manifest exists: class folders counted, a few of them listed.
 DATA_ESTIMATE = pqv_data.estimate(config["dataset"])
 PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
@@ -191,7 +233,7 @@ PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
 
 def stage_threads(stage):
     if ON_CLUSTER:
-        return RES.threads(stage, config, PLANNED_IMAGES)
+        return RES.threads(stage, PLAN, PLANNED_IMAGES)
     return ALL_CORES if stage in RES.ALL_CORES_LOCALLY else 1
 
 
@@ -230,11 +272,12 @@ def stage_resources(stage):
     def value(key):
         def resource(wc, input):
             work = job_work(stage, wc, input)
-            return RES.of(stage, config, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES)[key]
+            return RES.of(stage, PLAN, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES,
+                          wc.get("format", ""))[key]
 
         return resource
 
-    keys = RES.of(stage, config, RES.Work(0, 0, 0, 0), planned_images=PLANNED_IMAGES)
+    keys = RES.of(stage, PLAN, RES.Work(0, 0, 0, 0), planned_images=PLANNED_IMAGES)
     out = {key: value(key) for key in keys}
-    out["gpu"] = lambda wc: RES.gpus(stage, config, wc.get("importance", ""), wc.get("ratio", 0))
+    out["gpu"] = lambda wc: RES.gpus(stage, PLAN, wc.get("importance", ""), wc.get("ratio", 0), wc.get("format", ""))
     return out

@@ -1,63 +1,64 @@
 EVALUATE = config["evaluate"]
 
 
-rule evaluate:
-    """Accuracy, latency, size and memory of one artifact, in its own process and runtime.
+def measured(wc):
+    """The file a measurement job reads: the exported artifact, or for format `eager` the branch's
+    finetuned FP32 model (the honest FP32 baseline)."""
+    return FINETUNED.format(**wc) if wc.format == EAGER else EXPORTED.format(**wc)
 
-    Torch runs evaluate.threads threads, but the job reserves all cores given to Snakemake, so
-    no other job shares the CPU while it is timed."""
+
+def labels(wc):
+    return json.dumps(dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision,
+                           engine=wc.engine, format=wc.format))
+
+
+rule accuracy:
+    """Top-1/top-5 of one artifact in its own runtime over the held-out split: throughput on every
+    core the job holds, the eager baseline on a GPU where there is one; no node to itself."""
     input:
-        artifact=EXPORTED,
-        sidecar=EXPORTED + ".json",
+        artifact=measured,
+        sidecar=lambda wc: measured(wc) + ".json",
         data=MANIFEST,
     output:
-        METRICS,
+        ACCURACY,
     params:
-        labels=lambda wc: json.dumps(
-            dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision,
-                 engine=wc.engine, format=wc.format)
-        ),
-        e=EVALUATE,
+        labels=labels,
     log:
-        "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+        "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.accuracy.log",
     benchmark:
-        bench("evaluate", JOB_ARTIFACT)
-    threads: stage_threads("evaluate")
+        bench("accuracy", JOB_ARTIFACT)
+    threads: stage_threads("accuracy")
     resources:
-        **stage_resources("evaluate"),
+        **stage_resources("accuracy"),
     shell:
-        "{PQV} evaluate --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
-        " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {WORKERS} {DEVICE}"
-        " > {log:q} 2>&1"
+        "{PQV} evaluate accuracy --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
+        " --labels {params.labels:q} --threads {threads} {WORKERS} {DEVICE} > {log:q} 2>&1"
 
 
-rule evaluate_eager:
-    """The eager FP32 model of a branch, measured like an artifact: the honest FP32 baseline."""
+rule latency:
+    """Latency per image on the CPU (evaluate.threads threads), file size, and memory measured in a
+    process of its own. Short; on a cluster the node to itself, locally every core Snakemake has,
+    so nothing else runs while it is timed."""
     input:
-        model=FINETUNED,
-        sidecar=FINETUNED + ".json",
+        artifact=measured,
+        sidecar=lambda wc: measured(wc) + ".json",
         data=MANIFEST,
     output:
-        EAGER_METRICS,
+        LATENCY,
     params:
-        labels=lambda wc: json.dumps(
-            dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision="fp32",
-                 engine=NO_ENGINE, format="eager")
-        ),
+        labels=labels,
         e=EVALUATE,
     log:
-        "logs/evaluate/{model}/{importance}_{ratio}/fp32-none.eager.log",
+        "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.latency.log",
     benchmark:
-        bench("evaluate_eager", JOB_BRANCH)
-    threads: stage_threads("evaluate_eager")
+        bench("latency", JOB_ARTIFACT)
+    threads: stage_threads("latency")
     resources:
-        **stage_resources("evaluate_eager"),
+        **stage_resources("latency"),
     shell:
-        "{PQV} evaluate --artifact {input.model:q} --out {output:q} --data {input.data:q}"
+        "{PQV} evaluate latency --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
         " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} --accuracy-threads {threads} {WORKERS} {DEVICE}"
-        " > {log:q} 2>&1"
+        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log:q} 2>&1"
 
 
 rule summary:

@@ -41,7 +41,8 @@ rule finetune:
         **stage_resources("finetune"),
     shell:
         "{FINETUNE_PQV} finetune --model {input.model:q} --out {output.model:q} --data {input.data:q}"
-        " --hparams {params.hparams:q} --metrics {output.metrics:q} {params.teacher} {WORKERS} {DEVICE} > {log:q} 2>&1"
+        " --hparams {params.hparams:q} --metrics {output.metrics:q} {params.teacher} --threads {threads} {WORKERS} {DEVICE}"
+        " > {log:q} 2>&1"
 
 
 if not FINETUNE["dense"]:

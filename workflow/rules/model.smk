@@ -17,4 +17,4 @@ rule model:
         **stage_resources("model"),
     shell:
         "{PQV} model --model-cfg {params.model_cfg:q} --data {input.data:q}"
-        " --out {output.model:q} --metrics {output.metrics:q} {WORKERS} {DEVICE} > {log:q} 2>&1"
+        " --out {output.model:q} --metrics {output.metrics:q} --threads {threads} {WORKERS} {DEVICE} > {log:q} 2>&1"
