@@ -5,19 +5,16 @@ machines: the accuracy pass is throughput (batches over the whole held-out split
 job holds, CUDA for the eager FP32 baseline where there is one); latency is a short timing on the
 CPU with a fixed thread count, warm-up calls and the median of repeated single-batch calls (min,
 max and p90 kept so the spread is visible), on a node the job has to itself on a cluster.
-Memory is measured in a process of its own that imports the runtime, loads the artifact and runs
-one saved input, nothing else: the figure is the artifact's, not the data set's.
+Memory is measured by the latency job before it reads any data: its process has imported the
+runtime, loads the artifact and runs one input, nothing else, so the figure is the artifact's,
+not the data set's.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -178,37 +175,18 @@ def process_threads(job_threads: int, workers: int = 0, processes: int = 1) -> i
     return max(1, job_threads // max(1, processes) - workers)
 
 
-def memory(artifact: str, meta: dict, example: torch.Tensor) -> dict:
-    """Memory of the artifact alone, measured in a fresh process that imports the runtime, loads
-    the artifact and runs `example` (saved to a file), and nothing else."""
-    with tempfile.TemporaryDirectory(prefix="pqv-memory-") as tmp:
-        inputs = Path(tmp) / "input.pt"
-        torch.save({"x": example.contiguous()}, inputs)
-        done = subprocess.run([sys.executable, "-m", "pqv.evaluate", str(artifact), meta["format"], meta["engine"],
-                               str(inputs)], capture_output=True, text=True)
-    if done.returncode:
-        from .errors import PQVError
-
-        raise PQVError(f"measuring the memory of {artifact} failed: {done.stderr.strip().splitlines()[-1:]}",
-                       "run `python -m pqv.evaluate ARTIFACT FORMAT ENGINE INPUT.pt` to see the whole error")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _memory_probe(artifact: str, fmt: str, engine: str, inputs: str) -> dict:
-    """In the fresh process of `memory`: RSS after the imports, then peak and growth once the
-    artifact is loaded and has run one input."""
+def memory(artifact: str, meta: dict) -> dict:
+    """Memory of the artifact alone: the job measures it first, before it reads any data, in a
+    process that has imported the runtime, then loads the artifact and runs one input (zeros of its
+    input shape: memory does not depend on the values)."""
     import importlib
 
-    from . import io
-
-    for name in RUNTIME_MODULES[fmt]:
+    for name in RUNTIME_MODULES[meta["format"]]:
         importlib.import_module(name)
-    example = torch.load(inputs, weights_only=True)["x"]
     base = _rss_mb()
-    meta = describe(artifact) if fmt == EAGER else {**io.read_sidecar(artifact), "format": fmt, "engine": engine}
     module = _load(artifact, meta)
     with torch.no_grad():
-        module(example)
+        module(torch.zeros(1, *meta["data_config"]["input_size"]))
     return {"rss_base_mb": base, "rss_model_mb": _rss_mb() - base,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -216,13 +194,15 @@ def _memory_probe(artifact: str, fmt: str, engine: str, inputs: str) -> dict:
 def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, warmup: int, runs: int,
                 batch_size: int = 1) -> dict:
     """CLI entry: latency, size and memory of one artifact (or of the eager baseline), on the CPU with
-    `threads` threads, on `batch_size` real held-out images drawn across classes."""
+    `threads` threads, on `batch_size` real held-out images drawn across classes. Memory comes
+    first (`memory`), then the data; the artifact is loaded again for the timing, so the paper's
+    one-call method times a cold first call."""
     from . import datasets, io
 
     set_threads(threads)
     meta = describe(artifact)
+    used = memory(artifact, meta)
     example = datasets.sample_batch(manifest, meta["data_config"], batch_size)
-    used = memory(artifact, meta, example)
     module = _load(artifact, meta)
     paper_ms = paper_method_ms(module, example)  # the first, cold call of the freshly loaded file
     timing = latency(module, example, warmup, runs)
@@ -264,6 +244,3 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
     io.write_json(out, metrics)
     return metrics
 
-
-if __name__ == "__main__":  # the memory probe's process (see `memory`)
-    print(json.dumps(_memory_probe(*sys.argv[1:5])))

@@ -65,6 +65,9 @@ STAGE_THREADS = {"quantize": 2, "export": 2}  # at most this many threads, whate
 LOADER_STAGES = ("model", "finetune", "accuracy")  # the stages that read whole splits with DataLoader workers
 GPU_PROCESS_THREADS = 4  # torch threads of a finetune process that drives a GPU
 MIN_RUNTIME = 10  # minutes: start-up, imports, scheduling slack
+# A timing job holds a whole node: its floor is lower (imports and loading take seconds, the timed
+# calls a few; the wall time asked is what the scheduler reserves the node for).
+MIN_RUNTIME_TIMING = 5
 MARGIN = 2  # wall time asked = 2x the budget, so a slower node does not kill a job near its end
 
 # timm's ViT sizes: (embed width, depth); a name's size word picks one, kwargs override it.
@@ -160,21 +163,26 @@ def gpus(stage: str, config: dict, importance: str = "", ratio: float = 0.0, fmt
     return int(stage == "model")
 
 
-def _per_image(work: Work, gpu: bool, cores: int) -> tuple[float, float]:
-    """Wall seconds per image (train, infer) on `cores` cores or one GPU."""
-    decode = DECODE_S[work.data] / cores  # decoding runs on the job's cores either way
+def _per_image(work: Work, gpu: bool, cores: int, workers: int = 0) -> tuple[float, float]:
+    """Wall seconds per image (train, infer) on `cores` cores (of which `workers` decode images in
+    DataLoader processes, in parallel with the compute) or one GPU."""
+    compute = max(1, cores - workers)
+    decode = DECODE_S[work.data] / (workers or compute)
     if gpu:
-        return 3 * work.macs / GPU_TRAIN_MACS_PER_S + decode, work.macs / GPU_INFER_MACS_PER_S + decode
-    train = 3 * work.macs / CPU_TRAIN_MACS_PER_S + OVERHEAD_S["train"]
-    infer = work.macs / CPU_INFER_MACS_PER_S + OVERHEAD_S["infer"]
-    return train / cores + decode, infer / cores + decode
+        return max(3 * work.macs / GPU_TRAIN_MACS_PER_S, decode), max(work.macs / GPU_INFER_MACS_PER_S, decode)
+    train = (3 * work.macs / CPU_TRAIN_MACS_PER_S + OVERHEAD_S["train"]) / compute
+    infer = (work.macs / CPU_INFER_MACS_PER_S + OVERHEAD_S["infer"]) / compute
+    if workers:  # the workers decode while the main process computes
+        return max(train, decode), max(infer, decode)
+    return train + decode, infer + decode
 
 
 def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: int | None = None, fmt: str = "") -> int:
     """Wall-time limit in minutes: MARGIN x (images x seconds per image) + MIN_RUNTIME."""
     cores = cores or threads(stage, config, work.train_images + work.eval_images)
     gpu = gpus(stage, config, importance, 1.0, fmt) > 0
-    train_s, infer_s = _per_image(work, gpu, cores)
+    workers = config["dataset"].get("workers", 0) if stage in LOADER_STAGES else 0
+    train_s, infer_s = _per_image(work, gpu, cores // (config["finetune"]["nproc"] if stage == "finetune" else 1), workers)
     if stage == "data":
         seconds = (work.train_images + work.eval_images) * SCAN_S / cores
     elif stage == "model":
@@ -184,9 +192,8 @@ def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: i
         images = config["prune"]["calibration_batches"] * config["prune"]["batch_size"]
         seconds = images * train_s * (10 if importance == "hessian" else 1)  # hessian: per-sample backward
     elif stage == "finetune":
-        # on GPUs the nproc processes share the images; on CPUs `cores` already counts every process
-        per_image = train_s / config["finetune"]["nproc"] if gpu else train_s
-        seconds = config["finetune"]["epochs"] * (work.train_images * per_image + work.eval_images * infer_s)
+        # the nproc processes share the images of both splits
+        seconds = config["finetune"]["epochs"] * (work.train_images * train_s + work.eval_images * infer_s) / config["finetune"]["nproc"]
     elif stage == "quantize":  # scripting or tracing a model takes time with its size (DeiT-B: ~1 min)
         seconds = config["quantize"]["calibration_images"] * infer_s + work.macs / 1e8
     elif stage == "export":  # lowering and checking DeiT-B took up to 5.5 min (docs/deit_b.md)
@@ -197,7 +204,7 @@ def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: i
         seconds = (config["evaluate"]["warmup"] + config["evaluate"]["runs"] + 2) * infer_s * cores + 30
     else:  # profile
         seconds = (config["profile"].get("warmup", 5) + config["profile"].get("runs", 20)) * infer_s * cores * 2
-    return MIN_RUNTIME + math.ceil(MARGIN * seconds / 60)
+    return (MIN_RUNTIME_TIMING if stage in TIMING_STAGES else MIN_RUNTIME) + math.ceil(MARGIN * seconds / 60)
 
 
 def mem_mb(stage: str, config: dict, work: Work) -> int:

@@ -133,4 +133,4 @@ def test_every_shipped_config_gets_whole_positive_resources(name):
         res = resources.of(stage, cfg, work, "taylor", 0.25, 11_000)
         assert resources.threads(stage, cfg, 11_000) >= 1
         assert all(isinstance(res[k], int) and res[k] >= 0 for k in ("mem_mb", "runtime", "gpu"))
-        assert res["mem_mb"] > 0 and res["runtime"] >= resources.MIN_RUNTIME
+        assert res["mem_mb"] > 0 and res["runtime"] >= resources.MIN_RUNTIME_TIMING

@@ -226,8 +226,14 @@ def _planned_config():
 
 
 PLAN = _planned_config()
-# The data set's size before its manifest exists: class folders counted, a few of them listed.
+# The data set's size: the manifest's counts once the data job has made it, before that an estimate
+# (class folders counted, a few of them listed). Threads follow it (small sets get few).
 DATA_ESTIMATE = pqv_data.estimate(config["dataset"])
+try:
+    _counts = pqv_data.read(MANIFEST)["splits"]
+    DATA_ESTIMATE = {**DATA_ESTIMATE, "train": _counts["train"]["images"], "eval": _counts["eval"]["images"]}
+except PQVError:
+    pass  # not made yet (or damaged: the data job makes it again)
 PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
 
 
