@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import yaml
 
-from pqv import data, datasets, evaluate, export, io
+from pqv import data, datasets, evaluate, export, store
 
 
 def dataset_manifest(configfile: str) -> dict:
@@ -50,7 +50,7 @@ def sharded_accuracy(artifact: str, engine: str, manifest: dict, data_config: di
 
 def measure(artifact: str, manifest: dict, threads: int, sharded: bool) -> tuple[float, float]:
     """(images/s, top-1) of one accuracy pass over the evaluation split."""
-    meta = io.read_sidecar(artifact)
+    meta = store.read_sidecar(artifact)
     dc = meta["data_config"]
     loader = datasets.loader(manifest, "eval", dc, evaluate.EVAL_BATCH)
     evaluate.set_threads(threads)
@@ -76,7 +76,7 @@ def main() -> None:
     manifest = dataset_manifest(a.configfile)
     rows = []
     for artifact in a.artifacts:
-        fmt = io.read_sidecar(artifact)["format"]
+        fmt = store.read_sidecar(artifact)["format"]
         cases = [("before", a.before_threads, False), ("after", a.cores, False)]
         if a.shards and fmt == "pte":
             cases.append(("shards", a.cores, True))

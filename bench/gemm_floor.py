@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import latency  # bench/latency.py, beside this script
-from pqv import evaluate, export, io, quantize
+from pqv import evaluate, export, store, quantize
 
 
 class LinearsOnly(nn.Module):
@@ -66,13 +66,13 @@ def build_pte(module: nn.Module, example: torch.Tensor, out: Path) -> None:
     src = out.with_suffix(".pt2")
     quantize.save(program, str(src), "pt2")
     try:
-        with io.atomic_path(out) as tmp:
+        with store.atomic_path(out) as tmp:
             export._export_pte(str(src), tmp, "int8_dynamic", {})
     finally:
         src.unlink()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="deit_base_patch16_224")
     p.add_argument("--ratio", type=float, default=0.09375)
@@ -85,34 +85,32 @@ def main() -> None:
     p.add_argument("--data", default="digits", help="images of the whole model's export check")
     p.add_argument("--check-images", type=int, default=64)
     p.add_argument("--out", default="bench/results/gemm_floor.csv")
-    args = p.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
+    return p
 
-    # the whole model: bench/latency.py's row, built (or reused) the way the workflow builds it
+
+def programs(args, work: Path) -> tuple[dict, dict, torch.nn.Module]:
+    """{row: (.pte path, example input, MACs)}: the whole model (bench/latency.py's row, built or
+    reused the way the workflow builds it), before issue 15's LayerNorm, its Linear layers alone,
+    and a square GEMM; the model's widths; the Linears-only module."""
     pruned = latency.make_models(work, args.model, args.ratio, 64, ["pruned"])["pruned"]
     facts = latency.widths(pruned)
-    vit, _ = io.load_model(pruned)
+    vit, _ = store.load_model(pruned)
     vit.eval()
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
-    full_name = "pte int8_dynamic"
-    full = latency.RECIPES[full_name]
     manifest = latency.manifest_of(args.data)
-    full_path = latency.artifact_path(pruned.parent, full, manifest, 0)
-    before_name = "pte int8_dynamic pooled-mean LayerNorm"  # the same, with the LayerNorm twin before issue 15
-    before = latency.RECIPES[before_name]
-    before_path = latency.artifact_path(pruned.parent, before, manifest, 0)
-    for recipe, path in ((full, full_path), (before, before_path)):
-        meta = latency.build(recipe, pruned, path, manifest, 0, args.check_images, 0.98)
+    whole = {}
+    for name in ("pte int8_dynamic", "pte int8_dynamic pooled-mean LayerNorm"):
+        recipe = latency.RECIPES[name]
+        whole[name] = latency.artifact_path(pruned.parent, recipe, manifest, 0)
+        meta = latency.build(recipe, pruned, whole[name], manifest, 0, args.check_images, 0.98)
         if meta.get("status") == latency.REJECTED:
-            raise SystemExit(f"{path} failed its export check: {meta.get('reason')}")
-
+            raise SystemExit(f"{whole[name]} failed its export check: {meta.get('reason')}")
     linears = LinearsOnly(vit)
     square = SquareGemm(args.square)
     rows = {
-        "whole model (pte int8_dynamic)": (full_path, torch.randn(1, *facts["input_size"]), facts["macs"]),
-        "whole model, LayerNorm before issue 15": (before_path, torch.randn(1, *facts["input_size"]), facts["macs"]),
+        "whole model (pte int8_dynamic)": (whole["pte int8_dynamic"], torch.randn(1, *facts["input_size"]), facts["macs"]),
+        "whole model, LayerNorm before issue 15": (whole["pte int8_dynamic pooled-mean LayerNorm"],
+                                                   torch.randn(1, *facts["input_size"]), facts["macs"]),
         "its Linear layers only": (pruned.parent / "linears-int8_dynamic.pte", torch.randn(1, tokens, vit.embed_dim),
                                    linear_macs(linears, tokens)),
         f"square GEMM {args.square}^3": (work / f"gemm{args.square}-int8_dynamic.pte",
@@ -120,7 +118,14 @@ def main() -> None:
     }
     build_pte(linears, rows["its Linear layers only"][1], rows["its Linear layers only"][0])
     build_pte(square, rows[f"square GEMM {args.square}^3"][1], rows[f"square GEMM {args.square}^3"][0])
+    return rows, facts, linears
 
+
+def main() -> None:
+    args = parser().parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    rows, facts, linears = programs(args, Path(args.work))
     fns = {name: latency.load("pte", "xnnpack", str(path)) for name, (path, _, _) in rows.items()}
     with torch.no_grad():  # the Linears-only program computes what its eager twin does
         check = export.compare(fns["its Linear layers only"](rows["its Linear layers only"][1]),
@@ -129,8 +134,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (_, example, _) in rows.items():
             timings[name].append(evaluate.latency(fns[name], example, args.warmup, args.runs))
-
-    machine = {**evaluate.machine(), **io.versions()}
+    machine = {**evaluate.machine(), **store.versions()}
     whole = statistics.median(t["latency_ms_median"] for t in timings["whole model (pte int8_dynamic)"])
     floor = timings["its Linear layers only"]
     table = []
@@ -153,7 +157,7 @@ def main() -> None:
     print(df[["row", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model", "x_linears_only"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     out = Path(args.out)
-    with io.atomic_path(out) as tmp:
+    with store.atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     print(f"wrote {out}")
 

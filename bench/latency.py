@@ -35,9 +35,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pqv import arch, evaluate, export, io, prune, quantize, targets
+from pqv import arch, evaluate, export, prune, quantize, registry, store
+from pqv.registry import Status
 from pqv.errors import PQVError
-from pqv.targets import NO_ENGINE
+from pqv.registry import NO_ENGINE
 
 DIGITS = {"name": "digits"}
 
@@ -89,7 +90,7 @@ RECIPES: dict[str, Recipe] = {
 # engine, options and lever, plus its calibration data where the precision is calibrated; the
 # artifacts of a --trained model sit in a folder named after that file's content hash.
 
-REJECTED = "rejected"  # pqv.export's status of a file that failed its fidelity check
+REJECTED = Status.REJECTED  # pqv.export's status of a file that failed its fidelity check
 
 
 def model_path(work: Path, model_name: str, which: str, ratio: float, round_to: int) -> Path:
@@ -119,7 +120,7 @@ def artifact_path(folder: Path, recipe: Recipe, manifest: dict, calibration_imag
     stem = f"{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
     if recipe.fmt == "pte":  # a program's file depends on the code of the layers it was exported with
         stem += f"-layers={recipe.layers}-{layers_fingerprint()}"
-    if quantize.Precision.calibrated(recipe.precision):
+    if quantize.calibrated(recipe.precision):
         stem += f"-cal{calibration_images}-{data_tag(manifest)}"
     return folder / f"{stem}.{recipe.fmt}"
 
@@ -145,7 +146,7 @@ def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_i
         if recipe.fmt == "onnx":
             _build_onnx(source, out, manifest, check_images, min_cosine)
         else:
-            program = out.with_suffix(f".{targets.ir_of(recipe.fmt)}")
+            program = out.with_suffix(f".{registry.ir_of(recipe.fmt)}")
             if recipe.layers == "pqv":
                 quantize.run(str(source), str(program), recipe.precision, recipe.engine, manifest, calibration_images)
             else:
@@ -157,8 +158,8 @@ def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_i
                                min_cosine=min_cosine, **recipe.options)
             finally:
                 program.unlink(missing_ok=True)
-                io.sidecar_path(program).unlink(missing_ok=True)
-    return io.read_sidecar(out)
+                store.sidecar_path(program).unlink(missing_ok=True)
+    return store.read_sidecar(out)
 
 
 def _timm_layers(model):
@@ -205,14 +206,14 @@ def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest
     layers.for_xnnpack: a lever's baseline (not a recipe the workflow makes)."""
     from pqv import datasets
 
-    model, a = io.load_model(source)
+    model, a = store.load_model(source)
     model = LAYERS[kind](model.eval())
     calibration = list(datasets.sample_batch(manifest, a["data_config"], 2, split="train").split(32))
     exported = quantize.EXPORTED[precision](model.eval(), calibration[0], calibration)
-    with io.atomic_path(program) as tmp:
+    with store.atomic_path(program) as tmp:
         quantize.save(exported, tmp, "pt2")
-    parent = io.read_sidecar(source)
-    io.write_sidecar(program, "quantize", parent=str(source), precision=precision, engine="xnnpack", ir="pt2",
+    parent = store.read_sidecar(source)
+    store.write_sidecar(program, "quantize", parent=str(source), precision=precision, engine="xnnpack", ir="pt2",
                      params=parent.get("params"), macs=parent.get("macs"), data_config=a["data_config"],
                      eager_top1=parent.get("top1"), calibration_images=0, lever=kind)
 
@@ -222,11 +223,11 @@ def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_
 
     from pqv import datasets
 
-    model, a = io.load_model(source)
+    model, a = store.load_model(source)
     for attn in arch.attention_blocks(model):
         attn.fused_attn = False  # timm's explicit attention: MatMul nodes ONNX Runtime's quantizer takes
     example = torch.zeros(1, *a["data_config"]["input_size"])
-    with io.atomic_path(out) as tmp:
+    with store.atomic_path(out) as tmp:
         fp32 = Path(tmp).with_suffix(".fp32.onnx")
         try:
             torch.onnx.export(model, (example,), str(fp32), input_names=["x"], output_names=["y"],
@@ -238,15 +239,15 @@ def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_
         with torch.no_grad():
             fidelity = export.compare(load("onnx", "mlas", tmp)(images), model(images))
     problem = export.verdict("int8_dynamic", fidelity, min_cosine)
-    io.write_sidecar(out, "export", parent=str(source), format="onnx", precision="int8_dynamic", engine="mlas",
-                     check_images=len(images), fidelity=fidelity, status=REJECTED if problem else "verified",
+    store.write_sidecar(out, "export", parent=str(source), format="onnx", precision="int8_dynamic", engine="mlas",
+                     check_images=len(images), fidelity=fidelity, status=REJECTED if problem else Status.VERIFIED,
                      reason=problem or "", data_config=a["data_config"])
 
 
 def load(recipe_fmt: str, engine: str, path: str):
     """A callable tensor -> tensor for any row's artifact."""
     if recipe_fmt == EAGER:
-        return io.load_model(path)[0].eval()
+        return store.load_model(path)[0].eval()
     if recipe_fmt == "onnx":
         import onnxruntime as ort
 
@@ -286,7 +287,7 @@ def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: P
     same way, with the trained FP32 parent over the whole held-out split."""
     from pqv import datasets
 
-    model, a = io.load_model(trained)
+    model, a = store.load_model(trained)
     dc = a["data_config"]
 
     def logits(fn) -> torch.Tensor:  # batch by batch: a held-out split may not fit in memory at once
@@ -323,8 +324,8 @@ def make_models(work: Path, model_name: str, ratio: float, round_to: int, which:
         m = arch.create(model_name, pretrained=False).eval()
         dc = pqv_model.data_config_of(m)
         macs, params = prune.count_ops(m, torch.zeros(1, *dc["input_size"]))
-        io.save_model(m, dense, arch.describe(m, model_name, {}, dc))
-        io.write_sidecar(dense, "model", weights="random init, seed 0", timm_name=model_name, data_config=dc,
+        store.save_model(m, dense, arch.describe(m, model_name, {}, dc))
+        store.write_sidecar(dense, "model", weights="random init, seed 0", timm_name=model_name, data_config=dc,
                          params=params, macs=macs)
     for kind, path in paths.items():
         if kind != "dense" and not path.exists():
@@ -334,8 +335,8 @@ def make_models(work: Path, model_name: str, ratio: float, round_to: int, which:
 
 
 def widths(path: Path) -> dict:
-    m, a = io.load_model(path)
-    meta = io.read_sidecar(path)
+    m, a = store.load_model(path)
+    meta = store.read_sidecar(path)
     return {"params": meta["params"], "macs": meta["macs"], "embed_dim": m.embed_dim,
             "head_dim": m.blocks[0].attn.head_dim, "mlp_hidden": m.blocks[0].mlp.fc1.out_features,
             "input_size": list(a["data_config"]["input_size"])}
@@ -378,19 +379,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main() -> None:
-    args = parser().parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    work = Path(args.work)
-    manifest = manifest_of(args.data)
-
-    rows = {n: r for n, r in RECIPES.items() if (not args.only or n in args.only) and available(r)}
-    for needed in ("eager fp32 dense", PAPER):
-        rows.setdefault(needed, RECIPES[needed])  # the two ratios need them
-    models = make_models(work, args.model, args.ratio, args.round_to, sorted({r.model for r in rows.values()}))
-    facts = {kind: widths(path) for kind, path in models.items()}
-
+def build_rows(args, rows: dict, models: dict, manifest: dict) -> tuple[dict, dict, dict]:
+    """Each row's file, built through the workflow's stage functions (or reused): (paths, fidelity,
+    rejected); rows that fail their export check are dropped from `rows`."""
     paths, fidelity, rejected = {}, {}, {}
     for name, recipe in rows.items():
         source = models[recipe.model]
@@ -412,9 +403,11 @@ def main() -> None:
         if name in ("eager fp32 dense", PAPER):
             raise SystemExit(f"the '{name}' row is the base of every ratio and failed its export check")
         del rows[name]
+    return paths, fidelity, rejected
 
-    machine = {**evaluate.machine(), **io.versions()}
-    print(f"machine: {machine}")
+
+def time_rounds(args, rows: dict, paths: dict, facts: dict) -> dict[str, list[dict]]:
+    """Every row timed once per round, rows interleaved, each in a fresh process."""
     timings: dict[str, list[dict]] = {n: [] for n in rows}
     for r in range(args.rounds):
         for name, recipe in rows.items():
@@ -422,12 +415,11 @@ def main() -> None:
                                    recipe.threads or args.threads, args.warmup, args.runs)
             timings[name].append(t)
             print(f"  round {r + 1}: {name:<34} {t['latency_ms_median']:8.1f} ms", flush=True)
+    return timings
 
-    trained = {}
-    if args.trained:
-        trained = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), manifest, work,
-                            args.calibration_images, args.check_images, args.min_cosine)
 
+def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) -> list[dict]:
+    """One CSV row per bench row; speed-ups are medians of the per-round ratios."""
     def ratio(base: str, name: str) -> float:
         per_round = [b["latency_ms_median"] / t["latency_ms_median"] for b, t in zip(timings[base], timings[name])]
         return statistics.median(per_round)
@@ -435,7 +427,7 @@ def main() -> None:
     table = []
     for name, recipe in rows.items():
         ts = timings[name]
-        row = {
+        table.append({
             "row": name, "model": args.model, "pruned": recipe.model, "ratio": 0.0 if recipe.model == "dense" else args.ratio,
             "precision": recipe.precision, "engine": recipe.engine, "format": recipe.fmt,
             "options": json.dumps(recipe.options) if recipe.options else "", "threads": recipe.threads or args.threads,
@@ -455,11 +447,12 @@ def main() -> None:
             "macs": facts[recipe.model]["macs"], "params": facts[recipe.model]["params"],
             "widths": "{embed_dim}/{head_dim}/{mlp_hidden}".format(**facts[recipe.model]),
             "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, "note": recipe.note,
-            "artifact": str(paths[name]),
-            **machine,
-        }
-        table.append(row)
+            "artifact": str(paths[name]), **machine,
+        })
+    return table
 
+
+def print_table(args, table: list[dict], rejected: dict) -> None:
     print()
     print(f"{args.model}, {args.ratio:g} pruned (l2, uniform); batch 1; {args.threads} threads unless noted; "
           f"warm-up {args.warmup}, median of {args.runs} per round, {args.rounds} interleaved rounds")
@@ -475,8 +468,31 @@ def main() -> None:
               f" {cos if cos is not None else nan:>6.3f} {agree if agree is not None else nan:>6.3f}")
     for name, reason in rejected.items():
         print(f"{name:<34} rejected by the export check: {reason}")
+
+
+def main() -> None:
+    args = parser().parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    manifest = manifest_of(args.data)
+    rows = {n: r for n, r in RECIPES.items() if (not args.only or n in args.only) and available(r)}
+    for needed in ("eager fp32 dense", PAPER):
+        rows.setdefault(needed, RECIPES[needed])  # the two ratios need them
+    models = make_models(work, args.model, args.ratio, args.round_to, sorted({r.model for r in rows.values()}))
+    facts = {kind: widths(path) for kind, path in models.items()}
+    paths, fidelity, rejected = build_rows(args, rows, models, manifest)
+    machine = {**evaluate.machine(), **store.versions()}
+    print(f"machine: {machine}")
+    timings = time_rounds(args, rows, paths, facts)
+    trained = {}
+    if args.trained:
+        trained = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), manifest, work,
+                            args.calibration_images, args.check_images, args.min_cosine)
+    table = table_rows(args, rows, paths, facts, timings, fidelity, trained, machine)
+    print_table(args, table, rejected)
     out = Path(args.out)
-    with io.atomic_path(out) as tmp:
+    with store.atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     print(f"wrote {out}")
 

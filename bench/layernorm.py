@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pqv import evaluate, export, io, layers
+from pqv import evaluate, export, store, layers
 
 
 class PooledMeanLayerNorm(nn.Module):
@@ -116,7 +116,7 @@ def main() -> None:
             for name, fn in programs.items():
                 rounds[name].append(evaluate.latency(fn, x, args.warmup, args.runs)["latency_ms_median"])
 
-    machine = {**evaluate.machine(), **io.versions()}
+    machine = {**evaluate.machine(), **store.versions()}
     base = "pooled mean (PQV before issue 15)"
     table = [{
         "formulation": name, "width": args.width, "tokens": args.tokens, "layernorms": args.count,
@@ -133,7 +133,7 @@ def main() -> None:
                                "max_abs_diff_vs_layer_norm", "ops_outside_xnnpack"]].to_string(index=False))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(out) as tmp:
+    with store.atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     print(f"wrote {out}")
 

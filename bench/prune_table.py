@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pqv import arch, io, prune
+from pqv import arch, store, prune
 
 RATIOS = [0.09375, 0.25, 0.5]
 IMPORTANCES = ["l1", "l2", "taylor", "hessian", "random", "lamp"]
@@ -81,7 +81,7 @@ def main() -> None:
     example = torch.zeros(1, 3, size, size)
     cal = calibration(args.calibration_batches, args.batch_size, dense.num_classes, size)
     macs0, params0 = prune.count_ops(dense, example)
-    machine = {"cpu": cpu_name(), "threads": args.threads, **io.versions()}
+    machine = {"cpu": cpu_name(), "threads": args.threads, **store.versions()}
     print(f"{args.model}: {params0 / 1e6:.2f}M params, {macs0 / 1e9:.2f} GMACs (batch 1, {size}x{size})")
     print(f"machine: {machine}")
 
@@ -115,7 +115,7 @@ def main() -> None:
               f" {row['head_dim']:>5} {row['mlp_hidden']:>9} {seconds:>5.1f}", flush=True)
 
     out = Path(args.out)
-    with io.atomic_path(out) as tmp:
+    with store.atomic_path(out) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     print(f"wrote {out}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .errors import PQVError
+from .registry import EAGER, Status
 
 SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
 
@@ -21,9 +22,9 @@ def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -
     reference = dense.groupby("model")["top1"].max().rename("reference_top1")
     table = table.join(reference, on="model")
     table = table.assign(accuracy_loss=table["reference_top1"] - table["top1"])
-    shippable = table[table["format"] != "eager"]
+    shippable = table[table["format"] != EAGER]
     if "status" in shippable:  # a recipe that failed its export check is never picked
-        shippable = shippable[shippable["status"].fillna("verified") == "verified"]
+        shippable = shippable[shippable["status"].fillna(Status.VERIFIED.value) == Status.VERIFIED.value]
     return shippable[shippable["accuracy_loss"] <= max_loss]
 
 
@@ -47,4 +48,17 @@ def run(summary_csv: str, max_loss: float, model: str | None = None) -> dict[str
         print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %):")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
+    for _, row in searched(table, model).iterrows():
+        print(f"the accuracy-budget search's choice for {row['model']}, {row['importance']} ({row['search']}):")
+        for key in SHOWN:
+            print(f"  {key:18} {row[key]}")
     return picks
+
+
+def searched(table: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+    """The rows an accuracy-budget search chose (docs/search.md): the fastest file of the largest
+    ratio within its budget, found without running the grid."""
+    if "search" not in table:
+        return table.iloc[0:0]
+    rows = table[table["search"].notna() & (table["search"] != "")]
+    return rows if model is None else rows[rows["model"] == model]

@@ -49,10 +49,10 @@ def _data(a):
 
 def _model(a):
     from . import model
-    from .config import check_training
+    from .config import hparams
 
     if a.model_cfg.get("weights") == "train":  # timm names and Mixup's batch, before anything is built
-        check_training("models[].train", a.model_cfg.get("train") or {})
+        hparams(a.model_cfg.get("train") or {}, "models[].train")
     model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device, workers=a.workers, threads=a.threads)
 
 
@@ -66,9 +66,9 @@ def _prune(a):
 
 def _finetune(a):
     from . import finetune
-    from .config import check_training
+    from .config import hparams
 
-    check_training("finetune", a.hparams)  # timm names and Mixup's batch, before the model is loaded
+    hparams(a.hparams, "finetune")  # timm names and Mixup's batch, before the model is loaded
 
     if a.keep:
         finetune.keep(a.model, a.out, a.metrics)
@@ -104,7 +104,7 @@ def _evaluate(a):
 def _summarize(a):
     from . import summary
 
-    summary.run(a.metrics, a.out)
+    summary.run(a.metrics, a.out, a.search)
 
 
 def _costs(a):
@@ -114,9 +114,9 @@ def _costs(a):
 
 
 def _profile(a):
-    from . import profile
+    from . import profiling
 
-    profile.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs, manifest=a.data)
+    profiling.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs, manifest=a.data)
 
 
 def _plot(a):
@@ -125,61 +125,88 @@ def _plot(a):
     plot.run(a.summary, a.outdir)
 
 
+def _search(a):
+    from . import search
+
+    if a.step == "round":
+        search.run_round(a.out, a.model_sidecar, a.settings, a.prune, a.measured, previous=a.previous)
+    else:
+        search.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.measured, a.budget)
+
+
 def _choose(a):
     from . import choose
 
     choose.run(a.summary, a.max_accuracy_loss, a.model)
 
 
-def parser() -> argparse.ArgumentParser:
-    from . import targets
-    from .prune import HEAD_MODES, IMPORTANCES, SCOPES
+def _setting(section, key: str, **extra) -> dict:
+    """An option's type, default and help, from the config's description (pqv.config)."""
+    import typing
 
-    p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="stage", required=True)
-    data = {"required": True, "help": "the data set's manifest (results/data/manifest.json, made by `pqv data`)"}
-    workers = {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"}
-    threads = {"type": int, "default": None,
-               "help": "cores the job holds: each process takes its share, less its DataLoader workers (default: torch's)"}
-    from .device import CHOICES as DEVICES
+    field = section.model_fields[key]
+    kinds = [a for a in typing.get_args(field.annotation) if a is not type(None)] or [field.annotation]
+    if kinds[0] is bool:
+        return {"action": "store_true", "help": field.description or "", **extra}
+    out = {"default": field.get_default(call_default_factory=True), "help": field.description or ""}
+    if kinds[0] in (int, float):
+        out["type"] = _ratio if kinds[0] is float else int
+    return {**out, **extra}
 
-    device = {"default": "auto", "choices": DEVICES,
-              "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)"}
 
+def _common():
+    """Options several stages share."""
+    from .registry import DEVICES
+
+    return {
+        "data": {"required": True, "help": "the data set's manifest (results/data/manifest.json, made by `pqv data`)"},
+        "workers": {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"},
+        "threads": {"type": int, "default": None,
+                    "help": "cores the job holds: each process takes its share, less its DataLoader workers"},
+        "device": {"default": "auto", "choices": DEVICES,
+                   "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)"},
+    }
+
+
+def _add_data(sub, c):
     s = sub.add_parser("data", help="list and decode the data set once; write its manifest")
     s.add_argument("--spec", type=_json, required=True, help="dataset section of the config, as JSON")
     s.add_argument("--out", required=True, help="the manifest (JSON)")
     s.add_argument("--threads", type=int, default=None, help="decoding threads (default: every core)")
     s.set_defaults(fn=_data)
 
+
+def _add_model(sub, c):
     s = sub.add_parser("model", help="create or train the starting model")
     s.add_argument("--model-cfg", type=_json, required=True, help="one entry of `models`, as JSON")
-    s.add_argument("--data", **data)
+    s.add_argument("--data", **c["data"])
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True, help="per-epoch CSV")
-    s.add_argument("--threads", **threads)
-    s.add_argument("--workers", **workers)
-    s.add_argument("--device", **device)
+    for name in ("threads", "workers", "device"):
+        s.add_argument(f"--{name}", **c[name])
     s.set_defaults(fn=_model)
+
+
+def _add_prune(sub, c):
+    from . import registry
+    from .config import Prune
 
     s = sub.add_parser("prune", help="structurally prune a model")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--importance", required=True, help=_one_of(IMPORTANCES))
+    s.add_argument("--importance", required=True, help=_one_of(registry.IMPORTANCES))
     s.add_argument("--ratio", type=_ratio, required=True)
     s.add_argument("--data", default=None, help="the data set's manifest, for taylor/hessian calibration")
-    s.add_argument("--calibration-batches", type=int, default=4)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
+    for key in ("calibration_batches", "batch_size", "round_to", "head_ratio", "bottleneck", "seed"):
+        s.add_argument("--" + key.replace("_", "-"), **_setting(Prune, key))
     # choices are checked by pqv.prune, not argparse, so a typo is the usual one-line error with a fix
-    s.add_argument("--scope", default="uniform", help=f"{_one_of(SCOPES)} (uniform: same ratio per layer)")
-    s.add_argument("--heads", default="dims", help=f"{_one_of(HEAD_MODES)} (dims: head dims; whole: whole heads)")
-    s.add_argument("--head-ratio", type=_ratio, default=None, help="fraction of heads removed (heads whole)")
-    s.add_argument("--bottleneck", action="store_true", help="keep the embedding width")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", **device)
+    s.add_argument("--scope", **_setting(Prune, "scope", help=_one_of(registry.SCOPES)))
+    s.add_argument("--heads", **_setting(Prune, "heads", help=_one_of(registry.HEAD_MODES)))
+    s.add_argument("--device", **c["device"])
     s.set_defaults(fn=_prune)
 
+
+def _add_finetune(sub, c):
     s = sub.add_parser("finetune", help="recover accuracy of a pruned model",
                        description="Finetune a pruned model; resumes from <out>.ckpt/ if a run was interrupted. "
                        "Several processes/GPUs: torchrun --nproc_per_node=N -m pqv finetune ... "
@@ -187,90 +214,139 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--data", default=None, help="the data set's manifest (not needed with --keep)")
-    s.add_argument("--hparams", type=_json, default={}, help="finetune section of the config, as JSON")
+    s.add_argument("--hparams", type=_json, default={}, help="finetune section of the config, as JSON (docs/config.md)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
     s.add_argument("--keep", action="store_true",
                    help="pass the model through unchanged (the dense branch when finetune.dense is false)")
-    s.add_argument("--threads", **threads)
-    s.add_argument("--workers", **workers)
-    s.add_argument("--device", **device)
+    for name in ("threads", "workers", "device"):
+        s.add_argument(f"--{name}", **c[name])
     s.set_defaults(fn=_finetune)
+
+
+def _add_quantize(sub, c):
+    from . import registry
+    from .config import Quantize
 
     s = sub.add_parser("quantize", help="convert to a precision for an engine (.ts for ptl, .pt2 for pte)")
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True, help="ends in .ts (TorchScript, for ptl) or .pt2 (torch.export, for pte)")
-    s.add_argument("--precision", required=True, help=_one_of(targets.PRECISIONS))
+    s.add_argument("--precision", required=True, help=_one_of(registry.PRECISIONS))
     s.add_argument("--engine", required=True,
-                   help=f"{_one_of((targets.NO_ENGINE, *targets.ENGINES))} ({targets.NO_ENGINE} for float precisions)")
+                   help=f"{_one_of((registry.NO_ENGINE, *registry.ENGINES))} ({registry.NO_ENGINE} for float precisions)")
     s.add_argument("--data", default=None, help="the data set's manifest, for calibration images (int8_static)")
-    s.add_argument("--calibration-images", type=int, default=128)
+    s.add_argument("--calibration-images", **_setting(Quantize, "calibration_images"))
     s.set_defaults(fn=_quantize)
+
+
+def _add_export(sub, c):
+    from . import registry
+    from .config import Export
 
     s = sub.add_parser("export", help="write a mobile artifact and verify it against its parent")
     s.add_argument("--src", required=True, help="quantized program (.ts or .pt2)")
     s.add_argument("--parent", required=True, help="eager FP32 model it was made from")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", required=True, help=_one_of(targets.FORMATS))
-    s.add_argument("--data", **data)
+    s.add_argument("--format", required=True, help=_one_of(registry.FORMATS))
+    s.add_argument("--data", **c["data"])
     s.add_argument("--no-mobile-optimizer", action="store_true", help="ptl: save a frozen module, unoptimized")
     s.add_argument("--no-xnnpack-rewrite", action="store_true",
                    help="ptl: keep optimize_for_mobile's other passes but not its XNNPACK prepacked ops")
-    s.add_argument("--check-images", type=int, default=64)
-    s.add_argument("--min-cosine", type=float, default=0.98)
+    s.add_argument("--check-images", **_setting(Export, "check_images"))
+    s.add_argument("--min-cosine", **_setting(Export, "min_cosine"))
     s.set_defaults(fn=_export)
+
+
+def _add_evaluate(sub, c):
+    from .config import Evaluate
 
     s = sub.add_parser("evaluate", help="accuracy, or latency, size and memory, of an artifact (or the eager baseline)")
     measures = s.add_subparsers(dest="measure", required=True, parser_class=_Parser)
     for measure, text in (("accuracy", "top-1/top-5 over the held-out split, on every core the job holds"),
-                          ("latency", "latency per image on the CPU, file size, and memory in a process of its own")):
+                          ("latency", "latency per image on the CPU, file size, and the artifact's memory")):
         m = measures.add_parser(measure, help=text)
         m.add_argument("--artifact", required=True, help="an exported .ptl/.pte, or a .safetensors model (eager baseline)")
         m.add_argument("--out", required=True)
-        m.add_argument("--data", **data)
+        m.add_argument("--data", **c["data"])
         m.add_argument("--labels", type=_json, default={}, help="identity columns for the summary, as JSON")
         if measure == "accuracy":
             m.add_argument("--threads", type=int, default=1, help="cores the job holds (DataLoader workers included)")
-            m.add_argument("--workers", **workers)
-            m.add_argument("--device", **device)
+            m.add_argument("--workers", **c["workers"])
+            m.add_argument("--device", **c["device"])
         else:
-            m.add_argument("--threads", type=int, default=1, help="torch (and XNNPACK) threads while timing")
-            m.add_argument("--warmup", type=int, default=5)
-            m.add_argument("--runs", type=int, default=20)
-            m.add_argument("--batch-size", type=int, default=1)
+            for key in ("threads", "warmup", "runs", "batch_size"):
+                m.add_argument("--" + key.replace("_", "-"), **_setting(Evaluate, key))
         m.set_defaults(fn=_evaluate)
 
-    s = sub.add_parser("summarize", help="gather evaluate results into one CSV")
-    s.add_argument("metrics", nargs="+")
-    s.add_argument("--out", required=True)
-    s.set_defaults(fn=_summarize)
 
-    s = sub.add_parser("costs", help="sum Snakemake's per-job benchmark files per stage (wall time, CPU, peak memory)")
-    s.add_argument("benchmarks", nargs="+")
-    s.add_argument("--root", required=True, help="the benchmarks folder: its first sub-folder names the stage")
-    s.add_argument("--out", required=True)
-    s.set_defaults(fn=_costs)
+def _add_profile(sub, c):
+    from .config import Evaluate, Profile
 
     s = sub.add_parser("profile", help="per-operator time table of an artifact")
     s.add_argument("--artifact", required=True)
     s.add_argument("--out-csv", required=True)
     s.add_argument("--out-png", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--runs", type=int, default=10)
+    s.add_argument("--threads", **_setting(Evaluate, "threads"))
+    for key in ("warmup", "runs"):
+        s.add_argument(f"--{key}", **_setting(Profile, key))
     s.add_argument("--data", default=None, help="the data set's manifest: profile on a held-out image (default: zeros)")
     s.set_defaults(fn=_profile)
 
+
+def _add_tables(sub, c):
+    """The aggregates: the summary, the stage costs, the figures, the choice."""
+    s = sub.add_parser("summarize", help="gather the accuracy and latency measurements into one CSV")
+    s.add_argument("metrics", nargs="+")
+    s.add_argument("--out", required=True)
+    s.add_argument("--search", nargs="*", default=[], help="the searches' chosen-artifact files, to mark in the table")
+    s.set_defaults(fn=_summarize)
+    s = sub.add_parser("costs", help="sum Snakemake's per-job benchmark files per stage (wall time, CPU, peak memory)")
+    s.add_argument("benchmarks", nargs="+")
+    s.add_argument("--root", required=True, help="the benchmarks folder: its first sub-folder names the stage")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_costs)
     s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")
     s.add_argument("--summary", default="results/summary.csv")
     s.add_argument("--max-accuracy-loss", type=float, required=True, help="top-1 points below the dense FP32 model")
     s.add_argument("--model", default=None, help="only this model id")
     s.set_defaults(fn=_choose)
-
     s = sub.add_parser("plot", help="draw the trade-off figures from the summary")
     s.add_argument("--summary", required=True)
     s.add_argument("--outdir", required=True)
     s.set_defaults(fn=_plot)
+
+
+def _add_search(sub, c):
+    s = sub.add_parser("search", help="one round of the accuracy-budget search, or its report (workflow/rules/search.smk)")
+    steps = s.add_subparsers(dest="step", required=True, parser_class=_Parser)
+    r = steps.add_parser("round", help="read the probes measured so far, decide the next ones")
+    r.add_argument("--out", required=True)
+    r.add_argument("--model-sidecar", required=True, help="the starting model's sidecar: dense FP32 top-1 and widths")
+    r.add_argument("--settings", type=_json, required=True, help="the search section of the config, as JSON")
+    r.add_argument("--prune", type=_json, default={}, help="round_to, heads, bottleneck of the prune section")
+    r.add_argument("--previous", default=None, help="the previous round's file")
+    r.add_argument("--measured", nargs="*", default=[], help="accuracy and latency files of the probes")
+    r.set_defaults(fn=_search)
+    r = steps.add_parser("report", help="every probe as CSV, the curve, and the chosen artifact")
+    r.add_argument("--rounds", nargs="+", required=True)
+    r.add_argument("--measured", nargs="+", required=True)
+    r.add_argument("--budget", type=float, required=True)
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-png", required=True)
+    r.add_argument("--out-json", required=True)
+    r.set_defaults(fn=_search)
+
+
+STAGES = (_add_data, _add_model, _add_prune, _add_finetune, _add_quantize, _add_export, _add_evaluate, _add_profile,
+          _add_search, _add_tables)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="stage", required=True)
+    common = _common()
+    for add in STAGES:
+        add(sub, common)
     return p
 
 

@@ -1,11 +1,14 @@
-"""Config checks that run before any job: the schema, then what the schema cannot say.
+"""The config, described once: every key, its type, default, choices and help text, as pydantic
+models. Everything else is derived from them: the defaults Snakemake's `config` gets, the one-line
+errors, the JSON schema (workflow/schemas/config.schema.json), the reference (docs/config.md), the
+stages' and the CLI's defaults. Choices come from pqv.registry; the checks that span several keys
+are methods of the models, run before any job.
 
-`check(config)` validates a workflow config against workflow/schemas/config.schema.yaml, fills in
-the schema's defaults (as snakemake.utils.validate(set_default=True) does) and checks what would
-otherwise fail only after upstream jobs ran (a profile selector that matches nothing, an unknown
-timm optimizer, Mixup with an odd batch, ...). Every problem is a `PQVError` whose message names
-the key, and for a typo the closest valid key or value. The Snakefile calls it inside `reported()`,
-which prints the one line `pqv config: error: ...` and exits with status 2 before any job starts.
+`check(config)` validates a workflow config, fills in the defaults (in place) and runs the checks.
+Every problem is a `PQVError` whose message names the key, and for a typo the closest valid key or
+value. The Snakefile calls it inside `reported()`, which prints the one line `pqv config: error:
+...` and exits with status 2 before any job starts. `python -m pqv.config` rewrites the schema and
+the reference from the models.
 
 Torch-free on purpose: the Snakefile imports it on every run (timm is imported only to check an
 optimizer name other than the default, and once per timm version to list its model names, which
@@ -16,25 +19,328 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import json
 import logging
 import os
+import re
 import sys
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
-from . import targets as T
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import registry, sweep
 from .errors import PQVError
 
 log = logging.getLogger(__name__)
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-SCHEMA_NAME = "workflow/schemas/config.schema.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_FILE = ROOT / "workflow" / "schemas" / "config.schema.json"
+REFERENCE_FILE = ROOT / "docs" / "config.md"
+ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
+SIDE_ENV_PYTHON = ROOT / "envs" / "etdump" / ".venv" / "bin" / "python"
 
-# The names timm 1.0.31's create_scheduler_v2 accepts (its if/elif ladder; 'none' is no schedule),
-# less 'plateau', which steps per epoch on a metric while PQV steps per update.
-# tests/test_config.py checks every one against timm the way pqv.finetune calls it.
-SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt", "none")
-DEFAULT_OPT = "adamw"  # the schema's default; tests/test_config.py checks timm has it
 
+def choice(names) -> Any:
+    """A Literal of a registry's names: the schema's enum, the CLI's choices and the checks agree."""
+    return Literal[tuple(names)]
+
+
+Importance = choice(registry.IMPORTANCES)
+Precision = choice(registry.PRECISIONS)
+Engine = choice(registry.ENGINES)
+Format = choice(registry.FORMATS)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors (a typo would otherwise be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- the description ----------------------------------------------------------------------------
+
+class HParams(Section):
+    """Training hyper-parameters (models[].train; the finetune section adds launch and distill keys)."""
+
+    epochs: int = Field(5, ge=0, description="passes over the training split")
+    batch_size: int = Field(64, ge=1, description="per process: global batch = batch_size x world size")
+    lr: float = Field(1.5e-4, gt=0, description="peak learning rate, after the warm-up")
+    weight_decay: float = Field(0.05, ge=0, description="decoupled weight decay (timm leaves norms, biases and tokens out)")
+    opt: str = Field("adamw", description="a timm optimizer name (timm.optim.list_optimizers(): adamw, sgd, lamb, ...)")
+    sched: choice(registry.SCHEDULERS) = Field("cosine", description="a timm scheduler (create_scheduler_v2), stepped per update")
+    warmup_epochs: int = Field(1, ge=0, description="epochs of linear warm-up from warmup_lr")
+    warmup_lr: float = Field(1.0e-6, ge=0, description="learning rate at the start of the warm-up")
+    min_lr: float = Field(1.0e-6, ge=0, description="learning rate at the end of the schedule")
+    smoothing: float = Field(0.1, ge=0, le=1, description="label smoothing (also applied to mixup targets)")
+    mixup: float = Field(0.0, ge=0, description="timm Mixup alpha (0 = off; DeiT: 0.8)")
+    cutmix: float = Field(0.0, ge=0, description="timm CutMix alpha (0 = off; DeiT: 1.0)")
+    mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of mixing a batch")
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix instead of Mixup when both are on")
+    mixup_mode: Literal["batch", "pair", "elem"] = Field("batch", description="timm Mixup: one mix per batch, per pair or per element")
+    auto_augment: Optional[str] = Field(None, description="timm auto-augment policy for ImageFolder training, e.g. rand-m9-mstd0.5-inc1 (DeiT)")
+    reprob: float = Field(0.0, ge=0, le=1, description="random erasing probability, ImageFolder training (DeiT: 0.25)")
+    color_jitter: Optional[float] = Field(0.4, ge=0, description="ImageFolder training colour jitter")
+    hflip: float = Field(0.5, ge=0, le=1, description="ImageFolder training horizontal flip probability")
+    clip_grad: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this")
+    amp: bool = Field(True, description="mixed precision (autocast + GradScaler) when CUDA is available; CPU runs stay FP32")
+    amp_dtype: Literal["float16", "bfloat16"] = Field("float16", description="autocast type on CUDA")
+    seed: int = Field(0, description="model init, data order and augmentation are seeded from (seed, epoch, rank)")
+
+    def check(self, where: str) -> None:
+        """What a training loop would reject only once it starts: Mixup's even batch, timm's optimizer."""
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise PQVError(f"{where}: mixup/cutmix need an even batch_size, got {self.batch_size}",
+                           f"set {where}.batch_size to {self.batch_size + 1} or {self.batch_size - 1}")
+        if self.opt != HParams.model_fields["opt"].default:
+            names = optimizers()
+            parts = self.opt.lower().split("_")  # timm accepts a 'lookahead_' prefix
+            if parts[-1] not in names or (len(parts) > 1 and parts[0] != "lookahead") or len(parts) > 2:
+                raise PQVError(f"{where}.opt: unknown timm optimizer '{self.opt}'{_close(self.opt, names)}",
+                               "use a name from timm.optim.list_optimizers(), e.g. adamw, sgd, lamb")
+
+
+class Distill(Section):
+    """Knowledge distillation from the unpruned parent (results/{model}/model.safetensors)."""
+
+    enabled: bool = Field(False, description="add the distillation loss to the finetune loss")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of both models")
+
+
+class Finetune(HParams):
+    """The finetune stage: the training hyper-parameters plus how the job is launched and whether to
+    distill from the unpruned parent. Paper: adamw, lr 1.5e-4, batch 64, 60 epochs, 4 GPUs."""
+
+    dense: bool = Field(False, description="also finetune the dense branch (ratio 0); false passes the starting model "
+                                           "through unchanged, as the paper compares pruned models with the pretrained one")
+    nproc: int = Field(1, ge=1, description="processes (one per GPU) the rule starts with `torchrun --standalone "
+                                            "--nproc_per_node`; 1 = a plain process. batch_size is per process")
+    launcher: Optional[str] = Field(None, description="command prefix that replaces the default launch, followed by "
+                                                      "`-m pqv finetune ...`, e.g. a multi-node torchrun")
+    distill: Distill = Field(default_factory=Distill, description="knowledge distillation from the unpruned parent")
+
+    # keys that say how the job starts or which branches train, not how to train: not rerun triggers
+    LAUNCH_KEYS: typing.ClassVar[tuple[str, ...]] = ("launcher", "dense")
+
+
+class Dataset(Section):
+    """The images, read once by the data job into results/data/manifest.json (docs/data.md)."""
+
+    name: Literal["digits", "imagefolder"] = Field(description="digits: scikit-learn's bundled 8x8 digits; "
+                                                               "imagefolder: root/<train_dir or eval_dir>/<class>/*")
+    root: Optional[str] = Field(None, description="ImageFolder root holding train_dir and eval_dir")
+    train_dir: str = Field("train", description="the training split's folder under root")
+    eval_dir: str = Field("val", description="the evaluation split's folder under root")
+    max_train: Optional[int] = Field(None, ge=1, description="use a fixed random subset of the training split")
+    max_eval: Optional[int] = Field(None, ge=1, description="use a fixed random subset of the evaluation split")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns nothing)")
+    split_seed: int = Field(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets")
+
+
+class Model(Section):
+    """One starting model."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name used in result paths (letters, digits, . _ -)")
+    timm_name: str = Field(description="a timm model name, e.g. deit_base_patch16_224")
+    weights: str = Field("hub", description="hub (timm pretrained), train (train here on the dataset), or a local weights file")
+    kwargs: dict = Field(default_factory=dict, description="extra timm.create_model keyword arguments")
+    data_config: dict = Field(default_factory=dict, description="overrides of the model's timm preprocessing (mean, std, ...)")
+    seed: int = Field(0, description="seed of the model's initialisation when weights is train")
+    train: HParams = Field(default_factory=HParams, description="training settings when weights is train")
+
+
+class Prune(Section):
+    """Structural pruning with Torch-Pruning (docs/pruning.md)."""
+
+    importances: list[Importance] = Field(["taylor"], min_length=1, description="importance criteria, one branch each per ratio")
+    ratios: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.0, 0.25], min_length=1, description="fraction of channels removed per layer (Torch-Pruning's pruning_ratio); "
+                                               "0 is the dense branch")
+    calibration_batches: int = Field(4, ge=0, description="batches of gradients for taylor/hessian")
+    batch_size: int = Field(32, ge=1, description="images per calibration batch")
+    round_to: Optional[int] = Field(None, ge=1, description="keep channel counts multiples of this")
+    scope: choice(registry.SCOPES) = Field("uniform", description="uniform: the same ratio in every layer; "
+                                                                  "global: one ranking across layers")
+    heads: choice(registry.HEAD_MODES) = Field("dims", description="dims: remove dimensions inside every head "
+                                                                   "(softmax scale compensated); whole: remove whole heads")
+    head_ratio: Optional[float] = Field(None, ge=0, lt=1, description="fraction of heads removed per block (rounded up) "
+                                                                      "when heads is whole; null: the branch's ratio")
+    bottleneck: bool = Field(False, description="keep the embedding width; prune only MLP hidden units and attention")
+    seed: int = Field(0, description="seed of the pruner's randomness and of its calibration sample")
+
+    def check(self) -> None:
+        if self.head_ratio is not None and self.heads != "whole":
+            raise PQVError(f"prune.head_ratio {self.head_ratio} applies to whole-head pruning only, but prune.heads is "
+                           f"'{self.heads}'", "set prune.heads: whole, or drop prune.head_ratio")
+
+
+class Quantize(Section):
+    """One artifact per precision x engine x format that can carry it."""
+
+    precisions: list[Precision] = Field(["fp32", "int8_dynamic"], min_length=1,
+                                        description="int8_static: post-training, Linear layers, calibrated; "
+                                                    "int4_weight: int4 weights + int8 dynamic activations (pte only)")
+    engines: list[Engine] = Field(["x86"], min_length=1,
+                                  description="quantized engines for integer precisions (float precisions use engine none); "
+                                              "x86/fbgemm/qnnpack/onednn run in ptl, xnnpack in pte")
+    calibration_images: int = Field(128, ge=1, description="training images that calibrate int8_static")
+
+
+class Export(Section):
+    """Mobile files, each loaded back in its runtime and compared with its eager FP32 parent."""
+
+    formats: list[Format] = Field(["ptl"], min_length=1, description="ptl: TorchScript Lite Interpreter (paper); "
+                                                                     "pte: ExecuTorch with the XNNPACK delegate")
+    mobile_optimizer: bool = Field(True, description="run optimize_for_mobile before saving the Lite model")
+    xnnpack_rewrite: bool = Field(True, description="let optimize_for_mobile rewrite float Linear/Conv to XNNPACK "
+                                                    "prepacked ops (the paper's path; ~3x slower than eager FP32 on x86)")
+    check_images: int = Field(64, ge=1, description="held-out images compared against the FP32 parent")
+    min_cosine: float = Field(0.98, ge=0, le=1, description="least cosine similarity of a lossy artifact's logits to its parent's")
+
+
+class Evaluate(Section):
+    """Latency per image on the CPU; the accuracy pass uses every core its job holds."""
+
+    threads: int = Field(2, ge=1, description="torch (and XNNPACK) threads while timing latency")
+    warmup: int = Field(5, ge=0, description="untimed calls before the timed ones")
+    runs: int = Field(20, ge=1, description="timed calls: median, min, max, p90")
+    batch_size: int = Field(1, ge=1, description="images per timed call")
+    eager_baseline: bool = Field(True, description="also measure each branch's eager FP32 model (format eager)")
+
+
+class Selector(Section):
+    """Every artifact that matches all keys given is profiled."""
+
+    model: Optional[str] = Field(None, description="a models[].id")
+    importance: Optional[str] = Field(None, description="an importance, or dense")
+    ratio: Optional[float] = Field(None, description="a pruning ratio")
+    precision: Optional[str] = Field(None, description="a precision")
+    engine: Optional[str] = Field(None, description="an engine, or none for float precisions")
+    format: Optional[str] = Field(None, description="ptl or pte")
+
+
+class Profile(Section):
+    """Per-operator time tables (the paper's Fig. 3)."""
+
+    artifacts: list[Selector] = Field(default_factory=list, description="selectors; every artifact matching all keys "
+                                                                        "given in one selector is profiled")
+    warmup: int = Field(3, ge=0, description="untimed calls before the profiled ones")
+    runs: int = Field(10, ge=1, description="profiled calls, averaged per inference")
+
+
+class Config(Section):
+    """PQV workflow configuration."""
+
+    results: str = Field("results", description="folder for every artifact the workflow makes")
+    device: choice(registry.DEVICES) = Field("auto", description="where gradients and eager accuracy passes run: "
+                                                                 "auto = CUDA when the job's machine has it (on SLURM, "
+                                                                 "only if the partition has GPUs). Latency is always the CPU's")
+    dataset: Dataset = Field(description="the images (docs/data.md)")
+    models: list[Model] = Field(min_length=1, description="the starting models, one sweep each")
+    prune: Prune = Field(default_factory=Prune, description="one branch per importance x ratio")
+    finetune: Finetune = Field(default_factory=Finetune, description="recovering the pruned models' accuracy")
+    quantize: Quantize = Field(default_factory=Quantize, description="precisions and engines of every branch")
+    export: Export = Field(default_factory=Export, description="mobile formats and the check of every file against its parent")
+    evaluate: Evaluate = Field(default_factory=Evaluate, description="how latency is timed")
+    profile: Profile = Field(default_factory=Profile, description="which artifacts get a per-operator profile")
+
+    def check(self, default_selectors: list | None = None) -> None:
+        """Mistakes the types cannot see, which a job would meet only after upstream jobs ran."""
+        self._check_dataset()
+        self.prune.check()
+        self._check_sweep()
+        self._check_training()
+        self._check_models()
+        self._check_profile(default_selectors or [])
+        self._check_profile_runtime()
+
+    def _check_dataset(self) -> None:
+        if self.dataset.name == "imagefolder" and not self.dataset.root:
+            raise PQVError("dataset.root is required for imagefolder data",
+                           "add a file with `dataset: {root: /path/to/data}` after the config, "
+                           "e.g. --configfile config/paper.yaml site.yaml")
+
+    def _check_sweep(self) -> None:
+        """Each listed precision and engine must produce an artifact in a listed format; an engine
+        that only float precisions were configured for has nothing to do and is left alone."""
+        q, formats = self.quantize, self.export.formats
+        made = sweep.combinations(self.model_dump())
+        for precision in q.precisions:
+            if any(p == precision for p, _, _ in made):
+                continue
+            carriers = list(registry.PRECISIONS[precision]["formats"])
+            if any(f in formats for f in carriers):  # its format is listed, its engines are not
+                engines = sorted({e for f in carriers if f in formats for e in registry.FORMATS[f]["engines"]})
+                raise PQVError(f"quantize.precisions lists '{precision}' but no quantize.engines entry runs it "
+                               f"in export.formats {formats}", f"add one of {', '.join(engines)} to quantize.engines")
+            raise PQVError(f"quantize.precisions lists '{precision}' but export.formats {formats} cannot carry it",
+                           f"add {' or '.join(carriers)} to export.formats, or drop '{precision}'")
+        quantized = [p for p in q.precisions if registry.PRECISIONS[p]["quantized"]]
+        if not quantized:
+            return  # a float-only sweep: engines play no part
+        for engine in q.engines:
+            if any(e == engine for _, e, _ in made):
+                continue
+            runs_it = [f for f, d in registry.FORMATS.items() if engine in d["engines"]]
+            takers = [p for p in quantized if any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
+            if not takers:
+                raise PQVError(f"quantize.engines lists '{engine}' but no quantized precision in quantize.precisions "
+                               f"runs on it", f"drop '{engine}' or add a precision that {'/'.join(runs_it)} files carry")
+            raise PQVError(f"quantize.engines lists '{engine}' but export.formats {formats} has no format that runs it",
+                           f"add {' or '.join(runs_it)} to export.formats, or drop '{engine}'")
+
+    def _check_training(self) -> None:
+        self.finetune.check("finetune")
+        for i, m in enumerate(self.models):
+            if m.weights == "train":
+                m.train.check(f"models[{i}].train")
+
+    def _check_models(self) -> None:
+        """Two models with one id would share paths; an unknown timm name would fail only in the model job."""
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.models):
+            if m.id in seen:
+                raise PQVError(f"models[{i}].id '{m.id}' is also models[{seen[m.id]}].id: the second would "
+                               "silently replace the first", "give every model its own id")
+            seen[m.id] = i
+        known = timm_models()
+        for i, m in enumerate(self.models):
+            if m.timm_name.split(".", 1)[0] not in known:  # timm accepts a pretrained tag: name.tag
+                raise unknown_timm_model(m.timm_name, known, f"models[{i}].timm_name: ")
+
+    def _check_profile(self, suggested: list) -> None:
+        """A profile selector that matches nothing would be found only after the sweep ran."""
+        made = sweep.artifacts(self.model_dump())
+        for i, selector in enumerate(self.profile.artifacts):
+            given = selector.model_dump(exclude_none=True)
+            if any(sweep.matches(given, a) for a in made):
+                continue
+            if given in suggested:
+                log.warning(f"pqv config: warning: the default profile selector {given} matches no artifact of "
+                            "this sweep, so no operator profile is made (set profile.artifacts to choose one)")
+                continue
+            for key, value in given.items():
+                wanted = sweep.ratio_name(value) if key == "ratio" else str(value)
+                present = sorted({a[key] for a in made})
+                if wanted not in present:
+                    raise PQVError(f"profile.artifacts[{i}] asks for {key} '{value}', which this sweep does not make"
+                                   f"{_close(wanted, present)}", f"use one of {', '.join(present)} or drop the selector")
+            raise PQVError(f"profile.artifacts[{i}] {given} matches no artifact of this sweep "
+                           "(each value exists, not together)", "check the combination against quantize and export")
+
+    def _check_profile_runtime(self) -> None:
+        """A .pte operator profile needs ExecuTorch's event tracer, which the project's executorch
+        wheel lacks: say so before any job, not after the sweep."""
+        if any(a["format"] == "pte" for a in sweep.profiled(self.model_dump())) and tracer_python() is None:
+            raise PQVError("profile.artifacts selects .pte files, whose operator profile needs ExecuTorch's event "
+                           "tracer, which this environment's executorch lacks",
+                           f"run `bash envs/etdump.sh` once (a side environment with the executorch 1.5.1 runtime), "
+                           f"set {ETDUMP_PYTHON_ENV} to a Python that has it, or profile .ptl files")
+
+
+# ---- checking a config ------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def reported(stage: str = "config"):
@@ -51,69 +357,95 @@ def reported(stage: str = "config"):
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML config file; a syntax error is one line naming the file, the line and the column."""
     import yaml
 
-    with open(path) as f:
-        return yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+    except OSError as e:
+        raise PQVError(f"cannot read config file {path}: {e.strerror}", "check the path") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(getattr(e, "problem", "") or e).split())
+        tab = "\t" in Path(path).read_text().splitlines()[mark.line] if mark else False
+        raise PQVError(f"{where}: not valid YAML: {problem}",
+                       "indent with spaces, not tabs" if tab else "fix the YAML at that line") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise PQVError(f"{path} holds a YAML {type(loaded).__name__}, not a mapping of config keys",
+                       "write `key: value` lines (docs/config.md)")
+    return loaded
 
 
-def load_schema(path: str | Path | None = None) -> dict:
-    return load_yaml(path or SCHEMA)
+def merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, mappings merged key by key, as Snakemake merges --configfile files."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
-def check(config: dict, schema_path: str | Path | None = None, default: dict | None = None) -> dict:
-    """Validate `config`, fill in the schema's defaults (in place) and run the semantic checks.
+def check_files(paths: list[str]) -> dict:
+    """The embedded default with each file merged over it, checked: what a run with these
+    --configfile files would get, or the one-line error (naming file and line for YAML syntax)."""
+    default_config = load_yaml(ROOT / "config" / "config.yaml")
+    config = default_config
+    for path in paths:
+        config = merge(config, load_yaml(path))
+    return check(config, default=default_config)
+
+
+def parse(config: dict) -> Config:
+    """The typed config, or the one-line error of its first problem."""
+    try:
+        return Config.model_validate(config)
+    except ValidationError as e:
+        raise explain(e.errors()[0]) from None
+
+
+def filled(config: dict) -> dict:
+    """A copy of `config` with every default filled in (types checked, not the checks across keys)."""
+    typed = parse(copy.deepcopy(config))
+    out = typed.model_dump(mode="json")
+    out["profile"]["artifacts"] = [s.model_dump(exclude_none=True) for s in typed.profile.artifacts]
+    return out
+
+
+def check(config: dict, default: dict | None = None) -> dict:
+    """Validate `config`, fill in every default (in place) and run the checks across keys.
 
     `default` is the embedded default config: its profile selectors are suggestions, so one that
     a user's sweep leaves without a match is a warning, while a selector the user wrote is an error.
     """
-    schema = load_schema(schema_path)
-    check_schema(config, schema)
-    fill_defaults(config, schema)
-    check_semantics(config, default or {})
+    parse(config).check(((default or {}).get("profile") or {}).get("artifacts") or [])
+    complete = filled(config)
+    config.clear()
+    config.update(complete)
     return config
 
 
-# ---- the schema ------------------------------------------------------------------------------
-
-def _validator(schema: dict):
-    from jsonschema import Draft202012Validator
-
-    return Draft202012Validator(schema)
-
-
-def check_schema(config: dict, schema: dict) -> None:
-    """Raise the most relevant schema violation as one line naming the key."""
-    from jsonschema.exceptions import best_match
-
-    error = best_match(_validator(schema).iter_errors(config))
-    if error is not None:
-        raise _explain(error, schema)
+def hparams(values: dict, where: str = "finetune") -> dict:
+    """Training settings with every default filled (the stages' defaults come from here), checked.
+    The finetune section's launch and distill keys are taken too."""
+    try:
+        typed = Finetune.model_validate(values)
+    except ValidationError as e:
+        raise explain(e.errors()[0], prefix=where) from None
+    typed.check(where)
+    return typed.model_dump()
 
 
-def fill_defaults(config: dict, schema: dict) -> None:
-    """Set every missing key that has a schema default, recursively (jsonschema's FAQ recipe, the
-    one snakemake.utils.validate uses)."""
-    from jsonschema import validators
-
-    base = type(_validator(schema))
-    validate_properties = base.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, subschema):
-        if isinstance(instance, dict):
-            for name, prop in properties.items():
-                if "default" in prop:
-                    instance.setdefault(name, copy.deepcopy(prop["default"]))
-        yield from validate_properties(validator, properties, instance, subschema)
-
-    filler = validators.extend(base, {"properties": set_defaults})
-    for error in filler(schema).iter_errors(config):  # defaults are valid: nothing is expected here
-        raise _explain(error, schema)
+def default(section: type[BaseModel], key: str):
+    """A key's default, for the stages' and the CLI's arguments."""
+    return section.model_fields[key].get_default(call_default_factory=True)
 
 
-def _key(path) -> str:
-    out = ""
-    for part in path:
+def _key(loc, prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "the config"
 
@@ -129,197 +461,77 @@ def _close(word, choices) -> str:
     return f" (did you mean '{match}'?)" if match else ""
 
 
-def _resolve(schema: dict, sub: dict) -> dict:
-    """Follow a local `$ref` ('#/$defs/...') of a subschema."""
-    ref = sub.get("$ref")
-    if not ref or not ref.startswith("#/"):
-        return {}
-    node = schema
-    for part in ref[2:].split("/"):
-        node = node[part]
+def _section_at(loc, root: type[BaseModel] = Config) -> type[BaseModel] | None:
+    """The model a location's last key belongs to (for the keys it knows)."""
+    node: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = node.model_fields[part].annotation
+        args = [a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type)]
+        inner = [a for a in args if issubclass(a, BaseModel)] or [
+            a for arg in typing.get_args(annotation) for a in typing.get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        node = inner[0]
     return node
 
 
-def _known_keys(schema: dict, sub: dict) -> list[str]:
-    keys = list(sub.get("properties", {}))
-    ref = _resolve(schema, sub)
-    keys += [k for k in ref.get("properties", {}) if k not in keys]
-    return keys
+BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
+          "less_than_equal": ("<=", "le")}
 
 
-def _explain(error, schema: dict) -> PQVError:
-    where = _key(error.absolute_path)
-    sub = error.schema
-    if error.validator in ("additionalProperties", "unevaluatedProperties"):
-        known = _known_keys(schema, sub)
-        unknown = sorted(k for k in error.instance if k not in known)
-        key = unknown[0] if unknown else "?"
-        full = f"{where}.{key}" if error.absolute_path else key
+def explain(error: dict, prefix: str = "") -> PQVError:
+    """One pydantic error as one line: the key, what is wrong, the fix."""
+    loc, kind = error["loc"], error["type"]
+    where = _key(loc, prefix)
+    if kind == "extra_forbidden":
+        section = _section_at(loc, Finetune if prefix else Config)
+        known = list(section.model_fields) if section else []
+        key = str(loc[-1])
         match = _closest(key, known)
+        parent = _key(loc[:-1], prefix)
         fix = (f"rename it to '{match}'" if match
-               else f"remove it; {where if error.absolute_path else 'top-level'} keys are {', '.join(known)}")
-        return PQVError(f"unknown key '{full}'{_close(key, known)}", fix)
-    if error.validator == "enum":
-        choices = error.validator_value
-        return PQVError(f"{where} is '{error.instance}', not a valid value{_close(error.instance, choices)}",
-                        f"use one of {', '.join(map(str, choices))}")
-    if error.validator == "required":
-        return PQVError(f"{where}: {error.message}", f"add it (see {SCHEMA_NAME})")
-    message = " ".join(error.message.split())
-    if len(message) > 200:
-        message = message[:200] + "..."
-    bound = BOUNDS.get(error.validator)
-    if bound:
-        fix = f"use a value {bound} {error.validator_value}"
-    elif error.validator == "type":
-        fix = f"use a {' or '.join(error.validator_value) if isinstance(error.validator_value, list) else error.validator_value}"
-    else:
-        description = " ".join(str(sub.get("description", "")).split())
-        fix = f"{where}: {description}" if description else f"see {where} in {SCHEMA_NAME}"
-    return PQVError(f"{where}: {message}", fix)
+               else f"remove it; {parent if loc[:-1] or prefix else 'top-level'} keys are {', '.join(known)}")
+        return PQVError(f"unknown key '{where}'{_close(key, known)}", fix)
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        return PQVError(f"{where} is '{error['input']}', not a valid value{_close(error['input'], choices)}",
+                        f"use one of {', '.join(choices)}")
+    if kind == "missing":
+        return PQVError(f"{where} is required", f"add it (see {REFERENCE_FILE.relative_to(ROOT)})")
+    if kind in BOUNDS:
+        sign, name = BOUNDS[kind]
+        bound = error["ctx"][name]
+        return PQVError(f"{where}: {error['input']} is not {sign} {bound}", f"use a value {sign} {bound}")
+    if kind == "too_short":
+        return PQVError(f"{where}: needs at least {error['ctx']['min_length']} item(s)",
+                        f"give a list of at least {error['ctx']['min_length']}")
+    if kind == "string_pattern_mismatch":
+        section = _section_at(loc)
+        field = section.model_fields.get(str(loc[-1])) if section else None
+        return PQVError(f"{where}: '{error['input']}' is not a valid value",
+                        f"{where}: {field.description}" if field and field.description else "see docs/config.md")
+    wanted = kind.split("_")[0].replace("int", "an integer").replace("float", "a number").replace(
+        "bool", "true or false").replace("string", "a string").replace("list", "a list").replace("dict", "a mapping")
+    return PQVError(f"{where}: {error['msg']} (got {error['input']!r})", f"use {wanted}")
 
 
-BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<",
-          "minItems": "list of at least", "maxItems": "list of at most"}
+# ---- what the checks look up ---------------------------------------------------------------------
 
-
-# ---- what the schema cannot say --------------------------------------------------------------
-
-def ratio_name(ratio) -> str:
-    return f"{float(ratio):g}"
-
-
-def branches(config: dict) -> list[tuple[str, str]]:
-    """(importance, ratio) per pruned branch; the dense model (ratio 0) is one shared branch."""
-    ratios = config["prune"]["ratios"]
-    out = [(T.NO_ENGINE, "0")] if any(float(r) == 0 for r in ratios) else []
-    out += [(imp, ratio_name(r)) for imp in config["prune"]["importances"] for r in ratios if float(r) > 0]
-    return out
-
-
-def combinations(config: dict) -> list[tuple[str, str, str]]:
-    q = config["quantize"]
-    return T.combinations(q["precisions"], q["engines"], config["export"]["formats"])
-
-
-def artifacts(config: dict) -> list[dict]:
-    """Every final artifact the config asks for, as wildcard dicts (model, importance, ratio,
-    precision, engine, format)."""
-    return [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, format=f)
-            for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)]
-
-
-def matches(selector: dict, artifact: dict) -> bool:
-    """Whether a profile selector picks an artifact (every key given must agree)."""
-    return all((ratio_name(v) if k == "ratio" else str(v)) == artifact[k] for k, v in selector.items())
-
-
-def check_semantics(config: dict, default: dict | None = None) -> None:
-    for rule in SEMANTIC_CHECKS:
-        rule(config)
-    _check_profile(config, default or {})
-
-
-def _check_dataset(config: dict) -> None:
-    if config["dataset"]["name"] == "imagefolder" and not config["dataset"]["root"]:
-        raise PQVError("dataset.root is required for imagefolder data",
-                       "add a file with `dataset: {root: /path/to/data}` after the config, "
-                       "e.g. --configfile config/paper.yaml site.yaml")
-
-
-def _check_sweep(config: dict) -> None:
-    """Each listed precision and engine must produce an artifact in a listed format; an engine
-    that only float precisions were configured for has nothing to do and is left alone."""
-    q, formats = config["quantize"], config["export"]["formats"]
-    made = combinations(config)
-    for precision in q["precisions"]:
-        if not any(p == precision for p, _, _ in made):
-            carriers = [f for f in T.PRECISIONS[precision]["formats"]]
-            if any(f in formats for f in carriers):  # its format is listed, its engines are not
-                engines = sorted({e for f in carriers if f in formats for e in T.FORMATS[f]["engines"]})
-                raise PQVError(f"quantize.precisions lists '{precision}' but no quantize.engines entry runs it "
-                               f"in export.formats {formats}", f"add one of {', '.join(engines)} to quantize.engines")
-            raise PQVError(f"quantize.precisions lists '{precision}' but export.formats {formats} cannot carry it",
-                           f"add {' or '.join(carriers)} to export.formats, or drop '{precision}'")
-    quantized = [p for p in q["precisions"] if T.PRECISIONS[p]["quantized"]]
-    if not quantized:
-        return  # a float-only sweep: engines play no part
-    for engine in q["engines"]:
-        if any(e == engine for _, e, _ in made):
-            continue
-        runs_it = [f for f, d in T.FORMATS.items() if engine in d["engines"]]
-        takers = [p for p in quantized if any(f in T.PRECISIONS[p]["formats"] for f in runs_it)]
-        if not takers:
-            raise PQVError(f"quantize.engines lists '{engine}' but no quantized precision in quantize.precisions "
-                           f"runs on it", f"drop '{engine}' or add a precision that {'/'.join(runs_it)} files carry")
-        raise PQVError(f"quantize.engines lists '{engine}' but export.formats {formats} has no format that runs it",
-                       f"add {' or '.join(runs_it)} to export.formats, or drop '{engine}'")
-
-
-def _check_profile(config: dict, default: dict) -> None:
-    """A profile selector that matches nothing would be found only after the sweep ran."""
-    made = artifacts(config)
-    suggested = (default.get("profile") or {}).get("artifacts") or []
-    for i, selector in enumerate(config["profile"]["artifacts"]):
-        if any(matches(selector, a) for a in made):
-            continue
-        if selector in suggested:
-            log.warning(f"pqv config: warning: the default profile selector {selector} matches no artifact of "
-                        "this sweep, so no operator profile is made (set profile.artifacts to choose one)")
-            continue
-        for key, value in selector.items():
-            wanted = ratio_name(value) if key == "ratio" else str(value)
-            present = sorted({a[key] for a in made})
-            if wanted not in present:
-                raise PQVError(f"profile.artifacts[{i}] asks for {key} '{value}', which this sweep does not make"
-                               f"{_close(wanted, present)}", f"use one of {', '.join(present)} or drop the selector")
-        raise PQVError(f"profile.artifacts[{i}] {selector} matches no artifact of this sweep "
-                       "(each value exists, not together)", "check the combination against quantize and export")
-
-
-def _check_prune(config: dict) -> None:
-    p = config["prune"]
-    if p["head_ratio"] is not None and p["heads"] != "whole":
-        raise PQVError(f"prune.head_ratio {p['head_ratio']} applies to whole-head pruning only, but prune.heads is "
-                       f"'{p['heads']}'", "set prune.heads: whole, or drop prune.head_ratio")
-
-
-def _training_sections(config: dict):
-    yield "finetune", config["finetune"]
-    for i, m in enumerate(config["models"]):
-        if m.get("weights", "hub") == "train":
-            yield f"models[{i}].train", m.get("train") or {}
-
-
-def check_training(where: str, hp: dict) -> None:
-    """Settings a training loop would reject only once it starts: Mixup's even batch, timm's
-    optimizer and scheduler names."""
-    batch = hp.get("batch_size", 64)
-    if (hp.get("mixup", 0) > 0 or hp.get("cutmix", 0) > 0) and batch % 2:
-        raise PQVError(f"{where}: mixup/cutmix need an even batch_size, got {batch}",
-                       f"set {where}.batch_size to {batch + 1} or {batch - 1}")
-    sched = hp.get("sched", "cosine")
-    if sched not in SCHEDULERS:
-        raise PQVError(f"{where}.sched: unknown timm scheduler '{sched}'{_close(sched, SCHEDULERS)}",
-                       f"use one of {', '.join(SCHEDULERS)}")
-    opt = hp.get("opt", DEFAULT_OPT)
-    if opt != DEFAULT_OPT:
-        names = optimizers()
-        parts = opt.lower().split("_")  # timm accepts a 'lookahead_' prefix
-        if parts[-1] not in names or (len(parts) > 1 and parts[0] != "lookahead") or len(parts) > 2:
-            raise PQVError(f"{where}.opt: unknown timm optimizer '{opt}'{_close(opt, names)}",
-                           "use a name from timm.optim.list_optimizers(), e.g. adamw, sgd, lamb")
+def tracer_python() -> str | None:
+    """A Python whose ExecuTorch runtime has the event tracer (for .pte operator profiles):
+    $PQV_ETDUMP_PYTHON, else the side environment of envs/etdump.sh; None when neither exists."""
+    given = os.environ.get(ETDUMP_PYTHON_ENV)
+    if given:
+        return given
+    return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else None
 
 
 def optimizers() -> list[str]:
     from timm.optim import list_optimizers
 
     return list_optimizers()
-
-
-def _check_training(config: dict) -> None:
-    for where, hp in _training_sections(config):
-        check_training(where, hp)
 
 
 def timm_models() -> set[str]:
@@ -353,44 +565,81 @@ def unknown_timm_model(name: str, known, where: str = "") -> PQVError:
                     f"use {' or '.join(close)}" if close else "use a name from timm.list_models(), e.g. deit_tiny_patch16_224")
 
 
-def _check_models(config: dict) -> None:
-    """An unknown timm name would fail only in the model job; name it now, with the closest names."""
-    seen: dict[str, int] = {}
-    for i, m in enumerate(config["models"]):
-        if m["id"] in seen:
-            raise PQVError(f"models[{i}].id '{m['id']}' is also models[{seen[m['id']]}].id: the second would "
-                           "silently replace the first", "give every model its own id")
-        seen[m["id"]] = i
-    known = timm_models() if config["models"] else set()
-    for i, m in enumerate(config["models"]):
-        name = m["timm_name"]
-        if name.split(".", 1)[0] not in known:  # timm accepts a pretrained tag: name.tag
-            raise unknown_timm_model(name, known, f"models[{i}].timm_name: ")
+# ---- derived files: the JSON schema and the reference --------------------------------------------
+
+def schema() -> dict:
+    return Config.model_json_schema()
 
 
-ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
-SIDE_ENV_PYTHON = Path(__file__).resolve().parents[1] / "envs" / "etdump" / ".venv" / "bin" / "python"
+def _type_name(annotation) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:  # a constrained item: its type and its bounds
+        bounds = [f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}" for m in args[1].metadata
+                  if type(m).__name__ in BOUND_SIGNS] if hasattr(args[1], "metadata") else []
+        return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (list, typing.List):
+        return f"list of {_type_name(args[0])}"
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return getattr(annotation, "__name__", str(annotation))
 
 
-def tracer_python() -> str | None:
-    """A Python whose ExecuTorch runtime has the event tracer (for .pte operator profiles):
-    $PQV_ETDUMP_PYTHON, else the side environment of envs/etdump.sh; None when neither exists."""
-    given = os.environ.get(ETDUMP_PYTHON_ENV)
-    if given:
-        return given
-    return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else None
+BOUND_SIGNS = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}
 
 
-def _check_profile_runtime(config: dict) -> None:
-    """A .pte operator profile needs ExecuTorch's event tracer, which the project's executorch wheel
-    lacks: say so before any job, not after the sweep."""
-    profiled = [a for a in artifacts(config) if a["format"] == "pte"
-                and any(matches(sel, a) for sel in config["profile"]["artifacts"])]
-    if profiled and tracer_python() is None:
-        raise PQVError("profile.artifacts selects .pte files, whose operator profile needs ExecuTorch's event tracer, "
-                       "which this environment's executorch lacks",
-                       f"run `bash envs/etdump.sh` once (a side environment with the executorch 1.5.1 runtime), set "
-                       f"{ETDUMP_PYTHON_ENV} to a Python that has it, or profile .ptl files")
+def reference() -> str:
+    """docs/config.md: every key with its type, default and meaning, from the models."""
+    lines = ["# Configuration reference", "",
+             "Generated from `pqv/config.py` by `python -m pqv.config` (tests/test_config.py checks it is current).",
+             "A config file lists only what it changes; the embedded default is `config/config.yaml`.", ""]
+
+    def section(model: type[BaseModel], path: str) -> None:
+        title = path or "top level"
+        lines.extend([f"## `{title}`", ""])
+        doc = " ".join((model.__doc__ or "").split())
+        if doc and model is not Config:
+            lines.extend([doc, ""])
+        lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
+        nested = []
+        for name, field in model.model_fields.items():
+            key = f"{path}.{name}" if path else name
+            annotation = field.annotation
+            inner = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            sub = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (inner[0] if inner else None)
+            default_value = "required" if field.is_required() else json.dumps(field.get_default(call_default_factory=True),
+                                                                              default=lambda o: o.model_dump())
+            if sub is not None:
+                nested.append((sub, key + ("[]" if typing.get_origin(annotation) is list else "")))
+                default_value = "see below" if not field.is_required() else "required"
+            bounds = ", ".join(f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}"
+                               for m in field.metadata if type(m).__name__ in BOUND_SIGNS)
+            meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+            lines.append(f"| `{key}` | {_type_name(annotation)}{f' ({bounds})' if bounds else ''} | `{default_value}` | {meaning} |")
+        lines.append("")
+        for sub, key in nested:
+            section(sub, key)
+
+    section(Config, "")
+    return "\n".join(lines).rstrip() + "\n"
 
 
-SEMANTIC_CHECKS = (_check_dataset, _check_sweep, _check_prune, _check_training, _check_models, _check_profile_runtime)
+def write_derived() -> None:
+    SCHEMA_FILE.write_text(json.dumps(schema(), indent=2) + "\n")
+    REFERENCE_FILE.write_text(reference())
+
+
+if __name__ == "__main__":
+    # python -m pqv.config             rewrite the schema and the reference from the description
+    # python -m pqv.config check F...  check config files as a run with --configfile F... would
+    if sys.argv[1:2] == ["check"]:
+        with reported():
+            check_files(sys.argv[2:])
+        print(f"pqv config: {' '.join(sys.argv[2:]) or 'the default'} is valid")
+    else:
+        write_derived()
+        print(f"wrote {SCHEMA_FILE.relative_to(ROOT)} and {REFERENCE_FILE.relative_to(ROOT)}")

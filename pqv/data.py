@@ -266,7 +266,7 @@ def scan(spec: dict, threads: int | None = None) -> dict:
 
 def run(spec: dict, out: str, threads: int | None = None) -> dict:
     """CLI entry: scan the data set and write its manifest."""
-    from .io import write_json
+    from .store import write_json
 
     manifest = scan(spec, threads)
     for warning in manifest["warnings"]:
@@ -279,7 +279,7 @@ def run(spec: dict, out: str, threads: int | None = None) -> dict:
 
 def read(path: str | os.PathLike) -> dict:
     """A manifest written by `pqv data`; a missing or damaged one is a one-line error."""
-    from .io import read_json
+    from .store import read_json
 
     manifest = read_json(path, path)
     if manifest.get("format") != FORMAT or not {"classes", "splits", "fingerprint"} <= set(manifest):

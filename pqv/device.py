@@ -9,7 +9,7 @@ import torch
 
 from .errors import PQVError
 
-CHOICES = ("auto", "cpu", "cuda")
+from .registry import DEVICES as CHOICES
 
 
 def describe(device: torch.device, amp_dtype: str | None = None) -> str:

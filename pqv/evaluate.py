@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from . import targets
+from . import registry
+from .config import Evaluate, default
 from .progress import progress
 
 
@@ -134,15 +135,16 @@ def paper_method_ms(fn, example: torch.Tensor) -> float:
 
 def _load(artifact: str, meta: dict):
     """An exported artifact in its runtime, or the eager FP32 model (the `eager` baseline)."""
-    from . import export, io
+    from . import export, store
 
     if meta["format"] == EAGER:
-        model, _ = io.load_model(artifact)
+        model, _ = store.load_model(artifact)
         return model.eval()
     return export.load(artifact, meta["format"], meta["engine"])
 
 
-EAGER = targets.EAGER
+EAGER = registry.EAGER
+Status = registry.Status
 # The modules each runtime needs, imported before the memory baseline is read.
 RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
                    EAGER: ("timm",)}
@@ -151,11 +153,13 @@ RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "
 def describe(artifact: str) -> dict:
     """What the measurements need to know of an artifact: its sidecar, for the eager baseline (a
     .safetensors model) completed with the eager format and a perfect fidelity to itself."""
-    from . import io
+    from . import store
 
-    meta = io.read_sidecar(artifact)
+    meta = store.read_sidecar(artifact)
+    if not str(artifact).endswith(".safetensors"):
+        store.check_artifact(artifact)  # a cut file is one line, before a runtime is imported (and logs)
     if str(artifact).endswith(".safetensors"):
-        return {**meta, "format": EAGER, "engine": "none", "eager_top1": meta.get("top1"), "status": "verified",
+        return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "eager_top1": meta.get("top1"), "status": Status.VERIFIED,
                 "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}}
     return meta
 
@@ -192,12 +196,12 @@ def memory(artifact: str, meta: dict) -> dict:
 
 
 def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, warmup: int, runs: int,
-                batch_size: int = 1) -> dict:
+                batch_size: int = default(Evaluate, "batch_size")) -> dict:
     """CLI entry: latency, size and memory of one artifact (or of the eager baseline), on the CPU with
     `threads` threads, on `batch_size` real held-out images drawn across classes. Memory comes
     first (`memory`), then the data; the artifact is loaded again for the timing, so the paper's
     one-call method times a cold first call."""
-    from . import datasets, io
+    from . import datasets, store
 
     set_threads(threads)
     meta = describe(artifact)
@@ -209,7 +213,7 @@ def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, w
     metrics = {**labels, **timing, "latency_ms_paper_method": paper_ms, "size_mb": os.path.getsize(artifact) / 2**20,
                **used, "threads": threads, "warmup": warmup, "runs": runs, "batch_size": batch_size,
                "runtime": runtime_version(meta["format"]), **machine(), "artifact": str(artifact)}
-    io.write_json(out, metrics)
+    store.write_json(out, metrics)
     return metrics
 
 
@@ -218,7 +222,7 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
     """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on the
     job's cores (`threads`, less its DataLoader `workers`); the eager baseline on CUDA when the
     device rule gives it. A .pte runs image by image on an XNNPACK pool as wide."""
-    from . import datasets, io
+    from . import datasets, store
     from .device import resolve
 
     compute = process_threads(threads, workers)
@@ -238,9 +242,9 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
     metrics = {**labels, "top1": top1, "top5": top5, "eager_top1": meta.get("eager_top1"),
                "params": meta.get("params"), "macs": meta.get("macs"), "device": meta.get("device"),
                "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
-               "status": meta.get("status", "verified"), "reason": meta.get("reason", ""),
+               "status": meta.get("status", Status.VERIFIED), "reason": meta.get("reason", ""),
                "accuracy_threads": compute, "accuracy_workers": workers, "accuracy_device": str(where),
                "accuracy_images_per_s": len(loader.dataset) / seconds, "artifact": str(artifact)}
-    io.write_json(out, metrics)
+    store.write_json(out, metrics)
     return metrics
 

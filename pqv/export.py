@@ -19,14 +19,15 @@ from typing import Callable
 
 import torch
 
-from . import datasets, targets
+from . import datasets, registry
+from .config import Export, default
 from .errors import PQVError
 from .progress import progress
-from .quantize import NO_ENGINE, PRECISIONS, engine_scope
+from .quantize import engine_scope
+from .registry import NO_ENGINE, Status
 
 
 log = logging.getLogger(__name__)
-VERIFIED, REJECTED = "verified", "rejected"  # an artifact's status after its fidelity check
 CHECK_CHUNK = 16  # images per call in the export check: a bar that moves, memory that stays small
 
 # x86/fbgemm packed weights serialize by unpacking into a fresh tensor each time, so a Lite file
@@ -122,23 +123,23 @@ FORMATS: dict[str, Format] = {
 def check_format(fmt: str, engine: str) -> None:
     if fmt not in FORMATS:
         raise PQVError(f"unknown export format '{fmt}'", f"use one of {', '.join(FORMATS)}")
-    engines = targets.FORMATS[fmt]["engines"]
+    engines = registry.FORMATS[fmt]["engines"]
     if engine != NO_ENGINE and engine not in engines:
         raise PQVError(f"format '{fmt}' cannot run engine '{engine}'", f"use one of {', '.join(engines)}")
 
 
 def load(path: str, fmt: str, engine: str):
     """Load an exported artifact in its runtime; the engine must be selected before loading."""
-    from . import io
+    from . import store
 
     check_format(fmt, engine)
-    io.check_artifact(path)  # a cut or damaged file is a one-line error, not the runtime's traceback
+    store.check_artifact(path)  # a cut or damaged file is a one-line error, not the runtime's traceback
     with engine_scope(engine):
         try:
             return FORMATS[fmt].load(path)
         except RuntimeError as e:
             why = " ".join(str(e).split())[:160]
-            made, here = _made_with(path), io.versions()
+            made, here = _made_with(path), store.versions()
             changed = {k: v for k, v in made.items() if k in here and here[k] != v}
             if changed:  # not a damaged file: a file of another runtime version
                 raise PQVError(f"{fmt} runtime cannot load {path}, which was made with "
@@ -146,15 +147,15 @@ def load(path: str, fmt: str, engine: str):
                                + ", ".join(f"{k} {here[k]}" for k in changed) + f"): {why}",
                                f"export it again with these versions (`snakemake --forcerun {path}`), or load "
                                "it where those versions are installed") from None
-            raise io.corrupt(path, f"{fmt} runtime cannot load {path}: {why}") from None
+            raise store.corrupt(path, f"{fmt} runtime cannot load {path}: {why}") from None
 
 
 def _made_with(path: str) -> dict:
     """The runtime versions an artifact's sidecar says it was made with ({} if unknown)."""
-    from . import io
+    from . import store
 
     try:
-        versions = io.read_json(io.sidecar_path(path)).get("versions") or {}
+        versions = store.read_json(store.sidecar_path(path)).get("versions") or {}
     except PQVError:
         return {}
     return {k: v for k, v in versions.items() if k in ("torch", "executorch")}
@@ -177,7 +178,7 @@ def verdict(precision: str, fidelity: dict, min_cosine: float) -> str | None:
     """None if the artifact computes what its parent does, else the reason it does not. Garbage
     cannot pass: non-finite outputs fail, and so does any comparison with NaN (written so that a
     NaN makes the test false, not the failure)."""
-    atol = PRECISIONS[precision].atol
+    atol = registry.PRECISIONS[precision]["atol"]
     if not fidelity.get("finite", True):
         return f"{precision} artifact gives non-finite outputs (NaN or inf)"
     if atol is not None and not fidelity["max_abs_diff"] <= atol:
@@ -188,23 +189,24 @@ def verdict(precision: str, fidelity: dict, min_cosine: float) -> str | None:
 
 
 def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimizer: bool = True,
-        xnnpack_rewrite: bool = True, check_images: int = 64, min_cosine: float = 0.98) -> dict:
+        xnnpack_rewrite: bool = True, check_images: int = default(Export, "check_images"),
+        min_cosine: float = default(Export, "min_cosine")) -> dict:
     """CLI entry: export, load back, compare with the eager FP32 parent, then publish."""
-    from . import io
+    from . import store
 
-    meta = io.read_sidecar(src)
-    io.check_artifact(src)
+    meta = store.read_sidecar(src)
+    store.check_artifact(src)
     precision, engine = meta["precision"], meta["engine"]
     check_format(fmt, engine)
-    if meta.get("ir", "ts") != targets.ir_of(fmt):
-        raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{targets.ir_of(fmt)}",
-                       f"quantize to a .{targets.ir_of(fmt)} file first")
-    eager, arch = io.load_model(parent_model)
+    if meta.get("ir", "ts") != registry.ir_of(fmt):
+        raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{registry.ir_of(fmt)}",
+                       f"quantize to a .{registry.ir_of(fmt)} file first")
+    eager, arch = store.load_model(parent_model)
     images = datasets.sample_batch(manifest, arch["data_config"], check_images)
     with torch.no_grad():
         reference = eager(images)
     options = {"mobile_optimizer": mobile_optimizer, "xnnpack_rewrite": xnnpack_rewrite}
-    with io.atomic_path(out, need_bytes=2 * os.path.getsize(src)) as tmp, engine_scope(engine), warnings.catch_warnings():
+    with store.atomic_path(out, need_bytes=2 * os.path.getsize(src)) as tmp, engine_scope(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript/Lite are deprecated upstream
         log.info("exporting %s to .%s", src, fmt)
         FORMATS[fmt].export(src, tmp, precision, {**options, "engine": engine})
@@ -213,7 +215,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         outputs = torch.cat([artifact(piece) for piece in progress(images.split(CHECK_CHUNK), desc="export check", unit="chunk")])
         fidelity = compare(outputs, reference)
         problem = verdict(precision, fidelity, min_cosine)
-        if problem and not targets.PRECISIONS[precision]["lossy"]:
+        if problem and not registry.PRECISIONS[precision]["lossy"]:
             # an exact precision that does not compute its parent's function is a bug, not a recipe
             raise PQVError(f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer "
                            "rewrites of pqv/layers.py, is wrong for this model)",
@@ -221,7 +223,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     if problem:
         log.warning("REJECTED: %s (the file is kept with status 'rejected'; loosen export.min_cosine to accept it)", problem)
     facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "eager_top1", "device")}
-    io.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
-                     fidelity=fidelity, status=REJECTED if problem else VERIFIED, reason=problem or "",
+    store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
+                     fidelity=fidelity, status=Status.REJECTED if problem else Status.VERIFIED, reason=problem or "",
                      min_cosine=min_cosine, **facts)
     return fidelity

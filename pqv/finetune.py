@@ -38,56 +38,20 @@ from torch import nn
 from . import data, datasets
 from .errors import PQVError
 from .evaluate import accuracy
-from .io import atomic_path
+from .store import atomic_path
 from .progress import progress
 
 log = logging.getLogger(__name__)
 
-# Mirrors `$defs/hparams` in workflow/schemas/config.schema.yaml (a test keeps them equal): the CLI
-# and the library can be used without the workflow's schema filling in defaults.
-DEFAULTS = {
-    "epochs": 5,
-    "batch_size": 64,  # per process: global batch = batch_size x world size
-    "lr": 1.5e-4,
-    "weight_decay": 0.05,
-    "opt": "adamw",
-    "sched": "cosine",
-    "warmup_epochs": 1,
-    "warmup_lr": 1e-6,
-    "min_lr": 1e-6,
-    "smoothing": 0.1,
-    "mixup": 0.0,  # Mixup alpha; 0 = off
-    "cutmix": 0.0,  # CutMix alpha; 0 = off
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "mixup_mode": "batch",
-    "auto_augment": None,  # e.g. DeiT's rand-m9-mstd0.5-inc1 (ImageFolder data only)
-    "reprob": 0.0,  # random erasing probability (ImageFolder data only)
-    "color_jitter": 0.4,
-    "hflip": 0.5,
-    "clip_grad": None,
-    "amp": True,  # mixed precision on CUDA; ignored on CPU
-    "amp_dtype": "float16",
-    "seed": 0,
-}
-DISTILL_DEFAULTS = {"enabled": False, "alpha": 0.5, "temperature": 1.0}
-# Keys of the finetune config that say how to launch the job or which branches to train, not how to train.
-LAUNCH_KEYS = ("nproc", "launcher", "dense")
 CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def resolve_hparams(hparams: dict) -> dict:
-    """Defaults filled in; an unknown key is an error (a typo would otherwise be silently ignored)."""
-    unknown = set(hparams) - set(DEFAULTS) - {"distill"}
-    if unknown:
-        raise PQVError(f"unknown finetune setting(s) {', '.join(sorted(unknown))}",
-                       "see $defs/hparams in workflow/schemas/config.schema.yaml")
-    hp = {**DEFAULTS, **hparams, "distill": {**DISTILL_DEFAULTS, **hparams.get("distill", {})}}
-    if hp["amp_dtype"] not in ("float16", "bfloat16"):
-        raise PQVError(f"unknown amp_dtype '{hp['amp_dtype']}'", "use float16 or bfloat16")
-    if (hp["mixup"] > 0 or hp["cutmix"] > 0) and hp["batch_size"] % 2:
-        raise PQVError(f"mixup/cutmix need an even batch_size, got {hp['batch_size']}", "use an even batch_size")
-    return hp
+    """Every training setting, defaults filled from the config's description (pqv.config.Finetune)
+    and checked there; an unknown key is an error (a typo would otherwise be silently ignored)."""
+    from .config import hparams as checked
+
+    return checked(hparams)
 
 
 @dataclass(frozen=True)
@@ -160,40 +124,62 @@ def _augment(hp: dict) -> dict:
             "hflip": hp["hflip"]}
 
 
-def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
-          desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
-          resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
-    """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
+@dataclass
+class _Run:
+    """Everything one training run updates, built once by `_setup`."""
 
-    Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
-    `ckpt_dir`, a checkpoint is written after every epoch and the latest one whose hparams, world
-    size and `resume_key` (e.g. a hash of the input files) match is resumed from. `threads` is the
-    job's cores: each process takes its share, less its DataLoader `workers`.
-    """
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    teacher: nn.Module | None
+    optimizer: object
+    scheduler: object
+    scaler: object
+    autocast: object
+    loss_fn: object
+    mixup: object
+    hp: dict
+    ctx: Dist
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
+        """One optimizer step; the batch's summed loss (detached)."""
+        hp, kd = self.hp, self.hp["distill"]
+        images = images.to(self.ctx.device, non_blocking=True)
+        labels = labels.to(self.ctx.device, non_blocking=True)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        with self.autocast():
+            logits = self.net(images)
+            loss = self.loss_fn(logits, targets)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
+                soft = distill_loss(logits.float(), teacher_logits.float(), kd["temperature"])
+                loss = (1 - kd["alpha"]) * loss + kd["alpha"] * soft
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if hp["clip_grad"]:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), hp["clip_grad"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step_update(step + 1)
+        return loss.detach().double() * len(labels)
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+
+
+def _setup(model: nn.Module, hp: dict, ctx: Dist, teacher: nn.Module | None, steps_per_epoch: int) -> _Run:
+    """The model on its device, DDP, the teacher, timm's optimizer and schedule, AMP, the loss."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
-
-    hp = resolve_hparams(hparams)
-    kd = hp["distill"]
-    if kd["enabled"] and teacher is None:
-        raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
-    ctx = distributed(device)
-    if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
-        from .evaluate import process_threads
-
-        torch.set_num_threads(process_threads(threads, workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    torch.manual_seed(hp["seed"])
-    manifest = data.of(manifest)
-    train_loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
-                                   rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
-    eval_loader = datasets.loader(manifest, "eval", data_config, 256, rank=ctx.rank, world_size=ctx.world, workers=workers)
-    steps_per_epoch = len(train_loader)
 
     model.to(ctx.device)
     net = model
     if ctx.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if teacher is not None and kd["enabled"]:
+    if teacher is not None and hp["distill"]["enabled"]:
         teacher = teacher.to(ctx.device).eval().requires_grad_(False)
     else:
         teacher = None
@@ -209,80 +195,97 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     autocast = lambda: torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp)  # noqa: E731
     loss_fn, mixup = _loss_and_mixup(hp, _num_classes(model))
+    return _Run(model, net, teacher, optimizer, scheduler, scaler, autocast, loss_fn, mixup, hp, ctx)
 
-    key = json.dumps({"hparams": hp, "world": ctx.world, "input": resume_key}, sort_keys=True)
-    history, start = [], 0
+
+def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list, int]:
+    """(history, first epoch): from the latest checkpoint made with `key`, else from the start."""
     state = load_checkpoint(ckpt_dir, key) if ckpt_dir else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, start = state["history"], state["epoch"]
-        if ctx.main:
-            log.info("%s: resuming after epoch %d from %s", desc, start, ckpt_dir)
+    if state is None:
+        return [], 0
+    run.model.load_state_dict(state["model"])
+    for name, part in run.state().items():
+        part.load_state_dict(state[name])
+    if run.ctx.main:
+        log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], ckpt_dir)
+    return state["history"], state["epoch"]
 
+
+def _epoch(run: _Run, loader, eval_loader, epoch: int, steps_per_epoch: int, bar) -> dict:
+    """One epoch of training and its evaluation: the history row."""
+    hp, ctx = run.hp, run.ctx
+    seed = seed_epoch(hp["seed"], epoch, ctx.rank)
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed)  # DataLoader workers' seeds
+    run.net.train()
+    total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, samples
+    for step, (images, labels) in enumerate(loader, start=epoch * steps_per_epoch):
+        total[0] += run.step(images, labels, step)
+        total[1] += len(labels)
+        bar.update()
+        bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", refresh=False)
+    if ctx.world > 1:
+        dist.all_reduce(total)
+    top1, top5 = evaluate(run.model, eval_loader, ctx, run.autocast)
+    row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "eval_top1": top1,
+           "eval_top5": top5, "lr": run.optimizer.param_groups[0]["lr"]}
+    if not math.isfinite(row["train_loss"]):
+        bar.close()  # its last line before the error, not after it
+        raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
+                       f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
+    bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
+    return row
+
+
+def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
+          desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
+          resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
+    """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
+
+    Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
+    `ckpt_dir`, a checkpoint is written after every epoch and the latest one whose hparams, world
+    size and `resume_key` (e.g. a hash of the input files) match is resumed from. `threads` is the
+    job's cores: each process takes its share, less its DataLoader `workers`.
+    """
+    from .config import Finetune
+    from .device import describe
+    from .evaluate import process_threads
+
+    hp = resolve_hparams(hparams)
+    if hp["distill"]["enabled"] and teacher is None:
+        raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
+    ctx = distributed(device)
+    if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
+        torch.set_num_threads(process_threads(threads, workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    torch.manual_seed(hp["seed"])
+    manifest = data.of(manifest)
+    loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
+                             rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
+    eval_loader = datasets.loader(manifest, "eval", data_config, 256, rank=ctx.rank, world_size=ctx.world, workers=workers)
+    steps = len(loader)
+    run = _setup(model, hp, ctx, teacher, steps)
+    trained_by = {k: v for k, v in hp.items() if k not in Finetune.LAUNCH_KEYS}  # not how the job started
+    key = json.dumps({"hparams": trained_by, "world": ctx.world, "input": resume_key}, sort_keys=True)
+    history, start = _resume(run, ckpt_dir, key, desc)
     # One bar over every optimizer step of the run (an ImageNet epoch is thousands of steps), with
     # rate and ETA; the epoch and its metrics are in the postfix.
-    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps_per_epoch, initial=start * steps_per_epoch,
-                   disable=not ctx.main)
+    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start * steps, disable=not ctx.main)
     for epoch in range(start, hp["epochs"]):
-        seed = seed_epoch(hp["seed"], epoch, ctx.rank)
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(seed)  # DataLoader workers' seeds
-        net.train()
-        total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, samples
-        for step, (images, labels) in enumerate(train_loader, start=epoch * steps_per_epoch):
-            images = images.to(ctx.device, non_blocking=True)
-            labels = labels.to(ctx.device, non_blocking=True)
-            targets = labels
-            if mixup is not None:
-                images, targets = mixup(images, labels)
-            with autocast():
-                logits = net(images)
-                loss = loss_fn(logits, targets)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(images)
-                    loss = (1 - kd["alpha"]) * loss + kd["alpha"] * distill_loss(logits.float(), teacher_logits.float(), kd["temperature"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if hp["clip_grad"]:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), hp["clip_grad"])
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step_update(step + 1)
-            total[0] += loss.detach().double() * len(labels)
-            total[1] += len(labels)
-            bar.update()
-            bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", refresh=False)
-        if ctx.world > 1:
-            dist.all_reduce(total)
-        top1, top5 = evaluate(model, eval_loader, ctx, autocast)
-        row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "eval_top1": top1,
-               "eval_top5": top5, "lr": optimizer.param_groups[0]["lr"]}
-        if not math.isfinite(row["train_loss"]):
-            bar.close()  # its last line before the error, not after it
-            raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
-                           f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
-        history.append(row)
-        bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
+        history.append(_epoch(run, loader, eval_loader, epoch, steps, bar))
         if ckpt_dir and ctx.main:
-            save_checkpoint(ckpt_dir, epoch + 1, key, model, optimizer, scheduler, scaler, history)
+            save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler, history)
     bar.close()
     if not history:
-        top1, top5 = evaluate(model, eval_loader, ctx, autocast)
+        top1, top5 = evaluate(model, eval_loader, ctx, run.autocast)
         history = [{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}]
     model.cpu().eval()
     if metrics_csv and ctx.main:
         write_history(history, metrics_csv)
     last = history[-1]
-    from .device import describe
-
     return {"top1": last["eval_top1"], "top5": last["eval_top5"], "epochs": hp["epochs"], "hparams": hp,
             "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
-            "resumed_after_epoch": start, "device": describe(ctx.device, hp["amp_dtype"] if use_amp else None),
+            "resumed_after_epoch": start,
+            "device": describe(ctx.device, hp["amp_dtype"] if hp["amp"] and ctx.device.type == "cuda" else None),
             "threads_per_process": torch.get_num_threads()}
 
 
@@ -373,15 +376,14 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
 
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success.
     """
-    from . import io
+    from . import store
 
-    hparams = {k: v for k, v in hparams.items() if k not in LAUNCH_KEYS}
     hp = resolve_hparams(hparams)
     if hp["distill"]["enabled"] and not teacher:
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
-    model, arch = io.load_model(model_path)
-    parent = io.read_sidecar(model_path)
-    teacher_model = io.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
+    model, arch = store.load_model(model_path)
+    parent = store.read_sidecar(model_path)
+    teacher_model = store.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
     ctx = distributed(device)
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
@@ -393,8 +395,8 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
                        ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
                        threads=threads)
         if ctx.main:
-            io.save_model(model, out, arch)
-            io.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],
+            store.save_model(model, out, arch)
+            store.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],
                              top5=result["top5"], hparams=result["hparams"], world_size=result["world_size"],
                              global_batch=result["global_batch"], resumed_after_epoch=result["resumed_after_epoch"],
                              device=result["device"], threads_per_process=result["threads_per_process"],
@@ -411,15 +413,15 @@ def keep(model_path: str, out: str, metrics_csv: str) -> dict:
     with the pretrained one, and 60 ImageNet epochs of the dense DeiT-B would cost GPU-days for nothing.
 
     The model is written unchanged; its accuracy is the starting model's, from the model stage."""
-    from . import io
+    from . import store
 
-    model, arch = io.load_model(model_path)
-    parent = io.read_sidecar(model_path)
-    base = io.read_sidecar(parent["parent"]) if parent.get("parent") else parent
+    model, arch = store.load_model(model_path)
+    parent = store.read_sidecar(model_path)
+    base = store.read_sidecar(parent["parent"]) if parent.get("parent") else parent
     top1, top5 = base.get("top1"), base.get("top5")
-    io.save_model(model, out, arch)
+    store.save_model(model, out, arch)
     write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
-    io.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, top1=top1, top5=top5,
+    store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, top1=top1, top5=top5,
                      device=base.get("device"),
                      params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
     return {"top1": top1, "top5": top5}

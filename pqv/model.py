@@ -142,7 +142,7 @@ def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
 def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0,
         threads: int | None = None) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
-    from . import io
+    from . import store
     from .device import resolve
     from .evaluate import EVAL_BATCH, accuracy_on
     from .finetune import train
@@ -169,10 +169,10 @@ def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "au
 
         write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
     arch = archmod.describe(model, facts["timm_name"], facts["kwargs"], dc)
-    io.save_model(model, out, arch)
-    from .prune import count_ops
+    store.save_model(model, out, arch)
+    from .prune import count_ops, widths
 
     macs, params = count_ops(model, torch.zeros(1, *dc["input_size"]))
-    io.write_sidecar(out, "model", **facts, data_config=dc, top1=top1, top5=top5, params=params, macs=macs,
-                     classes=len(manifest["classes"]))
+    store.write_sidecar(out, "model", **facts, data_config=dc, top1=top1, top5=top5, params=params, macs=macs,
+                        classes=len(manifest["classes"]), widths=widths(model))
     return {"top1": top1, "top5": top5}

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .registry import DENSE, EAGER, NO_ENGINE, Status
+
 FIGURES = {}
 RECIPE = ["precision", "engine", "format"]
 REJECTED_LABEL = "rejected by the export check"
@@ -38,7 +40,7 @@ def _plt():
 
 
 def _recipe_label(row) -> str:
-    engine = "" if row["engine"] == "none" else f" {row['engine']}"
+    engine = "" if row["engine"] == NO_ENGINE else f" {row['engine']}"
     return f"{row['precision']}{engine} .{row['format']}"
 
 
@@ -72,7 +74,7 @@ def _legend(ax, **kwargs) -> None:
 
 def rejected(table: pd.DataFrame) -> pd.Series:
     """Rows whose artifact failed its export check (summaries from before `status` have none)."""
-    return table["status"].eq("rejected") if "status" in table else pd.Series(False, index=table.index)
+    return table["status"].eq(Status.REJECTED.value) if "status" in table else pd.Series(False, index=table.index)
 
 
 def mark_rejected(ax, g: pd.DataFrame, x: str, y: str) -> None:
@@ -85,8 +87,8 @@ def mark_rejected(ax, g: pd.DataFrame, x: str, y: str) -> None:
 
 
 def main_importance(table: pd.DataFrame) -> str:
-    pruned = [i for i in table["importance"].unique() if i != "none"]
-    return "taylor" if "taylor" in pruned else (sorted(pruned)[0] if pruned else "none")
+    pruned = [i for i in table["importance"].unique() if i != DENSE]
+    return "taylor" if "taylor" in pruned else (sorted(pruned)[0] if pruned else DENSE)
 
 
 def _title_row(ax, model: str, n_models: int, text: str) -> None:
@@ -138,7 +140,7 @@ def accuracy(table: pd.DataFrame):
 
 def _reference_recipe(table: pd.DataFrame) -> pd.Series:
     """The recipe the importance figure compares: eager FP32 if measured, else the first present."""
-    eager = table[(table["format"] == "eager")]
+    eager = table[(table["format"] == EAGER)]
     return (eager if not eager.empty else table).sort_values(RECIPE).iloc[0]
 
 
@@ -172,7 +174,7 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
     for i, g in enumerate(groups):
         sub = frame[frame[series] == g].set_index(x)
         heights = [float(sub.at[v, value]) if v in sub.index else float("nan") for v in xs]
-        bad = [bool(v in sub.index and sub.at[v, "status"] == "rejected") for v in xs]
+        bad = [bool(v in sub.index and sub.at[v, "status"] == Status.REJECTED.value) for v in xs]
         bars = ax.bar([j + i * width for j in range(len(xs))], heights, width, label=str(g))
         for bar, is_bad in zip(bars, bad):
             if is_bad:  # a rejected recipe stays visible, struck through
@@ -185,8 +187,8 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
 
 def _compressed_recipe(table: pd.DataFrame) -> pd.Series:
     """The most compressed shipped recipe that most models have: the one the model figure compares."""
-    shipped = table[(table["format"] != "eager") & ~rejected(table)]
-    shipped = shipped if not shipped.empty else table[table["format"] != "eager"]
+    shipped = table[(table["format"] != EAGER) & ~rejected(table)]
+    shipped = shipped if not shipped.empty else table[table["format"] != EAGER]
     shipped = shipped if not shipped.empty else table
     order = ["int8_static", "int8_dynamic", "int4_weight", "fp16", "fp32"]
     recipes = shipped.groupby(RECIPE)["model"].nunique().rename("models").reset_index()
@@ -215,7 +217,7 @@ def models(table: pd.DataFrame):
 
 @figure("fig7_engines")
 def engines(table: pd.DataFrame):
-    quantized = table[table["engine"] != "none"]
+    quantized = table[table["engine"] != NO_ENGINE]
     if quantized.empty:
         plt = _plt()
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -287,14 +289,14 @@ def load(summary_csv: str) -> pd.DataFrame:
 
 def load_frame(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
-    table["engine"] = table["engine"].fillna("none")
-    table["status"] = table["status"].fillna("verified") if "status" in table else "verified"
+    table["engine"] = table["engine"].fillna(NO_ENGINE)
+    table["status"] = table["status"].fillna(Status.VERIFIED.value) if "status" in table else Status.VERIFIED.value
     table["model"] = table["model"].astype(str)
     return table
 
 
 def run(summary_csv: str, outdir: str) -> list[str]:
-    from .io import atomic_path
+    from .store import atomic_path
 
     plt = _plt()
     table = load(summary_csv)

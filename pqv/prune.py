@@ -13,24 +13,15 @@ Whole-head pruning leaves head_dim, and so the temperature, unchanged.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 
 from . import arch as archmod
+from . import registry
+from .config import Prune, default
 from . import datasets
 from .errors import PQVError
 from .progress import progress
-
-
-@dataclass(frozen=True)
-class Importance:
-    """How to build a Torch-Pruning importance, and what it needs to see before scoring."""
-
-    make: Callable[[], object]
-    needs: str = "weights"  # "weights" | "gradients" | "hessian"
 
 
 def _tp():
@@ -39,13 +30,17 @@ def _tp():
     return tp
 
 
-def _hessian_importance():
-    """Torch-Pruning 1.6.1's `GroupHessianImportance.accumulate_grad` looks parameters up by name in
-    a dict keyed by parameter, so every call overwrites: only the last sample would count. This
-    subclass keeps the running sum of squared per-sample gradients that OBD needs."""
-    tp = _tp()
+def __getattr__(name: str):
+    """`HessianImportance`, defined on first use so that importing this module does not import
+    Torch-Pruning (the registry names it as "pqv.prune:HessianImportance")."""
+    if name != "HessianImportance":
+        raise AttributeError(name)
 
-    class HessianImportance(tp.importance.GroupHessianImportance):
+    class HessianImportance(_tp().importance.GroupHessianImportance):
+        """Torch-Pruning 1.6.1's `GroupHessianImportance.accumulate_grad` looks parameters up by name in
+        a dict keyed by parameter, so every call overwrites: only the last sample would count. This
+        keeps the running sum of squared per-sample gradients that OBD needs."""
+
         def accumulate_grad(self, model):
             for param in model.parameters():
                 if param.grad is not None:
@@ -57,24 +52,19 @@ def _hessian_importance():
                         self._accu_grad[param] = g2.clone()
                         self._counter[param] = 1
 
-    return HessianImportance()
+    globals()[name] = HessianImportance
+    return HessianImportance
 
 
-IMPORTANCES: dict[str, Importance] = {
-    "l1": Importance(lambda: _tp().importance.GroupMagnitudeImportance(p=1)),
-    "l2": Importance(lambda: _tp().importance.GroupMagnitudeImportance(p=2)),
-    "lamp": Importance(lambda: _tp().importance.LAMPImportance(p=2)),
-    "random": Importance(lambda: _tp().importance.RandomImportance()),
-    "taylor": Importance(lambda: _tp().importance.GroupTaylorImportance(), needs="gradients"),
-    "hessian": Importance(_hessian_importance, needs="hessian"),
-}
+def make_importance(name: str):
+    """A Torch-Pruning importance, built as pqv.registry.IMPORTANCES says."""
+    import importlib
 
-# Ranking scope -> Torch-Pruning's global_pruning flag.
-SCOPES = {"uniform": False, "global": True}
-# What is removed in attention -> (prune_head_dims, prune_num_heads).
-HEAD_MODES = {"dims": (True, False), "whole": (False, True)}
-
-NO_PRUNING = "none"  # the importance name of the dense branch (ratio 0)
+    where, kwargs = registry.IMPORTANCES[name]["make"]
+    if ":" in where:
+        module, attr = where.split(":")
+        return getattr(importlib.import_module(module), attr)(**kwargs)
+    return getattr(_tp().importance, where)(**kwargs)
 
 
 def _check_ratio(name: str, ratio: float) -> None:
@@ -85,18 +75,18 @@ def _check_ratio(name: str, ratio: float) -> None:
 def check_args(importance: str, ratio: float, scope: str = "uniform", heads: str = "dims",
                head_ratio: float | None = None) -> None:
     """Reject bad options before anything is loaded or written."""
-    if scope not in SCOPES:
-        raise PQVError(f"unknown pruning scope '{scope}'", f"use one of {', '.join(SCOPES)}")
-    if heads not in HEAD_MODES:
-        raise PQVError(f"unknown head pruning mode '{heads}'", f"use one of {', '.join(HEAD_MODES)}")
+    if scope not in registry.SCOPES:
+        raise PQVError(f"unknown pruning scope '{scope}'", f"use one of {', '.join(registry.SCOPES)}")
+    if heads not in registry.HEAD_MODES:
+        raise PQVError(f"unknown head pruning mode '{heads}'", f"use one of {', '.join(registry.HEAD_MODES)}")
     if head_ratio is not None:
         if heads != "whole":
             raise PQVError("head_ratio applies to whole-head pruning only", "set heads to whole or drop head_ratio")
         _check_ratio("head ratio", head_ratio)
-    if importance == NO_PRUNING and ratio == 0.0:
+    if importance == registry.DENSE and ratio == 0.0:
         return
-    if importance not in IMPORTANCES:
-        raise PQVError(f"unknown importance '{importance}'", f"use one of {', '.join(IMPORTANCES)}")
+    if importance not in registry.IMPORTANCES:
+        raise PQVError(f"unknown importance '{importance}'", f"use one of {', '.join(registry.IMPORTANCES)}")
     _check_ratio("pruning ratio", ratio)
 
 
@@ -138,50 +128,63 @@ def prune(
     if ratio == 0.0:  # the dense branch, whatever the other options say
         return model
     head_ratio = ratio if head_ratio is None else head_ratio
-    imp_spec = IMPORTANCES[importance]
-    if imp_spec.needs != "weights" and not calibration:
+    needs = registry.IMPORTANCES[importance]["needs"]
+    if needs != "weights" and not calibration:
         raise PQVError(f"importance '{importance}' needs calibration data", "give calibration batches (prune.calibration_batches > 0)")
-    prune_head_dims, prune_num_heads = HEAD_MODES[heads]
     before = widths(model)
-    if prune_num_heads and scope == "uniform":
+    if heads == "whole" and scope == "uniform":
         for attn in blocks:
             if math.ceil(head_ratio * attn.num_heads) >= attn.num_heads:
                 raise PQVError(f"head ratio {head_ratio} removes all {attn.num_heads} heads of a block",
                                "use a smaller head_ratio")
 
-    tp = _tp()
     device = torch.device(device)
     model.to(device)
-    example = example.to(device)
     old_head_dims = {a: a.head_dim for a in blocks}
     with torch.random.fork_rng(devices=[]):  # seed the pruner's randomness without touching the caller's
         torch.manual_seed(seed)
-        imp = imp_spec.make()
-        pruner = tp.pruner.BasePruner(
-            model,
-            example,
-            importance=imp,
-            global_pruning=SCOPES[scope],
-            pruning_ratio=ratio,
-            ignored_layers=classifiers(model) + (_residual_writers(model) if bottleneck else []),
-            round_to=round_to,
-            num_heads={a.qkv: a.num_heads for a in blocks},
-            prune_head_dims=prune_head_dims,
-            prune_num_heads=prune_num_heads,
-            head_pruning_ratio=head_ratio if prune_num_heads else 0.0,
-            # Torch-Pruning's defaults for these two are shared dicts that it mutates: pass fresh ones.
-            in_channel_groups={},
-            out_channel_groups={},
-            unwrapped_parameters=_unwrapped_parameters(model),
-        )
-        if imp_spec.needs == "gradients":
+        imp = make_importance(importance)
+        pruner = _pruner(model, imp, example.to(device), ratio, head_ratio, scope, heads, round_to, bottleneck)
+        if needs == "gradients":
             _accumulate_gradients(model, calibration, device)
-        elif imp_spec.needs == "hessian":
+        elif needs == "hessian":
             _accumulate_hessian(model, imp, calibration, device)
         pruner.step()
     model.zero_grad(set_to_none=True)
     model.cpu()
+    _set_geometry(model, pruner, old_head_dims)
+    check_widths(before, widths(model), ratio, scope=scope, heads=heads, head_ratio=head_ratio, round_to=round_to,
+                 bottleneck=bottleneck)
+    return model.eval()
 
+
+def _pruner(model: nn.Module, imp, example: torch.Tensor, ratio: float, head_ratio: float, scope: str, heads: str,
+            round_to: int | None, bottleneck: bool):
+    """Torch-Pruning's pruner over the model's dependency graph, every classifier head kept whole."""
+    blocks = archmod.attention_blocks(model)
+    prune_head_dims, prune_num_heads = registry.HEAD_MODES[heads]
+    return _tp().pruner.BasePruner(
+        model,
+        example,
+        importance=imp,
+        global_pruning=registry.SCOPES[scope],
+        pruning_ratio=ratio,
+        ignored_layers=classifiers(model) + (_residual_writers(model) if bottleneck else []),
+        round_to=round_to,
+        num_heads={a.qkv: a.num_heads for a in blocks},
+        prune_head_dims=prune_head_dims,
+        prune_num_heads=prune_num_heads,
+        head_pruning_ratio=head_ratio if prune_num_heads else 0.0,
+        # Torch-Pruning's defaults for these two are shared dicts that it mutates: pass fresh ones.
+        in_channel_groups={},
+        out_channel_groups={},
+        unwrapped_parameters=_unwrapped_parameters(model),
+    )
+
+
+def _set_geometry(model: nn.Module, pruner, old_head_dims: dict) -> None:
+    """Every attention block's bookkeeping and softmax temperature from its new widths."""
+    blocks = archmod.attention_blocks(model)
     # Global ranking can empty a layer (all of a block's heads or MLP units score lowest).
     emptied = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and 0 in m.weight.shape]
     emptied += [f"attention block {i}" for i, a in enumerate(blocks) if pruner.num_heads[a.qkv] < 1]
@@ -193,9 +196,6 @@ def prune(
         _keep_softmax_temperature(attn, old_head_dims[attn], head_dim)
         archmod.set_attention_geometry(attn, num_heads, head_dim)
     archmod.sync_widths(model)
-    check_widths(before, widths(model), ratio, scope=scope, heads=heads, head_ratio=head_ratio, round_to=round_to,
-                 bottleneck=bottleneck)
-    return model.eval()
 
 
 def widths(model: nn.Module) -> dict[str, int]:
@@ -303,19 +303,20 @@ def _accumulate_hessian(model: nn.Module, imp, calibration, device: torch.device
 
 
 def run(model_path: str, out: str, importance: str, ratio: float, manifest, calibration_batches: int,
-        batch_size: int, round_to: int | None = None, scope: str = "uniform", heads: str = "dims",
-        head_ratio: float | None = None, bottleneck: bool = False, seed: int = 0, device: str = "auto") -> dict:
+        batch_size: int, round_to: int | None = None, scope: str = default(Prune, "scope"),
+        heads: str = default(Prune, "heads"), head_ratio: float | None = None, bottleneck: bool = False,
+        seed: int = default(Prune, "seed"), device: str = "auto") -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
     from .device import resolve
-    from . import io
+    from . import store
 
     check_args(importance, ratio, scope, heads, head_ratio)
-    model, arch = io.load_model(model_path)
+    model, arch = store.load_model(model_path)
     dc = arch["data_config"]
     example = torch.zeros(1, *dc["input_size"])
     macs_before, params_before = count_ops(model, example)
     calibration = None
-    if ratio > 0 and IMPORTANCES[importance].needs != "weights":
+    if ratio > 0 and importance in registry.GRADIENT_IMPORTANCES:
         if calibration_batches <= 0:
             raise PQVError(f"importance '{importance}' needs calibration data", "set prune.calibration_batches > 0")
         if manifest is None:
@@ -326,12 +327,12 @@ def run(model_path: str, out: str, importance: str, ratio: float, manifest, cali
           head_ratio=head_ratio, bottleneck=bottleneck, seed=seed, device=resolve(device))
     macs_after, params_after = count_ops(model, example)
     arch = archmod.describe(model, arch["timm_name"], arch["kwargs"], dc)
-    io.save_model(model, out, arch)
+    store.save_model(model, out, arch)
     report = {
         "importance": importance, "ratio": ratio, "round_to": round_to, "scope": scope, "heads": heads,
         "head_ratio": ratio if heads == "whole" and head_ratio is None else head_ratio, "bottleneck": bottleneck,
         "params_before": params_before, "params": params_after, "macs_before": macs_before, "macs": macs_after,
         "attention": arch["attention"],
     }
-    io.write_sidecar(out, "prune", parent=str(model_path), data_config=dc, **report)
+    store.write_sidecar(out, "prune", parent=str(model_path), data_config=dc, **report)
     return report

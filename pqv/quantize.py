@@ -18,17 +18,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from . import layers, targets
+from . import layers, registry
+from .config import Quantize, default
 from .errors import PQVError
-from .targets import NO_ENGINE
+from .registry import NO_ENGINE
 
-QUANTIZED_ENGINES = targets.FORMATS["ptl"]["engines"]
+QUANTIZED_ENGINES = registry.FORMATS["ptl"]["engines"]
 INT4_GROUP = 32  # XNNPACK's 4-bit kernels need a group size that is a multiple of 32
 # Exported programs take a fixed batch of one image, as a phone app calls them: with a symbolic
 # batch, XNNPACK declines every reshape and the graph splits into ~100 delegated pieces (10-40 %
@@ -113,23 +113,9 @@ EXPORTED: dict[str, Callable] = {
 }
 
 
-@dataclass(frozen=True)
-class Precision:
-    atol: float | None  # max |artifact - eager fp32| allowed on logits; None: judged by cosine
-
-    @staticmethod
-    def calibrated(name: str) -> bool:
-        """Whether it needs calibration images (pqv.targets says, for the workflow too)."""
-        return targets.PRECISIONS[name]["calibrated"]
-
-
-PRECISIONS: dict[str, Precision] = {
-    "fp32": Precision(atol=1e-4),
-    "fp16": Precision(atol=5e-2),
-    "int8_dynamic": Precision(atol=None),
-    "int8_static": Precision(atol=None),
-    "int4_weight": Precision(atol=None),
-}
+def calibrated(precision: str) -> bool:
+    """Whether a precision needs calibration images (pqv.registry says, for the workflow too)."""
+    return registry.PRECISIONS[precision]["calibrated"]
 
 
 def available_engines() -> list[str]:
@@ -142,26 +128,26 @@ def available_engines() -> list[str]:
 
 
 def check(precision: str, engine: str, ir: str | None = None) -> None:
-    if precision not in PRECISIONS:
-        raise PQVError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
-    if not targets.PRECISIONS[precision]["quantized"]:
+    if precision not in registry.PRECISIONS:
+        raise PQVError(f"unknown precision '{precision}'", f"use one of {', '.join(registry.PRECISIONS)}")
+    if not registry.PRECISIONS[precision]["quantized"]:
         if engine != NO_ENGINE:
             raise PQVError(f"precision '{precision}' takes no quantized engine (got '{engine}')", f"use engine '{NO_ENGINE}'")
     else:
-        if engine not in targets.ENGINES:
-            raise PQVError(f"unknown engine '{engine}'", f"use one of {', '.join(targets.ENGINES)}")
+        if engine not in registry.ENGINES:
+            raise PQVError(f"unknown engine '{engine}'", f"use one of {', '.join(registry.ENGINES)}")
         if engine not in available_engines():
             raise PQVError(f"engine '{engine}' is not in this build", f"use one of {', '.join(available_engines())}")
     if ir is not None:
-        fmt = targets.IRS.get(ir)
+        fmt = registry.IRS.get(ir)
         if fmt is None:
-            raise PQVError(f"unknown output type '.{ir}'", f"write .{' or .'.join(targets.IRS)}")
-        if fmt not in targets.PRECISIONS[precision]["formats"]:
+            raise PQVError(f"unknown output type '.{ir}'", f"write .{' or .'.join(registry.IRS)}")
+        if fmt not in registry.PRECISIONS[precision]["formats"]:
             raise PQVError(f"precision '{precision}' cannot be exported as .{fmt}",
-                           f"use one of {', '.join(targets.PRECISIONS[precision]['formats'])}")
-        if engine != NO_ENGINE and engine not in targets.FORMATS[fmt]["engines"]:
+                           f"use one of {', '.join(registry.PRECISIONS[precision]['formats'])}")
+        if engine != NO_ENGINE and engine not in registry.FORMATS[fmt]["engines"]:
             raise PQVError(f"engine '{engine}' does not run in .{fmt} files",
-                           f"use one of {', '.join(targets.FORMATS[fmt]['engines'])}")
+                           f"use one of {', '.join(registry.FORMATS[fmt]['engines'])}")
 
 
 @contextlib.contextmanager
@@ -181,7 +167,7 @@ def engine_scope(engine: str):
 def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", calibration: list[torch.Tensor] | None = None):
     """A TorchScript module (ir 'ts') or an ExportedProgram (ir 'pt2') of `model` at `precision`."""
     check(precision, engine, ir)
-    if Precision.calibrated(precision) and not calibration:
+    if calibrated(precision) and not calibration:
         raise PQVError(f"precision '{precision}' needs calibration images", "set quantize.calibration_images > 0")
     model = copy.deepcopy(model).eval()
     with engine_scope(engine):
@@ -206,26 +192,26 @@ def save(program, path: str, ir: str) -> None:
 
 
 def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
-        calibration_images: int = 128) -> dict:
+        calibration_images: int = default(Quantize, "calibration_images")) -> dict:
     """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2) picks the family."""
-    from . import datasets, io
+    from . import datasets, store
 
     ir = str(out).rsplit(".", 1)[-1]
     check(precision, engine, ir)
-    model, arch = io.load_model(model_path)
-    parent = io.read_sidecar(model_path)
+    model, arch = store.load_model(model_path)
+    parent = store.read_sidecar(model_path)
     dc = arch["data_config"]
     calibration = None
-    if Precision.calibrated(precision):
+    if calibrated(precision):
         if manifest is None or calibration_images <= 0:
             raise PQVError(f"precision '{precision}' needs calibration images", "give --data and --calibration-images > 0")
         images = datasets.sample_batch(manifest, dc, calibration_images, split="train")
         calibration = list(images.split(32))
     program = quantize(model, precision, engine, ir, calibration)
-    with io.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
+    with store.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
         save(program, tmp, ir)
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
              "macs": parent.get("macs"), "data_config": dc, "eager_top1": parent.get("top1"), "device": parent.get("device"),
              "calibration_images": sum(len(b) for b in calibration) if calibration else 0}
-    io.write_sidecar(out, "quantize", parent=str(model_path), **facts)
+    store.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

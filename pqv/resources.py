@@ -21,11 +21,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from .targets import EAGER
+from .registry import EAGER, GRADIENT_IMPORTANCES
 
-# Importances whose scores need backward passes (pqv.prune.IMPORTANCES with needs != "weights";
-# tests/test_resources.py keeps the two equal): only those prune jobs read images or use a GPU.
-GRADIENT_IMPORTANCES = ("taylor", "hessian")
 
 # Stages that time latency: on SLURM they ask for the node to themselves (`--exclusive`), and on one
 # machine they reserve every core Snakemake has, so nothing else runs while they are timed. They

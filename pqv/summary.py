@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from .io import atomic_path
+from .store import atomic_path
 
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
 COLUMNS = KEYS + [
@@ -13,23 +13,28 @@ COLUMNS = KEYS + [
     "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
     "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs", "device",
     "threads", "warmup", "runs", "batch_size", "runtime", "accuracy_threads", "accuracy_workers", "accuracy_device",
-    "accuracy_images_per_s", "cpu", "node_exclusive", "torch", "artifact",
+    "accuracy_images_per_s", "cpu", "node_exclusive", "torch", "search", "artifact",
 ]
 
 
-def collect(paths: list[str]) -> pd.DataFrame:
-    """One row per artifact: its accuracy and its latency measurements (two jobs, two files) joined."""
+def collect(paths: list[str], searches: list[str] = ()) -> pd.DataFrame:
+    """One row per artifact: its accuracy and its latency measurements (two jobs, two files) joined;
+    `search` marks the artifact each accuracy-budget search chose (pqv.search.report's files)."""
     rows: dict[tuple, dict] = {}
     for path in paths:
         measured = json.loads(open(path).read())
         rows.setdefault(tuple(measured[k] for k in KEYS), {}).update(measured)
+    for path in searches:
+        found = json.loads(open(path).read())
+        chosen = tuple(found["chosen"][k] for k in KEYS)
+        rows[chosen]["search"] = f"chosen (budget {found['budget']:g})"
     table = pd.DataFrame(list(rows.values()))
     table = table[[c for c in COLUMNS if c in table.columns]]
     return table.sort_values(KEYS, ignore_index=True)
 
 
-def run(paths: list[str], out: str) -> pd.DataFrame:
-    table = collect(paths)
+def run(paths: list[str], out: str, searches: list[str] = ()) -> pd.DataFrame:
+    table = collect(paths, searches)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return table

@@ -78,12 +78,12 @@ def trained_tiny():
 @pytest.fixture(scope="session")
 def saved_tiny(trained_tiny, tmp_path_factory):
     """The trained tiny model saved as a finetuned artifact (safetensors + sidecar)."""
-    from pqv import io
+    from pqv import store
 
     m, a, top1 = trained_tiny
     path = tmp_path_factory.mktemp("tiny") / "finetuned.safetensors"
-    io.save_model(m, path, a)
-    io.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
+    store.save_model(m, path, a)
+    store.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
     return path
 
 

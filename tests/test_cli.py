@@ -41,11 +41,10 @@ def test_user_errors_are_one_line_with_a_fix_and_leave_no_file(saved_tiny, tmp_p
     ("quantize", "--precision", "PRECISIONS"), ("quantize", "--engine", "ENGINES"), ("export", "--format", "FORMATS"),
 ])
 def test_help_lists_the_valid_values_of_every_choice_from_the_registries(stage, option, names):
-    from pqv import prune, targets
+    from pqv import registry as R
 
-    registry = {"IMPORTANCES": prune.IMPORTANCES, "SCOPES": prune.SCOPES, "HEAD_MODES": prune.HEAD_MODES,
-                "PRECISIONS": targets.PRECISIONS, "ENGINES": (targets.NO_ENGINE, *targets.ENGINES),
-                "FORMATS": targets.FORMATS}[names]
+    registry = {"IMPORTANCES": R.IMPORTANCES, "SCOPES": R.SCOPES, "HEAD_MODES": R.HEAD_MODES,
+                "PRECISIONS": R.PRECISIONS, "ENGINES": (R.NO_ENGINE, *R.ENGINES), "FORMATS": R.FORMATS}[names]
     result = pqv(stage, "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
@@ -62,7 +61,7 @@ def test_a_command_line_mistake_is_one_line_too(tmp_path):
 
 @pytest.mark.parametrize("hparams, message", [
     ('{"opt": "adamww"}', "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
-    ('{"sched": "cosin"}', "finetune.sched: unknown timm scheduler 'cosin' (did you mean 'cosine'?)"),
+    ('{"sched": "cosin"}', "finetune.sched is 'cosin', not a valid value (did you mean 'cosine'?)"),
     ('{"mixup": 0.8, "batch_size": 31}', "finetune: mixup/cutmix need an even batch_size, got 31"),
 ])
 def test_finetune_settings_timm_would_reject_are_one_line_before_loading(saved_tiny, tmp_path, hparams, message):

@@ -1,5 +1,6 @@
-"""pqv.config: every config mistake is one line naming the key (and the closest valid one), found
-before any job runs; the schema's enums are the registries' names."""
+"""pqv.config: the config described once; every config mistake is one line naming the key (and the
+closest valid one), found before any job runs; the schema, the reference and the defaults the
+stages and the CLI use all come from the description."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,8 @@ import pytest
 import yaml
 
 from pqv import config as C
-from pqv import targets as T
+from pqv import registry as T
+from pqv import sweep
 from pqv.errors import PQVError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +43,10 @@ def error(change: dict) -> str:
      "quantize.precisions[0] is 'int8_dynamc', not a valid value (did you mean 'int8_dynamic'?) "
      "(fix: use one of fp32, fp16, int8_dynamic, int8_static, int4_weight)"),
     ({"prune": {"importances": ["tayler"]}}, "(did you mean 'taylor'?)"),
-    ({"prune": {"ratios": [1.5]}}, "prune.ratios[0]: 1.5 is greater than or equal to the maximum of 1 (fix: use a value < 1)"),
+    ({"prune": {"ratios": [1.5]}}, "prune.ratios[0]: 1.5 is not < 1.0 (fix: use a value < 1.0)"),
+    ({"dataset": {"max_train": "many"}}, "dataset.max_train: Input should be a valid integer"),
+    ({"models": [{"id": "my model", "timm_name": "vit_tiny_patch16_224"}]}, "models[0].id: 'my model' is not a valid value"),
+    ({"models": []}, "models: needs at least 1 item(s)"),
     ({"dataset": {"name": "imagefloder"}}, "(did you mean 'imagefolder'?)"),
 ])
 def test_typos_and_bad_values_name_the_key_and_the_closest_valid_one(change, expected):
@@ -53,7 +58,7 @@ def test_a_typo_is_one_line_not_the_schema():
     assert len(text) < 200 and "properties" not in text
 
 
-def test_defaults_are_filled_from_the_schema():
+def test_defaults_are_filled_from_the_description():
     config = C.check({"dataset": {"name": "digits"}, "models": [{"id": "m", "timm_name": "vit_tiny_patch16_224",
                                                                   "train": {"epochs": 1}}]})
     assert config["quantize"]["engines"] == ["x86"] and config["prune"]["scope"] == "uniform"
@@ -65,7 +70,7 @@ def test_defaults_are_filled_from_the_schema():
 @pytest.mark.parametrize("precisions", [["fp32"], ["fp32", "fp16"]])
 def test_a_float_only_sweep_is_valid_and_its_engines_make_nothing(precisions):
     config = C.check(merged({"quantize": {"precisions": precisions}, "profile": {"artifacts": []}}))
-    assert {(p, e) for p, e, _ in C.combinations(config)} == {(p, T.NO_ENGINE) for p in precisions}
+    assert {(p, e) for p, e, _ in sweep.combinations(config)} == {(p, T.NO_ENGINE) for p in precisions}
 
 
 def test_the_default_profile_selector_without_a_match_is_a_warning(caplog):
@@ -83,12 +88,12 @@ def test_the_default_profile_selector_without_a_match_is_a_warning(caplog):
     ({"profile": {"artifacts": [{"importance": "tayler"}]}},
      "profile.artifacts[0] asks for importance 'tayler', which this sweep does not make (did you mean 'taylor'?)"),
     ({"profile": {"artifacts": [{"ratio": 0.3, "precision": "fp32"}]}}, "asks for ratio '0.3'"),
-    ({"profile": {"artifacts": [{"importance": "none", "ratio": 0.5}]}}, "each value exists, not together"),
+    ({"profile": {"artifacts": [{"importance": "dense", "ratio": 0.5}]}}, "each value exists, not together"),
     ({"prune": {"head_ratio": 0.5}}, "prune.head_ratio 0.5 applies to whole-head pruning only, but prune.heads is 'dims'"),
     ({"finetune": {"mixup": 0.8, "batch_size": 33}}, "finetune: mixup/cutmix need an even batch_size, got 33"),
     ({"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"cutmix": 1.0, "batch_size": 7}}]},
      "models[0].train: mixup/cutmix need an even batch_size, got 7"),
-    ({"finetune": {"sched": "cosin"}}, "finetune.sched: unknown timm scheduler 'cosin' (did you mean 'cosine'?)"),
+    ({"finetune": {"sched": "cosin"}}, "finetune.sched is 'cosin', not a valid value (did you mean 'cosine'?)"),
     ({"finetune": {"opt": "adamww"}}, "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
     ({"dataset": {"name": "imagefolder"}}, "dataset.root is required for imagefolder data"),
 ])
@@ -104,48 +109,42 @@ def test_timm_accepts_every_listed_scheduler_and_the_default_optimizer():
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    optimizer = create_optimizer_v2(torch.nn.Linear(2, 2), opt=C.DEFAULT_OPT, lr=0.1)
-    for name in C.SCHEDULERS:
+    optimizer = create_optimizer_v2(torch.nn.Linear(2, 2), opt=C.default(C.HParams, "opt"), lr=0.1)
+    for name in T.SCHEDULERS:
         create_scheduler_v2(optimizer, sched=name, num_epochs=10, warmup_epochs=1, updates_per_epoch=10,
                             step_on_epochs=False)
     with pytest.raises(ValueError):
         create_scheduler_v2(optimizer, sched="cosin", num_epochs=2, updates_per_epoch=1)
-    C.check_training("finetune", {"opt": "lookahead_sgd"})  # timm's lookahead_ prefix is valid
+    C.hparams({"opt": "lookahead_sgd"})  # timm's lookahead_ prefix is valid
 
 
-def test_schema_enums_are_the_registries():
-    from pqv import prune
+def test_the_schema_and_the_reference_are_made_from_the_description():
+    """workflow/schemas/config.schema.json and docs/config.md are current (`python -m pqv.config`)."""
+    import json
 
-    schema = C.load_schema()
-    props = schema["properties"]
-    assert props["prune"]["properties"]["importances"]["items"]["enum"] == list(prune.IMPORTANCES)
-    assert props["prune"]["properties"]["scope"]["enum"] == list(prune.SCOPES)
-    assert props["prune"]["properties"]["heads"]["enum"] == list(prune.HEAD_MODES)
-    assert props["quantize"]["properties"]["precisions"]["items"]["enum"] == list(T.PRECISIONS)
-    assert props["quantize"]["properties"]["engines"]["items"]["enum"] == list(T.ENGINES)
-    assert props["export"]["properties"]["formats"]["items"]["enum"] == list(T.FORMATS)
-    profile_keys = props["profile"]["properties"]["artifacts"]["items"]["properties"]
-    assert set(profile_keys) == set(C.artifacts(C.check(merged({})))[0])
+    assert json.loads(C.SCHEMA_FILE.read_text()) == C.schema()
+    assert C.REFERENCE_FILE.read_text() == C.reference()
 
 
-def test_schema_entries_use_only_schema_keywords():
-    """A description with a comma inside a YAML flow mapping silently becomes extra keys."""
-    keywords = {"type", "enum", "default", "description", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                "items", "properties", "additionalProperties", "unevaluatedProperties", "required", "minItems", "$ref",
-                "pattern"}
+def test_choices_are_the_registries():
+    props = C.schema()["$defs"]
+    assert props["Prune"]["properties"]["importances"]["items"]["enum"] == list(T.IMPORTANCES)
+    assert props["Prune"]["properties"]["scope"]["enum"] == list(T.SCOPES)
+    assert props["Prune"]["properties"]["heads"]["enum"] == list(T.HEAD_MODES)
+    assert props["Quantize"]["properties"]["precisions"]["items"]["enum"] == list(T.PRECISIONS)
+    assert props["Quantize"]["properties"]["engines"]["items"]["enum"] == list(T.ENGINES)
+    assert props["Export"]["properties"]["formats"]["items"]["enum"] == list(T.FORMATS)
+    assert set(C.Selector.model_fields) == set(sweep.artifacts(C.check(merged({})))[0])
 
-    def walk(node, path):
-        assert set(node) <= keywords, (path, set(node) - keywords)
-        for name, sub in node.get("properties", {}).items():
-            walk(sub, f"{path}.{name}")
-        if isinstance(node.get("items"), dict):
-            walk(node["items"], f"{path}[]")
 
-    schema = C.load_schema()
-    for name, sub in schema["properties"].items():
-        walk(sub, name)
-    for name, sub in schema["$defs"].items():
-        walk(sub, f"$defs.{name}")
+def test_the_stages_take_their_defaults_from_the_description():
+    from pqv import finetune
+
+    hp = finetune.resolve_hparams({})
+    assert hp["batch_size"] == C.default(C.HParams, "batch_size") == 64 and hp["sched"] == "cosine"
+    assert hp["distill"] == C.Distill().model_dump()
+    with pytest.raises(PQVError, match="unknown key 'finetune.lrr'"):
+        finetune.resolve_hparams({"lrr": 1e-3})
 
 
 def test_timm_model_names_are_listed_once_per_timm_version(tmp_path, monkeypatch):
@@ -164,3 +163,21 @@ def test_an_unknown_timm_model_is_a_config_error(tmp_path, monkeypatch):
                                        r"\(did you mean 'deit_base_patch16_224'\?\)"):
         C.check(merged({"models": [model]}))
     C.check(merged({"models": [{**model, "timm_name": "deit_base_patch16_224.fb_in1k"}]}))  # a pretrained tag
+
+
+def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
+    """Snakemake reads --configfile before PQV runs and names neither file nor line; `python -m
+    pqv.config check` does."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "my.yaml"
+    bad.write_text("dataset:\n  name: digits\nprune:\n\tratios: [0.5]\n")
+    done = subprocess.run([sys.executable, "-m", "pqv.config", "check", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"pqv config: error: {bad}:4:1: not valid YAML: found character '\\t' that cannot "
+                                   "start any token (fix: indent with spaces, not tabs)")
+    good = tmp_path / "good.yaml"
+    good.write_text("prune:\n  ratios: [0.0, 0.5]\n")
+    assert C.check_files([str(good)])["prune"]["ratios"] == [0.0, 0.5]
+    assert C.check_files([str(good)])["prune"]["importances"] == DEFAULT["prune"]["importances"]  # merged, as Snakemake does

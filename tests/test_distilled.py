@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from pqv import arch, evaluate, export, finetune, io, prune, quantize
+from pqv import arch, evaluate, export, finetune, store, prune, quantize
 from pqv import model as pqv_model
 
 from .conftest import DIGITS, TINY_KWARGS
@@ -20,13 +20,13 @@ def test_both_heads_stay_whole_and_the_pipeline_outputs_every_class(tmp_path):
     assert len(prune.classifiers(m)) == 2
     dc = pqv_model.data_config_of(m)
     base = tmp_path / "model.safetensors"
-    io.save_model(m, base, arch.describe(m, DISTILLED, kwargs, dc))
-    io.write_sidecar(base, "model", top1=0.0, params=arch.count_params(m))
+    store.save_model(m, base, arch.describe(m, DISTILLED, kwargs, dc))
+    store.write_sidecar(base, "model", top1=0.0, params=arch.count_params(m))
 
     pruned = tmp_path / "pruned.safetensors"
     report = prune.run(str(base), str(pruned), "taylor", 0.25, DIGITS, calibration_batches=2, batch_size=16)
     assert report["params"] < report["params_before"]
-    model, _ = io.load_model(pruned)
+    model, _ = store.load_model(pruned)
     assert [h.out_features for h in prune.classifiers(model)] == [10, 10]
     assert model.head.in_features == model.head_dist.in_features < 48
 
@@ -38,6 +38,6 @@ def test_both_heads_stay_whole_and_the_pipeline_outputs_every_class(tmp_path):
     export.run(str(ts), str(tuned), str(ptl), "ptl", DIGITS)
     out = export.load(str(ptl), "ptl", "x86")(torch.zeros(2, *dc["input_size"]))
     assert out.shape == (2, 10)
-    metrics = evaluate.run(str(ptl), str(tmp_path / "eval.json"), DIGITS, {}, threads=1, warmup=1, runs=2)
+    metrics = evaluate.run_accuracy(str(ptl), str(tmp_path / "eval.json"), DIGITS, {}, threads=1)
     assert metrics["status"] == "verified" and 0 <= metrics["top1"] <= 100
     assert json.loads((tmp_path / "eval.json").read_text())["top1"] == metrics["top1"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from pqv import arch, data, export, finetune, io, quantize
+from pqv import arch, data, export, finetune, store, quantize
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, manifest_file
@@ -59,7 +59,7 @@ def artifacts(saved_tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("artifacts")
     model = tmp / "finetuned.safetensors"
     model.write_bytes(Path(saved_tiny).read_bytes())
-    io.sidecar_path(model).write_text(io.sidecar_path(saved_tiny).read_text())
+    store.sidecar_path(model).write_text(store.sidecar_path(saved_tiny).read_text())
     files = {"model": model}
     for fmt in ("ptl", "pte"):
         ir = {"ptl": "ts", "pte": "pt2"}[fmt]
@@ -75,7 +75,7 @@ def _copy(src: Path, dst: Path, cut: int | None = None) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
     dst.write_bytes(data[:cut] if cut else data)
-    io.sidecar_path(dst).write_text(io.sidecar_path(src).read_text())
+    store.sidecar_path(dst).write_text(store.sidecar_path(src).read_text())
     return dst
 
 
@@ -83,9 +83,9 @@ def test_model_file_with_a_cut_architecture_header(artifacts, tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(artifacts["model"]), framework="pt") as f:
-        arch_json = f.metadata()[io.ARCH_KEY]
+        arch_json = f.metadata()[store.ARCH_KEY]
     bad = _copy(artifacts["model"], tmp_path / "b" / "model-v2.safetensors")  # the sidecar names the stage
-    save_file(load_file(str(artifacts["model"])), str(bad), metadata={io.ARCH_KEY: arch_json[: len(arch_json) // 2]})
+    save_file(load_file(str(artifacts["model"])), str(bad), metadata={store.ARCH_KEY: arch_json[: len(arch_json) // 2]})
     out = tmp_path / "out" / "q.ts"
     result = pqv("quantize", "--model", bad, "--out", out, "--precision", "fp32", "--engine", "none")
     one_line(result, "quantize", f"corrupt model file {bad}: its architecture header is cut",
@@ -119,7 +119,7 @@ def test_model_file_missing_a_tensor(artifacts, tmp_path):
 ])
 def test_sidecar_with_the_wrong_structure(artifacts, tmp_path, sidecar, problem):
     src = _copy(artifacts["ts"], tmp_path / "q" / "fp32-none.ts")
-    io.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
+    store.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
     out = tmp_path / "out" / "fp32-none.ptl"
     result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl",
                  "--data", manifest_file())
@@ -186,8 +186,8 @@ def test_hub_weights_without_network_fail_fast_with_how_to_predownload(tmp_path,
 
 def test_model_files_are_as_readable_as_every_other_artifact(trained_tiny, tmp_path):
     m, a, _ = trained_tiny
-    io.save_model(m, tmp_path / "m.safetensors", a)
-    io.write_json(tmp_path / "m.json", {})
+    store.save_model(m, tmp_path / "m.safetensors", a)
+    store.write_json(tmp_path / "m.json", {})
     umask = os.umask(0)
     os.umask(umask)
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
@@ -249,7 +249,7 @@ def _workflow_error(tmp_path, change: dict, *fragments: str) -> None:
     ({"quantize": {"precisions": ["int8_dynamc"]}}, ["did you mean 'int8_dynamic'?"]),
     ({"profile": {"artifacts": [{"importance": "tayler"}]}}, ["asks for importance 'tayler'", "did you mean 'taylor'?"]),
     ({"finetune": {"opt": "adamww"}}, ["finetune.opt: unknown timm optimizer 'adamww'"]),
-    ({"finetune": {"sched": "cosin"}}, ["finetune.sched: unknown timm scheduler 'cosin'"]),
+    ({"finetune": {"sched": "cosin"}}, ["finetune.sched is 'cosin', not a valid value"]),
     ({"prune": {"heads": "dims", "head_ratio": 0.5}}, ["applies to whole-head pruning only"]),
     ({"finetune": {"mixup": 0.8, "batch_size": 63}}, ["mixup/cutmix need an even batch_size, got 63"]),
     ({"quantize": {"engines": ["x86", "xnnpack"]}}, ["quantize.engines lists 'xnnpack'", "add pte to export.formats"]),
@@ -333,10 +333,10 @@ def test_a_full_disk_is_one_line_before_the_file_and_a_dead_writers_part_file_go
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 * 2**20))
     with pytest.raises(PQVError, match=r"not enough disk space for .*model.safetensors: 10 MB free.*larger disk"):
-        io.save_model(m, out, a)
+        store.save_model(m, out, a)
     assert not out.exists() and not stale.exists() and not list(tmp_path.glob("*.part"))
     monkeypatch.undo()
-    io.save_model(m, out, a)
+    store.save_model(m, out, a)
     assert out.exists()
 
 
@@ -344,7 +344,7 @@ def test_enospc_while_writing_names_the_full_disk(tmp_path):
     import errno
 
     with pytest.raises(PQVError, match=r"the disk holding .* is full \(writing x.bin\)"):
-        with io.atomic_path(tmp_path / "x.bin"):
+        with store.atomic_path(tmp_path / "x.bin"):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert not list(tmp_path.iterdir())
 
@@ -354,9 +354,9 @@ def test_a_file_of_another_runtime_version_is_not_called_corrupt(artifacts, tmp_
     raw = bytearray(pte.read_bytes())
     raw[4:8] = b"ET99"  # a program format this runtime does not read
     pte.write_bytes(bytes(raw))
-    meta = json.loads(io.sidecar_path(pte).read_text())
+    meta = json.loads(store.sidecar_path(pte).read_text())
     meta["versions"]["executorch"] = "9.9.0"
-    io.sidecar_path(pte).write_text(json.dumps(meta))
+    store.sidecar_path(pte).write_text(json.dumps(meta))
     with pytest.raises(PQVError) as e:
         export.load(str(pte), "pte", "none")
     assert "was made with executorch 9.9.0 (this machine has executorch 1.3.1)" in str(e.value)

@@ -51,14 +51,14 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
     DataLoader workers; its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
 
-    from pqv import datasets, export, io, quantize
+    from pqv import datasets, export, store, quantize
 
     from .conftest import DIGITS
 
     program, pte = tmp_path / "int8.pt2", tmp_path / "int8.pte"
     quantize.run(str(saved_tiny), str(program), "int8_dynamic", "xnnpack", DIGITS)
     export.run(str(program), str(saved_tiny), str(pte), "pte", DIGITS)
-    dc = io.read_sidecar(pte)["data_config"]
+    dc = store.read_sidecar(pte)["data_config"]
     whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), datasets.loader(DIGITS, "eval", dc, 64))
     pools = {}
     for name in ("latency", "accuracy"):  # the XNNPACK pool's width when each pass starts

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pqv import arch, datasets, io, model
+from pqv import arch, datasets, store, model
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, TIMM_NAME, TINY_KWARGS, tiny_vit
@@ -20,11 +20,11 @@ def test_model_stage_trains_and_saves_a_reloadable_model(tmp_path):
            "train": {"epochs": 2, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0}}
     out = tmp_path / "model.safetensors"
     result = model.run(cfg, DIGITS, str(out), str(tmp_path / "train.csv"))
-    side = io.read_sidecar(out)
+    side = store.read_sidecar(out)
     assert side["top1"] == result["top1"] > 10.0
     assert side["data_config"]["input_size"] == [1, 8, 8]
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 3  # header + 2 epochs
-    reloaded, a = io.load_model(out)
+    reloaded, a = store.load_model(out)
     x = datasets.sample_batch(DIGITS, a["data_config"], 8)
     assert reloaded(x).shape == (8, 10)
 
@@ -57,20 +57,20 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"this is not a safetensors file")
     with pytest.raises(PQVError, match="corrupt model file"):
-        io.load_model(bad)
+        store.load_model(bad)
 
 
 def test_architecture_header_is_plain_json(trained_tiny, tmp_path):
     m, a, _ = trained_tiny
     path = tmp_path / "m.safetensors"
-    io.save_model(m, path, a)
+    store.save_model(m, path, a)
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        header = json.loads(f.metadata()[io.ARCH_KEY])
+        header = json.loads(f.metadata()[store.ARCH_KEY])
     assert header["timm_name"] == TIMM_NAME
     assert [b["num_heads"] for b in header["attention"]] == [3, 3]
-    assert arch.count_params(io.load_model(path)[0]) == arch.count_params(m)
+    assert arch.count_params(store.load_model(path)[0]) == arch.count_params(m)
 
 
 def test_a_deit_b_weights_file_loads_with_a_head_for_the_data_sets_classes(tmp_path, monkeypatch):

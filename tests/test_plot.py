@@ -13,7 +13,7 @@ from pqv import plot
 RECIPES = [("fp32", "none", "eager"), ("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"),
            ("int8_dynamic", "onednn", "ptl"), ("int8_static", "x86", "ptl"), ("fp32", "none", "pte"),
            ("int8_dynamic", "xnnpack", "pte")]
-BRANCHES = [("none", 0.0)] + [(i, r) for i in ("taylor", "l2", "hessian") for r in (0.25, 0.5)]
+BRANCHES = [("dense", 0.0)] + [(i, r) for i in ("taylor", "l2", "hessian") for r in (0.25, 0.5)]
 
 
 def summary(models, recipes=RECIPES, branches=BRANCHES) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def test_panels_per_model_and_bars_per_model_recipe_and_ratio():
 
 def test_a_sweep_without_quantized_or_pruned_rows_still_draws(tmp_path):
     path = tmp_path / "summary.csv"
-    summary(["a", "b"], recipes=[("fp32", "none", "ptl")], branches=[("none", 0.0)]).to_csv(path, index=False)
+    summary(["a", "b"], recipes=[("fp32", "none", "ptl")], branches=[("dense", 0.0)]).to_csv(path, index=False)
     assert len(plot.run(str(path), str(tmp_path / "figures"))) == len(plot.FIGURES)
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from pqv import config as pqv_config
-from pqv import export, io, profile, quantize, targets
+from pqv import export, store, profiling, quantize, registry
 
 from .conftest import DIGITS
 
@@ -26,7 +27,7 @@ needs_tracer = pytest.mark.skipif(not TRACER, reason="no ExecuTorch with its eve
 
 
 def _artifact(saved, tmp_path, precision, engine, fmt):
-    program = tmp_path / f"{precision}-{engine}.{targets.ir_of(fmt)}"
+    program = tmp_path / f"{precision}-{engine}.{registry.ir_of(fmt)}"
     quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=32)
     out = tmp_path / f"{precision}-{engine}.{fmt}"
     export.run(str(program), str(saved), str(out), fmt, DIGITS)
@@ -51,7 +52,8 @@ def test_ptl_profile_counts_the_quantized_linear_calls(saved_tiny, tmp_path):
     done, csv, png = _profile(ptl, tmp_path)
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(csv)
-    assert list(table.columns) == profile.COLUMNS
+    assert list(table.columns) == profiling.COLUMNS + ["runtime"]
+    assert set(table["runtime"]) == {f"torch lite interpreter {torch.__version__}"}  # the latency rows name theirs too
     linear = table[table["operator"] == "quantized::linear_dynamic"]
     assert linear["calls"].tolist() == [LINEARS]
     assert (linear["self_cpu_ms"] > 0).all()
@@ -64,7 +66,8 @@ def test_pte_profile_splits_the_program_by_operator(pte, tmp_path):
     done, csv, png = _profile(pte, tmp_path)
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(csv).set_index("operator")
-    assert list(table.reset_index().columns) == profile.COLUMNS
+    assert list(table.reset_index().columns) == profiling.COLUMNS + ["runtime"]
+    assert table["runtime"].iloc[0].startswith("executorch ")
     calls = table["calls"].to_dict()
     # XNNPACK's own operators inside the delegate: one int8 GEMM per Linear layer, the attention
     # matmuls in float
@@ -82,9 +85,9 @@ def test_pte_profile_splits_the_program_by_operator(pte, tmp_path):
 @needs_tracer
 def test_etdump_rows_add_up_to_the_whole_program(pte, tmp_path):
     etdump = str(tmp_path / "p.etdp")
-    version = profile.record_etdump(str(pte), etdump, threads=1, warmup=1, runs=3)
+    version = profiling.record_etdump(str(pte), etdump, threads=1, warmup=1, runs=3)
     assert version.startswith("1.5")
-    table = profile.etdump_table(etdump, runs=3)
+    table = profiling.etdump_table(etdump, runs=3)
     from executorch.devtools import Inspector
 
     whole = [e for b in Inspector(etdump_path=etdump).event_blocks for e in b.events if e.name == profile.EXECUTE][0]
@@ -95,7 +98,7 @@ def test_etdump_rows_add_up_to_the_whole_program(pte, tmp_path):
 
 def test_pte_without_the_tracer_is_a_one_line_error_and_writes_nothing(pte, tmp_path):
     # the project's own runtime, executorch 1.3.1, was built without the tracer
-    done, csv, png = _profile(pte, tmp_path, env={profile.ETDUMP_PYTHON_ENV: sys.executable})
+    done, csv, png = _profile(pte, tmp_path, env={profiling.ETDUMP_PYTHON_ENV: sys.executable})
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("pqv profile: error: the ExecuTorch runtime of") and "envs/etdump.sh" in lines[-1]
@@ -103,25 +106,25 @@ def test_pte_without_the_tracer_is_a_one_line_error_and_writes_nothing(pte, tmp_
 
 
 def test_missing_tracer_python_is_a_one_line_error(pte, tmp_path):
-    done, csv, _ = _profile(pte, tmp_path, env={profile.ETDUMP_PYTHON_ENV: str(tmp_path / "no-such-python")})
+    done, csv, _ = _profile(pte, tmp_path, env={profiling.ETDUMP_PYTHON_ENV: str(tmp_path / "no-such-python")})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("pqv profile: error: cannot run")
     assert not csv.exists()
 
 
 def test_every_exported_format_has_a_profiler():
-    assert set(profile.PROFILERS) == set(export.FORMATS)
+    assert set(profiling.PROFILERS) == set(export.FORMATS)
 
 
 
 def test_recorded_etdump_reads_as_the_operator_table():
     """A real ETDump (executorch 1.5.1, the tiny ViT's int8_dynamic xnnpack .pte, 3 runs at 1 thread,
-    recorded with profile.record_etdump): read without the side environment."""
-    table = profile.etdump_table(str(Path(__file__).parent / "data" / "tiny-int8_dynamic-xnnpack.etdp"), runs=3)
+    recorded with profiling.record_etdump): read without the side environment."""
+    table = profiling.etdump_table(str(Path(__file__).parent / "data" / "tiny-int8_dynamic-xnnpack.etdp"), runs=3)
     calls = table.set_index("operator")["calls"].to_dict()
     assert calls["delegate: Fully Connected (NC, QDU8, F32, QC8W) GEMM"] == LINEARS
     assert calls["delegate: Batch Matrix Multiply (NC, F32) GEMM"] == ATTENTION_MATMULS
     assert calls["delegate entry (DELEGATE_CALL minus its timed operators)"] == 2
-    assert list(table.columns) == profile.COLUMNS
+    assert list(table.columns) == profiling.COLUMNS
     assert (table["self_cpu_ms"] >= 0).all() and table["self_cpu_ms"].sum() > 0
     assert table["self_cpu_ms"].is_monotonic_decreasing

@@ -5,13 +5,13 @@ import sys
 import pytest
 import torch
 
-from pqv import arch, io, prune
+from pqv import arch, prune, registry, store
 from pqv.errors import PQVError
 
 from .conftest import TIMM_NAME, TINY_KWARGS, manifest_file, tiny_arch, tiny_vit
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
-IMPORTANCES = ["l1", "l2", "lamp", "random", "taylor", "hessian"]
+IMPORTANCES = list(registry.IMPORTANCES)  # every entry: a new importance is tested here with no edit
 MODES = [("uniform", "dims"), ("uniform", "whole"), ("global", "dims"), ("global", "whole")]
 
 
@@ -82,8 +82,8 @@ def test_timm_vits_prune_script_and_reload(timm_name, heads, tmp_path):
     ref = m(x)
     torch.testing.assert_close(torch.jit.script(m)(x), ref)
     path = tmp_path / "pruned.safetensors"
-    io.save_model(m, path, arch.describe(m, timm_name, kwargs, {"input_size": [3, 32, 32]}))
-    reloaded, _ = io.load_model(path)
+    store.save_model(m, path, arch.describe(m, timm_name, kwargs, {"input_size": [3, 32, 32]}))
+    reloaded, _ = store.load_model(path)
     assert torch.equal(reloaded(x), ref)
     assert reloaded.embed_dim == m.embed_dim
 
@@ -200,7 +200,7 @@ def test_round_to_keeps_channel_counts_multiples():
 
 def test_hessian_accumulates_the_mean_of_squared_per_sample_gradients():
     """Torch-Pruning 1.6.1's own accumulate_grad keeps only the last sample; ours keeps them all."""
-    imp = prune.IMPORTANCES["hessian"].make()
+    imp = prune.make_importance("hessian")
     layer = torch.nn.Linear(2, 1, bias=False)
     for g in (1.0, 2.0):
         layer.weight.grad = torch.full_like(layer.weight, g)
@@ -212,9 +212,9 @@ def test_hessian_per_image_passes_match_per_sample_backward_of_a_batch():
     """Our one-image-at-a-time accumulation equals Torch-Pruning's recipe (backward of each
     per-sample loss of a batched forward), at a fraction of the cost."""
     m, cal = tiny_vit(), _calibration(1)
-    ours = prune.IMPORTANCES["hessian"].make()
+    ours = prune.make_importance("hessian")
     prune._accumulate_hessian(m, ours, cal)
-    recipe = prune.IMPORTANCES["hessian"].make()
+    recipe = prune.make_importance("hessian")
     images, labels = cal[0]
     for loss in torch.nn.functional.cross_entropy(m(images), labels, reduction="none"):
         m.zero_grad(set_to_none=True)
@@ -256,13 +256,13 @@ def test_pruned_models_reload_identically_in_a_fresh_process(tmp_path):
         m = tiny_vit(init_values=0.5)
         prune.prune(m, "l2", 0.5, EXAMPLE, heads=heads)
         a = arch.describe(m, TIMM_NAME, kwargs, tiny_arch(m)["data_config"])
-        io.save_model(m, tmp_path / f"{heads}.safetensors", a)
+        store.save_model(m, tmp_path / f"{heads}.safetensors", a)
         torch.save(m(x).detach(), tmp_path / f"{heads}.pt")
     code = (  # same thread count: GEMM results can differ in the last bit across thread splits
-        f"import sys, torch; from pqv import io; torch.set_num_threads({torch.get_num_threads()})\n"
+        f"import sys, torch; from pqv import store; torch.set_num_threads({torch.get_num_threads()})\n"
         f"x = torch.load(r'{tmp_path / 'x.pt'}', weights_only=True)\n"
         "for heads in ['dims', 'whole']:\n"
-        f"    m, _ = io.load_model(r'{tmp_path}/' + heads + '.safetensors')\n"
+        f"    m, _ = store.load_model(r'{tmp_path}/' + heads + '.safetensors')\n"
         f"    ref = torch.load(r'{tmp_path}/' + heads + '.pt', weights_only=True)\n"
         "    assert torch.equal(m(x), ref), heads\n"
     )
@@ -313,7 +313,7 @@ def _pqv(*args):
 def tiny_file(tmp_path):
     m = tiny_vit()
     path = tmp_path / "model.safetensors"
-    io.save_model(m, path, tiny_arch(m))
+    store.save_model(m, path, tiny_arch(m))
     return path
 
 
@@ -323,11 +323,11 @@ def test_cli_prune_passes_every_option(tiny_file, tmp_path):
                   "--data", manifest_file(), "--calibration-batches", "1", "--batch-size", "8",
                   "--scope", "global", "--heads", "whole", "--head-ratio", "0.3", "--bottleneck", "--round-to", "2")
     assert result.returncode == 0, result.stderr
-    side = io.read_sidecar(out)
+    side = store.read_sidecar(out)
     assert (side["scope"], side["heads"], side["head_ratio"], side["bottleneck"], side["round_to"]) == (
         "global", "whole", 0.3, True, 2)
     assert side["params"] < side["params_before"] and side["macs"] < side["macs_before"]
-    m, a = io.load_model(out)
+    m, a = store.load_model(out)
     assert m.embed_dim == 48 and [g["head_dim"] for g in a["attention"]] == [16, 16]
     assert sum(g["num_heads"] for g in a["attention"]) < 6
 
@@ -344,7 +344,7 @@ def test_cli_user_errors_are_one_line_and_leave_no_file(tiny_file, tmp_path, arg
     resnet = tmp_path / "resnet.safetensors"
     if "{resnet}" in args:
         r = arch.create("test_resnet", pretrained=False, num_classes=10)
-        io.save_model(r, resnet, arch.describe(r, "test_resnet", {"num_classes": 10}, {"input_size": [3, 32, 32]}))
+        store.save_model(r, resnet, arch.describe(r, "test_resnet", {"num_classes": 10}, {"input_size": [3, 32, 32]}))
     out = tmp_path / "out" / "pruned.safetensors"
     base = {"--model": str(tiny_file), "--out": str(out), "--ratio": "0.5", "--data": json.dumps({"name": "digits"})}
     given = dict(zip(args[::2], [a.format(resnet=resnet) for a in args[1::2]]))

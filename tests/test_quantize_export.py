@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from pqv import datasets, export, io, quantize, targets
+from pqv import datasets, export, store, quantize, registry
 from pqv.errors import PQVError
 
 from .conftest import DIGITS
 
 
 def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
-    program = tmp_path / f"{precision}-{engine}.{targets.ir_of(fmt)}"
+    program = tmp_path / f"{precision}-{engine}.{registry.ir_of(fmt)}"
     quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=128)  # the workflow default (quantize.calibration_images)
     out = tmp_path / f"{precision}-{engine}.{fmt}"
     fidelity = export.run(str(program), str(saved), str(out), fmt, DIGITS, **options)
@@ -18,11 +18,11 @@ def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
 @pytest.fixture(scope="module")
 def fp32_artifacts(saved_tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fp32")
-    return {fmt: _export(saved_tiny, tmp, "fp32", "none", fmt)[0] for fmt in targets.FORMATS}
+    return {fmt: _export(saved_tiny, tmp, "fp32", "none", fmt)[0] for fmt in registry.FORMATS}
 
 
 def _reference(saved, n=64):
-    m, a = io.load_model(saved)
+    m, a = store.load_model(saved)
     x = datasets.sample_batch(DIGITS, a["data_config"], n)
     with torch.no_grad():
         return x, m(x)
@@ -36,7 +36,7 @@ def test_fp32_artifact_matches_its_eager_parent(saved_tiny, tmp_path, fmt, optio
     lite = export.load(str(out), fmt, "none")
     torch.testing.assert_close(lite(x), ref, atol=1e-4, rtol=0)
     assert fidelity["max_abs_diff"] <= 1e-4
-    assert io.read_sidecar(out)["fidelity"] == fidelity
+    assert store.read_sidecar(out)["fidelity"] == fidelity
 
 
 def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
@@ -48,8 +48,8 @@ def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
     assert fidelity["top1_agreement"] == 1.0
 
 
-QUANTIZED_TARGETS = [c for c in targets.combinations(list(targets.PRECISIONS), quantize.available_engines(),
-                                                     list(targets.FORMATS)) if c[1] != "none"]
+QUANTIZED_TARGETS = [c for c in registry.combinations(list(registry.PRECISIONS), quantize.available_engines(),
+                                                     list(registry.FORMATS)) if c[1] != "none"]
 
 
 @pytest.mark.parametrize("precision, engine, fmt", QUANTIZED_TARGETS)
@@ -59,7 +59,7 @@ def test_every_quantized_artifact_agrees_with_its_parent(saved_tiny, fp32_artifa
     got = export.load(str(out), fmt, engine)(x)
     assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
     assert fidelity["cosine_min"] >= 0.98
-    assert io.read_sidecar(out)["fidelity"]["cosine_min"] == fidelity["cosine_min"]
+    assert store.read_sidecar(out)["fidelity"]["cosine_min"] == fidelity["cosine_min"]
     # integer weights: the artifact is smaller than the float one of the same format
     assert out.stat().st_size < fp32_artifacts[fmt].stat().st_size
 
@@ -125,7 +125,7 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
         pytest.skip(f"engine {engine} not in this build")
     out, _ = _export(saved_tiny, tmp_path, precision, engine, fmt, **options)
     artifact = export.load(str(out), fmt, engine)
-    model, a = io.load_model(saved_tiny)
+    model, a = store.load_model(saved_tiny)
     got, ref = [], []
     with torch.no_grad():
         for images, _ in datasets.loader(DIGITS, "eval", a["data_config"], 64):
@@ -138,11 +138,11 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
 
 def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_tiny, tmp_path):
     out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86", min_cosine=1.0)
-    meta = io.read_sidecar(out)
+    meta = store.read_sidecar(out)
     assert out.exists() and meta["status"] == "rejected"
     assert "cosine similarity" in meta["reason"] and f"{fidelity['cosine_min']:.4f}" in meta["reason"]
     ok, _ = _export(saved_tiny, tmp_path / "ok", "int8_dynamic", "x86")
-    assert io.read_sidecar(ok)["status"] == "verified" and io.read_sidecar(ok)["reason"] == ""
+    assert store.read_sidecar(ok)["status"] == "verified" and store.read_sidecar(ok)["reason"] == ""
 
 
 @pytest.mark.parametrize("fidelity", [
@@ -173,5 +173,5 @@ def test_an_fp32_artifact_that_changed_the_function_fails_the_job_with_no_file(s
 def test_a_lossy_recipe_with_nan_outputs_is_rejected_not_verified(saved_tiny, tmp_path, monkeypatch):
     _broken_runtime(monkeypatch, lambda y: y * float("nan"))
     out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86")
-    meta = io.read_sidecar(out)
+    meta = store.read_sidecar(out)
     assert meta["status"] == "rejected" and "non-finite outputs" in meta["reason"] and fidelity["finite"] is False

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pqv import config as pqv_config
-from pqv import prune, resources
+from pqv import resources
 from pqv.resources import Work
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,12 +24,7 @@ def config(**sections) -> dict:
     cfg = pqv_config.load_yaml(REPO / "config/config.yaml")
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    pqv_config.fill_defaults(cfg, pqv_config.load_schema())
-    return cfg
-
-
-def test_gradient_importances_are_prunes():
-    assert set(resources.GRADIENT_IMPORTANCES) == {n for n, i in prune.IMPORTANCES.items() if i.needs != "weights"}
+    return pqv_config.filled(cfg)
 
 
 def test_macs_of_a_timm_vit_are_estimated_from_its_name_and_kwargs():
@@ -127,7 +122,7 @@ def test_every_shipped_config_gets_whole_positive_resources(name):
     if name != "config.yaml":
         cfg = {**config(), **cfg}
     cfg["dataset"] = {**cfg["dataset"], "root": cfg["dataset"].get("root") or "/data"}
-    pqv_config.fill_defaults(cfg, pqv_config.load_schema())
+    cfg = pqv_config.filled(cfg)
     work = Work(10_000, 1_000, *resources.estimate_macs(cfg["models"][0]))
     for stage in STAGES:
         res = resources.of(stage, cfg, work, "taylor", 0.25, 11_000)

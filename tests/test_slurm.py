@@ -92,7 +92,7 @@ def expected(stage: str, config: dict, images: tuple[int, int]) -> dict:
     cfg = pqv_config.load_yaml(REPO / "config/config.yaml")
     for key, value in config.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    pqv_config.fill_defaults(cfg, pqv_config.load_schema())
+    cfg = pqv_config.filled(cfg)
     work = resources.Work(*images, *resources.estimate_macs(cfg["models"][0]), data="digits")
     return {**resources.of(stage, cfg, work, planned_images=1797), "threads": resources.threads(stage, cfg, 1797)}
 

@@ -99,7 +99,7 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
 def test_workflow_writes_summary_figures_profile_and_logs(finished):
     summary = pd.read_csv(finished / "results/summary.csv")
     got = set(zip(summary["importance"], summary["ratio"], summary["precision"], summary["engine"], summary["format"]))
-    assert got == {(imp, r, p, e, f) for imp, r in [("none", 0.0), ("l2", 0.5), ("taylor", 0.5)]
+    assert got == {(imp, r, p, e, f) for imp, r in [("dense", 0.0), ("l2", 0.5), ("taylor", 0.5)]
                    for p, e, f in [("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"), ("fp32", "none", "eager")]}
     required = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "top5",
                 "latency_ms_median", "latency_ms_min", "latency_ms_max", "size_mb", "params", "macs"]

@@ -7,11 +7,12 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, workflow.basedir)  # pqv.targets: the precision/engine/format table, torch-free
+sys.path.insert(0, workflow.basedir)  # torch-free modules: the registry, the sweep, resources
 from pqv import config as pqv_config
 from pqv import data as pqv_data
+from pqv import registry as T
 from pqv import resources as RES
-from pqv import targets as T
+from pqv import sweep as SWEEP
 from pqv.errors import PQVError
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
@@ -20,7 +21,6 @@ PQV = f'"{sys.executable}" -m pqv'
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 R = config["results"]
-NO_ENGINE = T.NO_ENGINE
 
 BRANCH = R + "/{model}/{importance}_{ratio}"
 MANIFEST = R + "/data/manifest.json"  # the data stage's output: every stage that reads images takes it
@@ -35,12 +35,15 @@ LATENCY = BRANCH + "/eval/{precision}-{engine}.{format}.latency.json"
 PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
 SUMMARY = R + "/summary.csv"
 STAGE_COSTS = R + "/stage_costs.csv"
-# Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is one
-# of these patterns; the rules and benchmark_files() (the stage_costs inputs) both use them.
+# Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is the
+# rule's pattern below; the rules and benchmark_files() (the stage_costs inputs) both use them.
 BENCHMARKS = R + "/benchmarks"
 JOB_BRANCH = "{model}/{importance}_{ratio}"
 JOB_PROGRAM = JOB_BRANCH + "/{precision}-{engine}.{ir}"
 JOB_ARTIFACT = JOB_BRANCH + "/{precision}-{engine}.{format}"
+JOB_PATTERN = {"data": None, "summary": None, "model": "{model}", "prune": JOB_BRANCH, "finetune": JOB_BRANCH,
+               "keep_dense": JOB_BRANCH, "quantize": JOB_PROGRAM, "export": JOB_ARTIFACT, "accuracy": JOB_ARTIFACT,
+               "latency": JOB_ARTIFACT, "profile": JOB_ARTIFACT}
 
 
 def bench(rule, job=None):
@@ -119,39 +122,16 @@ DATA_STAMP = pqv_data.stamp(config["dataset"])
 WORKERS = f"--workers {config['dataset']['workers']}"
 
 
-ratio_name = pqv_config.ratio_name
+# Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
+localrules: all, summary, plot, stage_costs, keep_dense
 
-
-def branches():
-    """(importance, ratio) per pruned branch; the dense model (ratio 0) is one shared branch."""
-    return pqv_config.branches(config)
-
-
-# Engines that no configured precision uses make nothing (a float-only sweep); pqv.config checked
-# that every other listed precision and engine makes something.
-COMBINATIONS = pqv_config.combinations(config)
-
-
-def targets():
-    """Every final artifact the config asks for, as wildcard dicts."""
-    for model in MODELS:
-        for importance, ratio in branches():
-            for precision, engine, fmt in COMBINATIONS:
-                yield dict(model=model, importance=importance, ratio=ratio,
-                           precision=precision, engine=engine, format=fmt)
-
-
-def measured_targets():
-    """Every artifact, and each branch's eager FP32 baseline, as the measurement jobs see them."""
-    yield from targets()
-    if config["evaluate"]["eager_baseline"]:
-        for m in MODELS:
-            for i, r in branches():
-                yield dict(model=m, importance=i, ratio=r, precision="fp32", engine=NO_ENGINE, format=EAGER)
+# The sweep (pqv/sweep.py): which branches, artifacts, measurements and profiles the config makes.
+MEASURED = SWEEP.measured(config)
+PROFILED = SWEEP.profiled(config)
 
 
 def metrics_files():
-    return [path.format(**t) for t in measured_targets() for path in (ACCURACY, LATENCY)]
+    return [path.format(**t) for t in MEASURED for path in (ACCURACY, LATENCY)]
 
 
 def reads_data(stage, wc):
@@ -159,7 +139,7 @@ def reads_data(stage, wc):
     batches) and calibrated precisions do; the others take no manifest, so a changed data set does
     not rerun them."""
     if stage == "prune":
-        return wc.importance in RES.GRADIENT_IMPORTANCES and float(wc.ratio) > 0
+        return wc.importance in T.GRADIENT_IMPORTANCES and float(wc.ratio) > 0
     return T.PRECISIONS[wc.precision]["calibrated"]
 
 
@@ -173,27 +153,13 @@ def quantized_for(wc):
 
 
 def benchmark_files():
-    """The benchmark file of every job this config schedules (Snakefile's `benchmark:` paths)."""
-    files = [bench("data"), bench("summary")] + [bench("model", m) for m in MODELS]
-    for m in MODELS:
-        for i, r in branches():
-            job = JOB_BRANCH.format(model=m, importance=i, ratio=r)
-            dense_kept = float(r) == 0 and not config["finetune"]["dense"]
-            files += [bench("prune", job), bench("keep_dense" if dense_kept else "finetune", job)]
-    for t in targets():
-        files += [bench("quantize", JOB_PROGRAM.format(ir=T.ir_of(t["format"]), **t)), bench("export", JOB_ARTIFACT.format(**t))]
-    files += [bench(rule, JOB_ARTIFACT.format(**t)) for t in measured_targets() for rule in ("accuracy", "latency")]
-    files += [bench("profile", JOB_ARTIFACT.format(**t)) for t in profiled()]
-    return sorted(set(files))
-
-
-def profiled():
-    """The targets that some profile selector matches."""
-    return [t for t in targets() if any(pqv_config.matches(sel, t) for sel in config["profile"]["artifacts"])]
+    """The benchmark file of every job this config schedules (the rules' `benchmark:` paths)."""
+    return sorted({bench(rule, JOB_PATTERN[rule].format(**wc) if JOB_PATTERN[rule] else None)
+                   for rule, wc in SWEEP.jobs(config)})
 
 
 def profile_targets():
-    return [PROFILE.format(**t) + ext for t in profiled() for ext in (".csv", ".png")]
+    return [PROFILE.format(**t) + ext for t in PROFILED for ext in (".csv", ".png")]
 
 
 # ---- Resources: what each job asks for (pqv/resources.py) -------------------------------------

@@ -29,8 +29,8 @@ rule finetune:
         sidecar=FINETUNED + ".json",
         metrics=BRANCH + "/finetune_metrics.csv",
     params:
-        # not `launcher` (how a job starts) nor `dense` (which branches train): neither changes a result
-        hparams=json.dumps({k: v for k, v in FINETUNE.items() if k not in ("launcher", "dense")}, sort_keys=True),
+        # not how a job starts nor which branches train (pqv.config.Finetune.LAUNCH_KEYS): neither changes a result
+        hparams=json.dumps({k: v for k, v in FINETUNE.items() if k not in pqv_config.Finetune.LAUNCH_KEYS}, sort_keys=True),
         teacher=lambda wc, input: f"--teacher {shlex.quote(input.teacher)}" if DISTILL else "",
     log:
         "logs/finetune/{model}/{importance}_{ratio}.log",
@@ -59,7 +59,7 @@ if not FINETUNE["dense"]:
             sidecar=FINETUNED + ".json",
             metrics=BRANCH + "/finetune_metrics.csv",
         wildcard_constraints:
-            importance=NO_ENGINE,
+            importance=T.DENSE,
             ratio="0",
         log:
             "logs/finetune/{model}/{importance}_{ratio}.log",

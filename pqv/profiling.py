@@ -93,7 +93,7 @@ def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, p
     python = python or etdump_python()
     inputs = f"{etdump}.input.pt"
     torch.save({"x": example if example is not None else torch.zeros(0)}, inputs)  # tensors only: weights_only loads it
-    # -P: pqv/ must not go on sys.path (its io.py, data.py, ... would shadow other modules)
+    # -P: pqv/ must not go on sys.path (its store.py, data.py, ... would shadow other modules)
     cmd = [python, "-P", str(Path(__file__).resolve()), pte, etdump, str(threads), str(warmup), str(runs), inputs]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -196,12 +196,12 @@ def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
 def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, runs: int, manifest=None) -> None:
     """CLI entry: profile one exported artifact at batch 1 in its own runtime, on one held-out image of
     the data set (its manifest; the same class-balanced sample as every stage) or, without data, zeros."""
-    from . import datasets, io
+    from . import datasets, store
     from .errors import PQVError
 
     torch.set_num_threads(threads)
-    meta = io.read_sidecar(artifact)
-    io.check_artifact(artifact)  # a cut file: one line, before a runtime (or the tracer's) prints its own
+    meta = store.read_sidecar(artifact)
+    store.check_artifact(artifact)  # a cut file: one line, before a runtime (or the tracer's) prints its own
     profiler = PROFILERS.get(meta["format"])
     if profiler is None:
         raise PQVError(f"no profiler for format '{meta['format']}'", f"profile a {' or '.join(PROFILERS)} artifact")
@@ -209,10 +209,10 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     example = datasets.sample_batch(manifest, meta["data_config"], 1) if manifest else torch.zeros(size)
     table, what, runtime = profiler.table(artifact, meta, example, warmup, runs)
     table["runtime"] = runtime  # the latency rows name theirs too: a .pte may be profiled by a newer runtime
-    with io.atomic_path(out_csv) as tmp:
+    with store.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     title = f"{artifact}\nper-operator time ({what}): batch 1, threads: {threads}, mean of {runs} runs"
-    with io.atomic_path(out_png) as tmp, open(tmp, "wb") as f:
+    with store.atomic_path(out_png) as tmp, open(tmp, "wb") as f:
         bar_chart(table, title, f)
 
 

@@ -1,0 +1,93 @@
+"""Every choice a user makes, named once: formats, precisions, engines, importances, scopes, head
+modes, devices, schedulers, and the words the sweep uses (DENSE, NO_ENGINE, EAGER, Status).
+
+Plain data, importable without torch: the config's typed description (pqv.config) takes its
+choices from here, so do the CLI's --help, the Snakefile's sweep (pqv.sweep) and the stages that
+implement each entry. Adding a precision, an importance or an engine is an entry here plus its
+implementation and test.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+NO_ENGINE = "none"  # float precisions use no quantized engine
+DENSE = "dense"  # the branch name of the unpruned model (ratio 0): no importance ranked anything
+EAGER = "eager"  # the "format" of the eager FP32 baseline: measured like an artifact, never shipped
+
+
+class Status(str, Enum):
+    """An exported artifact after its fidelity check against its parent."""
+
+    VERIFIED = "verified"
+    REJECTED = "rejected"  # a lossy recipe that fails the check: kept as a result, never chosen
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Mobile formats: the intermediate representation the quantize stage writes for them, and the
+# quantized engines whose kernels their runtime has.
+FORMATS = {
+    "ptl": {"ir": "ts", "engines": ("x86", "fbgemm", "qnnpack", "onednn"),
+            "help": "TorchScript Lite Interpreter (the paper's format)"},
+    "pte": {"ir": "pt2", "engines": ("xnnpack",), "help": "ExecuTorch with the XNNPACK delegate"},
+}
+
+# Precisions: whether they need a quantized engine, whether they are calibrated on images (and so
+# read the data set), whether they lose precision (an exported file of a lossy precision that fails
+# its check is a rejected recipe; of an exact one, a bug), the formats that can carry them, and the
+# largest |artifact - eager FP32| on logits its export check allows (None: judged by cosine).
+PRECISIONS = {
+    "fp32": {"quantized": False, "calibrated": False, "lossy": False, "formats": ("ptl", "pte"), "atol": 1e-4},
+    "fp16": {"quantized": False, "calibrated": False, "lossy": True, "formats": ("ptl",), "atol": 5e-2},
+    "int8_dynamic": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("ptl", "pte"), "atol": None},
+    "int8_static": {"quantized": True, "calibrated": True, "lossy": True, "formats": ("ptl", "pte"), "atol": None},
+    # int8 dynamic activations, int4 weights
+    "int4_weight": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("pte",), "atol": None},
+}
+
+ENGINES = tuple(e for f in FORMATS.values() for e in f["engines"])
+IRS = {f["ir"]: name for name, f in FORMATS.items()}
+
+# Torch-Pruning importance criteria: what each must see before scoring ("weights", "gradients" of
+# calibration batches, per-sample gradients for "hessian"), and how pqv.prune builds it (a class of
+# torch_pruning.importance, or "module:attribute", with its keyword arguments).
+IMPORTANCES = {
+    "l1": {"needs": "weights", "make": ("GroupMagnitudeImportance", {"p": 1})},
+    "l2": {"needs": "weights", "make": ("GroupMagnitudeImportance", {"p": 2})},
+    "lamp": {"needs": "weights", "make": ("LAMPImportance", {"p": 2})},
+    "random": {"needs": "weights", "make": ("RandomImportance", {})},
+    "taylor": {"needs": "gradients", "make": ("GroupTaylorImportance", {})},
+    "hessian": {"needs": "hessian", "make": ("pqv.prune:HessianImportance", {})},
+}
+GRADIENT_IMPORTANCES = tuple(name for name, imp in IMPORTANCES.items() if imp["needs"] != "weights")
+
+# Ranking scope -> Torch-Pruning's global_pruning flag.
+SCOPES = {"uniform": False, "global": True}
+# What is removed in attention -> (prune_head_dims, prune_num_heads).
+HEAD_MODES = {"dims": (True, False), "whole": (False, True)}
+
+DEVICES = ("auto", "cpu", "cuda")
+
+# The names timm 1.0.31's create_scheduler_v2 accepts (its if/elif ladder; 'none' is no schedule),
+# less 'plateau', which steps per epoch on a metric while PQV steps per update.
+# tests/test_config.py checks every one against timm the way pqv.finetune calls it.
+SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt", "none")
+
+
+def combinations(precisions, engines, formats):
+    """(precision, engine, format) for every meaningful combination of the configured lists."""
+    out = []
+    for fmt in formats:
+        for precision in precisions:
+            if fmt not in PRECISIONS[precision]["formats"]:
+                continue
+            if not PRECISIONS[precision]["quantized"]:
+                out.append((precision, NO_ENGINE, fmt))
+                continue
+            out += [(precision, e, fmt) for e in engines if e in FORMATS[fmt]["engines"]]
+    return out
+
+
+def ir_of(fmt: str) -> str:
+    return FORMATS[fmt]["ir"]

@@ -1,0 +1,83 @@
+"""The sweep a config makes, enumerated once: its branches, artifacts, measurements, operator
+profiles and jobs. The Snakefile (workflow/rules/common.smk) only turns these into paths and rules;
+the config checks ask the same functions what the sweep makes.
+
+Torch-free; works on a config dict with its defaults filled in (pqv.config.check).
+"""
+from __future__ import annotations
+
+from . import registry
+from .registry import DENSE, EAGER, NO_ENGINE
+
+
+def ratio_name(ratio) -> str:
+    """A ratio as it appears in paths and wildcards: 0.25 -> '0.25', 0.0 -> '0'."""
+    return f"{float(ratio):g}"
+
+
+def branches(config: dict) -> list[tuple[str, str]]:
+    """(importance, ratio) per branch; the dense model (ratio 0) is one shared branch, DENSE."""
+    ratios = config["prune"]["ratios"]
+    out = [(DENSE, "0")] if any(float(r) == 0 for r in ratios) else []
+    out += [(imp, ratio_name(r)) for imp in config["prune"]["importances"] for r in ratios if float(r) > 0]
+    return out
+
+
+def combinations(config: dict) -> list[tuple[str, str, str]]:
+    """(precision, engine, format) of every artifact of a branch."""
+    q = config["quantize"]
+    return registry.combinations(q["precisions"], q["engines"], config["export"]["formats"])
+
+
+def artifacts(config: dict) -> list[dict]:
+    """Every final artifact, as wildcard dicts (model, importance, ratio, precision, engine, format)."""
+    return [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, format=f)
+            for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)]
+
+
+def eager_baselines(config: dict) -> list[dict]:
+    """Each branch's eager FP32 model, measured like an artifact (format EAGER), if configured."""
+    if not config["evaluate"]["eager_baseline"]:
+        return []
+    return [dict(model=m["id"], importance=imp, ratio=ratio, precision="fp32", engine=NO_ENGINE, format=EAGER)
+            for m in config["models"] for imp, ratio in branches(config)]
+
+
+def measured(config: dict) -> list[dict]:
+    """What the accuracy and latency jobs measure: every artifact and every eager baseline."""
+    return artifacts(config) + eager_baselines(config)
+
+
+def matches(selector: dict, artifact: dict) -> bool:
+    """Whether a profile selector picks an artifact (every key given must agree)."""
+    return all((ratio_name(v) if k == "ratio" else str(v)) == artifact[k] for k, v in selector.items() if v is not None)
+
+
+def profiled(config: dict) -> list[dict]:
+    """The artifacts some profile selector matches."""
+    return [a for a in artifacts(config) if any(matches(sel, a) for sel in config["profile"]["artifacts"])]
+
+
+def passes_through(config: dict, ratio: str) -> bool:
+    """Whether a branch's model goes on unfinetuned (the dense branch, unless finetune.dense)."""
+    return float(ratio) == 0 and not config["finetune"]["dense"]
+
+
+def jobs(config: dict) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job the sweep schedules, aggregates included."""
+    out = [("data", {}), ("summary", {})] + [("model", {"model": m["id"]}) for m in config["models"]]
+    for m in config["models"]:
+        for imp, ratio in branches(config):
+            branch = {"model": m["id"], "importance": imp, "ratio": ratio}
+            out += [("prune", branch), ("keep_dense" if passes_through(config, ratio) else "finetune", branch)]
+    seen = set()
+    for a in artifacts(config):
+        program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine")}, "ir": registry.ir_of(a["format"])}
+        key = tuple(sorted(program.items()))
+        if key not in seen:  # a .ts or .pt2 program may serve more than one format
+            seen.add(key)
+            out.append(("quantize", program))
+        out.append(("export", a))
+    out += [(rule, a) for a in measured(config) for rule in ("accuracy", "latency")]
+    out += [("profile", a) for a in profiled(config)]
+    return out

@@ -1,0 +1,92 @@
+"""The README and docs/ say only what works: every config snippet is a valid config, every `pqv`
+command parses, every snakemake option, profile, config file and script they name exists, and
+every `section.key` they mention is a key of the config."""
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pqv import cli
+from pqv import config as C
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DEFAULT = C.load_yaml(REPO / "config/config.yaml")
+
+
+def blocks(page: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), re.S)
+
+
+def commands(page: Path) -> list[str]:
+    """Each command line of the page's bash blocks (continuations joined, comments dropped)."""
+    out = []
+    for block in blocks(page, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                out += [part.strip() for part in line.split("&&")]
+    return out
+
+
+def test_the_readme_is_read_in_five_minutes():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 150
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_config_snippets_are_valid_configs(page):
+    for block in blocks(page, "yaml"):
+        snippet = yaml.safe_load(block)
+        if not isinstance(snippet, dict) or not set(snippet) & set(C.Config.model_fields):
+            continue  # a profile, not a config
+        C.filled(C.merge(DEFAULT, snippet))
+
+
+@pytest.fixture(scope="module")
+def snakemake_options() -> set[str]:
+    text = subprocess.run([sys.executable, "-m", "snakemake", "--help"], capture_output=True, text=True).stdout
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", text))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_commands_name_what_exists(page, snakemake_options):
+    for command in commands(page):
+        words = shlex.split(command)
+        program = Path(words[0]).name
+        if program == "pqv":
+            try:
+                cli.parser().parse_args(words[1:])
+            except SystemExit:
+                pytest.fail(f"{page.name}: `{command}` does not parse")
+        if program == "snakemake":
+            for option in (w.split("=")[0] for w in words if w.startswith("--")):
+                assert option in snakemake_options, f"{page.name}: snakemake has no {option}: `{command}`"
+            for i, w in enumerate(words):
+                if w == "--profile":
+                    assert (REPO / words[i + 1]).is_dir(), f"{page.name}: no profile {words[i + 1]}"
+                if w.startswith("config/"):
+                    assert (REPO / w).is_file(), f"{page.name}: no config {w}"
+        for w in words:
+            if re.match(r"^(bench|scripts|envs)/.+\.(py|sh)$", w):
+                assert (REPO / w).is_file(), f"{page.name}: no {w}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_config_keys_named_in_the_text_exist(page):
+    sections = {name: field.annotation for name, field in C.Config.model_fields.items()}
+    for section, key in set(re.findall(r"`([a-z_]+)\.([a-z_]+)", page.read_text())):
+        if section not in sections or not isinstance(sections[section], type):
+            continue
+        try:  # `export.load`, `evaluate.latency`: a function of a pqv module, not a key
+            if hasattr(importlib.import_module(f"pqv.{section}"), key):
+                continue
+        except ImportError:
+            pass
+        assert key in sections[section].model_fields, f"{page.name}: `{section}.{key}` is not a config key"
