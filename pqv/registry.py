@@ -57,6 +57,7 @@ IMPORTANCES = {
     "l2": {"needs": "weights", "make": ("GroupMagnitudeImportance", {"p": 2})},
     "lamp": {"needs": "weights", "make": ("LAMPImportance", {"p": 2})},
     "random": {"needs": "weights", "make": ("RandomImportance", {})},
+    "fpgm": {"needs": "weights", "make": ("FPGMImportance", {"p": 2})},  # filters nearest the geometric median go
     "taylor": {"needs": "gradients", "make": ("GroupTaylorImportance", {})},
     "hessian": {"needs": "hessian", "make": ("pqv.prune:HessianImportance", {})},
 }
