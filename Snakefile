@@ -31,6 +31,7 @@ include: "workflow/rules/prune.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/plot.smk"
@@ -42,4 +43,5 @@ rule all:
         STAGE_COSTS,
         FIGURES,
         profile_targets(),
+        search_reports(),
     default_target: True

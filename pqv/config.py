@@ -230,6 +230,41 @@ class Profile(Section):
     runs: int = Field(10, ge=1, description="profiled calls, averaged per inference")
 
 
+class Judged(Section):
+    """The shipped artifact a search judges each probe by."""
+
+    precision: Precision = Field("int8_dynamic", description="its precision")
+    engine: str = Field("x86", description="its engine (none for float precisions)")
+    format: Format = Field("ptl", description="its mobile format")
+
+
+class Search(Section):
+    """The accuracy-budget search (docs/search.md): per model and importance, the largest pruning
+    ratio whose shipped artifact stays within the budget of the dense FP32 model's top-1, and the
+    fastest file at that ratio, by bisection instead of the grid."""
+
+    enabled: bool = Field(False, description="run the search (its probes are the sweep's own branches, cached with them)")
+    budget: float = Field(1.0, ge=0, description="top-1 points the shipped file may lose against the dense FP32 model")
+    artifact: Judged = Field(default_factory=Judged, description="the file each probe is judged by")
+    lo: float = Field(0.0, ge=0, lt=1, description="the smallest ratio probed (above the dense branch)")
+    hi: float = Field(0.9, gt=0, lt=1, description="the largest ratio probed (cut at what Torch-Pruning can reach)")
+    resolution: float = Field(0.05, gt=0, lt=1, description="the grid step; snapped to what prune.round_to can express")
+    max_probes: int = Field(8, ge=1, description="at most this many probes (finetunes) per model and importance")
+    parallel: int = Field(1, ge=1, description="probes per round: a round narrows the interval parallel+1-fold")
+
+    def check(self, config: "Config") -> None:
+        if not self.enabled:
+            return
+        if self.lo >= self.hi:
+            raise PQVError(f"search.lo {self.lo:g} is not below search.hi {self.hi:g}", "set lo < hi")
+        judged = (self.artifact.precision, self.artifact.engine, self.artifact.format)
+        made = sweep.combinations(config.model_dump())
+        if judged not in made:
+            raise PQVError(f"search.artifact {self.artifact.precision} {self.artifact.engine} .{self.artifact.format} is "
+                           "not an artifact of this sweep", f"use one of {', '.join(' '.join(c) for c in made)}, or "
+                           "add it to quantize and export")
+
+
 class Config(Section):
     """PQV workflow configuration."""
 
@@ -245,6 +280,7 @@ class Config(Section):
     export: Export = Field(default_factory=Export, description="mobile formats and the check of every file against its parent")
     evaluate: Evaluate = Field(default_factory=Evaluate, description="how latency is timed")
     profile: Profile = Field(default_factory=Profile, description="which artifacts get a per-operator profile")
+    search: Search = Field(default_factory=Search, description="the accuracy-budget search, off by default")
 
     def check(self, default_selectors: list | None = None) -> None:
         """Mistakes the types cannot see, which a job would meet only after upstream jobs ran."""
@@ -255,6 +291,7 @@ class Config(Section):
         self._check_models()
         self._check_profile(default_selectors or [])
         self._check_profile_runtime()
+        self.search.check(self)
 
     def _check_dataset(self) -> None:
         if self.dataset.name == "imagefolder" and not self.dataset.root:

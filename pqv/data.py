@@ -37,20 +37,21 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .config import Dataset, default
 from .errors import PQVError
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # the manifest's layout; a manifest of another layout is rebuilt
 SPLITS = ("train", "eval")
-DEFAULT_DIRS = {"train": "train", "eval": "val"}
+DEFAULT_DIRS = {split: default(Dataset, f"{split}_dir") for split in SPLITS}
 # The extensions torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # PIL modes whose values do not fit 8 bits: convert("RGB") would clip them (I;16 from 16-bit PNG/TIFF).
 HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 SHOWN = 5  # unreadable files named in the error line; the log lists all of them
 # The keys of the dataset section that say what the data set is (not how it is loaded).
-SPEC_KEYS = ("name", "root", "train_dir", "eval_dir", "max_train", "max_eval", "split_seed")
+SPEC_KEYS = tuple(k for k in Dataset.model_fields if k != "workers")
 
 
 def hidden(name: str) -> bool:
@@ -284,7 +285,7 @@ def read(path: str | os.PathLike) -> dict:
     manifest = read_json(path, path)
     if manifest.get("format") != FORMAT or not {"classes", "splits", "fingerprint"} <= set(manifest):
         raise PQVError(f"{path} is not a PQV data manifest (format {FORMAT})",
-                       f"delete it and run `snakemake --forcerun data` (or `pqv data`)")
+                       "delete it and run `snakemake --forcerun data` (or `pqv data`)")
     return manifest
 
 

@@ -13,7 +13,7 @@ COLUMNS = KEYS + [
     "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
     "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs", "device",
     "threads", "warmup", "runs", "batch_size", "runtime", "accuracy_threads", "accuracy_workers", "accuracy_device",
-    "accuracy_images_per_s", "cpu", "node_exclusive", "torch", "search", "artifact",
+    "accuracy_images_per_s", "cpu", "cpu_features", "node_exclusive", "torch", "search", "artifact",
 ]
 
 

@@ -5,15 +5,15 @@ import os
 import shlex
 import sys
 
-from snakemake.exceptions import WorkflowError
-
 sys.path.insert(0, workflow.basedir)  # torch-free modules: the registry, the sweep, resources
 from pqv import config as pqv_config
 from pqv import data as pqv_data
 from pqv import registry as T
 from pqv import resources as RES
+from pqv import search as pqv_search
 from pqv import sweep as SWEEP
 from pqv.errors import PQVError
+from pqv.plot import FIGURES as PLOT_FIGURES
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
@@ -51,9 +51,7 @@ def bench(rule, job=None):
 # Where gradients and eager accuracy passes run (pqv.device); how a job runs, not what it makes, so
 # it goes into the command line, not into params (changing it reruns nothing).
 DEVICE = f"--device {config['device']}"
-FIGURE_NAMES = [  # the keys of pqv.plot.FIGURES (tests/test_evaluate.py keeps them equal)
-    "fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
-                "pareto_accuracy_latency"]
+FIGURE_NAMES = list(PLOT_FIGURES)  # the figures pqv.plot draws, by name
 FIGURES = expand(R + "/figures/{name}.png", name=FIGURE_NAMES)
 
 
@@ -123,7 +121,7 @@ WORKERS = f"--workers {config['dataset']['workers']}"
 
 
 # Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
-localrules: all, summary, plot, stage_costs, keep_dense
+localrules: all, summary, plot, stage_costs, keep_dense, search_round, search_report
 
 # The sweep (pqv/sweep.py): which branches, artifacts, measurements and profiles the config makes.
 MEASURED = SWEEP.measured(config)

@@ -62,9 +62,10 @@ rule latency:
 
 
 rule summary:
-    """One row per final artifact: results/summary.csv."""
+    """One row per final artifact: results/summary.csv (a search's probes and its choice included)."""
     input:
-        metrics_files(),
+        metrics=lambda wc: metrics_files() + [f for f in search_metrics() if f not in set(metrics_files())],
+        search=search_reports(),
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     log:
@@ -72,13 +73,14 @@ rule summary:
     benchmark:
         bench("summary")
     shell:
-        "{PQV} summarize {input:q} --out {output:q} > {log:q} 2>&1"
+        "{PQV} summarize {input.metrics:q} --search {input.search:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule stage_costs:
-    """Wall time, CPU time and peak memory per stage, summed from every job's benchmark file."""
+    """Wall time, CPU time and peak memory per stage, summed from every job's benchmark file (a
+    search's probes included)."""
     input:
-        benchmark_files(),
+        lambda wc: sorted(set(benchmark_files()) | set(search_benchmarks())),
     output:
         report(STAGE_COSTS, caption="../report/stage_costs.rst", category="Tables"),
     params:

@@ -1,0 +1,93 @@
+"""The search rule on synthetic accuracy curves: its answer and how many probes it takes."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pqv import search
+from pqv.errors import PQVError
+
+POINTS = search.grid(0.0, 0.9, 0.05)  # 19 ratios: 0, 0.05, ..., 0.9
+
+
+def test_the_grid_follows_the_resolution_and_round_to():
+    assert POINTS[:3] == [0.0, 0.05, 0.1] and POINTS[-1] == 0.9 and len(POINTS) == 19
+    snapped = search.grid(0.0, 0.9, 0.05, embed=96, round_to=16)  # widths 80, 64, ... 16 of 96
+    assert snapped == [0.0, 0.166667, 0.333333, 0.5, 0.666667, 0.833333]
+    assert all(round(96 * (1 - r)) % 16 == 0 for r in snapped)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05, 0.33, 0.5, 0.85, 0.9])
+def test_a_monotone_curve_is_bisected_to_its_threshold_in_log2_probes(threshold):
+    answer, rounds = search.simulate(lambda r: r <= threshold + 1e-9, POINTS, parallel=1, max_probes=99)
+    assert answer == max(p for p in POINTS if p <= threshold + 1e-9)
+    assert all(len(r) == 1 for r in rounds)
+    assert len(rounds) <= math.ceil(math.log2(len(POINTS)))  # 5 finetunes instead of the grid's 18
+
+
+def test_noise_above_a_failure_does_not_count():
+    """Near the budget accuracy is not monotone: a pass above a failing probe is not the answer."""
+    lucky = {0.45}  # passes, but 0.35 (below it) fails
+    curve = lambda r: r <= 0.3 + 1e-9 or r in lucky  # noqa: E731
+    answer, rounds = search.simulate(curve, POINTS, parallel=1, max_probes=99)
+    probed = [r for rnd in rounds for r in rnd]
+    assert answer == 0.3
+    results = {r: curve(r) for r in probed} | {0.0: True, 0.45: True, 0.35: False}
+    assert search.interval(POINTS, results) == (POINTS.index(0.3), POINTS.index(0.35))
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_parallel_probes_narrow_the_interval_faster_for_a_few_more_probes(parallel):
+    answer, rounds = search.simulate(lambda r: r <= 0.62, POINTS, parallel=parallel, max_probes=99)
+    assert answer == 0.6
+    assert len(rounds) <= math.ceil(math.log(len(POINTS), parallel + 1)) + 1
+    assert sum(map(len, rounds)) <= parallel * len(rounds)
+
+
+def test_the_probe_budget_is_kept():
+    _, rounds = search.simulate(lambda r: r <= 0.62, POINTS, parallel=1, max_probes=2)
+    assert sum(map(len, rounds)) == 2
+
+
+def _measured(tmp_path, ratio, top1, status="verified", name=None):
+    path = tmp_path / (name or f"m{ratio}.json")
+    path.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": ratio, "precision": "int8_dynamic",
+                                "engine": "x86", "format": "ptl", "top1": top1, "status": status,
+                                "latency_ms_median": 1.0 - ratio, "size_mb": 1.0}))
+    return str(path)
+
+
+SETTINGS = {"budget": 1.0, "lo": 0.0, "hi": 0.9, "resolution": 0.05, "parallel": 1, "max_probes": 8,
+            "artifact": {"precision": "int8_dynamic", "engine": "x86", "format": "ptl"}}
+
+
+@pytest.fixture
+def model_sidecar(tmp_path):
+    path = tmp_path / "model.safetensors.json"
+    widths = {"embed": 96, "blocks.0.mlp": 384, "blocks.0.head_dim": 32, "blocks.0.heads": 3}
+    path.write_text(json.dumps({"stage": "model", "top1": 95.0, "widths": widths}))
+    return str(path)
+
+
+def test_a_round_reads_its_probes_and_asks_for_the_next(tmp_path, model_sidecar):
+    first = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)])
+    assert first["next"] == [0.5] and not first["done"] and first["reach"]["ratio"] == pytest.approx(1 - 1 / 32)
+    second = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {},
+                              [_measured(tmp_path, 0.5, 93.0)], previous=str(tmp_path / "r0.json"))
+    assert [p["passed"] for p in second["probes"]] == [True, False] and second["next"] == [0.25]
+
+
+def test_a_budget_the_dense_artifact_fails_is_one_line(tmp_path, model_sidecar):
+    with pytest.raises(PQVError, match=r"search budget 1 top-1 points: even the unpruned int8_dynamic .ptl artifact "
+                                       r"fails it \(top-1 93.50 is 1.50 points below the dense FP32 model's 95.00\)"):
+        search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 93.5)])
+    assert not (tmp_path / "r0.json").exists()
+
+
+def test_round_to_and_torch_prunings_reach_bound_the_grid(tmp_path, model_sidecar):
+    settings = {**SETTINGS, "hi": 0.99}
+    state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, settings, {"round_to": 16},
+                             [_measured(tmp_path, 0.0, 95.0)])
+    assert state["grid"] == [0.0, 0.166667, 0.333333, 0.5]  # head_dim 32 in multiples of 16: at most 0.5

@@ -1,0 +1,70 @@
+"""A tiny accuracy-budget search through Snakemake: checkpoints, probes that are the grid's own
+branches, a rerun that schedules nothing, and a looser budget that reuses every probe. (A budget
+that even the dense file fails is tests/test_search.py's: one line from the round, before any probe.)"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from .test_workflow import TINY_CONFIG, scheduled, snakemake
+
+SEARCH = {"enabled": True, "budget": 2.0, "artifact": {"precision": "fp32", "engine": "none", "format": "ptl"},
+          "lo": 0.0, "hi": 0.75, "resolution": 0.25, "max_probes": 3, "parallel": 1}
+CONFIG = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
+          "quantize": {"precisions": ["fp32"], "engines": ["x86"]}, "profile": {"artifacts": []},
+          "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}, "search": SEARCH}
+
+
+def ran(result) -> Counter:
+    """Jobs per rule that a real run executed, from its log."""
+    return Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+
+
+def finetuned(result) -> set[str]:
+    return set(re.findall(r"finetune --model \S*?/l2_([0-9.]+)/pruned", result.stdout + result.stderr))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("search")
+    result = snakemake(workdir, "-p", config=CONFIG)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_the_search_probes_branches_and_reports_its_answer(searched):
+    workdir, result = searched
+    probes = pd.read_csv(workdir / "results/search/tiny/l2.csv")
+    assert probes["ratio"].tolist()[0] == 0.0 and 2 <= len(probes) <= 4  # the dense file and at most 3 probes
+    chosen = json.loads((workdir / "results/search/tiny/l2.json").read_text())
+    passing = probes[probes["passed"]]["ratio"]
+    failing = probes[~probes["passed"]]["ratio"]
+    assert chosen["answer_ratio"] == max(r for r in passing if not (failing < r).any())
+    assert (workdir / "results/search/tiny/l2.png").read_bytes()[:4] == b"\x89PNG"
+    # a probe is the sweep's own branch: the same paths as a grid run would make
+    for ratio in probes["ratio"][1:]:
+        assert (workdir / f"results/tiny/l2_{ratio:g}/export/fp32-none.ptl").exists()
+    summary = pd.read_csv(workdir / "results/summary.csv")
+    marked = summary[summary["search"].notna()]
+    assert len(marked) == 1 and marked.iloc[0]["ratio"] == chosen["answer_ratio"]
+    assert finetuned(result) == {f"{r:g}" for r in probes["ratio"][1:]}
+    assert ran(result)["search_round"] == len(probes)  # one round per probe (parallel 1), plus the first
+
+
+def test_a_finished_search_reruns_nothing(searched):
+    workdir, _ = searched
+    assert scheduled(snakemake(workdir, "-n", config=CONFIG)) == Counter()
+
+
+def test_a_looser_budget_reuses_every_probe(searched):
+    workdir, first = searched
+    looser = {**CONFIG, "search": {**SEARCH, "budget": 50.0}}
+    result = snakemake(workdir, "-p", config=looser)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done_before = finetuned(first)
+    assert not finetuned(result) & done_before  # no probe made again
+    assert ran(result)["search_round"] >= 1 and ran(result)["search_report"] == 1

@@ -1,0 +1,127 @@
+# The accuracy-budget search (pqv/search.py), one per model and importance when search.enabled.
+# Each round is a checkpoint: it reads the probes the round before asked for, whose files are the
+# sweep's own branches (same paths, same rules, same cache), and decides the next ones.
+SEARCH = config["search"]
+SEARCH_ROUND = R + "/search/{model}/{importance}/round-{round}.json"
+SEARCH_OUT = R + "/search/{model}/{importance}"
+
+
+def judged(model, importance, ratio):
+    """The wildcards of the artifact a probe is judged by (search.artifact) at one ratio."""
+    branch = T.DENSE if float(ratio) == 0 else importance
+    return dict(model=model, importance=branch, ratio=SWEEP.ratio_name(ratio), **SEARCH["artifact"])
+
+
+def probe_files(model, importance, ratios):
+    return [path.format(**judged(model, importance, r)) for r in ratios for path in (ACCURACY, LATENCY)]
+
+
+def previous_round(wc):
+    """The round before this one (a checkpoint: known once it has run)."""
+    return checkpoints.search_round.get(model=wc.model, importance=wc.importance, round=int(wc.round) - 1).output[0]
+
+
+def round_inputs(wc):
+    if int(wc.round) == 0:
+        return {"sidecar": MODEL.format(model=wc.model) + ".json", "probes": probe_files(wc.model, wc.importance, [0])}
+    previous = previous_round(wc)
+    return {"sidecar": MODEL.format(model=wc.model) + ".json", "previous": previous,
+            "probes": probe_files(wc.model, wc.importance, SEARCH_STATE(previous)["next"])}
+
+
+SEARCH_STATE = pqv_search.read_state
+
+
+checkpoint search_round:
+    """One round of the search: the probes measured so far decide the next ones (or the end)."""
+    input:
+        unpack(round_inputs),
+    output:
+        SEARCH_ROUND,
+    params:
+        settings=json.dumps({k: SEARCH[k] for k in ("budget", "lo", "hi", "resolution", "parallel", "max_probes",
+                                                    "artifact")}, sort_keys=True),
+        prune=json.dumps({k: config["prune"][k] for k in ("round_to", "heads", "bottleneck")}, sort_keys=True),
+        previous=lambda wc, input: f"--previous {shlex.quote(input.previous)}" if "previous" in input.keys() else "",
+    log:
+        "logs/search/{model}/{importance}/round-{round}.log",
+    shell:
+        "{PQV} search round --out {output:q} --model-sidecar {input.sidecar:q} --settings {params.settings:q}"
+        " --prune {params.prune:q} {params.previous} --measured {input.probes:q} > {log:q} 2>&1"
+
+
+def search_rounds(model, importance):
+    """Every round's file, up to the one that ended the search."""
+    rounds, n = [], 0
+    while True:
+        rounds.append(checkpoints.search_round.get(model=model, importance=importance, round=n).output[0])
+        if SEARCH_STATE(rounds[-1])["done"]:
+            return rounds
+        n += 1
+
+
+def search_artifacts(model, importance):
+    """The rounds' files, and the artifacts (wildcard dicts) the search measured: every probe's
+    judged file and every artifact of the answer's branch."""
+    rounds = search_rounds(model, importance)
+    state = SEARCH_STATE(rounds[-1])
+    made = [judged(model, importance, p["ratio"]) for p in state["probes"]]
+    answer = SWEEP.ratio_name(state["answer"])
+    branch = T.DENSE if float(answer) == 0 else importance
+    made += [dict(model=model, importance=branch, ratio=answer, precision=p, engine=e, format=f)
+             for p, e, f in SWEEP.combinations(config)]
+    unique = {tuple(sorted(a.items())): a for a in made}
+    return rounds, list(unique.values())
+
+
+def search_measured(model, importance):
+    rounds, made = search_artifacts(model, importance)
+    return rounds, sorted({path.format(**a) for a in made for path in (ACCURACY, LATENCY)})
+
+
+rule search_report:
+    """Every probe (CSV), the curve with the budget line (PNG), and the chosen artifact (JSON)."""
+    input:
+        rounds=lambda wc: search_measured(wc.model, wc.importance)[0],
+        measured=lambda wc: search_measured(wc.model, wc.importance)[1],
+    output:
+        csv=SEARCH_OUT + ".csv",
+        png=report(SEARCH_OUT + ".png", caption="../report/search.rst", category="Search"),
+        chosen=SEARCH_OUT + ".json",
+    params:
+        budget=SEARCH["budget"],
+    log:
+        "logs/search/{model}/{importance}/report.log",
+    shell:
+        "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} --budget {params.budget}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} --out-json {output.chosen:q} > {log:q} 2>&1"
+
+
+def search_reports():
+    if not SEARCH["enabled"]:
+        return []
+    return [SEARCH_OUT.format(model=m, importance=i) + ".json" for m in MODELS for i in config["prune"]["importances"]]
+
+
+def search_metrics(wildcards=None):
+    """The probes' measurements, for the summary (known once the searches have run)."""
+    files = []
+    for m in MODELS:
+        for i in config["prune"]["importances"] if SEARCH["enabled"] else []:
+            files += search_measured(m, i)[1]
+    return files
+
+
+def search_benchmarks(wildcards=None):
+    """The benchmark file of every job the searches ran (for stage_costs)."""
+    files = set()
+    for m in MODELS:
+        for i in config["prune"]["importances"] if SEARCH["enabled"] else []:
+            for a in search_artifacts(m, i)[1]:
+                branch = {k: a[k] for k in ("model", "importance", "ratio")}
+                program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine")}, "ir": T.ir_of(a["format"])}
+                kept = "keep_dense" if SWEEP.passes_through(config, a["ratio"]) else "finetune"
+                for rule, wc in (("prune", branch), (kept, branch), ("quantize", program), ("export", a),
+                                 ("accuracy", a), ("latency", a)):
+                    files.add(bench(rule, JOB_PATTERN[rule].format(**wc)))
+    return sorted(files)
