@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="bench/work")
     p.add_argument("--data", default="digits", help="images of the whole model's export check")
     p.add_argument("--check-images", type=int, default=64)
-    p.add_argument("--out", default="bench/results/gemm_floor.csv")
+    p.add_argument("--out", default=None, help="default bench/results/gemm_floor-<date>-<cpu>.csv")
     return p
 
 
@@ -156,7 +156,7 @@ def main() -> None:
     df = pd.DataFrame(table)
     print(df[["row", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model", "x_linears_only"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    out = Path(args.out)
+    out = Path(args.out or latency.default_out("gemm_floor", machine))
     with store.atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     print(f"wrote {out}")

@@ -80,8 +80,10 @@ RECIPES: dict[str, Recipe] = {
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
     "pte int8_dynamic round_to=64": Recipe("pruned_round_to", "int8_dynamic", "xnnpack", "pte"),
-    "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="outside reference, not a PQV format"),
+    "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="the peer: what a user would pick instead"),
 }
+ORT = "onnxruntime int8_dynamic"
+BASES = ("eager fp32 dense", PAPER, ORT)  # every run times them: each speed-up is a ratio to one
 
 
 # ---- building artifacts with PQV's own stages ----------------------------------------------------
@@ -350,6 +352,15 @@ def available(recipe: Recipe) -> bool:
     return recipe.engine == NO_ENGINE or recipe.engine in quantize.available_engines()
 
 
+def default_out(kind: str, machine: dict) -> str:
+    """bench/results/<kind>-<date>-<cpu>.csv: one file per run and host, the CPU in its name."""
+    import datetime
+    import re
+
+    cpu = re.sub(r"[^a-z0-9]+", "-", machine["cpu"].lower()).strip("-")
+    return f"bench/results/{kind}-{datetime.date.today().isoformat()}-{cpu}.csv"
+
+
 def manifest_of(text: str) -> dict:
     """--data: `digits` (bundled) or `imagefolder:ROOT`, read by the data stage (pqv.data.scan)."""
     from pqv import data
@@ -368,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all rows")
     p.add_argument("--only", nargs="*", help="rows to run (names as in the table); default all")
     p.add_argument("--work", default="bench/work", help="artifact cache (reused between runs, keyed by what made each file)")
-    p.add_argument("--out", default="bench/results/latency.csv")
+    p.add_argument("--out", default=None, help="default bench/results/latency-<date>-<cpu>.csv: one file per run and host")
     p.add_argument("--data", default="digits",
                    help="images for calibration and the export check, and --trained's held-out split (digits, or imagefolder:ROOT)")
     # the workflow's defaults (workflow/schemas/config.schema.yaml: quantize / export)
@@ -400,7 +411,7 @@ def build_rows(args, rows: dict, models: dict, manifest: dict) -> tuple[dict, di
         else:
             fidelity[name] = meta["fidelity"]
     for name in rejected:
-        if name in ("eager fp32 dense", PAPER):
+        if name in BASES:
             raise SystemExit(f"the '{name}' row is the base of every ratio and failed its export check")
         del rows[name]
     return paths, fidelity, rejected
@@ -438,6 +449,7 @@ def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) ->
             # how many times faster than the base, from the ratio within each round
             "speedup_vs_paper": ratio(PAPER, name),
             "speedup_vs_eager_dense": ratio("eager fp32 dense", name),
+            "speedup_vs_ort": ratio(ORT, name),
             "size_mb": paths[name].stat().st_size / 2**20,
             # the export check's (pqv.export.run): held-out images of --data against the FP32 parent
             "cosine_min_vs_parent": fidelity.get(name, {}).get("cosine_min", 1.0 if recipe.fmt == EAGER else None),
@@ -456,7 +468,7 @@ def print_table(args, table: list[dict], rejected: dict) -> None:
     print()
     print(f"{args.model}, {args.ratio:g} pruned (l2, uniform); batch 1; {args.threads} threads unless noted; "
           f"warm-up {args.warmup}, median of {args.runs} per round, {args.rounds} interleaved rounds")
-    header = (f"{'row':<34} {'median':>7} {'min':>7} {'max':>7} {'MB':>6} {'x paper':>7} {'x eager':>7}"
+    header = (f"{'row':<34} {'median':>7} {'min':>7} {'max':>7} {'MB':>6} {'x paper':>7} {'x eager':>7} {'x ORT':>6}"
               f" {'cos':>6} {'agree':>6}")
     print(header)
     print("-" * len(header))
@@ -465,6 +477,7 @@ def print_table(args, table: list[dict], rejected: dict) -> None:
         agree, cos = row["trained_top1_agreement"], row["cosine_min_vs_parent"]
         print(f"{row['row']:<34} {row['latency_ms_median']:>7.1f} {row['latency_ms_min']:>7.1f} {row['latency_ms_max']:>7.1f}"
               f" {row['size_mb']:>6.1f} {row['speedup_vs_paper']:>7.2f} {row['speedup_vs_eager_dense']:>7.2f}"
+              f" {row['speedup_vs_ort']:>6.2f}"
               f" {cos if cos is not None else nan:>6.3f} {agree if agree is not None else nan:>6.3f}")
     for name, reason in rejected.items():
         print(f"{name:<34} rejected by the export check: {reason}")
@@ -476,9 +489,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     manifest = manifest_of(args.data)
+    if not available(RECIPES[ORT]):
+        raise SystemExit("bench/latency.py: error: ONNX Runtime, the peer every run is measured against, is not installed "
+                         "(fix: .venv/bin/pip install -e '.[bench]')")
     rows = {n: r for n, r in RECIPES.items() if (not args.only or n in args.only) and available(r)}
-    for needed in ("eager fp32 dense", PAPER):
-        rows.setdefault(needed, RECIPES[needed])  # the two ratios need them
+    for needed in BASES:
+        rows.setdefault(needed, RECIPES[needed])  # the ratios need them
     models = make_models(work, args.model, args.ratio, args.round_to, sorted({r.model for r in rows.values()}))
     facts = {kind: widths(path) for kind, path in models.items()}
     paths, fidelity, rejected = build_rows(args, rows, models, manifest)
@@ -491,7 +507,7 @@ def main() -> None:
                             args.calibration_images, args.check_images, args.min_cosine)
     table = table_rows(args, rows, paths, facts, timings, fidelity, trained, machine)
     print_table(args, table, rejected)
-    out = Path(args.out)
+    out = Path(args.out or default_out("latency", machine))
     with store.atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     print(f"wrote {out}")

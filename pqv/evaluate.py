@@ -85,17 +85,26 @@ def latency(fn, example: torch.Tensor, warmup: int, runs: int) -> dict:
 EVAL_BATCH = 64  # accuracy batches (a .pte program runs them image by image: export.py)
 
 
+# The CPU features int8 and FP16 kernels depend on (the flags of /proc/cpuinfo that name them).
+CPU_FEATURES = {"avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "avx512_bf16": "BF16",
+                "avx512_fp16": "AVX-512 FP16", "amx_tile": "AMX"}
+
+
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
+    """The CPU (model name and the features its kernels use), cores, torch, platform."""
+    cpu, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu in ("unknown", platform.processor()):
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "node_exclusive": _slurm_node_exclusive(), "torch": torch.__version__,
-            "platform": platform.platform()}
+    features = " ".join(name for flag, name in CPU_FEATURES.items() if flag in flags)
+    return {"cpu": cpu, "cpu_features": features, "cores": os.cpu_count(), "node_exclusive": _slurm_node_exclusive(),
+            "torch": torch.__version__, "platform": platform.platform()}
 
 
 def _slurm_node_exclusive() -> bool | None:
