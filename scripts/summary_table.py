@@ -1,5 +1,6 @@
 """Print a results/summary.csv as the markdown table the README and docs show (they come from a
-run's CSV, not retyped): one row per artifact, the eager baseline first in each branch.
+run's CSV, not retyped; tests/test_docs.py renders the README's CSV again and compares): one row
+per artifact, the eager baseline first in each branch.
 
     python scripts/summary_table.py results/summary.csv
 """
@@ -10,23 +11,25 @@ import pandas as pd
 FORMAT_ORDER = {"eager": 0, "ptl": 1, "pte": 2}
 
 
-def main(path: str) -> None:
+def table(path: str) -> list[str]:
+    """The table's lines, then a blank line and the line that says how it was measured."""
     t = pd.read_csv(path)
     t = t.assign(order=t["format"].map(FORMAT_ORDER)).sort_values(["model", "ratio", "importance", "order", "precision"])
     several = t["model"].nunique() > 1
-    print(("| model " if several else "") + "| branch | precision | format | top-1 % | latency ms (min–max) | size MB | params | MACs |")
-    print(("|---" if several else "") + "|---|---|---|---|---|---|---|---|")
+    lines = [("| model " if several else "") + "| branch | precision | format | top-1 % | latency ms (min–max) | size MB | params | MACs |",
+             ("|---" if several else "") + "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         branch = r["importance"] if r["ratio"] == 0 else f"{r['importance']} {r['ratio']:g}"
         precision = r["precision"] if r["engine"] == "none" else f"{r['precision']} {r['engine']}"
-        print(("| " + r["model"] + " " if several else "") +
-              f"| {branch} | {precision} | {r['format']} | {r['top1']:.2f} | "
-              f"{r['latency_ms_median']:.2f} ({r['latency_ms_min']:.2f}–{r['latency_ms_max']:.2f}) | {r['size_mb']:.2f} | "
-              f"{r['params'] / 1e3:.0f} k | {r['macs'] / 1e6:.1f} M |")
+        status = "" if r["status"] == "verified" else f" ({r['status']})"
+        lines.append(("| " + r["model"] + " " if several else "") +
+                     f"| {branch} | {precision} | {r['format']}{status} | {r['top1']:.2f} | "
+                     f"{r['latency_ms_median']:.2f} ({r['latency_ms_min']:.2f}–{r['latency_ms_max']:.2f}) | "
+                     f"{r['size_mb']:.2f} | {r['params'] / 1e3:.0f} k | {r['macs'] / 1e6:.1f} M |")
     first = t.iloc[0]
-    print(f"\n{first['cpu']}, torch {first['torch']}; latency: batch {first['batch_size']}, {first['threads']} thread(s), "
-          f"median of {first['runs']} after {first['warmup']} warm-ups.")
+    return lines + ["", f"{first['cpu']}, torch {first['torch']}; latency: batch {first['batch_size']}, "
+                        f"{first['threads']} thread(s), median of {first['runs']} after {first['warmup']} warm-ups."]
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    print("\n".join(table(sys.argv[1])))

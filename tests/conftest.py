@@ -85,15 +85,3 @@ def saved_tiny(trained_tiny, tmp_path_factory):
     store.save_model(m, path, a)
     store.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory):
-    """The workflow on tests/test_workflow.py's tiny config, run once: the folder it ran in. Tests
-    that change a file in it put it back as it was (bytes and times)."""
-    from .test_workflow import snakemake
-
-    workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir

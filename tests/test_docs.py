@@ -4,6 +4,7 @@ every `section.key` they mention is a key of the config."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -90,3 +91,13 @@ def test_config_keys_named_in_the_text_exist(page):
         except ImportError:
             pass
         assert key in sections[section].model_fields, f"{page.name}: `{section}.{key}` is not a config key"
+
+
+def test_the_readme_table_is_the_csv_it_names():
+    """The README's results table is scripts/summary_table.py's rendering of the run's CSV it cites."""
+    spec = importlib.util.spec_from_file_location("summary_table", REPO / "scripts/summary_table.py")
+    summary_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary_table)
+    readme = (REPO / "README.md").read_text()
+    csv = re.search(r"`(docs/data/default-summary-[0-9-]+\.csv)`", readme)[1]
+    assert "\n".join(summary_table.table(str(REPO / csv))) in readme, f"render it again: python scripts/summary_table.py {csv}"

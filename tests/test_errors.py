@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -281,32 +280,6 @@ def test_a_float_only_sweep_plans_with_the_default_engines(tmp_path, precisions)
 
 
 # ---- issue 20: mistakes that reached the user as something else -------------------------------
-
-def test_the_printed_fix_for_a_damaged_artifact_works(tiny_sweep):
-    """The fix names `snakemake --forcerun FILE`: deleting the file is not enough when the files
-    made from it are newer (Snakemake sees nothing to do)."""
-    from .test_workflow import scheduled
-
-    rel = "results/tiny/l2_0.5/export/fp32-none.ptl"  # as a job sees it, in the workflow's folder
-    ptl, sidecar = tiny_sweep / rel, tiny_sweep / (rel + ".json")
-    kept = {f: (f.read_bytes(), os.stat(f)) for f in (ptl, sidecar)}
-    try:
-        ptl.write_bytes(kept[ptl][0][:-100])
-        result = subprocess.run([sys.executable, "-m", "pqv", "evaluate", "latency", "--artifact", rel, "--out",
-                                 "m.json", "--data", "results/data/manifest.json"], capture_output=True, text=True,
-                                cwd=tiny_sweep)
-        one_line(result, "evaluate", f"corrupt .ptl file {rel}", f"snakemake --forcerun {rel}")
-        ptl.unlink()
-        sidecar.unlink()
-        assert scheduled(snakemake(tiny_sweep, "-n")) == Counter()  # what the user saw
-        command = result.stderr.split("`snakemake ")[1].split("`")[0].split()  # the printed fix, as written
-        plan = scheduled(snakemake(tiny_sweep, "-n", *command))
-        assert plan["export"] == 1 and plan["accuracy"] == plan["latency"] == 1 and plan["summary"] == 1
-    finally:
-        for f, (data, st) in kept.items():
-            f.write_bytes(data)
-            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-
 
 def test_a_results_path_with_a_space_is_quoted_in_every_command(tmp_path):
     """Every rule's command keeps a path with a space whole (it split into `unrecognized arguments`),

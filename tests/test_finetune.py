@@ -102,12 +102,13 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     ddp = tmp_path / "ddp" / "finetuned.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pqv",
            "finetune", "--model", str(src), "--out", str(ddp), "--data", manifest_file(SMALL),
-           "--hparams", json.dumps({**hp, "batch_size": 16}), "--metrics", str(ddp.parent / "m.csv")]
+           "--hparams", json.dumps({**hp, "batch_size": 16}), "--metrics", str(ddp.parent / "m.csv"), "--threads", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     side = store.read_sidecar(ddp)
     assert side["world_size"] == 2 and side["global_batch"] == 32
+    assert side["threads_per_process"] == 2  # each of the 2 ranks takes half the job's 4 cores, not all 4
     assert sorted(p.name for p in ddp.parent.iterdir()) == ["finetuned.safetensors", "finetuned.safetensors.json", "m.csv"]
 
     one = tmp_path / "one" / "finetuned.safetensors"
@@ -133,6 +134,14 @@ def test_distillation_from_the_parent(tmp_path):
     assert not out.exists()
     finetune.run(str(src), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"), teacher=str(teacher))
     assert store.read_sidecar(out)["teacher"] == str(teacher)
+
+
+def test_each_process_takes_its_share_of_the_jobs_cores():
+    from pqv.evaluate import process_threads
+
+    assert process_threads(8) == 8 and process_threads(8, workers=2) == 6  # workers are processes of their own
+    assert process_threads(16, workers=2, processes=4) == 2  # torchrun ranks share the job's cores
+    assert process_threads(2, workers=4) == 1  # never below one
 
 
 def test_bad_settings_are_clear_errors():

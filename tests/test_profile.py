@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pqv import config as pqv_config
-from pqv import export, store, profiling, quantize, registry
+from pqv import export, profiling, quantize, registry
 
 from .conftest import DIGITS
 
@@ -90,7 +90,7 @@ def test_etdump_rows_add_up_to_the_whole_program(pte, tmp_path):
     table = profiling.etdump_table(etdump, runs=3)
     from executorch.devtools import Inspector
 
-    whole = [e for b in Inspector(etdump_path=etdump).event_blocks for e in b.events if e.name == profile.EXECUTE][0]
+    whole = [e for b in Inspector(etdump_path=etdump).event_blocks for e in b.events if e.name == profiling.EXECUTE][0]
     per_inference = sum(whole.perf_data.raw[-3:]) / 3
     # remainders are clipped at zero (XNNPACK times whole microseconds), so the sum may exceed it a little
     assert table["self_cpu_ms"].sum() == pytest.approx(per_inference, rel=0.05)

@@ -105,7 +105,7 @@ def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(
     want = expected("finetune", config, (1437, 360))
     # 4 processes x (2 torch threads + 0 workers on the digits), memory from the data and the model
     assert want["threads"] == 8 and want["gpu"] == 4
-    assert f" --cpus-per-task=8 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --gpus=4 " in finetune
+    assert " --cpus-per-task=8 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --gpus=4 " in finetune
     assert f" -t {want['runtime']} " in finetune
     assert " -t " in finetune and "--exclusive" not in finetune
     # a prune job asks for a GPU only where its importance takes gradients

@@ -24,8 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts/slurm-cluster.sh"
 DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch")
 # This cluster has no GPU, and the config keeps the default `device: auto`: the workflow asks SLURM
-# (sinfo) what the partition has, and no job asks for a GPU.
-CONFIG = TINY_CONFIG
+# (sinfo) what the partition has, and no job asks for a GPU. One pruned branch and the dense one, one
+# precision: every kind of cluster job, few of each (each job pays SLURM's and Python's start-up).
+CONFIG = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"]},
+          "quantize": {"precisions": ["int8_dynamic"], "engines": ["x86"]}, "profile": {"artifacts": []},
+          "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
 # What a user adds to the README's command: their partition and account (this cluster's).
 SITE = ["--default-resources", "slurm_partition=pqv", "slurm_account=root"]
 FAST = ["--slurm-init-seconds-before-status-checks", "5"]  # the plugin's first status check (default 40 s)
@@ -79,7 +82,7 @@ def test_tiny_workflow_runs_on_the_cluster_and_a_rerun_schedules_nothing(cluster
     plan = scheduled(snakemake(cluster, tmp_path, CONFIG, "-n"))
     local = {"all", "summary", "plot", "stage_costs", "keep_dense"}  # localrules: run by Snakemake itself
     on_cluster = sum(n for rule, n in plan.items() if rule not in local)
-    assert on_cluster > 20, plan
+    assert on_cluster >= 10, plan
 
     result = snakemake(cluster, tmp_path, CONFIG, *FAST)
     out = result.stdout + result.stderr

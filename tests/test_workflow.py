@@ -1,6 +1,7 @@
 """The Snakemake DAG end to end on a tiny config, in a temporary folder."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -46,8 +47,13 @@ def scheduled(result: subprocess.CompletedProcess) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_sweep):
-    return tiny_sweep
+def finished(tmp_path_factory):
+    """The workflow on the tiny config, run once: the folder it ran in. Tests that change a file in
+    it put it back as it was (bytes and times)."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
 
 
 def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
@@ -137,8 +143,9 @@ def test_stage_costs_sum_every_jobs_benchmark(finished):
 
 def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
     """An impossible cosine gate rejects every int8 file: the sweep still completes, the rows say why."""
-    config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"]},
-              "export": {"formats": ["ptl"], "min_cosine": 1.0}, "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
+    config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
+              "export": {"formats": ["ptl"], "min_cosine": 1.0}, "profile": {"artifacts": []},
+              "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
     result = snakemake(tmp_path, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results/summary.csv")
@@ -179,6 +186,32 @@ def test_changing_a_finetune_setting_reruns_finetune_and_below_only(finished):
                            summary=1, stage_costs=1, plot=1, all=1)
 
 
+def test_the_printed_fix_for_a_damaged_artifact_works(finished):
+    """(issue 20) The fix names `snakemake --forcerun FILE`: deleting the file is not enough when the files
+    made from it are newer (Snakemake sees nothing to do)."""
+    from .test_errors import one_line
+
+    rel = "results/tiny/l2_0.5/export/fp32-none.ptl"  # as a job sees it, in the workflow's folder
+    ptl, sidecar = finished / rel, finished / (rel + ".json")
+    kept = {f: (f.read_bytes(), os.stat(f)) for f in (ptl, sidecar)}
+    try:
+        ptl.write_bytes(kept[ptl][0][:-100])
+        result = subprocess.run([sys.executable, "-m", "pqv", "evaluate", "latency", "--artifact", rel, "--out",
+                                 "m.json", "--data", "results/data/manifest.json"], capture_output=True, text=True,
+                                cwd=finished)
+        one_line(result, "evaluate", f"corrupt .ptl file {rel}", f"snakemake --forcerun {rel}")
+        ptl.unlink()
+        sidecar.unlink()
+        assert scheduled(snakemake(finished, "-n")) == Counter()  # what the user saw
+        command = result.stderr.split("`snakemake ")[1].split("`")[0].split()  # the printed fix, as written
+        plan = scheduled(snakemake(finished, "-n", *command))
+        assert plan["export"] == 1 and plan["accuracy"] == plan["latency"] == 1 and plan["summary"] == 1
+    finally:
+        for f, (data, st) in kept.items():
+            f.write_bytes(data)
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_choose_picks_the_fastest_artifact_within_the_budget(finished):
     result = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"),
                              "--max-accuracy-loss", "100"], capture_output=True, text=True)
@@ -186,7 +219,7 @@ def test_choose_picks_the_fastest_artifact_within_the_budget(finished):
     summary = pd.read_csv(finished / "results/summary.csv")
     shipped = summary[summary["format"] != "eager"]
     fastest = shipped.sort_values(["latency_ms_median", "size_mb"]).iloc[0]
-    assert f"fastest within 100 top-1 points" in result.stdout
+    assert "fastest within 100 top-1 points" in result.stdout
     assert str(fastest["artifact"]) in result.stdout.split("smallest")[0]
     impossible = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"),
                                  "--max-accuracy-loss", "-1"], capture_output=True, text=True)
