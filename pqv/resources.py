@@ -105,6 +105,17 @@ def partition_has_gpus(partition: str | None) -> bool | None:
     return any(g.startswith("gpu") for entry in gres[wanted] for g in entry.split(","))
 
 
+def machine_has_gpus(proc: str = "/proc/driver/nvidia/gpus", dev: str = "/dev") -> bool:
+    """Whether this machine shows a GPU that `device: auto` could use (an NVIDIA driver's GPUs, or
+    AMD's ROCm device), without importing torch; CUDA_VISIBLE_DEVICES set empty hides them."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return any(Path(proc).glob("*")) or Path(dev, "kfd").exists()
+
+
 def uses_gpu(config: dict) -> bool:
     """`device: cpu` keeps every job off GPUs; `auto` and `cuda` ask for them where a stage uses one."""
     return config.get("device", "auto") != "cpu"

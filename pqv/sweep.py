@@ -63,21 +63,31 @@ def passes_through(config: dict, ratio: str) -> bool:
     return float(ratio) == 0 and not config["finetune"]["dense"]
 
 
+def made_by(config: dict, artifact: dict) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of the jobs that make one artifact (or eager baseline) and measure it:
+    its branch's prune and finetune (or keep_dense), its program's quantize, its export, its
+    accuracy and latency. The search (workflow/rules/search.smk) asks it for every probe."""
+    a = artifact
+    branch = {k: a[k] for k in ("model", "importance", "ratio")}
+    out = [("prune", branch), ("keep_dense" if passes_through(config, a["ratio"]) else "finetune", branch)]
+    if a["format"] != EAGER:
+        program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine")},
+                   "ir": registry.ir_of(a["format"])}  # a .ts or .pt2 program may serve more than one format
+        out += [("quantize", program), ("export", a)]
+    return out + [("accuracy", a), ("latency", a)]
+
+
+def unique(jobs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Jobs without repeats (several artifacts share a branch's prune, a program's quantize), in order."""
+    seen: dict[tuple, tuple[str, dict]] = {}
+    for rule, wc in jobs:
+        seen.setdefault((rule, *sorted(wc.items())), (rule, wc))
+    return list(seen.values())
+
+
 def jobs(config: dict) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job the sweep schedules, aggregates included."""
     out = [("data", {}), ("summary", {})] + [("model", {"model": m["id"]}) for m in config["models"]]
-    for m in config["models"]:
-        for imp, ratio in branches(config):
-            branch = {"model": m["id"], "importance": imp, "ratio": ratio}
-            out += [("prune", branch), ("keep_dense" if passes_through(config, ratio) else "finetune", branch)]
-    seen = set()
-    for a in artifacts(config):
-        program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine")}, "ir": registry.ir_of(a["format"])}
-        key = tuple(sorted(program.items()))
-        if key not in seen:  # a .ts or .pt2 program may serve more than one format
-            seen.add(key)
-            out.append(("quantize", program))
-        out.append(("export", a))
-    out += [(rule, a) for a in measured(config) for rule in ("accuracy", "latency")]
+    out += [job for a in measured(config) for job in made_by(config, a)]
     out += [("profile", a) for a in profiled(config)]
-    return out
+    return unique(out)

@@ -116,6 +116,34 @@ def test_slurm_partitions_say_whether_they_have_gpus(tmp_path, monkeypatch, sinf
     assert resources.partition_has_gpus(partition) is expected
 
 
+def test_a_machine_shows_its_gpus_to_device_auto(tmp_path, monkeypatch):
+    proc, dev = tmp_path / "gpus", tmp_path / "dev"
+    proc.mkdir(), dev.mkdir()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert not resources.machine_has_gpus(str(proc), str(dev))
+    (proc / "0000:17:00.0").mkdir()  # what an NVIDIA driver lists per GPU
+    assert resources.machine_has_gpus(str(proc), str(dev))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not resources.machine_has_gpus(str(proc), str(dev))
+
+
+def test_on_one_machine_without_a_gpu_no_job_asks_for_one(tmp_path):
+    """`device: auto` on a machine that shows no GPU: the plan's `gpu` resources say what will run."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .test_workflow import TINY_CONFIG
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    plan = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(tmp_path / "c.yaml"), "--cores", "2", "-n"],
+                          capture_output=True, text=True, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert plan.returncode == 0 and "rule finetune:" in plan.stdout, plan.stderr[-2000:]
+    assert "gpu=1" not in plan.stdout and "gpu=2" not in plan.stdout
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10.yaml", "deit_b.yaml"])
 def test_every_shipped_config_gets_whole_positive_resources(name):
     cfg = copy.deepcopy(pqv_config.load_yaml(REPO / "config" / name))

@@ -173,12 +173,15 @@ ON_CLUSTER = workflow.remote_exec or workflow.resource_settings.nodes is not Non
 
 
 def _planned_config():
-    """The config the cluster budget is computed with. With `device: auto` on SLURM, the partition
+    """The config the jobs' resources are computed with. With `device: auto` on SLURM, the partition
     jobs go to (--default-resources slurm_partition=..., else the default one) is asked once
     whether it has GPUs (sinfo's generic resources): on a partition without any, no job asks for
-    one (sbatch would refuse `--gpus`), and `auto` finds no CUDA in the job and runs on the CPU."""
-    if not ON_CLUSTER or config["device"] != "auto":
+    one (sbatch would refuse `--gpus`), and `auto` finds no CUDA in the job and runs on the CPU.
+    On one machine without a GPU no job asks for one either (a `gpu` resource that says what runs)."""
+    if config["device"] != "auto":
         return config
+    if not ON_CLUSTER:
+        return config if RES.machine_has_gpus() else {**config, "device": "cpu"}
     resources = workflow.resource_settings.default_resources
     partition = getattr(resources.get("slurm_partition"), "raw", None) if resources is not None else None
     if RES.partition_has_gpus(partition) is False:

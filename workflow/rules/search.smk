@@ -114,14 +114,6 @@ def search_metrics(wildcards=None):
 
 def search_benchmarks(wildcards=None):
     """The benchmark file of every job the searches ran (for stage_costs)."""
-    files = set()
-    for m in MODELS:
-        for i in config["prune"]["importances"] if SEARCH["enabled"] else []:
-            for a in search_artifacts(m, i)[1]:
-                branch = {k: a[k] for k in ("model", "importance", "ratio")}
-                program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine")}, "ir": T.ir_of(a["format"])}
-                kept = "keep_dense" if SWEEP.passes_through(config, a["ratio"]) else "finetune"
-                for rule, wc in (("prune", branch), (kept, branch), ("quantize", program), ("export", a),
-                                 ("accuracy", a), ("latency", a)):
-                    files.add(bench(rule, JOB_PATTERN[rule].format(**wc)))
-    return sorted(files)
+    return sorted({bench(rule, JOB_PATTERN[rule].format(**wc)) for m in MODELS
+                   for i in (config["prune"]["importances"] if SEARCH["enabled"] else [])
+                   for a in search_artifacts(m, i)[1] for rule, wc in SWEEP.made_by(config, a)})
