@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def images_in(folder: Path) -> list[str]:
 
 def stamp(spec: dict) -> str:
     """A short hash of what changes when files are added to, removed from or renamed in a class
-    folder, or the tree is extracted again: each class folder's inode, mtime and ctime."""
+    folder (or a folder inside one), or the tree is extracted again: each such folder's inode,
+    mtime and ctime."""
     spec = {k: spec.get(k) for k in SPEC_KEYS}
     parts = [json.dumps(spec, sort_keys=True)]
     if spec["name"] == "imagefolder":
@@ -94,11 +96,26 @@ def stamp(spec: dict) -> str:
             folder = split_folder(spec, split)
             try:
                 for name in class_folders(folder):
-                    st = os.stat(folder / name)
-                    parts.append(f"{split}/{name} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}")
+                    for rel, st in _folders(folder / name, name):
+                        parts.append(f"{split}/{rel} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}")
             except OSError as e:  # the data job reports it with its fix
                 parts.append(f"{split}: {type(e).__name__}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _folders(folder: Path, rel: str) -> list[tuple[str, os.stat_result]]:
+    """A class folder and the folders inside it (ImageFolder reads images at any depth), found
+    without listing a folder that has none: a folder's link count is 2 plus its sub-folders on
+    POSIX file systems; where it is not counted (1, as on btrfs), the folder is listed."""
+    st = os.stat(folder)
+    out = [(rel, st)]
+    if st.st_nlink == 2:
+        return out
+    with os.scandir(folder) as entries:
+        inner = sorted(e.name for e in entries if not hidden(e.name) and e.is_dir())
+    for name in inner:
+        out += _folders(folder / name, f"{rel}/{name}")
+    return out
 
 
 def estimate(spec: dict, sampled: int = 5) -> dict:
@@ -152,13 +169,22 @@ def _digits(spec: dict) -> dict:
     return _finish(spec, classes, splits, {"8x8 gray, 17 levels": len(y)}, None, hashes, warnings=[])
 
 
-def _listing(spec: dict) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
-    """The tree, listed once: the class list (training split) and each split's images per class."""
-    found = {}
+def check_folders(spec: dict) -> None:
+    """An ImageFolder data set's split folders exist (the Snakefile asks before a run's first job)."""
+    if spec.get("name") != "imagefolder":
+        return
     for split in SPLITS:
         folder = split_folder(spec, split)
         if not folder.is_dir():
             raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
+
+
+def _listing(spec: dict) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    """The tree, listed once: the class list (training split) and each split's images per class."""
+    found = {}
+    check_folders(spec)
+    for split in SPLITS:
+        folder = split_folder(spec, split)
         names = class_folders(folder)
         if not names:
             raise PQVError(f"data folder {folder} has no class folders", "an ImageFolder split holds one folder of images per class")
@@ -196,7 +222,8 @@ def inspect(path: str | os.PathLike) -> dict:
                 low, high = float(values.min()), float(values.max())
         return {"sha256": hashlib.sha256(raw).hexdigest(), "mode": mode, "low": low, "high": high, "problem": None}
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        return {"problem": " ".join(f"{type(e).__name__}: {e}".split())}
+        text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", f"{type(e).__name__}: {e}")  # PIL names its buffer
+        return {"problem": " ".join(text.split())}
 
 
 def _imagefolder(spec: dict, threads: int) -> dict:
@@ -213,7 +240,7 @@ def _imagefolder(spec: dict, threads: int) -> dict:
         splits[split] = {"folder": str(folder), "items": items}
         paths[split] = [folder / rel for _, rel in items]
     every = [p for split in SPLITS for p in paths[split]]
-    log.info("decoding %d images on %d threads", len(every), threads)
+    log.info("decoding %d images on %d thread(s)", len(every), threads)
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes and hashlib hashes without the GIL
         facts = list(progress(pool.map(inspect, every, chunksize=64), total=len(every), desc="decode", unit="image"))
     bad = [(p, f["problem"]) for p, f in zip(every, facts) if f["problem"]]

@@ -184,6 +184,9 @@ def test_the_stamp_changes_with_the_files_of_a_class_and_nothing_else(tmp_path):
         lambda: (tmp_path / "val" / "bird" / "new.jpg").unlink(),  # removed
         lambda: os.replace(tmp_path / "train" / "airplane" / "0001.jpg", tmp_path / "train" / "airplane" / "0009.jpg"),
         lambda: (tmp_path / "train" / "newclass").mkdir(),  # a new class
+        lambda: (tmp_path / "train" / "airplane" / "batch2").mkdir(),  # a folder inside a class
+        lambda: _jpeg(tmp_path / "train" / "airplane" / "batch2" / "a.jpg", (9, 9, 9)),  # ImageFolder reads it
+        lambda: _jpeg(tmp_path / "train" / "airplane" / "batch2" / "b.jpg", (9, 9, 8)),  # and the next one
     ]
     seen = {first}
     for change in changes:

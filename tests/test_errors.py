@@ -243,6 +243,18 @@ def _workflow_error(tmp_path, change: dict, *fragments: str) -> None:
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
+def test_a_run_whose_data_folder_is_missing_stops_before_any_job(tmp_path):
+    """A dry run plans it (the data may live elsewhere); a run stops with one line before its first job."""
+    config = {**TINY_CONFIG, "dataset": {"name": "imagefolder", "root": str(tmp_path / "photos")}}
+    assert snakemake(tmp_path, "-n", config=config).returncode == 0
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 2
+    assert (f"pqv config: error: data folder {tmp_path / 'photos' / 'train'} does not exist (fix: check dataset.root "
+            "and dataset.train_dir in the config)") in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
 @pytest.mark.parametrize("change, fragments", [
     ({"prun": {"ratios": [0.25]}}, ["unknown key 'prun' (did you mean 'prune'?)", "(fix: rename it to 'prune')"]),
     ({"quantize": {"precisions": ["int8_dynamc"]}}, ["did you mean 'int8_dynamic'?"]),

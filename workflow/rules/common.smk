@@ -109,6 +109,13 @@ with pqv_config.reported():
     _check_machine()
     _check_results_writable()
 
+
+onstart:
+    # A run stops here, before its first job, when the data set's folders are missing (a dry run
+    # does not: it may plan a sweep whose data is elsewhere).
+    with pqv_config.reported():
+        pqv_data.check_folders(config["dataset"])
+
 # Heavy and timing stages take every core of a local run; on a cluster see stage_threads() below.
 ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
 
