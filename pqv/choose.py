@@ -49,7 +49,7 @@ def run(summary_csv: str, max_loss: float, model: str | None = None) -> dict[str
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
     for _, row in searched(table, model).iterrows():
-        print(f"the accuracy-budget search's choice for {row['model']}, {row['importance']} ({row['search']}):")
+        print(f"{row['model']}: {row['search']}:")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
     return picks

@@ -131,7 +131,7 @@ def _search(a):
     if a.step == "round":
         search.run_round(a.out, a.model_sidecar, a.settings, a.prune, a.measured, previous=a.previous)
     else:
-        search.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.measured, a.budget)
+        search.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.measured, a.budget, searched=tuple(a.searched))
 
 
 def _choose(a):
@@ -331,6 +331,7 @@ def _add_search(sub, c):
     r.add_argument("--rounds", nargs="+", required=True)
     r.add_argument("--measured", nargs="+", required=True)
     r.add_argument("--budget", type=float, required=True)
+    r.add_argument("--searched", nargs=2, metavar=("MODEL", "IMPORTANCE"), required=True, help="the search's model and importance")
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-png", required=True)
     r.add_argument("--out-json", required=True)

@@ -257,6 +257,11 @@ class Search(Section):
             return
         if self.lo >= self.hi:
             raise PQVError(f"search.lo {self.lo:g} is not below search.hi {self.hi:g}", "set lo < hi")
+        from .search import grid
+
+        if not [r for r in grid(0.0, self.hi, self.resolution) if r >= self.lo and r > 0]:
+            raise PQVError(f"search.resolution {self.resolution:g} leaves no ratio to probe from search.lo {self.lo:g} "
+                           f"to search.hi {self.hi:g}", "use a finer search.resolution")
         judged = (self.artifact.precision, self.artifact.engine, self.artifact.format)
         made = sweep.combinations(config.model_dump())
         if judged not in made:
@@ -549,6 +554,9 @@ def explain(error: dict, prefix: str = "") -> PQVError:
         field = section.model_fields.get(str(loc[-1])) if section else None
         return PQVError(f"{where}: '{error['input']}' is not a valid value",
                         f"{where}: {field.description}" if field and field.description else "see docs/config.md")
+    if kind == "model_type":  # a section given as something else (a list, a number)
+        return PQVError(f"{where}: should be a mapping of keys (got {error['input']!r})",
+                        f"write it as `{loc[-1]}: {{key: value, ...}}`; its keys are in docs/config.md")
     wanted = kind.split("_")[0].replace("int", "an integer").replace("float", "a number").replace(
         "bool", "true or false").replace("string", "a string").replace("list", "a list").replace("dict", "a mapping")
     return PQVError(f"{where}: {error['msg']} (got {error['input']!r})", f"use {wanted}")

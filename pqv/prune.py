@@ -332,7 +332,7 @@ def run(model_path: str, out: str, importance: str, ratio: float, manifest, cali
         "importance": importance, "ratio": ratio, "round_to": round_to, "scope": scope, "heads": heads,
         "head_ratio": ratio if heads == "whole" and head_ratio is None else head_ratio, "bottleneck": bottleneck,
         "params_before": params_before, "params": params_after, "macs_before": macs_before, "macs": macs_after,
-        "attention": arch["attention"],
+        "attention": arch["attention"], "widths": widths(model),
     }
     store.write_sidecar(out, "prune", parent=str(model_path), data_config=dc, **report)
     return report

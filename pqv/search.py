@@ -103,13 +103,28 @@ def simulate(curve, points: list[float], parallel: int = 1, max_probes: int = 8)
 
 # ---- one round of the workflow's search -------------------------------------------------------------
 
+# The columns of a search's CSV, in order (pqv.search.report).
+COLUMNS = ["ratio", "passed", "top1", "loss", "top1_agreement", "latency_ms_median", "size_mb", "params", "macs",
+           "widths", "status", "answer"]
+
+
 def judge(measured: dict, reference_top1: float, budget: float) -> dict:
-    """A probe's record: its accuracy, latency and verdict."""
+    """A probe's record: its accuracy, latency, widths and verdict."""
     ok = measured.get("status", "verified") == "verified" and measured["top1"] >= reference_top1 - budget
     return {"ratio": float(measured["ratio"]), "top1": measured["top1"], "loss": reference_top1 - measured["top1"],
             "top1_agreement": measured.get("top1_agreement"), "latency_ms_median": measured.get("latency_ms_median"),
             "size_mb": measured.get("size_mb"), "params": measured.get("params"), "macs": measured.get("macs"),
-            "status": measured.get("status", "verified"), "passed": bool(ok)}
+            "widths": widths_text(measured.get("widths") or {}), "status": measured.get("status", "verified"),
+            "passed": bool(ok)}
+
+
+def widths_text(widths: dict[str, int]) -> str:
+    """A pruned model's widths in one cell: 'embed 96, mlp 288, head_dim 24, heads 3' (a range
+    where the blocks differ)."""
+    kinds: dict[str, list[int]] = {k: [] for k in ("embed", "mlp", "head_dim", "heads")}
+    for group, width in widths.items():
+        kinds.setdefault(group.rsplit(".", 1)[-1], []).append(width)
+    return ", ".join(f"{k} {min(v)}" if min(v) == max(v) else f"{k} {min(v)}-{max(v)}" for k, v in kinds.items() if v)
 
 
 def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict, measured: list[str],
@@ -142,6 +157,12 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
     hi = min(settings["hi"], round(math.floor(top * 10**DIGITS) / 10**DIGITS, DIGITS))
     points = grid(0.0, hi, settings["resolution"], widths.get("embed"), prune_settings.get("round_to"))
     points = [0.0] + [p for p in points if p >= settings["lo"] and p > 0]
+    if len(points) == 1:
+        snapped = f", in steps of prune.round_to {prune_settings['round_to']}" if prune_settings.get("round_to") else ""
+        raise PQVError(f"the search has no ratio to probe: from search.lo {settings['lo']:g} to search.hi "
+                       f"{settings['hi']:g} in steps of {settings['resolution']:g}{snapped}, cut at {top:.4g} "
+                       f"(the most Torch-Pruning can prune this model: its {narrowest} group is {widths[narrowest]} wide)",
+                       f"lower search.lo below {top:.4g}, or search.resolution")
     results = {r: p["passed"] for r, p in probes.items()}
     nxt = next_probes(points, results, settings["parallel"], settings["max_probes"])
     a, b = interval(points, results)
@@ -150,18 +171,26 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
            "answer": points[a], "open": [points[a], points[b] if b < len(points) else None], "next": nxt,
            "done": not nxt}
     write_json(out, new)
+    for p in new["probes"]:
+        print(f"probe {p['ratio']:g}: top-1 {p['top1']:.2f} ({p['loss']:+.2f} points), "
+              f"{'within' if p['passed'] else 'outside'} the budget of {settings['budget']:g}")
+    print(f"round {new['round']}: answer so far {new['answer']:g}; "
+          + (f"next: {', '.join(f'{r:g}' for r in nxt)}" if nxt else "done"))
     return new
 
 
-def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, candidates: list[str], budget: float) -> dict:
-    """CLI entry: every probe as a CSV row, the curve with the budget line, and the chosen artifact:
-    the fastest verified artifact (any precision and format) at the answer's ratio within budget."""
+def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, candidates: list[str], budget: float,
+           searched: tuple[str, str] = ("", "")) -> dict:
+    """CLI entry: every probe as a CSV row (`answer` marks the answer's ratio), the curve with the
+    budget line, and the chosen artifact: the fastest verified artifact (any precision and format)
+    at the answer's ratio within budget. `searched`: the search's model and importance."""
     import pandas as pd
 
     from .store import atomic_path, read_json, write_json
 
     final = read_json(rounds[-1])
-    table = pd.DataFrame(final["probes"]).assign(chosen=lambda t: t["ratio"] == final["answer"])
+    table = pd.DataFrame(final["probes"]).assign(answer=lambda t: t["ratio"] == final["answer"])
+    table = table[[c for c in COLUMNS if c in table]]
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     rows = {}
@@ -177,14 +206,19 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, candida
         raise PQVError("no verified artifact at the search's answer is within the budget",
                        "allow a larger search.budget")
     chosen = min(ok, key=lambda r: (r["latency_ms_median"], r["size_mb"]))
-    result = {"answer_ratio": final["answer"], "reference_top1": final["reference_top1"], "budget": budget,
-              "probes": len(final["probes"]) - 1, "rounds": final["round"] + 1, "chosen": chosen}
+    result = {"model": searched[0], "importance": searched[1], "answer_ratio": final["answer"],
+              "reference_top1": final["reference_top1"], "budget": budget, "probes": len(final["probes"]) - 1,
+              "rounds": final["round"] + 1, "chosen": chosen}
     write_json(out_json, result)
-    draw(table, final, chosen, out_png)
+    draw(table, final, chosen, out_png, searched)
+    print(f"search {searched[0]}, {searched[1]}: the largest ratio within {budget:g} top-1 points of the dense FP32 "
+          f"model ({final['reference_top1']:.2f} %) is {final['answer']:g}, after {result['probes']} probes in "
+          f"{result['rounds']} rounds; its fastest file within the budget: {chosen['artifact']} "
+          f"({chosen['top1']:.2f} %, {chosen['latency_ms_median']:.3g} ms)")
     return result
 
 
-def draw(table, final: dict, chosen: dict, out_png: str) -> None:
+def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, str] = ("", "")) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,12 +236,15 @@ def draw(table, final: dict, chosen: dict, out_png: str) -> None:
                label=f"budget: dense FP32 {final['reference_top1']:.2f} − {final['budget']:g}")
     ax.axvline(final["answer"], color="tab:green", ls=":", lw=1, label=f"answer: ratio {final['answer']:g}")
     ax.set(xlabel="pruning ratio", ylabel="top-1 of the shipped file (%)",
-           title=f"search: {chosen['model']}, {chosen['importance']}; chosen: {chosen['precision']} "
-                 f"{chosen['engine']} .{chosen['format']} at {chosen['ratio']:g}")
+           title=f"search: {searched[0] or chosen['model']}, {searched[1] or chosen['importance']}; chosen: "
+                 f"{chosen['precision']} {chosen['engine']} .{chosen['format']} at {chosen['ratio']:g}")
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(0.0, low), min(100.0, high))  # top-1 is a percentage: a budget below 0 % is off the chart
     ax.grid(alpha=0.3)
     twin = ax.twinx()
     twin.plot(table["ratio"], table["latency_ms_median"], color="tab:blue", marker=".", lw=0.8, alpha=0.6)
     twin.set_ylabel("latency of the judged file (ms)", color="tab:blue")
+    twin.set_ylim(0, table["latency_ms_median"].max() * 1.15)  # from zero: noise must not look like a trend
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     with atomic_path(out_png) as tmp, open(tmp, "wb") as f:

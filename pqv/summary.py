@@ -27,7 +27,8 @@ def collect(paths: list[str], searches: list[str] = ()) -> pd.DataFrame:
     for path in searches:
         found = json.loads(open(path).read())
         chosen = tuple(found["chosen"][k] for k in KEYS)
-        rows[chosen]["search"] = f"chosen (budget {found['budget']:g})"
+        mark = f"chosen by the {found.get('importance') or 'accuracy-budget'} search (budget {found['budget']:g})"
+        rows[chosen]["search"] = "; ".join(filter(None, [rows[chosen].get("search"), mark]))
     table = pd.DataFrame(list(rows.values()))
     table = table[[c for c in COLUMNS if c in table.columns]]
     return table.sort_values(KEYS, ignore_index=True)

@@ -48,6 +48,7 @@ def error(change: dict) -> str:
     ({"models": [{"id": "my model", "timm_name": "vit_tiny_patch16_224"}]}, "models[0].id: 'my model' is not a valid value"),
     ({"models": []}, "models: needs at least 1 item(s)"),
     ({"dataset": {"name": "imagefloder"}}, "(did you mean 'imagefolder'?)"),
+    ({"search": [1]}, "search: should be a mapping of keys (got [1]) (fix: write it as `search: {key: value, ...}`"),
 ])
 def test_typos_and_bad_values_name_the_key_and_the_closest_valid_one(change, expected):
     assert expected in error(change)
@@ -96,6 +97,11 @@ def test_the_default_profile_selector_without_a_match_is_a_warning(caplog):
     ({"finetune": {"sched": "cosin"}}, "finetune.sched is 'cosin', not a valid value (did you mean 'cosine'?)"),
     ({"finetune": {"opt": "adamww"}}, "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
     ({"dataset": {"name": "imagefolder"}}, "dataset.root is required for imagefolder data"),
+    ({"search": {"enabled": True, "lo": 0.6, "hi": 0.3}}, "search.lo 0.6 is not below search.hi 0.3 (fix: set lo < hi)"),
+    ({"search": {"enabled": True, "resolution": 0.95}},
+     "search.resolution 0.95 leaves no ratio to probe from search.lo 0 to search.hi 0.9 (fix: use a finer"),
+    ({"search": {"enabled": True, "artifact": {"precision": "int8_static"}}},
+     "search.artifact int8_static x86 .ptl is not an artifact of this sweep"),
 ])
 def test_mistakes_that_would_surface_after_upstream_jobs_are_config_errors(change, expected):
     if expected is None:

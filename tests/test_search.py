@@ -91,3 +91,32 @@ def test_round_to_and_torch_prunings_reach_bound_the_grid(tmp_path, model_sideca
     state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, settings, {"round_to": 16},
                              [_measured(tmp_path, 0.0, 95.0)])
     assert state["grid"] == [0.0, 0.166667, 0.333333, 0.5]  # head_dim 32 in multiples of 16: at most 0.5
+
+
+@pytest.mark.parametrize("settings, prune", [({"lo": 0.97, "hi": 0.99}, {}),  # above what Torch-Pruning reaches
+                                             ({"lo": 0.6, "hi": 0.9}, {"round_to": 16})])  # round_to stops at 0.5
+def test_a_search_with_nothing_to_probe_is_one_line_not_an_answer_of_zero(tmp_path, model_sidecar, settings, prune):
+    with pytest.raises(PQVError, match=r"the search has no ratio to probe: from search.lo .* cut at 0.9688 \(the most "
+                                       r"Torch-Pruning can prune this model: its blocks.0.head_dim group is 32 wide\)"
+                       if not prune else r"the search has no ratio to probe: .* in steps of prune.round_to 16"):
+        search.run_round(str(tmp_path / "r0.json"), model_sidecar, {**SETTINGS, **settings}, prune,
+                         [_measured(tmp_path, 0.0, 95.0)])
+    assert not (tmp_path / "r0.json").exists()
+
+
+def test_widths_fit_one_cell():
+    widths = {"embed": 72, "blocks.0.mlp": 288, "blocks.1.mlp": 256, "blocks.0.head_dim": 24, "blocks.1.head_dim": 24,
+              "blocks.0.heads": 3}
+    for order in (widths, dict(sorted(widths.items()))):  # as a sidecar stores them: keys sorted
+        assert search.widths_text(order) == "embed 72, mlp 256-288, head_dim 24, heads 3"
+
+
+def test_two_searches_that_choose_one_file_both_mark_it(tmp_path):
+    from pqv import summary
+
+    row = json.loads(open(_measured(tmp_path, 0.0, 95.0)).read())
+    (tmp_path / "a.json").write_text(json.dumps(row))
+    for importance in ("l2", "taylor"):  # both answered 0: the dense branch's file
+        (tmp_path / f"{importance}.json").write_text(json.dumps({"importance": importance, "budget": 1.0, "chosen": row}))
+    table = summary.collect([str(tmp_path / "a.json")], [str(tmp_path / "l2.json"), str(tmp_path / "taylor.json")])
+    assert table["search"].tolist() == ["chosen by the l2 search (budget 1); chosen by the taylor search (budget 1)"]

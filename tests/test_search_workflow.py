@@ -40,6 +40,8 @@ def test_the_search_probes_branches_and_reports_its_answer(searched):
     workdir, result = searched
     probes = pd.read_csv(workdir / "results/search/tiny/l2.csv")
     assert probes["ratio"].tolist()[0] == 0.0 and 2 <= len(probes) <= 4  # the dense file and at most 3 probes
+    assert probes.columns[0] == "ratio" and probes["widths"].str.startswith("embed ").all()
+    assert probes["widths"].nunique() == len(probes)  # each probe is as narrow as its ratio
     chosen = json.loads((workdir / "results/search/tiny/l2.json").read_text())
     passing = probes[probes["passed"]]["ratio"]
     failing = probes[~probes["passed"]]["ratio"]
@@ -51,6 +53,10 @@ def test_the_search_probes_branches_and_reports_its_answer(searched):
     summary = pd.read_csv(workdir / "results/summary.csv")
     marked = summary[summary["search"].notna()]
     assert len(marked) == 1 and marked.iloc[0]["ratio"] == chosen["answer_ratio"]
+    assert marked.iloc[0]["search"] == "chosen by the l2 search (budget 2)"
+    assert probes[probes["answer"]]["ratio"].tolist() == [chosen["answer_ratio"]]
+    # the answer reaches the terminal, not only the files
+    assert "search tiny, l2: the largest ratio within 2 top-1 points of the dense FP32 model" in result.stdout + result.stderr
     assert finetuned(result) == {f"{r:g}" for r in probes["ratio"][1:]}
     assert ran(result)["search_round"] == len(probes)  # one round per probe (parallel 1), plus the first
 

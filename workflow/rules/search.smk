@@ -13,7 +13,8 @@ def judged(model, importance, ratio):
 
 
 def probe_files(model, importance, ratios):
-    return [path.format(**judged(model, importance, r)) for r in ratios for path in (ACCURACY, LATENCY)]
+    """What a probe is judged by: its file's accuracy and latency, and its pruned model's widths."""
+    return [path.format(**judged(model, importance, r)) for r in ratios for path in (ACCURACY, LATENCY, PRUNED + ".json")]
 
 
 def previous_round(wc):
@@ -94,7 +95,8 @@ rule search_report:
         "logs/search/{model}/{importance}/report.log",
     shell:
         "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} --budget {params.budget}"
-        " --out-csv {output.csv:q} --out-png {output.png:q} --out-json {output.chosen:q} > {log:q} 2>&1"
+        " --searched {wildcards.model:q} {wildcards.importance:q}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} --out-json {output.chosen:q} 2>&1 | tee {log:q}"
 
 
 def search_reports():
