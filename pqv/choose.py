@@ -38,12 +38,17 @@ def choose(table: pd.DataFrame, max_loss: float, model: str | None = None) -> di
     }
 
 
-def run(summary_csv: str, max_loss: float, model: str | None = None) -> dict[str, pd.Series]:
+def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> dict[str, pd.Series]:
+    """Print the fastest and the smallest file within `max_loss` points, and each search's choice;
+    without `max_loss`, the searches' choices alone."""
     try:
         table = pd.read_csv(summary_csv)
     except FileNotFoundError:
         raise PQVError(f"no summary at {summary_csv}", "run the workflow first (snakemake --cores N)") from None
-    picks = choose(table, max_loss, model)
+    if max_loss is None and searched(table, model).empty:
+        raise PQVError(f"{summary_csv} has no accuracy-budget search's choice to print",
+                       "give --max-accuracy-loss POINTS, or enable search: in the config (docs/search.md)")
+    picks = {} if max_loss is None else choose(table, max_loss, model)
     for name, row in picks.items():
         print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %):")
         for key in SHOWN:

@@ -307,7 +307,8 @@ def _add_tables(sub, c):
     s.set_defaults(fn=_costs)
     s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")
     s.add_argument("--summary", default="results/summary.csv")
-    s.add_argument("--max-accuracy-loss", type=float, required=True, help="top-1 points below the dense FP32 model")
+    s.add_argument("--max-accuracy-loss", type=float, default=None,
+                   help="top-1 points below the dense FP32 model (without it: the searches' choices only)")
     s.add_argument("--model", default=None, help="only this model id")
     s.set_defaults(fn=_choose)
     s = sub.add_parser("plot", help="draw the trade-off figures from the summary")

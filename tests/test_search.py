@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from pqv import search
@@ -120,3 +121,19 @@ def test_two_searches_that_choose_one_file_both_mark_it(tmp_path):
         (tmp_path / f"{importance}.json").write_text(json.dumps({"importance": importance, "budget": 1.0, "chosen": row}))
     table = summary.collect([str(tmp_path / "a.json")], [str(tmp_path / "l2.json"), str(tmp_path / "taylor.json")])
     assert table["search"].tolist() == ["chosen by the l2 search (budget 1); chosen by the taylor search (budget 1)"]
+
+
+def test_choose_prints_a_searchs_choice_without_a_budget_of_its_own(tmp_path, capsys):
+    from pqv import choose
+
+    rows = [{**json.loads(open(_measured(tmp_path, r, 95.0 - 10 * r)).read()), "precision": "fp32", "engine": "none",
+             "artifact": f"results/m/l2_{r:g}/export/fp32-none.ptl", "search": ""} for r in (0.0, 0.5)]
+    rows[1]["search"] = "chosen by the l2 search (budget 5)"
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    choose.run(str(tmp_path / "summary.csv"), None)
+    out = capsys.readouterr().out
+    assert out.startswith("m: chosen by the l2 search (budget 5):") and "l2_0.5/export/fp32-none.ptl" in out
+    assert "fastest" not in out
+    pd.DataFrame(rows[:1]).to_csv(tmp_path / "summary.csv", index=False)
+    with pytest.raises(PQVError, match="has no accuracy-budget search's choice to print"):
+        choose.run(str(tmp_path / "summary.csv"), None)
