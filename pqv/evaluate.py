@@ -94,8 +94,8 @@ def machine() -> dict:
     """The CPU (model name and the features its kernels use), cores, torch, platform."""
     cpu, flags = platform.processor() or "unknown", set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("unknown", platform.processor()):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's block
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())

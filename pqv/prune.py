@@ -22,6 +22,7 @@ from .config import Prune, default
 from . import datasets
 from .errors import PQVError
 from .progress import progress
+from .search import groups as pruned_groups, reach as reach_of
 
 
 def _tp():
@@ -217,8 +218,7 @@ def check_widths(before: dict[str, int], after: dict[str, int], ratio: float, sc
     the ratio would keep fewer than one channel (or fewer than `round_to`) of it, so near 1 a "99.9 %
     pruned" model can have every dense width: that is an error, never a result."""
     step = round_to or 1
-    kinds = (["embed"] if not bottleneck else []) + ["mlp"] + (["head_dim"] if heads == "dims" else ["heads"])
-    groups = [g for g in before if g.rsplit(".", 1)[-1] in kinds]
+    groups = pruned_groups(before, heads, bottleneck)
 
     def target(group: str) -> float:
         if group.endswith(".heads"):
@@ -232,8 +232,7 @@ def check_widths(before: dict[str, int], after: dict[str, int], ratio: float, sc
     if not wide:
         return
     g = wide[0]
-    narrowest = min(groups, key=lambda name: before[name])
-    reach = 1 - step / before[narrowest]
+    reach, narrowest = reach_of(before, round_to, heads, bottleneck)
     raise PQVError(f"pruning ratio {ratio:g} is out of Torch-Pruning's reach for this model: {g} kept {after[g]} of "
                    f"{before[g]} where the ratio asks for about {max(target(g), 0):.0f}{f' in multiples of {step}' if round_to else ''} "
                    f"(it leaves a group whole when it would keep less than {'one channel' if step == 1 else f'{step} channels'})",

@@ -15,11 +15,17 @@ def ratio_name(ratio) -> str:
     return f"{float(ratio):g}"
 
 
+def branch(importance: str, ratio) -> tuple[str, str]:
+    """(importance, ratio) of the branch that prunes by `importance` at `ratio`: at ratio 0 every
+    importance shares one branch, DENSE (nothing was ranked)."""
+    return (DENSE, "0") if float(ratio) == 0 else (importance, ratio_name(ratio))
+
+
 def branches(config: dict) -> list[tuple[str, str]]:
     """(importance, ratio) per branch; the dense model (ratio 0) is one shared branch, DENSE."""
     ratios = config["prune"]["ratios"]
     out = [(DENSE, "0")] if any(float(r) == 0 for r in ratios) else []
-    out += [(imp, ratio_name(r)) for imp in config["prune"]["importances"] for r in ratios if float(r) > 0]
+    out += [branch(imp, r) for imp in config["prune"]["importances"] for r in ratios if float(r) > 0]
     return out
 
 

@@ -64,7 +64,7 @@ rule latency:
 rule summary:
     """One row per final artifact: results/summary.csv (a search's probes and its choice included)."""
     input:
-        metrics=lambda wc: metrics_files() + [f for f in search_metrics() if f not in set(metrics_files())],
+        metrics=lambda wc: sorted(set(metrics_files()) | set(search_metrics())),
         search=search_reports(),
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Tables"),

@@ -8,8 +8,8 @@ SEARCH_OUT = R + "/search/{model}/{importance}"
 
 def judged(model, importance, ratio):
     """The wildcards of the artifact a probe is judged by (search.artifact) at one ratio."""
-    branch = T.DENSE if float(ratio) == 0 else importance
-    return dict(model=model, importance=branch, ratio=SWEEP.ratio_name(ratio), **SEARCH["artifact"])
+    branch, name = SWEEP.branch(importance, ratio)
+    return dict(model=model, importance=branch, ratio=name, **SEARCH["artifact"])
 
 
 def probe_files(model, importance, ratios):
@@ -67,8 +67,7 @@ def search_artifacts(model, importance):
     rounds = search_rounds(model, importance)
     state = SEARCH_STATE(rounds[-1])
     made = [judged(model, importance, p["ratio"]) for p in state["probes"]]
-    answer = SWEEP.ratio_name(state["answer"])
-    branch = T.DENSE if float(answer) == 0 else importance
+    branch, answer = SWEEP.branch(importance, state["answer"])
     made += [dict(model=model, importance=branch, ratio=answer, precision=p, engine=e, format=f)
              for p, e, f in SWEEP.combinations(config)]
     unique = {tuple(sorted(a.items())): a for a in made}
