@@ -1,23 +1,27 @@
 """How close PQV's fastest DeiT-B artifact is to this machine's limit: its int8 Linear layers alone.
 
-With PQV's own int8_dynamic / xnnpack recipe this builds four ExecuTorch programs and times them
+With PQV's own int8_dynamic / xnnpack recipe this builds seven ExecuTorch programs and times them
 as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved rounds):
-- the whole pruned DeiT-B (bench/latency.py's "pte int8_dynamic" row), and the same with the
-  LayerNorm twin PQV exported before issue 15 (its "pooled-mean LayerNorm" row);
-- only its Linear layers (qkv, proj, fc1, fc2 of every block, same shapes, chained as in the
-  blocks): they hold >95 % of the MACs, so their time is the floor of any int8 recipe built on
-  these kernels; the rest of the model's time is attention, softmax, norms, GELU and copies;
+- the whole pruned DeiT-B (bench/latency.py's "pte int8_dynamic" row) and the same model pruned
+  with `round_to` (its "pte int8_dynamic round_to=64" row);
+- each one's Linear layers alone (qkv, proj, fc1, fc2 of every block, same shapes, chained as in
+  the blocks): they hold >95 % of the MACs, so their time is the floor of any int8 recipe built on
+  these kernels;
+- each one's Linear layers with PQV's attention between them (no LayerNorm, GELU, patch embedding
+  or head): the step from the Linears alone to it is what the FP32 attention costs, the step from
+  it to the whole model what the norms, GELU and the rest cost;
 - one large square GEMM (1024 tokens x 1024 -> 1024): the kernel's best rate on this machine.
 
     .venv/bin/python bench/gemm_floor.py          # after bench/latency.py (reuses bench/work)
 
-The whole model is bench/latency.py's row (pqv.quantize.run + pqv.export.run, checked against its
-parent); the two probes are not models the workflow makes, so they are built with the same
+The whole models are bench/latency.py's rows (pqv.quantize.run + pqv.export.run, checked against
+their parent); the probes are not models the workflow makes, so they are built with the same
 quantizer and lowering (pqv.quantize.quantize, pqv.export's .pte writer) without that stage.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import warnings
 from pathlib import Path
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 import latency  # bench/latency.py, beside this script
-from pqv import evaluate, export, store, quantize
+from pqv import evaluate, export, layers, store, quantize
 
 
 class LinearsOnly(nn.Module):
@@ -46,6 +50,23 @@ class LinearsOnly(nn.Module):
         return x
 
 
+class LinearsAndAttention(nn.Module):
+    """The blocks without LayerNorm and GELU: the Linear layers and the attention between them
+    (PQV's exported attention, pqv.layers.BmmAttention), so that its time minus the Linears-only
+    time is what the FP32 attention (matmuls, softmax, slices, transposes) costs in the model."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.attn = nn.ModuleList(layers.BmmAttention(b.attn) for b in vit.blocks)
+        self.mlp = nn.ModuleList(nn.Sequential(b.mlp.fc1, b.mlp.fc2) for b in vit.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for attn, mlp in zip(self.attn, self.mlp):
+            x = x + attn(x)
+            x = x + mlp(x)
+        return x
+
+
 class SquareGemm(nn.Module):
     def __init__(self, n: int):
         super().__init__()
@@ -57,6 +78,11 @@ class SquareGemm(nn.Module):
 
 def linear_macs(module: nn.Module, tokens: int) -> int:
     return sum(tokens * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def attention_macs(vit: nn.Module, tokens: int) -> int:
+    """q @ k and attention @ v of every block."""
+    return sum(2 * tokens * tokens * b.attn.num_heads * b.attn.head_dim for b in vit.blocks)
 
 
 def build_pte(module: nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -76,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="deit_base_patch16_224")
     p.add_argument("--ratio", type=float, default=0.09375)
+    p.add_argument("--round-to", type=int, default=64, help="channel multiple of the second pruned model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=20)
@@ -88,73 +115,87 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def programs(args, work: Path) -> tuple[dict, dict, torch.nn.Module]:
-    """{row: (.pte path, example input, MACs)}: the whole model (bench/latency.py's row, built or
-    reused the way the workflow builds it), before issue 15's LayerNorm, its Linear layers alone,
-    and a square GEMM; the model's widths; the Linears-only module."""
-    pruned = latency.make_models(work, args.model, args.ratio, 64, ["pruned"])["pruned"]
-    facts = latency.widths(pruned)
-    vit, _ = store.load_model(pruned)
-    vit.eval()
-    tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+@dataclasses.dataclass
+class Program:
+    path: Path
+    example: torch.Tensor
+    macs: int
+    floor: str        # the row this one is divided by, within each round
+    widths: str = ""  # embed/head/MLP of the model it comes from
+    eager: nn.Module | None = None  # a probe's eager twin, to check the program against
+
+
+def programs(args, work: Path) -> dict[str, Program]:
+    """For the workflow's pruned model and its `round_to` twin (bench/latency.py's rows, built or
+    reused the way the workflow builds them): the whole model, its Linear layers and attention,
+    its Linear layers alone; and a square GEMM."""
+    kinds = {"": "pruned", f", round_to={args.round_to}": "pruned_round_to"}
+    models = latency.make_models(work, args.model, args.ratio, args.round_to, sorted(kinds.values()))
     manifest = latency.manifest_of(args.data)
-    whole = {}
-    for name in ("pte int8_dynamic", "pte int8_dynamic pooled-mean LayerNorm"):
-        recipe = latency.RECIPES[name]
-        whole[name] = latency.artifact_path(pruned.parent, recipe, manifest, 0)
-        meta = latency.build(recipe, pruned, whole[name], manifest, 0, args.check_images, 0.98)
+    rows = {}
+    for suffix, kind in kinds.items():
+        pruned = models[kind]
+        facts = latency.widths(pruned)
+        widths = f"{facts['embed_dim']}/{facts['head_dim']}/{facts['mlp_hidden']}"
+        vit, _ = store.load_model(pruned)
+        vit.eval()
+        tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        recipe = dataclasses.replace(latency.RECIPES["pte int8_dynamic"], model=kind)
+        whole = latency.artifact_path(pruned.parent, recipe, manifest, 0)
+        meta = latency.build(recipe, pruned, whole, manifest, 0, args.check_images, 0.98)
         if meta.get("status") == latency.REJECTED:
-            raise SystemExit(f"{whole[name]} failed its export check: {meta.get('reason')}")
-    linears = LinearsOnly(vit)
+            raise SystemExit(f"{whole} failed its export check: {meta.get('reason')}")
+        floor = f"its Linear layers only{suffix}"
+        rows[f"whole model (pte int8_dynamic{suffix})"] = Program(
+            whole, torch.randn(1, *facts["input_size"]), facts["macs"], floor, widths)
+        tokens_in = torch.randn(1, tokens, vit.embed_dim)
+        for name, probe, file in ((f"its Linear layers and attention{suffix}", LinearsAndAttention(vit), "linears-attention"),
+                                  (floor, LinearsOnly(vit), "linears")):
+            macs = linear_macs(probe, tokens) + (attention_macs(vit, tokens) if file == "linears-attention" else 0)
+            rows[name] = Program(pruned.parent / f"{file}-int8_dynamic.pte", tokens_in, macs, floor, widths, probe.eval())
+            build_pte(probe, tokens_in, rows[name].path)
     square = SquareGemm(args.square)
-    rows = {
-        "whole model (pte int8_dynamic)": (whole["pte int8_dynamic"], torch.randn(1, *facts["input_size"]), facts["macs"]),
-        "whole model, LayerNorm before issue 15": (whole["pte int8_dynamic pooled-mean LayerNorm"],
-                                                   torch.randn(1, *facts["input_size"]), facts["macs"]),
-        "its Linear layers only": (pruned.parent / "linears-int8_dynamic.pte", torch.randn(1, tokens, vit.embed_dim),
-                                   linear_macs(linears, tokens)),
-        f"square GEMM {args.square}^3": (work / f"gemm{args.square}-int8_dynamic.pte",
-                                         torch.randn(1, args.square, args.square), linear_macs(square, args.square)),
-    }
-    build_pte(linears, rows["its Linear layers only"][1], rows["its Linear layers only"][0])
-    build_pte(square, rows[f"square GEMM {args.square}^3"][1], rows[f"square GEMM {args.square}^3"][0])
-    return rows, facts, linears
+    name = f"square GEMM {args.square}^3"
+    rows[name] = Program(work / f"gemm{args.square}-int8_dynamic.pte", torch.randn(1, args.square, args.square),
+                         linear_macs(square, args.square), "its Linear layers only")
+    build_pte(square, rows[name].example, rows[name].path)
+    return rows
 
 
 def main() -> None:
     args = parser().parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    rows, facts, linears = programs(args, Path(args.work))
-    fns = {name: latency.load("pte", "xnnpack", str(path)) for name, (path, _, _) in rows.items()}
-    with torch.no_grad():  # the Linears-only program computes what its eager twin does
-        check = export.compare(fns["its Linear layers only"](rows["its Linear layers only"][1]),
-                               linears(rows["its Linear layers only"][1]))
+    rows = programs(args, Path(args.work))
+    fns = {name: latency.load("pte", "xnnpack", str(row.path)) for name, row in rows.items()}
+    with torch.no_grad():  # each probe's program computes what its eager twin does
+        check = {name: export.compare(fns[name](row.example), row.eager(row.example))["cosine_min"]
+                 for name, row in rows.items() if row.eager is not None}
     timings = {name: [] for name in rows}
     for _ in range(args.rounds):
-        for name, (_, example, _) in rows.items():
-            timings[name].append(evaluate.latency(fns[name], example, args.warmup, args.runs))
+        for name, row in rows.items():
+            timings[name].append(evaluate.latency(fns[name], row.example, args.warmup, args.runs))
     machine = {**evaluate.machine(), **store.versions()}
     whole = statistics.median(t["latency_ms_median"] for t in timings["whole model (pte int8_dynamic)"])
-    floor = timings["its Linear layers only"]
     table = []
-    for name, (path, _, macs) in rows.items():
+    for name, row in rows.items():
         ms = statistics.median(t["latency_ms_median"] for t in timings[name])
-        table.append({"row": name, "latency_ms_median": ms,
+        table.append({"row": name, "widths": row.widths, "latency_ms_median": ms,
                       "latency_ms_min": min(t["latency_ms_min"] for t in timings[name]),
                       "latency_ms_max": max(t["latency_ms_max"] for t in timings[name]),
-                      "gmac": macs / 1e9, "gop_per_s": 2 * macs / ms / 1e6, "share_of_whole_model": ms / whole,
-                      # how far from the floor: the ratio to the Linear layers alone, within each round
+                      "gmac": row.macs / 1e9, "gop_per_s": 2 * row.macs / ms / 1e6, "share_of_whole_model": ms / whole,
+                      # how far from the floor: the ratio to its Linear layers alone, within each round
                       "x_linears_only": statistics.median(t["latency_ms_median"] / f["latency_ms_median"]
-                                                          for t, f in zip(timings[name], floor)),
+                                                          for t, f in zip(timings[name], timings[row.floor])),
+                      "cosine_to_eager": check.get(name),
                       "threads": args.threads, "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds,
                       **machine})
     print(f"machine: {machine}")
     print(f"{args.model} {args.ratio:g} pruned, int8_dynamic xnnpack .pte, batch 1, {args.threads} threads, "
-          f"warm-up {args.warmup}, median of {args.runs}, {args.rounds} rounds; Linears-only cosine to eager "
-          f"{check['cosine_min']:.4f}")
+          f"warm-up {args.warmup}, median of {args.runs}, {args.rounds} rounds; the probes' least cosine to "
+          f"their eager twins {min(check.values()):.4f}")
     df = pd.DataFrame(table)
-    print(df[["row", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model", "x_linears_only"]]
+    print(df[["row", "widths", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model", "x_linears_only"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     out = Path(args.out or latency.default_out("gemm_floor", machine))
     with store.atomic_path(out) as tmp:

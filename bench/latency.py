@@ -52,7 +52,7 @@ class Recipe:
     model: str  # "dense" | "pruned" | "pruned_round_to"
     precision: str
     engine: str
-    fmt: str  # ptl | pte | eager | onnx (ONNX Runtime, an outside reference)
+    fmt: str  # ptl | pte | eager | onnx, ort (ONNX Runtime, an outside reference; .ort is ORT Mobile's format)
     options: dict = field(default_factory=dict)
     threads: int | None = None  # None: --threads
     layers: str = "pqv"  # pte only: which layers are exported (LAYERS); "pqv" is what the workflow ships
@@ -81,6 +81,8 @@ RECIPES: dict[str, Recipe] = {
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
     "pte int8_dynamic round_to=64": Recipe("pruned_round_to", "int8_dynamic", "xnnpack", "pte"),
     "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="the peer: what a user would pick instead"),
+    "onnxruntime int8_dynamic .ort": Recipe("pruned", "int8_dynamic", "mlas", "ort",
+                                            note="the peer's file in ORT Mobile's format (what ships to a phone)"),
 }
 ORT = "onnxruntime int8_dynamic"
 BASES = ("eager fp32 dense", PAPER, ORT)  # every run times them: each speed-up is a ratio to one
@@ -147,6 +149,10 @@ def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_i
     if not out.exists():
         if recipe.fmt == "onnx":
             _build_onnx(source, out, manifest, check_images, min_cosine)
+        elif recipe.fmt == "ort":
+            onnx = artifact_path(out.parent, RECIPES[ORT], manifest, 0)
+            build(RECIPES[ORT], source, onnx, manifest, 0, check_images, min_cosine)
+            _build_ort(source, onnx, out, manifest, check_images, min_cosine)
         else:
             program = out.with_suffix(f".{registry.ir_of(recipe.fmt)}")
             if recipe.layers == "pqv":
@@ -223,8 +229,6 @@ def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest
 def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_cosine: float) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from pqv import datasets
-
     model, a = store.load_model(source)
     for attn in arch.attention_blocks(model):
         attn.fused_attn = False  # timm's explicit attention: MatMul nodes ONNX Runtime's quantizer takes
@@ -237,24 +241,57 @@ def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_
             quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
         finally:
             fp32.unlink(missing_ok=True)
-        images = datasets.sample_batch(manifest, a["data_config"], check_images)
-        with torch.no_grad():
-            fidelity = export.compare(load("onnx", "mlas", tmp)(images), model(images))
+        meta = _check_ort(model, a["data_config"], tmp, "onnx", manifest, check_images, min_cosine, source)
+    store.write_sidecar(out, "export", **meta)
+
+
+def _check_ort(model, data_config: dict, tmp: str, fmt: str, manifest: dict, check_images: int,
+               min_cosine: float, source: Path) -> dict:
+    """ONNX Runtime's file gets the check every PQV file gets: loaded back and compared with its
+    FP32 parent on held-out images; its sidecar's facts, verdict included."""
+    from pqv import datasets
+
+    images = datasets.sample_batch(manifest, data_config, check_images)
+    with torch.no_grad():
+        fidelity = export.compare(load(fmt, "mlas", tmp)(images), model(images))
     problem = export.verdict("int8_dynamic", fidelity, min_cosine)
-    store.write_sidecar(out, "export", parent=str(source), format="onnx", precision="int8_dynamic", engine="mlas",
-                     check_images=len(images), fidelity=fidelity, status=REJECTED if problem else Status.VERIFIED,
-                     reason=problem or "", data_config=a["data_config"])
+    return dict(parent=str(source), format=fmt, precision="int8_dynamic", engine="mlas", check_images=len(images),
+                fidelity=fidelity, status=REJECTED if problem else Status.VERIFIED, reason=problem or "",
+                data_config=data_config)
+
+
+def _build_ort(source: Path, onnx: Path, out: Path, manifest: dict, check_images: int, min_cosine: float) -> None:
+    """ORT Mobile's file: onnxruntime's own converter (fixed optimizations, for this host's
+    platform), given the same check against the FP32 parent as every other row."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    model, a = store.load_model(source)
+    with tempfile.TemporaryDirectory() as folder, store.atomic_path(out) as tmp:
+        shutil.copy(onnx, Path(folder) / "model.onnx")
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every step
+            convert_onnx_models_to_ort(Path(folder) / "model.onnx", Path(folder) / "ort",
+                                       optimization_styles=[OptimizationStyle.Fixed])
+        shutil.move(Path(folder) / "ort" / "model.ort", tmp)
+        meta = _check_ort(model, a["data_config"], tmp, "ort", manifest, check_images, min_cosine, source)
+    store.write_sidecar(out, "export", **meta)
 
 
 def load(recipe_fmt: str, engine: str, path: str):
     """A callable tensor -> tensor for any row's artifact."""
     if recipe_fmt == EAGER:
         return store.load_model(path)[0].eval()
-    if recipe_fmt == "onnx":
+    if recipe_fmt in ("onnx", "ort"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        if recipe_fmt == "ort":  # ORT tells its formats apart by the file name, which a part file lacks
+            options.add_session_config_entry("session.load_model_format", "ORT")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
     return export.load(path, recipe_fmt, engine)
@@ -347,18 +384,23 @@ def widths(path: Path) -> dict:
 def available(recipe: Recipe) -> bool:
     import importlib.util
 
-    if recipe.fmt == "onnx":
+    if recipe.fmt in ("onnx", "ort"):
         return importlib.util.find_spec("onnxruntime") is not None
     return recipe.engine == NO_ENGINE or recipe.engine in quantize.available_engines()
 
 
 def default_out(kind: str, machine: dict) -> str:
-    """bench/results/<kind>-<date>-<cpu>.csv: one file per run and host, the CPU in its name."""
+    """bench/results/<kind>-<date>-<cpu>[-runN].csv: one file per run and host, the CPU in its name;
+    a later run the same day gets the next run number rather than overwriting an earlier one."""
     import datetime
     import re
 
     cpu = re.sub(r"[^a-z0-9]+", "-", machine["cpu"].lower()).strip("-")
-    return f"bench/results/{kind}-{datetime.date.today().isoformat()}-{cpu}.csv"
+    stem = f"bench/results/{kind}-{datetime.date.today().isoformat()}-{cpu}"
+    n = 1
+    while Path(f"{stem}{f'-run{n}' if n > 1 else ''}.csv").exists():
+        n += 1
+    return f"{stem}{f'-run{n}' if n > 1 else ''}.csv"
 
 
 def manifest_of(text: str) -> dict:

@@ -87,3 +87,73 @@ def test_lever_baselines_compute_the_models_function(latency, kind, monkeypatch)
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(latency.LAYERS[kind](copy.deepcopy(model))(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_second_run_the_same_day_never_overwrites_the_first(latency, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = latency.default_out("latency", {"cpu": "AMD EPYC 9R14"})
+    assert first.endswith("-amd-epyc-9r14.csv")
+    Path(first).parent.mkdir(parents=True)
+    Path(first).write_text("row\n")
+    second = latency.default_out("latency", {"cpu": "AMD EPYC 9R14"})
+    assert second == first.replace(".csv", "-run2.csv")
+
+
+def test_the_attention_probe_is_the_blocks_without_norms_and_gelu(latency, monkeypatch):
+    """gemm_floor's step from the Linears to the whole model goes through the same blocks, with
+    LayerNorm and GELU taken out: nothing else differs, so the step is what attention costs."""
+    import torch
+    from torch import nn
+
+    from .conftest import tiny_vit
+
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    floor = _bench_module("gemm_floor")
+    model = tiny_vit().eval()
+    probe = floor.LinearsAndAttention(model).eval()
+    for block in model.blocks:
+        block.norm1, block.norm2, block.mlp.act = nn.Identity(), nn.Identity(), nn.Identity()
+    x = torch.randn(1, 17, model.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(probe(x), model.blocks(x), atol=1e-5, rtol=1e-5)
+    tokens, heads, head_dim = 17, model.blocks[0].attn.num_heads, model.blocks[0].attn.head_dim
+    assert floor.attention_macs(model, tokens) == len(model.blocks) * 2 * tokens * tokens * heads * head_dim
+
+
+def test_hosts_split_each_hosts_time_into_parts_that_add_up(tmp_path):
+    """bench/hosts.py renders a column per host from the CSVs; the parts of a model's time come
+    from its gemm_floor programs and add up to the whole model."""
+    import pandas as pd
+
+    hosts = _bench_module("hosts")
+    for cpu, scale in (("host-a", 1.0), ("host-b", 2.0)):
+        pd.DataFrame([{"row": r, "latency_ms_median": ms * scale, "speedup_vs_ort": ort, "speedup_vs_paper": 2.0,
+                       "speedup_vs_eager_dense": 4.0, "cpu": cpu, "cpu_features": "AVX-512"}
+                      for r, ms, ort in (("pte int8_dynamic", 50.0, 1.1), ("pte int8_dynamic round_to=64", 40.0, 1.3))]
+                     ).to_csv(tmp_path / f"latency-2026-11-30-{cpu}.csv", index=False)
+        pd.DataFrame([{"row": r, "latency_ms_median": ms * scale, "x_linears_only": x, "widths": w}
+                      for r, ms, x, w in (("whole model (pte int8_dynamic)", 50.0, 1.25, "696/58/2784"),
+                                          ("its Linear layers and attention", 45.0, 1.1, "696/58/2784"),
+                                          ("its Linear layers only", 40.0, 1.0, "696/58/2784"),
+                                          ("whole model (pte int8_dynamic, round_to=64)", 40.0, 1.14, "640/64/2752"),
+                                          ("its Linear layers and attention, round_to=64", 37.0, 1.1, "640/64/2752"),
+                                          ("its Linear layers only, round_to=64", 35.0, 1.0, "640/64/2752"))]
+                     ).to_csv(tmp_path / f"gemm_floor-2026-11-30-{cpu}.csv", index=False)
+    paths = [str(p) for p in tmp_path.glob("*.csv")]
+    table = hosts.render(paths)
+    assert "| pte int8_dynamic | 50.0 ms · ×1.10 ORT" in table and "| 100.0 ms · ×1.10 ORT" in table
+    assert "×1.10 ORT (not met)" in table and "×1.30 ORT (met)" in table
+    assert "its whole ÷ its Linear layers 1.25 (not met)" in table and "1.14 (met)" in table
+    split = hosts.split(paths)
+    default = [line for line in split.splitlines() if line.startswith("| workflow default (696/58/2784)")]
+    assert [line.split(" | ")[2:] for line in default] == [
+        ["40.0 ms (80%)", "80.0 ms (80%) |"], ["5.0 ms (10%)", "10.0 ms (10%) |"], ["5.0 ms (10%)", "10.0 ms (10%) |"]]
+    assert "| round_to: 64 (640/64/2752) | int8 Linear layers | 35.0 ms (88%) |" in split
