@@ -2,7 +2,7 @@
 
 In a terminal tqdm redraws one line. Snakemake sends a job's stderr to its log file, where those
 redraws would pile up as carriage returns on one line: there each update is its own line, at most
-every 30 s, so rate and ETA stay readable (`tail -f logs/...`) without flooding the file.
+every 30 s, so rate and ETA stay readable (`tail -f results/logs/...`) without flooding the file.
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_the_sweep_scores_hidden_folders_and_missing_classes_right(sweep):
     assert manifest["classes"] == ["blue", "green", "red"]
     assert [manifest["splits"][s]["images"] for s in ("train", "eval")] == [30, 8]
     assert "cannot be scored: blue" in manifest["warnings"][0]
-    assert "cannot be scored: blue" in (workdir / "logs/data.log").read_text()
+    assert "cannot be scored: blue" in (workdir / "results/logs/data.log").read_text()
     base = json.loads((workdir / "results/tiny/model.safetensors.json").read_text())
     assert base["classes"] == 3
     summary = pd.read_csv(workdir / "results/summary.csv")

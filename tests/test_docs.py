@@ -101,3 +101,15 @@ def test_the_readme_table_is_the_csv_it_names():
     readme = (REPO / "README.md").read_text()
     csv = re.search(r"`(docs/data/default-summary-[0-9-]+\.csv)`", readme)[1]
     assert "\n".join(summary_table.table(str(REPO / csv))) in readme, f"render it again: python scripts/summary_table.py {csv}"
+
+
+def test_the_per_host_latency_tables_are_the_csvs_of_the_runs():
+    """docs/latency.md's per-host tables are bench/hosts.py's rendering of the CSVs the runs wrote."""
+    spec = importlib.util.spec_from_file_location("bench_hosts", REPO / "bench/hosts.py")
+    hosts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hosts)
+    paths = [str(p) for p in sorted((REPO / "docs/data/latency-hosts").glob("*.csv"))]
+    page = (REPO / "docs/latency.md").read_text()
+    again = "render them again: python bench/hosts.py docs/data/latency-hosts/*.csv"
+    assert hosts.render(paths) in page, again
+    assert hosts.split(paths) in page, again

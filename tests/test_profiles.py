@@ -31,7 +31,7 @@ def test_an_error_inside_a_job_reaches_the_terminal(tmp_path):
     # without the workflow profile the line stays in the job's log only
     bare = run(tmp_path, "--workflow-profile", "none")
     assert bare.returncode != 0 and ERROR not in bare.stdout + bare.stderr
-    assert ERROR in (tmp_path / "logs/model/m.log").read_text()
+    assert ERROR in (tmp_path / "results/logs/model/m.log").read_text()
 
 
 def test_profiles_hold_no_resources():

@@ -144,7 +144,7 @@ def test_on_one_machine_without_a_gpu_no_job_asks_for_one(tmp_path):
     assert "gpu=1" not in plan.stdout and "gpu=2" not in plan.stdout
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10.yaml", "deit_b.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10.yaml", "cifar10-wide.yaml", "deit_b.yaml"])
 def test_every_shipped_config_gets_whole_positive_resources(name):
     cfg = copy.deepcopy(pqv_config.load_yaml(REPO / "config" / name))
     if name != "config.yaml":

@@ -98,6 +98,10 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
                                         export=8, accuracy=10, latency=10, profile=1, summary=1, stage_costs=1, plot=1,
                                         all=1), \
         deit_b.stderr[-2000:]
+    for files in (["cifar10-wide.yaml"], ["cifar10-wide.yaml", "cifar10-wide-round_to64.yaml"]):
+        wide = subprocess.run(base + ["--configfile", *(str(REPO / "config" / f) for f in files)], capture_output=True, text=True)
+        # 3 branches (dense, l2 0.09375, l2 0.25) x fp32 and int8 dynamic xnnpack .pte
+        assert scheduled(wide)["export"] == 3 * 2 and scheduled(wide)["finetune"] == 2, wide.stderr[-2000:]
     no_root = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml")], capture_output=True, text=True)
     assert no_root.returncode != 0 and "dataset.root is required" in no_root.stdout + no_root.stderr
 
@@ -121,7 +125,8 @@ def test_workflow_writes_summary_figures_profile_and_logs(finished):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     profile = pd.read_csv(finished / "results/profile/tiny/l2_0.5/int8_dynamic-x86.ptl.csv")
     assert "quantized::linear_dynamic" in set(profile["operator"])
-    assert (finished / "logs/prune/tiny/taylor_0.5.log").exists()
+    assert (finished / "results/logs/prune/tiny/taylor_0.5.log").exists()
+    assert not (finished / "logs").exists()  # the logs are the run's, under its results folder
     assert set(summary["status"]) == {"verified"}
     # the dense branch was passed through: its FP32 eager row has the starting model's accuracy
     import json

@@ -38,6 +38,7 @@ STAGE_COSTS = R + "/stage_costs.csv"
 # Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is the
 # rule's pattern below; the rules and benchmark_files() (the stage_costs inputs) both use them.
 BENCHMARKS = R + "/benchmarks"
+LOGS = R + "/logs"  # one log per job, beside the run's results: two runs with their own results never share one
 JOB_BRANCH = "{model}/{importance}_{ratio}"
 JOB_PROGRAM = JOB_BRANCH + "/{precision}-{engine}.{ir}"
 JOB_ARTIFACT = JOB_BRANCH + "/{precision}-{engine}.{format}"

@@ -8,7 +8,7 @@ rule data:
         spec=DATA_SPEC,
         stamp=DATA_STAMP,
     log:
-        "logs/data.log",
+        LOGS + "/data.log",
     benchmark:
         bench("data")
     threads: stage_threads("data")

@@ -24,7 +24,7 @@ rule accuracy:
     params:
         labels=labels,
     log:
-        "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.accuracy.log",
+        LOGS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.accuracy.log",
     benchmark:
         bench("accuracy", JOB_ARTIFACT)
     threads: stage_threads("accuracy")
@@ -49,7 +49,7 @@ rule latency:
         labels=labels,
         e=EVALUATE,
     log:
-        "logs/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.latency.log",
+        LOGS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.latency.log",
     benchmark:
         bench("latency", JOB_ARTIFACT)
     threads: stage_threads("latency")
@@ -69,7 +69,7 @@ rule summary:
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     log:
-        "logs/summary.log",
+        LOGS + "/summary.log",
     benchmark:
         bench("summary")
     shell:
@@ -86,6 +86,6 @@ rule stage_costs:
     params:
         root=BENCHMARKS,
     log:
-        "logs/stage_costs.log",
+        LOGS + "/stage_costs.log",
     shell:
         "{PQV} costs {input:q} --root {params.root:q} --out {output:q} > {log:q} 2>&1"

@@ -19,7 +19,7 @@ rule export:
             + ([] if EXPORT["xnnpack_rewrite"] else ["--no-xnnpack-rewrite"])
         ),
     log:
-        "logs/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+        LOGS + "/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
         bench("export", JOB_ARTIFACT)
     threads: stage_threads("export")

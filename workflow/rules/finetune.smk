@@ -33,7 +33,7 @@ rule finetune:
         hparams=json.dumps({k: v for k, v in FINETUNE.items() if k not in pqv_config.Finetune.LAUNCH_KEYS}, sort_keys=True),
         teacher=lambda wc, input: f"--teacher {shlex.quote(input.teacher)}" if DISTILL else "",
     log:
-        "logs/finetune/{model}/{importance}_{ratio}.log",
+        LOGS + "/finetune/{model}/{importance}_{ratio}.log",
     benchmark:
         bench("finetune", JOB_BRANCH)
     threads: stage_threads("finetune")
@@ -62,7 +62,7 @@ if not FINETUNE["dense"]:
             importance=T.DENSE,
             ratio="0",
         log:
-            "logs/finetune/{model}/{importance}_{ratio}.log",
+            LOGS + "/finetune/{model}/{importance}_{ratio}.log",
         benchmark:
             bench("keep_dense", JOB_BRANCH)
         shell:

@@ -9,7 +9,7 @@ rule model:
     params:
         model_cfg=lambda wc: json.dumps(MODELS[wc.model], sort_keys=True),
     log:
-        "logs/model/{model}.log",
+        LOGS + "/model/{model}.log",
     benchmark:
         bench("model", "{model}")
     threads: stage_threads("model")

@@ -10,7 +10,7 @@ rule plot:
     params:
         outdir=R + "/figures",
     log:
-        "logs/plot.log",
+        LOGS + "/plot.log",
     benchmark:
         bench("plot")
     shell:

@@ -15,7 +15,7 @@ rule profile:
         runs=PROFILE_CFG["runs"],
         threads=EVALUATE["threads"],
     log:
-        "logs/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+        LOGS + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
         bench("profile", JOB_ARTIFACT)
     threads: stage_threads("profile")

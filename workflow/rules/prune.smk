@@ -32,7 +32,7 @@ rule prune:
         options=prune_options,
         data=data_option,
     log:
-        "logs/prune/{model}/{importance}_{ratio}.log",
+        LOGS + "/prune/{model}/{importance}_{ratio}.log",
     benchmark:
         bench("prune", JOB_BRANCH)
     threads: stage_threads("prune")

@@ -12,7 +12,7 @@ rule quantize:
         data=data_option,
         calibration_images=config["quantize"]["calibration_images"],
     log:
-        "logs/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
+        LOGS + "/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
     benchmark:
         bench("quantize", JOB_PROGRAM)
     threads: stage_threads("quantize")

@@ -45,7 +45,7 @@ checkpoint search_round:
         prune=json.dumps({k: config["prune"][k] for k in ("round_to", "heads", "bottleneck")}, sort_keys=True),
         previous=lambda wc, input: f"--previous {shlex.quote(input.previous)}" if "previous" in input.keys() else "",
     log:
-        "logs/search/{model}/{importance}/round-{round}.log",
+        LOGS + "/search/{model}/{importance}/round-{round}.log",
     shell:
         "{PQV} search round --out {output:q} --model-sidecar {input.sidecar:q} --settings {params.settings:q}"
         " --prune {params.prune:q} {params.previous} --measured {input.probes:q} > {log:q} 2>&1"
@@ -91,7 +91,7 @@ rule search_report:
     params:
         budget=SEARCH["budget"],
     log:
-        "logs/search/{model}/{importance}/report.log",
+        LOGS + "/search/{model}/{importance}/report.log",
     shell:
         "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} --budget {params.budget}"
         " --searched {wildcards.model:q} {wildcards.importance:q}"
