@@ -10,7 +10,9 @@ as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved r
 - each one's Linear layers with PQV's attention between them (no LayerNorm, GELU, patch embedding
   or head): the step from the Linears alone to it is what the FP32 attention costs, the step from
   it to the whole model what the norms, GELU and the rest cost;
-- one large square GEMM (1024 tokens x 1024 -> 1024): the kernel's best rate on this machine.
+- one large square GEMM (1024 tokens x 1024 -> 1024): the kernel's best rate on this machine;
+- with the `.[bench]` extra, the same question for the peer: ONNX Runtime's whole file and the
+  same Linear layers in its int8 MatMuls.
 
     .venv/bin/python bench/gemm_floor.py          # after bench/latency.py (reuses bench/work)
 
@@ -123,6 +125,7 @@ class Program:
     floor: str        # the row this one is divided by, within each round
     widths: str = ""  # embed/head/MLP of the model it comes from
     eager: nn.Module | None = None  # a probe's eager twin, to check the program against
+    fmt: str = "pte"  # pte, or onnx for ONNX Runtime's programs
 
 
 def programs(args, work: Path) -> dict[str, Program]:
@@ -154,6 +157,8 @@ def programs(args, work: Path) -> dict[str, Program]:
             macs = linear_macs(probe, tokens) + (attention_macs(vit, tokens) if file == "linears-attention" else 0)
             rows[name] = Program(pruned.parent / f"{file}-int8_dynamic.pte", tokens_in, macs, floor, widths, probe.eval())
             build_pte(probe, tokens_in, rows[name].path)
+        if not suffix and latency.available(latency.RECIPES[latency.ORT]):
+            _onnx_rows(rows, pruned, manifest, args, tokens_in, widths, LinearsOnly(vit).eval())
     square = SquareGemm(args.square)
     name = f"square GEMM {args.square}^3"
     rows[name] = Program(work / f"gemm{args.square}-int8_dynamic.pte", torch.randn(1, args.square, args.square),
@@ -162,12 +167,34 @@ def programs(args, work: Path) -> dict[str, Program]:
     return rows
 
 
+def _onnx_rows(rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.Tensor, widths: str,
+               linears: nn.Module) -> None:
+    """The peer's side of the same question: ONNX Runtime's whole file (bench/latency.py's row) and
+    the same Linear layers in ONNX Runtime's int8 dynamic MatMuls. If both runtimes' GEMMs take
+    the same time, no file built on these GEMMs can be faster than the other by more than what
+    the other spends outside them."""
+    recipe = latency.RECIPES[latency.ORT]
+    whole = latency.artifact_path(pruned.parent, recipe, manifest, 0)
+    meta = latency.build(recipe, pruned, whole, manifest, 0, args.check_images, 0.98)
+    if meta.get("status") == latency.REJECTED:
+        raise SystemExit(f"{whole} failed its export check: {meta.get('reason')}")
+    floor = "ONNX Runtime: its Linear layers only"
+    facts = latency.widths(pruned)
+    rows["ONNX Runtime: whole model (int8_dynamic)"] = Program(whole, torch.randn(1, *facts["input_size"]), facts["macs"],
+                                                               floor, widths, fmt="onnx")
+    path = pruned.parent / "linears-int8_dynamic.onnx"
+    if not path.exists():
+        with store.atomic_path(path) as tmp:
+            latency.onnx_int8_dynamic(linears, tokens_in, tmp)
+    rows[floor] = Program(path, tokens_in, linear_macs(linears, tokens_in.shape[1]), floor, widths, linears, fmt="onnx")
+
+
 def main() -> None:
     args = parser().parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     rows = programs(args, Path(args.work))
-    fns = {name: latency.load("pte", "xnnpack", str(row.path)) for name, row in rows.items()}
+    fns = {name: latency.load(row.fmt, "xnnpack" if row.fmt == "pte" else "mlas", str(row.path)) for name, row in rows.items()}
     with torch.no_grad():  # each probe's program computes what its eager twin does
         check = {name: export.compare(fns[name](row.example), row.eager(row.example))["cosine_min"]
                  for name, row in rows.items() if row.eager is not None}

@@ -5,7 +5,8 @@ runs wrote, not retyped.
     python bench/hosts.py docs/data/latency-hosts/*.csv
 
 The first table is every row per host, the second where each host's time goes (gemm_floor's
-programs: the int8 Linear layers alone, then with attention, then the whole model).
+programs: the int8 Linear layers alone, then with attention, then the whole model), the third the
+same by operator, from the ETDump profiles (`pqv profile`) saved as `profile-<date>-<cpu>--<file>.csv`.
 """
 from __future__ import annotations
 
@@ -22,12 +23,18 @@ ROWS = ["eager fp32 dense", "paper recipe", "onnxruntime int8_dynamic", "onnxrun
 def runs(paths: list[str]) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     """(label, latency rows, the gemm floor rows of the same run if given) per latency CSV."""
     out = []
-    for path in sorted(p for p in paths if Path(p).name.startswith("latency-")):
+    def date_and_run(path: str) -> tuple[str, int, str]:
+        stem = Path(path).stem
+        return stem.split("-", 1)[1][:10], int(stem.rsplit("-run", 1)[1]) if "-run" in stem else 1, stem
+
+    for path in sorted((p for p in paths if Path(p).name.startswith("latency-")), key=date_and_run):
         table = pd.read_csv(path).set_index("row")
         floor_path = Path(path).with_name(Path(path).name.replace("latency-", "gemm_floor-", 1))
         floor = pd.read_csv(floor_path).set_index("row") if floor_path.exists() else None
         first = table.iloc[0]
-        label = f"{first['cpu']} ({first.get('cpu_features', '')}), {Path(path).stem.split('-', 1)[1][:10]}"
+        stem = Path(path).stem.split("-", 1)[1]  # <date>-<cpu>[-runN]
+        run = stem.rsplit("-run", 1)[1] if "-run" in stem else "1"
+        label = f"{first['cpu']} ({first.get('cpu_features', '')}), {stem[:10]}, run {run}"
         out.append((label, table, floor))
     return out
 
@@ -61,35 +68,78 @@ def render(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-PARTS = {  # a part's time: one gemm_floor program's median minus the one below it
-    "int8 Linear layers": ("its Linear layers only", None),
-    "FP32 attention (matmuls, softmax, slices, transposes)": ("its Linear layers and attention", "its Linear layers only"),
-    "LayerNorm, GELU, patch embedding, class token, head": ("whole model (pte int8_dynamic)", "its Linear layers and attention"),
-}
+# (file, its whole-model row, its Linears-only row, its Linears-and-attention row) in gemm_floor's CSV
+PROGRAMS = [
+    ("PQV .pte, workflow default", "whole model (pte int8_dynamic)", "its Linear layers only", "its Linear layers and attention"),
+    ("PQV .pte, round_to: 64", "whole model (pte int8_dynamic, round_to=64)", "its Linear layers only, round_to=64",
+     "its Linear layers and attention, round_to=64"),
+    ("ONNX Runtime", "ONNX Runtime: whole model (int8_dynamic)", "ONNX Runtime: its Linear layers only", None),
+]
+PARTS = ["whole model", "int8 Linear layers alone", "everything outside them (whole − Linear layers)",
+         "attention between the Linear layers ((Linear layers + attention) − Linear layers alone)"]
 
 
 def split(paths: list[str]) -> str:
-    """Where each host's time goes, from bench/gemm_floor.py's programs: the int8 Linear layers
-    alone, what adding PQV's attention between them costs, and what the rest of the model adds."""
+    """Where each host's time goes, from bench/gemm_floor.py's programs: each file whole, its int8
+    Linear layers alone, everything outside them, and what PQV's attention between them costs."""
     found = [(label, floor) for label, _, floor in runs(paths)
              if floor is not None and "its Linear layers and attention" in floor.index]
-    lines = ["| model | part | " + " | ".join(label for label, _ in found) + " |", "|---|---|" + "---|" * len(found)]
-    for suffix, model in (("", "workflow default"), (", round_to=64", "round_to: 64")):
-        for part, (top, below) in PARTS.items():
+    lines = ["| file (widths) | part | " + " | ".join(label for label, _ in found) + " |", "|---|---|" + "---|" * len(found)]
+    for name, whole_row, linears_row, attention_row in PROGRAMS:
+        if not any(whole_row in floor.index for _, floor in found):
+            continue
+        widths = next(floor.loc[whole_row, "widths"] for _, floor in found if whole_row in floor.index)
+        for part in PARTS:
             cells = []
             for _, floor in found:
-                top_row = top.replace(")", f"{suffix})") if top.endswith(")") else top + suffix
-                if top_row not in floor.index:
+                if whole_row not in floor.index or (part == PARTS[3] and attention_row is None):
                     cells.append("—")
                     continue
-                whole = floor.loc[f"whole model (pte int8_dynamic{suffix})", "latency_ms_median"]
-                ms = floor.loc[top_row, "latency_ms_median"] - (floor.loc[below + suffix, "latency_ms_median"] if below else 0)
-                cells.append(f"{ms:.1f} ms ({ms / whole:.0%})")
-            widths = found[0][1].loc[f"whole model (pte int8_dynamic{suffix})", "widths"] if found else ""
-            lines.append(f"| {model} ({widths}) | {part} | " + " | ".join(cells) + " |")
+                ms = floor["latency_ms_median"]
+                value = {PARTS[0]: ms[whole_row], PARTS[1]: ms[linears_row], PARTS[2]: ms[whole_row] - ms[linears_row],
+                         PARTS[3]: ms[attention_row] - ms[linears_row] if attention_row else None}[part]
+                cells.append(f"{value:.1f} ms ({value / ms[whole_row]:.0%})")
+            lines.append(f"| {name} ({widths}) | {part} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ETDump operators (pqv profile on a .pte) in the groups the time outside the GEMMs is argued in
+GROUPS = {
+    "int8 Linear GEMMs (quantizing their inputs included)": ("QDU8",),
+    "attention matmuls (`bmm`)": ("Batch Matrix Multiply",),
+    "softmax": ("Softmax",),
+    "dtype conversions (portable kernels)": ("_to_dim_order_copy",),
+    "LayerNorm twin (FP32 means, subtract, square, multiply, rsqrt)": ("Fully Connected (NC, F32)", "Subtract", "Square",
+                                                                       "Reciprocal Square Root", "Multiply (ND)"),
+    "transposes, slices, reshapes, copies": ("Transpose", "Slice", "Static Reshape", "Copy"),
+    "GELU": ("GELU",),
+    "patch embedding (convolution)": ("Convolution",),
+    "residual adds": ("Add (ND)",),
+}
+
+
+def operators(paths: list[str]) -> str:
+    """`profile-<date>-<cpu>--<file>.csv` (pqv profile of a .pte): milliseconds (share) per group
+    of operators, one column per file; what no group names (delegate entry, portable dispatch,
+    runtime) is the last row."""
+    tables = {f"{Path(p).stem.split('--', 1)[1]}, {Path(p).stem.split('-', 1)[1][:10]}": pd.read_csv(p)
+              for p in sorted(paths, key=len) if Path(p).name.startswith("profile-")}
+    lines = ["| operators | " + " | ".join(f"{label} (ms, share)" for label in tables) + " |", "|---|" + "---|" * len(tables)]
+    for group, needles in [*GROUPS.items(), ("delegate entry, portable dispatch, runtime", None)]:
+        cells = []
+        for t in tables.values():
+            named = t["operator"].map(lambda op: any(n in op for g in GROUPS.values() for n in g))
+            rows = t[~named] if needles is None else t[t["operator"].map(lambda op: any(n in op for n in needles))]
+            ms = rows["self_cpu_ms"].sum()
+            cells.append("—" if rows.empty else f"{ms:.1f} ({ms / t['self_cpu_ms'].sum():.0%})")
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    lines.append("| total | " + " | ".join(f"{t['self_cpu_ms'].sum():.1f}" for t in tables.values()) + " |")
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     print(render(sys.argv[1:]))
     print()
     print(split(sys.argv[1:]))
+    print()
+    print(operators(sys.argv[1:]))

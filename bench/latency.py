@@ -76,6 +76,8 @@ RECIPES: dict[str, Recipe] = {
                                                      note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15"),
     "pte int8_dynamic portable LayerNorm": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="portable-layernorm",
                                                   note="lever, not a workflow recipe: nn.LayerNorm as a portable kernel, between delegated pieces"),
+    "pte int8_dynamic fp16 attention": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="fp16-attention",
+                                              note="lever, not a workflow recipe: attention's matmuls and softmax in FP16"),
     "pte int8_dynamic 1 thread": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", threads=1),
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
@@ -180,10 +182,14 @@ def _with_layernorm(model, make):
     """PQV's twins, each LayerNorm twin replaced by `make(twin)` (same weight, bias and eps)."""
     from pqv import layers
 
-    model = layers.for_xnnpack(model)
+    return _swap(layers.for_xnnpack(model), layers.MeanLayerNorm, make)
+
+
+def _swap(model, kind: type, make):
+    """Each submodule of type `kind` replaced, in place, by `make(it)`."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, layers.MeanLayerNorm):
+            if isinstance(child, kind):
                 setattr(parent, name, make(child))
     return model
 
@@ -205,8 +211,34 @@ def _portable_layernorm(model):
     return _with_layernorm(model, layer_norm)
 
 
+class Fp16Attention(nn.Module):
+    """PQV's attention twin with its matmuls and softmax in FP16: q, k and v converted after the
+    qkv Linear, the result converted back before proj. The lever for CPUs with native FP16
+    arithmetic (AVX-512 FP16, Arm's FP16); XNNPACK takes FP16 bmm and softmax, but ExecuTorch
+    1.3.1's partitioner does not delegate dtype conversions, so they run as portable kernels."""
+
+    def __init__(self, twin):
+        super().__init__()
+        self.twin = twin
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        from pqv import layers
+
+        if attn_mask is not None or is_causal:
+            raise ValueError("Fp16Attention is for unmasked ViT self-attention")
+        t = self.twin
+        return t.proj(layers.attend(t.qkv(x).to(torch.float16), t.num_heads, t.head_dim, t.scale).to(x.dtype))
+
+
+def _fp16_attention(model):
+    from pqv import layers
+
+    return _swap(layers.for_xnnpack(model), layers.BmmAttention, Fp16Attention)
+
+
 # lever baselines: how the model is rewritten instead of pqv.layers.for_xnnpack
-LAYERS = {"timm": _timm_layers, "pooled-mean": _pooled_mean_layernorm, "portable-layernorm": _portable_layernorm}
+LAYERS = {"timm": _timm_layers, "pooled-mean": _pooled_mean_layernorm, "portable-layernorm": _portable_layernorm,
+          "fp16-attention": _fp16_attention}
 
 
 def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest: dict, kind: str) -> None:
@@ -226,21 +258,26 @@ def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest
                      eager_top1=parent.get("top1"), calibration_images=0, lever=kind)
 
 
-def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_cosine: float) -> None:
+def onnx_int8_dynamic(model: nn.Module, example: torch.Tensor, out: str) -> None:
+    """ONNX Runtime's int8 dynamic file of `model` (per-channel int8 MatMul weights, MLAS kernels)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fp32 = Path(out).with_suffix(".fp32.onnx")
+    try:
+        torch.onnx.export(model, (example,), str(fp32), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False, opset_version=17)
+        quantize_dynamic(str(fp32), out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+    finally:
+        fp32.unlink(missing_ok=True)
+
+
+def _build_onnx(source: Path, out: Path, manifest: dict, check_images: int, min_cosine: float) -> None:
     model, a = store.load_model(source)
     for attn in arch.attention_blocks(model):
         attn.fused_attn = False  # timm's explicit attention: MatMul nodes ONNX Runtime's quantizer takes
     example = torch.zeros(1, *a["data_config"]["input_size"])
     with store.atomic_path(out) as tmp:
-        fp32 = Path(tmp).with_suffix(".fp32.onnx")
-        try:
-            torch.onnx.export(model, (example,), str(fp32), input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False, opset_version=17)
-            quantize_dynamic(str(fp32), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
-        finally:
-            fp32.unlink(missing_ok=True)
+        onnx_int8_dynamic(model, example, tmp)
         meta = _check_ort(model, a["data_config"], tmp, "onnx", manifest, check_images, min_cosine, source)
     store.write_sidecar(out, "export", **meta)
 

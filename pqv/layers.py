@@ -52,15 +52,20 @@ class BmmAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise ValueError("BmmAttention is for unmasked ViT self-attention")
-        B, N, _ = x.shape
-        H, D = self.num_heads, self.head_dim
-        qkv = self.qkv(x)
-        q, k, v = qkv[..., :H * D], qkv[..., H * D:2 * H * D], qkv[..., 2 * H * D:]
-        q = q.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D) * self.scale
-        k = k.reshape(B, N, H, D).permute(0, 2, 3, 1).reshape(B * H, D, N)
-        v = v.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D)
-        out = torch.bmm(torch.bmm(q, k).softmax(dim=-1), v)
-        return self.proj(out.reshape(B, H, N, D).permute(0, 2, 1, 3).reshape(B, N, H * D))
+        return self.proj(attend(self.qkv(x), self.num_heads, self.head_dim, self.scale))
+
+
+def attend(qkv: torch.Tensor, heads: int, head_dim: int, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v of every head, from the qkv Linear's output (B, N, 3*H*D) to
+    the heads side by side (B, N, H*D): slices and 3-D `bmm`, which XNNPACK runs."""
+    B, N, _ = qkv.shape
+    H, D = heads, head_dim
+    q, k, v = qkv[..., :H * D], qkv[..., H * D:2 * H * D], qkv[..., 2 * H * D:]
+    q = q.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D) * scale
+    k = k.reshape(B, N, H, D).permute(0, 2, 3, 1).reshape(B * H, D, N)
+    v = v.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D)
+    out = torch.bmm(torch.bmm(q, k).softmax(dim=-1), v)
+    return out.reshape(B, H, N, D).permute(0, 2, 1, 3).reshape(B, N, H * D)
 
 
 def _plain_attention(attn: nn.Module) -> bool:

@@ -113,3 +113,15 @@ def test_the_per_host_latency_tables_are_the_csvs_of_the_runs():
     again = "render them again: python bench/hosts.py docs/data/latency-hosts/*.csv"
     assert hosts.render(paths) in page, again
     assert hosts.split(paths) in page, again
+
+
+def test_the_round_to_comparison_is_the_two_runs_csvs():
+    """docs/cifar10.md's round_to table is scripts/compare_runs.py's rendering of the CSVs it cites."""
+    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts/compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    folder = REPO / "docs/data/cifar10-wide"
+    lines = compare_runs.table(str(folder / "summary-2026-11-30.csv"), str(folder / "summary-round_to64-2026-11-30.csv"),
+                               ("default", "round_to 64"))
+    assert "\n".join(lines) in (REPO / "docs/cifar10.md").read_text(), "render it again: python scripts/compare_runs.py ..."
+    assert len(lines) == 2 + 9  # every artifact both runs made
