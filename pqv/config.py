@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import typing
 from pathlib import Path
@@ -376,8 +377,10 @@ class Config(Section):
         """A .pte operator profile needs ExecuTorch's event tracer, which the project's executorch
         wheel lacks: say so before any job, not after the sweep."""
         if any(a["format"] == "pte" for a in sweep.profiled(self.model_dump())) and tracer_python() is None:
+            given = os.environ.get(ETDUMP_PYTHON_ENV)
             raise PQVError("profile.artifacts selects .pte files, whose operator profile needs ExecuTorch's event "
-                           "tracer, which this environment's executorch lacks",
+                           "tracer, which this environment's executorch lacks"
+                           + (f" (${ETDUMP_PYTHON_ENV} names {given}, which is not a Python here)" if given else ""),
                            f"run `bash envs/etdump.sh` once (a side environment with the executorch 1.5.1 runtime), "
                            f"set {ETDUMP_PYTHON_ENV} to a Python that has it, or profile .ptl files")
 
@@ -566,10 +569,11 @@ def explain(error: dict, prefix: str = "") -> PQVError:
 
 def tracer_python() -> str | None:
     """A Python whose ExecuTorch runtime has the event tracer (for .pte operator profiles):
-    $PQV_ETDUMP_PYTHON, else the side environment of envs/etdump.sh; None when neither exists."""
+    $PQV_ETDUMP_PYTHON, else the side environment of envs/etdump.sh; None when the one that would
+    be used does not exist."""
     given = os.environ.get(ETDUMP_PYTHON_ENV)
     if given:
-        return given
+        return given if shutil.which(given) else None
     return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else None
 
 

@@ -275,7 +275,9 @@ def test_a_run_whose_data_folder_is_missing_stops_before_any_job(tmp_path):
     ({"export": {"formats": ["pte"]}, "quantize": {"precisions": ["fp32"], "engines": ["xnnpack"]},
       "profile": {"artifacts": [{"format": "pte"}]}}, ["selects .pte files", "bash envs/etdump.sh"]),
 ])
-def test_config_mistakes_are_one_line_before_any_job(tmp_path, change, fragments):
+def test_config_mistakes_are_one_line_before_any_job(tmp_path, change, fragments, monkeypatch):
+    # whatever this machine has installed (envs/etdump.sh), the run sees no event tracer
+    monkeypatch.setenv("PQV_ETDUMP_PYTHON", str(tmp_path / "no-such-python"))
     _workflow_error(tmp_path, change, *fragments)
 
 
