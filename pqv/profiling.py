@@ -175,6 +175,8 @@ PROFILERS: dict[str, Profiler] = {
 
 
 def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,7 +188,8 @@ def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
     for bar, pct, calls in zip(bars, head["self_cpu_pct"], head["calls"]):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {pct:.1f}% ({calls} calls)", va="center", fontsize=8)
     ax.set_xlabel("self time per inference (ms)")
-    fig.suptitle(title, fontsize=10)
+    # a long artifact path or method line would run off the figure: wrap each line to its width
+    fig.suptitle("\n".join(textwrap.fill(line, 100) for line in title.splitlines()), fontsize=10)
     ax.margins(x=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
