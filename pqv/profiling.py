@@ -77,11 +77,12 @@ _NUMBERED = re.compile(r" #\d+$")
 
 
 def etdump_python() -> str:
-    """The Python that runs a .pte with the event tracer: $PQV_ETDUMP_PYTHON, else envs/etdump's,
-    else this one (right once the project's own ExecuTorch has the tracer)."""
+    """The Python that runs a .pte with the event tracer: $PQV_ETDUMP_PYTHON as given (one that
+    cannot run is reported by name), else envs/etdump's, else this one (right once the project's
+    own ExecuTorch has the tracer)."""
     from .config import tracer_python
 
-    return tracer_python() or sys.executable
+    return os.environ.get(ETDUMP_PYTHON_ENV) or tracer_python() or sys.executable
 
 
 def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, python: str | None = None,
