@@ -20,6 +20,19 @@ ROWS = ["eager fp32 dense", "paper recipe", "onnxruntime int8_dynamic", "onnxrun
         "pte int8_static"]
 
 
+def features(text) -> str:
+    """pqv.evaluate.machine's feature names, comma-separated (CSVs before 2026-12 joined them with
+    spaces, which reads "AVX-512 AVX-512 VNNI")."""
+    from pqv.evaluate import CPU_FEATURES
+
+    found, text = [], str(text) if isinstance(text, str) else ""
+    for name in sorted(CPU_FEATURES.values(), key=len, reverse=True):
+        if name in text:
+            found.append(name)
+            text = text.replace(name, "")
+    return ", ".join(sorted(found, key=list(CPU_FEATURES.values()).index))
+
+
 def runs(paths: list[str]) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     """(label, latency rows, the gemm floor rows of the same run if given) per latency CSV."""
     out = []
@@ -34,7 +47,7 @@ def runs(paths: list[str]) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]
         first = table.iloc[0]
         stem = Path(path).stem.split("-", 1)[1]  # <date>-<cpu>[-runN]
         run = stem.rsplit("-run", 1)[1] if "-run" in stem else "1"
-        label = f"{first['cpu']} ({first.get('cpu_features', '')}), {stem[:10]}, run {run}"
+        label = f"{first['cpu']} ({features(first.get('cpu_features', ''))}), {stem[:10]}, run {run}"
         out.append((label, table, floor))
     return out
 

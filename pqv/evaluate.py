@@ -102,7 +102,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    features = " ".join(name for flag, name in CPU_FEATURES.items() if flag in flags)
+    features = ", ".join(name for flag, name in CPU_FEATURES.items() if flag in flags)
     return {"cpu": cpu, "cpu_features": features, "cores": os.cpu_count(), "node_exclusive": _slurm_node_exclusive(),
             "torch": torch.__version__, "platform": platform.platform()}
 
