@@ -33,22 +33,23 @@ def features(text) -> str:
     return ", ".join(sorted(found, key=list(CPU_FEATURES.values()).index))
 
 
+def stamp(path: str) -> tuple[str, int, str]:
+    """(date, run number, what) of a bench CSV named `<kind>-<date>-<cpu>[-runN][--<what>].csv`
+    (bench/latency.py's default_out; `--<what>` names a profiled file)."""
+    stem, _, what = Path(path).stem.partition("--")
+    date = stem.split("-", 1)[1][:10]
+    return date, int(stem.rsplit("-run", 1)[1]) if "-run" in stem else 1, what
+
+
 def runs(paths: list[str]) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
     """(label, latency rows, the gemm floor rows of the same run if given) per latency CSV."""
     out = []
-    def date_and_run(path: str) -> tuple[str, int, str]:
-        stem = Path(path).stem
-        return stem.split("-", 1)[1][:10], int(stem.rsplit("-run", 1)[1]) if "-run" in stem else 1, stem
-
-    for path in sorted((p for p in paths if Path(p).name.startswith("latency-")), key=date_and_run):
+    for path in sorted((p for p in paths if Path(p).name.startswith("latency-")), key=lambda p: (*stamp(p), p)):
         table = pd.read_csv(path).set_index("row")
         floor_path = Path(path).with_name(Path(path).name.replace("latency-", "gemm_floor-", 1))
         floor = pd.read_csv(floor_path).set_index("row") if floor_path.exists() else None
-        first = table.iloc[0]
-        stem = Path(path).stem.split("-", 1)[1]  # <date>-<cpu>[-runN]
-        run = stem.rsplit("-run", 1)[1] if "-run" in stem else "1"
-        label = f"{first['cpu']} ({features(first.get('cpu_features', ''))}), {stem[:10]}, run {run}"
-        out.append((label, table, floor))
+        first, (date, run, _) = table.iloc[0], stamp(path)
+        out.append((f"{first['cpu']} ({features(first.get('cpu_features', ''))}), {date}, run {run}", table, floor))
     return out
 
 
@@ -135,17 +136,18 @@ def operators(paths: list[str]) -> str:
     """`profile-<date>-<cpu>--<file>.csv` (pqv profile of a .pte): milliseconds (share) per group
     of operators, one column per file; what no group names (delegate entry, portable dispatch,
     runtime) is the last row."""
-    tables = {f"{Path(p).stem.split('--', 1)[1]}, {Path(p).stem.split('-', 1)[1][:10]}": pd.read_csv(p)
+    tables = {f"{stamp(p)[2]}, {stamp(p)[0]}": pd.read_csv(p)
               for p in sorted(paths, key=len) if Path(p).name.startswith("profile-")}
+    for t in tables.values():  # each operator's group, or None: no group names it
+        t["group"] = t["operator"].map(lambda op: next((g for g, needles in GROUPS.items() if any(n in op for n in needles)), None))
     lines = ["| operators | " + " | ".join(f"{label} (ms, share)" for label in tables) + " |", "|---|" + "---|" * len(tables)]
-    for group, needles in [*GROUPS.items(), ("delegate entry, portable dispatch, runtime", None)]:
+    for group in [*GROUPS, None]:
         cells = []
         for t in tables.values():
-            named = t["operator"].map(lambda op: any(n in op for g in GROUPS.values() for n in g))
-            rows = t[~named] if needles is None else t[t["operator"].map(lambda op: any(n in op for n in needles))]
+            rows = t[t["group"].isna()] if group is None else t[t["group"] == group]
             ms = rows["self_cpu_ms"].sum()
             cells.append("—" if rows.empty else f"{ms:.1f} ({ms / t['self_cpu_ms'].sum():.0%})")
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append(f"| {group or 'delegate entry, portable dispatch, runtime'} | " + " | ".join(cells) + " |")
     lines.append("| total | " + " | ".join(f"{t['self_cpu_ms'].sum():.1f}" for t in tables.values()) + " |")
     return "\n".join(lines)
 
