@@ -143,22 +143,19 @@ def programs(args, work: Path) -> dict[str, Program]:
         vit, _ = store.load_model(pruned)
         vit.eval()
         tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
-        recipe = dataclasses.replace(latency.RECIPES["pte int8_dynamic"], model=kind)
-        whole = latency.artifact_path(pruned.parent, recipe, manifest, 0)
-        meta = latency.build(recipe, pruned, whole, manifest, 0, args.check_images, 0.98)
-        if meta.get("status") == latency.REJECTED:
-            raise SystemExit(f"{whole} failed its export check: {meta.get('reason')}")
+        whole = _whole(dataclasses.replace(latency.RECIPES["pte int8_dynamic"], model=kind), pruned, manifest, args)
         floor = f"its Linear layers only{suffix}"
         rows[f"whole model (pte int8_dynamic{suffix})"] = Program(
             whole, torch.randn(1, *facts["input_size"]), facts["macs"], floor, widths)
         tokens_in = torch.randn(1, tokens, vit.embed_dim)
+        linears = LinearsOnly(vit).eval()
         for name, probe, file in ((f"its Linear layers and attention{suffix}", LinearsAndAttention(vit), "linears-attention"),
-                                  (floor, LinearsOnly(vit), "linears")):
+                                  (floor, linears, "linears")):
             macs = linear_macs(probe, tokens) + (attention_macs(vit, tokens) if file == "linears-attention" else 0)
             rows[name] = Program(pruned.parent / f"{file}-int8_dynamic.pte", tokens_in, macs, floor, widths, probe.eval())
             build_pte(probe, tokens_in, rows[name].path)
         if not suffix and latency.available(latency.RECIPES[latency.ORT]):
-            _onnx_rows(rows, pruned, manifest, args, tokens_in, widths, LinearsOnly(vit).eval())
+            _onnx_rows(rows, pruned, manifest, args, tokens_in, facts, widths, linears)
     square = SquareGemm(args.square)
     name = f"square GEMM {args.square}^3"
     rows[name] = Program(work / f"gemm{args.square}-int8_dynamic.pte", torch.randn(1, args.square, args.square),
@@ -167,19 +164,23 @@ def programs(args, work: Path) -> dict[str, Program]:
     return rows
 
 
-def _onnx_rows(rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.Tensor, widths: str,
+def _whole(recipe, pruned: Path, manifest: dict, args) -> Path:
+    """bench/latency.py's whole-model file of `recipe`, built (and checked) as that bench builds it."""
+    whole = latency.artifact_path(pruned.parent, recipe, manifest, 0)
+    meta = latency.build(recipe, pruned, whole, manifest, 0, args.check_images, 0.98)
+    if meta.get("status") == latency.REJECTED:
+        raise SystemExit(f"{whole} failed its export check: {meta.get('reason')}")
+    return whole
+
+
+def _onnx_rows(rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.Tensor, facts: dict, widths: str,
                linears: nn.Module) -> None:
     """The peer's side of the same question: ONNX Runtime's whole file (bench/latency.py's row) and
     the same Linear layers in ONNX Runtime's int8 dynamic MatMuls. If both runtimes' GEMMs take
     the same time, no file built on these GEMMs can be faster than the other by more than what
     the other spends outside them."""
-    recipe = latency.RECIPES[latency.ORT]
-    whole = latency.artifact_path(pruned.parent, recipe, manifest, 0)
-    meta = latency.build(recipe, pruned, whole, manifest, 0, args.check_images, 0.98)
-    if meta.get("status") == latency.REJECTED:
-        raise SystemExit(f"{whole} failed its export check: {meta.get('reason')}")
+    whole = _whole(latency.RECIPES[latency.ORT], pruned, manifest, args)
     floor = "ONNX Runtime: its Linear layers only"
-    facts = latency.widths(pruned)
     rows["ONNX Runtime: whole model (int8_dynamic)"] = Program(whole, torch.randn(1, *facts["input_size"]), facts["macs"],
                                                                floor, widths, fmt="onnx")
     path = pruned.parent / "linears-int8_dynamic.onnx"

@@ -430,14 +430,13 @@ def default_out(kind: str, machine: dict) -> str:
     """bench/results/<kind>-<date>-<cpu>[-runN].csv: one file per run and host, the CPU in its name;
     a later run the same day gets the next run number rather than overwriting an earlier one."""
     import datetime
+    import itertools
     import re
 
     cpu = re.sub(r"[^a-z0-9]+", "-", machine["cpu"].lower()).strip("-")
     stem = f"bench/results/{kind}-{datetime.date.today().isoformat()}-{cpu}"
-    n = 1
-    while Path(f"{stem}{f'-run{n}' if n > 1 else ''}.csv").exists():
-        n += 1
-    return f"{stem}{f'-run{n}' if n > 1 else ''}.csv"
+    names = (f"{stem}{f'-run{n}' if n > 1 else ''}.csv" for n in itertools.count(1))
+    return next(name for name in names if not Path(name).exists())
 
 
 def manifest_of(text: str) -> dict:

@@ -8,6 +8,8 @@ import argparse
 
 import pandas as pd
 
+import summary_table  # scripts/summary_table.py, beside this script
+
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
 
 
@@ -19,8 +21,7 @@ def table(first: str, second: str, labels: tuple[str, str]) -> list[str]:
     lines = [f"| branch | precision | format | params {x} / {y} | MACs {x} / {y} | top-1 % {x} | top-1 % {y} | Δ top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in both.iterrows():
-        branch = r["importance"] if r["ratio"] == 0 else f"{r['importance']} {r['ratio']:g}"
-        precision = r["precision"] if r["engine"] == "none" else f"{r['precision']} {r['engine']}"
+        branch, precision = summary_table.labels(r)
         lines.append(f"| {branch} | {precision} | {r['format']} | {r['params_a'] / 1e6:.2f} M / {r['params_b'] / 1e6:.2f} M | "
                      f"{r['macs_a'] / 1e6:.1f} M / {r['macs_b'] / 1e6:.1f} M | {r['top1_a']:.2f} | {r['top1_b']:.2f} | "
                      f"{r['top1_b'] - r['top1_a']:+.2f} |")

@@ -11,6 +11,12 @@ import pandas as pd
 FORMAT_ORDER = {"eager": 0, "ptl": 1, "pte": 2}
 
 
+def labels(r) -> tuple[str, str]:
+    """A summary row's branch ('dense', 'l2 0.25') and precision ('fp32', 'int8_dynamic x86')."""
+    branch = r["importance"] if r["ratio"] == 0 else f"{r['importance']} {r['ratio']:g}"
+    return branch, r["precision"] if r["engine"] == "none" else f"{r['precision']} {r['engine']}"
+
+
 def table(path: str) -> list[str]:
     """The table's lines, then a blank line and the line that says how it was measured."""
     t = pd.read_csv(path)
@@ -19,8 +25,7 @@ def table(path: str) -> list[str]:
     lines = [("| model " if several else "") + "| branch | precision | format | top-1 % | latency ms (min–max) | size MB | params | MACs |",
              ("|---" if several else "") + "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        branch = r["importance"] if r["ratio"] == 0 else f"{r['importance']} {r['ratio']:g}"
-        precision = r["precision"] if r["engine"] == "none" else f"{r['precision']} {r['engine']}"
+        branch, precision = labels(r)
         status = "" if r["status"] == "verified" else f" ({r['status']})"
         lines.append(("| " + r["model"] + " " if several else "") +
                      f"| {branch} | {precision} | {r['format']}{status} | {r['top1']:.2f} | "

@@ -115,8 +115,9 @@ def test_the_per_host_latency_tables_are_the_csvs_of_the_runs():
     assert hosts.split(paths) in page, again
 
 
-def test_the_round_to_comparison_is_the_two_runs_csvs():
+def test_the_round_to_comparison_is_the_two_runs_csvs(monkeypatch):
     """docs/cifar10.md's round_to table is scripts/compare_runs.py's rendering of the CSVs it cites."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # it imports summary_table.py beside it
     spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts/compare_runs.py")
     compare_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare_runs)
