@@ -5,6 +5,7 @@ import pandas as pd
 
 from .errors import PQVError
 from .registry import EAGER, Status
+from .search import REFERENCE, reference_top1
 
 SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
 
@@ -19,7 +20,7 @@ def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -
     if dense.empty:
         raise PQVError("the summary has no dense FP32 row to measure accuracy loss against",
                        "keep 0.0 in prune.ratios and fp32 in quantize.precisions")
-    reference = dense.groupby("model")["top1"].max().rename("reference_top1")
+    reference = dense.groupby("model").apply(lambda rows: reference_top1(rows.to_dict("records"))).rename("reference_top1")
     table = table.join(reference, on="model")
     table = table.assign(accuracy_loss=table["reference_top1"] - table["top1"])
     shippable = table[table["format"] != EAGER]
@@ -50,7 +51,7 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
                        "give --max-accuracy-loss POINTS, or enable search: in the config (docs/search.md)")
     picks = {} if max_loss is None else choose(table, max_loss, model)
     for name, row in picks.items():
-        print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %):")
+        print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %, {REFERENCE}):")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
     for _, row in searched(table, model).iterrows():

@@ -43,14 +43,16 @@ def _ratio(text: str) -> float:
 
 def _data(a):
     from . import data
+    from .config import Dataset, filled_section
 
-    data.run(a.spec, a.out, threads=a.threads)
+    data.run(filled_section(Dataset, a.spec, "dataset"), a.out, threads=a.threads, split=a.split, train=a.train)
 
 
 def _model(a):
     from . import model
-    from .config import hparams
+    from .config import Model, filled_section, hparams
 
+    a.model_cfg = filled_section(Model, a.model_cfg, "models[]")
     if a.model_cfg.get("weights") == "train":  # timm names and Mixup's batch, before anything is built
         hparams(a.model_cfg.get("train") or {}, "models[].train")
     model.run(a.model_cfg, a.data, a.out, a.metrics, device=a.device, workers=a.workers, threads=a.threads)
@@ -127,9 +129,12 @@ def _plot(a):
 
 def _search(a):
     from . import search
+    from .config import Prune, Search, filled_section
 
     if a.step == "round":
-        search.run_round(a.out, a.model_sidecar, a.settings, a.prune, a.measured, previous=a.previous)
+        search.run_round(a.out, a.model_sidecar, filled_section(Search, a.settings, "search"),
+                         filled_section(Prune, a.prune, "prune"), a.measured, previous=a.previous,
+                         references=a.reference)
     else:
         search.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.measured, a.budget, searched=tuple(a.searched))
 
@@ -172,6 +177,8 @@ def _add_data(sub, c):
     s = sub.add_parser("data", help="list and decode the data set once; write its manifest")
     s.add_argument("--spec", type=_json, required=True, help="dataset section of the config, as JSON")
     s.add_argument("--out", required=True, help="the manifest (JSON)")
+    s.add_argument("--split", choices=("train", "eval"), default=None, help="one split only (default: both)")
+    s.add_argument("--train", default=None, help="with --split eval: the training split's manifest (its class index)")
     s.add_argument("--threads", type=int, default=None, help="decoding threads (default: every core)")
     s.set_defaults(fn=_data)
 
@@ -318,20 +325,24 @@ def _add_tables(sub, c):
 
 
 def _add_search(sub, c):
+    from .config import Search
+
     s = sub.add_parser("search", help="one round of the accuracy-budget search, or its report (workflow/rules/search.smk)")
     steps = s.add_subparsers(dest="step", required=True, parser_class=_Parser)
     r = steps.add_parser("round", help="read the probes measured so far, decide the next ones")
     r.add_argument("--out", required=True)
-    r.add_argument("--model-sidecar", required=True, help="the starting model's sidecar: dense FP32 top-1 and widths")
-    r.add_argument("--settings", type=_json, required=True, help="the search section of the config, as JSON")
+    r.add_argument("--model-sidecar", required=True, help="the starting model's sidecar: its widths")
+    r.add_argument("--settings", type=_json, default={}, help="the search section of the config, as JSON")
     r.add_argument("--prune", type=_json, default={}, help="round_to, heads, bottleneck of the prune section")
     r.add_argument("--previous", default=None, help="the previous round's file")
+    r.add_argument("--reference", nargs="*", default=[],
+                   help="the first round: accuracy files of the dense branch's FP32 files (the accuracy reference)")
     r.add_argument("--measured", nargs="*", default=[], help="accuracy and latency files of the probes")
     r.set_defaults(fn=_search)
     r = steps.add_parser("report", help="every probe as CSV, the curve, and the chosen artifact")
     r.add_argument("--rounds", nargs="+", required=True)
     r.add_argument("--measured", nargs="+", required=True)
-    r.add_argument("--budget", type=float, required=True)
+    r.add_argument("--budget", **_setting(Search, "budget"))
     r.add_argument("--searched", nargs=2, metavar=("MODEL", "IMPORTANCE"), required=True, help="the search's model and importance")
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-png", required=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from . import registry, sweep
 from .errors import PQVError
@@ -52,6 +53,16 @@ Importance = choice(registry.IMPORTANCES)
 Precision = choice(registry.PRECISIONS)
 Engine = choice(registry.ENGINES)
 Format = choice(registry.FORMATS)
+
+
+def setting(default: Any = PydanticUndefined, *, reads: str, **kwargs) -> Any:
+    """A key's Field, with the jobs that read it beside its type and default (pqv.reruns derives
+    the rules' params and the docs' "what a change reruns" from it). `reads` is space-separated
+    words: a stage (`prune`), a stage under a condition on the job (`prune:gradient`, conditions
+    in pqv.reruns.CONDITIONS), `sweep` (the key decides which jobs exist, not what one makes) or
+    `none` (how a job runs: threads, workers, device, launcher). A section's `reads` holds for
+    every key inside it that declares none of its own."""
+    return Field(default, json_schema_extra={"reads": reads}, **kwargs)
 
 
 class Section(BaseModel):
@@ -105,71 +116,68 @@ class HParams(Section):
 class Distill(Section):
     """Knowledge distillation from the unpruned parent (results/{model}/model.safetensors)."""
 
-    enabled: bool = Field(False, description="add the distillation loss to the finetune loss")
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature of both models")
+    enabled: bool = setting(False, description="add the distillation loss to the finetune loss", reads='finetune')
+    alpha: float = setting(0.5, ge=0, le=1, description="weight of the distillation loss", reads='finetune:distilling')
+    temperature: float = setting(1.0, gt=0, description="softmax temperature of both models", reads='finetune:distilling')
 
 
 class Finetune(HParams):
     """The finetune stage: the training hyper-parameters plus how the job is launched and whether to
     distill from the unpruned parent. Paper: adamw, lr 1.5e-4, batch 64, 60 epochs, 4 GPUs."""
 
-    dense: bool = Field(False, description="also finetune the dense branch (ratio 0); false passes the starting model "
-                                           "through unchanged, as the paper compares pruned models with the pretrained one")
-    nproc: int = Field(1, ge=1, description="processes (one per GPU) the rule starts with `torchrun --standalone "
-                                            "--nproc_per_node`; 1 = a plain process. batch_size is per process")
-    launcher: Optional[str] = Field(None, description="command prefix that replaces the default launch, followed by "
-                                                      "`-m pqv finetune ...`, e.g. a multi-node torchrun")
+    dense: bool = setting(False, description="also finetune the dense branch (ratio 0); false passes the starting model "
+                                           "through unchanged, as the paper compares pruned models with the pretrained one", reads='sweep')
+    nproc: int = setting(1, ge=1, description="processes (one per GPU) the rule starts with `torchrun --standalone "
+                                            "--nproc_per_node`; 1 = a plain process. batch_size is per process", reads='finetune')
+    launcher: Optional[str] = setting(None, description="command prefix that replaces the default launch, followed by "
+                                                      "`-m pqv finetune ...`, e.g. a multi-node torchrun", reads='none')
     distill: Distill = Field(default_factory=Distill, description="knowledge distillation from the unpruned parent")
-
-    # keys that say how the job starts or which branches train, not how to train: not rerun triggers
-    LAUNCH_KEYS: typing.ClassVar[tuple[str, ...]] = ("launcher", "dense")
 
 
 class Dataset(Section):
-    """The images, read once by the data job into results/data/manifest.json (docs/data.md)."""
+    """The images, read once per split by the data jobs into results/data/train.json and eval.json (docs/data.md)."""
 
-    name: Literal["digits", "imagefolder"] = Field(description="digits: scikit-learn's bundled 8x8 digits; "
-                                                               "imagefolder: root/<train_dir or eval_dir>/<class>/*")
-    root: Optional[str] = Field(None, description="ImageFolder root holding train_dir and eval_dir")
-    train_dir: str = Field("train", description="the training split's folder under root")
-    eval_dir: str = Field("val", description="the evaluation split's folder under root")
-    max_train: Optional[int] = Field(None, ge=1, description="use a fixed random subset of the training split")
-    max_eval: Optional[int] = Field(None, ge=1, description="use a fixed random subset of the evaluation split")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns nothing)")
-    split_seed: int = Field(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets")
+    name: Literal["digits", "imagefolder"] = setting(description="digits: scikit-learn's bundled 8x8 digits; "
+                                                               "imagefolder: root/<train_dir or eval_dir>/<class>/*", reads='data_train data_eval')
+    root: Optional[str] = setting(None, description="ImageFolder root holding train_dir and eval_dir", reads='data_train data_eval')
+    train_dir: str = setting("train", description="the training split's folder under root", reads='data_train')
+    eval_dir: str = setting("val", description="the evaluation split's folder under root", reads='data_eval')
+    max_train: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the training split", reads='data_train')
+    max_eval: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads='data_eval')
+    workers: int = setting(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns nothing)", reads='none')
+    split_seed: int = setting(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets", reads='data_train data_eval')
 
 
 class Model(Section):
     """One starting model."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name used in result paths (letters, digits, . _ -)")
-    timm_name: str = Field(description="a timm model name, e.g. deit_base_patch16_224")
-    weights: str = Field("hub", description="hub (timm pretrained), train (train here on the dataset), or a local weights file")
-    kwargs: dict = Field(default_factory=dict, description="extra timm.create_model keyword arguments")
-    data_config: dict = Field(default_factory=dict, description="overrides of the model's timm preprocessing (mean, std, ...)")
-    seed: int = Field(0, description="seed of the model's initialisation when weights is train")
-    train: HParams = Field(default_factory=HParams, description="training settings when weights is train")
+    id: str = setting(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name used in result paths (letters, digits, . _ -)", reads='sweep model')
+    timm_name: str = setting(description="a timm model name, e.g. deit_base_patch16_224", reads='model')
+    weights: str = setting("hub", description="hub (timm pretrained), train (train here on the dataset), or a local weights file", reads='model')
+    kwargs: dict = setting(default_factory=dict, description="extra timm.create_model keyword arguments", reads='model')
+    data_config: dict = setting(default_factory=dict, description="overrides of the model's timm preprocessing (mean, std, ...)", reads='model')
+    seed: int = setting(0, description="seed of the model's initialisation when weights is train", reads='model:trained')
+    train: HParams = setting(default_factory=HParams, description="training settings when weights is train", reads='model:trained')
 
 
 class Prune(Section):
     """Structural pruning with Torch-Pruning (docs/pruning.md)."""
 
-    importances: list[Importance] = Field(["taylor"], min_length=1, description="importance criteria, one branch each per ratio")
-    ratios: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+    importances: list[Importance] = setting(["taylor"], min_length=1, description="importance criteria, one branch each per ratio", reads='sweep')
+    ratios: list[Annotated[float, Field(ge=0, lt=1)]] = setting(
         [0.0, 0.25], min_length=1, description="fraction of channels removed per layer (Torch-Pruning's pruning_ratio); "
-                                               "0 is the dense branch")
-    calibration_batches: int = Field(4, ge=0, description="batches of gradients for taylor/hessian")
-    batch_size: int = Field(32, ge=1, description="images per calibration batch")
-    round_to: Optional[int] = Field(None, ge=1, description="keep channel counts multiples of this")
-    scope: choice(registry.SCOPES) = Field("uniform", description="uniform: the same ratio in every layer; "
-                                                                  "global: one ranking across layers")
-    heads: choice(registry.HEAD_MODES) = Field("dims", description="dims: remove dimensions inside every head "
-                                                                   "(softmax scale compensated); whole: remove whole heads")
-    head_ratio: Optional[float] = Field(None, ge=0, lt=1, description="fraction of heads removed per block (rounded up) "
-                                                                      "when heads is whole; null: the branch's ratio")
-    bottleneck: bool = Field(False, description="keep the embedding width; prune only MLP hidden units and attention")
-    seed: int = Field(0, description="seed of the pruner's randomness and of its calibration sample")
+                                               "0 is the dense branch", reads='sweep')
+    calibration_batches: int = setting(4, ge=0, description="batches of gradients for taylor/hessian", reads='prune:gradient')
+    batch_size: int = setting(32, ge=1, description="images per calibration batch", reads='prune:gradient')
+    round_to: Optional[int] = setting(None, ge=1, description="keep channel counts multiples of this", reads='prune:pruned search_round')
+    scope: choice(registry.SCOPES) = setting("uniform", description="uniform: the same ratio in every layer; "
+                                                                  "global: one ranking across layers", reads='prune:pruned')
+    heads: choice(registry.HEAD_MODES) = setting("dims", description="dims: remove dimensions inside every head "
+                                                                   "(softmax scale compensated); whole: remove whole heads", reads='prune:pruned search_round')
+    head_ratio: Optional[float] = setting(None, ge=0, lt=1, description="fraction of heads removed per block (rounded up) "
+                                                                      "when heads is whole; null: the branch's ratio", reads='prune:pruned')
+    bottleneck: bool = setting(False, description="keep the embedding width; prune only MLP hidden units and attention", reads='prune:pruned search_round')
+    seed: int = setting(0, description="seed of the pruner's randomness and of its calibration sample", reads='prune:seeded')
 
     def check(self) -> None:
         if self.head_ratio is not None and self.heads != "whole":
@@ -180,35 +188,35 @@ class Prune(Section):
 class Quantize(Section):
     """One artifact per precision x engine x format that can carry it."""
 
-    precisions: list[Precision] = Field(["fp32", "int8_dynamic"], min_length=1,
+    precisions: list[Precision] = setting(["fp32", "int8_dynamic"], min_length=1,
                                         description="int8_static: post-training, Linear layers, calibrated; "
-                                                    "int4_weight: int4 weights + int8 dynamic activations (pte only)")
-    engines: list[Engine] = Field(["x86"], min_length=1,
+                                                    "int4_weight: int4 weights + int8 dynamic activations (pte only)", reads='sweep')
+    engines: list[Engine] = setting(["x86"], min_length=1,
                                   description="quantized engines for integer precisions (float precisions use engine none); "
-                                              "x86/fbgemm/qnnpack/onednn run in ptl, xnnpack in pte")
-    calibration_images: int = Field(128, ge=1, description="training images that calibrate int8_static")
+                                              "x86/fbgemm/qnnpack/onednn run in ptl, xnnpack in pte", reads='sweep')
+    calibration_images: int = setting(128, ge=1, description="training images that calibrate int8_static", reads='quantize:calibrated')
 
 
 class Export(Section):
     """Mobile files, each loaded back in its runtime and compared with its eager FP32 parent."""
 
-    formats: list[Format] = Field(["ptl"], min_length=1, description="ptl: TorchScript Lite Interpreter (paper); "
-                                                                     "pte: ExecuTorch with the XNNPACK delegate")
-    mobile_optimizer: bool = Field(True, description="run optimize_for_mobile before saving the Lite model")
-    xnnpack_rewrite: bool = Field(True, description="let optimize_for_mobile rewrite float Linear/Conv to XNNPACK "
-                                                    "prepacked ops (the paper's path; ~3x slower than eager FP32 on x86)")
-    check_images: int = Field(64, ge=1, description="held-out images compared against the FP32 parent")
-    min_cosine: float = Field(0.98, ge=0, le=1, description="least cosine similarity of a lossy artifact's logits to its parent's")
+    formats: list[Format] = setting(["ptl"], min_length=1, description="ptl: TorchScript Lite Interpreter (paper); "
+                                                                     "pte: ExecuTorch with the XNNPACK delegate", reads='sweep')
+    mobile_optimizer: bool = setting(True, description="run optimize_for_mobile before saving the Lite model", reads='export:ptl')
+    xnnpack_rewrite: bool = setting(True, description="let optimize_for_mobile rewrite float Linear/Conv to XNNPACK "
+                                                    "prepacked ops (the paper's path; ~3x slower than eager FP32 on x86)", reads='export:ptl')
+    check_images: int = setting(64, ge=1, description="held-out images compared against the FP32 parent", reads='export')
+    min_cosine: float = setting(0.98, ge=0, le=1, description="least cosine similarity of a lossy artifact's logits to its parent's", reads='export:lossy')
 
 
 class Evaluate(Section):
     """Latency per image on the CPU; the accuracy pass uses every core its job holds."""
 
-    threads: int = Field(2, ge=1, description="torch (and XNNPACK) threads while timing latency")
-    warmup: int = Field(5, ge=0, description="untimed calls before the timed ones")
-    runs: int = Field(20, ge=1, description="timed calls: median, min, max, p90")
-    batch_size: int = Field(1, ge=1, description="images per timed call")
-    eager_baseline: bool = Field(True, description="also measure each branch's eager FP32 model (format eager)")
+    threads: int = setting(2, ge=1, description="torch (and XNNPACK) threads while timing latency", reads='latency profile')
+    warmup: int = setting(5, ge=0, description="untimed calls before the timed ones", reads='latency')
+    runs: int = setting(20, ge=1, description="timed calls: median, min, max, p90", reads='latency')
+    batch_size: int = setting(1, ge=1, description="images per timed call", reads='latency')
+    eager_baseline: bool = setting(True, description="also measure each branch's eager FP32 model (format eager)", reads='sweep')
 
 
 class Selector(Section):
@@ -225,10 +233,10 @@ class Selector(Section):
 class Profile(Section):
     """Per-operator time tables (the paper's Fig. 3)."""
 
-    artifacts: list[Selector] = Field(default_factory=list, description="selectors; every artifact matching all keys "
-                                                                        "given in one selector is profiled")
-    warmup: int = Field(3, ge=0, description="untimed calls before the profiled ones")
-    runs: int = Field(10, ge=1, description="profiled calls, averaged per inference")
+    artifacts: list[Selector] = setting(default_factory=list, description="selectors; every artifact matching all keys "
+                                                                        "given in one selector is profiled", reads='sweep')
+    warmup: int = setting(3, ge=0, description="untimed calls before the profiled ones", reads='profile')
+    runs: int = setting(10, ge=1, description="profiled calls, averaged per inference", reads='profile')
 
 
 class Judged(Section):
@@ -244,14 +252,14 @@ class Search(Section):
     ratio whose shipped artifact stays within the budget of the dense FP32 model's top-1, and the
     fastest file at that ratio, by bisection instead of the grid."""
 
-    enabled: bool = Field(False, description="run the search (its probes are the sweep's own branches, cached with them)")
-    budget: float = Field(1.0, ge=0, description="top-1 points the shipped file may lose against the dense FP32 model")
-    artifact: Judged = Field(default_factory=Judged, description="the file each probe is judged by")
-    lo: float = Field(0.0, ge=0, lt=1, description="the smallest ratio probed (above the dense branch)")
-    hi: float = Field(0.9, gt=0, lt=1, description="the largest ratio probed (cut at what Torch-Pruning can reach)")
-    resolution: float = Field(0.05, gt=0, lt=1, description="the grid step; snapped to what prune.round_to can express")
-    max_probes: int = Field(8, ge=1, description="at most this many probes (finetunes) per model and importance")
-    parallel: int = Field(1, ge=1, description="probes per round: a round narrows the interval parallel+1-fold")
+    enabled: bool = setting(False, description="run the search (its probes are the sweep's own branches, cached with them)", reads='sweep')
+    budget: float = setting(1.0, ge=0, description="top-1 points the shipped file may lose against the dense FP32 model", reads='search_round search_report')
+    artifact: Judged = setting(default_factory=Judged, description="the file each probe is judged by", reads='sweep search_round')
+    lo: float = setting(0.0, ge=0, lt=1, description="the smallest ratio probed (above the dense branch)", reads='search_round')
+    hi: float = setting(0.9, gt=0, lt=1, description="the largest ratio probed (cut at what Torch-Pruning can reach)", reads='search_round')
+    resolution: float = setting(0.05, gt=0, lt=1, description="the grid step; snapped to what prune.round_to can express", reads='search_round')
+    max_probes: int = setting(8, ge=1, description="at most this many probes (finetunes) per model and importance", reads='search_round')
+    parallel: int = setting(1, ge=1, description="probes per round: a round narrows the interval parallel+1-fold", reads='search_round')
 
     def check(self, config: "Config") -> None:
         if not self.enabled:
@@ -274,14 +282,14 @@ class Search(Section):
 class Config(Section):
     """PQV workflow configuration."""
 
-    results: str = Field("results", description="folder for every artifact the workflow makes")
-    device: choice(registry.DEVICES) = Field("auto", description="where gradients and eager accuracy passes run: "
+    results: str = setting("results", description="folder for every artifact the workflow makes", reads='none')
+    device: choice(registry.DEVICES) = setting("auto", description="where gradients and eager accuracy passes run: "
                                                                  "auto = CUDA when the job's machine has it (on SLURM, "
-                                                                 "only if the partition has GPUs). Latency is always the CPU's")
+                                                                 "only if the partition has GPUs). Latency is always the CPU's", reads='none')
     dataset: Dataset = Field(description="the images (docs/data.md)")
     models: list[Model] = Field(min_length=1, description="the starting models, one sweep each")
     prune: Prune = Field(default_factory=Prune, description="one branch per importance x ratio")
-    finetune: Finetune = Field(default_factory=Finetune, description="recovering the pruned models' accuracy")
+    finetune: Finetune = setting(default_factory=Finetune, description="recovering the pruned models' accuracy", reads='finetune')
     quantize: Quantize = Field(default_factory=Quantize, description="precisions and engines of every branch")
     export: Export = Field(default_factory=Export, description="mobile formats and the check of every file against its parent")
     evaluate: Evaluate = Field(default_factory=Evaluate, description="how latency is timed")
@@ -481,6 +489,14 @@ def hparams(values: dict, where: str = "finetune") -> dict:
         raise explain(e.errors()[0], prefix=where) from None
     typed.check(where)
     return typed.model_dump()
+
+
+def filled_section(section: type[BaseModel], values: dict, where: str) -> dict:
+    """One section given on a command line (keys at their default left out), with its defaults."""
+    try:
+        return section.model_validate(values).model_dump()
+    except ValidationError as e:
+        raise explain(e.errors()[0], prefix=where) from None
 
 
 def default(section: type[BaseModel], key: str):

@@ -1,28 +1,27 @@
 """Data stage: the data set, read once and checked for meaning, as a manifest every stage trusts.
 
 `pqv data` walks the configured tree once, decodes every image it selects on the job's cores, and
-writes `results/data/manifest.json`: the class list, per split the files with their class index,
-per-class counts, the image modes seen, the value range of high-bit-depth images and a fingerprint
-of the bytes it read. Every later stage builds its data set from that file (pqv.datasets) and never
-lists the tree again.
+writes a manifest: the class list, per split the files with their class index, per-class counts,
+the image modes seen, the value range of high-bit-depth images and a fingerprint of the bytes it
+read. The workflow writes one manifest per split (`--split`: results/data/train.json, eval.json),
+so that a job depends on the split it reads; without `--split` both splits go in one file. Every
+later stage builds its data set from a manifest (pqv.datasets) and never lists the tree again.
 
-What the manifest guarantees, for ImageFolder trees as people keep them:
+What the manifests guarantee, for ImageFolder trees as people keep them:
 - one class index, from the training split, for every split; names starting with `.` (a
   `.ipynb_checkpoints/` folder, macOS `._x.jpg` files) are never classes or images;
 - a class of the evaluation split that training lacks is an error naming it; a training class
   with no evaluation images is a warning (in the log and in the manifest): it cannot be scored;
 - 16-bit and float images (PIL modes I;16, I, F: microscopy, medical, scans) are scaled linearly
-  from the data set's value range to 8 bits, the same range for every image (so classes that
-  differ in level stay apart), instead of PIL's convert("RGB"), which clips them to white;
+  from the training split's value range to 8 bits, the same range for every image (so classes
+  that differ in level stay apart), instead of PIL's convert("RGB"), which clips them to white;
 - every selected image decodes, and no class is empty: otherwise one error naming them.
 
-How a change is noticed without walking the tree: `stamp(spec)` stats the class folders of each
-split (one listing of each split folder, one stat per class folder): their inode, modification and
-change times. Adding, removing or renaming a file changes its class folder's times, and so does
-re-extracting a copy (tar restores mtimes but not change times). The Snakefile passes the stamp
-as a parameter of the data rule, so Snakemake reruns the data job, and what reads the data, when
-it changes. An image overwritten in place under the same name changes no folder: run
-`snakemake --forcerun data` after such an edit (docs/data.md).
+How a change is noticed: `stamp(spec, split)` lists the split's class folders (links followed)
+and stats each image file: name, size and modification time. The Snakefile passes it as a
+parameter of the split's data rule, computed once per invocation and only when that rule is
+planned, so Snakemake reruns the data job, and what reads that split, when an image is added,
+removed, renamed or replaced, and for nothing else (a `.DS_Store`, a `chmod`).
 
 Torch-free on purpose: the Snakefile imports `stamp` and `estimate` on every run.
 """
@@ -85,36 +84,38 @@ def images_in(folder: Path) -> list[str]:
 
 # ---- what the Snakefile asks on every run: cheap, no walk ------------------------------------
 
-def stamp(spec: dict) -> str:
-    """A short hash of what changes when files are added to, removed from or renamed in a class
-    folder (or a folder inside one), or the tree is extracted again: each such folder's inode,
-    mtime and ctime."""
-    spec = {k: spec.get(k) for k in SPEC_KEYS}
-    parts = [json.dumps(spec, sort_keys=True)]
+def stamp(spec: dict, split: str) -> str:
+    """A short hash of what a split's manifest is made from: its keys of the dataset section and,
+    for ImageFolder, every image file under its class folders (links followed, as the data job
+    reads them) by name, size and modification time. Adding, removing, renaming or replacing an
+    image changes it; a hidden file (`.DS_Store`), a non-image file (`Thumbs.db`), a permission
+    change or a copy re-extracted with the same files does not."""
+    keys = [k for k in SPEC_KEYS if k not in {f"{other}_dir" for other in SPLITS if other != split}
+            and k not in {f"max_{other}" for other in SPLITS if other != split}]
+    parts = [split, json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)]
     if spec["name"] == "imagefolder":
-        for split in SPLITS:
-            folder = split_folder(spec, split)
-            try:
-                for name in class_folders(folder):
-                    for rel, st in _folders(folder / name, name):
-                        parts.append(f"{split}/{rel} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}")
-            except OSError as e:  # the data job reports it with its fix
-                parts.append(f"{split}: {type(e).__name__}")
+        folder = split_folder(spec, split)
+        try:
+            for name in class_folders(folder):
+                parts += [f"class {name}", *_files(folder / name, name)]
+        except OSError as e:  # the data job reports it with its fix
+            parts.append(f"{split}: {type(e).__name__}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _folders(folder: Path, rel: str) -> list[tuple[str, os.stat_result]]:
-    """A class folder and the folders inside it (ImageFolder reads images at any depth), found
-    without listing a folder that has none: a folder's link count is 2 plus its sub-folders on
-    POSIX file systems; where it is not counted (1, as on btrfs), the folder is listed."""
-    st = os.stat(folder)
-    out = [(rel, st)]
-    if st.st_nlink == 2:
-        return out
+def _files(folder: Path, rel: str) -> list[str]:
+    """'path size mtime' of every image under a folder, in the order images_in lists them."""
+    out = []
     with os.scandir(folder) as entries:
-        inner = sorted(e.name for e in entries if not hidden(e.name) and e.is_dir())
-    for name in inner:
-        out += _folders(folder / name, f"{rel}/{name}")
+        entries = sorted(entries, key=lambda e: e.name)
+        for entry in entries:
+            if hidden(entry.name):
+                continue
+            if entry.is_dir():  # follows a link to a folder, as os.walk(followlinks=True) does
+                out += _files(Path(entry.path), f"{rel}/{entry.name}")
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                st = entry.stat()
+                out.append(f"{rel}/{entry.name} {st.st_size} {st.st_mtime_ns}")
     return out
 
 
@@ -151,7 +152,7 @@ def _subset(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
-def _digits(spec: dict) -> dict:
+def _digits(spec: dict, wanted: tuple[str, ...] = SPLITS) -> dict:
     """scikit-learn's 1,797 handwritten 8x8 digits, split 80/20 stratified with a fixed seed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -161,11 +162,11 @@ def _digits(spec: dict) -> dict:
     idx = dict(zip(SPLITS, train_test_split(list(range(len(y))), test_size=0.2, stratify=y, random_state=seed)))
     classes = [str(c) for c in range(10)]
     splits = {}
-    for split in SPLITS:
+    for split in wanted:
         chosen = [idx[split][i] for i in _subset(len(idx[split]), spec.get(f"max_{split}"), seed)]
         splits[split] = {"items": [[int(y[i]), int(i)] for i in chosen]}
     digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
-    hashes = {split: [digest] * len(splits[split]["items"]) for split in SPLITS}
+    hashes = {split: [digest] * len(splits[split]["items"]) for split in wanted}
     return _finish(spec, classes, splits, {"8x8 gray, 17 levels": len(y)}, None, hashes, warnings=[])
 
 
@@ -179,23 +180,26 @@ def check_folders(spec: dict) -> None:
             raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
 
 
-def _listing(spec: dict) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
-    """The tree, listed once: the class list (training split) and each split's images per class."""
+def _listing(spec: dict, splits: tuple[str, ...], classes: list[str] | None) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    """The tree, listed once: the class list (the training split's, or `classes` when the training
+    split is not among `splits`) and each split's images per class."""
     found = {}
-    check_folders(spec)
-    for split in SPLITS:
+    for split in splits:
         folder = split_folder(spec, split)
+        if not folder.is_dir():
+            raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
         names = class_folders(folder)
         if not names:
             raise PQVError(f"data folder {folder} has no class folders", "an ImageFolder split holds one folder of images per class")
         found[split] = {c: images_in(folder / c) for c in names}
-    classes = list(found["train"])
-    extra = [c for c in found["eval"] if c not in found["train"]]
-    if extra:
-        raise PQVError(f"the evaluation split {split_folder(spec, 'eval')} has class(es) the training split lacks: "
-                       f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''} (the model has no output for them)",
-                       "add them to the training split, or remove them from the evaluation split")
-    empty = [f"{split}/{c}" for split in SPLITS for c, files in found[split].items() if not files]
+    classes = list(found["train"]) if "train" in found else classes
+    if "eval" in found:
+        extra = [c for c in found["eval"] if c not in classes]
+        if extra:
+            raise PQVError(f"the evaluation split {split_folder(spec, 'eval')} has class(es) the training split lacks: "
+                           f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''} (the model has no output for them)",
+                           "add them to the training split, or remove them from the evaluation split")
+    empty = [f"{split}/{c}" for split in splits for c, files in found[split].items() if not files]
     if empty:
         raise PQVError(f"{len(empty)} empty class folder(s) in {spec['root']}: {', '.join(empty[:SHOWN])}",
                        "add images to the empty classes or remove those folders")
@@ -226,20 +230,20 @@ def inspect(path: str | os.PathLike) -> dict:
         return {"problem": " ".join(text.split())}
 
 
-def _imagefolder(spec: dict, threads: int) -> dict:
+def _imagefolder(spec: dict, threads: int, splits: tuple[str, ...], train: dict | None) -> dict:
     from .progress import progress
 
-    classes, found = _listing(spec)
+    classes, found = _listing(spec, splits, train["classes"] if train else None)
     index = {c: i for i, c in enumerate(classes)}
     seed = spec.get("split_seed") or 0
-    splits, paths = {}, {}
-    for split in SPLITS:
+    chosen, paths = {}, {}
+    for split in splits:
         folder = split_folder(spec, split).resolve()
         items = [[index[c], f"{c}/{rel}"] for c in found[split] for rel in found[split][c]]
         items = [items[i] for i in _subset(len(items), spec.get(f"max_{split}"), seed)]
-        splits[split] = {"folder": str(folder), "items": items}
+        chosen[split] = {"folder": str(folder), "items": items}
         paths[split] = [folder / rel for _, rel in items]
-    every = [p for split in SPLITS for p in paths[split]]
+    every = [p for split in splits for p in paths[split]]
     log.info("decoding %d images on %d thread(s)", len(every), threads)
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes and hashlib hashes without the GIL
         facts = list(progress(pool.map(inspect, every, chunksize=64), total=len(every), desc="decode", unit="image"))
@@ -253,23 +257,29 @@ def _imagefolder(spec: dict, threads: int) -> dict:
     modes: dict[str, int] = {}
     for f in facts:
         modes[f["mode"]] = modes.get(f["mode"], 0) + 1
-    deep = [f for f in facts if f["low"] is not None]
-    value_range = [min(f["low"] for f in deep), max(f["high"] for f in deep)] if deep else None
+    # High-depth images are scaled by the training split's value range (like any statistic a model
+    # is fitted with); an evaluation split on its own takes it from the training split's manifest.
+    if "train" in splits:
+        deep = [f for f in facts[:len(paths["train"])] if f["low"] is not None]
+        value_range = [min(f["low"] for f in deep), max(f["high"] for f in deep)] if deep else None
+    else:
+        value_range = (train or {}).get("value_range")
     hashes, start = {}, 0
-    for split in SPLITS:
+    for split in splits:
         hashes[split] = [f["sha256"] for f in facts[start:start + len(paths[split])]]
         start += len(paths[split])
-    missing = [c for c in classes if not found["eval"].get(c)]
     warnings = []
-    if missing:
-        warnings.append(f"{len(missing)} training class(es) have no evaluation images and cannot be scored: "
-                        f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
-    return _finish(spec, classes, splits, modes, value_range, hashes, warnings)
+    if "eval" in splits:
+        missing = [c for c in classes if not found["eval"].get(c)]
+        if missing:
+            warnings.append(f"{len(missing)} training class(es) have no evaluation images and cannot be scored: "
+                            f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
+    return _finish(spec, classes, chosen, modes, value_range, hashes, warnings)
 
 
 def _finish(spec, classes, splits, modes, value_range, hashes, warnings) -> dict:
     h = hashlib.sha256(json.dumps(classes).encode())
-    for split in SPLITS:
+    for split in splits:
         items = splits[split]["items"]
         counts = {c: 0 for c in classes}
         for label, item in items:
@@ -282,25 +292,31 @@ def _finish(spec, classes, splits, modes, value_range, hashes, warnings) -> dict
             "modes": modes, "value_range": value_range, "warnings": warnings, "fingerprint": h.hexdigest()}
 
 
-SOURCES = {"digits": lambda spec, threads: _digits(spec), "imagefolder": _imagefolder}
+SOURCES = {"digits": lambda spec, threads, splits, train: _digits(spec, splits), "imagefolder": _imagefolder}
 
 
-def scan(spec: dict, threads: int | None = None) -> dict:
-    """The manifest of a data set (see the module docstring)."""
+def scan(spec: dict, threads: int | None = None, split: str | None = None, train: dict | None = None) -> dict:
+    """The manifest of a data set (see the module docstring): both splits, or one (`split`). The
+    evaluation split alone takes the class list and value range of `train`, the training split's
+    manifest (the workflow's data_eval job reads it)."""
     if spec.get("name") not in SOURCES:
         raise PQVError(f"unknown dataset '{spec.get('name')}'", f"use one of {', '.join(SOURCES)}")
-    return SOURCES[spec["name"]](spec, threads or os.cpu_count() or 1)
+    if split == "eval" and train is None and spec["name"] != "digits":
+        raise PQVError("the evaluation split alone needs the training split's manifest (its class index)",
+                       "give --train results/data/train.json")
+    splits = (split,) if split else SPLITS
+    return SOURCES[spec["name"]](spec, threads or os.cpu_count() or 1, splits, train)
 
 
-def run(spec: dict, out: str, threads: int | None = None) -> dict:
-    """CLI entry: scan the data set and write its manifest."""
+def run(spec: dict, out: str, threads: int | None = None, split: str | None = None, train: str | None = None) -> dict:
+    """CLI entry: scan the data set (both splits, or one) and write its manifest."""
     from .store import write_json
 
-    manifest = scan(spec, threads)
+    manifest = scan(spec, threads, split, read(train) if train else None)
     for warning in manifest["warnings"]:
         log.warning(warning)
     write_json(out, manifest)
-    counts = ", ".join(f"{s} {manifest['splits'][s]['images']}" for s in SPLITS)
+    counts = ", ".join(f"{s} {manifest['splits'][s]['images']}" for s in manifest["splits"])
     log.info("%d classes; images: %s; modes: %s", len(manifest["classes"]), counts, manifest["modes"])
     return manifest
 
@@ -312,8 +328,18 @@ def read(path: str | os.PathLike) -> dict:
     manifest = read_json(path, path)
     if manifest.get("format") != FORMAT or not {"classes", "splits", "fingerprint"} <= set(manifest):
         raise PQVError(f"{path} is not a PQV data manifest (format {FORMAT})",
-                       "delete it and run `snakemake --forcerun data` (or `pqv data`)")
+                       f"delete it and run `snakemake --forcerun {path}` (or `pqv data`)")
+    manifest["path"] = str(path)
     return manifest
+
+
+def split_of(manifest: dict, split: str) -> dict:
+    """One split of a manifest; a manifest of the other split is a one-line error."""
+    if split not in manifest["splits"]:
+        where = manifest.get("path", "the data manifest")
+        raise PQVError(f"{where} holds the {'/'.join(manifest['splits'])} split, not the {split} split this stage reads",
+                       f"give the {split} split's manifest (results/data/{split}.json)")
+    return manifest["splits"][split]
 
 
 def of(source: str | os.PathLike | dict) -> dict:

@@ -22,7 +22,7 @@ def _digits(manifest: dict, split: str, data_config: dict, training: bool, augme
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    items = manifest["splits"][split]["items"]
+    items = data.split_of(manifest, split)["items"]
     idx = [i for _, i in items]
     images = torch.tensor(x[idx], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     chans, height, width = data_config["input_size"]
@@ -53,8 +53,9 @@ class ManifestImages(Dataset):
     """The image files of one split of a manifest, with the training split's class index."""
 
     def __init__(self, manifest: dict, split: str, transform=None):
-        folder = Path(manifest["splits"][split]["folder"])
-        self.samples = [(str(folder / rel), label) for label, rel in manifest["splits"][split]["items"]]
+        chosen = data.split_of(manifest, split)
+        folder = Path(chosen["folder"])
+        self.samples = [(str(folder / rel), label) for label, rel in chosen["items"]]
         self.targets = [label for _, label in self.samples]
         self.classes = manifest["classes"]
         self.value_range = manifest.get("value_range")
@@ -129,7 +130,7 @@ def loader(manifest, split: str, data_config: dict, batch_size: int, training: b
 
 def labels_of(manifest, split: str) -> list[int]:
     """Every item's class, from the manifest (no image is decoded)."""
-    return [label for label, _ in data.of(manifest)["splits"][split]["items"]]
+    return [label for label, _ in data.split_of(data.of(manifest), split)["items"]]
 
 
 def stratified_indices(labels: list[int], n: int, seed: int = 0) -> list[int]:
@@ -157,7 +158,7 @@ def stratified_indices(labels: list[int], n: int, seed: int = 0) -> list[int]:
     return out
 
 
-def sample(manifest, data_config: dict, n: int, split: str = "eval", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(manifest, data_config: dict, n: int, split: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels): `n` images of a split, drawn across classes with `seed`.
 
     The one sample every stage uses for calibration, fidelity checks and profiling inputs."""
@@ -168,7 +169,7 @@ def sample(manifest, data_config: dict, n: int, split: str = "eval", seed: int =
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)
 
 
-def sample_batch(manifest, data_config: dict, n: int, split: str = "eval", seed: int = 0) -> torch.Tensor:
+def sample_batch(manifest, data_config: dict, n: int, split: str, seed: int = 0) -> torch.Tensor:
     """The images of `sample`: fixed, class-balanced inputs for fidelity checks and profiling."""
     return sample(manifest, data_config, n, split, seed)[0]
 

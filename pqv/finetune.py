@@ -211,8 +211,9 @@ def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list,
     return state["history"], state["epoch"]
 
 
-def _epoch(run: _Run, loader, eval_loader, epoch: int, steps_per_epoch: int, bar) -> dict:
-    """One epoch of training and its evaluation: the history row."""
+def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar) -> dict:
+    """One epoch of training: the history row (its mean training loss; the evaluation split is the
+    accuracy jobs', so that a change to it never retrains)."""
     hp, ctx = run.hp, run.ctx
     seed = seed_epoch(hp["seed"], epoch, ctx.rank)
     loader.sampler.set_epoch(epoch)
@@ -226,29 +227,29 @@ def _epoch(run: _Run, loader, eval_loader, epoch: int, steps_per_epoch: int, bar
         bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", refresh=False)
     if ctx.world > 1:
         dist.all_reduce(total)
-    top1, top5 = evaluate(run.model, eval_loader, ctx, run.autocast)
-    row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "eval_top1": top1,
-           "eval_top5": top5, "lr": run.optimizer.param_groups[0]["lr"]}
+    row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(),
+           "lr": run.optimizer.param_groups[0]["lr"]}
     if not math.isfinite(row["train_loss"]):
         bar.close()  # its last line before the error, not after it
         raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
                        f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
-    bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}", top1=f"{top1:.2f}")
+    bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}")
     return row
 
 
 def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
           desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
           resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
-    """Train `model` in place (it ends on the CPU, in eval mode); return eval top-1/top-5 and history.
+    """Train `model` in place (it ends on the CPU, in eval mode) on the training split; return its
+    history. Nothing here reads the evaluation split: the accuracy jobs score the result.
 
     Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
     `ckpt_dir`, a checkpoint is written after every epoch and the latest one whose hparams, world
     size and `resume_key` (e.g. a hash of the input files) match is resumed from. `threads` is the
     job's cores: each process takes its share, less its DataLoader `workers`.
     """
-    from .config import Finetune
     from .device import describe
+    from .reruns import launch_keys
     from .evaluate import process_threads
 
     hp = resolve_hparams(hparams)
@@ -261,28 +262,23 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     manifest = data.of(manifest)
     loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
                              rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
-    eval_loader = datasets.loader(manifest, "eval", data_config, 256, rank=ctx.rank, world_size=ctx.world, workers=workers)
     steps = len(loader)
     run = _setup(model, hp, ctx, teacher, steps)
-    trained_by = {k: v for k, v in hp.items() if k not in Finetune.LAUNCH_KEYS}  # not how the job started
+    trained_by = {k: v for k, v in hp.items() if k not in launch_keys()}  # not how the job started
     key = json.dumps({"hparams": trained_by, "world": ctx.world, "input": resume_key}, sort_keys=True)
     history, start = _resume(run, ckpt_dir, key, desc)
     # One bar over every optimizer step of the run (an ImageNet epoch is thousands of steps), with
     # rate and ETA; the epoch and its metrics are in the postfix.
     bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start * steps, disable=not ctx.main)
     for epoch in range(start, hp["epochs"]):
-        history.append(_epoch(run, loader, eval_loader, epoch, steps, bar))
+        history.append(_epoch(run, loader, epoch, steps, bar))
         if ckpt_dir and ctx.main:
             save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler, history)
     bar.close()
-    if not history:
-        top1, top5 = evaluate(model, eval_loader, ctx, run.autocast)
-        history = [{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}]
     model.cpu().eval()
     if metrics_csv and ctx.main:
         write_history(history, metrics_csv)
-    last = history[-1]
-    return {"top1": last["eval_top1"], "top5": last["eval_top5"], "epochs": hp["epochs"], "hparams": hp,
+    return {"epochs": hp["epochs"], "hparams": hp,
             "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
             "resumed_after_epoch": start,
             "device": describe(ctx.device, hp["amp_dtype"] if hp["amp"] and ctx.device.type == "cuda" else None),
@@ -311,7 +307,7 @@ def evaluate(model: nn.Module, loader, ctx: Dist, autocast=contextlib.nullcontex
 
 def write_history(history: list[dict], path: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        fields = ["epoch", "train_loss", "eval_top1", "eval_top5", "lr"]
+        fields = ["epoch", "train_loss", "lr"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
@@ -396,8 +392,8 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
                        threads=threads)
         if ctx.main:
             store.save_model(model, out, arch)
-            store.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher, top1=result["top1"],
-                             top5=result["top5"], hparams=result["hparams"], world_size=result["world_size"],
+            store.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher,
+                             hparams=result["hparams"], world_size=result["world_size"],
                              global_batch=result["global_batch"], resumed_after_epoch=result["resumed_after_epoch"],
                              device=result["device"], threads_per_process=result["threads_per_process"],
                              params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
@@ -412,16 +408,14 @@ def keep(model_path: str, out: str, metrics_csv: str) -> dict:
     """The dense branch without finetuning (finetune.dense: false): the paper compares pruned models
     with the pretrained one, and 60 ImageNet epochs of the dense DeiT-B would cost GPU-days for nothing.
 
-    The model is written unchanged; its accuracy is the starting model's, from the model stage."""
+    The model is written unchanged, with no training history."""
     from . import store
 
     model, arch = store.load_model(model_path)
     parent = store.read_sidecar(model_path)
     base = store.read_sidecar(parent["parent"]) if parent.get("parent") else parent
-    top1, top5 = base.get("top1"), base.get("top5")
     store.save_model(model, out, arch)
-    write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
-    store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, top1=top1, top5=top5,
-                     device=base.get("device"),
-                     params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
-    return {"top1": top1, "top5": top5}
+    write_history([], metrics_csv)
+    store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, device=base.get("device"),
+                        params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+    return {}

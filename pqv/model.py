@@ -142,12 +142,8 @@ def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
 def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0,
         threads: int | None = None) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
-    from . import store
-    from .device import resolve
-    from .evaluate import EVAL_BATCH, accuracy_on
-    from .finetune import train
-
-    from . import data
+    from . import data, store
+    from .finetune import train, write_history
 
     manifest = data.of(manifest)
     model, facts = create_base(model_cfg, manifest)
@@ -155,24 +151,15 @@ def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "au
     if facts["weights"] == "train":
         result = train(model, manifest, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model",
                        device=device, workers=workers, threads=threads)
-        top1, top5 = result["top1"], result["top5"]
         facts["device"] = result["device"]
     else:
         facts["device"] = f"pretrained ({weights_source(facts['weights'])})"
-        if threads:
-            from .evaluate import process_threads
-
-            torch.set_num_threads(process_threads(threads, workers))
-        top1, top5 = accuracy_on(model, datasets.loader(manifest, "eval", dc, EVAL_BATCH, workers=workers), resolve(device),
-                                 desc=f"accuracy {model_cfg['id']}")
-        from .finetune import write_history
-
-        write_history([{"epoch": 0, "train_loss": float("nan"), "eval_top1": top1, "eval_top5": top5, "lr": 0.0}], metrics_csv)
+        write_history([], metrics_csv)
     arch = archmod.describe(model, facts["timm_name"], facts["kwargs"], dc)
     store.save_model(model, out, arch)
     from .prune import count_ops, widths
 
     macs, params = count_ops(model, torch.zeros(1, *dc["input_size"]))
-    store.write_sidecar(out, "model", **facts, data_config=dc, top1=top1, top5=top5, params=params, macs=macs,
+    store.write_sidecar(out, "model", **facts, data_config=dc, params=params, macs=macs,
                         classes=len(manifest["classes"]), widths=widths(model))
-    return {"top1": top1, "top5": top5}
+    return facts

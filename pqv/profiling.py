@@ -210,7 +210,7 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     if profiler is None:
         raise PQVError(f"no profiler for format '{meta['format']}'", f"profile a {' or '.join(PROFILERS)} artifact")
     size = (1, *meta["data_config"]["input_size"])
-    example = datasets.sample_batch(manifest, meta["data_config"], 1) if manifest else torch.zeros(size)
+    example = datasets.sample_batch(manifest, meta["data_config"], 1, split="train") if manifest else torch.zeros(size)
     table, what, runtime = profiler.table(artifact, meta, example, warmup, runs)
     table["runtime"] = runtime  # the latency rows name theirs too: a .pte may be profiled by a newer runtime
     with store.atomic_path(out_csv) as tmp:

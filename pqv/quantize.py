@@ -211,7 +211,7 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
     with store.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
         save(program, tmp, ir)
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
-             "macs": parent.get("macs"), "data_config": dc, "eager_top1": parent.get("top1"), "device": parent.get("device"),
+             "macs": parent.get("macs"), "data_config": dc, "device": parent.get("device"),
              "calibration_images": sum(len(b) for b in calibration) if calibration else 0}
     store.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

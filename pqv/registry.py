@@ -50,18 +50,20 @@ ENGINES = tuple(e for f in FORMATS.values() for e in f["engines"])
 IRS = {f["ir"]: name for name, f in FORMATS.items()}
 
 # Torch-Pruning importance criteria: what each must see before scoring ("weights", "gradients" of
-# calibration batches, per-sample gradients for "hessian"), and how pqv.prune builds it (a class of
+# calibration batches, per-sample gradients for "hessian"), whether it ranks at random, and how pqv.prune builds it (a class of
 # torch_pruning.importance, or "module:attribute", with its keyword arguments).
 IMPORTANCES = {
     "l1": {"needs": "weights", "make": ("GroupMagnitudeImportance", {"p": 1})},
     "l2": {"needs": "weights", "make": ("GroupMagnitudeImportance", {"p": 2})},
     "lamp": {"needs": "weights", "make": ("LAMPImportance", {"p": 2})},
-    "random": {"needs": "weights", "make": ("RandomImportance", {})},
+    "random": {"needs": "weights", "random": True, "make": ("RandomImportance", {})},
     "fpgm": {"needs": "weights", "make": ("FPGMImportance", {"p": 2})},  # filters nearest the geometric median go
     "taylor": {"needs": "gradients", "make": ("GroupTaylorImportance", {})},
     "hessian": {"needs": "hessian", "make": ("pqv.prune:HessianImportance", {})},
 }
 GRADIENT_IMPORTANCES = tuple(name for name, imp in IMPORTANCES.items() if imp["needs"] != "weights")
+# Importances whose ranking prune.seed changes: a random one, and those whose calibration sample it draws.
+SEEDED_IMPORTANCES = tuple(name for name, imp in IMPORTANCES.items() if imp.get("random") or name in GRADIENT_IMPORTANCES)
 
 # Ranking scope -> Torch-Pruning's global_pruning flag.
 SCOPES = {"uniform": False, "global": True}

@@ -24,6 +24,10 @@ import math
 from pathlib import Path
 
 from .errors import PQVError
+from .registry import Status
+
+# The one accuracy reference of the search and of `pqv choose`, in words (both print it).
+REFERENCE = "the best top-1 of the model's dense FP32 files (each format and the eager baseline), verified"
 
 DIGITS = 6  # ratios are rounded to this many decimals: they name the branches' folders
 
@@ -108,13 +112,20 @@ COLUMNS = ["ratio", "passed", "top1", "loss", "top1_agreement", "latency_ms_medi
            "widths", "status", "answer"]
 
 
+def reference_top1(rows) -> float | None:
+    """REFERENCE, of one model's measured rows (accuracy files or summary rows); None if it has none."""
+    tops = [float(r["top1"]) for r in rows
+            if float(r["ratio"]) == 0 and r["precision"] == "fp32" and r.get("status") == Status.VERIFIED.value]
+    return max(tops) if tops else None
+
+
 def judge(measured: dict, reference_top1: float, budget: float) -> dict:
-    """A probe's record: its accuracy, latency, widths and verdict."""
-    ok = measured.get("status", "verified") == "verified" and measured["top1"] >= reference_top1 - budget
+    """A probe's record: its accuracy, latency, widths and verdict (a probe without a status fails)."""
+    ok = measured.get("status") == Status.VERIFIED.value and measured["top1"] >= reference_top1 - budget
     return {"ratio": float(measured["ratio"]), "top1": measured["top1"], "loss": reference_top1 - measured["top1"],
             "top1_agreement": measured.get("top1_agreement"), "latency_ms_median": measured.get("latency_ms_median"),
             "size_mb": measured.get("size_mb"), "params": measured.get("params"), "macs": measured.get("macs"),
-            "widths": widths_text(measured.get("widths") or {}), "status": measured.get("status", "verified"),
+            "widths": widths_text(measured.get("widths") or {}), "status": measured.get("status", "missing"),
             "passed": bool(ok)}
 
 
@@ -128,19 +139,23 @@ def widths_text(widths: dict[str, int]) -> str:
 
 
 def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict, measured: list[str],
-              previous: str | None = None) -> dict:
+              previous: str | None = None, references: list[str] = ()) -> dict:
     """CLI entry: read the probes measured so far (accuracy and latency files of the judged artifact),
-    decide the next ones, write the round's state."""
+    decide the next ones, write the round's state. The first round reads the reference (REFERENCE)
+    from `references`, the dense branch's FP32 accuracy files; later rounds carry it."""
     from .store import read_json, write_json
 
     base = read_json(model_sidecar)
-    reference = base["top1"]
+    state = read_json(previous) if previous else {"probes": [], "round": -1}
+    reference = state.get("reference_top1") if previous else reference_top1(read_json(p) for p in references)
+    if reference is None:
+        raise PQVError("the search has no accuracy reference: no verified dense FP32 file was measured",
+                       "keep fp32 in quantize.precisions (the search measures the dense branch's FP32 files)")
     records = {}
     for path in measured:
         row = read_json(path)
         key = float(row["ratio"])
         records[key] = {**records.get(key, {}), **row}
-    state = read_json(previous) if previous else {"probes": [], "round": -1}
     probes = {p["ratio"]: p for p in state["probes"]}
     for ratio, row in records.items():
         probes[ratio] = judge(row, reference, settings["budget"])
@@ -174,6 +189,7 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
     for p in new["probes"]:
         print(f"probe {p['ratio']:g}: top-1 {p['top1']:.2f} ({p['loss']:+.2f} points), "
               f"{'within' if p['passed'] else 'outside'} the budget of {settings['budget']:g}")
+    print(f"reference: {reference:.2f} % ({REFERENCE})")
     print(f"round {new['round']}: answer so far {new['answer']:g}; "
           + (f"next: {', '.join(f'{r:g}' for r in nxt)}" if nxt else "done"))
     return new

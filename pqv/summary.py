@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from .registry import EAGER
 from .store import atomic_path
 
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
@@ -30,8 +31,18 @@ def collect(paths: list[str], searches: list[str] = ()) -> pd.DataFrame:
         mark = f"chosen by the {found.get('importance') or 'accuracy-budget'} search (budget {found['budget']:g})"
         rows[chosen]["search"] = "; ".join(filter(None, [rows[chosen].get("search"), mark]))
     table = pd.DataFrame(list(rows.values()))
+    table["eager_top1"] = eager_top1(table)
     table = table[[c for c in COLUMNS if c in table.columns]]
     return table.sort_values(KEYS, ignore_index=True)
+
+
+def eager_top1(table: pd.DataFrame) -> pd.Series:
+    """Each row's FP32 parent's top-1: its branch's eager row (evaluate.eager_baseline), else empty."""
+    branch = ["model", "importance", "ratio"]
+    if "top1" not in table or "format" not in table:
+        return pd.Series(float("nan"), index=table.index)
+    eager = table[table["format"] == EAGER].set_index(branch)["top1"]
+    return pd.Series([eager.get(key, float("nan")) for key in zip(*(table[k] for k in branch))], index=table.index)
 
 
 def run(paths: list[str], out: str, searches: list[str] = ()) -> pd.DataFrame:

@@ -93,7 +93,7 @@ def unique(jobs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 
 def jobs(config: dict) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job the sweep schedules, aggregates included."""
-    out = [("data", {}), ("summary", {})] + [("model", {"model": m["id"]}) for m in config["models"]]
+    out = [("data_train", {}), ("data_eval", {}), ("summary", {})] + [("model", {"model": m["id"]}) for m in config["models"]]
     out += [job for a in measured(config) for job in made_by(config, a)]
     out += [("profile", a) for a in profiled(config)]
     return unique(out)

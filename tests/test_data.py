@@ -160,53 +160,75 @@ def test_16_bit_images_are_scaled_not_clipped(sixteen_bit):
 def test_a_model_learns_classes_that_differ_only_in_16_bit_level(sixteen_bit):
     from pqv import finetune
 
-    from .conftest import tiny_vit
+    from .conftest import held_out_top1, tiny_vit
 
     m = tiny_vit(in_chans=3, img_size=8, num_classes=2)
     dc = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
-    result = finetune.train(m, sixteen_bit, dc, {"epochs": 6, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0,
-                                                 "warmup_epochs": 0, "hflip": 0.0, "color_jitter": None})
-    assert result["top1"] == 100.0
+    finetune.train(m, sixteen_bit, dc, {"epochs": 6, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0,
+                                        "warmup_epochs": 0, "hflip": 0.0, "color_jitter": None})
+    assert held_out_top1(m, dc, sixteen_bit) == 100.0
 
 
 # ---- noticing a change without walking the tree ---------------------------------------------
 
-def test_the_stamp_changes_with_the_files_of_a_class_and_nothing_else(tmp_path):
+def stamps(spec) -> dict:
+    return {split: data.stamp(spec, split) for split in data.SPLITS}
+
+
+def test_the_stamp_changes_with_the_images_of_a_split_and_nothing_else(tmp_path):
     spec = tree(tmp_path, CLASSES[:2], per_class=2)
-    first = data.stamp(spec)
-    assert data.stamp(spec) == first
-    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
-    (tmp_path / "test").mkdir()  # not a configured split
-    (tmp_path / "train" / "README.txt").write_text("not in a class folder")
-    assert data.stamp(spec) == first
-    changes = [
-        lambda: _jpeg(tmp_path / "val" / "bird" / "new.jpg", (9, 9, 9)),  # added
-        lambda: (tmp_path / "val" / "bird" / "new.jpg").unlink(),  # removed
-        lambda: os.replace(tmp_path / "train" / "airplane" / "0001.jpg", tmp_path / "train" / "airplane" / "0009.jpg"),
-        lambda: (tmp_path / "train" / "newclass").mkdir(),  # a new class
-        lambda: (tmp_path / "train" / "airplane" / "batch2").mkdir(),  # a folder inside a class
-        lambda: _jpeg(tmp_path / "train" / "airplane" / "batch2" / "a.jpg", (9, 9, 9)),  # ImageFolder reads it
-        lambda: _jpeg(tmp_path / "train" / "airplane" / "batch2" / "b.jpg", (9, 9, 8)),  # and the next one
+    first = stamps(spec)
+    assert stamps(spec) == first
+    linked = tmp_path / "elsewhere" / "more"  # a folder inside a class reached through a symbolic link
+    _jpeg(linked / "x.jpg", (7, 7, 7))
+    (tmp_path / "train" / "bird" / "more").symlink_to(linked, target_is_directory=True)
+    first = stamps(spec)
+    untouched = [
+        lambda: (tmp_path / "train" / ".ipynb_checkpoints").mkdir(),  # hidden: not a class
+        lambda: (tmp_path / "test").mkdir(),  # not a configured split
+        lambda: (tmp_path / "train" / "README.txt").write_text("not in a class folder"),
+        lambda: (tmp_path / "train" / "bird" / ".DS_Store").write_bytes(b"\0" * 64),  # a file browser's
+        lambda: (tmp_path / "val" / "bird" / "Thumbs.db").write_bytes(b"\0" * 64),
+        lambda: os.chmod(tmp_path / "train" / "bird" / "0000.jpg", 0o600),  # a permission change
+        lambda: os.chmod(tmp_path / "train" / "bird", 0o700),
+        lambda: (tmp_path / "train" / "airplane" / "empty").mkdir(),  # a folder with no image
     ]
-    seen = {first}
-    for change in changes:
+    for change in untouched:
         change()
-        now = data.stamp(spec)
-        assert now not in seen
-        seen.add(now)
+        assert stamps(spec) == first
+    changes = [  # (the change, the split it changes)
+        (lambda: _jpeg(tmp_path / "val" / "bird" / "new.jpg", (9, 9, 9)), "eval"),  # added
+        (lambda: (tmp_path / "val" / "bird" / "new.jpg").unlink(), "eval"),  # removed
+        (lambda: os.replace(tmp_path / "train" / "airplane" / "0001.jpg", tmp_path / "train" / "airplane" / "0009.jpg"), "train"),
+        (lambda: (tmp_path / "train" / "newclass").mkdir(), "train"),  # a new class (the data job says it is empty)
+        (lambda: _jpeg(tmp_path / "train" / "airplane" / "empty" / "a.jpg", (9, 9, 9)), "train"),  # ImageFolder reads it
+        (lambda: _jpeg(linked / "y.jpg", (9, 9, 8)), "train"),  # an image added behind the link
+    ]
+    for change, split in changes:
+        before = stamps(spec)
+        change()
+        now = stamps(spec)
+        assert now[split] != before[split]
+        other = "eval" if split == "train" else "train"
+        assert now[other] == before[other], f"a change to the {split} split changed the {other} split's stamp"
+    assert stamps(spec)["eval"] == first["eval"]  # the image added to val/ and removed again: as it was
 
 
-def test_the_stamp_sees_a_copy_extracted_again_with_its_old_times(tmp_path):
-    """tar restores folders' mtimes; their ctimes (and inodes) still change."""
+def test_the_stamp_sees_an_image_replaced_under_its_name(tmp_path):
+    """A copy extracted again with the same files changes nothing; a different image under the same
+    name changes its size or mtime."""
     spec = tree(tmp_path, CLASSES[:2], per_class=1)
-    before = data.stamp(spec)
-    folder = tmp_path / "train" / "bird"
-    st = os.stat(folder)
-    (folder / "0000.jpg").unlink()
-    _jpeg(folder / "0000.jpg", (1, 1, 1))  # a different image under the same name
-    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))  # as tar -x leaves it
-    assert os.stat(folder).st_mtime_ns == st.st_mtime_ns
-    assert data.stamp(spec) != before
+    before = data.stamp(spec, "train")
+    image = tmp_path / "train" / "bird" / "0000.jpg"
+    st = os.stat(image)
+    copy_of = image.read_bytes()
+    image.unlink()
+    image.write_bytes(copy_of)  # extracted again: same bytes, same mtime (tar restores it), a new inode
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data.stamp(spec, "train") == before
+    image.unlink()
+    _jpeg(image, (1, 1, 1))  # a different image under the same name
+    assert data.stamp(spec, "train") != before
 
 
 def test_estimate_counts_class_folders_and_lists_only_a_few(tmp_path):
@@ -226,7 +248,7 @@ def classes_of(manifest, images_by_sample, split="eval"):
 
 
 def test_every_class_appears_in_the_check_and_calibration_samples(imagefolder):
-    images = datasets.sample_batch(imagefolder, DATA_CONFIG, 12)  # export check, profile input
+    images = datasets.sample_batch(imagefolder, DATA_CONFIG, 12, "eval")  # export check, profile input
     counts = Counter(classes_of(imagefolder, images))
     assert set(counts) == set(range(len(CLASSES))) and set(counts.values()) == {2}
     calibration = datasets.sample_batch(imagefolder, DATA_CONFIG, 18, split="train")  # int8 static calibration
@@ -234,12 +256,12 @@ def test_every_class_appears_in_the_check_and_calibration_samples(imagefolder):
 
 
 def test_the_same_seed_and_count_give_the_same_images_in_every_stage(imagefolder):
-    a, la = datasets.sample(imagefolder, DATA_CONFIG, 10)
-    b, lb = datasets.sample(imagefolder, DATA_CONFIG, 10)
+    a, la = datasets.sample(imagefolder, DATA_CONFIG, 10, "eval")
+    b, lb = datasets.sample(imagefolder, DATA_CONFIG, 10, "eval")
     assert torch.equal(a, b) and torch.equal(la, lb)
-    prefix, _ = datasets.sample(imagefolder, DATA_CONFIG, 4)
+    prefix, _ = datasets.sample(imagefolder, DATA_CONFIG, 4, "eval")
     assert torch.equal(prefix, a[:4])  # a smaller sample is the start of a larger one
-    other, _ = datasets.sample(imagefolder, DATA_CONFIG, 10, seed=1)
+    other, _ = datasets.sample(imagefolder, DATA_CONFIG, 10, "eval", seed=1)
     assert not torch.equal(other, a)
 
 
@@ -255,7 +277,7 @@ def test_taylor_calibration_batches_are_shuffled_across_classes(imagefolder):
 
 def test_a_max_subset_sample_still_covers_every_class(tmp_path):
     manifest = data.scan({**tree(tmp_path, CLASSES, per_class=12), "max_eval": 30})
-    labels = datasets.sample(manifest, DATA_CONFIG, 12)[1].tolist()
+    labels = datasets.sample(manifest, DATA_CONFIG, 12, "eval")[1].tolist()
     assert len(set(labels)) == len(CLASSES)
 
 
@@ -271,6 +293,6 @@ def test_digits_samples_cover_every_class():
     from .conftest import DIGITS
 
     dc = {"input_size": [1, 8, 8], "mean": [0.5], "std": [0.5]}
-    _, labels = datasets.sample(DIGITS, dc, 20)
+    _, labels = datasets.sample(DIGITS, dc, 20, "eval")
     assert set(Counter(labels.tolist()).values()) == {2}
     assert DIGITS["classes"] == [str(c) for c in range(10)]

@@ -71,11 +71,11 @@ def sweep(tmp_path_factory):
 
 def test_the_sweep_scores_hidden_folders_and_missing_classes_right(sweep):
     workdir, _ = sweep
-    manifest = json.loads((workdir / "results/data/manifest.json").read_text())
-    assert manifest["classes"] == ["blue", "green", "red"]
-    assert [manifest["splits"][s]["images"] for s in ("train", "eval")] == [30, 8]
-    assert "cannot be scored: blue" in manifest["warnings"][0]
-    assert "cannot be scored: blue" in (workdir / "results/logs/data.log").read_text()
+    manifests = {s: json.loads((workdir / f"results/data/{s}.json").read_text()) for s in ("train", "eval")}
+    assert manifests["train"]["classes"] == manifests["eval"]["classes"] == ["blue", "green", "red"]
+    assert [manifests[s]["splits"][s]["images"] for s in ("train", "eval")] == [30, 8]
+    assert "cannot be scored: blue" in manifests["eval"]["warnings"][0]
+    assert "cannot be scored: blue" in (workdir / "results/logs/data_eval.log").read_text()
     base = json.loads((workdir / "results/tiny/model.safetensors.json").read_text())
     assert base["classes"] == 3
     summary = pd.read_csv(workdir / "results/summary.csv")
@@ -97,22 +97,23 @@ def test_changes_outside_the_class_folders_rerun_nothing(sweep):
 def test_an_added_image_reruns_the_data_job_and_what_reads_it(sweep):
     workdir, cfg = sweep
     everything = scheduled(snakemake(workdir, "-n", "--forceall", config=cfg))
+    evaluation = Counter({rule: everything[rule] for rule in ("data_eval", "accuracy", "summary", "plot", "stage_costs", "all")})
     _jpeg(workdir / "photos" / "val" / "green" / "new.jpg", (30, 230, 40))
     plan = snakemake(workdir, "-n", config=cfg)
-    # the starting model is trained on the data, so every job below the data job reads it
-    assert scheduled(plan) == everything
-    assert "params" in plan.stdout.split("rule data:")[1].split("rule ")[0]  # the stamp parameter changed
+    # only the accuracy jobs read the evaluation split
+    assert scheduled(plan) == evaluation
+    assert "params" in plan.stdout.split("rule data_eval:")[1].split("rule ")[0]  # the stamp parameter changed
     # the data job alone, for real: the manifest counts the new image, and the rest is still to do
-    result = snakemake(workdir, "results/data/manifest.json", config=cfg)
+    result = snakemake(workdir, "results/data/eval.json", config=cfg)
     assert result.returncode == 0, result.stderr[-3000:]
-    manifest = json.loads((workdir / "results/data/manifest.json").read_text())
+    manifest = json.loads((workdir / "results/data/eval.json").read_text())
     assert manifest["splits"]["eval"]["images"] == 9
-    assert scheduled(snakemake(workdir, "-n", config=cfg)) == everything - Counter(data=1)
+    assert scheduled(snakemake(workdir, "-n", config=cfg)) == evaluation - Counter(data_eval=1)
 
 
 def test_the_sweep_lists_each_class_folder_once(sweep):
-    """Measured in every process of the run: the data job lists the tree once; no stage lists it;
-    Snakemake's planning lists the split folders (the stamp) and a few class folders (the estimate)."""
+    """Measured in every process of the run: the data jobs list the tree once; no stage lists it;
+    Snakemake's planning lists each class folder once (the stamp) and a few again (the estimate)."""
     workdir, _ = sweep
     rows = [line.split("\t") for line in (workdir / "listings.tsv").read_text().splitlines()]
     root = os.path.realpath(workdir / "photos")
@@ -124,4 +125,5 @@ def test_the_sweep_lists_each_class_folder_once(sweep):
     assert {p for p in by_data_job if p in class_folders} == class_folders
     assert all(by_data_job[p] == 1 for p in class_folders)
     assert by_stages == [], by_stages[:5]
-    assert sum(p in class_folders for p in planning) <= 2 * 5  # data.estimate: at most 5 per split
+    by_planning = Counter(p for p in planning if p in class_folders)
+    assert set(by_planning) == class_folders and all(n <= 2 for n in by_planning.values()), by_planning

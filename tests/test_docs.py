@@ -126,3 +126,10 @@ def test_the_round_to_comparison_is_the_two_runs_csvs(monkeypatch):
                                ("default", "round_to 64"))
     assert "\n".join(lines) in (REPO / "docs/cifar10.md").read_text(), "render it again: python scripts/compare_runs.py ..."
     assert len(lines) == 2 + 9  # every artifact both runs made
+
+
+def test_the_rerun_tables_are_the_declaration_and_the_tests_data():
+    """docs/configuring.md's tables of what a change reruns: rendered from pqv/config.py's
+    declaration and from tests/data/reruns.yaml, the data tests/test_workflow.py asserts."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts/reruns_table.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -306,10 +306,10 @@ def test_a_results_path_with_a_space_is_quoted_in_every_command(tmp_path):
     assert len({c.split(" -m pqv ")[1].split()[0] for c in commands}) >= 9  # every stage's command
     for command in commands:
         words = shlex.split(command)
-        assert "my" not in words and "results/data/manifest.json" not in words, command
+        assert "my" not in words and "results/data/train.json" not in words, command
         assert any(w.startswith("my results/") for w in words), command
-    result = snakemake(tmp_path, "my results/data/manifest.json", config=config)
-    assert result.returncode == 0 and (tmp_path / "my results/data/manifest.json").exists(), result.stderr[-2000:]
+    result = snakemake(tmp_path, "my results/data/eval.json", config=config)
+    assert result.returncode == 0 and (tmp_path / "my results/data/eval.json").exists(), result.stderr[-2000:]
 
 
 def test_a_full_disk_is_one_line_before_the_file_and_a_dead_writers_part_file_goes(trained_tiny, tmp_path, monkeypatch):

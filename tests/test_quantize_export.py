@@ -23,7 +23,7 @@ def fp32_artifacts(saved_tiny, tmp_path_factory):
 
 def _reference(saved, n=64):
     m, a = store.load_model(saved)
-    x = datasets.sample_batch(DIGITS, a["data_config"], n)
+    x = datasets.sample_batch(DIGITS, a["data_config"], n, split="eval")
     with torch.no_grad():
         return x, m(x)
 

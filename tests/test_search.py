@@ -68,12 +68,24 @@ SETTINGS = {"budget": 1.0, "lo": 0.0, "hi": 0.9, "resolution": 0.05, "parallel":
 def model_sidecar(tmp_path):
     path = tmp_path / "model.safetensors.json"
     widths = {"embed": 96, "blocks.0.mlp": 384, "blocks.0.head_dim": 32, "blocks.0.heads": 3}
-    path.write_text(json.dumps({"stage": "model", "top1": 95.0, "widths": widths}))
+    path.write_text(json.dumps({"stage": "model", "widths": widths}))
     return str(path)
 
 
+def _reference(tmp_path, top1=95.0):
+    """The dense branch's FP32 accuracy files: the eager baseline and a .ptl a little below it."""
+    out = []
+    for fmt, value in (("eager", top1), ("ptl", top1 - 0.3)):
+        path = tmp_path / f"dense-fp32-{fmt}.json"
+        path.write_text(json.dumps({"model": "m", "importance": "dense", "ratio": 0.0, "precision": "fp32", "engine": "none",
+                                    "format": fmt, "top1": value, "status": "verified"}))
+        out.append(str(path))
+    return out
+
+
 def test_a_round_reads_its_probes_and_asks_for_the_next(tmp_path, model_sidecar):
-    first = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)])
+    first = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)],
+                             references=_reference(tmp_path))
     assert first["next"] == [0.5] and not first["done"] and first["reach"]["ratio"] == pytest.approx(1 - 1 / 32)
     second = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {},
                               [_measured(tmp_path, 0.5, 93.0)], previous=str(tmp_path / "r0.json"))
@@ -83,14 +95,15 @@ def test_a_round_reads_its_probes_and_asks_for_the_next(tmp_path, model_sidecar)
 def test_a_budget_the_dense_artifact_fails_is_one_line(tmp_path, model_sidecar):
     with pytest.raises(PQVError, match=r"search budget 1 top-1 points: even the unpruned int8_dynamic .ptl artifact "
                                        r"fails it \(top-1 93.50 is 1.50 points below the dense FP32 model's 95.00\)"):
-        search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 93.5)])
+        search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 93.5)],
+                         references=_reference(tmp_path))
     assert not (tmp_path / "r0.json").exists()
 
 
 def test_round_to_and_torch_prunings_reach_bound_the_grid(tmp_path, model_sidecar):
     settings = {**SETTINGS, "hi": 0.99}
     state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, settings, {"round_to": 16},
-                             [_measured(tmp_path, 0.0, 95.0)])
+                             [_measured(tmp_path, 0.0, 95.0)], references=_reference(tmp_path))
     assert state["grid"] == [0.0, 0.166667, 0.333333, 0.5]  # head_dim 32 in multiples of 16: at most 0.5
 
 
@@ -101,8 +114,47 @@ def test_a_search_with_nothing_to_probe_is_one_line_not_an_answer_of_zero(tmp_pa
                                        r"Torch-Pruning can prune this model: its blocks.0.head_dim group is 32 wide\)"
                        if not prune else r"the search has no ratio to probe: .* in steps of prune.round_to 16"):
         search.run_round(str(tmp_path / "r0.json"), model_sidecar, {**SETTINGS, **settings}, prune,
-                         [_measured(tmp_path, 0.0, 95.0)])
+                         [_measured(tmp_path, 0.0, 95.0)], references=_reference(tmp_path))
     assert not (tmp_path / "r0.json").exists()
+
+
+def test_a_probe_without_a_status_fails(tmp_path, model_sidecar):
+    missing = tmp_path / "no-status.json"
+    missing.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": 0.5, "precision": "int8_dynamic",
+                                   "engine": "x86", "format": "ptl", "top1": 95.0}))
+    search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 95.0)],
+                     references=_reference(tmp_path))
+    state = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [str(missing)],
+                             previous=str(tmp_path / "r0.json"))
+    probe = [p for p in state["probes"] if p["ratio"] == 0.5][0]
+    assert not probe["passed"] and probe["status"] == "missing"
+
+
+def test_the_search_and_choose_measure_loss_from_one_reference(tmp_path, model_sidecar):
+    """The best verified dense FP32 file (here the eager baseline, 95.0), said in both outputs."""
+    import pandas as pd
+
+    from pqv import choose
+
+    state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)],
+                             references=_reference(tmp_path))
+    summary = pd.DataFrame([json.loads(open(p).read()) for p in _reference(tmp_path)] +
+                           [{**json.loads(open(_measured(tmp_path, 0.0, 94.5)).read()), "importance": "dense"}])
+    picked = choose.candidates(summary, 1.0)
+    assert state["reference_top1"] == 95.0 == picked["reference_top1"].iloc[0]
+    assert search.REFERENCE in capsys_text(lambda: search.run_round(str(tmp_path / "r0b.json"), model_sidecar, SETTINGS,
+                                                                    {}, [_measured(tmp_path, 0.0, 94.5)],
+                                                                    references=_reference(tmp_path)))
+
+
+def capsys_text(call) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        call()
+    return out.getvalue()
 
 
 def test_widths_fit_one_cell():

@@ -48,8 +48,9 @@ def submit(tmp_path):
         from pqv import data
 
         work = tmp_path / f"work{next(runs)}"
-        if inputs:  # the data job's manifest first, then the files made after it
-            data.run({"name": "digits"}, str(work / "results/data/manifest.json"))
+        if inputs:  # the data jobs' manifests first, then the files made after them
+            for split in data.SPLITS:
+                data.run({"name": "digits"}, str(work / f"results/data/{split}.json"), split=split)
         for name in INPUTS if inputs else []:
             (work / "results/demo_vit" / name).parent.mkdir(parents=True, exist_ok=True)
             (work / "results/demo_vit" / name).touch()
@@ -119,7 +120,7 @@ def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(
         assert "--exclusive" not in jobs[f"rule_accuracy_l2_0.25_{fmt}"]
     assert "--gpus" not in jobs["rule_accuracy_l2_0.25_int8_dynamic_x86_ptl"]
     assert " --gpus=1 " in jobs["rule_accuracy_l2_0.25_fp32_none_eager"]
-    (model,) = submit({}, ["results/data/manifest.json"], inputs=False).values()  # the first job: the data
+    (model,) = submit({}, ["results/data/train.json"], inputs=False).values()  # the first job: the data
     assert " --cpus-per-task=2 " in model and "--gpus" not in model
 
 

@@ -9,6 +9,7 @@ sys.path.insert(0, workflow.basedir)  # torch-free modules: the registry, the sw
 from pqv import config as pqv_config
 from pqv import data as pqv_data
 from pqv import registry as T
+from pqv import reruns as RERUNS
 from pqv import resources as RES
 from pqv import search as pqv_search
 from pqv import sweep as SWEEP
@@ -23,7 +24,10 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 R = config["results"]
 
 BRANCH = R + "/{model}/{importance}_{ratio}"
-MANIFEST = R + "/data/manifest.json"  # the data stage's output: every stage that reads images takes it
+# The data stage's outputs, one per split: a job depends on the split it reads, so a change to the
+# evaluation split reruns the accuracy jobs alone (only they read it).
+TRAIN_DATA = R + "/data/train.json"
+EVAL_DATA = R + "/data/eval.json"
 MODEL = R + "/{model}/model.safetensors"
 PRUNED = BRANCH + "/pruned.safetensors"
 FINETUNED = BRANCH + "/finetuned.safetensors"
@@ -42,7 +46,7 @@ LOGS = R + "/logs"  # one log per job, beside the run's results: two runs with t
 JOB_BRANCH = "{model}/{importance}_{ratio}"
 JOB_PROGRAM = JOB_BRANCH + "/{precision}-{engine}.{ir}"
 JOB_ARTIFACT = JOB_BRANCH + "/{precision}-{engine}.{format}"
-JOB_PATTERN = {"data": None, "summary": None, "model": "{model}", "prune": JOB_BRANCH, "finetune": JOB_BRANCH,
+JOB_PATTERN = {"data_train": None, "data_eval": None, "summary": None, "model": "{model}", "prune": JOB_BRANCH, "finetune": JOB_BRANCH,
                "keep_dense": JOB_BRANCH, "quantize": JOB_PROGRAM, "export": JOB_ARTIFACT, "accuracy": JOB_ARTIFACT,
                "latency": JOB_ARTIFACT, "profile": JOB_ARTIFACT}
 
@@ -121,11 +125,21 @@ onstart:
 ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
 
 MODELS = {m["id"]: m for m in config["models"]}
-# What the data set is (its manifest's params); `workers` says how it is loaded, so it goes on the
-# command line of the jobs that load it, where changing it reruns nothing.
-DATA_SPEC = json.dumps({k: config["dataset"].get(k) for k in pqv_data.SPEC_KEYS}, sort_keys=True)
-DATA_STAMP = pqv_data.stamp(config["dataset"])
+# `workers` says how the data is loaded, not what a job makes: it goes on the command line, not
+# into params (changing it reruns nothing).
 WORKERS = f"--workers {config['dataset']['workers']}"
+
+
+def settings(stage):
+    """A rule's `settings` param: the options that carry exactly the config keys its job reads
+    (pqv/reruns.py, from the declaration beside each key in pqv/config.py). They go on the command
+    line too, so what a job is told and what reruns it are one text."""
+    return lambda wc: RERUNS.options(stage, config, wc)
+
+
+def version(stage):
+    """A rule's `version` param: bumped with a change to the stage's code that changes what it makes."""
+    return RERUNS.VERSIONS[stage]
 
 
 # Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
@@ -147,6 +161,10 @@ def reads_data(stage, wc):
     if stage == "prune":
         return wc.importance in T.GRADIENT_IMPORTANCES and float(wc.ratio) > 0
     return T.PRECISIONS[wc.precision]["calibrated"]
+
+
+def train_data_if(stage):
+    return lambda wc: TRAIN_DATA if reads_data(stage, wc) else []
 
 
 def data_option(wc, input):
@@ -204,11 +222,11 @@ PLAN = _planned_config()
 # The data set's size: the manifest's counts once the data job has made it, before that an estimate
 # (class folders counted, a few of them listed). Threads follow it (small sets get few).
 DATA_ESTIMATE = pqv_data.estimate(config["dataset"])
-try:
-    _counts = pqv_data.read(MANIFEST)["splits"]
-    DATA_ESTIMATE = {**DATA_ESTIMATE, "train": _counts["train"]["images"], "eval": _counts["eval"]["images"]}
-except PQVError:
-    pass  # not made yet (or damaged: the data job makes it again)
+for _split, _path in (("train", TRAIN_DATA), ("eval", EVAL_DATA)):
+    try:
+        DATA_ESTIMATE[_split] = pqv_data.read(_path)["splits"][_split]["images"]
+    except (PQVError, KeyError):
+        pass  # not made yet (or damaged: the data job makes it again)
 PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
 
 
@@ -221,7 +239,7 @@ def stage_threads(stage):
 @functools.lru_cache(maxsize=4)
 def _manifest_images(path, mtime_ns):
     splits = pqv_data.read(path)["splits"]
-    return splits["train"]["images"], splits["eval"]["images"]
+    return tuple(splits[s]["images"] if s in splits else 0 for s in ("train", "eval"))
 
 
 def job_work(stage, wc, input):
@@ -231,7 +249,8 @@ def job_work(stage, wc, input):
     is ready to start, from the real files."""
     model = RES.estimate_macs(MODELS[wc.model]) if "model" in wc.keys() else (0, 0)
     train, evaluation = DATA_ESTIMATE["train"], DATA_ESTIMATE["eval"]
-    if stage == "data":
+    if stage in ("data_train", "data_eval"):  # each data job reads its own split
+        train, evaluation = (train, 0) if stage == "data_train" else (0, evaluation)
         return RES.Work(train, evaluation, 0, 0, config["dataset"]["name"])
     if not input.get("data"):
         train = evaluation = 0  # this job reads no images
@@ -250,15 +269,17 @@ def stage_resources(stage):
     """A rule's `resources:`: memory and wall time are functions of the job's input files (computed
     again when the job is about to start, once its manifest and input model exist), GPUs of its
     wildcards."""
+    planned = "data" if stage in ("data_train", "data_eval") else stage  # pqv.resources budgets both as `data`
+
     def value(key):
         def resource(wc, input):
             work = job_work(stage, wc, input)
-            return RES.of(stage, PLAN, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES,
+            return RES.of(planned, PLAN, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES,
                           wc.get("format", ""))[key]
 
         return resource
 
-    keys = RES.of(stage, PLAN, RES.Work(0, 0, 0, 0), planned_images=PLANNED_IMAGES)
+    keys = RES.of(planned, PLAN, RES.Work(0, 0, 0, 0), planned_images=PLANNED_IMAGES)
     out = {key: value(key) for key in keys}
-    out["gpu"] = lambda wc: RES.gpus(stage, PLAN, wc.get("importance", ""), wc.get("ratio", 0), wc.get("format", ""))
+    out["gpu"] = lambda wc: RES.gpus(planned, PLAN, wc.get("importance", ""), wc.get("ratio", 0), wc.get("format", ""))
     return out

@@ -1,18 +1,52 @@
-rule data:
-    """The data set, listed once and every image decoded: results/data/manifest.json, which every
-    stage that reads images takes as its input. `stamp` (class folders' inode, mtime and ctime)
-    reruns it, and what reads the data, when files are added, removed, renamed or extracted again."""
+# The data set, one job per split: results/data/train.json and eval.json. A job depends on the split
+# it reads (training, pruning calibration, finetuning, static calibration, the export check and the
+# timing input on the training split; the accuracy jobs on the evaluation split), so a change to the
+# evaluation split never retrains. `stamp` (pqv.data.stamp: the split's image files, by name, size
+# and mtime) reruns a split's job, and what reads it, when images are added, removed, renamed or
+# replaced; it is computed once per invocation, and only when that job is planned.
+
+
+@functools.cache
+def data_stamp(split):
+    return pqv_data.stamp(config["dataset"], split)
+
+
+rule data_train:
+    """The training split, listed once and every image decoded; its class folders are the class index."""
     output:
-        MANIFEST,
+        TRAIN_DATA,
     params:
-        spec=DATA_SPEC,
-        stamp=DATA_STAMP,
+        settings=settings("data_train"),
+        version=version("data_train"),
+        stamp=lambda wc: data_stamp("train"),
     log:
-        LOGS + "/data.log",
+        LOGS + "/data_train.log",
     benchmark:
-        bench("data")
+        bench("data_train")
     threads: stage_threads("data")
     resources:
-        **stage_resources("data"),
+        **stage_resources("data_train"),
     shell:
-        "{PQV} data --spec {params.spec:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "{PQV} data {params.settings} --split train --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule data_eval:
+    """The evaluation split, labelled with the training split's class index."""
+    input:
+        train=TRAIN_DATA,
+    output:
+        EVAL_DATA,
+    params:
+        settings=settings("data_eval"),
+        version=version("data_eval"),
+        stamp=lambda wc: data_stamp("eval"),
+    log:
+        LOGS + "/data_eval.log",
+    benchmark:
+        bench("data_eval")
+    threads: stage_threads("data")
+    resources:
+        **stage_resources("data_eval"),
+    shell:
+        "{PQV} data {params.settings} --split eval --train {input.train:q} --out {output:q} --threads {threads}"
+        " > {log:q} 2>&1"

@@ -1,6 +1,3 @@
-EVALUATE = config["evaluate"]
-
-
 def measured(wc):
     """The file a measurement job reads: the exported artifact, or for format `eager` the branch's
     finetuned FP32 model (the honest FP32 baseline)."""
@@ -18,11 +15,12 @@ rule accuracy:
     input:
         artifact=measured,
         sidecar=lambda wc: measured(wc) + ".json",
-        data=MANIFEST,
+        data=EVAL_DATA,  # the only jobs that read the evaluation split
     output:
         ACCURACY,
     params:
         labels=labels,
+        version=version("accuracy"),
     log:
         LOGS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.accuracy.log",
     benchmark:
@@ -42,12 +40,13 @@ rule latency:
     input:
         artifact=measured,
         sidecar=lambda wc: measured(wc) + ".json",
-        data=MANIFEST,
+        data=TRAIN_DATA,  # the timed input: any image serves
     output:
         LATENCY,
     params:
         labels=labels,
-        e=EVALUATE,
+        settings=settings("latency"),
+        version=version("latency"),
     log:
         LOGS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.latency.log",
     benchmark:
@@ -57,8 +56,7 @@ rule latency:
         **stage_resources("latency"),
     shell:
         "{PQV} evaluate latency --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
-        " --labels {params.labels:q} --threads {params.e[threads]} --warmup {params.e[warmup]}"
-        " --runs {params.e[runs]} --batch-size {params.e[batch_size]} > {log:q} 2>&1"
+        " --labels {params.labels:q} {params.settings} > {log:q} 2>&1"
 
 
 rule summary:

@@ -1,23 +1,16 @@
-EXPORT = config["export"]
-
-
 rule export:
     """Mobile artifact, loaded back in its runtime and checked against the eager FP32 parent."""
     input:
         src=quantized_for,
         sidecar=lambda wc: quantized_for(wc) + ".json",
         parent=FINETUNED,
-        data=MANIFEST,
+        data=TRAIN_DATA,  # the check's images: the conversion is checked, not the model's accuracy
     output:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
     params:
-        check_images=EXPORT["check_images"],
-        min_cosine=EXPORT["min_cosine"],
-        options=" ".join(
-            ([] if EXPORT["mobile_optimizer"] else ["--no-mobile-optimizer"])
-            + ([] if EXPORT["xnnpack_rewrite"] else ["--no-xnnpack-rewrite"])
-        ),
+        settings=settings("export"),
+        version=version("export"),
     log:
         LOGS + "/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
@@ -27,5 +20,4 @@ rule export:
         **stage_resources("export"),
     shell:
         "{PQV} export --src {input.src:q} --parent {input.parent:q} --out {output.artifact:q}"
-        " --format {wildcards.format} --data {input.data:q} --check-images {params.check_images}"
-        " --min-cosine {params.min_cosine} {params.options} > {log:q} 2>&1"
+        " --format {wildcards.format} --data {input.data:q} {params.settings} > {log:q} 2>&1"

@@ -16,21 +16,20 @@ rule finetune:
     """Recover accuracy of a pruned model (timm optimizer + scheduler); per-epoch CSV beside it.
 
     Resumes from <output>.ckpt/ when an earlier attempt was killed. The parent model is an input
-    only when distillation is on. `launcher` is left out of params: how a job starts does not
-    change its result (nproc does: it multiplies the global batch).
+    only when distillation is on. Reads the training split only.
     """
     input:
         model=PRUNED,
         sidecar=PRUNED + ".json",
         teacher=MODEL if DISTILL else [],
-        data=MANIFEST,
+        data=TRAIN_DATA,
     output:
         model=FINETUNED,
         sidecar=FINETUNED + ".json",
         metrics=BRANCH + "/finetune_metrics.csv",
     params:
-        # not how a job starts nor which branches train (pqv.config.Finetune.LAUNCH_KEYS): neither changes a result
-        hparams=json.dumps({k: v for k, v in FINETUNE.items() if k not in pqv_config.Finetune.LAUNCH_KEYS}, sort_keys=True),
+        settings=settings("finetune"),  # not launcher nor dense: how a job starts, which branches train
+        version=version("finetune"),
         teacher=lambda wc, input: f"--teacher {shlex.quote(input.teacher)}" if DISTILL else "",
     log:
         LOGS + "/finetune/{model}/{importance}_{ratio}.log",
@@ -41,7 +40,7 @@ rule finetune:
         **stage_resources("finetune"),
     shell:
         "{FINETUNE_PQV} finetune --model {input.model:q} --out {output.model:q} --data {input.data:q}"
-        " --hparams {params.hparams:q} --metrics {output.metrics:q} {params.teacher} --threads {threads} {WORKERS} {DEVICE}"
+        " {params.settings} --metrics {output.metrics:q} {params.teacher} --threads {threads} {WORKERS} {DEVICE}"
         " > {log:q} 2>&1"
 
 

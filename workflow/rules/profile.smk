@@ -1,19 +1,15 @@
-PROFILE_CFG = config["profile"]
-
-
 rule profile:
     """Per-operator time table (CSV) and bar chart of one artifact (paper Fig. 3)."""
     input:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
-        data=MANIFEST,
+        data=TRAIN_DATA,
     output:
         csv=PROFILE + ".csv",
         png=report(PROFILE + ".png", caption="../report/profile.rst", category="Operator profiles"),
     params:
-        warmup=PROFILE_CFG["warmup"],
-        runs=PROFILE_CFG["runs"],
-        threads=EVALUATE["threads"],
+        settings=settings("profile"),
+        version=version("profile"),
     log:
         LOGS + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
     benchmark:
@@ -23,4 +19,4 @@ rule profile:
         **stage_resources("profile"),
     shell:
         "{PQV} profile --artifact {input.artifact:q} --out-csv {output.csv:q} --out-png {output.png:q}"
-        " --threads {params.threads} --warmup {params.warmup} --runs {params.runs} --data {input.data:q} > {log:q} 2>&1"
+        " {params.settings} --data {input.data:q} > {log:q} 2>&1"

@@ -4,13 +4,14 @@ rule quantize:
         model=FINETUNED,
         sidecar=FINETUNED + ".json",
         # only calibrated precisions (int8_static) read images
-        data=lambda wc: MANIFEST if reads_data("quantize", wc) else [],
+        data=train_data_if("quantize"),
     output:
         model=QUANTIZED,
         sidecar=QUANTIZED + ".json",
     params:
         data=data_option,
-        calibration_images=config["quantize"]["calibration_images"],
+        settings=settings("quantize"),
+        version=version("quantize"),
     log:
         LOGS + "/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
     benchmark:
@@ -20,5 +21,5 @@ rule quantize:
         **stage_resources("quantize"),
     shell:
         "{PQV} quantize --model {input.model:q} --out {output.model:q} --precision {wildcards.precision}"
-        " --engine {wildcards.engine} {params.data} --calibration-images {params.calibration_images}"
+        " --engine {wildcards.engine} {params.data} {params.settings}"
         " > {log:q} 2>&1"

@@ -22,9 +22,18 @@ def previous_round(wc):
     return checkpoints.search_round.get(model=wc.model, importance=wc.importance, round=int(wc.round) - 1).output[0]
 
 
+def reference_files(model):
+    """The accuracy files the search's reference is read from (pqv.search.REFERENCE): the dense
+    branch's FP32 files, in every format, and its eager baseline."""
+    dense = [a for a in SWEEP.measured(config) if a["model"] == model and a["precision"] == "fp32"]
+    branch, ratio = SWEEP.branch(T.DENSE, 0)
+    return sorted({ACCURACY.format(**{**a, "importance": branch, "ratio": ratio}) for a in dense})
+
+
 def round_inputs(wc):
     if int(wc.round) == 0:
-        return {"sidecar": MODEL.format(model=wc.model) + ".json", "probes": probe_files(wc.model, wc.importance, [0])}
+        return {"sidecar": MODEL.format(model=wc.model) + ".json", "probes": probe_files(wc.model, wc.importance, [0]),
+                "reference": reference_files(wc.model)}
     previous = previous_round(wc)
     return {"sidecar": MODEL.format(model=wc.model) + ".json", "previous": previous,
             "probes": probe_files(wc.model, wc.importance, SEARCH_STATE(previous)["next"])}
@@ -40,15 +49,15 @@ checkpoint search_round:
     output:
         SEARCH_ROUND,
     params:
-        settings=json.dumps({k: SEARCH[k] for k in ("budget", "lo", "hi", "resolution", "parallel", "max_probes",
-                                                    "artifact")}, sort_keys=True),
-        prune=json.dumps({k: config["prune"][k] for k in ("round_to", "heads", "bottleneck")}, sort_keys=True),
+        settings=settings("search_round"),
+        version=version("search_round"),
         previous=lambda wc, input: f"--previous {shlex.quote(input.previous)}" if "previous" in input.keys() else "",
+        reference=lambda wc, input: f"--reference {' '.join(map(shlex.quote, input.reference))}" if "reference" in input.keys() else "",
     log:
         LOGS + "/search/{model}/{importance}/round-{round}.log",
     shell:
-        "{PQV} search round --out {output:q} --model-sidecar {input.sidecar:q} --settings {params.settings:q}"
-        " --prune {params.prune:q} {params.previous} --measured {input.probes:q} > {log:q} 2>&1"
+        "{PQV} search round --out {output:q} --model-sidecar {input.sidecar:q} {params.settings}"
+        " {params.previous} {params.reference} --measured {input.probes:q} > {log:q} 2>&1"
 
 
 def search_rounds(model, importance):
@@ -89,11 +98,12 @@ rule search_report:
         png=report(SEARCH_OUT + ".png", caption="../report/search.rst", category="Search"),
         chosen=SEARCH_OUT + ".json",
     params:
-        budget=SEARCH["budget"],
+        settings=settings("search_report"),
+        version=version("search_report"),
     log:
         LOGS + "/search/{model}/{importance}/report.log",
     shell:
-        "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} --budget {params.budget}"
+        "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} {params.settings}"
         " --searched {wildcards.model:q} {wildcards.importance:q}"
         " --out-csv {output.csv:q} --out-png {output.png:q} --out-json {output.chosen:q} 2>&1 | tee {log:q}"
 
