@@ -20,4 +20,4 @@ def test_finetune_steps_are_counted_in_the_log(saved_tiny, tmp_path):
     steps = 2 * (1437 // 128)  # 1,437 training digits, the last incomplete batch dropped
     assert lines and "\r" not in result.stderr  # one line per update, not carriage-return redraws
     assert f"{steps}/{steps}" in lines[-1] and ("step/s" in lines[-1] or "s/step" in lines[-1])  # rate
-    assert "epoch=2/2" in lines[-1] and "top1=" in lines[-1]
+    assert "epoch=2/2" in lines[-1] and "loss=" in lines[-1]

@@ -103,7 +103,7 @@ def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(
     config = {"finetune": {"nproc": 4}, "evaluate": {"threads": 2}}
     jobs = submit(config, [FINETUNE, PRUNE_TAYLOR, PRUNE_L2, LATENCY, ACCURACY, EAGER_LATENCY, EAGER_ACCURACY])
     finetune = jobs["rule_finetune_taylor_0.25"]
-    want = expected("finetune", config, (1437, 360))
+    want = expected("finetune", config, (1437, 0))  # finetuning reads the training split only
     # 4 processes x (2 torch threads + 0 workers on the digits), memory from the data and the model
     assert want["threads"] == 8 and want["gpu"] == 4
     assert " --cpus-per-task=8 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --gpus=4 " in finetune
@@ -128,7 +128,7 @@ def test_one_override_keeps_the_other_values_and_device_cpu_asks_for_no_gpu(subm
     jobs = submit({"device": "cpu", "finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR],
                   "--set-resources", "finetune:runtime=77")
     finetune = jobs["rule_finetune_taylor_0.25"]
-    want = expected("finetune", {"device": "cpu", "finetune": {"nproc": 2}}, (1437, 360))
+    want = expected("finetune", {"device": "cpu", "finetune": {"nproc": 2}}, (1437, 0))
     assert " -t 77 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --cpus-per-task=4 " in finetune
     assert "--gpus" not in finetune and "--gpus" not in jobs["rule_prune_taylor_0.5"]
 
