@@ -44,4 +44,5 @@ rule all:
         FIGURES,
         profile_targets(),
         search_reports(),
+        unrecorded_probe_files,
     default_target: True

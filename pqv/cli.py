@@ -136,7 +136,11 @@ def _search(a):
                          filled_section(Prune, a.prune, "prune"), a.measured, previous=a.previous,
                          references=a.reference)
     else:
-        search.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.measured, a.budget, searched=tuple(a.searched))
+        from . import search_report
+
+        search_report.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.out_choice, a.measured, a.budget,
+                             searched=tuple(a.searched), threads=a.threads, warmup=a.warmup, runs=a.runs,
+                             race_rounds=a.race_rounds, manifest=a.data)
 
 
 def _choose(a):
@@ -325,7 +329,7 @@ def _add_tables(sub, c):
 
 
 def _add_search(sub, c):
-    from .config import Search
+    from .config import Evaluate, Search
 
     s = sub.add_parser("search", help="one round of the accuracy-budget search, or its report (workflow/rules/search.smk)")
     steps = s.add_subparsers(dest="step", required=True, parser_class=_Parser)
@@ -347,6 +351,11 @@ def _add_search(sub, c):
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-png", required=True)
     r.add_argument("--out-json", required=True)
+    r.add_argument("--out-choice", required=True, help="the candidates at the answer, timed against each other (CSV)")
+    for key in ("threads", "warmup", "runs"):
+        r.add_argument(f"--{key}", **_setting(Evaluate, key))
+    r.add_argument("--race-rounds", type=int, default=5, help="turns of the interleaved timing of the candidates")
+    r.add_argument("--data", default=None, help="the training split's manifest: the timed input (default: zeros)")
     r.set_defaults(fn=_search)
 
 

@@ -212,9 +212,9 @@ class Export(Section):
 class Evaluate(Section):
     """Latency per image on the CPU; the accuracy pass uses every core its job holds."""
 
-    threads: int = setting(2, ge=1, description="torch (and XNNPACK) threads while timing latency", reads='latency profile')
-    warmup: int = setting(5, ge=0, description="untimed calls before the timed ones", reads='latency')
-    runs: int = setting(20, ge=1, description="timed calls: median, min, max, p90", reads='latency')
+    threads: int = setting(2, ge=1, description="torch (and XNNPACK) threads while timing latency", reads='latency profile search_report')
+    warmup: int = setting(5, ge=0, description="untimed calls before the timed ones", reads='latency search_report')
+    runs: int = setting(20, ge=1, description="timed calls: median, min, max, p90", reads='latency search_report')
     batch_size: int = setting(1, ge=1, description="images per timed call", reads='latency')
     eager_baseline: bool = setting(True, description="also measure each branch's eager FP32 model (format eager)", reads='sweep')
 

@@ -168,7 +168,7 @@ def describe(artifact: str) -> dict:
     if not str(artifact).endswith(".safetensors"):
         store.check_artifact(artifact)  # a cut file is one line, before a runtime is imported (and logs)
     if str(artifact).endswith(".safetensors"):
-        return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": Status.VERIFIED,
+        return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": meta.get("status", Status.VERIFIED),
                 "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}}
     return meta
 
@@ -254,7 +254,8 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
                "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
                "status": meta.get("status", Status.VERIFIED), "reason": meta.get("reason", ""),
                "accuracy_threads": compute, "accuracy_workers": workers, "accuracy_device": str(where),
-               "accuracy_images_per_s": len(loader.dataset) / seconds, "artifact": str(artifact)}
+               "accuracy_images_per_s": len(loader.dataset) / seconds, "images": len(loader.dataset),
+               "artifact": str(artifact)}
     store.write_json(out, metrics)
     return metrics
 

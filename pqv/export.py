@@ -219,15 +219,28 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         outputs = torch.cat([artifact(piece) for piece in progress(images.split(CHECK_CHUNK), desc="export check", unit="chunk")])
         fidelity = compare(outputs, reference)
         problem = verdict(precision, fidelity, min_cosine)
-        if problem and not registry.PRECISIONS[precision]["lossy"]:
-            # an exact precision that does not compute its parent's function is a bug, not a recipe
-            raise PQVError(f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer "
-                           "rewrites of pqv/layers.py, is wrong for this model)",
-                           f"report it with this log; meanwhile drop {fmt} from export.formats for this model")
-    if problem:
-        log.warning("REJECTED: %s (the file is kept with status 'rejected'; loosen export.min_cosine to accept it)", problem)
+    status, reason = outcome(precision, fmt, problem, meta)
     facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device")}
     store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
-                     fidelity=fidelity, status=Status.REJECTED if problem else Status.VERIFIED, reason=problem or "",
-                     min_cosine=min_cosine, **facts)
+                        fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
     return fidelity
+
+
+def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[Status, str]:
+    """The file's status and reason. A branch that failed upstream (a diverged finetune) stays
+    failed; a lossy recipe that fails the check is rejected (a result); an exact precision that does
+    not compute its parent's function is a bug of the exporter or of pqv/layers.py: failed, loudly,
+    so that one branch does not stop a sweep or a search."""
+    if meta.get("status") == Status.FAILED.value:
+        log.warning("FAILED upstream: %s (the file is kept with status 'failed')", meta.get("reason"))
+        return Status.FAILED, meta.get("reason") or "failed upstream"
+    if not problem:
+        return Status.VERIFIED, ""
+    if registry.PRECISIONS[precision]["lossy"]:
+        log.warning("REJECTED: %s (the file is kept with status 'rejected'; loosen export.min_cosine to accept it)", problem)
+        return Status.REJECTED, problem
+    reason = (f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer rewrites of "
+              f"pqv/layers.py, is wrong for this model; report it with this log, and drop {fmt} from export.formats "
+              "for this model meanwhile)")
+    log.error("FAILED: %s; the file is kept with status 'failed' and is never chosen", reason)
+    return Status.FAILED, reason

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from . import data, datasets
 from .errors import PQVError
+from .registry import Status
 from .evaluate import accuracy
 from .store import atomic_path
 from .progress import progress
@@ -211,6 +212,10 @@ def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list,
     return state["history"], state["epoch"]
 
 
+class Diverged(PQVError):
+    """The training loss stopped being finite: a result of the branch's settings, not a broken input."""
+
+
 def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar) -> dict:
     """One epoch of training: the history row (its mean training loss; the evaluation split is the
     accuracy jobs', so that a change to it never retrains)."""
@@ -231,7 +236,7 @@ def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar) -> dict:
            "lr": run.optimizer.param_groups[0]["lr"]}
     if not math.isfinite(row["train_loss"]):
         bar.close()  # its last line before the error, not after it
-        raise PQVError(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
+        raise Diverged(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
                        f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
     bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}")
     return row
@@ -386,10 +391,15 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
         manifest = data.of(manifest)
         resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
                       + manifest["fingerprint"])
-        result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
-                       desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
-                       ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
-                       threads=threads)
+        try:
+            result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
+                           desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
+                           ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
+                           threads=threads)
+        except Diverged as e:
+            if ctx.main:
+                failed(model_path, out, metrics_csv, str(e), parent, arch)
+            return {"status": Status.FAILED.value, "reason": str(e)}
         if ctx.main:
             store.save_model(model, out, arch)
             store.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher,
@@ -402,6 +412,21 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
         if dist.is_initialized():
             dist.destroy_process_group()
     return result
+
+
+def failed(model_path: str, out: str, metrics_csv: str, reason: str, parent: dict, arch: dict) -> None:
+    """A diverged finetune as a result, not a crash: the pruned model is kept unfinetuned with
+    status `failed` and the reason in its sidecar, which every file made from it carries on (a
+    summary row that says why; a search probe that fails; never a chosen file)."""
+    from . import store
+
+    log.warning("FAILED: %s; the pruned model is kept unfinetuned with status 'failed'", reason)
+    model = store.load_model(model_path)[0]
+    store.save_model(model, out, arch)
+    write_history([], metrics_csv)
+    store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, status=Status.FAILED, reason=reason,
+                        params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
 
 
 def keep(model_path: str, out: str, metrics_csv: str) -> dict:

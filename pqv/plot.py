@@ -19,7 +19,7 @@ from .registry import DENSE, EAGER, NO_ENGINE, Status
 
 FIGURES = {}
 RECIPE = ["precision", "engine", "format"]
-REJECTED_LABEL = "rejected by the export check"
+REJECTED_LABEL = "rejected by the export check, or failed"
 
 
 def figure(name):
@@ -73,8 +73,9 @@ def _legend(ax, **kwargs) -> None:
 
 
 def rejected(table: pd.DataFrame) -> pd.Series:
-    """Rows whose artifact failed its export check (summaries from before `status` have none)."""
-    return table["status"].eq(Status.REJECTED.value) if "status" in table else pd.Series(False, index=table.index)
+    """Rows whose artifact failed its export check or its branch (summaries from before `status` have none)."""
+    return table["status"].isin([Status.REJECTED.value, Status.FAILED.value]) if "status" in table else \
+        pd.Series(False, index=table.index)
 
 
 def mark_rejected(ax, g: pd.DataFrame, x: str, y: str) -> None:
@@ -174,7 +175,7 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
     for i, g in enumerate(groups):
         sub = frame[frame[series] == g].set_index(x)
         heights = [float(sub.at[v, value]) if v in sub.index else float("nan") for v in xs]
-        bad = [bool(v in sub.index and sub.at[v, "status"] == Status.REJECTED.value) for v in xs]
+        bad = [bool(v in sub.index and sub.at[v, "status"] in (Status.REJECTED.value, Status.FAILED.value)) for v in xs]
         bars = ax.bar([j + i * width for j in range(len(xs))], heights, width, label=str(g))
         for bar, is_bad in zip(bars, bad):
             if is_bad:  # a rejected recipe stays visible, struck through

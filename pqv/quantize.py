@@ -212,6 +212,7 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
         save(program, tmp, ir)
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
              "macs": parent.get("macs"), "data_config": dc, "device": parent.get("device"),
-             "calibration_images": sum(len(b) for b in calibration) if calibration else 0}
+             "calibration_images": sum(len(b) for b in calibration) if calibration else 0,
+             **{k: parent[k] for k in ("status", "reason") if k in parent}}  # a failed branch stays failed
     store.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

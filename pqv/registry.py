@@ -16,10 +16,13 @@ EAGER = "eager"  # the "format" of the eager FP32 baseline: measured like an art
 
 
 class Status(str, Enum):
-    """An exported artifact after its fidelity check against its parent."""
+    """An artifact after its fidelity check against its parent (and its branch's training)."""
 
     VERIFIED = "verified"
     REJECTED = "rejected"  # a lossy recipe that fails the check: kept as a result, never chosen
+    # the branch failed for a reason of its own (a diverged finetune, an exact export that changed the
+    # function): its files are kept, flagged, with the reason, so a sweep or a search goes on; never chosen
+    FAILED = "failed"
 
     def __str__(self) -> str:
         return self.value

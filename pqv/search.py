@@ -68,31 +68,69 @@ def grid(lo: float, hi: float, resolution: float, embed: int | None = None, roun
     return [round(lo + i * resolution, DIGITS) for i in range(steps + 1)]
 
 
-def interval(points: list[float], results: dict[float, bool]) -> tuple[int, int]:
-    """(a, b) on the grid: b the smallest failing probe (len(points) if none), a the largest passing
-    probe below it (the answer); grid points between them are still open."""
+# A probe's verdict: within the budget, outside it by more than one standard error of its top-1 (or
+# failed for a reason of its own: a diverged finetune, a failed export check), or outside it by
+# less: a failure that the evaluation split's sampling noise alone can explain.
+PASS, FAIL, WEAK = "pass", "fail", "weak"
+
+
+def verdict(result) -> str:
+    """A result as PASS, FAIL or WEAK (True and False, as older callers give, are PASS and FAIL)."""
+    if result is True:
+        return PASS
+    if result is False:
+        return FAIL
+    return result
+
+
+def interval(points: list[float], results: dict) -> tuple[int, int]:
+    """(a, b) on the grid: b the smallest binding failure (len(points) if none), a the largest pass
+    below it (the answer); grid points between them are still open. A failure binds unless it is
+    WEAK and a probe above it passed: accuracy near the budget is noisy, and one failure by less
+    than its standard error, contradicted from above, does not cap the answer."""
     index = {r: i for i, r in enumerate(points)}
-    failed = [index[r] for r, ok in results.items() if not ok and r in index]
-    b = min(failed, default=len(points))
-    a = max((index[r] for r, ok in results.items() if ok and r in index and index[r] < b), default=0)
+    verdicts = {index[r]: verdict(v) for r, v in results.items() if r in index}
+    passes = [i for i, v in verdicts.items() if v == PASS]
+    b = len(points)
+    for i in sorted(i for i, v in verdicts.items() if v != PASS):
+        if verdicts[i] == FAIL or not any(p > i for p in passes):
+            b = i
+            break
+    a = max((i for i in passes if i < b), default=0)
     return a, b
 
 
-def next_probes(points: list[float], results: dict[float, bool], parallel: int = 1, max_probes: int = 8) -> list[float]:
-    """The ratios the next round probes: `parallel` points evenly inside the open interval, none
-    already probed; none when the interval is one step wide or the probes are spent."""
+def _unchecked_weak(points: list[float], results: dict, b: int) -> int | None:
+    """The grid point above a WEAK failure that bounds the interval, if it was not probed yet: one
+    probe there tells a fluke (it passes) from the edge of the budget (it fails too)."""
+    if b < len(points) and verdict(results[points[b]]) == WEAK and b + 1 < len(points) and points[b + 1] not in results:
+        return b + 1
+    return None
+
+
+def next_probes(points: list[float], results: dict, parallel: int = 1, max_probes: int = 8) -> list[float]:
+    """The ratios the next round probes: the point above a WEAK bounding failure first, then points
+    evenly inside the open interval, none already probed, `parallel` in all; none when the interval
+    is one step wide (and its failure checked) or the probes are spent."""
     a, b = interval(points, results)
     made = sum(1 for r in results if r != points[0])  # the dense artifact is not a probe
-    left = max_probes - made
-    if b - a <= 1 or left <= 0:
+    left = min(parallel, max_probes - made)
+    if left <= 0:
         return []
-    k = min(parallel, left, b - a - 1)
-    picked = sorted({a + max(1, min(b - a - 1, round((b - a) * j / (k + 1)))) for j in range(1, k + 1)})
-    return [points[i] for i in picked if points[i] not in results]
+    picked = []
+    check = _unchecked_weak(points, results, b)
+    if check is not None:
+        picked.append(check)
+        left -= 1
+    if b - a > 1 and left > 0:
+        k = min(left, b - a - 1)
+        picked += [a + max(1, min(b - a - 1, round((b - a) * j / (k + 1)))) for j in range(1, k + 1)]
+    return [points[i] for i in sorted(set(picked)) if points[i] not in results]
 
 
 def simulate(curve, points: list[float], parallel: int = 1, max_probes: int = 8) -> tuple[float, list[list[float]]]:
-    """Run the rule against `curve(ratio) -> passes?`: (the answer, the probes of every round)."""
+    """Run the rule against `curve(ratio)` -> PASS, FAIL or WEAK (or True/False): (the answer, the
+    probes of every round)."""
     results = {points[0]: curve(points[0])}
     rounds = []
     while True:
@@ -105,11 +143,20 @@ def simulate(curve, points: list[float], parallel: int = 1, max_probes: int = 8)
     return points[a], rounds
 
 
+def standard_error(top1: float, images: int | None) -> float:
+    """The standard error of a top-1 (in points) measured on `images` images: binomial, with the
+    proportion kept half an image away from 0 and 1 (a perfect score on 360 images is not exact)."""
+    if not images:
+        return float("nan")
+    p = min(max(top1 / 100, 0.5 / images), 1 - 0.5 / images)
+    return 100 * math.sqrt(p * (1 - p) / images)
+
+
 # ---- one round of the workflow's search -------------------------------------------------------------
 
-# The columns of a search's CSV, in order (pqv.search.report).
-COLUMNS = ["ratio", "passed", "top1", "loss", "top1_agreement", "latency_ms_median", "size_mb", "params", "macs",
-           "widths", "status", "answer"]
+# The columns of a search's CSV, in order (pqv.search_report).
+COLUMNS = ["ratio", "passed", "verdict", "uncertain", "top1", "top1_se", "loss", "top1_agreement", "latency_ms_median",
+           "size_mb", "params", "macs", "widths", "status", "reason", "answer"]
 
 
 def reference_top1(rows) -> float | None:
@@ -120,13 +167,35 @@ def reference_top1(rows) -> float | None:
 
 
 def judge(measured: dict, reference_top1: float, budget: float) -> dict:
-    """A probe's record: its accuracy, latency, widths and verdict (a probe without a status fails)."""
-    ok = measured.get("status") == Status.VERIFIED.value and measured["top1"] >= reference_top1 - budget
-    return {"ratio": float(measured["ratio"]), "top1": measured["top1"], "loss": reference_top1 - measured["top1"],
-            "top1_agreement": measured.get("top1_agreement"), "latency_ms_median": measured.get("latency_ms_median"),
-            "size_mb": measured.get("size_mb"), "params": measured.get("params"), "macs": measured.get("macs"),
-            "widths": widths_text(measured.get("widths") or {}), "status": measured.get("status", "missing"),
-            "passed": bool(ok)}
+    """A probe's record: its accuracy with its standard error, latency, widths and verdict. A probe
+    whose file is not verified (a diverged finetune, a failed export check, no status at all) fails
+    with its reason; one within one standard error of the budget line, either side, is `uncertain`."""
+    status = measured.get("status") or "missing"
+    top1, line = float(measured["top1"]), reference_top1 - budget
+    se = standard_error(top1, measured.get("images"))
+    if status != Status.VERIFIED.value:
+        result = FAIL
+    elif top1 >= line:
+        result = PASS
+    else:
+        result = WEAK if line - top1 < se else FAIL
+    return {"ratio": float(measured["ratio"]), "passed": result == PASS, "verdict": result,
+            "uncertain": status == Status.VERIFIED.value and abs(top1 - line) < se, "top1": top1, "top1_se": se,
+            "loss": reference_top1 - top1, "top1_agreement": measured.get("top1_agreement"),
+            "latency_ms_median": measured.get("latency_ms_median"), "size_mb": measured.get("size_mb"),
+            "params": measured.get("params"), "macs": measured.get("macs"),
+            "widths": widths_text(measured.get("widths") or {}), "status": status,
+            "reason": measured.get("reason") or ("" if status == Status.VERIFIED.value else f"status {status}")}
+
+
+def describe_probe(p: dict, budget: float) -> str:
+    """A probe's verdict in words, for the round's log and the report."""
+    if p["status"] != Status.VERIFIED.value:
+        return f"failed ({p['status']}: {p['reason']})"
+    where = "within" if p["passed"] else ("outside, by less than its standard error," if p["verdict"] == WEAK else "outside")
+    se = f" ± {p['top1_se']:.2f}" if p.get("top1_se") == p.get("top1_se") else ""  # NaN: no image count
+    return (f"top-1 {p['top1']:.2f}{se} ({-p['loss']:+.2f} points), {where} the budget of {budget:g}"
+            + (" (uncertain: within one standard error of the line)" if p.get("uncertain") else ""))
 
 
 def widths_text(widths: dict[str, int]) -> str:
@@ -161,7 +230,7 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
         probes[ratio] = judge(row, reference, settings["budget"])
     dense = probes.get(0.0)
     if dense is None or not dense["passed"]:
-        why = "its export check failed" if dense and dense["status"] != "verified" else (
+        why = f"its file is {dense['status']}: {dense['reason']}" if dense and dense["status"] != "verified" else (
             f"top-1 {dense['top1']:.2f} is {dense['loss']:.2f} points below the dense FP32 model's {reference:.2f}" if dense else "it was not measured")
         raise PQVError(f"search budget {settings['budget']:g} top-1 points: even the unpruned "
                        f"{settings['artifact']['precision']} .{settings['artifact']['format']} artifact fails it ({why})",
@@ -178,7 +247,7 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
                        f"{settings['hi']:g} in steps of {settings['resolution']:g}{snapped}, cut at {top:.4g} "
                        f"(the most Torch-Pruning can prune this model: its {narrowest} group is {widths[narrowest]} wide)",
                        f"lower search.lo below {top:.4g}, or search.resolution")
-    results = {r: p["passed"] for r, p in probes.items()}
+    results = {r: p["verdict"] for r, p in probes.items()}
     nxt = next_probes(points, results, settings["parallel"], settings["max_probes"])
     a, b = interval(points, results)
     new = {"round": state["round"] + 1, "reference_top1": reference, "budget": settings["budget"], "grid": points,
@@ -187,85 +256,11 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
            "done": not nxt}
     write_json(out, new)
     for p in new["probes"]:
-        print(f"probe {p['ratio']:g}: top-1 {p['top1']:.2f} ({p['loss']:+.2f} points), "
-              f"{'within' if p['passed'] else 'outside'} the budget of {settings['budget']:g}")
+        print(f"probe {p['ratio']:g}: " + describe_probe(p, settings["budget"]))
     print(f"reference: {reference:.2f} % ({REFERENCE})")
     print(f"round {new['round']}: answer so far {new['answer']:g}; "
           + (f"next: {', '.join(f'{r:g}' for r in nxt)}" if nxt else "done"))
     return new
-
-
-def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, candidates: list[str], budget: float,
-           searched: tuple[str, str] = ("", "")) -> dict:
-    """CLI entry: every probe as a CSV row (`answer` marks the answer's ratio), the curve with the
-    budget line, and the chosen artifact: the fastest verified artifact (any precision and format)
-    at the answer's ratio within budget. `searched`: the search's model and importance."""
-    import pandas as pd
-
-    from .store import atomic_path, read_json, write_json
-
-    final = read_json(rounds[-1])
-    table = pd.DataFrame(final["probes"]).assign(answer=lambda t: t["ratio"] == final["answer"])
-    table = table[[c for c in COLUMNS if c in table]]
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    rows = {}
-    for path in candidates:
-        row = read_json(path)
-        if abs(float(row["ratio"]) - final["answer"]) > 1e-9:
-            continue  # a probe: judged above, not a candidate
-        key = tuple(row[k] for k in ("model", "importance", "ratio", "precision", "engine", "format"))
-        rows[key] = {**rows.get(key, {}), **row}
-    ok = [r for r in rows.values() if r.get("status", "verified") == "verified" and r["format"] != "eager"
-          and r["top1"] >= final["reference_top1"] - budget]
-    if not ok:
-        raise PQVError("no verified artifact at the search's answer is within the budget",
-                       "allow a larger search.budget")
-    chosen = min(ok, key=lambda r: (r["latency_ms_median"], r["size_mb"]))
-    result = {"model": searched[0], "importance": searched[1], "answer_ratio": final["answer"],
-              "reference_top1": final["reference_top1"], "budget": budget, "probes": len(final["probes"]) - 1,
-              "rounds": final["round"] + 1, "chosen": chosen}
-    write_json(out_json, result)
-    draw(table, final, chosen, out_png, searched)
-    print(f"search {searched[0]}, {searched[1]}: the largest ratio within {budget:g} top-1 points of the dense FP32 "
-          f"model ({final['reference_top1']:.2f} %) is {final['answer']:g}, after {result['probes']} probes in "
-          f"{result['rounds']} rounds; its fastest file within the budget: {chosen['artifact']} "
-          f"({chosen['top1']:.2f} %, {chosen['latency_ms_median']:.3g} ms)")
-    return result
-
-
-def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, str] = ("", "")) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .store import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    passed = table[table["passed"]]
-    failed = table[~table["passed"]]
-    ax.plot(table["ratio"], table["top1"], color="0.6", lw=1, zorder=1)
-    ax.scatter(passed["ratio"], passed["top1"], color="tab:green", label="within the budget", zorder=3)
-    ax.scatter(failed["ratio"], failed["top1"], color="tab:red", marker="x", s=60, label="outside the budget", zorder=3)
-    ax.axhline(final["reference_top1"] - final["budget"], color="k", ls="--", lw=1,
-               label=f"budget: dense FP32 {final['reference_top1']:.2f} − {final['budget']:g}")
-    ax.axvline(final["answer"], color="tab:green", ls=":", lw=1, label=f"answer: ratio {final['answer']:g}")
-    ax.set(xlabel="pruning ratio", ylabel="top-1 of the shipped file (%)",
-           title=f"search: {searched[0] or chosen['model']}, {searched[1] or chosen['importance']}; chosen: "
-                 f"{chosen['precision']} {chosen['engine']} .{chosen['format']} at {chosen['ratio']:g}")
-    low, high = ax.get_ylim()
-    ax.set_ylim(max(0.0, low), min(100.0, high))  # top-1 is a percentage: a budget below 0 % is off the chart
-    ax.grid(alpha=0.3)
-    twin = ax.twinx()
-    twin.plot(table["ratio"], table["latency_ms_median"], color="tab:blue", marker=".", lw=0.8, alpha=0.6)
-    twin.set_ylabel("latency of the judged file (ms)", color="tab:blue")
-    twin.set_ylim(0, table["latency_ms_median"].max() * 1.15)  # from zero: noise must not look like a trend
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp, open(tmp, "wb") as f:
-        fig.savefig(f, dpi=100, format="png")
-    plt.close(fig)
 
 
 def read_state(path: str | Path) -> dict:

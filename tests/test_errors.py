@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from pqv import arch, data, export, finetune, store, quantize
@@ -162,13 +163,20 @@ def test_a_damaged_program_that_keeps_its_length_is_caught_by_its_checksums(arti
 
 # ---- training, hub, permissions, resume ------------------------------------------------------
 
-def test_a_diverging_finetune_is_one_line_and_writes_nothing(saved_tiny, tmp_path):
+def test_a_diverging_finetune_is_a_failed_branch_with_its_reason(saved_tiny, tmp_path):
+    """A result of the branch's settings, not a crash (issue 29): one sweep or search goes on; the
+    pruned model is kept unfinetuned, flagged, and every file made from it says why."""
     out = tmp_path / "out" / "finetuned.safetensors"
     hparams = {"epochs": 2, "lr": 1e30, "warmup_epochs": 0, "batch_size": 32, "smoothing": 0.0}
     result = pqv("finetune", "--model", saved_tiny, "--out", out, "--data", manifest_file(SMALL),
                  "--hparams", json.dumps(hparams), "--metrics", out.parent / "m.csv")
-    one_line(result, "finetune", "training diverged at epoch 1", "lower lr (now 1e+30)")
-    assert not out.exists() and not (out.parent / "m.csv").exists()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "FAILED: training diverged at epoch 1" in result.stderr and "lower lr (now 1e+30)" in result.stderr
+    side = store.read_sidecar(out)
+    assert side["status"] == "failed" and side["reason"].startswith("training diverged at epoch 1")
+    loaded, _ = store.load_model(out)
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())  # the pruned model, not NaN weights
+    assert not (tmp_path / "out" / "finetuned.safetensors.ckpt").exists()
 
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],

@@ -74,3 +74,37 @@ def test_a_looser_budget_reuses_every_probe(searched):
     done_before = finetuned(first)
     assert not finetuned(result) & done_before  # no probe made again
     assert ran(result)["search_round"] >= 1 and ran(result)["search_report"] == 1
+
+
+def _interrupt_after_writing(workdir, outputs):
+    """The state a run stopped between a job writing its files and Snakemake recording it leaves
+    (Ctrl-C at that moment): the files exist, Snakemake's record of them is gone and they are marked
+    incomplete (Snakemake's file-based metadata: one file per output, named by its base64 path)."""
+    import base64
+
+    for output in outputs:
+        name = base64.b64encode(output.encode()).decode()
+        (workdir / ".snakemake/metadata" / name).unlink()
+        (workdir / ".snakemake/incomplete" / name).write_text(json.dumps({"external_jobid": None}))
+
+
+def test_a_probe_an_interrupted_run_left_unrecorded_is_made_again(searched):
+    """Issue 29's sequence: a probe's finetune wrote its files, the run was stopped before Snakemake
+    recorded them; the next run must make that probe again (Snakemake checks incomplete files only
+    among the jobs of its first plan, and probes are added behind checkpoints: pqv names them as
+    targets), and a later changed setting must rerun it like every other probe."""
+    workdir, _ = searched
+    probes = pd.read_csv(workdir / "results/search/tiny/l2.csv")
+    ratio = probes["ratio"].tolist()[1]  # the first probe, asked for by round 0
+    branch = f"results/tiny/l2_{ratio:g}"
+    _interrupt_after_writing(workdir, [f"{branch}/finetuned.safetensors", f"{branch}/finetuned.safetensors.json",
+                                       f"{branch}/finetune_metrics.csv"])
+    plan = snakemake(workdir, "-n", "-p", config=CONFIG)
+    assert finetuned(plan) == {f"{ratio:g}"}, plan.stdout[-3000:]
+    resumed = snakemake(workdir, config=CONFIG)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = snakemake(workdir, "-n", config=CONFIG)
+    assert scheduled(again) == Counter() and "missing metadata" not in again.stdout + again.stderr
+    # a dry run sees the probes up to the first round whose inputs change (the rest wait on it)
+    longer = {**CONFIG, "finetune": {**CONFIG["finetune"], "epochs": 2}}
+    assert f"{ratio:g}" in finetuned(snakemake(workdir, "-n", "-p", config=longer))

@@ -143,7 +143,7 @@ def version(stage):
 
 
 # Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
-localrules: all, summary, plot, stage_costs, keep_dense, search_round, search_report
+localrules: all, summary, plot, stage_costs, keep_dense, search_round
 
 # The sweep (pqv/sweep.py): which branches, artifacts, measurements and profiles the config makes.
 MEASURED = SWEEP.measured(config)

@@ -89,23 +89,62 @@ def search_measured(model, importance):
 
 
 rule search_report:
-    """Every probe (CSV), the curve with the budget line (PNG), and the chosen artifact (JSON)."""
+    """Every probe (CSV), the curve with the budget line (PNG), the candidates at the answer timed
+    against each other (CSV) and the chosen artifact (JSON). A timing job: like latency, the node
+    to itself on a cluster, every core locally."""
     input:
         rounds=lambda wc: search_measured(wc.model, wc.importance)[0],
         measured=lambda wc: search_measured(wc.model, wc.importance)[1],
+        data=TRAIN_DATA,  # the race's input image
     output:
         csv=SEARCH_OUT + ".csv",
         png=report(SEARCH_OUT + ".png", caption="../report/search.rst", category="Search"),
         chosen=SEARCH_OUT + ".json",
+        choice=SEARCH_OUT + ".choice.csv",
     params:
         settings=settings("search_report"),
         version=version("search_report"),
     log:
         LOGS + "/search/{model}/{importance}/report.log",
+    threads: stage_threads("latency")
+    resources:
+        **stage_resources("latency"),
     shell:
         "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} {params.settings}"
-        " --searched {wildcards.model:q} {wildcards.importance:q}"
-        " --out-csv {output.csv:q} --out-png {output.png:q} --out-json {output.chosen:q} 2>&1 | tee {log:q}"
+        " --searched {wildcards.model:q} {wildcards.importance:q} --data {input.data:q}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} --out-json {output.chosen:q}"
+        " --out-choice {output.choice:q} 2>&1 | tee {log:q}"
+
+
+# The files each job of a probe makes (pqv.sweep.made_by names the jobs).
+MADE = {"prune": PRUNED, "finetune": FINETUNED, "keep_dense": FINETUNED, "quantize": QUANTIZED, "export": EXPORTED,
+        "accuracy": ACCURACY, "latency": LATENCY}
+
+
+def unrecorded_probe_files(wildcards=None):
+    """The files of the probes that the rounds on disk asked for which exist without Snakemake's
+    record of the job that made them: a run stopped (Ctrl-C, a killed node) after the job wrote
+    them and before Snakemake recorded it, so they stay marked incomplete. Snakemake looks for
+    incomplete files only among the jobs of its first plan (snakemake/workflow.py: dag.init(), which
+    checks them, then dag.update_checkpoint_dependencies(), which adds the jobs behind finished
+    checkpoints unchecked): such a probe would be trusted as it is, and with no record there are no
+    params to compare, so a changed setting would never rerun it either. Named as targets of `all`,
+    they are in the first plan: checked, made again (rerun-incomplete), recorded."""
+    if workflow.remote_exec or not SEARCH["enabled"]:
+        return []
+    from snakemake.io import IOFile
+
+    files = set()
+    for model in MODELS:
+        for importance in config["prune"]["importances"]:
+            n = 0
+            while os.path.exists(path := SEARCH_ROUND.format(model=model, importance=importance, round=n)):
+                state = SEARCH_STATE(path)
+                for ratio in [p["ratio"] for p in state["probes"]] + state["next"]:
+                    for rule, wc in SWEEP.made_by(config, judged(model, importance, ratio)):
+                        files.add(MADE[rule].format(**wc))
+                n += 1
+    return sorted(f for f in files if os.path.exists(f) and workflow.persistence.metadata(IOFile(f)) is None)
 
 
 def search_reports():
