@@ -1,14 +1,15 @@
-"""The config, described once: every key, its type, default, choices and help text, as pydantic
-models. Everything else is derived from them: the defaults Snakemake's `config` gets, the one-line
-errors, the JSON schema (workflow/schemas/config.schema.json), the reference (docs/config.md), the
-stages' and the CLI's defaults. Choices come from pqv.registry; the checks that span several keys
-are methods of the models, run before any job.
+"""The config, described once: every key, its type, default, choices, help text and the jobs that
+read it (`setting(..., reads=...)`), as pydantic models. Everything else is derived from them: the
+defaults Snakemake's `config` gets, the rules' params (pqv.reruns), the one-line errors (worded by
+pqv.config_errors), the JSON schema and the reference (pqv.config_docs), the stages' and the CLI's
+defaults. Choices come from pqv.registry; the checks that span several keys are methods of the
+models, run before any job.
 
 `check(config)` validates a workflow config, fills in the defaults (in place) and runs the checks.
 Every problem is a `PQVError` whose message names the key, and for a typo the closest valid key or
 value. The Snakefile calls it inside `reported()`, which prints the one line `pqv config: error:
 ...` and exits with status 2 before any job starts. `python -m pqv.config` rewrites the schema and
-the reference from the models.
+the reference from the models (pqv.config_docs).
 
 Torch-free on purpose: the Snakefile imports it on every run (timm is imported only to check an
 optimizer name other than the default, and once per timm version to list its model names, which
@@ -18,14 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
-import json
 import logging
 import os
-import re
 import shutil
 import sys
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -33,13 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticUndefined
 
 from . import registry, sweep
+from .config_errors import _close, explain, unknown_timm_model
 from .errors import PQVError
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_FILE = ROOT / "workflow" / "schemas" / "config.schema.json"
-REFERENCE_FILE = ROOT / "docs" / "config.md"
 ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
 SIDE_ENV_PYTHON = ROOT / "envs" / "etdump" / ".venv" / "bin" / "python"
 
@@ -504,83 +500,6 @@ def default(section: type[BaseModel], key: str):
     return section.model_fields[key].get_default(call_default_factory=True)
 
 
-def _key(loc, prefix: str = "") -> str:
-    out = prefix
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "the config"
-
-
-def _closest(word, choices) -> str | None:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def _close(word, choices) -> str:
-    """' (did you mean 'x'?)' for the closest valid choice, or nothing."""
-    match = _closest(word, choices)
-    return f" (did you mean '{match}'?)" if match else ""
-
-
-def _section_at(loc, root: type[BaseModel] = Config) -> type[BaseModel] | None:
-    """The model a location's last key belongs to (for the keys it knows)."""
-    node: Any = root
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        annotation = node.model_fields[part].annotation
-        args = [a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type)]
-        inner = [a for a in args if issubclass(a, BaseModel)] or [
-            a for arg in typing.get_args(annotation) for a in typing.get_args(arg) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not inner:
-            return None
-        node = inner[0]
-    return node
-
-
-BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
-          "less_than_equal": ("<=", "le")}
-
-
-def explain(error: dict, prefix: str = "") -> PQVError:
-    """One pydantic error as one line: the key, what is wrong, the fix."""
-    loc, kind = error["loc"], error["type"]
-    where = _key(loc, prefix)
-    if kind == "extra_forbidden":
-        section = _section_at(loc, Finetune if prefix else Config)
-        known = list(section.model_fields) if section else []
-        key = str(loc[-1])
-        match = _closest(key, known)
-        parent = _key(loc[:-1], prefix)
-        fix = (f"rename it to '{match}'" if match
-               else f"remove it; {parent if loc[:-1] or prefix else 'top-level'} keys are {', '.join(known)}")
-        return PQVError(f"unknown key '{where}'{_close(key, known)}", fix)
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
-        return PQVError(f"{where} is '{error['input']}', not a valid value{_close(error['input'], choices)}",
-                        f"use one of {', '.join(choices)}")
-    if kind == "missing":
-        return PQVError(f"{where} is required", f"add it (see {REFERENCE_FILE.relative_to(ROOT)})")
-    if kind in BOUNDS:
-        sign, name = BOUNDS[kind]
-        bound = error["ctx"][name]
-        return PQVError(f"{where}: {error['input']} is not {sign} {bound}", f"use a value {sign} {bound}")
-    if kind == "too_short":
-        return PQVError(f"{where}: needs at least {error['ctx']['min_length']} item(s)",
-                        f"give a list of at least {error['ctx']['min_length']}")
-    if kind == "string_pattern_mismatch":
-        section = _section_at(loc)
-        field = section.model_fields.get(str(loc[-1])) if section else None
-        return PQVError(f"{where}: '{error['input']}' is not a valid value",
-                        f"{where}: {field.description}" if field and field.description else "see docs/config.md")
-    if kind == "model_type":  # a section given as something else (a list, a number)
-        return PQVError(f"{where}: should be a mapping of keys (got {error['input']!r})",
-                        f"write it as `{loc[-1]}: {{key: value, ...}}`; its keys are in docs/config.md")
-    wanted = kind.split("_")[0].replace("int", "an integer").replace("float", "a number").replace(
-        "bool", "true or false").replace("string", "a string").replace("list", "a list").replace("dict", "a mapping")
-    return PQVError(f"{where}: {error['msg']} (got {error['input']!r})", f"use {wanted}")
-
-
 # ---- what the checks look up ---------------------------------------------------------------------
 
 def tracer_python() -> str | None:
@@ -623,88 +542,9 @@ def timm_models() -> set[str]:
     return set(names)
 
 
-def unknown_timm_model(name: str, known, where: str = "") -> PQVError:
-    """The one-line error for a timm name that is not a model, with the closest names."""
-    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-    return PQVError(f"{where}unknown timm model '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-                    f"use {' or '.join(close)}" if close else "use a name from timm.list_models(), e.g. deit_tiny_patch16_224")
-
-
-# ---- derived files: the JSON schema and the reference --------------------------------------------
-
-def schema() -> dict:
-    return Config.model_json_schema()
-
-
-def _type_name(annotation) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Annotated:  # a constrained item: its type and its bounds
-        bounds = [f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}" for m in args[1].metadata
-                  if type(m).__name__ in BOUND_SIGNS] if hasattr(args[1], "metadata") else []
-        return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
-    if origin is Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (list, typing.List):
-        return f"list of {_type_name(args[0])}"
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        names = [_type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "section"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-BOUND_SIGNS = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}
-
-
-def reference() -> str:
-    """docs/config.md: every key with its type, default and meaning, from the models."""
-    lines = ["# Configuration reference", "",
-             "Generated from `pqv/config.py` by `python -m pqv.config` (tests/test_config.py checks it is current).",
-             "A config file lists only what it changes; the embedded default is `config/config.yaml`.", ""]
-
-    def section(model: type[BaseModel], path: str) -> None:
-        title = path or "top level"
-        lines.extend([f"## `{title}`", ""])
-        doc = " ".join((model.__doc__ or "").split())
-        if doc and model is not Config:
-            lines.extend([doc, ""])
-        lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
-        nested = []
-        for name, field in model.model_fields.items():
-            key = f"{path}.{name}" if path else name
-            annotation = field.annotation
-            inner = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-            sub = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (inner[0] if inner else None)
-            default_value = "required" if field.is_required() else json.dumps(field.get_default(call_default_factory=True),
-                                                                              default=lambda o: o.model_dump())
-            if sub is not None:
-                nested.append((sub, key + ("[]" if typing.get_origin(annotation) is list else "")))
-                default_value = "see below" if not field.is_required() else "required"
-            bounds = ", ".join(f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}"
-                               for m in field.metadata if type(m).__name__ in BOUND_SIGNS)
-            meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-            lines.append(f"| `{key}` | {_type_name(annotation)}{f' ({bounds})' if bounds else ''} | `{default_value}` | {meaning} |")
-        lines.append("")
-        for sub, key in nested:
-            section(sub, key)
-
-    section(Config, "")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def write_derived() -> None:
-    SCHEMA_FILE.write_text(json.dumps(schema(), indent=2) + "\n")
-    REFERENCE_FILE.write_text(reference())
-
-
 if __name__ == "__main__":
-    # python -m pqv.config             rewrite the schema and the reference from the description
+    # python -m pqv.config             rewrite the schema and the reference (pqv.config_docs)
     # python -m pqv.config check F...  check config files as a run with --configfile F... would
-    if sys.argv[1:2] == ["check"]:
-        with reported():
-            check_files(sys.argv[2:])
-        print(f"pqv config: {' '.join(sys.argv[2:]) or 'the default'} is valid")
-    else:
-        write_derived()
-        print(f"wrote {SCHEMA_FILE.relative_to(ROOT)} and {REFERENCE_FILE.relative_to(ROOT)}")
+    from .config_docs import main
+
+    main(sys.argv[1:])

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pqv import config as C
+from pqv import config_docs as D
 from pqv import registry as T
 from pqv import sweep
 from pqv.errors import PQVError
@@ -128,12 +129,12 @@ def test_the_schema_and_the_reference_are_made_from_the_description():
     """workflow/schemas/config.schema.json and docs/config.md are current (`python -m pqv.config`)."""
     import json
 
-    assert json.loads(C.SCHEMA_FILE.read_text()) == C.schema()
-    assert C.REFERENCE_FILE.read_text() == C.reference()
+    assert json.loads(D.SCHEMA_FILE.read_text()) == D.schema()
+    assert D.REFERENCE_FILE.read_text() == D.reference()
 
 
 def test_choices_are_the_registries():
-    props = C.schema()["$defs"]
+    props = D.schema()["$defs"]
     assert props["Prune"]["properties"]["importances"]["items"]["enum"] == list(T.IMPORTANCES)
     assert props["Prune"]["properties"]["scope"]["enum"] == list(T.SCOPES)
     assert props["Prune"]["properties"]["heads"]["enum"] == list(T.HEAD_MODES)

@@ -133,3 +133,11 @@ def test_the_rerun_tables_are_the_declaration_and_the_tests_data():
     declaration and from tests/data/reruns.yaml, the data tests/test_workflow.py asserts."""
     result = subprocess.run([sys.executable, str(REPO / "scripts/reruns_table.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_search_noise_table_is_the_benchs_csv():
+    spec = importlib.util.spec_from_file_location("search_noise", REPO / "bench/search_noise.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.table(bench.read(REPO / "docs/data/search-noise.csv")) in (REPO / "docs/search.md").read_text(), \
+        "render it again: python bench/search_noise.py"

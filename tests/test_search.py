@@ -171,6 +171,20 @@ def test_a_search_with_nothing_to_probe_is_one_line_not_an_answer_of_zero(tmp_pa
     assert not (tmp_path / "r0.json").exists()
 
 
+def test_a_failed_probe_is_information_and_the_search_goes_on(tmp_path, model_sidecar):
+    search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 95.0)],
+                     references=_reference(tmp_path))
+    broken = tmp_path / "broken.json"
+    reason = "max |artifact - parent| 0.01 > 0.0001: exporting to .ptl changed the model's function"
+    broken.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": 0.5, "precision": "int8_dynamic",
+                                  "engine": "x86", "format": "ptl", "top1": 95.0, "status": "failed", "reason": reason}))
+    state = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [str(broken)],
+                             previous=str(tmp_path / "r0.json"))
+    probe = [p for p in state["probes"] if p["ratio"] == 0.5][0]
+    assert probe["verdict"] == search.FAIL and probe["reason"] == reason
+    assert state["next"] == [0.25] and not state["done"]  # bisection goes on below it
+
+
 def test_a_probe_without_a_status_fails(tmp_path, model_sidecar):
     missing = tmp_path / "no-status.json"
     missing.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": 0.5, "precision": "int8_dynamic",

@@ -76,6 +76,22 @@ def test_a_looser_budget_reuses_every_probe(searched):
     assert ran(result)["search_round"] >= 1 and ran(result)["search_report"] == 1
 
 
+def test_a_search_whose_probe_diverges_still_answers(tmp_path):
+    """A finetune that diverges is a failed probe with its reason, not the end of the run."""
+    config = {**CONFIG, "finetune": {**CONFIG["finetune"], "lr": 1e30, "warmup_epochs": 0},
+              "search": {**SEARCH, "hi": 0.5, "resolution": 0.5}}  # one probe: 0.5
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probes = pd.read_csv(tmp_path / "results/search/tiny/l2.csv").set_index("ratio")
+    assert probes.loc[0.5, "status"] == "failed" and not probes.loc[0.5, "passed"]
+    assert probes.loc[0.5, "reason"].startswith("training diverged at epoch 1")
+    chosen = json.loads((tmp_path / "results/search/tiny/l2.json").read_text())
+    assert chosen["answer_ratio"] == 0.0 and chosen["chosen"]["status"] == "verified"
+    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    assert set(summary[summary["ratio"] == 0.5]["status"]) == {"failed"}
+    assert "probe 0.5: failed (failed: training diverged at epoch 1" in result.stdout + result.stderr
+
+
 def _interrupt_after_writing(workdir, outputs):
     """The state a run stopped between a job writing its files and Snakemake recording it leaves
     (Ctrl-C at that moment): the files exist, Snakemake's record of them is gone and they are marked

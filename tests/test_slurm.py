@@ -42,7 +42,7 @@ def submit(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_LOG": str(log)}
     runs = iter(range(100))
 
-    def run(config: dict, targets: list[str], *args: str, inputs: bool = True) -> dict[str, str]:
+    def run(config: dict, targets: list[str], *args: str, inputs: bool = True, site: tuple[str, ...] = ()) -> dict[str, str]:
         """sbatch's own options (space-delimited) per submitted job, keyed by rule and wildcards,
         for one run of the README's command with partition and account named on the command line."""
         from pqv import data
@@ -61,7 +61,7 @@ def submit(tmp_path):
             [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
              "--profile", str(REPO / "profiles/slurm"), "--configfile", str(work / "site.yaml"),
              "--slurm-init-seconds-before-status-checks", "1",
-             "--default-resources", "slurm_account=acct", "slurm_partition=part", *args, "--", *targets],
+             "--default-resources", "slurm_account=acct", "slurm_partition=part", *site, *args, "--", *targets],
             capture_output=True, text=True, env=env, timeout=300,
         )
         assert log.exists(), result.stderr[-3000:]
@@ -158,3 +158,12 @@ def test_evaluate_records_whether_a_slurm_job_had_its_node_alone(tmp_path, monke
     assert evaluate.machine()["node_exclusive"] is None  # outside SLURM
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     assert evaluate.machine()["node_exclusive"] is expected
+
+
+def test_a_sites_own_slurm_extra_stays_on_the_jobs_that_add_exclusive(submit):
+    """A site's reservation or mail settings are a default resource; a latency job's --exclusive is added to it,
+    not put in its place (a rule's resource replaces a default of the same name)."""
+    jobs = submit({}, [LATENCY, ACCURACY], site=("slurm_extra='--reservation=demo --mail-type=FAIL'",))
+    latency, accuracy = jobs["rule_latency_l2_0.25_int8_dynamic_x86_ptl"], jobs["rule_accuracy_l2_0.25_int8_dynamic_x86_ptl"]
+    assert " --reservation=demo --mail-type=FAIL --exclusive " in latency, latency
+    assert " --reservation=demo --mail-type=FAIL " in accuracy and "--exclusive" not in accuracy, accuracy

@@ -219,6 +219,26 @@ def _planned_config():
 
 
 PLAN = _planned_config()
+
+
+def _site_slurm_extra():
+    """The site's own `slurm_extra` (qos, constraint, reservation) from the profile or
+    --default-resources: a rule that adds its own (--exclusive) must keep it, since a rule's
+    resource replaces a default of the same name."""
+    import ast
+
+    resources = workflow.resource_settings.default_resources
+    raw = getattr(resources.get("slurm_extra"), "raw", None) if resources is not None else None
+    if not isinstance(raw, str):
+        return ""
+    try:
+        value = ast.literal_eval(raw)  # a default resource is an expression: '"--qos=high"'
+    except (ValueError, SyntaxError):
+        value = raw
+    return str(value).strip()
+
+
+SITE_SLURM_EXTRA = _site_slurm_extra()
 # The data set's size: the manifest's counts once the data job has made it, before that an estimate
 # (class folders counted, a few of them listed). Threads follow it (small sets get few).
 DATA_ESTIMATE = pqv_data.estimate(config["dataset"])
@@ -281,5 +301,7 @@ def stage_resources(stage):
 
     keys = RES.of(planned, PLAN, RES.Work(0, 0, 0, 0), planned_images=PLANNED_IMAGES)
     out = {key: value(key) for key in keys}
+    if "slurm_extra" in keys:  # a rule's resource replaces the site's: add to it instead
+        out["slurm_extra"] = " ".join(filter(None, [SITE_SLURM_EXTRA, keys["slurm_extra"]]))
     out["gpu"] = lambda wc: RES.gpus(planned, PLAN, wc.get("importance", ""), wc.get("ratio", 0), wc.get("format", ""))
     return out
