@@ -42,10 +42,22 @@ def choose(table: pd.DataFrame, max_loss: float, model: str | None = None) -> di
 def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> dict[str, pd.Series]:
     """Print the fastest and the smallest file within `max_loss` points, and each search's choice;
     without `max_loss`, the searches' choices alone."""
+    if max_loss is not None and max_loss < 0:
+        raise PQVError(f"--max-accuracy-loss {max_loss:g} is negative: no file can be more accurate than its "
+                       "reference by budget", "give the top-1 points a file may lose, e.g. --max-accuracy-loss 1.0")
     try:
         table = pd.read_csv(summary_csv)
     except FileNotFoundError:
         raise PQVError(f"no summary at {summary_csv}", "run the workflow first (snakemake --cores N)") from None
+    except IsADirectoryError:
+        raise PQVError(f"{summary_csv} is a folder, not a summary", "give its summary.csv (results/summary.csv)") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise PQVError(f"{summary_csv} is not a PQV summary ({type(e).__name__})",
+                       "give the summary.csv a run wrote, or run the workflow again (snakemake --cores N)") from None
+    missing = [c for c in ("model", "ratio", "precision", "format", "top1") if c not in table]
+    if missing:
+        raise PQVError(f"{summary_csv} is not a PQV summary: no {', '.join(missing)} column",
+                       "give the summary.csv a run wrote (results/summary.csv)")
     if max_loss is None and searched(table, model).empty:
         raise PQVError(f"{summary_csv} has no accuracy-budget search's choice to print",
                        "give --max-accuracy-loss POINTS, or enable search: in the config (docs/search.md)")

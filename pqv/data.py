@@ -50,6 +50,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # PIL modes whose values do not fit 8 bits: convert("RGB") would clip them (I;16 from 16-bit PNG/TIFF).
 HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 SHOWN = 5  # unreadable files named in the error line; the log lists all of them
+ORIENTATION = 0x0112  # the EXIF tag phones write instead of turning the pixels
 # The keys of the dataset section that say what the data set is (not how it is loaded).
 SPEC_KEYS = tuple(k for k in Dataset.model_fields if k != "workers")
 
@@ -216,6 +217,7 @@ def inspect(path: str | os.PathLike) -> dict:
         raw = Path(path).read_bytes()
         with Image.open(_io.BytesIO(raw)) as im:
             mode = im.mode
+            turned = im.getexif().get(ORIENTATION, 1) not in (1, None)  # read turned, as a viewer shows it
             im.draft(mode, (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: decode at 1/8 scale
             im.load()
             low = high = None
@@ -224,7 +226,8 @@ def inspect(path: str | os.PathLike) -> dict:
                 if not np.isfinite(values).all():
                     return {"problem": "ValueError: non-finite pixel values"}
                 low, high = float(values.min()), float(values.max())
-        return {"sha256": hashlib.sha256(raw).hexdigest(), "mode": mode, "low": low, "high": high, "problem": None}
+        return {"sha256": hashlib.sha256(raw).hexdigest(), "mode": mode, "low": low, "high": high, "turned": turned,
+                "problem": None}
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", f"{type(e).__name__}: {e}")  # PIL names its buffer
         return {"problem": " ".join(text.split())}
@@ -257,6 +260,10 @@ def _imagefolder(spec: dict, threads: int, splits: tuple[str, ...], train: dict 
     modes: dict[str, int] = {}
     for f in facts:
         modes[f["mode"]] = modes.get(f["mode"], 0) + 1
+    turned = sum(bool(f.get("turned")) for f in facts)
+    if turned:
+        log.info("%d image(s) carry an EXIF orientation: every stage reads them turned, as a photo viewer shows "
+                 "them (docs/data.md)", turned)
     # High-depth images are scaled by the training split's value range (like any statistic a model
     # is fitted with); an evaluation split on its own takes it from the training split's manifest.
     if "train" in splits:
@@ -274,7 +281,7 @@ def _imagefolder(spec: dict, threads: int, splits: tuple[str, ...], train: dict 
         if missing:
             warnings.append(f"{len(missing)} training class(es) have no evaluation images and cannot be scored: "
                             f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
-    return _finish(spec, classes, chosen, modes, value_range, hashes, warnings)
+    return {**_finish(spec, classes, chosen, modes, value_range, hashes, warnings), "exif_turned": turned}
 
 
 def _finish(spec, classes, splits, modes, value_range, hashes, warnings) -> dict:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from . import data
 from .data import HIGH_DEPTH
+from .errors import PQVError
 
 
 def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
@@ -33,26 +34,37 @@ def _digits(manifest: dict, split: str, data_config: dict, training: bool, augme
     return TensorDataset(((images - mean) / std).contiguous(), torch.tensor([label for label, _ in items], dtype=torch.long))
 
 
-def load_image(path: str, value_range: list[float] | None = None):
-    """An RGB PIL image; 16-bit and float images are scaled linearly from the data set's value range
-    to 8 bits (convert("RGB") would clip them to 255)."""
+# The PIL mode that gives a model its input channels: photos are converted to what the model reads.
+CHANNEL_MODES = {1: "L", 3: "RGB"}
+
+
+def load_image(path: str, value_range: list[float] | None = None, mode: str = "RGB"):
+    """A PIL image as a photo viewer shows it (turned by its EXIF orientation: phones store pixels in
+    sensor order and say how to turn them), in `mode` (RGB, or L for a one-channel model); 16-bit
+    and float images are scaled linearly from the data set's value range to 8 bits (convert("RGB")
+    would clip them to 255)."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with open(path, "rb") as f:
         im = Image.open(f)
         im.load()
+    im = ImageOps.exif_transpose(im)
     if im.mode in HIGH_DEPTH:
         low, high = value_range or (0.0, 65535.0)
         values = (np.asarray(im, dtype=np.float64) - low) * (255.0 / max(high - low, 1e-12))
         im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    return im.convert("RGB")
+    return im.convert(mode)
 
 
 class ManifestImages(Dataset):
     """The image files of one split of a manifest, with the training split's class index."""
 
-    def __init__(self, manifest: dict, split: str, transform=None):
+    def __init__(self, manifest: dict, split: str, transform=None, channels: int = 3):
+        if channels not in CHANNEL_MODES:
+            raise PQVError(f"the model reads {channels}-channel images; photos convert to 1 (gray) or 3 (RGB) channels",
+                           "set the model's in_chans to 1 or 3 (models[].kwargs)")
+        self.mode = CHANNEL_MODES[channels]
         chosen = data.split_of(manifest, split)
         folder = Path(chosen["folder"])
         self.samples = [(str(folder / rel), label) for label, rel in chosen["items"]]
@@ -66,7 +78,7 @@ class ManifestImages(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        image = load_image(path, self.value_range)
+        image = load_image(path, self.value_range, self.mode)
         return (self.transform(image) if self.transform else image), label
 
 
@@ -84,7 +96,7 @@ def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, 
         crop_pct=data_config.get("crop_pct", 0.875),
         **((augment or {}) if training else {}),
     )
-    return ManifestImages(manifest, split, transform)
+    return ManifestImages(manifest, split, transform, channels=data_config["input_size"][0])
 
 
 DATASETS = {"digits": _digits, "imagefolder": _imagefolder}

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,3 +297,68 @@ def test_digits_samples_cover_every_class():
     _, labels = datasets.sample(DIGITS, dc, 20, "eval")
     assert set(Counter(labels.tolist()).values()) == {2}
     assert DIGITS["classes"] == [str(c) for c in range(10)]
+
+
+def test_phone_photos_are_read_as_a_viewer_shows_them(tmp_path):
+    """Issue 31: half the photos store their pixels turned with EXIF Orientation 6 (as phones do);
+    every stage reads them turned back, and the data job counts them."""
+    import numpy as np
+    from PIL import Image
+
+    from pqv import datasets
+
+    def bar(where: str) -> Image.Image:  # the two classes differ only by where a white bar is
+        pixels = np.zeros((16, 16, 3), np.uint8)
+        if where == "left":
+            pixels[:, :4] = 255
+        else:
+            pixels[:4, :] = 255
+        return Image.fromarray(pixels)
+
+    for split in ("train", "val"):
+        for where in ("left", "top"):
+            for i in range(4):
+                path = tmp_path / split / where / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if i % 2:  # stored turned 90 degrees counter-clockwise, with the tag that turns it back
+                    exif = Image.Exif()
+                    exif[data.ORIENTATION] = 6
+                    bar(where).transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+                else:
+                    bar(where).save(path, quality=95)
+    manifest = data.scan({"name": "imagefolder", "root": str(tmp_path)})
+    assert manifest["exif_turned"] == 8
+    folder = Path(manifest["splits"]["eval"]["folder"])
+    for label, rel in manifest["splits"]["eval"]["items"]:
+        seen = np.asarray(datasets.load_image(str(folder / rel)), dtype=float)
+        assert (seen[:, :4].mean() > seen[:4, :].mean()) == (manifest["classes"][label] == "left"), rel
+
+
+def _pattern_set(root: Path, mode: str, n: int = 6) -> dict:
+    """Two classes that differ by where a bar is (left or top), as JPEGs of a PIL mode (RGB or L)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for where in ("left", "top"):
+            for i in range(n):
+                pixels = np.full((16, 16, 3), 40 + 3 * i, np.uint8)
+                if where == "left":
+                    pixels[:, :5] = 220
+                else:
+                    pixels[:5, :] = 220
+                path = root / split / where / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).convert(mode).save(path, quality=95)
+    return data.scan({"name": "imagefolder", "root": str(root)})
+
+
+@pytest.mark.parametrize("chans, mode", [(1, "RGB"), (3, "L"), (1, "L"), (3, "RGB")])
+def test_photos_are_converted_to_the_models_channels(tmp_path, chans, mode):
+    """Issue 31: RGB photos for a one-channel model (in_chans: 1) and gray photos for an RGB model."""
+    manifest = _pattern_set(tmp_path, mode, n=1)
+    dc = {"input_size": [chans, 16, 16], "mean": [0.5] * chans, "std": [0.5] * chans, "crop_pct": 1.0,
+          "interpolation": "bilinear"}
+    for training in (False, True):
+        x, _ = datasets.dataset(manifest, "train", dc, training=training)[0]
+        assert x.shape == (chans, 16, 16)
+

@@ -374,3 +374,17 @@ def test_the_hub_check_goes_through_the_proxy_the_environment_names(monkeypatch)
         assert not model.hub_offline()
         monkeypatch.setenv("NO_PROXY", "hub.invalid")
         assert model.hub_offline()
+
+
+@pytest.mark.parametrize("summary", ["empty", "folder", "other"])
+def test_choose_on_a_file_that_is_not_a_summary_is_one_line(tmp_path, summary):
+    """Issue 31: pandas tracebacks for an empty file or a folder."""
+    path = tmp_path / "summary.csv"
+    if summary == "empty":
+        path.write_text("")
+    elif summary == "folder":
+        path.mkdir()
+    else:
+        path.write_text("a,b\n1,2\n")
+    result = pqv("choose", "--summary", path, "--max-accuracy-loss", "1")
+    one_line(result, "choose", str(path), "summary.csv")
