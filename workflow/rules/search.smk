@@ -130,7 +130,8 @@ def unrecorded_probe_files(wildcards=None):
     checkpoints unchecked): such a probe would be trusted as it is, and with no record there are no
     params to compare, so a changed setting would never rerun it either. Named as targets of `all`,
     they are in the first plan: checked, made again (rerun-incomplete), recorded."""
-    if workflow.remote_exec or not SEARCH["enabled"]:
+    persistence = getattr(workflow, "persistence", None)
+    if workflow.remote_exec or not SEARCH["enabled"] or persistence is None:
         return []
     from snakemake.io import IOFile
 
@@ -144,7 +145,7 @@ def unrecorded_probe_files(wildcards=None):
                     for rule, wc in SWEEP.made_by(config, judged(model, importance, ratio)):
                         files.add(MADE[rule].format(**wc))
                 n += 1
-    return sorted(f for f in files if os.path.exists(f) and workflow.persistence.metadata(IOFile(f)) is None)
+    return sorted(f for f in files if os.path.exists(f) and persistence.metadata(IOFile(f)) is None)
 
 
 def search_reports():
