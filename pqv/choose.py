@@ -66,6 +66,7 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
         print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %, {REFERENCE}):")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
+        print(f"  {'for the app':18} {row['artifact']}.app.json (labels, input, preprocessing: docs/formats.md)")
     for _, row in searched(table, model).iterrows():
         print(f"{row['model']}: {row['search']}:")
         for key in SHOWN:

@@ -223,6 +223,10 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device")}
     store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
                         fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
+    # what an app needs to feed the file and read its outputs, without PQV (pqv.appfile)
+    from . import appfile, data
+
+    store.write_json(appfile.path_of(out), appfile.describe(arch["data_config"], data.of(manifest), Path(out).name, fmt))
     return fidelity
 
 

@@ -8,6 +8,7 @@ rule export:
     output:
         artifact=EXPORTED,
         sidecar=EXPORTED + ".json",
+        app=EXPORTED + ".app.json",  # labels, input and preprocessing, for an app (pqv/appfile.py)
     params:
         settings=settings("export"),
         version=version("export"),
