@@ -83,6 +83,64 @@ def test_the_sweep_scores_hidden_folders_and_missing_classes_right(sweep):
     assert (summary["top1"] > 50).all(), summary[["importance", "ratio", "format", "top1"]]  # chance: 50 % (2 scored classes)
 
 
+def _app_preprocess(path: Path, steps: list[dict]):
+    """A raw image through the steps of an app file, with PIL and numpy alone (no PQV code)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    interpolation = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                     "nearest": Image.Resampling.NEAREST}
+    im = Image.open(path)
+    im.load()
+    for step in steps:
+        op = step["op"]
+        if op == "exif_transpose":
+            im = ImageOps.exif_transpose(im)
+        elif op == "convert":
+            im = im.convert(step["mode"])
+        elif op == "resize_shorter_side":
+            w, h = im.size
+            size = step["size"]
+            new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+            im = im.resize(new, interpolation[step["interpolation"]])
+        elif op == "center_crop":
+            ch, cw = step["size"]
+            w, h = im.size
+            left, top = int(round((w - cw) / 2.0)), int(round((h - ch) / 2.0))
+            im = im.crop((left, top, left + cw, top + ch))
+        elif op == "to_float":
+            x = np.asarray(im, dtype=np.float32) * step["scale"]
+            x = x[:, :, None] if x.ndim == 2 else x
+        elif op == "normalize":
+            x = (x - np.array(step["mean"], np.float32)) / np.array(step["std"], np.float32)
+        else:
+            raise AssertionError(f"unknown step {op}")
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def test_a_shipped_file_and_its_app_file_alone_give_the_workflows_top1(sweep):
+    """Issue 31: labels, input and preprocessing beside the file, readable without PQV. (Before the
+    tests below change the tree.)"""
+    import torch
+    from torch.jit.mobile import _load_for_lite_interpreter  # what the Android/iOS Lite runtime does
+
+    workdir, cfg = sweep
+    artifact = workdir / "results/tiny/l2_0.5/export/fp32-none.ptl"
+    app = json.loads(Path(f"{artifact}.app.json").read_text())
+    assert app["labels"] == ["blue", "green", "red"] and app["input"]["shape"] == [1, 3, 8, 8]  # the tiny ViT
+    model = _load_for_lite_interpreter(str(artifact))
+    right = total = 0
+    for folder in sorted((Path(cfg["dataset"]["root"]) / "val").iterdir()):
+        if folder.name.startswith("."):
+            continue
+        for image in sorted(folder.glob("*.jpg")):
+            logits = model(torch.from_numpy(_app_preprocess(image, app["preprocess"])))
+            right += app["labels"][int(logits.argmax())] == folder.name
+            total += 1
+    workflow = json.loads((workdir / "results/tiny/l2_0.5/eval/fp32-none.ptl.accuracy.json").read_text())
+    assert total == workflow["images"] and 100 * right / total == pytest.approx(workflow["top1"])
+
+
 def test_changes_outside_the_class_folders_rerun_nothing(sweep):
     workdir, cfg = sweep
     root = workdir / "photos"
@@ -128,59 +186,3 @@ def test_the_sweep_lists_each_class_folder_once(sweep):
     by_planning = Counter(p for p in planning if p in class_folders)
     assert set(by_planning) == class_folders and all(n <= 2 for n in by_planning.values()), by_planning
 
-
-def _app_preprocess(path: Path, steps: list[dict]):
-    """A raw image through the steps of an app file, with PIL and numpy alone (no PQV code)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    interpolation = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                     "nearest": Image.Resampling.NEAREST}
-    im = Image.open(path)
-    im.load()
-    for step in steps:
-        op = step["op"]
-        if op == "exif_transpose":
-            im = ImageOps.exif_transpose(im)
-        elif op == "convert":
-            im = im.convert(step["mode"])
-        elif op == "resize_shorter_side":
-            w, h = im.size
-            size = step["size"]
-            new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-            im = im.resize(new, interpolation[step["interpolation"]])
-        elif op == "center_crop":
-            ch, cw = step["size"]
-            w, h = im.size
-            left, top = int(round((w - cw) / 2.0)), int(round((h - ch) / 2.0))
-            im = im.crop((left, top, left + cw, top + ch))
-        elif op == "to_float":
-            x = np.asarray(im, dtype=np.float32) * step["scale"]
-            x = x[:, :, None] if x.ndim == 2 else x
-        elif op == "normalize":
-            x = (x - np.array(step["mean"], np.float32)) / np.array(step["std"], np.float32)
-        else:
-            raise AssertionError(f"unknown step {op}")
-    return x.transpose(2, 0, 1)[None].astype(np.float32)
-
-
-def test_a_shipped_file_and_its_app_file_alone_give_the_workflows_top1(sweep):
-    """Issue 31: labels, input and preprocessing beside the file, readable without PQV."""
-    import torch
-    from torch.jit.mobile import _load_for_lite_interpreter  # what the Android/iOS Lite runtime does
-
-    workdir, cfg = sweep
-    artifact = workdir / "results/tiny/l2_0.5/export/fp32-none.ptl"
-    app = json.loads(Path(f"{artifact}.app.json").read_text())
-    assert app["labels"] == ["blue", "green", "red"] and app["input"]["shape"] == [1, 3, 8, 8]  # the tiny ViT
-    model = _load_for_lite_interpreter(str(artifact))
-    right = total = 0
-    for folder in sorted((Path(cfg["dataset"]["root"]) / "val").iterdir()):
-        if folder.name.startswith("."):
-            continue
-        for image in sorted(folder.glob("*.jpg")):
-            logits = model(torch.from_numpy(_app_preprocess(image, app["preprocess"])))
-            right += app["labels"][int(logits.argmax())] == folder.name
-            total += 1
-    workflow = json.loads((workdir / "results/tiny/l2_0.5/eval/fp32-none.ptl.accuracy.json").read_text())
-    assert total == workflow["images"] and 100 * right / total == pytest.approx(workflow["top1"])
