@@ -28,6 +28,7 @@ INPUTS = ["model.safetensors", "model.safetensors.json", "taylor_0.25/pruned.saf
           "taylor_0.25/pruned.safetensors.json"] + [
     f"l2_0.25/{name}" for name in ("pruned.safetensors", "pruned.safetensors.json", "finetuned.safetensors",
                                    "finetuned.safetensors.json", "export/int8_dynamic-x86.ptl",
+                                   "export/int8_dynamic-x86.ptl.app.json",
                                    "export/int8_dynamic-x86.ptl.json")]
 
 

@@ -155,12 +155,11 @@ def metrics_files():
 
 
 def reads_data(stage, wc):
-    """Whether a prune or quantize job reads images: gradient importances (their calibration
-    batches) and calibrated precisions do; the others take no manifest, so a changed data set does
-    not rerun them."""
-    if stage == "prune":
-        return wc.importance in T.GRADIENT_IMPORTANCES and float(wc.ratio) > 0
-    return T.PRECISIONS[wc.precision]["calibrated"]
+    """Whether a prune or quantize job reads images: those that read calibration settings
+    (pqv.reruns' conditions: gradient importances, calibrated precisions) do; the others take no
+    manifest, so a changed data set does not rerun them."""
+    condition = {"prune": "gradient", "quantize": "calibrated"}[stage]
+    return RERUNS.CONDITIONS[condition][1](config, wc)
 
 
 def train_data_if(stage):

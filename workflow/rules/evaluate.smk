@@ -9,12 +9,21 @@ def labels(wc):
                            engine=wc.engine, format=wc.format))
 
 
+def app_file(wc):
+    """What ships is a file and its app file (pqv/appfile.py). Named as an input here, an app file
+    is a product something needs: Snakemake then makes one that is missing (a results folder made
+    before app files existed) and records it; a missing output nothing needs would be left missing,
+    and its job's other outputs would lose their params trigger ("missing metadata")."""
+    return [] if wc.format == EAGER else EXPORTED.format(**wc) + ".app.json"
+
+
 rule accuracy:
     """Top-1/top-5 of one artifact in its own runtime over the held-out split: throughput on every
     core the job holds, the eager baseline on a GPU where there is one; no node to itself."""
     input:
         artifact=measured,
         sidecar=lambda wc: measured(wc) + ".json",
+        app=app_file,
         data=EVAL_DATA,  # the only jobs that read the evaluation split
     output:
         ACCURACY,
