@@ -18,6 +18,7 @@ Torch-free: the Snakefile imports it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import typing
@@ -117,8 +118,10 @@ def _parse(words: str, where: str) -> tuple[tuple[tuple[str, str | None], ...], 
     return tuple(reads), sweep, none
 
 
-def keys() -> list[Key]:
-    """Every leaf key of the config with its readers; a key that declares none is an error."""
+@functools.cache
+def keys() -> tuple[Key, ...]:
+    """Every leaf key of the config with its readers; a key that declares none is an error. Walked
+    once per process (the Snakefile asks for every job's options)."""
     from .config import Config
 
     out: list[Key] = []
@@ -139,11 +142,12 @@ def keys() -> list[Key]:
             out.append(Key((*path, field_name), name, reads, kind, sweep, field.get_default(call_default_factory=True)))
 
     walk(Config, (), "", None)
-    return out
+    return tuple(out)
 
 
-def _read_by(stage: str) -> list[Key]:
-    return [k for k in keys() if any(s == stage for s, _ in k.reads)]
+@functools.cache
+def _read_by(stage: str) -> tuple[Key, ...]:
+    return tuple(k for k in keys() if any(s == stage for s, _ in k.reads))
 
 
 def _value(config: dict, key: Key, wc):
