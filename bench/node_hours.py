@@ -4,9 +4,9 @@
     python bench/node_hours.py --repo /tmp/pqv-before --label before   # a worktree of an older commit
 
 Runs `snakemake -n` in cluster mode (`--jobs`; `--cores` only lifts a dry run's one-core cap) on the config with an ImageNet-sized
-data set: a manifest that states ImageNet-1k's image counts (1,281,167 / 50,000) stands in for the
-data job's output, so each job's budget is the one the real run would compute. (Code from before
-the data stage budgets ImageNet by itself.) Each job's requested wall time (`runtime`) counts as
+data set: manifests that state ImageNet-1k's image counts (1,281,167 / 50,000) stand in for the
+data jobs' outputs, so each job's budget is the one the real run would compute, on a partition a
+stand-in `sinfo` describes (default: GPUs, a 24-hour limit, which caps every request). Each job's requested wall time (`runtime`) counts as
 node-hours whole when the job asks for the node to itself (`--exclusive`), else as its share of a
 node's cores (--node-cores); GPU-hours are runtime x GPUs. Requested, not used: a budget is twice
 the expected time plus 10 minutes (pqv/resources.py). Prints a table and writes
@@ -30,26 +30,34 @@ HERE = Path(__file__).resolve().parent
 IMAGENET = {"train": 1_281_167, "eval": 50_000}
 
 
-def imagenet_manifest(path: Path) -> None:
-    """A manifest with ImageNet-1k's counts and no file list: enough for the budgets."""
+# The partition the sweep is planned for, as `sinfo -h -o "%P %l %G"` shows it: GPUs and a 24-hour
+# limit, as many clusters have (a stand-in sinfo prints it, so the plan does not depend on this machine).
+PARTITION = "gpu* 1-00:00:00 gpu:a100:4"
+
+
+def imagenet_manifests(folder: Path) -> None:
+    """The data jobs' manifests with ImageNet-1k's counts and no file list: enough for the budgets."""
     classes = [f"n{c:08d}" for c in range(1000)]
-    splits = {s: {"folder": "/imagenet", "items": [], "images": n, "counts": {}} for s, n in IMAGENET.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": 1, "dataset": {"name": "imagefolder"}, "classes": classes,
-                                "splits": splits, "modes": {}, "value_range": None, "warnings": [],
-                                "fingerprint": "imagenet-counts"}))
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in IMAGENET.items():
+        splits = {split: {"folder": f"/imagenet/{split}", "items": [], "images": n, "counts": {}}}
+        (folder / f"{split}.json").write_text(json.dumps({
+            "format": 1, "dataset": {"name": "imagefolder"}, "classes": classes, "splits": splits, "modes": {},
+            "value_range": None, "warnings": [], "fingerprint": f"imagenet-{split}-counts"}))
 
 
-def plan(repo: Path, configfile: Path, work: Path) -> str:
-    (work / "site.yaml").write_text("dataset: {root: /imagenet}\n")
-    imagenet_manifest(work / "results" / "data" / "manifest.json")
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"), "--directory",
-                           str(work), "--jobs", "100", "--cores", "4096", "--configfile", str(configfile), str(work / "site.yaml")],
-                          capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(done.stdout[-2000:] + done.stderr[-3000:])
-    return done.stdout
+def plan(repo: Path, configfile: Path, work: Path, partition: str = PARTITION, site: str = "") -> subprocess.CompletedProcess:
+    """Snakemake's dry run of the sweep in cluster mode on `partition` (a stand-in sinfo's line)."""
+    (work / "site.yaml").write_text("dataset: {root: /imagenet}\n" + site)
+    imagenet_manifests(work / "results" / "data")
+    bin_dir = work / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\necho '{partition}'\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(repo), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"), "--directory",
+                           str(work), "--jobs", "100", "--cores", "4096", "--configfile", str(configfile),
+                           str(work / "site.yaml")], capture_output=True, text=True, env=env)
 
 
 def jobs(text: str) -> list[dict]:
@@ -72,10 +80,14 @@ def main() -> None:
     p.add_argument("--label", default="after")
     p.add_argument("--configfile", default=str(HERE.parent / "config" / "paper.yaml"))
     p.add_argument("--node-cores", type=int, default=64, help="cores of one cluster node")
+    p.add_argument("--partition", default=PARTITION, help="the partition, as a line of `sinfo -h -o '%%P %%l %%G'`")
     p.add_argument("--out", default=str(HERE / "results"))
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="pqv-node-hours-") as tmp:
-        planned = jobs(plan(Path(a.repo).resolve(), Path(a.configfile).resolve(), Path(tmp)))
+        done = plan(Path(a.repo).resolve(), Path(a.configfile).resolve(), Path(tmp), a.partition)
+    if done.returncode:
+        raise SystemExit(done.stdout[-2000:] + done.stderr[-3000:])
+    planned = jobs(done.stdout)
     totals = defaultdict(lambda: defaultdict(float))
     for job in planned:
         hours = job["runtime_min"] / 60
@@ -84,8 +96,11 @@ def main() -> None:
         row["node_hours"] += hours if job["exclusive"] else hours * min(1.0, job["threads"] / a.node_cores)
         row["exclusive_node_hours"] += hours if job["exclusive"] else 0.0
         row["gpu_hours"] += hours * job["gpus"]
+        row["longest_hours"] = max(row["longest_hours"], hours)
     table = pd.DataFrame([{"rule": r, **v} for r, v in sorted(totals.items())])
-    table.loc[len(table)] = {"rule": "total", **table.drop(columns="rule").sum().to_dict()}
+    table = table[table["longest_hours"] > 0].reset_index(drop=True)  # rules run in Snakemake itself ask for nothing
+    total = table.drop(columns="rule").sum().to_dict()
+    table.loc[len(table)] = {"rule": "total", **total, "longest_hours": table["longest_hours"].max()}
     table.insert(0, "label", a.label)
     table["node_cores"] = a.node_cores
     print(table.round(1).to_string(index=False))

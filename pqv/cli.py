@@ -171,7 +171,7 @@ def _common():
         "data": {"required": True, "help": "the data set's manifest (results/data/manifest.json, made by `pqv data`)"},
         "workers": {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"},
         "threads": {"type": int, "default": None,
-                    "help": "cores the job holds: each process takes its share, less its DataLoader workers"},
+                    "help": "cores the job holds: each process takes its share for torch (DataLoader workers decode beside)"},
         "device": {"default": "auto", "choices": DEVICES,
                    "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)"},
     }

@@ -37,6 +37,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import resources
 from .config import Dataset, default
 from .errors import PQVError
 
@@ -51,6 +52,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 SHOWN = 5  # unreadable files named in the error line; the log lists all of them
 ORIENTATION = 0x0112  # the EXIF tag phones write instead of turning the pixels
+# Images above this many pixels are named in one warning per data set: every stage decodes them at
+# full size (a 144-megapixel PNG holds ~0.6 GB while it is decoded), and the jobs that read images
+# ask for memory for the largest one in each of their loader processes (pqv.resources.Work).
+LARGE_PIXELS = 50_000_000
 # The keys of the dataset section that say what the data set is (not how it is loaded).
 SPEC_KEYS = tuple(k for k in Dataset.model_fields if k != "workers")
 
@@ -216,7 +221,7 @@ def inspect(path: str | os.PathLike) -> dict:
     try:
         raw = Path(path).read_bytes()
         with Image.open(_io.BytesIO(raw)) as im:
-            mode = im.mode
+            mode, pixels = im.mode, im.width * im.height
             turned = im.getexif().get(ORIENTATION, 1) not in (1, None)  # read turned, as a viewer shows it
             im.draft(mode, (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: decode at 1/8 scale
             im.load()
@@ -227,7 +232,7 @@ def inspect(path: str | os.PathLike) -> dict:
                     return {"problem": "ValueError: non-finite pixel values"}
                 low, high = float(values.min()), float(values.max())
         return {"sha256": hashlib.sha256(raw).hexdigest(), "mode": mode, "low": low, "high": high, "turned": turned,
-                "problem": None}
+                "pixels": pixels, "problem": None}
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", f"{type(e).__name__}: {e}")  # PIL names its buffer
         return {"problem": " ".join(text.split())}
@@ -276,12 +281,20 @@ def _imagefolder(spec: dict, threads: int, splits: tuple[str, ...], train: dict 
         hashes[split] = [f["sha256"] for f in facts[start:start + len(paths[split])]]
         start += len(paths[split])
     warnings = []
+    large = [(p, f["pixels"]) for p, f in zip(every, facts) if f["pixels"] > LARGE_PIXELS]
+    if large:
+        named = ", ".join(f"{p} ({n / 1e6:.0f} MP)" for p, n in large[:SHOWN]) + (" ..." if len(large) > SHOWN else "")
+        warnings.append(f"{len(large)} image(s) larger than {LARGE_PIXELS / 1e6:.0f} megapixels: {named}; each is "
+                        f"decoded at full size by every stage that reads it (about "
+                        f"{resources.decode_mb(max(n for _, n in large)):,.0f} MB for the largest, in every loader process, "
+                        f"which the jobs' memory requests include): downscale them once to save memory and time")
     if "eval" in splits:
         missing = [c for c in classes if not found["eval"].get(c)]
         if missing:
             warnings.append(f"{len(missing)} training class(es) have no evaluation images and cannot be scored: "
                             f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
-    return {**_finish(spec, classes, chosen, modes, value_range, hashes, warnings), "exif_turned": turned}
+    return {**_finish(spec, classes, chosen, modes, value_range, hashes, warnings), "exif_turned": turned,
+            "largest_pixels": max((f["pixels"] for f in facts), default=0)}
 
 
 def _finish(spec, classes, splits, modes, value_range, hashes, warnings) -> dict:

@@ -8,21 +8,35 @@ interpolation, crop_pct).
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from . import data
 from .data import HIGH_DEPTH
 from .errors import PQVError
 
 
+def digits_pixels():
+    """scikit-learn's 1,797 digits as a (1797, 64) array, read from the file scikit-learn ships
+    (what its load_digits reads) without importing sklearn.datasets, which costs every job that
+    reads them over a second (scipy); tests/test_data.py checks it equals load_digits."""
+    import gzip
+    import importlib.util
+
+    import numpy as np
+
+    (root,) = importlib.util.find_spec("sklearn").submodule_search_locations
+    with gzip.open(Path(root) / "datasets" / "data" / "digits.csv.gz") as f:
+        return np.loadtxt(f, delimiter=",")[:, :-1]
+
+
 def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
     """The manifest's digits (indices into scikit-learn's 8x8 images), upsampled to the model's input."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
+    x = digits_pixels()
     items = data.split_of(manifest, split)["items"]
     idx = [i for _, i in items]
     images = torch.tensor(x[idx], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
@@ -111,6 +125,19 @@ def dataset(manifest, split: str, data_config: dict, training: bool = False, aug
     return DATASETS[manifest["dataset"]["name"]](manifest, split, data_config, training, augment)
 
 
+class _ResumableSampler(DistributedSampler):
+    """DistributedSampler that leaves out the first `skip` indices of an epoch's order: a finetune
+    resumed mid-epoch sees the rest of that epoch's batches without decoding the ones before."""
+
+    skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def loader(manifest, split: str, data_config: dict, batch_size: int, training: bool = False, seed: int = 0,
            rank: int = 0, world_size: int = 1, augment: dict | None = None, workers: int = 0):
     """A DataLoader; with world_size > 1 each rank gets its own shard (`batch_size` is per rank).
@@ -121,12 +148,10 @@ def loader(manifest, split: str, data_config: dict, batch_size: int, training: b
     The incomplete last batch is dropped so that every rank takes the same number of steps.
     Evaluation shards without padding (rank r gets items r, r+N, ...), so counts sum exactly.
     """
-    from torch.utils.data.distributed import DistributedSampler
-
     ds = dataset(manifest, split, data_config, training=training, augment=augment)
     sampler = None
     if training:
-        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        sampler = _ResumableSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     elif world_size > 1:
         ds = Subset(ds, range(rank, len(ds), world_size))
     return DataLoader(

@@ -182,10 +182,12 @@ def runtime_version(fmt: str) -> str:
     return f"{'torch lite interpreter' if fmt == 'ptl' else 'torch'} {torch.__version__}"
 
 
-def process_threads(job_threads: int, workers: int = 0, processes: int = 1) -> int:
-    """Torch threads of one process: its share of the job's cores, less its DataLoader workers
-    (each a process of its own), at least one."""
-    return max(1, job_threads // max(1, processes) - workers)
+def process_threads(job_threads: int, processes: int = 1) -> int:
+    """Torch threads of one process: its share of the job's cores (torchrun's ranks split them), at
+    least one. DataLoader `workers` do not subtract: they decode the next batch while the model
+    computes, and a ViT on a CPU waits on its compute, not on decoding (docs/finetuning.md,
+    docs/deit_b.md: subtracting them left one of a 2-core job's cores idle)."""
+    return max(1, job_threads // max(1, processes))
 
 
 def memory(artifact: str, meta: dict) -> dict:
@@ -229,13 +231,13 @@ def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, w
 
 def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, workers: int = 0,
                  device: str = "auto") -> dict:
-    """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on the
-    job's cores (`threads`, less its DataLoader `workers`); the eager baseline on CUDA when the
+    """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on every
+    core the job holds (`threads`; its DataLoader `workers` decode beside); the eager baseline on CUDA when the
     device rule gives it. A .pte runs image by image on an XNNPACK pool as wide."""
     from . import datasets, store
     from .device import resolve
 
-    compute = process_threads(threads, workers)
+    compute = process_threads(threads)
     set_threads(compute)
     meta = describe(artifact)
     module = _load(artifact, meta)

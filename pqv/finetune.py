@@ -10,7 +10,10 @@ augmentation (pqv.datasets). This module adds what a long run on shared machines
 - optional knowledge distillation from the unpruned parent;
 - a checkpoint after every epoch in `<out>.ckpt/` (safetensors weights + a tensors-only
   torch.save of optimizer/scheduler/scaler state), from which a killed run resumes to the same
-  result, because every epoch's randomness is seeded from (seed, epoch, rank).
+  result, because every epoch's randomness is seeded from (seed, epoch, rank);
+- a job with a deadline (a SLURM job's time limit) saves a checkpoint mid-epoch just before it,
+  with the step reached and the random generators' states, and stops (`TimeLimit`): the next job
+  resumes at that step, so a finetune longer than a partition allows runs as successive jobs.
 
 The same loop trains the demo model from scratch in the model stage, so the "pretrained" starting
 point of the default workflow is made by exactly the code that finetunes.
@@ -27,7 +30,8 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -199,37 +203,117 @@ def _setup(model: nn.Module, hp: dict, ctx: Dist, teacher: nn.Module | None, ste
     return _Run(model, net, teacher, optimizer, scheduler, scaler, autocast, loss_fn, mixup, hp, ctx)
 
 
-def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list, int]:
-    """(history, first epoch): from the latest checkpoint made with `key`, else from the start."""
+@dataclass
+class _Position:
+    """Where a run stands: `step` optimizer steps into `epoch` (0 at an epoch's start), the loss
+    sum and sample count of that epoch so far, and the random generators' states mid-epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    partial: torch.Tensor | None = None
+    rng: dict | None = None
+    stops: list = field(default_factory=list)  # the attempts that stopped for a time limit: where, which job
+
+
+def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list, _Position]:
+    """(history, position): from the latest checkpoint made with `key`, else from the start."""
     state = load_checkpoint(ckpt_dir, key) if ckpt_dir else None
     if state is None:
-        return [], 0
+        return [], _Position()
     run.model.load_state_dict(state["model"])
     for name, part in run.state().items():
         part.load_state_dict(state[name])
-    if run.ctx.main:
-        log.info("%s: resuming after epoch %d from %s", desc, state["epoch"], ckpt_dir)
-    return state["history"], state["epoch"]
+    where = _Position(state["epoch"], state.get("step", 0), state.get("partial"), state.get("rng"), state.get("stops", []))
+    if run.ctx.main:  # Snakemake clears a job's log before each attempt: the earlier ones are told again
+        for n, stop in enumerate(where.stops, 1):
+            log.info("%s: attempt %d (SLURM job %s) stopped before its time limit at epoch %d, step %d",
+                     desc, n, stop["job"] or "-", stop["epoch"] + 1, stop["step"])
+        at = f"epoch {where.epoch}" + (f", step {where.step}" if where.step else "")
+        log.info("%s: resuming after %s from %s", desc, at, ckpt_dir)
+    return state["history"], where
+
+
+def _rng_state() -> dict:
+    """Every generator the training loop draws from, as tensors and numbers (weights_only loads it)."""
+    np_state = np.random.get_state()
+    out = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+           "numpy_rest": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
+           "python": [int(v) for v in random.getstate()[1]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss, gauss = state["numpy_rest"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TimeLimit(PQVError):
+    """The job's time limit is near: a checkpoint holds where training stopped, and the next
+    attempt (Snakemake's retries of the finetune rule) resumes from it."""
+
+
+def job_deadline() -> float | None:
+    """When a finetune in this job must stop training (time.time()): the SLURM job's end, less a
+    reserve for saving the checkpoint and leaving, which includes Snakemake's jobstep recording the
+    job on a shared file system (5 % of the job's limit, 30 s to 5 min); None outside SLURM or
+    without a limit."""
+    from .resources import slurm_time_left
+
+    left = slurm_time_left()
+    if left is None:
+        return None
+    seconds, limit = left
+    return time.time() + seconds - min(max(30.0, 0.05 * limit), 300.0)
+
+
+def _out_of_time(deadline: float | None, longest_step: float, ctx: Dist) -> bool:
+    """Whether the next step could end after the deadline; every rank stops at the same step."""
+    if deadline is None:
+        return False
+    late = torch.tensor([float(time.time() + longest_step > deadline)], device=ctx.device)
+    if ctx.world > 1:
+        dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
 
 
 class Diverged(PQVError):
     """The training loss stopped being finite: a result of the branch's settings, not a broken input."""
 
 
-def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar) -> dict:
-    """One epoch of training: the history row (its mean training loss; the evaluation split is the
-    accuracy jobs', so that a change to it never retrains)."""
+def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: _Position,
+           deadline: float | None = None) -> dict | _Position:
+    """One epoch of training from `start` (its step and loss so far, when resumed mid-epoch): the
+    history row (its mean training loss; the evaluation split is the accuracy jobs', so that a change
+    to it never retrains), or the position reached when the deadline stopped it mid-epoch."""
     hp, ctx = run.hp, run.ctx
     seed = seed_epoch(hp["seed"], epoch, ctx.rank)
     loader.sampler.set_epoch(epoch)
+    loader.sampler.skip = start.step * loader.batch_size  # the batches the stopped attempt trained on
     loader.generator.manual_seed(seed)  # DataLoader workers' seeds
+    if start.rng is not None:  # the generators where the stopped attempt left them (exact with workers 0)
+        _set_rng_state(start.rng)
     run.net.train()
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, samples
-    for step, (images, labels) in enumerate(loader, start=epoch * steps_per_epoch):
+    if start.partial is not None:
+        total += start.partial.to(ctx.device)
+    longest, last = 0.0, time.monotonic()
+    for step, (images, labels) in enumerate(loader, start=epoch * steps_per_epoch + start.step):
         total[0] += run.step(images, labels, step)
         total[1] += len(labels)
         bar.update()
         bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", refresh=False)
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+        done = step + 1 - epoch * steps_per_epoch
+        if done < steps_per_epoch and _out_of_time(deadline, longest, ctx):
+            return _Position(epoch, done, total.cpu(), _rng_state(), start.stops)
+    loader.sampler.skip = 0
     if ctx.world > 1:
         dist.all_reduce(total)
     row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(),
@@ -244,14 +328,17 @@ def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar) -> dict:
 
 def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
           desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
-          resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
+          resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None,
+          deadline: float | None = None) -> dict:
     """Train `model` in place (it ends on the CPU, in eval mode) on the training split; return its
     history. Nothing here reads the evaluation split: the accuracy jobs score the result.
 
     Under torchrun every rank calls this; rank 0 writes the metrics and checkpoints. With
     `ckpt_dir`, a checkpoint is written after every epoch and the latest one whose hparams, world
     size and `resume_key` (e.g. a hash of the input files) match is resumed from. `threads` is the
-    job's cores: each process takes its share, less its DataLoader `workers`.
+    job's cores: each process takes its share (its DataLoader `workers` decode beside). With a `deadline`
+    (time.time()), training stops before a step that could end after it, saves a checkpoint where
+    it stands (mid-epoch too) and raises TimeLimit.
     """
     from .device import describe
     from .reruns import launch_keys
@@ -262,7 +349,7 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
     ctx = distributed(device)
     if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
-        torch.set_num_threads(process_threads(threads, workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        torch.set_num_threads(process_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(hp["seed"])
     manifest = data.of(manifest)
     loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
@@ -274,20 +361,45 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     history, start = _resume(run, ckpt_dir, key, desc)
     # One bar over every optimizer step of the run (an ImageNet epoch is thousands of steps), with
     # rate and ETA; the epoch and its metrics are in the postfix.
-    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start * steps, disable=not ctx.main)
-    for epoch in range(start, hp["epochs"]):
-        history.append(_epoch(run, loader, epoch, steps, bar))
+    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start.epoch * steps + start.step,
+                   disable=not ctx.main)
+    resumed_at = start
+    for epoch in range(start.epoch, hp["epochs"]):
+        row = _epoch(run, loader, epoch, steps, bar, start if epoch == start.epoch else _Position(epoch, stops=start.stops),
+                     deadline)
+        if isinstance(row, _Position):  # the deadline: save where this attempt stopped, and leave
+            bar.close()
+            _stop(ckpt_dir, key, run, history, row, steps, hp["epochs"], ctx)
+        history.append(row)
         if ckpt_dir and ctx.main:
-            save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler, history)
+            save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler, history,
+                            _Position(epoch + 1, stops=start.stops))
+        if epoch + 1 < hp["epochs"] and _out_of_time(deadline, 0.0, ctx):
+            bar.close()
+            _stop(ckpt_dir, key, run, history, _Position(epoch + 1, stops=start.stops), steps, hp["epochs"], ctx)
     bar.close()
     model.cpu().eval()
     if metrics_csv and ctx.main:
         write_history(history, metrics_csv)
     return {"epochs": hp["epochs"], "hparams": hp,
             "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
-            "resumed_after_epoch": start,
+            "resumed_after_epoch": resumed_at.epoch, "resumed_at_step": resumed_at.step,
+            "time_limit_stops": len(start.stops),
             "device": describe(ctx.device, hp["amp_dtype"] if hp["amp"] and ctx.device.type == "cuda" else None),
             "threads_per_process": torch.get_num_threads()}
+
+
+def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: _Position, steps: int, epochs: int,
+          ctx: Dist) -> None:
+    where.stops = [*where.stops, {"epoch": where.epoch, "step": where.step, "job": os.environ.get("SLURM_JOB_ID", "")}]
+    if ckpt_dir and ctx.main:
+        save_checkpoint(ckpt_dir, where.epoch, key, run.model, run.optimizer, run.scheduler, run.scaler, history,
+                        where)
+    done = where.epoch * steps + where.step
+    raise TimeLimit(f"stopped before the job's time limit after {done} of {epochs * steps} steps (epoch "
+                    f"{where.epoch + 1}/{epochs}, step {where.step}/{steps}); the checkpoint is in {ckpt_dir}",
+                    "the next attempt resumes from it: Snakemake's retries of rule finetune start it, or run "
+                    "the same command again")
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -319,22 +431,29 @@ def write_history(history: list[dict], path: str) -> None:
 
 
 def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optimizer, scheduler, scaler,
-                    history: list[dict]) -> None:
-    """Write `ckpt_dir/epoch-NNNN/` (weights.safetensors + state.pt) atomically, then drop older ones.
+                    history: list[dict], mid: _Position | None = None) -> None:
+    """Write `ckpt_dir/epoch-NNNN/` (after `epoch` whole epochs) or, stopped mid-epoch,
+    `epoch-NNNN-step-NNNNNNNN/` (weights.safetensors + state.pt) atomically, then drop older ones.
 
-    The folder is filled under a temporary name and renamed, so a present epoch folder is complete.
-    state.pt holds only tensors, numbers, strings and containers: torch.load(weights_only=True) reads it.
+    The folder is filled under a temporary name and renamed, so a present folder is complete, and
+    the names sort in training order. state.pt holds only tensors, numbers, strings and containers:
+    torch.load(weights_only=True) reads it.
     """
     from safetensors.torch import save_file
 
     root = Path(ckpt_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".epoch-", suffix=".part", dir=root))
+    state = {"epoch": epoch, "key": key, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict(), "history": history, "stops": mid.stops if mid is not None else []}
+    name = f"epoch-{epoch:04d}"
+    if mid is not None and mid.step:
+        state.update(step=mid.step, partial=mid.partial, rng=mid.rng)
+        name += f"-step-{mid.step:08d}"
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "weights.safetensors")
-        torch.save({"epoch": epoch, "key": key, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "history": history}, tmp / "state.pt")
-        final = root / f"epoch-{epoch:04d}"
+        torch.save(state, tmp / "state.pt")
+        final = root / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:
@@ -375,7 +494,8 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
         device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
     """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
 
-    Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success.
+    Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success. In a
+    SLURM job it stops before the job's time limit (job_deadline), leaving the checkpoint.
     """
     from . import store
 
@@ -395,7 +515,7 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
             result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
                            desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
                            ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
-                           threads=threads)
+                           threads=threads, deadline=job_deadline())
         except Diverged as e:
             if ctx.main:
                 failed(model_path, out, metrics_csv, str(e), parent, arch)
@@ -405,6 +525,7 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
             store.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher,
                              hparams=result["hparams"], world_size=result["world_size"],
                              global_batch=result["global_batch"], resumed_after_epoch=result["resumed_after_epoch"],
+                             resumed_at_step=result["resumed_at_step"], time_limit_stops=result["time_limit_stops"],
                              device=result["device"], threads_per_process=result["threads_per_process"],
                              params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
             shutil.rmtree(checkpoint_dir(out), ignore_errors=True)

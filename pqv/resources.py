@@ -35,11 +35,16 @@ ALL_CORES_LOCALLY = ("data", "model", "finetune", "accuracy") + TIMING_STAGES
 # these rates (eager FP32 DeiT-B, 17.6 GMAC: ~0.4 core-s to infer and ~3 core-s to train, on the
 # 2-vCPU machines of docs/deit_b.md; training = 3 forward passes' work), plus a fixed part per image
 # (the demo ViT, 11.7 MMAC, trains at ~6 core-ms per image: framework overhead dominates) and, for
-# image files, decoding and transforms. A GPU trains DeiT-B at ~4 ms per image (docs/paper.md).
+# image files, decoding and transforms.
 CPU_INFER_MACS_PER_S = 4.4e10
 CPU_TRAIN_MACS_PER_S = 1.76e10
-GPU_TRAIN_MACS_PER_S = 1.3e13
-GPU_INFER_MACS_PER_S = 4.0e13
+# One GPU, mixed precision. Not measured here (no GPU): derived from docs/paper.md's estimate that
+# 60 ImageNet epochs of DeiT-B take 5-10 h on 4 A100-class GPUs, i.e. 20-40 GPU-hours for
+# 60 x 1.28 M images: 0.94-1.87 ms per image; the rate below is the slow end (3 x 17.6 GMAC per
+# trained image / 1.87 ms = 2.8e13 MAC/s, ~25 % of an A100's bf16 peak), so a budget is the
+# estimate's upper bound before MARGIN. Inference: the same rate for one forward pass.
+GPU_TRAIN_MACS_PER_S = 2.8e13
+GPU_INFER_MACS_PER_S = 2.8e13
 OVERHEAD_S = {"train": 0.004, "infer": 0.001}
 DECODE_S = {"digits": 0.0, "imagefolder": 0.005}  # per image file read by a loader
 SCAN_S = 0.003  # the data job: list, hash and decode (JPEG at 1/8 scale) one file
@@ -66,6 +71,12 @@ MIN_RUNTIME = 10  # minutes: start-up, imports, scheduling slack
 # calls a few; the wall time asked is what the scheduler reserves the node for).
 MIN_RUNTIME_TIMING = 5
 MARGIN = 2  # wall time asked = 2x the budget, so a slower node does not kill a job near its end
+# A partition's time limit caps every request. A finetune longer than the limit runs as successive
+# jobs, each resuming from the checkpoint the one before saved just before its end (pqv.finetune);
+# the other stages cannot resume, and are short. A finetune longer than LONGEST_SPAN_H in all (a
+# DeiT-B ImageNet finetune on CPUs: thousands of hours) is refused when the sweep is planned.
+RESUMABLE = ("finetune",)
+LONGEST_SPAN_H = 7 * 24
 
 # timm's ViT sizes: (embed width, depth); a name's size word picks one, kwargs override it.
 VIT_SIZES = {"tiny": (192, 12), "small": (384, 12), "medium": (512, 12), "base": (768, 12),
@@ -81,28 +92,90 @@ class Work:
     macs: float  # multiply-accumulates of one forward pass, batch 1
     params: float
     data: str = "imagefolder"  # digits | imagefolder: whether images are files to decode
+    largest_pixels: float = 0  # the data set's largest image (the manifest's largest_pixels)
 
 
-def partition_has_gpus(partition: str | None) -> bool | None:
-    """Whether a SLURM partition (None: the default one) has GPUs, from sinfo's generic resources;
-    None when sinfo cannot tell (not a SLURM machine, an unknown partition)."""
+def decode_mb(pixels: float) -> float:
+    """Memory that decoding one image of `pixels` holds: PIL's RGBA-sized buffer and the converted
+    copy (issue 31 measured a 144-megapixel RGB PNG at ~615 MB above the process)."""
+    return pixels * 4.5 / 2**20
+
+
+@dataclass(frozen=True)
+class Partition:
+    """What the plan needs to know of the SLURM partition the jobs go to (one `sinfo` call, in
+    the invocation that plans): whether it has GPUs and its wall-time limit (None: unknown or
+    unlimited)."""
+
+    name: str | None
+    has_gpus: bool | None = None
+    max_minutes: int | None = None
+
+
+def slurm_seconds(text: str) -> int | None:
+    """Seconds of a SLURM time ('30' minutes, '5:00' minutes:seconds, '2:00:00', '1-12:00:00',
+    '1-12'); None for 'infinite', 'UNLIMITED' or anything unreadable."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3 or (days and not days.isdigit()):
+        return None
+    if days:  # after a day count: hours, hours:minutes or hours:minutes:seconds
+        h, m, s = ([int(p) for p in parts] + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, s = map(int, parts)
+    else:  # minutes, or minutes:seconds
+        h, m, s = 0, int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
+
+
+def slurm_minutes(text: str) -> int | None:
+    seconds = slurm_seconds(text)
+    return None if seconds is None else seconds // 60
+
+
+def slurm_time_left() -> tuple[int, int] | None:
+    """(seconds left, time limit in seconds) of the SLURM job this process runs in, from squeue;
+    None outside SLURM, without a limit, or when squeue cannot tell."""
+    import os
+    import subprocess
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L %l"], capture_output=True, text=True, timeout=60).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if len(out) != 2 or None in (left := slurm_seconds(out[0]), limit := slurm_seconds(out[1])):
+        return None
+    return left, limit
+
+
+def slurm_partition(partition: str | None) -> Partition:
+    """The partition named (None: the default one), from one `sinfo` call; unknown facts are None
+    (not a SLURM machine, an unknown partition)."""
     import subprocess
 
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P %G"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %l %G"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    gres: dict[str, list[str]] = {}
+        return Partition(partition)
+    rows: dict[str, list[tuple[str, str]]] = {}
     default = None
     for line in out.splitlines():
-        name, _, what = line.strip().partition(" ")
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        name = fields[0]
         if name.endswith("*"):
             name = default = name[:-1]
-        gres.setdefault(name, []).append(what)
+        rows.setdefault(name, []).append((fields[1], fields[2] if len(fields) > 2 else "(null)"))
     wanted = partition or default
-    if wanted not in gres:
-        return None
-    return any(g.startswith("gpu") for entry in gres[wanted] for g in entry.split(","))
+    if wanted not in rows:
+        return Partition(partition)
+    limits = [slurm_minutes(limit) for limit, _ in rows[wanted]]
+    gpus = any(g.startswith("gpu") for _, entry in rows[wanted] for g in entry.split(","))
+    return Partition(wanted, gpus, min((m for m in limits if m), default=None))
 
 
 def machine_has_gpus(proc: str = "/proc/driver/nvidia/gpus", dev: str = "/dev") -> bool:
@@ -141,7 +214,9 @@ def estimate_macs(model_cfg: dict) -> tuple[float, float]:
 
 def threads(stage: str, config: dict, images: int | None = None) -> int:
     """CPU cores of one job on a cluster: torch threads plus DataLoader workers, per process.
-    `images` is the data set's estimated size (pqv.data.estimate): small sets get few threads."""
+    `images` is the data set's estimated size (pqv.data.estimate): small sets get few threads.
+    The process gives torch all of them (pqv.evaluate.process_threads): the workers decode the next
+    batch while the model computes, and a ViT on a CPU waits on compute, so no core sits idle."""
     small = images is not None and images <= SMALL_IMAGES
     base = SMALL_THREADS if small else LARGE_THREADS
     workers = config["dataset"].get("workers", 0) if stage in LOADER_STAGES else 0
@@ -195,20 +270,20 @@ def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: i
         seconds = (work.train_images + work.eval_images) * SCAN_S / cores
     elif stage == "model":
         train = max((m.get("train", {}).get("epochs", 0) for m in config["models"] if m.get("weights") == "train"), default=0)
-        seconds = train * work.train_images * train_s + (train + 1) * work.eval_images * infer_s
+        seconds = train * work.train_images * train_s  # training only: the accuracy jobs score it
     elif stage == "prune":
         images = config["prune"]["calibration_batches"] * config["prune"]["batch_size"]
         seconds = images * train_s * (10 if importance == "hessian" else 1)  # hessian: per-sample backward
     elif stage == "finetune":
-        # the nproc processes share the images of both splits
-        seconds = config["finetune"]["epochs"] * (work.train_images * train_s + work.eval_images * infer_s) / config["finetune"]["nproc"]
+        # the nproc processes share the training split (the accuracy jobs score the result)
+        seconds = config["finetune"]["epochs"] * work.train_images * train_s / config["finetune"]["nproc"]
     elif stage == "quantize":  # scripting or tracing a model takes time with its size (DeiT-B: ~1 min)
         seconds = config["quantize"]["calibration_images"] * infer_s + work.macs / 1e8
     elif stage == "export":  # lowering and checking DeiT-B took up to 5.5 min (docs/deit_b.md)
         seconds = config["export"]["check_images"] * infer_s * 4 + work.macs / 3e7
     elif stage == "accuracy":  # FP32 .ptl files run ~2x slower than eager (the XNNPACK rewrite on x86)
         seconds = work.eval_images * infer_s * (1 if fmt == EAGER else 2)
-    elif stage == "latency":  # the timed calls, and the memory probe's own process (imports, load)
+    elif stage == "latency":  # the timed calls, the memory figure's load and call, the cold paper-method call
         seconds = (config["evaluate"]["warmup"] + config["evaluate"]["runs"] + 2) * infer_s * cores + 30
     else:  # profile
         seconds = (config["profile"].get("warmup", 5) + config["profile"].get("runs", 20)) * infer_s * cores * 2
@@ -229,19 +304,82 @@ def mem_mb(stage: str, config: dict, work: Work) -> int:
     if stage == "data":
         return math.ceil(BASE_MB + 2 * files_mb)
     workers = config["dataset"].get("workers", 0) if stage in LOADER_STAGES else 0
-    per_process = BASE_MB + compute_mb + files_mb + workers * (WORKER_MB + files_mb)
-    if stage == "latency":  # and the memory probe's process: imports, the artifact, one input
-        per_process += BASE_MB
+    # every process that reads images decodes one at a time at full size: the largest counts in each
+    image_mb = decode_mb(work.largest_pixels) if work.train_images + work.eval_images else 0
+    per_process = BASE_MB + compute_mb + files_mb + image_mb + workers * (WORKER_MB + files_mb + image_mb)
+    if stage == "latency":  # the artifact is loaded twice in this process: for the memory figure, then for timing
+        per_process += model_mb
     return math.ceil(per_process * (config["finetune"]["nproc"] if stage == "finetune" else 1))
 
 
 def of(stage: str, config: dict, work: Work, importance: str = "", ratio: float = 0.0,
-       planned_images: int | None = None, fmt: str = "") -> dict:
-    """Every resource of one job (what a rule's `resources:` gives Snakemake). Jobs that time
-    latency add `slurm_extra: --exclusive`: on a cluster the node would otherwise be shared."""
+       planned_images: int | None = None, fmt: str = "", max_minutes: int | None = None) -> dict:
+    """Every resource of one job (what a rule's `resources:` gives Snakemake), its wall time capped
+    at the partition's limit (`max_minutes`; `fit` has checked that the job can live with it). Jobs
+    that time latency add `slurm_extra: --exclusive`: on a cluster the node would otherwise be shared."""
     cores = threads(stage, config, planned_images)
-    out = {"mem_mb": mem_mb(stage, config, work), "runtime": runtime(stage, config, work, importance, cores, fmt),
+    minutes = runtime(stage, config, work, importance, cores, fmt)
+    out = {"mem_mb": mem_mb(stage, config, work), "runtime": min(minutes, max_minutes or minutes),
            "gpu": gpus(stage, config, importance, ratio, fmt)}
     if stage in TIMING_STAGES:
         out["slurm_extra"] = "--exclusive"
     return out
+
+
+def fit(stage: str, minutes: int, partition: Partition, what: str, device: str) -> int:
+    """How many successive jobs a job whose budget is `minutes` runs as on `partition`: 1 when it
+    fits (or the limit is unknown), more for a finetune (each resumes where the one before
+    stopped). A job that cannot fit is a PQVError naming the stage, the hours and the fix: a stage
+    that cannot resume whose estimate (the budget without its margin) exceeds the limit, or a
+    finetune longer than LONGEST_SPAN_H."""
+    from .errors import PQVError
+
+    limit = partition.max_minutes
+    if not limit or minutes <= limit:
+        return 1
+    where = f"partition {partition.name}'s limit of {limit / 60:g} h"
+    expected = (minutes - MIN_RUNTIME) / MARGIN
+    fix = (f"run it where it is shorter (device: cuda on a partition with GPUs), on a partition with a longer limit, "
+           f"or set the time yourself (--set-resources {stage}:runtime=MINUTES)")
+    if stage not in RESUMABLE:
+        if expected > limit:
+            raise PQVError(f"{what} needs about {expected / 60:,.1f} h on {device}, more than {where}, and cannot resume", fix)
+        return 1
+    if minutes > LONGEST_SPAN_H * 60:
+        jobs = math.ceil(minutes / limit)
+        raise PQVError(f"{what} asks for {minutes / 60:,.0f} h on {device} ({jobs} jobs at {where}), more than the "
+                       f"{LONGEST_SPAN_H // 24} days PQV will span", fix)
+    return math.ceil(minutes / limit)
+
+
+# The plan a Snakemake invocation made (partition facts, data set size, data stamps), handed to the
+# job processes a cluster starts: SLURM passes the submitting process's environment on (the plugin
+# submits with --export=ALL), so they read it instead of asking sinfo and walking the data again.
+PLAN_ENV = "PQV_PLAN"
+
+
+def _config_key(config: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def share_plan(config: dict, plan: dict) -> None:
+    """Put `plan` where this process's jobs find it (call again after changing it)."""
+    import json
+    import os
+
+    os.environ[PLAN_ENV] = json.dumps({"config": _config_key(config), "plan": plan})
+
+
+def shared_plan(config: dict) -> dict | None:
+    """The plan the invocation that submitted this job made for the same config, or None."""
+    import json
+    import os
+
+    try:
+        shared = json.loads(os.environ.get(PLAN_ENV, ""))
+    except ValueError:
+        return None
+    return shared.get("plan") if isinstance(shared, dict) and shared.get("config") == _config_key(config) else None

@@ -10,9 +10,9 @@
 # Snakemake's jobstep starts with srun drop SLURM_* variables such as SLURM_CONF) and refuses to
 # replace ones it did not write; stop removes them. Everything else lives in $PQV_SLURM_DIR
 # (default /tmp/pqv-slurm): state, logs, the accounting database, one PID file per daemon it started.
-# One node, named after this host, with every core (`nproc`) and 90 % of the memory; one partition
-# `pqv` (account `root`). EnforcePartLimits=ALL: a job larger than the node fails at submission
-# instead of pending forever. With accounting (default) slurmdbd keeps job records in MariaDB so
+# One node, named after this host, with every core (`nproc`) and 90 % of the memory; partition
+# `pqv` (the default, no time limit) and `short` (a 1-minute limit), account `root`.
+# EnforcePartLimits=ALL: a job larger than the node fails at submission instead of pending forever. With accounting (default) slurmdbd keeps job records in MariaDB so
 # `sacct` works, which is how Snakemake's SLURM plugin sees jobs end; --no-accounting starts no
 # database, and Snakemake then needs `--slurm-status-command squeue`.
 set -euo pipefail
@@ -20,6 +20,7 @@ set -euo pipefail
 DIR=${PQV_SLURM_DIR:-/tmp/pqv-slurm}
 CLUSTER=pqv
 PARTITION=pqv
+SHORT=short  # the same node with a 1-minute time limit: jobs that span time limits are tested on it
 DB_PORT=${PQV_SLURM_DB_PORT:-3307}
 PACKAGES="slurm-wlm munge slurmdbd mariadb-server"
 ETC=/etc/slurm
@@ -122,6 +123,7 @@ JobCompType=jobcomp/none
 MinJobAge=300
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=$SHORT Nodes=$host MaxTime=1 State=UP
 EOF
     cat >"$ETC/slurmdbd.conf" <<EOF
 $MARK
@@ -190,7 +192,7 @@ start() {
     launch slurmd slurmd -D
     wait_for 60 "node $(hostname -s)" sh -c "sinfo -h -N -o %T | grep -qx idle"
     trap - EXIT
-    say "running: partition $PARTITION, account root, $(sinfo -h -N -o '%c CPUs, %m MB'); accounting: $accounting"
+    say "running: partitions $PARTITION and $SHORT (1-minute limit), account root, $(sinfo -h -N -o '%c CPUs, %m MB'); accounting: $accounting"
 }
 
 stop() {

@@ -362,3 +362,74 @@ def test_photos_are_converted_to_the_models_channels(tmp_path, chans, mode):
         x, _ = datasets.dataset(manifest, "train", dc, training=training)[0]
         assert x.shape == (chans, 16, 16)
 
+
+
+def test_the_digits_are_read_as_scikit_learn_loads_them():
+    """Jobs read the digits' pixels from scikit-learn's own file, without importing sklearn.datasets."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from pqv import datasets
+
+    assert (datasets.digits_pixels() == load_digits().data).all()
+    check = "import sys, pqv.datasets as d; d.digits_pixels(); print('sklearn.datasets' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_very_large_images_are_named_in_one_line_and_counted_in_the_jobs_memory(tmp_path, monkeypatch):
+    """Issue 31: an image above data.LARGE_PIXELS (50 MP; lowered to 1 MP here, so the test image
+    stays small) is named in one warning line of the data set, with what decoding it costs, and the
+    memory of every job that reads images counts one such decode per loader process."""
+    from PIL import Image
+
+    from pqv import config as pqv_config, resources
+
+    monkeypatch.setattr(data, "LARGE_PIXELS", 1_000_000)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (10, 20, 30)).save(tmp_path / split / name / "small.jpg")
+    Image.new("RGB", (2000, 1000), (200, 0, 0)).save(tmp_path / "train" / "a" / "scan.png")
+    manifest = data.scan({"name": "imagefolder", "root": str(tmp_path)})
+    (line,) = [w for w in manifest["warnings"] if "megapixels" in w]
+    assert line.startswith("1 image(s) larger than 1 megapixels: ") and "train/a/scan.png (2 MP)" in line
+    assert "downscale them once" in line and manifest["largest_pixels"] == 2_000_000
+
+    cfg = pqv_config.filled({**pqv_config.load_yaml(Path(__file__).parents[1] / "config/config.yaml"),
+                             "dataset": {"name": "imagefolder", "root": str(tmp_path), "workers": 2}})
+    plain = resources.Work(300, 100, 1e9, 5e6)
+    huge = resources.Work(300, 100, 1e9, 5e6, largest_pixels=144e6)  # the issue's 12,000 x 12,000 PNG
+    for stage, processes in (("finetune", 3), ("accuracy", 3), ("export", 1)):  # the main process and 2 workers
+        added = resources.mem_mb(stage, cfg, huge) - resources.mem_mb(stage, cfg, plain)
+        assert abs(added - processes * resources.decode_mb(144e6)) <= 1, stage
+    assert 600 < resources.decode_mb(144e6) < 650  # the issue measured ~615 MB for one such decode
+
+
+def test_a_gray_photo_set_learns_what_its_rgb_twin_learns(tmp_path):
+    """Issue 31: the same pattern as RGB JPEGs and as gray (L) JPEGs, an RGB model trained by the
+    workflow's loop with the default augmentation (colour jitter included): the gray set is read as
+    its RGB twin (every epoch's loss equal) and learns it (100 %). A gray set trails its twin only
+    where the classes differ in hue: gray keeps luminance alone (docs/data.md)."""
+    import torch
+
+    from pqv import arch, finetune
+
+    dc = {"input_size": [3, 16, 16], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 1.0,
+          "interpolation": "bicubic"}
+    learned = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for mode in ("RGB", "L"):
+            manifest = _pattern_set(tmp_path / mode, mode, n=8)
+            torch.manual_seed(0)
+            model = arch.create("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=16, patch_size=4,
+                                embed_dim=48, depth=2, num_heads=3)
+            history = finetune.train(model, manifest, dc, {"epochs": 60, "lr": 2e-3, "batch_size": 8})["history"]
+            top1 = finetune.evaluate(model, datasets.loader(manifest, "eval", dc, 64), finetune.Dist())[0]
+            learned[mode] = ([row["train_loss"] for row in history], top1)
+    finally:
+        torch.set_num_threads(threads)
+    assert learned["L"] == learned["RGB"] and learned["L"][1] == 100.0

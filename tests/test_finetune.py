@@ -85,6 +85,57 @@ def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert metrics.read_text() == (whole.parent / "metrics.csv").read_text()
 
 
+def test_a_finetune_stopped_by_its_deadline_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A job's time limit stops training at a step (here: every 4th step of an attempt), a checkpoint
+    keeps the step and the random generators, and the next attempts resume there: after as many
+    attempts as it takes, the weights and the metrics are those of an uninterrupted run."""
+    src = _save(tmp_path / "pruned.safetensors")
+    hp = {"epochs": 3, "lr": 1e-3, "batch_size": 32, "mixup": 0.8, "cutmix": 1.0, "color_jitter": 0.0}
+    whole = tmp_path / "whole" / "finetuned.safetensors"
+    finetune.run(str(src), str(whole), data.scan(SMALL), hp, str(whole.parent / "metrics.csv"))
+
+    out = tmp_path / "stopped" / "finetuned.safetensors"
+    metrics = out.parent / "metrics.csv"
+    calls = iter(range(10_000))
+    monkeypatch.setattr(finetune, "job_deadline", lambda: 0.0)  # as if in a SLURM job
+    monkeypatch.setattr(finetune, "_out_of_time", lambda deadline, longest, ctx: next(calls) % 4 == 3)
+    attempts = 0
+    while True:
+        attempts += 1
+        calls = iter(range(10_000))  # a new job: its clock starts again
+        try:
+            result = finetune.run(str(src), str(out), data.scan(SMALL), hp, str(metrics))
+            break
+        except finetune.TimeLimit as e:
+            assert "the next attempt resumes from it" in str(e) and not out.exists() and not metrics.exists()
+            (ckpt,) = Path(finetune.checkpoint_dir(out)).iterdir()
+            state = torch.load(ckpt / "state.pt", weights_only=True)  # no pickle, RNG states included
+            assert len(state["stops"]) == attempts and (state.get("step", 0) > 0) == ("-step-" in ckpt.name)
+    assert attempts >= 4  # 18 steps, 4 per attempt (an epoch boundary counts too)
+    assert result["time_limit_stops"] == attempts - 1 == store.read_sidecar(out)["time_limit_stops"]
+    a, b = load_file(str(whole)), load_file(str(out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics.read_text() == (whole.parent / "metrics.csv").read_text()
+    assert not Path(finetune.checkpoint_dir(out)).exists()
+
+
+def test_the_deadline_is_the_slurm_jobs_end_less_a_reserve(tmp_path, monkeypatch):
+    import time
+
+    squeue = tmp_path / "squeue"
+    squeue.write_text('#!/bin/bash\n[ "$3" = 77 ] && echo "2:00 10:00"\n[ "$3" = 79 ] && echo "30:00 1:00:00"\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert finetune.job_deadline() is None  # not a SLURM job: no deadline
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert abs(finetune.job_deadline() - (time.time() + 120 - 30)) < 5  # 30 s kept (5 % of 10 minutes is less)
+    monkeypatch.setenv("SLURM_JOB_ID", "79")  # 30 minutes left of an hour: 5 % of the limit kept
+    assert abs(finetune.job_deadline() - (time.time() + 1800 - 180)) < 5
+    monkeypatch.setenv("SLURM_JOB_ID", "78")  # squeue says nothing
+    assert finetune.job_deadline() is None
+
+
 def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     src = _save(tmp_path / "pruned.safetensors")
     out = tmp_path / "finetuned.safetensors"
@@ -138,12 +189,21 @@ def test_distillation_from_the_parent(tmp_path):
     assert store.read_sidecar(out)["teacher"] == str(teacher)
 
 
-def test_each_process_takes_its_share_of_the_jobs_cores():
-    from pqv.evaluate import process_threads
-
-    assert process_threads(8) == 8 and process_threads(8, workers=2) == 6  # workers are processes of their own
-    assert process_threads(16, workers=2, processes=4) == 2  # torchrun ranks share the job's cores
-    assert process_threads(2, workers=4) == 1  # never below one
+@pytest.mark.parametrize("cores, workers, processes, torch_threads", [
+    (2, 2, 1, 2), (2, 0, 1, 2), (8, 4, 1, 8), (16, 2, 4, 4), (8, 2, 2, 4), (1, 4, 2, 1)])
+def test_torch_takes_every_core_the_job_holds_and_workers_do_not_subtract(tmp_path, cores, workers, processes,
+                                                                           torch_threads):
+    """The threads a finetune process really runs with, for (job cores, DataLoader workers,
+    torchrun processes on the node): its share of the cores, whatever the workers."""
+    src = _save(tmp_path / "pruned.safetensors")
+    m, arch = store.load_model(src)
+    os.environ["LOCAL_WORLD_SIZE"] = str(processes)  # as torchrun sets it for each of its processes
+    try:
+        result = finetune.train(m, data.scan({**SMALL, "max_train": 64}), arch["data_config"],
+                                {"epochs": 1, "batch_size": 32}, threads=cores, workers=workers)
+    finally:
+        del os.environ["LOCAL_WORLD_SIZE"]
+    assert result["threads_per_process"] == torch_threads
 
 
 def test_bad_settings_are_clear_errors():

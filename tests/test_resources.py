@@ -8,6 +8,7 @@ import pytest
 
 from pqv import config as pqv_config
 from pqv import resources
+from pqv.errors import PQVError
 from pqv.resources import Work
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +45,9 @@ def test_a_small_photo_set_asks_for_minutes_and_imagenet_for_hours():
         small, large = resources.of(stage, tiny, PHOTOS, "taylor", 0.25, 398), resources.of(stage, big, IMAGENET, "taylor", 0.25, 1_331_167)
         assert small["runtime"] <= 30, (stage, small)  # minutes
         assert large["mem_mb"] > small["mem_mb"], stage
-        assert large["runtime"] > small["runtime"] or stage in ("latency", "profile"), stage  # a few images either way
-        if stage in ("model", "finetune", "accuracy"):
+        # timing jobs: a few images either way; the model job with hub weights: a download, no training
+        assert large["runtime"] > small["runtime"] or stage in ("latency", "profile", "model"), stage
+        if stage in ("finetune", "accuracy"):
             assert large["runtime"] >= 60, (stage, large)  # hours
     assert resources.of("finetune", big, IMAGENET, planned_images=1_331_167)["runtime"] > 24 * 60  # 60 CPU epochs: days
     assert resources.of("finetune", tiny, PHOTOS, planned_images=398)["mem_mb"] < 4000
@@ -105,15 +107,48 @@ def test_only_latency_jobs_ask_for_the_node_to_themselves():
     assert resources.of("latency", cfg, IMAGENET)["runtime"] <= 15 < resources.of("accuracy", cfg, IMAGENET)["runtime"]
 
 
-@pytest.mark.parametrize("sinfo, partition, expected", [
-    ("pqv* (null)\ngpu gpu:a100:4", None, False), ("pqv* (null)\ngpu gpu:a100:4", "gpu", True),
-    ("main* gpu:h100:8,shard:2", None, True), ("main* (null)", "other", None), ("", None, None)])
-def test_slurm_partitions_say_whether_they_have_gpus(tmp_path, monkeypatch, sinfo, partition, expected):
+@pytest.mark.parametrize("sinfo, partition, gpus, minutes", [
+    ("pqv* infinite (null)\ngpu 2-00:00:00 gpu:a100:4", None, False, None),
+    ("pqv* infinite (null)\ngpu 2-00:00:00 gpu:a100:4", "gpu", True, 2880),
+    ("main* 1-00:00:00 gpu:h100:8,shard:2", None, True, 1440),
+    ("short 1:00 (null)\nshort 30:00 (null)", "short", False, 1),  # a partition over two node sets: the tighter
+    ("main* 4:00:00 (null)", "other", None, None), ("", None, None, None)])
+def test_slurm_partitions_say_whether_they_have_gpus_and_their_time_limit(tmp_path, monkeypatch, sinfo, partition,
+                                                                           gpus, minutes):
     fake = tmp_path / "sinfo"
     fake.write_text(f"#!/bin/bash\nprintf '{sinfo}\\n'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
-    assert resources.partition_has_gpus(partition) is expected
+    found = resources.slurm_partition(partition)
+    assert (found.has_gpus, found.max_minutes) == (gpus, minutes)
+
+
+@pytest.mark.parametrize("text, seconds", [("infinite", None), ("UNLIMITED", None), ("30", 1800), ("5:00", 300),
+                                           ("2:00:00", 7200), ("1-12:00:00", 129600), ("1-12", 129600), ("x", None)])
+def test_slurm_times_are_read_in_every_form_sinfo_and_squeue_print(text, seconds):
+    assert resources.slurm_seconds(text) == seconds
+
+
+def test_every_request_fits_the_partition_and_only_a_finetune_spans_jobs():
+    day = resources.Partition("gpu", True, 1440)
+    # the finetune of DeiT-B on ImageNet on 4 GPUs: within a day, consistent with docs/paper.md (5-10 h)
+    gpu = config(finetune={"nproc": 4, "epochs": 60})
+    minutes = resources.runtime("finetune", gpu, IMAGENET)
+    assert 5 * 60 <= (minutes - resources.MIN_RUNTIME) / resources.MARGIN <= 10 * 60
+    assert resources.fit("finetune", minutes, day, "finetune", "GPUs") == 1
+    # on a 12-hour partition: two jobs, each capped
+    half = resources.Partition("gpu", True, 720)
+    assert resources.fit("finetune", minutes, half, "finetune", "GPUs") == 2
+    assert resources.of("finetune", gpu, IMAGENET, max_minutes=720)["runtime"] == 720
+    # on CPUs the same finetune is thousands of hours: one line, naming the stage, the hours and the fix
+    cpu = config(device="cpu", finetune={"nproc": 4, "epochs": 60})
+    with pytest.raises(PQVError, match=r"finetune of deit-b asks for [\d,]+ h on CPUs .* more than the 7 days.*device: cuda"):
+        resources.fit("finetune", resources.runtime("finetune", cpu, IMAGENET), day, "finetune of deit-b", "CPUs")
+    # a stage that cannot resume: its margin is capped, but not its estimate
+    assert resources.fit("accuracy", 30, resources.Partition("p", None, 20), "accuracy", "CPUs") == 1
+    with pytest.raises(PQVError, match="cannot resume"):
+        resources.fit("accuracy", 200, resources.Partition("p", None, 20), "accuracy", "CPUs")
+    assert resources.fit("accuracy", 10**6, resources.Partition("p", None, None), "accuracy", "CPUs") == 1  # no limit
 
 
 def test_a_machine_shows_its_gpus_to_device_auto(tmp_path, monkeypatch):

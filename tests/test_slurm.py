@@ -168,3 +168,36 @@ def test_a_sites_own_slurm_extra_stays_on_the_jobs_that_add_exclusive(submit):
     latency, accuracy = jobs["rule_latency_l2_0.25_int8_dynamic_x86_ptl"], jobs["rule_accuracy_l2_0.25_int8_dynamic_x86_ptl"]
     assert " --reservation=demo --mail-type=FAIL --exclusive " in latency, latency
     assert " --reservation=demo --mail-type=FAIL " in accuracy and "--exclusive" not in accuracy, accuracy
+
+
+def _node_hours():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_node_hours", REPO / "bench/node_hours.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_paper_sweep_fits_a_partitions_time_limit_and_a_cpu_finetune_stops_in_one_line(tmp_path):
+    """config/paper.yaml planned on ImageNet's counts (bench/node_hours.py) against partitions a
+    stand-in sinfo describes: with GPUs and a 12-hour limit no request exceeds it and the DeiT-B
+    finetunes run as successive jobs; on a 24-hour partition with device cpu the plan stops in one line."""
+    bench = _node_hours()
+    (tmp_path / "gpu").mkdir()
+    done = bench.plan(REPO, REPO / "config/paper.yaml", tmp_path / "gpu", "gpu* 12:00:00 gpu:a100:4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = bench.jobs(done.stdout)
+    assert len(jobs) > 600 and max(job["runtime_min"] for job in jobs) <= 720
+    finetunes = [job for job in jobs if job["rule"] == "finetune"]
+    assert len(finetunes) == 24 and all(job["gpus"] == 4 for job in finetunes)
+    assert "partition gpu's limit of 720 min: it runs as about 2 successive jobs" in done.stderr
+
+    (tmp_path / "cpu").mkdir()
+    done = bench.plan(REPO, REPO / "config/paper.yaml", tmp_path / "cpu", "gpu* 1-00:00:00 gpu:a100:4", site="device: cpu\n")
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith("pqv plan: error: finetune of deit-b asks for ")
+    assert " h on CPUs (" in errors[0] and "partition gpu's limit of 24 h" in errors[0]
+    assert "device: cuda" in errors[0] and "--set-resources finetune:runtime=" in errors[0]
+    assert "Job stats" not in done.stdout  # before any job

@@ -6,11 +6,13 @@ Runs where the cluster runs (.ci/run starts it) or can be started (root and the 
 skipped elsewhere. tests/test_slurm.py checks the submissions against stand-in commands."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -57,12 +59,13 @@ def cluster():
         subprocess.run([str(SCRIPT), "stop"], env=env, check=True, capture_output=True)
 
 
-def snakemake(env: dict, workdir: Path, config: dict, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+def snakemake(env: dict, workdir: Path, config: dict, *args: str, timeout: int = 1200, site: list[str] = SITE,
+              ) -> subprocess.CompletedProcess:
     """The README's cluster command, in `workdir`."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--profile", str(REPO / "profiles/slurm"), "--configfile", str(workdir / "config.yaml"), *SITE, *args],
+         "--profile", str(REPO / "profiles/slurm"), "--configfile", str(workdir / "config.yaml"), *site, *args],
         capture_output=True, text=True, env=env, timeout=timeout,
     )
 
@@ -78,29 +81,105 @@ def sacct_states(env: dict, jobs: list[str]) -> Counter:
     return Counter(out.split())
 
 
-def test_tiny_workflow_runs_on_the_cluster_and_a_rerun_schedules_nothing(cluster, tmp_path):
-    plan = scheduled(snakemake(cluster, tmp_path, CONFIG, "-n"))
+def epochs_for(seconds: float) -> int:
+    """Finetune epochs of the test config's model that take about `seconds` on this machine (2 threads),
+    from a few timed ones: a job on `short` trains for 10-20 s of its minute (imports and Snakemake's
+    jobstep before, the 30 s reserve for leaving after), whatever the CPU."""
+    import time
+
+    import torch
+
+    from pqv import finetune
+
+    from .conftest import DIGITS, tiny_arch, tiny_vit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = tiny_vit(0)
+        started = time.perf_counter()
+        finetune.train(model, DIGITS, tiny_arch(model)["data_config"], {**CONFIG["finetune"], "epochs": 10})
+        return max(100, int(seconds / ((time.perf_counter() - started) / 10)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_tiny_workflow_runs_on_a_partition_shorter_than_its_finetune_and_a_rerun_schedules_nothing(cluster, tmp_path):
+    """The test cluster's partition `short` ends every job after one minute; the finetune needs about
+    three. Only partition and account are given: each finetune job stops just before its limit with
+    a checkpoint, and Snakemake's retries resume it until it finishes."""
+    config = {**CONFIG, "finetune": {**CONFIG["finetune"], "epochs": epochs_for(50)}}
+    site = ["--default-resources", "slurm_partition=short", "slurm_account=root"]
+    # sinfo, logged: the invocation that plans asks it once; the job processes read that plan
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/sinfo.log\nexec {shutil.which("sinfo")} "$@"\n')
+    (bin_dir / "sinfo").chmod(0o755)
+    env = {**cluster, "PATH": f"{bin_dir}{os.pathsep}{cluster['PATH']}"}
+    env.pop("SLURM_JOB_ID", None)
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = scheduled(snakemake(env, work, config, "-n", site=site))
     local = {"all", "summary", "plot", "stage_costs", "keep_dense"}  # localrules: run by Snakemake itself
     on_cluster = sum(n for rule, n in plan.items() if rule not in local)
     assert on_cluster >= 10, plan
+    (tmp_path / "sinfo.log").unlink()  # the dry run's own question
 
-    result = snakemake(cluster, tmp_path, CONFIG, *FAST)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-4000:]
-    jobs = submitted(result)
-    assert len(jobs) == on_cluster, out[-4000:]
-    # SLURM's accounting saw every one of them finish
-    assert sacct_states(cluster, jobs) == Counter(COMPLETED=on_cluster)
+    # the uninterrupted run of the same seed on this machine, beside the cluster's at the lowest
+    # priority on one thread: it uses the time the cluster's jobs leave idle
+    run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+         "--profile", str(REPO / "profiles/slurm"), "--configfile", str(work / "config.yaml"), *site, *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    pruned = work / "results/tiny/l2_0.5/pruned.safetensors"
+    while run.poll() is None and not (pruned.exists() and Path(f"{pruned}.json").exists()):
+        time.sleep(2)
+    reference = tmp_path / "reference/finetuned.safetensors"
+    whole = subprocess.Popen(
+        ["nice", "-n", "19", sys.executable, "-m", "pqv", "finetune", "--model", str(pruned), "--out", str(reference), "--data",
+         str(work / "results/data/train.json"), "--hparams", json.dumps(config["finetune"]), "--metrics",
+         str(reference.parent / "metrics.csv"), "--threads", "1"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env=env)
+    out, _ = run.communicate(timeout=1500)
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
+    assert run.returncode == 0, out[-4000:]
 
-    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    assert "it runs as about" in out and "successive jobs" in out
+    restarts = out.count("Trying to restart job")
+    assert restarts >= 2, out[-4000:]  # three jobs at least
+    jobs = submitted(subprocess.CompletedProcess([], 0, out, ""))
+    assert len(jobs) == on_cluster + restarts
+    states = sacct_states(cluster, jobs)  # each stopped attempt failed on purpose (or hit the limit while leaving)
+    assert states["COMPLETED"] == on_cluster and states["FAILED"] + states["TIMEOUT"] == restarts, states
+    finetuned = work / "results/tiny/l2_0.5/finetuned.safetensors"
+    facts = json.loads(Path(f"{finetuned}.json").read_text())
+    assert facts["time_limit_stops"] == restarts and facts["resumed_after_epoch"] > 0
+    log = (work / "results/logs/finetune/tiny/l2_0.5.log").read_text()
+    assert log.count("resuming after epoch") == 1 and log.count("stopped before its time limit at epoch") == restarts
+    assert len(pd.read_csv(work / "results/tiny/l2_0.5/finetune_metrics.csv")) == config["finetune"]["epochs"]
+    planning = [line for line in (tmp_path / "sinfo.log").read_text().splitlines() if "%l" in line]
+    assert len(planning) == 1, planning  # once, in the invocation that planned; no job asked again
+
+    # the same model as the uninterrupted run, within noise (360 held-out digits: 1 image is 0.28 points)
+    from pqv import datasets, finetune, store
+
+    from .conftest import DIGITS
+
+    def top1(path):
+        model, arch = store.load_model(path)
+        return finetune.evaluate(model, datasets.loader(DIGITS, "eval", arch["data_config"], 256), finetune.Dist())[0]
+
+    assert abs(top1(finetuned) - top1(reference)) <= 1.0
+
+    summary = pd.read_csv(work / "results/summary.csv")
     assert len(summary) == plan["latency"] == plan["accuracy"]
     assert "has no GPUs (sinfo): device auto asks for none" in out
     assert set(summary["device"].dropna()) == {"cpu (fp32)"}
     assert (summary["top1"] > 10).all()  # above chance on held-out digits
     assert summary["node_exclusive"].astype(bool).all()  # every latency had its node to itself (--exclusive)
-    assert (tmp_path / "results/figures/fig4_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (work / "results/figures/fig4_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
-    again = snakemake(cluster, tmp_path, CONFIG, *FAST)
+    again = snakemake(env, work, config, *FAST, site=site)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     assert submitted(again) == []
 

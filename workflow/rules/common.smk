@@ -1,6 +1,7 @@
 # Paths, sweep expansion and shared parameters. Rules are wiring; logic lives in pqv/.
 import functools
 import json
+import math
 import os
 import shlex
 import sys
@@ -197,55 +198,57 @@ def profile_targets():
 ON_CLUSTER = workflow.remote_exec or workflow.resource_settings.nodes is not None
 
 
-def _planned_config():
-    """The config the jobs' resources are computed with. With `device: auto` on SLURM, the partition
-    jobs go to (--default-resources slurm_partition=..., else the default one) is asked once
-    whether it has GPUs (sinfo's generic resources): on a partition without any, no job asks for
-    one (sbatch would refuse `--gpus`), and `auto` finds no CUDA in the job and runs on the CPU.
-    On one machine without a GPU no job asks for one either (a `gpu` resource that says what runs)."""
-    if config["device"] != "auto":
-        return config
-    if not ON_CLUSTER:
-        return config if RES.machine_has_gpus() else {**config, "device": "cpu"}
-    resources = workflow.resource_settings.default_resources
-    partition = getattr(resources.get("slurm_partition"), "raw", None) if resources is not None else None
-    if RES.partition_has_gpus(partition) is False:
-        if not workflow.remote_exec:
-            print(f"pqv: partition {partition or '(default)'} has no GPUs (sinfo): device auto asks for none",
-                  file=sys.stderr)
-        return {**config, "device": "cpu"}
-    return config
-
-
-PLAN = _planned_config()
-
-
-def _site_slurm_extra():
-    """The site's own `slurm_extra` (qos, constraint, reservation) from the profile or
-    --default-resources: a rule that adds its own (--exclusive) must keep it, since a rule's
-    resource replaces a default of the same name."""
+def _default_resource(name):
+    """A site setting given as a default resource (profile or --default-resources), as text."""
     import ast
 
     resources = workflow.resource_settings.default_resources
-    raw = getattr(resources.get("slurm_extra"), "raw", None) if resources is not None else None
+    raw = getattr(resources.get(name), "raw", None) if resources is not None else None
     if not isinstance(raw, str):
-        return ""
+        return None
     try:
-        value = ast.literal_eval(raw)  # a default resource is an expression: '"--qos=high"'
+        return str(ast.literal_eval(raw)).strip()  # a default resource is an expression: '"--qos=high"'
     except (ValueError, SyntaxError):
-        value = raw
-    return str(value).strip()
+        return raw.strip()
 
 
-SITE_SLURM_EXTRA = _site_slurm_extra()
-# The data set's size: the manifest's counts once the data job has made it, before that an estimate
-# (class folders counted, a few of them listed). Threads follow it (small sets get few).
-DATA_ESTIMATE = pqv_data.estimate(config["dataset"])
-for _split, _path in (("train", TRAIN_DATA), ("eval", EVAL_DATA)):
-    try:
-        DATA_ESTIMATE[_split] = pqv_data.read(_path)["splits"][_split]["images"]
-    except (PQVError, KeyError):
-        pass  # not made yet (or damaged: the data job makes it again)
+def _plan():
+    """What the plan needs from the cluster and the file system, found once, in the invocation that
+    plans: the partition jobs go to (--default-resources slurm_partition=..., else the default one),
+    from one `sinfo` call (its GPUs, for `device: auto`; its time limit, which caps every job), and
+    the data set's size (the manifests once made, before that pqv.data.estimate). The job
+    processes a cluster starts read it back (RES.shared_plan: SLURM passes the submitting
+    environment on), so they plan the same threads without asking again."""
+    if workflow.remote_exec and (shared := RES.shared_plan(config)) is not None:
+        return shared
+    plan = {"device": config["device"], "partition": None, "max_minutes": None, "stamps": {}}
+    if ON_CLUSTER:
+        partition = RES.slurm_partition(_default_resource("slurm_partition"))
+        plan.update(partition=partition.name, max_minutes=partition.max_minutes)
+        if config["device"] == "auto" and partition.has_gpus is False:
+            print(f"pqv: partition {partition.name or '(default)'} has no GPUs (sinfo): device auto asks for none",
+                  file=sys.stderr)
+            plan["device"] = "cpu"
+    elif config["device"] == "auto" and not RES.machine_has_gpus():
+        plan["device"] = "cpu"  # on one machine without a GPU no job asks for one
+    images = pqv_data.estimate(config["dataset"])
+    for split, path in (("train", TRAIN_DATA), ("eval", EVAL_DATA)):
+        try:
+            images[split] = pqv_data.read(path)["splits"][split]["images"]
+        except (PQVError, KeyError):
+            pass  # not made yet (or damaged: the data job makes it again)
+    plan["images"] = images
+    RES.share_plan(config, plan)
+    return plan
+
+
+SHARED_PLAN = _plan()
+# The config the jobs' resources are computed with: `device: auto` becomes `cpu` where no GPU is.
+PLAN = {**config, "device": SHARED_PLAN["device"]}
+MAX_MINUTES = SHARED_PLAN["max_minutes"]  # the partition's time limit (None: none known)
+SITE_SLURM_EXTRA = _default_resource("slurm_extra") or ""
+# The data set's size; threads follow it (small sets get few).
+DATA_ESTIMATE = SHARED_PLAN["images"]
 PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
 
 
@@ -257,8 +260,10 @@ def stage_threads(stage):
 
 @functools.lru_cache(maxsize=4)
 def _manifest_images(path, mtime_ns):
-    splits = pqv_data.read(path)["splits"]
-    return tuple(splits[s]["images"] if s in splits else 0 for s in ("train", "eval"))
+    """(train images, eval images, largest image's pixels) of a manifest."""
+    manifest = pqv_data.read(path)
+    splits = manifest["splits"]
+    return (*(splits[s]["images"] if s in splits else 0 for s in ("train", "eval")), manifest.get("largest_pixels", 0))
 
 
 def job_work(stage, wc, input):
@@ -271,17 +276,18 @@ def job_work(stage, wc, input):
     if stage in ("data_train", "data_eval"):  # each data job reads its own split
         train, evaluation = (train, 0) if stage == "data_train" else (0, evaluation)
         return RES.Work(train, evaluation, 0, 0, config["dataset"]["name"])
+    largest = 0
     if not input.get("data"):
         train = evaluation = 0  # this job reads no images
     elif os.path.exists(input.data):
-        train, evaluation = _manifest_images(input.data, os.stat(input.data).st_mtime_ns)
+        train, evaluation, largest = _manifest_images(input.data, os.stat(input.data).st_mtime_ns)
     try:
         with open(input.sidecar) as f:
             facts = json.load(f)
         model = (float(facts.get("macs") or model[0]), float(facts.get("params") or model[1]))
     except (AttributeError, OSError, ValueError):
         pass  # not made yet (or damaged: the job itself says so)
-    return RES.Work(train, evaluation, *model, config["dataset"]["name"])
+    return RES.Work(train, evaluation, *model, config["dataset"]["name"], largest)
 
 
 def stage_resources(stage):
@@ -294,7 +300,7 @@ def stage_resources(stage):
         def resource(wc, input):
             work = job_work(stage, wc, input)
             return RES.of(planned, PLAN, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES,
-                          wc.get("format", ""))[key]
+                          wc.get("format", ""), MAX_MINUTES)[key]
 
         return resource
 
@@ -304,3 +310,33 @@ def stage_resources(stage):
         out["slurm_extra"] = " ".join(filter(None, [SITE_SLURM_EXTRA, keys["slurm_extra"]]))
     out["gpu"] = lambda wc: RES.gpus(planned, PLAN, wc.get("importance", ""), wc.get("ratio", 0), wc.get("format", ""))
     return out
+
+
+def _finetune_jobs():
+    """How many successive jobs the longest finetune spans on the partition's time limit (1 where
+    it fits, or off a cluster); stops the run before any job, in one line, when a job cannot fit
+    (RES.fit). Budgets are planned ones: the data set's size and each model's unpruned size."""
+    if not ON_CLUSTER or workflow.remote_exec or not MAX_MINUTES:
+        return 1
+    partition = RES.Partition(SHARED_PLAN["partition"], None, MAX_MINUTES)
+    overridden = workflow.resource_settings._parsed_overwrite_resources
+    spans = [1]
+    for rule, wc in SWEEP.jobs(config):
+        if rule in ("summary", "keep_dense"):  # run by Snakemake itself
+            continue
+        stage = "data" if rule.startswith("data_") else rule
+        macs, params = RES.estimate_macs(MODELS[wc["model"]]) if "model" in wc else (0, 0)
+        train, evaluation = DATA_ESTIMATE["train"], DATA_ESTIMATE["eval"]
+        images = (0, evaluation) if rule in ("accuracy", "data_eval") else (train, 0)
+        work = RES.Work(*images, macs, params, config["dataset"]["name"])
+        minutes = RES.runtime(stage, PLAN, work, wc.get("importance", ""), None, wc.get("format", ""))
+        user = overridden.get(rule, {}).get("runtime")
+        if user is not None:  # --set-resources RULE:runtime=M: the user's own time
+            if (user := int(getattr(user, "raw", user))) > MAX_MINUTES:
+                raise PQVError(f"--set-resources {rule}:runtime={user} exceeds partition {partition.name}'s limit of "
+                               f"{MAX_MINUTES} minutes", f"runtime <= {MAX_MINUTES}, or another partition")
+            spans.append(math.ceil(minutes / user) if rule in RES.RESUMABLE else 1)
+            continue
+        what = f"{rule} of {wc['model']}" if "model" in wc else rule
+        spans.append(RES.fit(stage, minutes, partition, what, "GPUs" if RES.gpus(stage, PLAN) else "CPUs"))
+    return max(spans)

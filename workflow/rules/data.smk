@@ -3,12 +3,17 @@
 # timing input on the training split; the accuracy jobs on the evaluation split), so a change to the
 # evaluation split never retrains. `stamp` (pqv.data.stamp: the split's image files, by name, size
 # and mtime) reruns a split's job, and what reads it, when images are added, removed, renamed or
-# replaced; it is computed once per invocation, and only when that job is planned.
+# replaced; it is computed once per run, and only when that job is planned.
 
 
-@functools.cache
 def data_stamp(split):
-    return pqv_data.stamp(config["dataset"], split)
+    """The split's stamp, once per run: the invocation that plans computes it and shares it with
+    the job processes a cluster starts (pqv.resources.share_plan), which do not walk the data again."""
+    stamps = SHARED_PLAN["stamps"]
+    if split not in stamps:
+        stamps[split] = pqv_data.stamp(config["dataset"], split)
+        RES.share_plan(config, SHARED_PLAN)
+    return stamps[split]
 
 
 rule data_train:

@@ -12,11 +12,22 @@ else:
     FINETUNE_PQV = PQV
 
 
+# A finetune longer than the partition's time limit runs as successive jobs: each stops just before
+# its limit with a checkpoint (pqv.finetune.job_deadline) and fails, and Snakemake's retries start
+# the next, which resumes there; one retry more than the plan needs, since budgets are estimates.
+with pqv_config.reported("plan"):
+    FINETUNE_JOBS = _finetune_jobs()
+if FINETUNE_JOBS > 1:
+    print(f"pqv: a finetune takes longer than partition {SHARED_PLAN['partition']}'s limit of {MAX_MINUTES} min: "
+          f"it runs as about {FINETUNE_JOBS} successive jobs, each resuming where the one before stopped", file=sys.stderr)
+
+
 rule finetune:
     """Recover accuracy of a pruned model (timm optimizer + scheduler); per-epoch CSV beside it.
 
-    Resumes from <output>.ckpt/ when an earlier attempt was killed. The parent model is an input
-    only when distillation is on. Reads the training split only.
+    Resumes from <output>.ckpt/ when an earlier attempt was killed or stopped before its job's time
+    limit (the log of the attempt that resumes lists the earlier ones). The parent model is an
+    input only when distillation is on. Reads the training split only.
     """
     input:
         model=PRUNED,
@@ -36,6 +47,7 @@ rule finetune:
     benchmark:
         bench("finetune", JOB_BRANCH)
     threads: stage_threads("finetune")
+    retries: FINETUNE_JOBS if FINETUNE_JOBS > 1 else 0
     resources:
         **stage_resources("finetune"),
     shell:
