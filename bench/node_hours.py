@@ -74,6 +74,14 @@ def jobs(text: str) -> list[dict]:
     return out
 
 
+def markdown(csv: Path) -> str:
+    """The table docs/clusters.md shows, rendered from a CSV this script wrote."""
+    t = pd.read_csv(csv)
+    t = t[["rule", "jobs", "longest_hours", "node_hours", "exclusive_node_hours", "gpu_hours"]].astype({"jobs": int})
+    t.columns = ["rule", "jobs", "longest request (h)", "node-hours", "of which exclusive", "GPU-hours"]
+    return t.to_markdown(index=False, floatfmt=",.1f")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", default=str(HERE.parent))
@@ -108,6 +116,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     table.round(2).to_csv(out, index=False)
     print(f"wrote {out}")
+    print(markdown(out))
 
 
 if __name__ == "__main__":

@@ -86,8 +86,10 @@ EVAL_BATCH = 64  # accuracy batches (a .pte program runs them image by image: ex
 
 
 # The CPU features int8 and FP16 kernels depend on (the flags of /proc/cpuinfo that name them).
-CPU_FEATURES = {"avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "avx512_bf16": "BF16",
-                "avx512_fp16": "AVX-512 FP16", "amx_tile": "AMX"}
+# The flags the int8 and FP32 kernels choose by: a host without AVX-512 is named by AVX2 and FMA
+# (the most common x86 class), not left blank.
+CPU_FEATURES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+                "avx512_bf16": "BF16", "avx512_fp16": "AVX-512 FP16", "amx_tile": "AMX"}
 
 
 def machine() -> dict:

@@ -28,7 +28,8 @@ from .registry import EAGER, GRADIENT_IMPORTANCES
 # machine they reserve every core Snakemake has, so nothing else runs while they are timed. They
 # are short: the accuracy pass over the held-out split is a job of its own (throughput, shared node).
 TIMING_STAGES = ("latency", "profile")
-# Stages that take every core of a local run (`--cores N`); the rest take one.
+# Stages that take every core of a local run (`--cores N`), and prune jobs of a gradient importance
+# (they run calibration batches forward and backward); the rest take one.
 ALL_CORES_LOCALLY = ("data", "model", "finetune", "accuracy") + TIMING_STAGES
 
 # Per-image costs, core-seconds on one CPU core: the multiply-accumulates of one forward pass at

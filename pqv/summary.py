@@ -59,8 +59,9 @@ COST_COLUMNS = {"s": "wall_s", "max_rss": "max_rss_mb", "max_pss": "max_pss_mb",
 
 
 def stage_costs(paths: list[str], root: str) -> pd.DataFrame:
-    """Per stage (the rule's folder under `root`): jobs, wall and CPU seconds summed, the longest
-    job and the largest peak memory; a `total` row at the end."""
+    """Per stage (the rule's folder under `root`): jobs, wall and CPU seconds summed, the mean load
+    (CPU seconds per wall second: how many cores the stage's jobs kept busy), the longest job and
+    the largest peak memory; a `total` row at the end."""
     from pathlib import Path
 
     rows = []
@@ -75,7 +76,9 @@ def stage_costs(paths: list[str], root: str) -> pd.DataFrame:
         max_pss_mb=("max_pss_mb", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
     total = {"stage": "total", "jobs": len(jobs), "wall_s": jobs["wall_s"].sum(), "wall_s_max": jobs["wall_s"].max(),
              "cpu_s": jobs["cpu_s"].sum(), "max_pss_mb": jobs["max_pss_mb"].max(), "max_rss_mb": jobs["max_rss_mb"].max()}
-    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    table.insert(table.columns.get_loc("cpu_s") + 1, "mean_load", table["cpu_s"] / table["wall_s"])
+    return table
 
 
 def run_costs(paths: list[str], root: str, out: str) -> pd.DataFrame:

@@ -91,3 +91,17 @@ def saved_tiny(trained_tiny, tmp_path_factory):
     store.save_model(m, path, a)
     store.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
     return path
+
+
+# The longest test files first (longest-processing-time-first): `--dist=loadfile` hands files to the
+# two worker processes in collection order, and the cluster file (several minutes, mostly waiting on
+# SLURM) or a workflow run left for last keeps one worker busy while the other idles.
+LONGEST_FIRST = ("test_slurm_cluster.py", "test_workflow.py", "test_search_workflow.py", "test_data_workflow.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order

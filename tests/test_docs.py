@@ -141,3 +141,19 @@ def test_the_search_noise_table_is_the_benchs_csv():
     spec.loader.exec_module(bench)
     assert bench.table(bench.read(REPO / "docs/data/search-noise.csv")) in (REPO / "docs/search.md").read_text(), \
         "render it again: python bench/search_noise.py"
+
+
+def test_the_paper_sweeps_cluster_table_is_the_benchs_csv():
+    spec = importlib.util.spec_from_file_location("node_hours", REPO / "bench/node_hours.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    csv = REPO / "docs/data/2026-12-03-node-hours/node_hours-24h-gpu.csv"
+    assert bench.markdown(csv) in (REPO / "docs/clusters.md").read_text(), "render it again: python bench/node_hours.py"
+
+
+def test_the_import_cost_table_is_the_benchs_csv():
+    spec = importlib.util.spec_from_file_location("import_cost", REPO / "bench/import_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.markdown(REPO / "docs/data/import_cost-2026-12-03.csv") in (REPO / "docs/default-run.md").read_text(), \
+        "render it again: python bench/import_cost.py"

@@ -137,7 +137,7 @@ def test_one_override_keeps_the_other_values_and_device_cpu_asks_for_no_gpu(subm
 @pytest.mark.parametrize("gres, gpus", [("(null)", False), ("gpu:a100:4", True)])
 def test_device_auto_asks_for_gpus_only_where_the_partition_has_them(submit, tmp_path, gres, gpus):
     """sinfo tells whether partition `part` has GPUs: on one without, sbatch would refuse --gpus."""
-    (tmp_path / "bin" / "sinfo").write_text(f"#!/bin/bash\necho 'part* {gres}'\n")
+    (tmp_path / "bin" / "sinfo").write_text(f"#!/bin/bash\necho 'part* infinite {gres}'\n")  # sinfo -h -o "%P %l %G"
     jobs = submit({"finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR, EAGER_ACCURACY])
     assert all((" --gpus=" in call) == gpus for call in jobs.values()), jobs
 

@@ -255,6 +255,8 @@ PLANNED_IMAGES = DATA_ESTIMATE["train"] + DATA_ESTIMATE["eval"]
 def stage_threads(stage):
     if ON_CLUSTER:
         return RES.threads(stage, PLAN, PLANNED_IMAGES)
+    if stage == "prune":  # gradient importances compute (calibration batches forward and backward)
+        return lambda wc: ALL_CORES if wc.importance in T.GRADIENT_IMPORTANCES and float(wc.ratio) > 0 else 1
     return ALL_CORES if stage in RES.ALL_CORES_LOCALLY else 1
 
 
