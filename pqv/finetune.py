@@ -261,15 +261,15 @@ class TimeLimit(PQVError):
 def job_deadline() -> float | None:
     """When a finetune in this job must stop training (time.time()): the SLURM job's end, less a
     reserve for saving the checkpoint and leaving, which includes Snakemake's jobstep recording the
-    job on a shared file system (5 % of the job's limit, 30 s to 5 min); None outside SLURM or
-    without a limit."""
+    job on a shared file system (5 % of the job's limit, 10 s to 5 min); None outside SLURM or
+    without a limit. A kill during the save loses nothing older: a checkpoint appears whole."""
     from .resources import slurm_time_left
 
     left = slurm_time_left()
     if left is None:
         return None
     seconds, limit = left
-    return time.time() + seconds - min(max(30.0, 0.05 * limit), 300.0)
+    return time.time() + seconds - min(max(10.0, 0.05 * limit), 300.0)
 
 
 def _out_of_time(deadline: float | None, longest_step: float, ctx: Dist) -> bool:

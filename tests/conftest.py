@@ -93,15 +93,17 @@ def saved_tiny(trained_tiny, tmp_path_factory):
     return path
 
 
-# The longest test files first (longest-processing-time-first): `--dist=loadfile` hands files to the
-# two worker processes in collection order, and the cluster file (several minutes, mostly waiting on
-# SLURM) or a workflow run left for last keeps one worker busy while the other idles.
-LONGEST_FIRST = ("test_slurm_cluster.py", "test_workflow.py", "test_search_workflow.py", "test_data_workflow.py")
+# The order files are handed to the worker processes (`--dist=loadfile` with `--no-loadscope-reorder`,
+# pyproject.toml): the cluster file first, beside the light files (one torch thread each), since its
+# finetune must span SLURM jobs of one minute and each job trains less on a busy machine; the
+# workflow files (Snakemake runs on 2 cores) last, where they share the two workers evenly.
+FIRST = ("test_slurm_cluster.py",)
+LAST = ("test_workflow.py", "test_search_workflow.py", "test_data_workflow.py")
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item):
         name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (0, 0) if name in FIRST else (2, LAST.index(name)) if name in LAST else (1, 0)
 
     items.sort(key=rank)  # stable: each file keeps its own order

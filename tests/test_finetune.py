@@ -129,7 +129,7 @@ def test_the_deadline_is_the_slurm_jobs_end_less_a_reserve(tmp_path, monkeypatch
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert finetune.job_deadline() is None  # not a SLURM job: no deadline
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    assert abs(finetune.job_deadline() - (time.time() + 120 - 30)) < 5  # 30 s kept (5 % of 10 minutes is less)
+    assert abs(finetune.job_deadline() - (time.time() + 120 - 30)) < 5  # 5 % of the 10-minute limit kept
     monkeypatch.setenv("SLURM_JOB_ID", "79")  # 30 minutes left of an hour: 5 % of the limit kept
     assert abs(finetune.job_deadline() - (time.time() + 1800 - 180)) < 5
     monkeypatch.setenv("SLURM_JOB_ID", "78")  # squeue says nothing
