@@ -363,7 +363,6 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     # rate and ETA; the epoch and its metrics are in the postfix.
     bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start.epoch * steps + start.step,
                    disable=not ctx.main)
-    resumed_at = start
     for epoch in range(start.epoch, hp["epochs"]):
         row = _epoch(run, loader, epoch, steps, bar, start if epoch == start.epoch else _Position(epoch, stops=start.stops),
                      deadline)
@@ -383,7 +382,7 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
         write_history(history, metrics_csv)
     return {"epochs": hp["epochs"], "hparams": hp,
             "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
-            "resumed_after_epoch": resumed_at.epoch, "resumed_at_step": resumed_at.step,
+            "resumed_after_epoch": start.epoch, "resumed_at_step": start.step,
             "time_limit_stops": len(start.stops),
             "device": describe(ctx.device, hp["amp_dtype"] if hp["amp"] and ctx.device.type == "cuda" else None),
             "threads_per_process": torch.get_num_threads()}
