@@ -11,8 +11,13 @@ from __future__ import annotations
 import math
 
 from .datasets import CHANNEL_MODES
+from .registry import ONNX_FORMATS, ONNX_TENSORS
 
 FORMAT = 1
+RUNTIMES = {"ptl": "PyTorch Lite Interpreter (org.pytorch:pytorch_android_lite, LibTorch-Lite)",
+            "pte": "ExecuTorch with the XNNPACK backend",
+            "onnx": "ONNX Runtime (com.microsoft.onnxruntime:onnxruntime-android, onnxruntime-objc)",
+            "ort": "ONNX Runtime Mobile, ORT format (com.microsoft.onnxruntime:onnxruntime-android, onnxruntime-objc)"}
 
 
 def describe(data_config: dict, manifest: dict, artifact_name: str, fmt: str) -> dict:
@@ -42,13 +47,14 @@ def describe(data_config: dict, manifest: dict, artifact_name: str, fmt: str) ->
     return {
         "format": FORMAT,
         "file": artifact_name,
-        "runtime": {"ptl": "PyTorch Lite Interpreter (org.pytorch:pytorch_android_lite, LibTorch-Lite)",
-                    "pte": "ExecuTorch with the XNNPACK backend"}.get(fmt, fmt),
+        "runtime": RUNTIMES.get(fmt, fmt),
         "labels": list(manifest["classes"]),
-        "input": {"shape": [1, chans, height, width], "dtype": "float32", "layout": "NCHW",
+        "input": {**({"name": ONNX_TENSORS[0]} if fmt in ONNX_FORMATS else {}),
+                  "shape": [1, chans, height, width], "dtype": "float32", "layout": "NCHW",
                   "channels": "RGB" if chans == 3 else "gray"},
         "preprocess": steps,
-        "output": {"shape": [1, len(manifest["classes"])], "meaning": "logits in the order of `labels`; "
+        "output": {**({"name": ONNX_TENSORS[1]} if fmt in ONNX_FORMATS else {}),
+                   "shape": [1, len(manifest["classes"])], "meaning": "logits in the order of `labels`; "
                    "the top class is the largest, softmax gives probabilities"},
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import os
 import shutil
@@ -189,15 +190,17 @@ class Quantize(Section):
                                                     "int4_weight: int4 weights + int8 dynamic activations (pte only)", reads='sweep')
     engines: list[Engine] = setting(["x86"], min_length=1,
                                   description="quantized engines for integer precisions (float precisions use engine none); "
-                                              "x86/fbgemm/qnnpack/onednn run in ptl, xnnpack in pte", reads='sweep')
+                                              + ", ".join(f"{'/'.join(f['engines'])} run in {name}" for name, f in registry.FORMATS.items()),
+                                  reads='sweep')
     calibration_images: int = setting(128, ge=1, description="training images that calibrate int8_static", reads='quantize:calibrated')
 
 
 class Export(Section):
     """Mobile files, each loaded back in its runtime and compared with its eager FP32 parent."""
 
-    formats: list[Format] = setting(["ptl"], min_length=1, description="ptl: TorchScript Lite Interpreter (paper); "
-                                                                     "pte: ExecuTorch with the XNNPACK delegate", reads='sweep')
+    formats: list[Format] = setting(["ptl"], min_length=1, description="; ".join(
+        f"{name}: {f['help']}" + (f" (needs the `{f['needs']}` extra)" if f.get("needs") else "")
+        for name, f in registry.FORMATS.items()), reads='sweep')
     mobile_optimizer: bool = setting(True, description="run optimize_for_mobile before saving the Lite model", reads='export:ptl')
     xnnpack_rewrite: bool = setting(True, description="let optimize_for_mobile rewrite float Linear/Conv to XNNPACK "
                                                     "prepacked ops (the paper's path; ~3x slower than eager FP32 on x86)", reads='export:ptl')
@@ -313,6 +316,12 @@ class Config(Section):
         """Each listed precision and engine must produce an artifact in a listed format; an engine
         that only float precisions were configured for has nothing to do and is left alone."""
         q, formats = self.quantize, self.export.formats
+        for fmt in formats:  # an optional runtime (ONNX Runtime) this environment lacks
+            extra = registry.FORMATS[fmt].get("needs")
+            missing = [m for m in registry.EXTRAS.get(extra, ()) if importlib.util.find_spec(m) is None]
+            if missing:
+                raise PQVError(f"export.formats lists '{fmt}', whose runtime needs {', '.join(missing)}, not installed here",
+                               f'pip install -e ".[{extra}]" (or drop \'{fmt}\' from export.formats)')
         made = sweep.combinations(self.model_dump())
         for precision in q.precisions:
             if any(p == precision for p, _, _ in made):

@@ -158,7 +158,7 @@ EAGER = registry.EAGER
 Status = registry.Status
 # The modules each runtime needs, imported before the memory baseline is read.
 RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
-                   EAGER: ("timm",)}
+                   "onnx": ("onnxruntime",), "ort": ("onnxruntime",), EAGER: ("timm",)}
 
 
 def describe(artifact: str) -> dict:
@@ -177,10 +177,12 @@ def describe(artifact: str) -> dict:
 
 def runtime_version(fmt: str) -> str:
     """The runtime that ran the artifact, with its version (the profile names the same)."""
-    if fmt == "pte":
-        from importlib.metadata import version
+    from importlib.metadata import version
 
+    if fmt == "pte":
         return f"executorch {version('executorch')}"
+    if fmt in registry.ONNX_FORMATS:
+        return f"onnxruntime {version('onnxruntime')}"
     return f"{'torch lite interpreter' if fmt == 'ptl' else 'torch'} {torch.__version__}"
 
 
@@ -235,7 +237,7 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
                  device: str = "auto") -> dict:
     """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on every
     core the job holds (`threads`; its DataLoader `workers` decode beside); the eager baseline on CUDA when the
-    device rule gives it. A .pte runs image by image on an XNNPACK pool as wide."""
+    device rule gives it. A .pte (or ONNX Runtime file) runs image by image on a pool as wide."""
     from . import datasets, store
     from .device import resolve
 

@@ -1,6 +1,6 @@
 """Export stage: turn a quantized program into a mobile file and verify it.
 
-Every artifact is loaded back in its own runtime (Lite Interpreter, ExecuTorch) and compared with
+Every artifact is loaded back in its own runtime (Lite Interpreter, ExecuTorch, ONNX Runtime) and compared with
 the eager FP32 model it came from on real held-out images, drawn across classes. A recipe that
 fails the check is a result, not a crash: its file is written with `status: rejected` and the
 reason in its sidecar, so a sweep still completes; the summary, the figures and `pqv choose` keep
@@ -109,6 +109,30 @@ class _ExecuTorchModule:
         return torch.cat([self.method.execute([piece])[0] for piece in x.contiguous().split(self.batch)])
 
 
+def _export_onnx(src: str, out: str, precision: str, options: dict) -> None:
+    from . import ort
+
+    ort.write_onnx(src, out)
+
+
+def _export_ort(src: str, out: str, precision: str, options: dict) -> None:
+    from . import ort
+
+    ort.write_ort(src, out)
+
+
+def _load_onnx(path: str):
+    from . import ort
+
+    return ort.load_onnx(path)
+
+
+def _load_ort(path: str):
+    from . import ort
+
+    return ort.load_ort(path)
+
+
 @dataclass(frozen=True)
 class Format:
     export: Callable[[str, str, str, dict], None]
@@ -118,6 +142,8 @@ class Format:
 FORMATS: dict[str, Format] = {
     "ptl": Format(_export_ptl, _load_ptl),
     "pte": Format(_export_pte, _ExecuTorchModule),
+    "onnx": Format(_export_onnx, _load_onnx),  # ONNX Runtime (pqv/ort.py): the .onnx program as built
+    "ort": Format(_export_ort, _load_ort),  # ORT Mobile's format, by ORT's own converter
 }
 
 
@@ -159,7 +185,7 @@ def _made_with(path: str) -> dict:
         versions = store.read_json(store.sidecar_path(path)).get("versions") or {}
     except PQVError:
         return {}
-    return {k: v for k, v in versions.items() if k in ("torch", "executorch")}
+    return {k: v for k, v in versions.items() if k in ("torch", "executorch", "onnxruntime")}
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ inference in ms, calls per inference, share of the self time):
   runtime: the project's executorch 1.3.1 wheel has none, so the .pte is run in the side
   environment of `envs/etdump.sh` (executorch 1.5.1: tracer plus XNNPACK's per-operator timings)
   or in the Python named by $PQV_ETDUMP_PYTHON. This file is also that runner (`__main__`
-  below), so it imports nothing but torch at the top.
+  below), so it imports nothing but torch at the top;
+- onnx, ort: ONNX Runtime's own profiler (kernel time per node, summed by operator type).
 """
 from __future__ import annotations
 
@@ -164,6 +165,15 @@ def _etdump(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs:
     return table, f"ExecuTorch {version} ETDump, XNNPACK per-operator timings (1 µs resolution)", f"executorch {version}"
 
 
+# ---- onnx, ort: ONNX Runtime's profiler ------------------------------------------------------------
+
+def _ort_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
+    from . import ort
+
+    rows = ort.profile_rows(artifact, meta["format"] == "ort", example, warmup, runs)
+    return _finish(rows), "ONNX Runtime's profiler, kernel time by operator type", ort.version()
+
+
 @dataclass(frozen=True)
 class Profiler:
     table: Callable  # (artifact, sidecar, example, warmup, runs) -> (table, what measured it, runtime and version)
@@ -172,6 +182,8 @@ class Profiler:
 PROFILERS: dict[str, Profiler] = {
     "ptl": Profiler(_torch_profiler),
     "pte": Profiler(_etdump),
+    "onnx": Profiler(_ort_profiler),
+    "ort": Profiler(_ort_profiler),
 }
 
 

@@ -5,6 +5,8 @@ Two families, each a small registry keyed by precision:
   onednn): FP32, FP16, int8 dynamic, and int8 static (FX post-training, Linear layers only).
 - torch.export programs (`.pt2`) for ExecuTorch with the XNNPACK engine: FP32, int8 dynamic and
   static (PT2E with XNNPACK's quantizer), and int4 weights with int8 dynamic activations (torchao).
+- ONNX programs (`.onnx`) for ONNX Runtime's MLAS kernels, built by its own tools the way its docs
+  advise for a ViT (pqv/ort.py): FP32, int8 dynamic and static, per-channel weights.
 
 Attention is handled deliberately: the matmuls and softmax inside scaled-dot-product attention
 stay in floating point in every int8 recipe; only the Linear layers (qkv, proj, fc1, fc2, head),
@@ -124,6 +126,8 @@ def available_engines() -> list[str]:
     engines = [e for e in QUANTIZED_ENGINES if e in torch.backends.quantized.supported_engines]
     if importlib.util.find_spec("executorch") is not None:  # found, not imported: that costs seconds
         engines.append("xnnpack")
+    if all(importlib.util.find_spec(m) is not None for m in registry.EXTRAS["onnx"]):
+        engines.append("mlas")
     return engines
 
 
@@ -139,15 +143,16 @@ def check(precision: str, engine: str, ir: str | None = None) -> None:
         if engine not in available_engines():
             raise PQVError(f"engine '{engine}' is not in this build", f"use one of {', '.join(available_engines())}")
     if ir is not None:
-        fmt = registry.IRS.get(ir)
-        if fmt is None:
+        formats = registry.IRS.get(ir)
+        if formats is None:
             raise PQVError(f"unknown output type '.{ir}'", f"write .{' or .'.join(registry.IRS)}")
-        if fmt not in registry.PRECISIONS[precision]["formats"]:
-            raise PQVError(f"precision '{precision}' cannot be exported as .{fmt}",
+        if not any(f in registry.PRECISIONS[precision]["formats"] for f in formats):
+            raise PQVError(f"precision '{precision}' cannot be exported as .{' or .'.join(formats)}",
                            f"use one of {', '.join(registry.PRECISIONS[precision]['formats'])}")
-        if engine != NO_ENGINE and engine not in registry.FORMATS[fmt]["engines"]:
-            raise PQVError(f"engine '{engine}' does not run in .{fmt} files",
-                           f"use one of {', '.join(registry.FORMATS[fmt]['engines'])}")
+        engines = {e for f in formats for e in registry.FORMATS[f]["engines"]}
+        if engine != NO_ENGINE and engine not in engines:
+            raise PQVError(f"engine '{engine}' does not run in .{' or .'.join(formats)} files",
+                           f"use one of {', '.join(sorted(engines))}")
 
 
 @contextlib.contextmanager
@@ -165,7 +170,8 @@ def engine_scope(engine: str):
 
 
 def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", calibration: list[torch.Tensor] | None = None):
-    """A TorchScript module (ir 'ts') or an ExportedProgram (ir 'pt2') of `model` at `precision`."""
+    """A TorchScript module (ir 'ts'), an ExportedProgram (ir 'pt2') or an ONNX model (ir 'onnx')
+    of `model` at `precision`."""
     check(precision, engine, ir)
     if calibrated(precision) and not calibration:
         raise PQVError(f"precision '{precision}' needs calibration images", "set quantize.calibration_images > 0")
@@ -173,6 +179,11 @@ def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", cali
     with engine_scope(engine):
         if ir == "ts":
             return torch.jit.script(TORCHSCRIPT[precision](model, engine, calibration).eval())
+        if ir == "onnx":
+            from . import ort
+
+            example = calibration[0] if calibration else torch.zeros(1, *_input_size(model))
+            return ort.build(model, precision, example, calibration)
         model = layers.for_xnnpack(model)
         # torch.export traces shapes, not values: uncalibrated precisions read no image
         example = calibration[0] if calibration else torch.zeros(PROGRAM_BATCH, *_input_size(model))
@@ -187,13 +198,17 @@ def _input_size(model: nn.Module) -> tuple[int, int, int]:
 def save(program, path: str, ir: str) -> None:
     if ir == "ts":
         torch.jit.save(program, path)
+    elif ir == "onnx":
+        import onnx
+
+        onnx.save_model(program, path)
     else:
         torch.export.save(program, path)
 
 
 def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
         calibration_images: int = default(Quantize, "calibration_images")) -> dict:
-    """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2) picks the family."""
+    """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2/.onnx) picks the family."""
     from . import datasets, store
 
     ir = str(out).rsplit(".", 1)[-1]

@@ -34,23 +34,32 @@ FORMATS = {
     "ptl": {"ir": "ts", "engines": ("x86", "fbgemm", "qnnpack", "onednn"),
             "help": "TorchScript Lite Interpreter (the paper's format)"},
     "pte": {"ir": "pt2", "engines": ("xnnpack",), "help": "ExecuTorch with the XNNPACK delegate"},
+    # ONNX Runtime (pqv/ort.py), the runtime a user would pick instead: optional, the `onnx` extra
+    "onnx": {"ir": "onnx", "engines": ("mlas",), "needs": "onnx",
+             "help": "ONNX Runtime, CPU provider (MLAS kernels), after its transformer optimizer"},
+    "ort": {"ir": "onnx", "engines": ("mlas",), "needs": "onnx", "help": "ORT Mobile's format (ONNX Runtime's mobile packages)"},
 }
+ONNX_FORMATS = ("onnx", "ort")
+ONNX_TENSORS = ("x", "y")  # the input and output names their session.run takes (an app file says them)
+# Optional runtimes: the pip extra that installs them and the modules it must provide.
+EXTRAS = {"onnx": ("onnxruntime", "onnx")}
 
 # Precisions: whether they need a quantized engine, whether they are calibrated on images (and so
 # read the data set), whether they lose precision (an exported file of a lossy precision that fails
 # its check is a rejected recipe; of an exact one, a bug), the formats that can carry them, and the
 # largest |artifact - eager FP32| on logits its export check allows (None: judged by cosine).
 PRECISIONS = {
-    "fp32": {"quantized": False, "calibrated": False, "lossy": False, "formats": ("ptl", "pte"), "atol": 1e-4},
+    "fp32": {"quantized": False, "calibrated": False, "lossy": False, "formats": ("ptl", "pte", *ONNX_FORMATS), "atol": 1e-4},
     "fp16": {"quantized": False, "calibrated": False, "lossy": True, "formats": ("ptl",), "atol": 5e-2},
-    "int8_dynamic": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("ptl", "pte"), "atol": None},
-    "int8_static": {"quantized": True, "calibrated": True, "lossy": True, "formats": ("ptl", "pte"), "atol": None},
+    "int8_dynamic": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("ptl", "pte", *ONNX_FORMATS), "atol": None},
+    "int8_static": {"quantized": True, "calibrated": True, "lossy": True, "formats": ("ptl", "pte", *ONNX_FORMATS), "atol": None},
     # int8 dynamic activations, int4 weights
     "int4_weight": {"quantized": True, "calibrated": False, "lossy": True, "formats": ("pte",), "atol": None},
 }
 
-ENGINES = tuple(e for f in FORMATS.values() for e in f["engines"])
-IRS = {f["ir"]: name for name, f in FORMATS.items()}
+ENGINES = tuple(dict.fromkeys(e for f in FORMATS.values() for e in f["engines"]))
+# each intermediate representation and the formats made from it (one .onnx program: .onnx and .ort)
+IRS = {ir: tuple(name for name, f in FORMATS.items() if f["ir"] == ir) for ir in dict.fromkeys(f["ir"] for f in FORMATS.values())}
 
 # Torch-Pruning importance criteria: what each must see before scoring ("weights", "gradients" of
 # calibration batches, per-sample gradients for "hessian"), whether it ranks at random, and how pqv.prune builds it (a class of

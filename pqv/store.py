@@ -126,7 +126,7 @@ def read_sidecar(artifact: str | os.PathLike) -> dict:
 
 # The stage that writes a file, by the names the workflow gives them (when its sidecar cannot say).
 STAGE_BY_NAME = {"manifest.json": "data", "model.safetensors": "model", "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
-STAGE_BY_SUFFIX = {".ts": "quantize", ".pt2": "quantize", ".ptl": "export", ".pte": "export"}
+STAGE_BY_SUFFIX = {".ts": "quantize", ".pt2": "quantize", ".ptl": "export", ".pte": "export", ".ort": "export"}
 
 
 def stage_of(path: str | os.PathLike) -> str | None:
@@ -189,6 +189,11 @@ def check_artifact(path: str | os.PathLike) -> None:
         expected = max(program, base + segments if base else 0)
         if path.stat().st_size < expected:
             raise corrupt(path, f"corrupt .pte file {path}: {path.stat().st_size} bytes, its header says {expected}")
+    elif path.suffix == ".ort":
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head[4:8] != b"ORTM":  # ORT format's flatbuffer identifier
+            raise corrupt(path, f"corrupt .ort file {path}: no ORT format header")
 
 
 def versions() -> dict:
@@ -197,7 +202,7 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("timm", "torch-pruning", "executorch"):
+    for name in ("timm", "torch-pruning", "executorch", "onnxruntime"):
         try:  # the installed distribution's version: torch_pruning's __version__ lags its release
             out[name.replace("-", "_")] = metadata.version(name)
         except metadata.PackageNotFoundError:  # an optional package missing is a fact, not an error

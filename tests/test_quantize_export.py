@@ -8,7 +8,8 @@ from .conftest import DIGITS, manifest_file
 
 
 def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
-    program = tmp_path / f"{precision}-{engine}.{registry.ir_of(fmt)}"
+    (tmp_path / "quantized").mkdir(parents=True, exist_ok=True)  # an .onnx program and its .onnx file: two folders, as in the workflow
+    program = tmp_path / "quantized" / f"{precision}-{engine}.{registry.ir_of(fmt)}"
     quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=128)  # the workflow default (quantize.calibration_images)
     out = tmp_path / f"{precision}-{engine}.{fmt}"
     fidelity = export.run(str(program), str(saved), str(out), fmt, DIGITS, **options)
@@ -29,7 +30,7 @@ def _reference(saved, n=64):
 
 
 @pytest.mark.parametrize("fmt, options", [("ptl", {}), ("ptl", {"mobile_optimizer": False}),
-                                          ("ptl", {"xnnpack_rewrite": False}), ("pte", {})])
+                                          ("ptl", {"xnnpack_rewrite": False}), ("pte", {}), ("onnx", {}), ("ort", {})])
 def test_fp32_artifact_matches_its_eager_parent(saved_tiny, tmp_path, fmt, options):
     out, fidelity = _export(saved_tiny, tmp_path, "fp32", "none", fmt, **options)
     x, ref = _reference(saved_tiny)

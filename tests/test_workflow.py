@@ -149,13 +149,18 @@ def test_stage_costs_sum_every_jobs_benchmark(finished):
 
 
 def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
-    """An impossible cosine gate rejects every int8 file: the sweep still completes, the rows say why."""
+    """An impossible cosine gate rejects every int8 file: the sweep still completes, the rows say why.
+    The files are ONNX Runtime's ORT Mobile format: a format of the workflow like any other, from
+    the quantize job's .onnx program to `pqv choose`."""
     config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
-              "export": {"formats": ["ptl"], "min_cosine": 1.0}, "profile": {"artifacts": []},
+              "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["mlas"]},
+              "export": {"formats": ["ort"], "min_cosine": 1.0}, "profile": {"artifacts": []},
               "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
     result = snakemake(tmp_path, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results/summary.csv")
+    assert set(summary["format"]) == {"ort"} and summary["runtime"].str.startswith("onnxruntime ").all()
+    assert (summary[summary["precision"] == "fp32"]["top1"] > 15).all()  # above chance (10 %): the file computes the model
     int8 = summary[summary["precision"] == "int8_dynamic"]
     assert set(int8["status"]) == {"rejected"} and int8["reason"].str.contains("cosine similarity").all()
     assert set(summary[summary["precision"] == "fp32"]["status"]) == {"verified"}
