@@ -1,7 +1,8 @@
 """How close PQV's fastest DeiT-B artifact is to this machine's limit: its int8 Linear layers alone.
 
 With PQV's own int8_dynamic / xnnpack recipe this builds seven ExecuTorch programs and times them
-as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved rounds):
+as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved rounds; each program
+in a process of its own, so that no other runtime's thread pool is alive beside it):
 - the whole pruned DeiT-B (bench/latency.py's "pte int8_dynamic" row) and the same model pruned
   with `round_to` (its "pte int8_dynamic round_to=64" row);
 - each one's Linear layers alone (qkv, proj, fc1, fc2 of every block, same shapes, chained as in
@@ -11,8 +12,9 @@ as bench/latency.py does (batch 1, fixed threads, warm-up, median; interleaved r
   or head): the step from the Linears alone to it is what the FP32 attention costs, the step from
   it to the whole model what the norms, GELU and the rest cost;
 - one large square GEMM (1024 tokens x 1024 -> 1024): the kernel's best rate on this machine;
-- with the `.[bench]` extra, the same question for the peer: ONNX Runtime's whole file and the
-  same Linear layers in its int8 MatMuls.
+- with the `.[bench]` extra, the same question for the peer: ONNX Runtime's whole file (the
+  workflow's onnx format, bench/latency.py's row) and the same Linear layers in its int8 MatMuls,
+  built by the same recipe (pqv/ort.py).
 
     .venv/bin/python bench/gemm_floor.py          # after bench/latency.py (reuses bench/work)
 
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 import latency  # bench/latency.py, beside this script
-from pqv import evaluate, export, layers, store, quantize
+from pqv import evaluate, export, layers, ort, quantize, store
 
 
 class LinearsOnly(nn.Module):
@@ -183,10 +185,12 @@ def _onnx_rows(rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.
     floor = "ONNX Runtime: its Linear layers only"
     rows["ONNX Runtime: whole model (int8_dynamic)"] = Program(whole, torch.randn(1, *facts["input_size"]), facts["macs"],
                                                                floor, widths, fmt="onnx")
-    path = pruned.parent / "linears-int8_dynamic.onnx"
-    if not path.exists():
+    path = pruned.parent / f"linears-int8_dynamic-{ort.version().replace(' ', '-')}.onnx"
+    if not path.exists():  # the same recipe as the workflow's (pqv/ort.py), on the Linear layers alone
+        import onnx
+
         with store.atomic_path(path) as tmp:
-            latency.onnx_int8_dynamic(linears, tokens_in, tmp)
+            onnx.save_model(ort.build(linears, "int8_dynamic", tokens_in, None), tmp)
     rows[floor] = Program(path, tokens_in, linear_macs(linears, tokens_in.shape[1]), floor, widths, linears, fmt="onnx")
 
 
@@ -195,14 +199,18 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     rows = programs(args, Path(args.work))
-    fns = {name: latency.load(row.fmt, "xnnpack" if row.fmt == "pte" else "mlas", str(row.path)) for name, row in rows.items()}
+    engine = {"pte": "xnnpack", "onnx": "mlas"}
     with torch.no_grad():  # each probe's program computes what its eager twin does
-        check = {name: export.compare(fns[name](row.example), row.eager(row.example))["cosine_min"]
+        check = {name: export.compare(latency.load(row.fmt, engine[row.fmt], str(row.path))(row.example),
+                                      row.eager(row.example))["cosine_min"]
                  for name, row in rows.items() if row.eager is not None}
+    # each program timed in a process of its own: one runtime's thread pool never spins beside another's
     timings = {name: [] for name in rows}
     for _ in range(args.rounds):
         for name, row in rows.items():
-            timings[name].append(evaluate.latency(fns[name], row.example, args.warmup, args.runs))
+            recipe = latency.Recipe("", "int8_dynamic", engine[row.fmt], row.fmt)
+            timings[name].append(latency.time_in_subprocess(recipe, row.path, list(row.example.shape[1:]), args.threads,
+                                                            args.warmup, args.runs))
     machine = {**evaluate.machine(), **store.versions()}
     whole = statistics.median(t["latency_ms_median"] for t in timings["whole model (pte int8_dynamic)"])
     table = []

@@ -15,9 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 
-ROWS = ["eager fp32 dense", "paper recipe", "onnxruntime int8_dynamic", "onnxruntime int8_dynamic .ort", "pte int8_dynamic",
-        "pte int8_dynamic round_to=64",
+ROWS = ["eager fp32 dense", "paper recipe", "onnxruntime int8_dynamic", "onnxruntime int8_dynamic .ort",
+        "onnxruntime int8_static", "onnxruntime int8_static .ort", "pte int8_dynamic", "pte int8_dynamic round_to=64",
         "pte int8_static"]
+SHIPPED_FORMATS = ("ptl", "pte", "onnx", "ort")  # what `pqv choose` can ship (eager baselines are measured, never shipped)
+
+
+def fastest_shipped(table: pd.DataFrame) -> str:
+    """The fastest row of a run that the workflow ships (a verified file of a workflow recipe, at the
+    run's thread count; lever rows say "not a workflow recipe" in their note), and its speed-up over
+    the run's ONNX Runtime base (its fastest recipe since 2026-12-03): what `pqv choose` picks by
+    latency on that host."""
+    threads = table["threads"].mode()[0]
+    shipped = table[table["format"].isin(SHIPPED_FORMATS) & (table["threads"] == threads)
+                    & ~table["note"].fillna("").str.contains("not a workflow recipe")]
+    best = shipped["latency_ms_median"].idxmin()
+    return f"{best}: {shipped.loc[best, 'latency_ms_median']:.1f} ms, ×{shipped.loc[best, 'speedup_vs_ort']:.2f} ORT"
 
 
 def features(text) -> str:
@@ -30,7 +43,8 @@ def features(text) -> str:
         if name in text:
             found.append(name)
             text = text.replace(name, "")
-    return ", ".join(sorted(found, key=list(CPU_FEATURES.values()).index))
+    # runs before 2026-12-03 named only AVX-512 and its extensions: none named means an AVX2-class host
+    return ", ".join(sorted(found, key=list(CPU_FEATURES.values()).index)) or "no AVX-512"
 
 
 def stamp(path: str) -> tuple[str, int, str]:
@@ -79,6 +93,7 @@ def render(paths: list[str]) -> str:
                 goals.append(f"its whole ÷ its Linear layers {x:.2f} ({'met' if x <= 1.15 else 'not met'})")
         cells.append("; ".join(goals))
     lines.append("| goals (≥ 1.2× ORT; ≤ 1.15× the Linear layers) | " + " | ".join(cells) + " |")
+    lines.append("| fastest file the workflow ships here | " + " | ".join(fastest_shipped(t) for _, t, _ in found) + " |")
     return "\n".join(lines)
 
 

@@ -136,9 +136,14 @@ def test_hosts_split_each_hosts_time_into_parts_that_add_up(tmp_path):
 
     hosts = _bench_module("hosts")
     for cpu, scale in (("host-a", 1.0), ("host-b", 2.0)):
-        pd.DataFrame([{"row": r, "latency_ms_median": ms * scale, "speedup_vs_ort": ort, "speedup_vs_paper": 2.0,
-                       "speedup_vs_eager_dense": 4.0, "cpu": cpu, "cpu_features": "AVX-512"}
-                      for r, ms, ort in (("pte int8_dynamic", 50.0, 1.1), ("pte int8_dynamic round_to=64", 40.0, 1.3))]
+        pd.DataFrame([{"row": r, "format": fmt, "threads": 2, "note": note, "latency_ms_median": ms * scale,
+                       "speedup_vs_ort": ort, "speedup_vs_paper": 2.0, "speedup_vs_eager_dense": 4.0, "cpu": cpu,
+                       "cpu_features": "AVX-512"}
+                      for r, fmt, ms, ort, note in (
+                          ("pte int8_dynamic", "pte", 50.0, 1.1, ""), ("pte int8_dynamic round_to=64", "pte", 40.0, 1.3, ""),
+                          ("onnxruntime int8_dynamic", "onnx", 52.0, 1.0, ""),
+                          ("pte int8_dynamic fp16 attention", "pte", 30.0, 1.7, "lever, not a workflow recipe"),
+                          ("eager fp32 dense", "eager", 20.0, 2.6, ""))]
                      ).to_csv(tmp_path / f"latency-2026-11-30-{cpu}.csv", index=False)
         pd.DataFrame([{"row": r, "latency_ms_median": ms * scale, "x_linears_only": x, "widths": w}
                       for r, ms, x, w in (("whole model (pte int8_dynamic)", 50.0, 1.25, "696/58/2784"),
@@ -153,6 +158,8 @@ def test_hosts_split_each_hosts_time_into_parts_that_add_up(tmp_path):
     assert "| pte int8_dynamic | 50.0 ms · ×1.10 ORT" in table and "| 100.0 ms · ×1.10 ORT" in table
     assert "×1.10 ORT (not met)" in table and "×1.30 ORT (met)" in table
     assert "its whole ÷ its Linear layers 1.25 (not met)" in table and "1.14 (met)" in table
+    # what `pqv choose` ships there: the fastest verified file of a workflow recipe, not a lever or a baseline
+    assert "| fastest file the workflow ships here | pte int8_dynamic round_to=64: 40.0 ms, ×1.30 ORT |" in table
     split = hosts.split(paths)
     default = [line.split(" | ")[2:] for line in split.splitlines() if line.startswith("| PQV .pte, workflow default (696/58/2784)")]
     assert default == [["50.0 ms (100%)", "100.0 ms (100%) |"], ["40.0 ms (80%)", "80.0 ms (80%) |"],
