@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 
 import pandas as pd
@@ -76,18 +77,22 @@ def test_a_looser_budget_reuses_every_probe(searched):
     assert ran(result)["search_round"] >= 1 and ran(result)["search_report"] == 1
 
 
-def test_a_search_whose_probe_diverges_still_answers(tmp_path):
-    """A finetune that diverges is a failed probe with its reason, not the end of the run."""
+def test_a_search_whose_probe_diverges_still_answers(searched, tmp_path):
+    """A finetune that diverges is a failed probe with its reason, not the end of the run. It runs on
+    a copy of the finished search: the data, the base model and the dense file are reused, and the
+    changed learning rate reruns the probe's finetune."""
+    work = tmp_path / "work"
+    shutil.copytree(searched[0], work, symlinks=True)
     config = {**CONFIG, "finetune": {**CONFIG["finetune"], "lr": 1e30, "warmup_epochs": 0},
               "search": {**SEARCH, "hi": 0.5, "resolution": 0.5}}  # one probe: 0.5
-    result = snakemake(tmp_path, config=config)
+    result = snakemake(work, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
-    probes = pd.read_csv(tmp_path / "results/search/tiny/l2.csv").set_index("ratio")
+    probes = pd.read_csv(work / "results/search/tiny/l2.csv").set_index("ratio")
     assert probes.loc[0.5, "status"] == "failed" and not probes.loc[0.5, "passed"]
     assert probes.loc[0.5, "reason"].startswith("training diverged at epoch 1")
-    chosen = json.loads((tmp_path / "results/search/tiny/l2.json").read_text())
+    chosen = json.loads((work / "results/search/tiny/l2.json").read_text())
     assert chosen["answer_ratio"] == 0.0 and chosen["chosen"]["status"] == "verified"
-    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    summary = pd.read_csv(work / "results/summary.csv")
     assert set(summary[summary["ratio"] == 0.5]["status"]) == {"failed"}
     assert "probe 0.5: failed (failed: training diverged at epoch 1" in result.stdout + result.stderr
 
