@@ -302,7 +302,7 @@ def stage_resources(stage):
         def resource(wc, input):
             work = job_work(stage, wc, input)
             return RES.of(planned, PLAN, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES,
-                          wc.get("format", ""), MAX_MINUTES)[key]
+                          wc.get("format", wc.get("ir", "")), MAX_MINUTES)[key]
 
         return resource
 
