@@ -29,7 +29,8 @@ from .registry import EAGER, GRADIENT_IMPORTANCES
 # are short: the accuracy pass over the held-out split is a job of its own (throughput, shared node).
 TIMING_STAGES = ("latency", "profile")
 # Stages that take every core of a local run (`--cores N`), and prune jobs of a gradient importance
-# (they run calibration batches forward and backward); the rest take one.
+# (they run calibration batches forward and backward); the rest take one, and so does a model job
+# that only reads a weights file (one that trains its base model takes every core).
 ALL_CORES_LOCALLY = ("data", "model", "finetune", "accuracy") + TIMING_STAGES
 
 # Per-image costs, core-seconds on one CPU core: the multiply-accumulates of one forward pass at

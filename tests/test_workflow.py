@@ -99,6 +99,13 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
                                         export=8, accuracy=10, latency=10, profile=1, summary=1, stage_costs=1, plot=1,
                                         all=1), \
         deit_b.stderr[-2000:]
+    # a model job that trains its base model holds every core; one that only reads a weights file, one
+    def model_threads(result):
+        block = re.search(r"^rule model:\n(.*?)\n    resources:", result.stdout + result.stderr, re.S | re.M).group(1)
+        found = re.search(r"threads: (\d+)", block)
+        return int(found.group(1)) if found else 1
+
+    assert (model_threads(default), model_threads(deit_b)) == (2, 1)
     for files in (["cifar10-wide.yaml"], ["cifar10-wide.yaml", "cifar10-wide-round_to64.yaml"]):
         wide = subprocess.run(base + ["--configfile", *(str(REPO / "config" / f) for f in files)], capture_output=True, text=True)
         # 3 branches (dense, l2 0.09375, l2 0.25) x fp32 and int8 dynamic xnnpack .pte

@@ -257,6 +257,8 @@ def stage_threads(stage):
         return RES.threads(stage, PLAN, PLANNED_IMAGES)
     if stage == "prune":  # gradient importances compute (calibration batches forward and backward)
         return lambda wc: ALL_CORES if wc.importance in T.GRADIENT_IMPORTANCES and float(wc.ratio) > 0 else 1
+    if stage == "model":  # training a base model computes; reading a weights file is one core's work
+        return lambda wc: ALL_CORES if MODELS[wc.model]["weights"] == "train" else 1
     return ALL_CORES if stage in RES.ALL_CORES_LOCALLY else 1
 
 
