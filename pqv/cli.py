@@ -112,7 +112,7 @@ def _summarize(a):
 def _costs(a):
     from . import summary
 
-    summary.run_costs(a.benchmarks, a.root, a.out)
+    summary.run_costs(a.benchmarks, a.root, a.out, a.logs)
 
 
 def _profile(a):
@@ -313,6 +313,8 @@ def _add_tables(sub, c):
     s.set_defaults(fn=_summarize)
     s = sub.add_parser("costs", help="sum Snakemake's per-job benchmark files per stage (wall time, CPU, peak memory)")
     s.add_argument("benchmarks", nargs="+")
+    s.add_argument("--logs", nargs="*", default=None,
+                   help="each job's log, in the benchmark files' order: the CPU seconds its usage line records (pqv.usage)")
     s.add_argument("--root", required=True, help="the benchmarks folder: its first sub-folder names the stage")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_costs)
@@ -365,6 +367,8 @@ STAGES = (_add_data, _add_model, _add_prune, _add_finetune, _add_quantize, _add_
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
+    p.add_argument("--log-usage", action="store_true",
+                   help="end stderr with one line of the CPU and wall seconds this process used (the workflow's jobs: pqv.usage)")
     sub = p.add_subparsers(dest="stage", required=True)
     common = _common()
     for add in STAGES:
@@ -382,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     except PQVError as e:
         print(f"pqv {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    if args.log_usage:
+        from . import usage
+
+        usage.report()
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from .errors import PQVError
 from .registry import EAGER
 from .store import atomic_path
 
@@ -58,31 +59,47 @@ def run(paths: list[str], out: str, searches: list[str] = ()) -> pd.DataFrame:
 COST_COLUMNS = {"s": "wall_s", "max_rss": "max_rss_mb", "max_pss": "max_pss_mb", "cpu_time": "cpu_s"}
 
 
-def stage_costs(paths: list[str], root: str) -> pd.DataFrame:
+def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> pd.DataFrame:
     """Per stage (the rule's folder under `root`): jobs, wall and CPU seconds summed, the mean load
     (CPU seconds per wall second: how many cores the stage's jobs kept busy), the longest job and
-    the largest peak memory; a `total` row at the end."""
+    the largest peak memory; a `total` row at the end. A job's CPU seconds come from the usage line
+    of its log (`logs`, in the order of `paths`) where it has one: Snakemake's benchmark samples the
+    CPU time every 30 s after a job's first 15 s and loses what came after the last sample
+    (pqv.usage); the line is written just before the interpreter exits, so of the two (each a lower
+    bound) the larger counts. `cpu_from_log` counts the jobs whose log had the line."""
     from pathlib import Path
 
+    from . import usage
+
+    if logs is not None and len(logs) != len(paths):
+        raise PQVError(f"{len(logs)} logs for {len(paths)} benchmark files", "give one log per benchmark file, in order")
     rows = []
-    for path in paths:
+    for path, log in zip(paths, logs or [None] * len(paths)):
         bench = pd.read_csv(path, sep="\t").rename(columns=COST_COLUMNS)
         rel = Path(path).relative_to(root)
         stage = rel.parts[0] if len(rel.parts) > 1 else rel.stem  # <rule>/<job>.tsv, or <rule>.tsv
-        rows.append({"stage": stage, **{c: pd.to_numeric(bench[c], errors="coerce").iloc[-1] for c in COST_COLUMNS.values()}})
-    jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values()])
+        row = {"stage": stage, **{c: pd.to_numeric(bench[c], errors="coerce").iloc[-1] for c in COST_COLUMNS.values()}}
+        counted = usage.read(log) if log else None
+        row["cpu_from_log"] = counted is not None
+        if counted is not None:  # both are lower bounds: the line misses the interpreter's exit
+            row["cpu_s"] = max(row["cpu_s"], counted["cpu_s"])
+        rows.append(row)
+    jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values(), "cpu_from_log"])
     table = jobs.groupby("stage", sort=False).agg(
         jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), wall_s_max=("wall_s", "max"), cpu_s=("cpu_s", "sum"),
-        max_pss_mb=("max_pss_mb", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
+        max_pss_mb=("max_pss_mb", "max"), max_rss_mb=("max_rss_mb", "max"),
+        cpu_from_log=("cpu_from_log", "sum")).reset_index()
     total = {"stage": "total", "jobs": len(jobs), "wall_s": jobs["wall_s"].sum(), "wall_s_max": jobs["wall_s"].max(),
-             "cpu_s": jobs["cpu_s"].sum(), "max_pss_mb": jobs["max_pss_mb"].max(), "max_rss_mb": jobs["max_rss_mb"].max()}
+             "cpu_s": jobs["cpu_s"].sum(), "max_pss_mb": jobs["max_pss_mb"].max(), "max_rss_mb": jobs["max_rss_mb"].max(),
+             "cpu_from_log": jobs["cpu_from_log"].sum()}
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
     table.insert(table.columns.get_loc("cpu_s") + 1, "mean_load", table["cpu_s"] / table["wall_s"])
+    table["cpu_from_log"] = table["cpu_from_log"].astype(int)
     return table
 
 
-def run_costs(paths: list[str], root: str, out: str) -> pd.DataFrame:
-    table = stage_costs(paths, root)
+def run_costs(paths: list[str], root: str, out: str, logs: list[str] | None = None) -> pd.DataFrame:
+    table = stage_costs(paths, root, logs)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return table

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -157,3 +158,28 @@ def test_the_import_cost_table_is_the_benchs_csv():
     spec.loader.exec_module(bench)
     assert bench.markdown(REPO / "docs/data/import_cost-2026-12-03.csv") in (REPO / "docs/default-run.md").read_text(), \
         "render it again: python bench/import_cost.py"
+
+
+def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs():
+    """docs/deit_b.md's 2026-12-04 per-stage table is the CSV that `pqv costs` makes again from the
+    run's benchmark files and job logs (copied beside it), rendered by scripts/costs_table.py."""
+    from pqv import summary
+
+    spec = importlib.util.spec_from_file_location("costs_table", REPO / "scripts/costs_table.py")
+    costs_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(costs_table)
+    run = REPO / "docs/data/2026-12-04-deit_b"
+    benchmarks = sorted((run / "benchmarks").rglob("*.tsv"))
+    log_of = {"keep_dense": "finetune", "accuracy": "evaluate"}  # the rules' log folders (workflow/rules)
+    logs = []
+    for path in benchmarks:
+        rel = path.relative_to(run / "benchmarks").with_suffix("")
+        stage = rel.parts[0] if len(rel.parts) > 1 else None
+        name = str(rel).replace(stage, log_of.get(stage, stage), 1) if stage else str(rel)
+        logs.append(str(run / "job-logs" / (name + (".accuracy" if stage == "accuracy" else "") + ".log")))
+    again = summary.stage_costs([str(p) for p in benchmarks], str(run / "benchmarks"), logs).set_index("stage")
+    written = pd.read_csv(run / "stage_costs.csv").set_index("stage")
+    pd.testing.assert_frame_equal(again.loc[written.index], written, check_dtype=False, rtol=1e-5)
+    assert written.loc["total", "cpu_from_log"] == written.loc["total", "jobs"]
+    page = (REPO / "docs/deit_b.md").read_text()
+    assert costs_table.table(str(run / "stage_costs.csv")) in page, "render it again: python scripts/costs_table.py ..."

@@ -153,6 +153,9 @@ def test_stage_costs_sum_every_jobs_benchmark(finished):
     assert (costs["wall_s"] > 0).all() and (costs["max_rss_mb"] > 0).all()
     assert costs.loc["total", "wall_s"] == pytest.approx(costs["wall_s"].drop("total").sum())
     assert costs["mean_load"].to_dict() == pytest.approx((costs["cpu_s"] / costs["wall_s"]).to_dict(), rel=1e-4)  # 6 digits
+    # every job's CPU seconds are its own count, from the usage line that ends its log (pqv.usage)
+    assert costs["cpu_from_log"].to_dict() == costs["jobs"].to_dict()
+    assert (costs["cpu_s"] > 0).all()
 
 
 def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):

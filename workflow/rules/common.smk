@@ -19,7 +19,7 @@ from pqv.plot import FIGURES as PLOT_FIGURES
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
-PQV = f'"{sys.executable}" -m pqv'
+PQV = f'"{sys.executable}" -m pqv --log-usage'  # each job's log ends with what it used (pqv.usage)
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 R = config["results"]
@@ -41,7 +41,7 @@ PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{forma
 SUMMARY = R + "/summary.csv"
 STAGE_COSTS = R + "/stage_costs.csv"
 # Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is the
-# rule's pattern below; the rules and benchmark_files() (the stage_costs inputs) both use them.
+# rule's pattern below; the rules and job_files() (the stage_costs inputs) both use them.
 BENCHMARKS = R + "/benchmarks"
 LOGS = R + "/logs"  # one log per job, beside the run's results: two runs with their own results never share one
 JOB_BRANCH = "{model}/{importance}_{ratio}"
@@ -176,10 +176,17 @@ def quantized_for(wc):
     return QUANTIZED.format(ir=T.ir_of(wc.format), **{k: wc[k] for k in ("model", "importance", "ratio", "precision", "engine")})
 
 
+def job_files(jobs):
+    """{benchmark file: log} of (rule, wildcards) jobs: `pqv costs` sums the benchmark files and
+    takes each job's CPU seconds from the usage line its log ends with (pqv.usage)."""
+    return {bench(rule, JOB_PATTERN[rule].format(**wc) if JOB_PATTERN[rule] else None): getattr(rules, rule).log[0].format(**wc)
+            for rule, wc in jobs}
+
+
 def benchmark_files():
-    """The benchmark file of every job this config schedules (the rules' `benchmark:` paths)."""
-    return sorted({bench(rule, JOB_PATTERN[rule].format(**wc) if JOB_PATTERN[rule] else None)
-                   for rule, wc in SWEEP.jobs(config)})
+    """The benchmark file and log of every job this config schedules (the rules' `benchmark:` and
+    `log:` paths)."""
+    return job_files(SWEEP.jobs(config))
 
 
 def profile_targets():

@@ -83,16 +83,21 @@ rule summary:
         "{PQV} summarize {input.metrics:q} --search {input.search:q} --out {output:q} > {log:q} 2>&1"
 
 
+def cost_files(wildcards=None):
+    return {**benchmark_files(), **search_benchmarks()}
+
+
 rule stage_costs:
     """Wall time, CPU time and peak memory per stage, summed from every job's benchmark file (a
-    search's probes included)."""
+    search's probes included), the CPU seconds from the job's log where it has them (pqv.usage)."""
     input:
-        lambda wc: sorted(set(benchmark_files()) | set(search_benchmarks())),
+        lambda wc: sorted(cost_files()),
     output:
         report(STAGE_COSTS, caption="../report/stage_costs.rst", category="Tables"),
     params:
         root=BENCHMARKS,
+        logs=lambda wc: [log for _, log in sorted(cost_files().items())],  # each job's, in the inputs' order
     log:
         LOGS + "/stage_costs.log",
     shell:
-        "{PQV} costs {input:q} --root {params.root:q} --out {output:q} > {log:q} 2>&1"
+        "{PQV} costs {input:q} --logs {params.logs:q} --root {params.root:q} --out {output:q} > {log:q} 2>&1"

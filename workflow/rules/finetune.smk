@@ -5,9 +5,9 @@ DISTILL = FINETUNE["distill"]["enabled"]
 # `pqv` as one process, under torchrun with finetune.nproc processes, or under finetune.launcher.
 # A module variable, not a param: how a job starts must not trigger a rerun.
 if FINETUNE["launcher"]:
-    FINETUNE_PQV = f"{FINETUNE['launcher']} -m pqv"
+    FINETUNE_PQV = f"{FINETUNE['launcher']} -m pqv --log-usage"
 elif FINETUNE["nproc"] > 1:
-    FINETUNE_PQV = f'"{sys.executable}" -m torch.distributed.run --standalone --nproc_per_node={FINETUNE["nproc"]} -m pqv'
+    FINETUNE_PQV = f'"{sys.executable}" -m torch.distributed.run --standalone --nproc_per_node={FINETUNE["nproc"]} -m pqv --log-usage'
 else:
     FINETUNE_PQV = PQV
 

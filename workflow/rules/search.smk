@@ -164,7 +164,6 @@ def search_metrics(wildcards=None):
 
 
 def search_benchmarks(wildcards=None):
-    """The benchmark file of every job the searches ran (for stage_costs)."""
-    return sorted({bench(rule, JOB_PATTERN[rule].format(**wc)) for m in MODELS
-                   for i in (config["prune"]["importances"] if SEARCH["enabled"] else [])
-                   for a in search_artifacts(m, i)[1] for rule, wc in SWEEP.made_by(config, a)})
+    """The benchmark file and log of every job the searches ran (for stage_costs)."""
+    return job_files((rule, wc) for m in MODELS for i in (config["prune"]["importances"] if SEARCH["enabled"] else [])
+                     for a in search_artifacts(m, i)[1] for rule, wc in SWEEP.made_by(config, a))
