@@ -73,7 +73,7 @@ def test_finetuning_the_dense_branch_is_opt_in(tmp_path):
 
 def test_device_is_passed_to_every_gradient_and_accuracy_job_and_reruns_nothing(finished):
     result = snakemake(finished, "-n", "-p", "--forceall", config={**TINY_CONFIG, "device": "cpu"})
-    commands = [line for line in result.stdout.splitlines() if " -m pqv " in line]
+    commands = [line.replace(" --log-usage", "") for line in result.stdout.splitlines() if " -m pqv " in line]
     for stage in ("model", "prune", "finetune", "evaluate accuracy"):
         assert any(f"-m pqv {stage} " in c and "--device cpu" in c for c in commands), stage
     assert scheduled(snakemake(finished, "-n", config={**TINY_CONFIG, "device": "cpu"})) == Counter()

@@ -23,7 +23,8 @@ if _root and _log:
             # "pqv:data" for `python -m pqv data ...`, "snakemake:--snakefile" for Snakemake itself
             program = os.path.basename(os.path.dirname(sys.argv[0])) if sys.argv[0].endswith("__main__.py") else \
                 os.path.basename(sys.argv[0])
-            who = f"{program}:{sys.argv[1] if len(sys.argv) > 1 else ''}"
+            command = [a for a in sys.argv[1:] if a != "--log-usage"]  # the workflow's flag, not a stage
+            who = f"{program}:{command[0] if command else ''}"
             with open(_log, "a") as f:
                 f.write(f"{os.getpid()}\t{who}\t{path}\n")
 
