@@ -31,7 +31,7 @@ def counts(fn, loader, desc: str | None = None) -> tuple[int, int, int]:
     correct1 = correct5 = total = 0
     for images, labels in progress(loader, desc=desc, disable=desc is None, unit="batch"):
         logits = fn(images)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()  # logits may be on CUDA, labels are not
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         total += len(labels)

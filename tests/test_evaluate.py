@@ -17,6 +17,17 @@ def test_accuracy_counts_top1_and_top5_exactly():
     assert top1 == 100 / 3 and top5 == 100.0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device rule's accuracy jobs on a GPU node)")
+def test_an_eager_model_scores_the_same_on_cuda_as_on_the_cpu():
+    """`pqv evaluate accuracy --device cuda` crashed on 2026-12-04 (logits on the GPU, labels not)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7))
+    loader = DataLoader(TensorDataset(torch.randn(64, 3, 2, 2), torch.randint(0, 7, (64,))), batch_size=16)
+    on_cpu = evaluate.accuracy_on(model, loader, torch.device("cpu"))
+    assert evaluate.accuracy_on(model, loader, torch.device("cuda")) == pytest.approx(on_cpu)
+    assert next(model.parameters()).device.type == "cpu"
+
+
 def test_latency_reports_ordered_statistics_of_the_requested_calls():
     calls = []
     stats = evaluate.latency(lambda x: calls.append(1), torch.zeros(1), warmup=3, runs=7)
