@@ -20,7 +20,7 @@ from pqv import arch, data, export, finetune, store, quantize
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, manifest_file
-from .test_workflow import TINY_CONFIG, snakemake
+from .test_workflow import TINY_CONFIG, pqv_commands, snakemake
 
 SMALL = {"name": "digits", "max_train": 64, "max_eval": 32}
 
@@ -310,7 +310,7 @@ def test_a_results_path_with_a_space_is_quoted_in_every_command(tmp_path):
 
     config = {**TINY_CONFIG, "results": "my results"}
     plan = snakemake(tmp_path, "-n", "-p", "--forceall", config=config)
-    commands = [line.strip().replace(" --log-usage", "") for line in plan.stdout.splitlines() if " -m pqv " in line]
+    commands = pqv_commands(plan)
     assert len({c.split(" -m pqv ")[1].split()[0] for c in commands}) >= 9  # every stage's command
     for command in commands:
         words = shlex.split(command)

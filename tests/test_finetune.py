@@ -232,15 +232,15 @@ def test_imagefolder_training_gets_timm_augmentation(tmp_path):
 
 
 def test_rule_adds_teacher_and_torchrun_only_when_configured(tmp_path):
-    from .test_workflow import TINY_CONFIG, snakemake
+    from .test_workflow import TINY_CONFIG, pqv_commands, snakemake
 
-    plain = snakemake(tmp_path, "-n", "-p", "--forceall").stdout.replace(" --log-usage", "")
-    lines = [ln for ln in plain.splitlines() if " -m pqv finetune " in ln]
+    plain = pqv_commands(snakemake(tmp_path, "-n", "-p", "--forceall"))
+    lines = [ln for ln in plain if " -m pqv finetune " in ln]
     assert lines and all("--teacher" not in ln and "torch.distributed.run" not in ln for ln in lines)
 
     cfg = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "nproc": 2, "distill": {"enabled": True}}}
-    out = snakemake(tmp_path, "-n", "-p", "--forceall", config=cfg).stdout.replace(" --log-usage", "")
-    lines = [ln for ln in out.splitlines() if " -m pqv finetune " in ln]
+    out = pqv_commands(snakemake(tmp_path, "-n", "-p", "--forceall", config=cfg))
+    lines = [ln for ln in out if " -m pqv finetune " in ln]
     trained = [ln for ln in lines if "--keep" not in ln]  # the dense branch is passed through, not trained
     assert len(trained) == 2 and len(lines) == 3
     assert all("--teacher results/tiny/model.safetensors" in ln for ln in trained)

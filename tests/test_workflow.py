@@ -38,6 +38,13 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
+def pqv_commands(result: subprocess.CompletedProcess) -> list[str]:
+    """The pqv command lines of a `-n -p` plan, as `... -m pqv <stage> ...` (without the workflow's
+    --log-usage flag, which every job gets)."""
+    return [line.strip().replace(" -m pqv --log-usage ", " -m pqv ") for line in result.stdout.splitlines()
+            if " -m pqv " in line]
+
+
 def scheduled(result: subprocess.CompletedProcess) -> Counter:
     """Jobs per rule from a dry run's 'Job stats' table (empty when nothing is to be done)."""
     out = result.stdout + result.stderr
@@ -73,7 +80,7 @@ def test_finetuning_the_dense_branch_is_opt_in(tmp_path):
 
 def test_device_is_passed_to_every_gradient_and_accuracy_job_and_reruns_nothing(finished):
     result = snakemake(finished, "-n", "-p", "--forceall", config={**TINY_CONFIG, "device": "cpu"})
-    commands = [line.replace(" --log-usage", "") for line in result.stdout.splitlines() if " -m pqv " in line]
+    commands = pqv_commands(result)
     for stage in ("model", "prune", "finetune", "evaluate accuracy"):
         assert any(f"-m pqv {stage} " in c and "--device cpu" in c for c in commands), stage
     assert scheduled(snakemake(finished, "-n", config={**TINY_CONFIG, "device": "cpu"})) == Counter()
