@@ -43,6 +43,7 @@ rule all:
         STAGE_COSTS,
         FIGURES,
         profile_targets(),
+        sweep_files,
         search_reports(),
         unrecorded_probe_files,
     default_target: True

@@ -144,9 +144,8 @@ def stage_of(path: str | os.PathLike) -> str | None:
 
 
 def corrupt(path: str | os.PathLike, problem: str) -> PQVError:
-    """The error for a damaged artifact: what is wrong, and how to make it again. Deleting the file
-    is not enough: when the files made from it are newer, Snakemake sees nothing to do; --forcerun
-    remakes it and everything that depends on it."""
+    """The error for a damaged artifact: what is wrong, and how to make it again: --forcerun remakes
+    it and everything that depends on it, without the user deleting anything."""
     stage = stage_of(path)
     what = f"the {stage} stage" if stage else "the pqv stage that made it"
     return PQVError(problem, f"remake it with {what}: `snakemake --forcerun {shlex.quote(str(path))}` (with your "

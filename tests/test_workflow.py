@@ -216,8 +216,8 @@ def test_changing_a_finetune_setting_reruns_finetune_and_below_only(finished):
 
 
 def test_the_printed_fix_for_a_damaged_artifact_works(finished):
-    """(issue 20) The fix names `snakemake --forcerun FILE`: deleting the file is not enough when the files
-    made from it are newer (Snakemake sees nothing to do)."""
+    """(issue 20) The fix names `snakemake --forcerun FILE`; deleting the file works too, since `all`
+    names every file of the sweep (Snakemake alone makes a missing file only when a planned job needs it)."""
     from .test_errors import one_line
 
     rel = "results/tiny/l2_0.5/export/fp32-none.ptl"  # as a job sees it, in the workflow's folder
@@ -231,7 +231,8 @@ def test_the_printed_fix_for_a_damaged_artifact_works(finished):
         one_line(result, "evaluate", f"corrupt .ptl file {rel}", f"snakemake --forcerun {rel}")
         ptl.unlink()
         sidecar.unlink()
-        assert scheduled(snakemake(finished, "-n")) == Counter()  # what the user saw
+        assert scheduled(snakemake(finished, "-n")) == Counter(export=1, accuracy=1, latency=1, summary=1, plot=1,
+                                                               stage_costs=1, all=1)
         command = result.stderr.split("`snakemake ")[1].split("`")[0].split()  # the printed fix, as written
         plan = scheduled(snakemake(finished, "-n", *command))
         assert plan["export"] == 1 and plan["accuracy"] == plan["latency"] == 1 and plan["summary"] == 1
@@ -239,6 +240,22 @@ def test_the_printed_fix_for_a_damaged_artifact_works(finished):
         for f, (data, st) in kept.items():
             f.write_bytes(data)
             os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_run_stopped_inside_a_job_being_made_again_remakes_it_and_only_its_branch(finished):
+    """Snakemake deletes a job's old outputs before it runs it again (`--forcerun finetune`, a changed
+    setting); stopped there, the file is missing while the files made from it remain. The next plain
+    run makes it and what depends on it, nothing else."""
+    finetuned = finished / "results/tiny/taylor_0.5/finetuned.safetensors"
+    kept = (finetuned.read_bytes(), os.stat(finetuned))
+    try:
+        finetuned.unlink()
+        assert scheduled(snakemake(finished, "-n")) == Counter(finetune=1, quantize=2, export=2, accuracy=3, latency=3,
+                                                               summary=1, plot=1, stage_costs=1, all=1)
+    finally:
+        finetuned.write_bytes(kept[0])
+        os.utime(finetuned, ns=(kept[1].st_atime_ns, kept[1].st_mtime_ns))
+    assert scheduled(snakemake(finished, "-n")) == Counter()
 
 
 def test_choose_picks_the_fastest_artifact_within_the_budget(finished):

@@ -183,6 +183,20 @@ def job_files(jobs):
             for rule, wc in jobs}
 
 
+def made_file(rule, wc):
+    """The file a job makes (its rule's first output) for its wildcards."""
+    return getattr(rules, rule).output[0].format(**wc)
+
+
+def sweep_files(wildcards=None):
+    """Every file a job of the sweep makes, as targets of `all`. Snakemake makes a missing file
+    only when a job it plans needs it: a run stopped inside a job that was being made again
+    (`--forcerun finetune`, a changed setting) leaves that job's file missing while the files made
+    from it are still there, and without being named here it would stay missing (the branch's rows
+    naming a file that is gone) until some later change needed it."""
+    return [made_file(rule, wc) for rule, wc in SWEEP.jobs(config)]
+
+
 def benchmark_files():
     """The benchmark file and log of every job this config schedules (the rules' `benchmark:` and
     `log:` paths)."""

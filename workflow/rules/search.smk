@@ -116,11 +116,6 @@ rule search_report:
         " --out-choice {output.choice:q} 2>&1 | tee {log:q}"
 
 
-# The files each job of a probe makes (pqv.sweep.made_by names the jobs).
-MADE = {"prune": PRUNED, "finetune": FINETUNED, "keep_dense": FINETUNED, "quantize": QUANTIZED, "export": EXPORTED,
-        "accuracy": ACCURACY, "latency": LATENCY}
-
-
 def unrecorded_probe_files(wildcards=None):
     """The files of the probes that the rounds on disk asked for which exist without Snakemake's
     record of the job that made them: a run stopped (Ctrl-C, a killed node) after the job wrote
@@ -143,7 +138,7 @@ def unrecorded_probe_files(wildcards=None):
                 state = SEARCH_STATE(path)
                 for ratio in [p["ratio"] for p in state["probes"]] + state["next"]:
                     for rule, wc in SWEEP.made_by(config, judged(model, importance, ratio)):
-                        files.add(MADE[rule].format(**wc))
+                        files.add(made_file(rule, wc))  # pqv.sweep.made_by names the jobs
                 n += 1
     return sorted(f for f in files if os.path.exists(f) and persistence.metadata(IOFile(f)) is None)
 
