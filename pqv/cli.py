@@ -75,7 +75,7 @@ def _finetune(a):
     if a.keep:
         finetune.keep(a.model, a.out, a.metrics)
     elif a.data is None:
-        raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/manifest.json, or --keep")
+        raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/train.json, or --keep")
     else:
         finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device, workers=a.workers,
                      threads=a.threads)
@@ -168,7 +168,7 @@ def _common():
     from .registry import DEVICES
 
     return {
-        "data": {"required": True, "help": "the data set's manifest (results/data/manifest.json, made by `pqv data`)"},
+        "data": {"required": True, "help": "a split's manifest, made by `pqv data` (the workflow's: results/data/train.json, eval.json)"},
         "workers": {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"},
         "threads": {"type": int, "default": None,
                     "help": "cores the job holds: each process takes its share for torch (DataLoader workers decode beside)"},

@@ -320,7 +320,7 @@ def run(model_path: str, out: str, importance: str, ratio: float, manifest, cali
             raise PQVError(f"importance '{importance}' needs calibration data", "set prune.calibration_batches > 0")
         if manifest is None:
             raise PQVError(f"importance '{importance}' needs the data set for its gradients",
-                           "give --data results/data/manifest.json (made by `pqv data`)")
+                           "give --data results/data/train.json (made by `pqv data`)")
         calibration = datasets.calibration_batches(manifest, dc, calibration_batches, batch_size, seed=seed)
     prune(model, importance, ratio, example, calibration, round_to=round_to, scope=scope, heads=heads,
           head_ratio=head_ratio, bottleneck=bottleneck, seed=seed, device=resolve(device))

@@ -125,7 +125,7 @@ def read_sidecar(artifact: str | os.PathLike) -> dict:
 
 
 # The stage that writes a file, by the names the workflow gives them (when its sidecar cannot say).
-STAGE_BY_NAME = {"manifest.json": "data", "model.safetensors": "model", "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
+STAGE_BY_NAME = {"train.json": "data", "eval.json": "data", "manifest.json": "data", "model.safetensors": "model", "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
 STAGE_BY_SUFFIX = {".ts": "quantize", ".pt2": "quantize", ".ptl": "export", ".pte": "export", ".ort": "export"}
 
 
