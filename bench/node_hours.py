@@ -52,8 +52,11 @@ def plan(repo: Path, configfile: Path, work: Path, partition: str = PARTITION, s
     imagenet_manifests(work / "results" / "data")
     bin_dir = work / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sinfo").write_text(f"#!/bin/sh\necho '{partition}'\n")
-    (bin_dir / "sinfo").chmod(0o755)
+    # Snakemake imports its SLURM plugin on every run, and the plugin stops there when it finds
+    # sinfo but neither sacct nor squeue (it runs scontrol too): silent stand-ins for those.
+    for name, body in {"sinfo": f"echo '{partition}'", "sacct": "true", "squeue": "true", "scontrol": "true"}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(repo), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"), "--directory",
                            str(work), "--jobs", "100", "--cores", "4096", "--configfile", str(configfile),
