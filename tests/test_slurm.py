@@ -1,9 +1,11 @@
 """The SLURM profile makes valid submissions: Snakemake's SLURM executor plugin runs for real
-against stand-in sbatch/sacct/sacctmgr/sinfo commands that record what they were asked.
+against stand-ins of every SLURM command it runs (sbatch records what it was asked), so these tests
+pass the same on a machine without SLURM (.ci/run runs them again with its real commands hidden).
 (tests/test_slurm_cluster.py runs the workflow on a real SLURM cluster.)"""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ FAKE = {
     "squeue": "true",
     "sinfo": "true",
     "scontrol": "true",
+    "sshare": "echo acct",  # where sacctmgr fails
+    "scancel": "true",  # a run that stops cancels its jobs
 }
 BRANCH = "results/demo_vit/{}"
 # stand-in inputs, so that each target's own job is the one submitted: finetune taylor_0.25,
@@ -204,3 +208,26 @@ def test_the_paper_sweep_fits_a_partitions_time_limit_and_a_cpu_finetune_stops_i
     assert " h on CPUs (" in errors[0] and "partition gpu's limit of 24 h" in errors[0]
     assert "device: cuda" in errors[0] and "--set-resources finetune:runtime=" in errors[0]
     assert "Job stats" not in done.stdout  # before any job
+
+
+def test_a_login_node_with_sinfo_alone_stops_snakemake_before_pqv_runs(tmp_path):
+    """The SLURM plugin, which Snakemake imports on every run (local ones too), stops any snakemake
+    command before the Snakefile is read where sinfo is on PATH but neither sacct nor squeue: no
+    PQV code can run first, so docs/clusters.md gives the plugin's line and the fix."""
+    which = shutil.which("which")  # the plugin asks `which sacct`
+    if which is None:
+        pytest.skip("no `which` command on this machine")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "which").symlink_to(which)
+    (bin_dir / "sinfo").write_text("#!/bin/sh\ntrue\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    env = {**os.environ, "PATH": str(bin_dir)}  # this machine's own SLURM commands, if any, hidden
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True, env=env)
+    message = "Neither 'sacct' nor 'squeue' commands are available on this system."
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-3000:]
+    assert message in " ".join((REPO / "docs/clusters.md").read_text().split())
+    (bin_dir / "squeue").write_text("#!/bin/sh\ntrue\n")  # the fix: SLURM's squeue (or sacct) on PATH too
+    (bin_dir / "squeue").chmod(0o755)
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
