@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-ROWS = ["eager fp32 dense", "paper recipe", "onnxruntime int8_dynamic", "onnxruntime int8_dynamic .ort",
-        "onnxruntime int8_static", "onnxruntime int8_static .ort", "pte int8_dynamic", "pte int8_dynamic round_to=64",
-        "pte int8_static"]
+ROWS = ["eager fp32 dense", "without PQV", "paper recipe", "onnxruntime int8_dynamic", "onnxruntime int8_dynamic .ort",
+        "onnxruntime int8_dynamic plain", "onnxruntime int8_dynamic plain .ort", "onnxruntime int8_dynamic per-tensor",
+        "onnxruntime int8_dynamic plain per-tensor", "onnxruntime int8_dynamic plain round_to=64",
+        "onnxruntime int8_static", "onnxruntime int8_static .ort", "onnxruntime int8_static plain",
+        "onnxruntime int8_static QOperator", "pte int8_dynamic", "pte int8_dynamic round_to=64", "pte int8_static"]
 SHIPPED_FORMATS = ("ptl", "pte", "onnx", "ort")  # what `pqv choose` can ship (eager baselines are measured, never shipped)
 
 
@@ -27,10 +29,11 @@ def fastest_shipped(table: pd.DataFrame) -> str:
     the run's ONNX Runtime base (its fastest recipe since 2026-12-03): what `pqv choose` picks by
     latency on that host."""
     threads = table["threads"].mode()[0]
-    shipped = table[table["format"].isin(SHIPPED_FORMATS) & (table["threads"] == threads)
+    shipped = table[table["format"].isin(SHIPPED_FORMATS) & (table["threads"] == threads) & (table["pruned"] != "dense")
                     & ~table["note"].fillna("").str.contains("not a workflow recipe")]
     best = shipped["latency_ms_median"].idxmin()
-    return f"{best}: {shipped.loc[best, 'latency_ms_median']:.1f} ms, ×{shipped.loc[best, 'speedup_vs_ort']:.2f} ORT"
+    bar = f", ×{shipped.loc[best, 'speedup_vs_without_pqv']:.2f} without PQV" if "speedup_vs_without_pqv" in shipped else ""
+    return f"{best}: {shipped.loc[best, 'latency_ms_median']:.1f} ms, ×{shipped.loc[best, 'speedup_vs_ort']:.2f} ORT{bar}"
 
 
 def features(text) -> str:
@@ -77,8 +80,9 @@ def render(paths: list[str]) -> str:
                 cells.append("—")
                 continue
             r = table.loc[row]
+            bar = f" · ×{r['speedup_vs_without_pqv']:.2f} w/o PQV" if "speedup_vs_without_pqv" in r else ""
             cells.append(f"{r['latency_ms_median']:.1f} ms · ×{r['speedup_vs_ort']:.2f} ORT · ×{r['speedup_vs_paper']:.2f} paper"
-                         f" · ×{r['speedup_vs_eager_dense']:.2f} eager")
+                         f" · ×{r['speedup_vs_eager_dense']:.2f} eager{bar}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     cells = []
     for _, table, floor in found:

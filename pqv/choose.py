@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .errors import PQVError
-from .registry import EAGER, Status
+from .registry import EAGER, WITHOUT_PQV_HELP, Status
 from .search import REFERENCE, reference_top1
 
 SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
@@ -67,11 +67,29 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
         print(f"  {'for the app':18} {row['artifact']}.app.json (labels, input, preprocessing: docs/formats.md)")
+        print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     for _, row in searched(table, model).iterrows():
         print(f"{row['model']}: {row['search']}:")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
+        print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     return picks
+
+
+def against_without_pqv(table: pd.DataFrame, row: pd.Series) -> str:
+    """A pick's speed-up over the file its model's user gets without PQV (evaluate.without_pqv)."""
+    bars = table[(table["model"] == row["model"]) & table["without_pqv"].fillna(False).astype(bool)] \
+        if "without_pqv" in table else table.iloc[0:0]
+    if bars.empty:
+        return "not measured (evaluate.without_pqv: true measures it)"
+    bar = bars.iloc[0]
+    status = bar.get("status")
+    if status != Status.VERIFIED.value:  # no status is no verification either
+        why = f": {bar['reason']}" if isinstance(bar.get("reason"), str) else ""
+        return f"{bar['artifact']} is {status if isinstance(status, str) else 'unchecked'}{why}: no bar to compare with"
+    speedup = bar["latency_ms_median"] / row["latency_ms_median"]
+    return (f"{speedup:.2f}x the speed of {bar['artifact']} ({bar['latency_ms_median']:.3g} ms, top-1 {bar['top1']:.2f} %; "
+            f"{WITHOUT_PQV_HELP})")
 
 
 def searched(table: pd.DataFrame, model: str | None = None) -> pd.DataFrame:

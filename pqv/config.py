@@ -216,6 +216,8 @@ class Evaluate(Section):
     runs: int = setting(20, ge=1, description="timed calls: median, min, max, p90", reads='latency search_report')
     batch_size: int = setting(1, ge=1, description="images per timed call", reads='latency')
     eager_baseline: bool = setting(True, description="also measure each branch's eager FP32 model (format eager)", reads='sweep')
+    without_pqv: bool = setting(True, description="also build, check and measure the file a user gets without PQV, the bar "
+                                                  f"each pick is compared with: {registry.WITHOUT_PQV_HELP}", reads='sweep')
 
 
 class Selector(Section):
@@ -316,19 +318,24 @@ class Config(Section):
         """Each listed precision and engine must produce an artifact in a listed format; an engine
         that only float precisions were configured for has nothing to do and is left alone."""
         q, formats = self.quantize, self.export.formats
-        for fmt in formats:  # an optional runtime (ONNX Runtime) this environment lacks
+        needed = {fmt: f"export.formats lists '{fmt}'" for fmt in formats}
+        if self.evaluate.without_pqv:
+            needed.setdefault(registry.WITHOUT_PQV["format"], "evaluate.without_pqv is on")
+        for fmt, why in needed.items():  # an optional runtime (ONNX Runtime) this environment lacks
             extra = registry.FORMATS[fmt].get("needs")
             missing = [m for m in registry.EXTRAS.get(extra, ()) if importlib.util.find_spec(m) is None]
             if missing:
-                raise PQVError(f"export.formats lists '{fmt}', whose runtime needs {', '.join(missing)}, not installed here",
-                               f'pip install -e ".[{extra}]" (or drop \'{fmt}\' from export.formats)')
+                drop = f"drop '{fmt}' from export.formats" if fmt in formats else "set evaluate.without_pqv: false"
+                raise PQVError(f"{why}, whose runtime needs {', '.join(missing)}, not installed here",
+                               f'pip install -e ".[{extra}]" (or {drop})')
         made = sweep.combinations(self.model_dump())
         for precision in q.precisions:
             if any(p == precision for p, _, _ in made):
                 continue
             carriers = list(registry.PRECISIONS[precision]["formats"])
             if any(f in formats for f in carriers):  # its format is listed, its engines are not
-                engines = sorted({e for f in carriers if f in formats for e in registry.FORMATS[f]["engines"]})
+                engines = sorted({e for f in carriers if f in formats for e in registry.FORMATS[f]["engines"]
+                                  if registry.runs(e, precision)})
                 raise PQVError(f"quantize.precisions lists '{precision}' but no quantize.engines entry runs it "
                                f"in export.formats {formats}", f"add one of {', '.join(engines)} to quantize.engines")
             raise PQVError(f"quantize.precisions lists '{precision}' but export.formats {formats} cannot carry it",
@@ -340,7 +347,7 @@ class Config(Section):
             if any(e == engine for _, e, _ in made):
                 continue
             runs_it = [f for f, d in registry.FORMATS.items() if engine in d["engines"]]
-            takers = [p for p in quantized if any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
+            takers = [p for p in quantized if registry.runs(engine, p) and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
             if not takers:
                 raise PQVError(f"quantize.engines lists '{engine}' but no quantized precision in quantize.precisions "
                                f"runs on it", f"drop '{engine}' or add a precision that {'/'.join(runs_it)} files carry")

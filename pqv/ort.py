@@ -1,19 +1,22 @@
-"""ONNX Runtime's files of a branch: `.onnx`, and ORT Mobile's `.ort`, built the way ONNX Runtime's
-own documentation advises for a ViT, so that the runtime a user would pick instead is measured at
-its best, from the same finetuned model as every PQV file:
+"""ONNX Runtime's files of a branch: `.onnx`, and ORT Mobile's `.ort`, from the same finetuned model
+as every PQV file, one file per recipe (pqv.registry.ORT_RECIPES, the engines of these formats):
 
 1. export at a static batch of one image (opset 17, timm's explicit attention: MatMul nodes);
-2. ONNX Runtime's transformer optimizer (`optimize_model(model_type="vit")`: GELU, LayerNorm and
-   residual SkipLayerNormalization fused; it does not fuse timm's attention);
-3. quantization pre-processing (symbolic shape inference; the optimizer already optimized);
-4. the precision: FP32 as optimized; int8 dynamic (per-channel int8 weights of every MatMul with a
-   constant weight, activations quantized at run time); int8 static (QDQ, per-channel int8 weights,
-   uint8 activations calibrated with MinMax on training images, the x86 choice of ORT's docs).
-   As in every PQV int8 recipe, the attention matmuls of two activations stay in float.
+2. for the recipes that `optimize` (ORT's documented advice for a ViT): ONNX Runtime's transformer
+   optimizer (`optimize_model(model_type="vit")`: GELU, LayerNorm and residual
+   SkipLayerNormalization fused; it does not fuse timm's attention) and quantization
+   pre-processing (symbolic shape inference); the plain recipes skip both, as a user without PQV
+   would;
+3. the precision: FP32 as built; int8 dynamic (int8 weights of every MatMul with a constant weight,
+   per channel or per tensor, activations quantized at run time); int8 static (per-channel or
+   per-tensor int8 weights, uint8 activations calibrated with MinMax on training images, the x86
+   choice of ORT's docs, as QDQ pairs or QOperator nodes). As in every PQV int8 recipe, the
+   attention matmuls of two activations stay in float.
 
-The quantize stage writes that `.onnx` program; the export stage ships it as `.onnx` or converts it
-with ORT's own converter to `.ort`, and loads either back in an InferenceSession to check it.
-Optional: `pip install -e ".[onnx]"`; a config that lists these formats without it is one line.
+Which recipe is fastest depends on the host (docs/latency.md): none is assumed; each is verified and
+timed like every file, and `pqv choose` and the search ship the winner. The quantize stage writes the
+`.onnx` program; the export stage ships it as `.onnx` or converts it with ORT's own converter to
+`.ort`, and loads either back in an InferenceSession to check it.
 """
 from __future__ import annotations
 
@@ -98,41 +101,49 @@ class _Calibration:
         return None if image is None else {INPUT: image.contiguous().numpy()}
 
 
-def _fp32(src: Path, out: Path, calibration) -> None:
+def _fp32(src: Path, out: Path, calibration, recipe: dict) -> None:
     shutil.copy(src, out)
 
 
-def _int8_dynamic(src: Path, out: Path, calibration) -> None:
+def _int8_dynamic(src: Path, out: Path, calibration, recipe: dict) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(out), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(str(src), str(out), per_channel=recipe["per_channel"], weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
 
 
-def _int8_static(src: Path, out: Path, calibration) -> None:
+def _int8_static(src: Path, out: Path, calibration, recipe: dict) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(str(src), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(src), str(out), _Calibration(calibration),
+                    quant_format=QuantFormat.QDQ if recipe["qdq"] else QuantFormat.QOperator, per_channel=recipe["per_channel"],
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                     calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
 
 
 PRECISIONS = {"fp32": _fp32, "int8_dynamic": _int8_dynamic, "int8_static": _int8_static}
+FP32_RECIPE = "mlas"  # an FP32 file has no quantization recipe (engine none): ORT's documented graph
 
 
-def build(model: nn.Module, precision: str, example: torch.Tensor, calibration: list[torch.Tensor] | None):
-    """The `.onnx` program (an onnx.ModelProto) of `model` at `precision`."""
+def build(model: nn.Module, precision: str, example: torch.Tensor, calibration: list[torch.Tensor] | None,
+          recipe: str = FP32_RECIPE):
+    """The `.onnx` program (an onnx.ModelProto) of `model` at `precision`, by one of ORT_RECIPES."""
     require("an .onnx program")
     import onnx
 
+    steps = registry.ORT_RECIPES[recipe]
     with tempfile.TemporaryDirectory(prefix="pqv-onnx-") as folder:
         work = Path(folder)
         _export_fp32(model, example, work / "fp32.onnx")
-        fused = _optimize(work / "fp32.onnx", work / "optimized.onnx")
-        _pre_process(work / "optimized.onnx", work / "prepared.onnx")
+        prepared = work / "fp32.onnx"
+        if steps["optimize"]:
+            fused = _optimize(prepared, work / "optimized.onnx")
+            _pre_process(work / "optimized.onnx", work / "prepared.onnx")
+            prepared = work / "prepared.onnx"
+            log.info("ONNX Runtime's transformer optimizer fused %s", ", ".join(f"{n} {k}" for k, n in fused.items()) or "nothing")
         with warnings_quiet():
-            PRECISIONS[precision](work / "prepared.onnx", work / "program.onnx", calibration)
-        log.info("ONNX Runtime's transformer optimizer fused %s", ", ".join(f"{n} {k}" for k, n in fused.items()) or "nothing")
+            PRECISIONS[precision](prepared, work / "program.onnx", calibration, steps)
+        log.info("recipe %s: %s", recipe, steps["help"])
         return onnx.load_model(str(work / "program.onnx"))
 
 

@@ -264,13 +264,18 @@ def pareto(table: pd.DataFrame):
     models = sorted(table["model"].unique(), key=str)
     several = len(models) > 1
     colours = {}
-    for (model, prec, fmt), g in table.groupby(["model", "precision", "format"]):
-        key = (prec, fmt)
+    for (model, prec, engine, fmt), g in table.groupby(["model", "precision", "engine", "format"]):
+        key = (prec, engine, fmt)  # an engine is a recipe too (ONNX Runtime's): each its own colour
         colours.setdefault(key, f"C{len(colours) % 10}")
-        label = f"{model}: {prec} .{fmt}" if several else f"{prec} .{fmt}"
+        recipe = f"{prec} .{fmt}" if engine == NO_ENGINE else f"{prec} {engine} .{fmt}"
+        label = f"{model}: {recipe}" if several else recipe
         ax.scatter(g["latency_ms_median"], g["top1"], label=label, s=30, color=colours[key],
                    marker=MARKERS[models.index(model) % len(MARKERS)])
         mark_rejected(ax, g, "latency_ms_median", "top1")
+    if "without_pqv" in table:  # the bar each pick is compared with (evaluate.without_pqv)
+        bar = table[table["without_pqv"].fillna(False).astype(bool)]
+        ax.scatter(bar["latency_ms_median"], bar["top1"], s=160, facecolors="none", edgecolors="k", linewidths=1.5,
+                   marker="s", label="without PQV: ONNX Runtime's plain int8 of the dense model", zorder=3)
     front = pareto_front(table).sort_values("latency_ms_median")
     ax.plot(front["latency_ms_median"], front["top1"], "k--", lw=1, label="Pareto front")
     for _, r in front.iterrows():

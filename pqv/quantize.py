@@ -127,7 +127,7 @@ def available_engines() -> list[str]:
     if importlib.util.find_spec("executorch") is not None:  # found, not imported: that costs seconds
         engines.append("xnnpack")
     if all(importlib.util.find_spec(m) is not None for m in registry.EXTRAS["onnx"]):
-        engines.append("mlas")
+        engines += registry.ORT_RECIPES
     return engines
 
 
@@ -153,6 +153,10 @@ def check(precision: str, engine: str, ir: str | None = None) -> None:
         if engine != NO_ENGINE and engine not in engines:
             raise PQVError(f"engine '{engine}' does not run in .{' or .'.join(formats)} files",
                            f"use one of {', '.join(sorted(engines))}")
+        if engine != NO_ENGINE and not registry.runs(engine, precision):
+            takes = registry.ORT_RECIPES[engine]["precisions"]
+            raise PQVError(f"engine '{engine}' makes {' and '.join(takes)} files, not {precision}",
+                           f"use precision {' or '.join(takes)}, or another engine")
 
 
 @contextlib.contextmanager
@@ -183,7 +187,7 @@ def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", cali
             from . import ort
 
             example = calibration[0] if calibration else torch.zeros(1, *_input_size(model))
-            return ort.build(model, precision, example, calibration)
+            return ort.build(model, precision, example, calibration, recipe=ort.FP32_RECIPE if engine == NO_ENGINE else engine)
         model = layers.for_xnnpack(model)
         # torch.export traces shapes, not values: uncalibrated precisions read no image
         example = calibration[0] if calibration else torch.zeros(PROGRAM_BATCH, *_input_size(model))

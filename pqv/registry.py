@@ -28,17 +28,42 @@ class Status(str, Enum):
         return self.value
 
 
+# ONNX Runtime's quantization recipes, as the engines of its formats: every MLAS kernel is the same,
+# which recipe is fastest is not (the transformer optimizer made int8 files faster on an AVX2 EPYC
+# and slower on an AMX Xeon: docs/latency.md). They are files of the sweep, verified and timed like
+# every file, so `pqv choose` and the search ship whichever wins on the host that runs the sweep.
+# optimize: ORT's transformer optimizer and quantization pre-processing first (ORT's ViT advice);
+# per_channel: int8 weights per output channel (else one scale per tensor); qdq: int8_static as
+# QuantizeLinear/DequantizeLinear pairs (else QOperator's QLinearMatMul); precisions: where a
+# recipe differs from another at all (QDQ vs QOperator only exists for static int8).
+ORT_RECIPES = {
+    "mlas": {"optimize": True, "per_channel": True, "qdq": True,
+             "help": "ORT's documented ViT recipe: transformer optimizer, pre-processing, per-channel int8 weights, QDQ"},
+    "mlas_plain": {"optimize": False, "per_channel": True, "qdq": True,
+                   "help": "torch.onnx.export, then ORT's quantizer with per-channel weights, nothing else"},
+    "mlas_tensor": {"optimize": True, "per_channel": False, "qdq": True, "help": "the documented recipe, per-tensor int8 weights"},
+    "mlas_plain_tensor": {"optimize": False, "per_channel": False, "qdq": True, "help": "the plain recipe, per-tensor int8 weights"},
+    "mlas_qop": {"optimize": True, "per_channel": True, "qdq": False, "precisions": ("int8_static",),
+                 "help": "the documented recipe, static int8 in QOperator format (QLinearMatMul)"},
+}
+
 # Mobile formats: the intermediate representation the quantize stage writes for them, and the
 # quantized engines whose kernels their runtime has.
 FORMATS = {
     "ptl": {"ir": "ts", "engines": ("x86", "fbgemm", "qnnpack", "onednn"),
             "help": "TorchScript Lite Interpreter (the paper's format)"},
     "pte": {"ir": "pt2", "engines": ("xnnpack",), "help": "ExecuTorch with the XNNPACK delegate"},
-    # ONNX Runtime (pqv/ort.py), the runtime a user would pick instead: optional, the `onnx` extra
-    "onnx": {"ir": "onnx", "engines": ("mlas",), "needs": "onnx",
-             "help": "ONNX Runtime, CPU provider (MLAS kernels), after its transformer optimizer"},
-    "ort": {"ir": "onnx", "engines": ("mlas",), "needs": "onnx", "help": "ORT Mobile's format (ONNX Runtime's mobile packages)"},
+    # ONNX Runtime (pqv/ort.py), the runtime a user would pick instead; its engines are its recipes
+    "onnx": {"ir": "onnx", "engines": tuple(ORT_RECIPES), "needs": "onnx",
+             "help": "ONNX Runtime, CPU provider (MLAS kernels), one file per recipe (ORT_RECIPES)"},
+    "ort": {"ir": "onnx", "engines": tuple(ORT_RECIPES), "needs": "onnx",
+            "help": "ORT Mobile's format (ONNX Runtime's mobile packages), one file per recipe (ORT_RECIPES)"},
 }
+
+# The bar a user sets: the file they get without PQV, ONNX Runtime's plain int8 of the dense model
+# (evaluate.without_pqv adds it to every model's sweep; `pqv choose` prints each pick's speed-up over it).
+WITHOUT_PQV = {"importance": DENSE, "ratio": "0", "precision": "int8_dynamic", "engine": "mlas_plain", "format": "onnx"}
+WITHOUT_PQV_HELP = "ONNX Runtime's plain int8 dynamic file of the dense model (torch.onnx.export, quantize_dynamic)"
 ONNX_FORMATS = ("onnx", "ort")
 ONNX_TENSORS = ("x", "y")  # the input and output names their session.run takes (an app file says them)
 # Optional runtimes: the pip extra that installs them and the modules it must provide.
@@ -100,8 +125,13 @@ def combinations(precisions, engines, formats):
             if not PRECISIONS[precision]["quantized"]:
                 out.append((precision, NO_ENGINE, fmt))
                 continue
-            out += [(precision, e, fmt) for e in engines if e in FORMATS[fmt]["engines"]]
+            out += [(precision, e, fmt) for e in engines if e in FORMATS[fmt]["engines"] and runs(e, precision)]
     return out
+
+
+def runs(engine: str, precision: str) -> bool:
+    """Whether an engine makes a file of a precision (an ONNX Runtime recipe may apply to some only)."""
+    return precision in ORT_RECIPES.get(engine, {}).get("precisions", (precision,))
 
 
 def ir_of(fmt: str) -> str:

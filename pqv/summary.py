@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from . import sweep
 from .errors import PQVError
 from .registry import EAGER
 from .store import atomic_path
@@ -15,7 +16,7 @@ COLUMNS = KEYS + [
     "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
     "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs", "device",
     "threads", "warmup", "runs", "batch_size", "runtime", "accuracy_threads", "accuracy_workers", "accuracy_device",
-    "accuracy_images_per_s", "cpu", "cpu_features", "node_exclusive", "torch", "search", "artifact",
+    "accuracy_images_per_s", "cpu", "cpu_features", "node_exclusive", "torch", "search", "without_pqv", "artifact",
 ]
 
 
@@ -33,6 +34,8 @@ def collect(paths: list[str], searches: list[str] = ()) -> pd.DataFrame:
         rows[chosen]["search"] = "; ".join(filter(None, [rows[chosen].get("search"), mark]))
     table = pd.DataFrame(list(rows.values()))
     table["eager_top1"] = eager_top1(table)
+    # the file a user gets without PQV (evaluate.without_pqv): the bar `pqv choose` compares picks with
+    table["without_pqv"] = [sweep.is_without_pqv(row) for row in table[KEYS].to_dict("records")]
     table = table[[c for c in COLUMNS if c in table.columns]]
     return table.sort_values(KEYS, ignore_index=True)
 

@@ -36,9 +36,23 @@ def combinations(config: dict) -> list[tuple[str, str, str]]:
 
 
 def artifacts(config: dict) -> list[dict]:
-    """Every final artifact, as wildcard dicts (model, importance, ratio, precision, engine, format)."""
-    return [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, format=f)
-            for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)]
+    """Every final artifact, as wildcard dicts (model, importance, ratio, precision, engine, format),
+    each model's file without PQV (evaluate.without_pqv) included once."""
+    out = [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, format=f)
+           for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)]
+    out += [bar for bar in without_pqv(config) if bar not in out]
+    return out
+
+
+def without_pqv(config: dict) -> list[dict]:
+    """Each model's file without PQV (pqv.registry.WITHOUT_PQV), the bar its picks are compared with."""
+    if not config["evaluate"]["without_pqv"]:
+        return []
+    return [dict(model=m["id"], **registry.WITHOUT_PQV) for m in config["models"]]
+
+
+def is_without_pqv(artifact: dict) -> bool:
+    return all(str(artifact[k]) == v for k, v in registry.WITHOUT_PQV.items() if k != "ratio") and float(artifact["ratio"]) == 0
 
 
 def eager_baselines(config: dict) -> list[dict]:

@@ -33,7 +33,7 @@ def config(root) -> dict:
         "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 8, "warmup_epochs": 0},
         "quantize": {"precisions": ["fp32"]},
         "export": {"formats": ["ptl"], "check_images": 8},
-        "evaluate": {"threads": 1, "warmup": 1, "runs": 2, "eager_baseline": False},
+        "evaluate": {"threads": 1, "warmup": 1, "runs": 2, "eager_baseline": False, "without_pqv": False},
         "profile": {"artifacts": []},
     }
 

@@ -122,7 +122,8 @@ def test_its_app_file_names_the_tensors_session_run_takes(files):
 
 def test_onnx_and_ort_files_of_a_branch_share_one_quantize_job():
     config = C.check(merged({"quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86", "mlas"]},
-                             "export": {"formats": ["ptl", "onnx", "ort"]}, "profile": {"artifacts": []}}), default=DEFAULT)
+                             "export": {"formats": ["ptl", "onnx", "ort"]}, "profile": {"artifacts": []},
+                             "evaluate": {"without_pqv": False}}), default=DEFAULT)
     programs = Counter(wc["ir"] for rule, wc in sweep.jobs(config) if rule == "quantize")
     exports = Counter(wc["format"] for rule, wc in sweep.jobs(config) if rule == "export")
     branches = len(sweep.branches(config))
@@ -152,3 +153,73 @@ def test_a_cut_file_is_one_clear_error(files, tmp_path, fmt):
 def test_every_precision_pqv_lists_for_onnx_has_a_recipe():
     listed = {p for p, spec in registry.PRECISIONS.items() if set(registry.ONNX_FORMATS) & set(spec["formats"])}
     assert listed == set(ort.PRECISIONS)
+
+
+def _program(saved, folder, precision, engine):
+    path = folder / f"{precision}-{engine}.onnx"
+    quantize.run(str(saved), str(path), precision, engine, DIGITS, calibration_images=64)
+    return path
+
+
+def _weight_scales(path) -> list[int]:
+    """The size of each int8 weight's scale: 1 per tensor, the output width per channel."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_model(str(path)).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return sorted(values[name[: -len("_quantized")] + "_scale"].size for name in values
+                  if name.endswith("_quantized") and values[name].dtype == "int8")
+
+
+def test_each_onnx_runtime_recipe_builds_the_program_it_names(saved_tiny, tmp_path):
+    """(issue 39) ONNX Runtime's recipes are engines of its formats: the plain recipe skips the
+    transformer optimizer, per-tensor recipes give each weight one scale, QOperator makes
+    QLinearMatMul nodes; each is a file of the sweep, checked like every file (test_quantize_export)."""
+    plain = _ops(_program(saved_tiny, tmp_path, "int8_dynamic", "mlas_plain"))
+    assert plain["MatMulInteger"] == LINEARS and plain["SkipLayerNormalization"] == plain["Gelu"] == 0
+    assert plain["Erf"] == 2  # timm's GELU as exported, unfused
+    documented = _program(saved_tiny, tmp_path, "int8_dynamic", "mlas")
+    per_tensor = _program(saved_tiny, tmp_path, "int8_dynamic", "mlas_tensor")
+    assert _ops(per_tensor)["SkipLayerNormalization"] >= 2
+    assert set(_weight_scales(per_tensor)) == {1} and len(_weight_scales(per_tensor)) == LINEARS
+    assert min(_weight_scales(documented)) > 1  # per channel
+    assert set(_weight_scales(_program(saved_tiny, tmp_path, "int8_dynamic", "mlas_plain_tensor"))) == {1}
+    qop = _ops(_program(saved_tiny, tmp_path, "int8_static", "mlas_qop"))
+    assert qop["QLinearMatMul"] + qop["QGemm"] == LINEARS and qop["MatMulInteger"] == 0  # QOperator nodes, not QDQ pairs
+    static_plain = _ops(_program(saved_tiny, tmp_path, "int8_static", "mlas_plain"))
+    assert static_plain["SkipLayerNormalization"] == 0 and static_plain["QuantizeLinear"] >= LINEARS
+
+
+def test_a_recipe_of_one_precision_only_is_refused_for_another():
+    with pytest.raises(PQVError, match="engine 'mlas_qop' makes int8_static files, not int8_dynamic"):
+        quantize.check("int8_dynamic", "mlas_qop", "onnx")
+    config = C.check(merged({"quantize": {"precisions": ["int8_dynamic", "int8_static"], "engines": ["mlas", "mlas_qop"]},
+                             "export": {"formats": ["onnx"]}, "profile": {"artifacts": []}}), default=DEFAULT)
+    made = {(a["precision"], a["engine"]) for a in sweep.artifacts(config) if a["format"] == "onnx"}
+    assert ("int8_static", "mlas_qop") in made and ("int8_dynamic", "mlas_qop") not in made
+    with pytest.raises(PQVError, match="quantize.engines lists 'mlas_qop' but no quantized precision in quantize.precisions runs on it"):
+        C.check(merged({"quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas", "mlas_qop"]},
+                        "export": {"formats": ["onnx"]}}), default=DEFAULT)
+
+
+def test_the_file_without_pqv_joins_each_models_sweep_once():
+    config = C.check(merged({"profile": {"artifacts": []}}), default=DEFAULT)
+    bars = [a for a in sweep.artifacts(config) if sweep.is_without_pqv(a)]
+    assert bars == [{"model": m["id"], **registry.WITHOUT_PQV} for m in config["models"]]
+    # already in the grid: the same file, not a second one
+    config = C.check(merged({"quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas_plain"]},
+                             "export": {"formats": ["onnx"]}, "profile": {"artifacts": []}}), default=DEFAULT)
+    assert len([a for a in sweep.artifacts(config) if sweep.is_without_pqv(a)]) == len(config["models"])
+    off = C.check(merged({"evaluate": {"without_pqv": False}, "profile": {"artifacts": []}}), default=DEFAULT)
+    assert not any(sweep.is_without_pqv(a) for a in sweep.artifacts(off))
+
+
+def test_the_file_without_pqv_without_onnx_runtime_is_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(PQVError, match=r"evaluate.without_pqv is on, whose runtime needs onnxruntime, not installed here "
+                                       r"\(fix: .*set evaluate.without_pqv: false"):
+        C.check(merged({}), default=DEFAULT)

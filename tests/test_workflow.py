@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -25,7 +26,7 @@ TINY_CONFIG = {
     "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86"]},
     # a model trained for 3 epochs has small logits: int8's noise is a larger share of them
     "export": {"formats": ["ptl"], "min_cosine": 0.95},
-    "evaluate": {"threads": 1, "warmup": 1, "runs": 3},
+    "evaluate": {"threads": 1, "warmup": 1, "runs": 3, "without_pqv": False},  # on in one test of its own
     "profile": {"artifacts": [{"importance": "l2", "precision": "int8_dynamic"}], "runs": 2, "warmup": 1},
 }
 
@@ -273,6 +274,34 @@ def test_choose_picks_the_fastest_artifact_within_the_budget(finished):
     assert len(impossible.stderr.strip().splitlines()) == 1
 
 
+def test_the_file_without_pqv_is_a_row_of_its_own_and_every_pick_is_compared_with_it(finished, tmp_path):
+    """evaluate.without_pqv (issue 39): ONNX Runtime's plain int8 file of the dense model is built,
+    checked and measured like every file; the summary marks it, the figure shows it and `pqv choose`
+    prints each pick's speed-up over it. On a copy of the finished run: only its jobs are new."""
+    work = tmp_path / "run"
+    shutil.copytree(finished, work, symlinks=True)
+    config = {**TINY_CONFIG, "evaluate": {**TINY_CONFIG["evaluate"], "without_pqv": True}}
+    plan = scheduled(snakemake(work, "-n", config=config))
+    assert plan == Counter(quantize=1, export=1, accuracy=1, latency=1, summary=1, stage_costs=1, plot=1, all=1)
+    result = snakemake(work, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(work / "results/summary.csv")
+    bar = summary[summary["without_pqv"]]
+    assert len(bar) == 1
+    row = bar.iloc[0]
+    assert (row["importance"], row["ratio"], row["precision"], row["engine"], row["format"]) == (
+        "dense", 0, "int8_dynamic", "mlas_plain", "onnx")
+    assert row["status"] == "verified" and row["top1"] > 15 and row["runtime"].startswith("onnxruntime ")
+    assert row["artifact"].endswith("results/tiny/dense_0/export/int8_dynamic-mlas_plain.onnx")
+    chosen = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"),
+                             "--max-accuracy-loss", "100"], capture_output=True, text=True)
+    assert chosen.returncode == 0, chosen.stderr
+    fastest = summary[summary["format"] != "eager"].sort_values(["latency_ms_median", "size_mb"]).iloc[0]
+    line = next(x for x in chosen.stdout.splitlines() if x.strip().startswith("without PQV"))
+    assert f"{row['latency_ms_median'] / fastest['latency_ms_median']:.2f}x the speed of {row['artifact']}" in line
+    assert scheduled(snakemake(work, "-n", config=config)) == Counter()
+
+
 def test_report_gathers_figures_and_summary(finished):
     result = snakemake(finished, "--report", "report.zip")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -348,3 +377,47 @@ def test_a_stage_whose_code_changed_reruns_with_what_is_made_from_it(finished):
     assert scheduled(result) == Counter(quantize=6, export=6, accuracy=6, latency=6, profile=1, summary=1, plot=1,
                                         stage_costs=1, all=1), result.stderr[-2000:]
     assert scheduled(snakemake(finished, "-n")) == Counter()
+
+
+def test_a_replaced_weights_file_reruns_what_is_made_from_it_and_the_same_bytes_nothing(tmp_path):
+    """(issue 40) A local weights file is read by its content: replaced under its path (a retrained
+    base model, the same size), it reruns the model job and every job made from it; the same bytes
+    written back, touched, or copied to another path the config then names, rerun nothing."""
+    from safetensors.torch import save_file
+
+    from .conftest import tiny_vit
+
+    def write(path, seed):
+        save_file({k: v.contiguous() for k, v in tiny_vit(seed).state_dict().items()}, str(path))
+
+    weights = tmp_path / "base" / "w.safetensors"
+    weights.parent.mkdir()
+    write(weights, seed=0)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = {**TINY_CONFIG, "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": str(weights),
+                                         "kwargs": TINY_KWARGS}],
+              "prune": {**TINY_CONFIG["prune"], "importances": ["l2"]},
+              "quantize": {"precisions": ["fp32"], "engines": ["x86"]}, "profile": {"artifacts": []}}
+    planned = scheduled(snakemake(workdir, "-n", config=config))
+    result = snakemake(workdir, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert scheduled(snakemake(workdir, "-n", config=config)) == Counter()
+    # every job of this sweep but the data set's is made from the model
+    made_from_model = planned - Counter(data_train=1, data_eval=1)
+    assert {"model", "prune", "finetune", "keep_dense", "quantize", "export", "accuracy", "latency", "summary", "plot",
+            "stage_costs"} <= set(made_from_model) and made_from_model["prune"] == 2
+    original = weights.read_bytes()
+    write(weights, seed=1)  # retrained
+    assert len(weights.read_bytes()) == len(original) and weights.read_bytes() != original
+    assert scheduled(snakemake(workdir, "-n", config=config)) == made_from_model
+    weights.write_bytes(original)  # the same bytes again, with a new modification time
+    assert scheduled(snakemake(workdir, "-n", config=config)) == Counter()
+    later = weights.stat().st_mtime_ns + 10**10
+    os.utime(weights, ns=(later, later))  # touched
+    assert scheduled(snakemake(workdir, "-n", config=config)) == Counter()
+    moved = tmp_path / "elsewhere" / "base.safetensors"
+    moved.parent.mkdir()
+    weights.rename(moved)
+    config["models"] = [{**config["models"][0], "weights": str(moved)}]
+    assert scheduled(snakemake(workdir, "-n", config=config)) == Counter()

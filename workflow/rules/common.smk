@@ -67,7 +67,7 @@ wildcard_constraints:
     ratio="[0-9.]+",
     precision="|".join(T.PRECISIONS),
     ir="|".join(T.IRS),
-    engine="[a-z0-9]+",
+    engine="|".join([*T.ENGINES, T.NO_ENGINE]),
     format="|".join([*T.FORMATS, T.EAGER]),
 
 
