@@ -52,6 +52,8 @@ def _model(a):
     from . import model
     from .config import Model, filled_section, hparams
 
+    if a.weights:
+        a.model_cfg = {**a.model_cfg, "weights": model.planned_weights(a.weights, a.model_cfg.get("weights"))}
     a.model_cfg = filled_section(Model, a.model_cfg, "models[]")
     if a.model_cfg.get("weights") == "train":  # timm names and Mixup's batch, before anything is built
         hparams(a.model_cfg.get("train") or {}, "models[].train")
@@ -190,6 +192,8 @@ def _add_data(sub, c):
 def _add_model(sub, c):
     s = sub.add_parser("model", help="create or train the starting model")
     s.add_argument("--model-cfg", type=_json, required=True, help="one entry of `models`, as JSON")
+    s.add_argument("--weights", default=None, help="a local weights file, whose sha256 the entry's `weights` may "
+                   "give (as the workflow does: it reruns on the file's content, not its path)")
     s.add_argument("--data", **c["data"])
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True, help="per-epoch CSV")

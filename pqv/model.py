@@ -90,6 +90,21 @@ def _from_file(name: str, kwargs: dict, path: str) -> nn.Module:
     return archmod.create(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
 
 
+def planned_weights(path: str, planned: str | None) -> str:
+    """The weights file a model job reads, checked against the sha256 its workflow planned it with
+    (`models[].weights` in its settings is the file's `sha256:...`, pqv.reruns.FILE_KEYS): a file
+    replaced after the run was planned would otherwise be recorded under the old file's stamp. A
+    missing or unreadable file is left to _from_file, which names it with its fix."""
+    from .reruns import file_stamp
+
+    if planned and planned.startswith("sha256:"):
+        found = file_stamp(path)
+        if found.startswith("sha256:") and found != planned:
+            raise PQVError(f"weights file {path} changed after this run was planned (its sha256 is now {found[7:19]}..., "
+                           f"planned {planned[7:19]}...)", "run snakemake again: it reruns the model and what is made from it")
+    return path
+
+
 def _classifier_rows(name: str, path: str) -> int | None:
     import timm
 

@@ -10,6 +10,12 @@ rules pass as their `settings` param and put on the command line. A key without 
 an error here, so a new key cannot be forgotten. `table()` renders the declaration for
 docs/configuring.md.
 
+A key that names a file (`models[].weights: /path/w.safetensors`) is read by its content, not its
+path: `FILE_KEYS`. In a job's settings its value is the file's sha256 (`file_stamp`, hashed once
+per invocation and kept by path, size and modification time), and the path goes on the command line
+apart (`files`, not a param): a file replaced under its path reruns the job, the same bytes moved,
+copied or touched rerun nothing.
+
 Code changes are not settings: `VERSIONS` holds one number per stage, a rule param too. A change to
 a stage that alters what it makes bumps that stage's number, and an upgraded PQV reruns that stage
 and what is made from its outputs, nothing else (docs/configuring.md).
@@ -19,7 +25,9 @@ Torch-free: the Snakefile imports it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import shlex
 import typing
 from dataclasses import dataclass
@@ -65,6 +73,18 @@ CONDITIONS = {
     "trained": ("a model with weights: train", lambda config, wc: _model_entry(config, wc)["weights"] == "train"),
     "distilling": ("finetune.distill.enabled", lambda config, wc: bool(config["finetune"]["distill"]["enabled"])),
 }
+
+# Keys whose value can name a file a job reads, and the option that gives the job its path: a
+# `models[].weights` other than hub or train is a local weights file. What the job reads is the
+# file's content, so its setting is the file's sha256 (`file_stamp`: the bytes replaced under the
+# same path rerun the job and what is made from it), and the path is not a param (the same bytes at
+# another path, or touched, rerun nothing): the job checks the file against the sha256.
+FILE_KEYS = {("models", "weights"): ("--weights", lambda value: value not in ("hub", "train"))}
+
+
+def _names_file(key: Key, value) -> bool:
+    return key.path in FILE_KEYS and isinstance(value, str) and FILE_KEYS[key.path][1](value)
+
 
 # Stages whose command takes a config section as one JSON option (the keys it reads, nested as in the
 # config); every other stage takes each key it reads as `--key-name value`.
@@ -166,20 +186,52 @@ def launch_keys() -> tuple[str, ...]:
                  and not any(stage == "finetune" for stage, _ in k.reads))
 
 
-def settings(stage: str, config: dict, wc) -> dict[tuple[str, ...], object]:
-    """{key path: value} of every key a job of `stage` with wildcards `wc` reads and that is not at
-    its default (the command fills in its defaults from pqv.config): so a key added in a later
-    version, at its default, changes no job's params and reruns nothing."""
+def _read(stage: str, config: dict, wc):
+    """(key, value) of every key a job of `stage` with wildcards `wc` reads."""
     if stage not in STAGES:
         raise KeyError(stage)
-    out = {}
     for key in _read_by(stage):
         conditions = [c for s, c in key.reads if s == stage]
         if any(c is None or CONDITIONS[c][1](config, wc) for c in conditions):
-            value = _value(config, key, wc)
-            if key.default is PydanticUndefined or value != key.default:
-                out[key.path] = value
-    return out
+            yield key, _value(config, key, wc)
+
+
+def settings(stage: str, config: dict, wc, stamps: dict | None = None) -> dict[tuple[str, ...], object]:
+    """{key path: value} of every key a job of `stage` with wildcards `wc` reads and that is not at
+    its default (the command fills in its defaults from pqv.config): so a key added in a later
+    version, at its default, changes no job's params and reruns nothing. A key that names a file
+    has the file's `file_stamp` for its value (`stamps`: its cache), not the path (`files`)."""
+    return {key.path: file_stamp(value, stamps) if _names_file(key, value) else value
+            for key, value in _read(stage, config, wc) if key.default is PydanticUndefined or value != key.default}
+
+
+def files(stage: str, config: dict, wc) -> dict[str, str]:
+    """{option: path} of the files named in the config that a job reads (FILE_KEYS): the rule puts
+    them on the command line but not into its params; its settings hold their `file_stamp`."""
+    return {FILE_KEYS[key.path][0]: value for key, value in _read(stage, config, wc) if _names_file(key, value)}
+
+
+def file_stamp(path: str, cache: dict | None = None) -> str:
+    """`sha256:<hex>` of a file's bytes: the same for the same content at any path or time, so
+    only a changed file reruns what reads it. `cache` ({'file <absolute path>': [size, mtime_ns,
+    stamp]}, JSON-safe: the Snakefile shares it with the job processes a cluster starts) keeps a
+    file's stamp while its size and modification time stay, so an invocation hashes a file once
+    (a 350 MB DeiT-B file: about a second), not again in each job process it starts. A file that
+    cannot be read has a stamp that says why: its job then runs and reports the file with its fix."""
+    full = os.path.abspath(os.path.expanduser(path))
+    key = f"file {full}"
+    try:
+        st = os.stat(full)
+        known = (cache or {}).get(key)
+        if known and list(known[:2]) == [st.st_size, st.st_mtime_ns]:
+            return known[2]
+        with open(full, "rb") as f:
+            stamp = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        return f"unreadable: {type(e).__name__}"
+    if cache is not None:
+        cache[key] = [st.st_size, st.st_mtime_ns, stamp]
+    return stamp
 
 
 def _flag(name: str, value) -> str:
@@ -189,12 +241,12 @@ def _flag(name: str, value) -> str:
     return f"{option} {shlex.quote(str(value))}"
 
 
-def options(stage: str, config: dict, wc) -> str:
+def options(stage: str, config: dict, wc, stamps: dict | None = None) -> str:
     """The command-line options that carry a job's settings: the text its rule puts in its params
-    (so exactly a change of these reruns it) and on its command line."""
+    (so exactly a change of these reruns it) and on its command line. `stamps`: file_stamp's cache."""
     groups: dict[str, dict] = {option: {} for option in JSON_OPTIONS.get(stage, {}).values()}  # given even if empty
     flags = []
-    for path, value in settings(stage, config, wc).items():
+    for path, value in settings(stage, config, wc, stamps).items():
         option = JSON_OPTIONS.get(stage, {}).get(path[0])
         if option is None:
             flags.append(_flag(path[-1], value))
@@ -210,6 +262,8 @@ def options(stage: str, config: dict, wc) -> str:
 def describe(key: Key) -> str:
     """Who reads a key, in words."""
     parts = [f"`{stage}`" + (f" ({CONDITIONS[c][0]})" if c else "") for stage, c in key.reads]
+    if key.path in FILE_KEYS:
+        parts[-1] += " (a local file: by its content's sha256, not its path)"
     if key.sweep:
         parts.append("which jobs the sweep has")
     return "; ".join(parts) if parts else "nothing (how a job runs)"
@@ -222,7 +276,8 @@ def table() -> str:
     for key in keys():
         parent, leaf = key.name.rpartition(".")[0], key.name.rpartition(".")[2]
         last = rows[-1] if rows else None
-        if last and last[0] == parent and (last[2].reads, last[2].sweep, last[2].kind) == (key.reads, key.sweep, key.kind):
+        if last and last[0] == parent and (last[2].reads, last[2].sweep, last[2].kind, last[2].path in FILE_KEYS) == \
+                (key.reads, key.sweep, key.kind, key.path in FILE_KEYS):
             last[1].append(leaf)
         else:
             rows.append((parent, [leaf], key))

@@ -381,8 +381,9 @@ def test_a_stage_whose_code_changed_reruns_with_what_is_made_from_it(finished):
 
 def test_a_replaced_weights_file_reruns_what_is_made_from_it_and_the_same_bytes_nothing(tmp_path):
     """(issue 40) A local weights file is read by its content: replaced under its path (a retrained
-    base model, the same size), it reruns the model job and every job made from it; the same bytes
-    written back, touched, or copied to another path the config then names, rerun nothing."""
+    base model, the same size), it reruns the model job and every job made from it, and so does a
+    file gone; the same bytes written back, touched, or moved to another path the config then
+    names, rerun nothing."""
     from safetensors.torch import save_file
 
     from .conftest import tiny_vit
@@ -419,5 +420,6 @@ def test_a_replaced_weights_file_reruns_what_is_made_from_it_and_the_same_bytes_
     moved = tmp_path / "elsewhere" / "base.safetensors"
     moved.parent.mkdir()
     weights.rename(moved)
+    assert scheduled(snakemake(workdir, "-n", config=config)) == made_from_model  # gone: the model job says so
     config["models"] = [{**config["models"][0], "weights": str(moved)}]
     assert scheduled(snakemake(workdir, "-n", config=config)) == Counter()

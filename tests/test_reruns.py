@@ -1,0 +1,114 @@
+"""What a job's params hold (pqv.reruns): a file the config names is read by its content, not its path.
+
+tests/test_workflow.py checks what Snakemake then schedules; these check the pieces without it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pqv import reruns
+from pqv.config import filled
+from pqv.errors import PQVError
+
+from .conftest import TIMM_NAME, TINY_KWARGS
+
+
+def config_with(weights: str) -> dict:
+    return filled({"dataset": {"name": "digits"},
+                   "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": weights, "kwargs": TINY_KWARGS}]})
+
+
+def model_cfg(options: str) -> dict:
+    """The --model-cfg JSON of a model job's options."""
+    import shlex
+
+    words = shlex.split(options)
+    return json.loads(words[words.index("--model-cfg") + 1])
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"base model weights " * 1000)
+    return path
+
+
+def test_a_weights_file_is_in_the_model_jobs_settings_by_its_sha256_and_its_path_is_not(weights):
+    import hashlib
+
+    config = config_with(str(weights))
+    options = reruns.options("model", config, {"model": "tiny"})
+    assert model_cfg(options)["weights"] == "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert str(weights) not in options and "w.safetensors" not in options
+    assert reruns.files("model", config, {"model": "tiny"}) == {"--weights": str(weights)}
+    # no other stage reads it
+    assert all(not reruns.files(stage, config, {"model": "tiny", "importance": "l2", "ratio": "0.5"})
+               for stage in ("prune", "finetune"))
+
+
+@pytest.mark.parametrize("weights, in_settings", [("train", "train"), ("hub", None)])
+def test_hub_and_train_are_settings_as_before_and_name_no_file(weights, in_settings):
+    config = config_with(weights)
+    assert model_cfg(reruns.options("model", config, {"model": "tiny"})).get("weights") == in_settings
+    assert reruns.files("model", config, {"model": "tiny"}) == {}
+
+
+def test_the_stamp_follows_the_content_not_the_path_nor_the_time(weights, tmp_path):
+    stamp = reruns.file_stamp(str(weights))
+    assert stamp.startswith("sha256:")
+    moved = tmp_path / "elsewhere" / "w.safetensors"
+    moved.parent.mkdir()
+    shutil.copyfile(weights, moved)
+    os.utime(moved, ns=(1, 1))
+    assert reruns.file_stamp(str(moved)) == stamp  # moved, copied, touched: the same bytes
+    retrained = bytearray(weights.read_bytes())
+    retrained[100] ^= 1  # one bit of a file of the same size
+    weights.write_bytes(bytes(retrained))
+    assert reruns.file_stamp(str(weights)) != stamp
+    assert reruns.file_stamp(str(tmp_path / "missing.safetensors")) == "unreadable: FileNotFoundError"
+
+
+def test_a_file_is_hashed_once_while_its_size_and_time_stay(weights):
+    """The cache is what the Snakefile shares with a cluster's job processes (through the
+    environment, as JSON): a job process finds the stamp there instead of hashing the file again."""
+    cache: dict = {}
+    stamp = reruns.file_stamp(str(weights), cache)
+    cache = json.loads(json.dumps(cache))  # as a job process reads it back (pqv.resources.shared_plan)
+    (key, (size, mtime_ns, kept)), = cache.items()
+    assert (key, kept) == (f"file {weights}", stamp)
+    cache[key][2] = "sha256:kept"  # a stamp the file does not have: found by size and time, not hashed again
+    assert reruns.file_stamp(str(weights), cache) == "sha256:kept"
+    os.utime(weights, ns=(mtime_ns + 10**9, mtime_ns + 10**9))  # touched: hashed again, the same content
+    assert reruns.file_stamp(str(weights), cache) == stamp and cache[key][2] == stamp
+    config = config_with(str(weights))
+    assert model_cfg(reruns.options("model", config, {"model": "tiny"}, cache))["weights"] == stamp
+
+
+def test_the_table_says_the_weights_are_read_by_content():
+    row = next(line for line in reruns.table().splitlines() if line.startswith("| `models[].weights`"))
+    assert "content's sha256, not its path" in row
+
+
+def test_a_model_job_refuses_a_file_replaced_after_its_run_was_planned(weights, tmp_path):
+    """The job's settings hold the sha256 its run was planned with: a file replaced since then is
+    one line, not a model recorded under the old file's stamp."""
+    from pqv import model
+
+    planned = reruns.file_stamp(str(weights))
+    assert model.planned_weights(str(weights), planned) == str(weights)
+    weights.write_bytes(b"retrained")
+    with pytest.raises(PQVError, match="changed after this run was planned"):
+        model.planned_weights(str(weights), planned)
+    missing = str(tmp_path / "missing.safetensors")  # left to the model stage's own error
+    assert model.planned_weights(missing, planned) == missing
+    cfg = {"id": "tiny", "timm_name": TIMM_NAME, "weights": planned, "kwargs": TINY_KWARGS}
+    result = subprocess.run([sys.executable, "-m", "pqv", "model", "--model-cfg", json.dumps(cfg), "--weights", str(weights),
+                             "--data", "unused.json", "--out", str(tmp_path / "m.safetensors"), "--metrics",
+                             str(tmp_path / "m.csv")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "changed after this run was planned" in result.stderr, result.stderr
+    assert not (tmp_path / "m.safetensors").exists()
