@@ -113,8 +113,9 @@ def _unchecked_weak(points: list[float], results: dict, b: int) -> int | None:
 
 def next_probes(points: list[float], results: dict, parallel: int = 1, max_probes: int = 8) -> list[float]:
     """The ratios the next round probes: the point above a WEAK bounding failure first, then points
-    evenly inside the open interval, none already probed, `parallel` in all; none when the interval
-    is one step wide (and its failure checked) or the probes are spent."""
+    evenly inside the open interval, none already probed (a pick already probed gives way to the
+    nearest open point), `parallel` in all; none when no point inside the interval is left open
+    (and its failure checked) or the probes are spent."""
     a, b = interval(points, results)
     made = sum(1 for r in results if r != points[0])  # the dense artifact is not a probe
     left = min(parallel, max_probes - made)
@@ -125,10 +126,14 @@ def next_probes(points: list[float], results: dict, parallel: int = 1, max_probe
     if check is not None:
         picked.append(check)
         left -= 1
-    if b - a > 1 and left > 0:
-        k = min(left, b - a - 1)
-        picked += [a + max(1, min(b - a - 1, round((b - a) * j / (k + 1)))) for j in range(1, k + 1)]
-    return [points[i] for i in sorted(set(picked)) if points[i] not in results]
+    # Points inside the interval may be probed already (weak failures below a pass leave them open):
+    # each evenly spaced pick that was probed gives way to the nearest open point not picked yet.
+    free = [i for i in range(a + 1, b) if points[i] not in results]
+    k = min(left, len(free))
+    for j in range(1, k + 1):
+        target = a + max(1, min(b - a - 1, round((b - a) * j / (k + 1))))
+        picked.append(min((i for i in free if i not in picked), key=lambda i: (abs(i - target), i)))
+    return [points[i] for i in sorted(set(picked))]
 
 
 def simulate(curve, points: list[float], parallel: int = 1, max_probes: int = 8) -> tuple[float, list[list[float]]]:

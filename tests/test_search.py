@@ -256,3 +256,38 @@ def test_choose_prints_a_searchs_choice_without_a_budget_of_its_own(tmp_path, ca
     pd.DataFrame(rows[:1]).to_csv(tmp_path / "summary.csv", index=False)
     with pytest.raises(PQVError, match="has no accuracy-budget search's choice to print"):
         choose.run(str(tmp_path / "summary.csv"), None)
+
+
+def test_evenly_spaced_picks_already_probed_give_way_to_other_open_points():
+    """Issue 40: with weak failures below a pass, the evenly spaced picks of the open interval can
+    be probes already made; the round then takes the nearest open points instead of none (which
+    ended the search at 0 with probes unspent)."""
+    results = {0.0: search.PASS, 0.1: search.WEAK, 0.2: search.WEAK, 0.3: search.FAIL, 0.65: search.PASS}
+    nxt = search.next_probes(POINTS, results, parallel=2, max_probes=8)
+    assert len(nxt) == 2 and all(0 < r < 0.3 and r not in results for r in nxt), nxt
+    curve = {0.1: search.WEAK, 0.2: search.WEAK, 0.3: search.FAIL, 0.65: search.PASS}
+    answer, rounds = search.simulate(lambda r: curve.get(r, search.PASS if r < 0.3 else search.FAIL), POINTS,
+                                     parallel=2, max_probes=99)
+    assert rounds[:2] == [[0.3, 0.65], [0.1, 0.2]]  # the state above, reached by the rule itself
+    assert answer == 0.25
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_on_non_monotone_curves_the_search_ends_only_when_the_interval_is_probed_or_the_probes_are_spent(parallel):
+    """Random verdicts (no order at all): every round asks for new points, none twice, and the search
+    stops only when no grid point inside the open interval is left unprobed or max_probes is spent."""
+    import random
+
+    rng = random.Random(40)
+    for trial in range(300):
+        verdicts = {r: rng.choice([search.PASS, search.PASS, search.WEAK, search.FAIL]) for r in POINTS}
+        verdicts[0.0] = search.PASS
+        budget = rng.choice([4, 8, 99])
+        answer, rounds = search.simulate(verdicts.__getitem__, POINTS, parallel=parallel, max_probes=budget)
+        probed = [r for rnd in rounds for r in rnd]
+        assert len(probed) == len(set(probed)) and 0.0 not in probed and all(rounds)
+        results = {0.0: search.PASS, **{r: verdicts[r] for r in probed}}
+        a, b = search.interval(POINTS, results)
+        assert POINTS[a] == answer
+        if len(probed) < budget:
+            assert all(POINTS[i] in results for i in range(a + 1, b)), (trial, results)
