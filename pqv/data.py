@@ -77,12 +77,15 @@ def class_folders(folder: Path) -> list[str]:
         return sorted(e.name for e in entries if not hidden(e.name) and e.is_dir())
 
 
-def images_in(folder: Path) -> list[str]:
+def images_in(folder: Path, above: tuple = ()) -> list[str]:
     """Image files under a class folder (as ImageFolder finds them, links followed, hidden entries
-    left out), relative to it, sorted."""
+    left out), relative to it, sorted; `above`: the split's folder (_enter), for a link back to it."""
     found = []
+    above = {os.fspath(folder): _enter(Path(folder), above)}  # each folder's chain of real folders, itself last
     for root, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not hidden(d))
+        for d in dirs:
+            above[os.path.join(root, d)] = _enter(Path(root, d), above[root])
         rel = Path(root).relative_to(folder)
         found += [str(rel / n) for n in sorted(names) if not hidden(n) and n.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found)
@@ -102,23 +105,39 @@ def stamp(spec: dict, split: str) -> str:
     if spec["name"] == "imagefolder":
         folder = split_folder(spec, split)
         try:
+            split_root = _enter(folder, ())
             for name in class_folders(folder):
-                parts += [f"class {name}", *_files(folder / name, name)]
+                parts += [f"class {name}", *_files(folder / name, name, split_root)]
         except OSError as e:  # the data job reports it with its fix
             parts.append(f"{split}: {type(e).__name__}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _files(folder: Path, rel: str) -> list[str]:
+def _enter(folder: Path, above: tuple) -> tuple:
+    """The chain of real folders (device, inode) from the split down to `folder`; a folder that is
+    one of those above it (a symbolic link back up the tree) is a loop, which a walk following links
+    would go round without end: one line naming the link and the fix."""
+    st = folder.stat()
+    key = (st.st_dev, st.st_ino)
+    if key in above:
+        link = next((p for p in (folder, *folder.parents) if p.is_symlink()), folder)
+        raise PQVError(f"symbolic link loop in the data tree: {link} links to {os.path.realpath(link)}, so "
+                       f"{folder} is {os.path.realpath(folder)}, a folder above it",
+                       f"remove the link {link}, or point it at a folder outside the data tree")
+    return (*above, key)
+
+
+def _files(folder: Path, rel: str, above: tuple = ()) -> list[str]:
     """'path size mtime' of every image under a folder, in the order images_in lists them."""
     out = []
+    above = _enter(folder, above)
     with os.scandir(folder) as entries:
         entries = sorted(entries, key=lambda e: e.name)
         for entry in entries:
             if hidden(entry.name):
                 continue
             if entry.is_dir():  # follows a link to a folder, as os.walk(followlinks=True) does
-                out += _files(Path(entry.path), f"{rel}/{entry.name}")
+                out += _files(Path(entry.path), f"{rel}/{entry.name}", above)
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 st = entry.stat()
                 out.append(f"{rel}/{entry.name} {st.st_size} {st.st_mtime_ns}")
@@ -197,7 +216,8 @@ def _listing(spec: dict, splits: tuple[str, ...], classes: list[str] | None) -> 
         names = class_folders(folder)
         if not names:
             raise PQVError(f"data folder {folder} has no class folders", "an ImageFolder split holds one folder of images per class")
-        found[split] = {c: images_in(folder / c) for c in names}
+        split_root = _enter(folder, ())
+        found[split] = {c: images_in(folder / c, split_root) for c in names}
     classes = list(found["train"]) if "train" in found else classes
     if "eval" in found:
         extra = [c for c in found["eval"] if c not in classes]

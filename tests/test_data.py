@@ -433,3 +433,23 @@ def test_a_gray_photo_set_learns_what_its_rgb_twin_learns(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert learned["L"] == learned["RGB"] and learned["L"][1] == 100.0
+
+
+@pytest.mark.parametrize("where", ["train/bird/again", "train/bird/deeper/up", "train/cat"])
+def test_a_symbolic_link_loop_is_one_line_naming_the_link(tmp_path, where):
+    """A link back up the tree (to the split, the class, or a class that is a link to its split):
+    a walk following links goes round it (two such links: 2^40 folders before the kernel's ELOOP).
+    The stamp and the data job stop with one line naming the link and the fix."""
+    spec = tree(tmp_path, CLASSES[:2], per_class=2)
+    link = tmp_path / where
+    target = {"train/bird/again": tmp_path / "train" / "bird", "train/bird/deeper/up": tmp_path / "train",
+              "train/cat": tmp_path / "train"}[where]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+    message = rf"symbolic link loop in the data tree: {link} links to {target}, so .* a folder above it " \
+              rf"\(fix: remove the link {link}, or point it at a folder outside the data tree\)"
+    with pytest.raises(PQVError, match=message):
+        data.stamp(spec, "train")
+    with pytest.raises(PQVError, match=message):
+        data.scan(spec, split="train")
+    data.stamp(spec, "eval")  # the other split is not affected

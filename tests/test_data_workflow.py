@@ -186,3 +186,16 @@ def test_the_sweep_lists_each_class_folder_once(sweep):
     by_planning = Counter(p for p in planning if p in class_folders)
     assert set(by_planning) == class_folders and all(n <= 2 for n in by_planning.values()), by_planning
 
+
+def test_a_symbolic_link_loop_in_the_tree_stops_planning_with_one_line(tmp_path):
+    """The stamp is computed while Snakemake plans: a link back up the tree is pqv's one line there."""
+    root = tmp_path / "data"
+    make_tree(root)
+    (root / "train" / "red" / "up").symlink_to(root / "train", target_is_directory=True)
+    (tmp_path / "work").mkdir()
+    result = snakemake(tmp_path / "work", "-n", config=config(root))
+    err = result.stdout + result.stderr
+    assert result.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    assert line.startswith("pqv data: error: symbolic link loop in the data tree: ") and str(root / "train/red/up") in line
