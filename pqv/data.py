@@ -196,13 +196,24 @@ def _digits(spec: dict, wanted: tuple[str, ...] = SPLITS) -> dict:
 
 
 def check_folders(spec: dict) -> None:
-    """An ImageFolder data set's split folders exist (the Snakefile asks before a run's first job)."""
+    """An ImageFolder data set's split folders exist and the evaluation split has no class the
+    training split lacks (the Snakefile asks before a run's first job: a listing of the class
+    folders, no image read, so the mistake is named before a model is trained)."""
     if spec.get("name") != "imagefolder":
         return
     for split in SPLITS:
         folder = split_folder(spec, split)
         if not folder.is_dir():
             raise PQVError(f"data folder {folder} does not exist", f"check dataset.root and dataset.{split}_dir in the config")
+    _check_classes(spec, class_folders(split_folder(spec, "train")), class_folders(split_folder(spec, "eval")))
+
+
+def _check_classes(spec: dict, classes: list[str], eval_classes) -> None:
+    extra = [c for c in eval_classes if c not in classes]
+    if extra:
+        raise PQVError(f"the evaluation split {split_folder(spec, 'eval')} has class(es) the training split lacks: "
+                       f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''} (the model has no output for them)",
+                       "add them to the training split, or remove them from the evaluation split")
 
 
 def _listing(spec: dict, splits: tuple[str, ...], classes: list[str] | None) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
@@ -220,11 +231,7 @@ def _listing(spec: dict, splits: tuple[str, ...], classes: list[str] | None) -> 
         found[split] = {c: images_in(folder / c, split_root) for c in names}
     classes = list(found["train"]) if "train" in found else classes
     if "eval" in found:
-        extra = [c for c in found["eval"] if c not in classes]
-        if extra:
-            raise PQVError(f"the evaluation split {split_folder(spec, 'eval')} has class(es) the training split lacks: "
-                           f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''} (the model has no output for them)",
-                           "add them to the training split, or remove them from the evaluation split")
+        _check_classes(spec, classes, found["eval"])
     empty = [f"{split}/{c}" for split in splits for c, files in found[split].items() if not files]
     if empty:
         raise PQVError(f"{len(empty)} empty class folder(s) in {spec['root']}: {', '.join(empty[:SHOWN])}",

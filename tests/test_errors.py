@@ -263,6 +263,24 @@ def test_a_run_whose_data_folder_is_missing_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
+def test_an_evaluation_class_the_training_split_lacks_stops_the_run_before_any_job(tmp_path):
+    """(issue 40) Found by listing the class folders when the run starts, not by the evaluation
+    split's data job after the model job has trained: no image is read, no job runs."""
+    from PIL import Image
+
+    for split, classes in (("train", ("a", "b")), ("val", ("a", "b", "c"))):
+        for c in classes:
+            (tmp_path / "photos" / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8), 40 * len(c)).save(tmp_path / "photos" / split / c / "0.png")
+    config = {**TINY_CONFIG, "dataset": {"name": "imagefolder", "root": str(tmp_path / "photos")}}
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 2
+    assert (f"pqv config: error: the evaluation split {tmp_path / 'photos' / 'val'} has class(es) the training split "
+            "lacks: c (the model has no output for them)") in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
 @pytest.mark.parametrize("change, fragments", [
     ({"prun": {"ratios": [0.25]}}, ["unknown key 'prun' (did you mean 'prune'?)", "(fix: rename it to 'prune')"]),
     ({"quantize": {"precisions": ["int8_dynamc"]}}, ["did you mean 'int8_dynamic'?"]),
