@@ -136,13 +136,15 @@ class Dataset(Section):
 
     name: Literal["digits", "imagefolder"] = setting(description="digits: scikit-learn's bundled 8x8 digits; "
                                                                "imagefolder: root/<train_dir or eval_dir>/<class>/*", reads='data_train data_eval')
-    root: Optional[str] = setting(None, description="ImageFolder root holding train_dir and eval_dir", reads='data_train data_eval')
-    train_dir: str = setting("train", description="the training split's folder under root", reads='data_train')
-    eval_dir: str = setting("val", description="the evaluation split's folder under root", reads='data_eval')
+    root: Optional[str] = setting(None, description="ImageFolder root holding train_dir and eval_dir",
+                                  reads='data_train:imagefolder data_eval:imagefolder')
+    train_dir: str = setting("train", description="the training split's folder under root", reads='data_train:imagefolder')
+    eval_dir: str = setting("val", description="the evaluation split's folder under root", reads='data_eval:imagefolder')
     max_train: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the training split", reads='data_train')
     max_eval: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads='data_eval')
     workers: int = setting(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns nothing)", reads='none')
-    split_seed: int = setting(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets", reads='data_train data_eval')
+    split_seed: int = setting(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets",
+                              reads='data_train:drawn_train data_eval:drawn_eval')
 
 
 class Model(Section):

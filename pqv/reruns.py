@@ -57,6 +57,11 @@ def _model_entry(config: dict, wc) -> dict:
     return next(m for m in config["models"] if m["id"] == wc["model"])
 
 
+def _drawn(config: dict, split: str) -> bool:
+    """Whether a split's images are drawn at random (split_seed): the digits split, or a max_ subset."""
+    return config["dataset"]["name"] == "digits" or config["dataset"].get(f"max_{split}") is not None
+
+
 # Conditions on a job (its wildcards, and the config) under which a stage's job reads a key.
 CONDITIONS = {
     "pruned": ("a pruned branch (ratio > 0)", lambda config, wc: _pruned(wc)),
@@ -72,6 +77,9 @@ CONDITIONS = {
     "ptl": (".ptl files", lambda config, wc: wc["format"] == "ptl"),
     "trained": ("a model with weights: train", lambda config, wc: _model_entry(config, wc)["weights"] == "train"),
     "distilling": ("finetune.distill.enabled", lambda config, wc: bool(config["finetune"]["distill"]["enabled"])),
+    "imagefolder": ("an imagefolder data set", lambda config, wc: config["dataset"]["name"] == "imagefolder"),
+    "drawn_train": ("digits, or a max_train subset", lambda config, wc: _drawn(config, "train")),
+    "drawn_eval": ("digits, or a max_eval subset", lambda config, wc: _drawn(config, "eval")),
 }
 
 # Keys whose value can name a file a job reads, and the option that gives the job its path: a
@@ -203,6 +211,15 @@ def settings(stage: str, config: dict, wc, stamps: dict | None = None) -> dict[t
     has the file's `file_stamp` for its value (`stamps`: its cache), not the path (`files`)."""
     return {key.path: file_stamp(value, stamps) if _names_file(key, value) else value
             for key, value in _read(stage, config, wc) if key.default is PydanticUndefined or value != key.default}
+
+
+def section_read(stage: str, config: dict, wc, section: str) -> dict:
+    """A config section as a job of `stage` sees it: the keys it reads with their values, the others
+    at their defaults. What a stamp of the job hashes besides its files (pqv.data.stamp hashes the
+    dataset section), so a key the job does not read (dataset.root of the digits) changes no stamp."""
+    read = {key.path[1]: value for key, value in _read(stage, config, wc) if key.path[0] == section}
+    return {key.path[1]: read.get(key.path[1], key.default) for key in keys()
+            if key.path[0] == section and len(key.path) == 2 and (key.path[1] in read or key.default is not PydanticUndefined)}
 
 
 def files(stage: str, config: dict, wc) -> dict[str, str]:

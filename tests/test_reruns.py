@@ -112,3 +112,47 @@ def test_a_model_job_refuses_a_file_replaced_after_its_run_was_planned(weights, 
                              str(tmp_path / "m.csv")], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "changed after this run was planned" in result.stderr, result.stderr
     assert not (tmp_path / "m.safetensors").exists()
+
+
+# ---- the dataset keys a data job reads (issue 40, item 3) ----------------------------------------
+
+def data_config(**dataset) -> dict:
+    return filled({"dataset": dataset, "models": [{"id": "tiny", "timm_name": TIMM_NAME}]})
+
+
+def test_the_digits_read_no_folder_keys():
+    """dataset.root, train_dir and eval_dir name ImageFolder folders: under the digits no job reads
+    them, so neither the data jobs' settings nor their stamps change with them."""
+    from pqv import data
+
+    plain, foldered = data_config(name="digits"), data_config(name="digits", root="/elsewhere", train_dir="t", eval_dir="v")
+    for stage, split in (("data_train", "train"), ("data_eval", "eval")):
+        assert reruns.options(stage, foldered, {}) == reruns.options(stage, plain, {})
+        assert data.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == \
+            data.stamp(reruns.section_read(stage, plain, {}, "dataset"), split)
+    # under imagefolder they are read
+    assert '"root": "/a"' in reruns.options("data_train", data_config(name="imagefolder", root="/a"), {})
+
+
+def test_split_seed_is_read_where_images_are_drawn(tmp_path):
+    """The digits split is drawn with split_seed, and so are max_train/max_eval subsets; a whole
+    ImageFolder split is not: there a changed split_seed reruns nothing."""
+    from pqv import data
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        (tmp_path / split / "cat" / "0.jpg").write_bytes(b"not decoded by the stamp")
+
+    def read(stage, **dataset):
+        config = data_config(**dataset)
+        spec = reruns.section_read(stage, config, {}, "dataset")
+        return ("dataset", "split_seed") in reruns.settings(stage, config, {}), data.stamp(spec, stage.removeprefix("data_"))
+
+    whole = dict(name="imagefolder", root=str(tmp_path))
+    for stage in ("data_train", "data_eval"):
+        assert read(stage, **whole) == read(stage, **whole, split_seed=7)
+        assert not read(stage, **whole, split_seed=7)[0]
+        assert read(stage, name="digits", split_seed=7)[0]
+    assert read("data_train", **whole, max_train=1, split_seed=7)[0]
+    assert not read("data_eval", **whole, max_train=1, split_seed=7)[0]  # the evaluation split is whole
+    assert read("data_eval", **whole, max_eval=1, split_seed=7)[0]
