@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .errors import PQVError
-from .registry import EAGER, WITHOUT_PQV_HELP, Status
+from .registry import EAGER, NO_STATUS, WITHOUT_PQV_HELP, Status
 from .search import REFERENCE, reference_top1
 
 SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
@@ -20,17 +20,29 @@ def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -
     if dense.empty:
         raise PQVError("the summary has no dense FP32 row to measure accuracy loss against",
                        "keep 0.0 in prune.ratios and fp32 in quantize.precisions")
-    reference = dense.groupby("model").apply(lambda rows: reference_top1(rows.to_dict("records"))).rename("reference_top1")
+    reference = pd.Series({m: reference_top1(rows.to_dict("records")) for m, rows in dense.groupby("model")},
+                          name="reference_top1", dtype=float)  # NaN: no verified dense FP32 file
     table = table.join(reference, on="model")
     table = table.assign(accuracy_loss=table["reference_top1"] - table["top1"])
     shippable = table[table["format"] != EAGER]
-    if "status" in shippable:  # a recipe that failed its export check is never picked
-        shippable = shippable[shippable["status"].fillna(Status.VERIFIED.value) == Status.VERIFIED.value]
+    # a recipe that failed its export check is never picked, and neither is a file without a status
+    shippable = shippable[statuses(shippable).map(Status.shippable).astype(bool)]
     return shippable[shippable["accuracy_loss"] <= max_loss]
+
+
+def statuses(table: pd.DataFrame) -> pd.Series:
+    """Each row's status; none at all in a summary from before statuses."""
+    return table["status"] if "status" in table else pd.Series(None, index=table.index, dtype=object)
 
 
 def choose(table: pd.DataFrame, max_loss: float, model: str | None = None) -> dict[str, pd.Series]:
     ok = candidates(table, max_loss, model)
+    files = table[(table["format"] != EAGER) & ((table["model"] == model) if model is not None else True)]
+    if ok.empty and not statuses(files).map(Status.shippable).any():
+        words = statuses(files).map(Status.word).value_counts()
+        raise PQVError(f"no file of the summary is {Status.VERIFIED} ("
+                       + ", ".join(f"{n} {word if word != NO_STATUS else 'with no status'}" for word, n in words.items())
+                       + "): nothing to ship", "rerun the workflow (snakemake --cores N), which checks every file")
     if ok.empty:
         raise PQVError(f"no artifact loses at most {max_loss} top-1 points", "allow a larger --max-accuracy-loss")
     return {
@@ -66,7 +78,7 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
         print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %, {REFERENCE}):")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
-        print(f"  {'for the app':18} {row['artifact']}.app.json (labels, input, preprocessing: docs/formats.md)")
+        print(f"  {'for the app':18} {app_file(row['artifact'], summary_csv)}")
         print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     for _, row in searched(table, model).iterrows():
         print(f"{row['model']}: {row['search']}:")
@@ -74,6 +86,22 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
             print(f"  {key:18} {row[key]}")
         print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     return picks
+
+
+def app_file(artifact: str, summary_csv: str) -> str:
+    """Where a pick's app file is (docs/formats.md), or that it is missing and how to make it. An
+    artifact's path is the workflow folder's: looked for from here, then from each folder above the
+    summary (run from elsewhere, or `--summary` another sweep's)."""
+    from pathlib import Path
+
+    from .appfile import path_of
+
+    rel = Path(path_of(artifact))
+    for folder in (Path.cwd(), *Path(summary_csv).resolve().parents):
+        if (folder / rel).is_file():
+            return f"{rel if folder == Path.cwd() or rel.is_absolute() else folder / rel} (labels, input, preprocessing: docs/formats.md)"
+    return (f"missing: no {rel} (a summary from before app files, or the file was moved; rerun the workflow, "
+            "snakemake --cores N, which writes it beside the file)")
 
 
 def against_without_pqv(table: pd.DataFrame, row: pd.Series) -> str:
@@ -84,9 +112,9 @@ def against_without_pqv(table: pd.DataFrame, row: pd.Series) -> str:
         return "not measured (evaluate.without_pqv: true measures it)"
     bar = bars.iloc[0]
     status = bar.get("status")
-    if status != Status.VERIFIED.value:  # no status is no verification either
-        why = f": {bar['reason']}" if isinstance(bar.get("reason"), str) else ""
-        return f"{bar['artifact']} is {status if isinstance(status, str) else 'unchecked'}{why}: no bar to compare with"
+    if not Status.shippable(status):  # no status is no verification either
+        why = f": {bar['reason']}" if isinstance(bar.get("reason"), str) and bar["reason"] else ""
+        return f"{bar['artifact']}'s status is {Status.word(status)}{why}: no bar to compare with"
     speedup = bar["latency_ms_median"] / row["latency_ms_median"]
     return (f"{speedup:.2f}x the speed of {bar['artifact']} ({bar['latency_ms_median']:.3g} ms, top-1 {bar['top1']:.2f} %; "
             f"{WITHOUT_PQV_HELP})")

@@ -211,6 +211,24 @@ def sample_batch(manifest, data_config: dict, n: int, split: str, seed: int = 0)
     return sample(manifest, data_config, n, split, seed)[0]
 
 
+# int8_static calibration and the export check draw from this seed's order of the training split:
+# calibration its first quantize.calibration_images images, the check the ones after (`sample_after`)
+CALIBRATION_SEED = 0
+
+
+def sample_after(manifest, data_config: dict, skip: int, n: int, split: str, seed: int = 0) -> torch.Tensor:
+    """The images `n` further along `sample`'s order after its first `skip`: none of them is in
+    `sample(manifest, data_config, skip, split, seed)` (a smaller sample is the start of a larger
+    one), and they are still drawn across classes. Fewer than `n` where the split holds fewer
+    than `skip + n` images."""
+    manifest = data.of(manifest)
+    idx = stratified_indices(labels_of(manifest, split), skip + n, seed)[skip:]
+    if not idx:
+        return torch.empty(0)
+    ds = dataset(manifest, split, data_config)
+    return torch.stack([ds[i][0] for i in idx])
+
+
 def calibration_batches(manifest, data_config: dict, batches: int, batch_size: int, seed: int = 0,
                         split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`batches` batches of a class-balanced sample, shuffled (seeded) so every batch mixes classes:

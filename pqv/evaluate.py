@@ -170,7 +170,10 @@ def describe(artifact: str) -> dict:
     if not str(artifact).endswith(".safetensors"):
         store.check_artifact(artifact)  # a cut file is one line, before a runtime is imported (and logs)
     if str(artifact).endswith(".safetensors"):
-        return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": meta.get("status", Status.VERIFIED),
+        # a model is its own FP32 reference, checked by nothing else: verified unless its branch failed
+        # (a model's sidecar says only `failed`; a diverged finetune's model is never a reference)
+        status = Status.FAILED if meta.get("status") == Status.FAILED else Status.VERIFIED
+        return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": status,
                 "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}}
     return meta
 
@@ -258,7 +261,9 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
     metrics = {**labels, "top1": top1, "top5": top5,
                "params": meta.get("params"), "macs": meta.get("macs"), "device": meta.get("device"),
                "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
-               "status": meta.get("status", Status.VERIFIED), "reason": meta.get("reason", ""),
+               # an export sidecar without a status (from before export checks had one) is no verified file
+               "status": Status.word(meta.get("status")), "reason": meta.get("reason") or (
+                   "" if Status.shippable(meta.get("status")) else "its export sidecar has no status: export it again"),
                "accuracy_threads": compute, "accuracy_workers": workers, "accuracy_device": str(where),
                "accuracy_images_per_s": len(loader.dataset) / seconds, "images": len(loader.dataset),
                "artifact": str(artifact)}

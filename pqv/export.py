@@ -29,7 +29,6 @@ from .registry import NO_ENGINE, Status
 
 log = logging.getLogger(__name__)
 CHECK_CHUNK = 16  # images per call in the export check: a bar that moves, memory that stays small
-CHECK_SEED = 1  # the check's sample of the training split; int8_static calibrates on seed 0's
 
 # x86/fbgemm packed weights serialize by unpacking into a fresh tensor each time, so a Lite file
 # stores every int8 weight twice; onednn's keep the original tensor and are stored once. The int8
@@ -229,10 +228,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{registry.ir_of(fmt)}",
                        f"quantize to a .{registry.ir_of(fmt)} file first")
     eager, arch = store.load_model(parent_model)
-    # The check measures the conversion (does the file compute its parent's function?), not how
-    # the model generalizes: training images serve, drawn with another seed than calibration's,
-    # and the evaluation split stays the accuracy jobs' alone (changing it re-exports nothing).
-    images = datasets.sample_batch(manifest, arch["data_config"], check_images, split="train", seed=CHECK_SEED)
+    images, sample = check_sample(manifest, arch["data_config"], check_images, int(meta.get("calibration_images") or 0))
     with torch.no_grad():
         reference = eager(images)
     options = {"mobile_optimizer": mobile_optimizer, "xnnpack_rewrite": xnnpack_rewrite}
@@ -248,12 +244,35 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     status, reason = outcome(precision, fmt, problem, meta)
     facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device")}
     store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
-                        fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
+                        check_sample=sample, fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
     # what an app needs to feed the file and read its outputs, without PQV (pqv.appfile)
     from . import appfile, data
 
     store.write_json(appfile.path_of(out), appfile.describe(arch["data_config"], data.of(manifest), Path(out).name, fmt))
     return fidelity
+
+
+def check_sample(manifest, data_config: dict, check_images: int, calibrated: int) -> tuple[torch.Tensor, dict]:
+    """The images the check scores, and what the sidecar says of them. The check measures the
+    conversion (does the file compute its parent's function?), not how the model generalizes:
+    training images serve, and the evaluation split stays the accuracy jobs' alone (changing it
+    re-exports nothing). They come from the order int8_static calibration draws from, after the
+    `calibrated` images calibration took, so the check never scores an image the file was
+    calibrated on; a split too small for both is checked on what calibration left."""
+    from . import data
+
+    images = datasets.sample_after(manifest, data_config, calibrated, check_images, split="train",
+                                   seed=datasets.CALIBRATION_SEED)
+    if not len(images):
+        total = len(data.split_of(data.of(manifest), "train")["items"])
+        raise PQVError(f"int8_static calibration took all {total} training images (quantize.calibration_images): none "
+                       "is left for the export check to score", f"set quantize.calibration_images below {total}, or add "
+                       "training images")
+    if len(images) < check_images:
+        log.warning("the training split holds %d images after the %d that calibrated this file: the check scores "
+                    "those %d, not export.check_images %d", len(images), calibrated, len(images), check_images)
+    return images, {"split": "train", "images": len(images), "calibration_images": calibrated,
+                    "disjoint_from_calibration": True}
 
 
 def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[Status, str]:
@@ -262,15 +281,16 @@ def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[
     not compute its parent's function is a bug of the exporter or of pqv/layers.py: failed, loudly,
     so that one branch does not stop a sweep or a search."""
     if meta.get("status") == Status.FAILED.value:
-        log.warning("FAILED upstream: %s (the file is kept with status 'failed')", meta.get("reason"))
+        log.warning("FAILED upstream: %s (the file is kept with status '%s')", meta.get("reason"), Status.FAILED)
         return Status.FAILED, meta.get("reason") or "failed upstream"
     if not problem:
         return Status.VERIFIED, ""
     if registry.PRECISIONS[precision]["lossy"]:
-        log.warning("REJECTED: %s (the file is kept with status 'rejected'; loosen export.min_cosine to accept it)", problem)
+        log.warning("REJECTED: %s (the file is kept with status '%s'; loosen export.min_cosine to accept it)", problem,
+                    Status.REJECTED)
         return Status.REJECTED, problem
     reason = (f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer rewrites of "
               f"pqv/layers.py, is wrong for this model; report it with this log, and drop {fmt} from export.formats "
               "for this model meanwhile)")
-    log.error("FAILED: %s; the file is kept with status 'failed' and is never chosen", reason)
+    log.error("FAILED: %s; the file is kept with status '%s' and is never chosen", reason, Status.FAILED)
     return Status.FAILED, reason

@@ -540,7 +540,7 @@ def failed(model_path: str, out: str, metrics_csv: str, reason: str, parent: dic
     summary row that says why; a search probe that fails; never a chosen file)."""
     from . import store
 
-    log.warning("FAILED: %s; the pruned model is kept unfinetuned with status 'failed'", reason)
+    log.warning("FAILED: %s; the pruned model is kept unfinetuned with status '%s'", reason, Status.FAILED)
     model = store.load_model(model_path)[0]
     store.save_model(model, out, arch)
     write_history([], metrics_csv)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .registry import DENSE, EAGER, NO_ENGINE, Status
+from .registry import DENSE, EAGER, NO_ENGINE, NO_STATUS, Status
 
 FIGURES = {}
 RECIPE = ["precision", "engine", "format"]
-REJECTED_LABEL = "rejected by the export check, or failed"
+REJECTED_LABEL = "rejected by the export check, failed, or unchecked"
 
 
 def figure(name):
@@ -73,9 +73,9 @@ def _legend(ax, **kwargs) -> None:
 
 
 def rejected(table: pd.DataFrame) -> pd.Series:
-    """Rows whose artifact failed its export check or its branch (summaries from before `status` have none)."""
-    return table["status"].isin([Status.REJECTED.value, Status.FAILED.value]) if "status" in table else \
-        pd.Series(False, index=table.index)
+    """Rows whose artifact is not shippable: it failed its export check or its branch, or has no status
+    (a summary from before `status`): drawn struck through, kept off the Pareto front."""
+    return ~table["status"].map(Status.shippable).astype(bool) if "status" in table else pd.Series(True, index=table.index)
 
 
 def mark_rejected(ax, g: pd.DataFrame, x: str, y: str) -> None:
@@ -175,7 +175,7 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
     for i, g in enumerate(groups):
         sub = frame[frame[series] == g].set_index(x)
         heights = [float(sub.at[v, value]) if v in sub.index else float("nan") for v in xs]
-        bad = [bool(v in sub.index and sub.at[v, "status"] in (Status.REJECTED.value, Status.FAILED.value)) for v in xs]
+        bad = [bool(v in sub.index and not Status.shippable(sub.at[v, "status"])) for v in xs]
         bars = ax.bar([j + i * width for j in range(len(xs))], heights, width, label=str(g))
         for bar, is_bad in zip(bars, bad):
             if is_bad:  # a rejected recipe stays visible, struck through
@@ -296,7 +296,7 @@ def load(summary_csv: str) -> pd.DataFrame:
 def load_frame(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     table["engine"] = table["engine"].fillna(NO_ENGINE)
-    table["status"] = table["status"].fillna(Status.VERIFIED.value) if "status" in table else Status.VERIFIED.value
+    table["status"] = table["status"].map(Status.word) if "status" in table else NO_STATUS  # none is not verified
     table["model"] = table["model"].astype(str)
     return table
 

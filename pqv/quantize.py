@@ -224,7 +224,8 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
     if calibrated(precision):
         if manifest is None or calibration_images <= 0:
             raise PQVError(f"precision '{precision}' needs calibration images", "give --data and --calibration-images > 0")
-        images = datasets.sample_batch(manifest, dc, calibration_images, split="train")
+        # the first images of the training split's order: the export check takes those after them
+        images = datasets.sample_batch(manifest, dc, calibration_images, split="train", seed=datasets.CALIBRATION_SEED)
         calibration = list(images.split(32))
     program = quantize(model, precision, engine, ir, calibration)
     with store.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:

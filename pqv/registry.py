@@ -27,6 +27,22 @@ class Status(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @staticmethod
+    def shippable(value) -> bool:
+        """Whether a file with this status may be chosen, shipped, or drawn on the Pareto front: a
+        verified one alone. No status (None, NaN, "": a sidecar or summary from before statuses, a
+        file nobody checked) is never shippable. The one judge: choose, evaluate, search, plot and
+        the summary's readers all ask it."""
+        return isinstance(value, str) and value == Status.VERIFIED.value
+
+    @staticmethod
+    def word(value) -> str:
+        """A status as printed and recorded: its word, or NO_STATUS where there is none."""
+        return value.value if isinstance(value, Status) else value if isinstance(value, str) and value else NO_STATUS
+
+
+NO_STATUS = "missing"  # what a file without a status is called (a probe, a summary row): never shippable
+
 
 # ONNX Runtime's quantization recipes, as the engines of its formats: every MLAS kernel is the same,
 # which recipe is fastest is not (the transformer optimizer made int8 files faster on an AVX2 EPYC

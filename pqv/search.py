@@ -170,7 +170,7 @@ COLUMNS = ["ratio", "passed", "verdict", "uncertain", "top1", "top1_se", "loss",
 def reference_top1(rows) -> float | None:
     """REFERENCE, of one model's measured rows (accuracy files or summary rows); None if it has none."""
     tops = [float(r["top1"]) for r in rows
-            if float(r["ratio"]) == 0 and r["precision"] == "fp32" and r.get("status") == Status.VERIFIED.value]
+            if float(r["ratio"]) == 0 and r["precision"] == "fp32" and Status.shippable(r.get("status"))]
     return max(tops) if tops else None
 
 
@@ -178,27 +178,27 @@ def judge(measured: dict, reference_top1: float, budget: float) -> dict:
     """A probe's record: its accuracy with its standard error, latency, widths and verdict. A probe
     whose file is not verified (a diverged finetune, a failed export check, no status at all) fails
     with its reason; one within one standard error of the budget line, either side, is `uncertain`."""
-    status = measured.get("status") or "missing"
+    status, shippable = Status.word(measured.get("status")), Status.shippable(measured.get("status"))
     top1, line = float(measured["top1"]), reference_top1 - budget
     se = standard_error(top1, measured.get("images"))
-    if status != Status.VERIFIED.value:
+    if not shippable:
         result = FAIL
     elif top1 >= line:
         result = PASS
     else:
         result = WEAK if line - top1 < se else FAIL
     return {"ratio": float(measured["ratio"]), "passed": result == PASS, "verdict": result,
-            "uncertain": status == Status.VERIFIED.value and abs(top1 - line) < se, "top1": top1, "top1_se": se,
+            "uncertain": shippable and abs(top1 - line) < se, "top1": top1, "top1_se": se,
             "loss": reference_top1 - top1, "top1_agreement": measured.get("top1_agreement"),
             "latency_ms_median": measured.get("latency_ms_median"), "size_mb": measured.get("size_mb"),
             "params": measured.get("params"), "macs": measured.get("macs"),
             "widths": widths_text(measured.get("widths") or {}), "status": status,
-            "reason": measured.get("reason") or ("" if status == Status.VERIFIED.value else f"status {status}")}
+            "reason": measured.get("reason") or ("" if shippable else f"status {status}")}
 
 
 def describe_probe(p: dict, budget: float) -> str:
     """A probe's verdict in words, for the round's log and the report."""
-    if p["status"] != Status.VERIFIED.value:
+    if not Status.shippable(p["status"]):
         return f"failed ({p['status']}: {p['reason']})"
     where = "within" if p["passed"] else ("outside, by less than its standard error," if p["verdict"] == WEAK else "outside")
     se = f" ± {p['top1_se']:.2f}" if p.get("top1_se") == p.get("top1_se") else ""  # NaN: no image count
@@ -238,7 +238,7 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
         probes[ratio] = judge(row, reference, settings["budget"])
     dense = probes.get(0.0)
     if dense is None or not dense["passed"]:
-        why = f"its file is {dense['status']}: {dense['reason']}" if dense and dense["status"] != "verified" else (
+        why = f"its file is {dense['status']}: {dense['reason']}" if dense and not Status.shippable(dense["status"]) else (
             f"top-1 {dense['top1']:.2f} is {dense['loss']:.2f} points below the dense FP32 model's {reference:.2f}" if dense else "it was not measured")
         raise PQVError(f"search budget {settings['budget']:g} top-1 points: even the unpruned "
                        f"{settings['artifact']['precision']} .{settings['artifact']['format']} artifact fails it ({why})",

@@ -94,7 +94,7 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, out_cho
             continue  # a probe: judged above, not a candidate
         key = tuple(row[k] for k in KEYS)
         rows[key] = {**rows.get(key, {}), **row}
-    ok = [r for r in rows.values() if r.get("status") == Status.VERIFIED.value and r["format"] != EAGER
+    ok = [r for r in rows.values() if Status.shippable(r.get("status")) and r["format"] != EAGER
           and r["top1"] >= final["reference_top1"] - budget]
     if not ok:
         raise PQVError("no verified artifact at the search's answer is within the budget", "allow a larger search.budget")
@@ -137,9 +137,10 @@ def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, st
     from .store import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    verified = table[table["status"] == Status.VERIFIED.value]
+    shippable = table["status"].map(Status.shippable).astype(bool)
+    verified = table[shippable]
     passed, failed = verified[verified["passed"]], verified[~verified["passed"]]
-    broken = table[table["status"] != Status.VERIFIED.value]
+    broken = table[~shippable]
     ax.plot(verified["ratio"], verified["top1"], color="0.6", lw=1, zorder=1)
     ax.errorbar(passed["ratio"], passed["top1"], yerr=passed["top1_se"], fmt="o", color="tab:green",
                 label="within the budget (± 1 standard error)", zorder=3)

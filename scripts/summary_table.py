@@ -8,6 +8,8 @@ import sys
 
 import pandas as pd
 
+from pqv.registry import Status
+
 FORMAT_ORDER = {"eager": 0, "ptl": 1, "pte": 2}
 
 
@@ -26,7 +28,7 @@ def table(path: str) -> list[str]:
              ("|---" if several else "") + "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         branch, precision = labels(r)
-        status = "" if r["status"] == "verified" else f" ({r['status']})"
+        status = "" if Status.shippable(r["status"]) else f" ({Status.word(r['status'])})"
         lines.append(("| " + r["model"] + " " if several else "") +
                      f"| {branch} | {precision} | {r['format']}{status} | {r['top1']:.2f} | "
                      f"{r['latency_ms_median']:.2f} ({r['latency_ms_min']:.2f}–{r['latency_ms_max']:.2f}) | "

@@ -36,7 +36,8 @@ def test_latency_reports_ordered_statistics_of_the_requested_calls():
 
 
 def test_pareto_front_keeps_only_unbeaten_artifacts():
-    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0, 1.5], "top1": [80.0, 90.0, 85.0, 79.0]})
+    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0, 1.5], "top1": [80.0, 90.0, 85.0, 79.0],
+                          "status": "verified"})
     front = plot.pareto_front(table)
     assert sorted(front.index) == [0, 1]
 

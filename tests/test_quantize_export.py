@@ -195,3 +195,70 @@ def test_a_lossy_recipe_with_nan_outputs_is_rejected_not_verified(saved_tiny, tm
     out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86")
     meta = store.read_sidecar(out)
     assert meta["status"] == "rejected" and "non-finite outputs" in meta["reason"] and fidelity["finite"] is False
+
+
+def _recording_train_draws(monkeypatch) -> list[set[int]]:
+    """The training images each call of datasets.dataset hands out (one set per data set built)."""
+    draws: list[set[int]] = []
+    real = datasets.dataset
+
+    class Recording(torch.utils.data.Dataset):
+        def __init__(self, inner):
+            self.inner, self.seen = inner, set()
+            draws.append(self.seen)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            self.seen.add(int(i))
+            return self.inner[i]
+
+    monkeypatch.setattr(datasets, "dataset", lambda manifest, split, *a, **k: (
+        Recording(real(manifest, split, *a, **k)) if split == "train" else real(manifest, split, *a, **k)))
+    return draws
+
+
+def _with_train_images(n: int) -> dict:
+    """The digits manifest with only the first `n` training images (a small photo set's split)."""
+    import copy
+
+    small = copy.deepcopy(DIGITS)
+    small["splits"]["train"]["items"] = small["splits"]["train"]["items"][:n]
+    small["splits"]["train"]["images"] = n
+    return small
+
+
+@pytest.mark.parametrize("train_images, calibration, check, checked", [
+    (None, 128, 64, 64),  # the workflow's defaults on the digits: 1,437 training images
+    (300, 64, 64, 64),
+    (30, 16, 64, 14),  # too small to hold both: the check takes what calibration left, and says how many
+])
+def test_the_export_check_of_an_int8_static_file_scores_no_image_it_was_calibrated_on(
+        saved_tiny, tmp_path, monkeypatch, train_images, calibration, check, checked):
+    """Issue 40 item 5a: the check drew with another seed than calibration, and the two overlapped (4
+    of 64 on the digits, 24 of 64 on a 300-image set, all of them on a 30-image set): a check on
+    images the file was calibrated on is optimistic."""
+    manifest = DIGITS if train_images is None else _with_train_images(train_images)
+    draws = _recording_train_draws(monkeypatch)
+    program, out = tmp_path / "int8_static-x86.ts", tmp_path / "int8_static-x86.ptl"
+    quantize.run(str(saved_tiny), str(program), "int8_static", "x86", manifest, calibration_images=calibration)
+    calibrated = set().union(*draws)
+    draws.clear()
+    export.run(str(program), str(saved_tiny), str(out), "ptl", manifest, check_images=check)
+    scored = set().union(*draws)
+    assert len(calibrated) == calibration and len(scored) == checked
+    assert not calibrated & scored
+    meta = store.read_sidecar(out)
+    assert meta["check_images"] == checked
+    assert meta["check_sample"] == {"split": "train", "images": checked, "calibration_images": calibration,
+                                    "disjoint_from_calibration": True}
+
+
+def test_a_split_that_calibration_used_up_leaves_no_check_and_says_so(saved_tiny, tmp_path):
+    manifest = _with_train_images(30)
+    program, out = tmp_path / "int8_static-x86.ts", tmp_path / "int8_static-x86.ptl"
+    quantize.run(str(saved_tiny), str(program), "int8_static", "x86", manifest, calibration_images=64)
+    with pytest.raises(PQVError, match=r"calibration took all 30 training images .*quantize.calibration_images below 30"):
+        export.run(str(program), str(saved_tiny), str(out), "ptl", manifest, check_images=64)
+    assert not out.exists()
