@@ -12,8 +12,9 @@ value. The Snakefile calls it inside `reported()`, which prints the one line `pq
 the reference from the models (pqv.config_docs).
 
 Torch-free on purpose: the Snakefile imports it on every run (timm is imported only to check an
-optimizer name other than the default, and once per timm version to list its model names, which
-are then read from `$PQV_CACHE`, default `~/.cache/pqv`).
+optimizer name other than the default, and once per timm version to list its model names and its
+preprocessing keys, and once per model and kwargs to build it on the meta device; each answer is
+then read from `$PQV_CACHE`, default `~/.cache/pqv`).
 """
 from __future__ import annotations
 
@@ -374,6 +375,16 @@ class Config(Section):
         for i, m in enumerate(self.models):
             if m.timm_name.split(".", 1)[0] not in known:  # timm accepts a pretrained tag: name.tag
                 raise unknown_timm_model(m.timm_name, known, f"models[{i}].timm_name: ")
+            keys = timm_data_config_keys()
+            for key in m.data_config:
+                if key not in keys:
+                    raise PQVError(f"models[{i}].data_config: unknown key '{key}'{_close(key, keys)}",
+                                   f"use one of {', '.join(keys)} (timm's preprocessing)")
+            if m.kwargs and (refused := timm_refused_kwarg(m.timm_name, m.kwargs)):
+                accepted = timm_model_kwargs(m.timm_name)
+                raise PQVError(f"models[{i}].kwargs: timm's {m.timm_name} takes no keyword '{refused}'"
+                               f"{_close(refused, accepted)}", f"use a keyword its model class takes, e.g. "
+                               f"{', '.join(accepted[:8])}{', ...' if len(accepted) > 8 else ''}")
 
     def _check_profile(self, suggested: list) -> None:
         """A profile selector that matches nothing would be found only after the sweep ran."""
@@ -536,28 +547,106 @@ def optimizers() -> list[str]:
     return list_optimizers()
 
 
-def timm_models() -> set[str]:
-    """timm's model names, listed once per installed timm version and kept in a small file, so a
-    config check stays free of the torch import (seconds) on every later run."""
+def timm_model_kwargs(timm_name: str) -> list[str]:
+    """The keywords of the class timm builds `timm_name` from (for "did you mean"): the model built
+    on the meta device with its defaults, its class's signature read."""
+    import inspect
+
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(timm_name, pretrained=False)
+    except Exception:  # noqa: BLE001 - no list then; the error line still names the keyword
+        return []
+    return [p for p in inspect.signature(type(model).__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
+def _timm_cache_path(name: str) -> Path:
     from importlib.metadata import version
 
     cache = Path(os.environ.get("PQV_CACHE") or Path.home() / ".cache" / "pqv").expanduser()
-    path = cache / f"timm-{version('timm')}-models.txt"
-    try:
-        return set(path.read_text().split())
-    except OSError:
-        pass
-    import timm
+    return cache / f"timm-{version('timm')}-{name}.json"
 
-    names = timm.list_models()
+
+def _write_json(path: Path, value) -> None:
+    import json
+
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.part")
-        tmp.write_text("\n".join(names))
-        tmp.replace(path)  # atomic: a concurrent run reads the whole list or none
+        tmp.write_text(json.dumps(value))
+        tmp.replace(path)  # atomic: a concurrent run reads the whole file or none
     except OSError:
         pass  # a read-only home: check without the cache
-    return set(names)
+
+
+def _timm_cache(name: str, compute) -> Any:
+    """A fact about the installed timm, computed once per timm version and kept as JSON in
+    `$PQV_CACHE` (default ~/.cache/pqv), so a config check stays free of the torch import
+    (seconds) on every later run."""
+    import json
+
+    path = _timm_cache_path(name)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    value = compute()
+    _write_json(path, value)
+    return value
+
+
+def timm_models() -> set[str]:
+    """timm's model names."""
+    def names() -> list[str]:
+        import timm
+
+        return timm.list_models()
+
+    return set(_timm_cache("models", names))
+
+
+def timm_data_config_keys() -> list[str]:
+    """The keys of timm's preprocessing (resolve_data_config): what models[].data_config may override."""
+    def keys() -> list[str]:
+        from timm.data import resolve_data_config
+
+        return sorted(resolve_data_config(pretrained_cfg={"num_classes": 0}))  # any cfg: every key, its default
+
+    return _timm_cache("data-config-keys", keys)
+
+
+def timm_refused_kwarg(timm_name: str, kwargs: dict) -> str | None:
+    """The keyword argument timm's model refuses, if any: the model is built on the meta device (no
+    weights, no memory) once per timm version, model and kwargs. Only an unknown keyword counts;
+    any other failure is left to the model job, which reports it with the model built for real."""
+    import json
+    import re
+
+    key = json.dumps([timm_name, kwargs], sort_keys=True)
+    known = _timm_cache("kwargs", dict)
+    if key in known:
+        return known[key]
+
+    def build() -> str | None:
+        import timm
+        import torch
+
+        try:
+            with torch.device("meta"):
+                timm.create_model(timm_name, pretrained=False, **kwargs)
+        except TypeError as e:
+            found = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+            return found.group(1) if found else None
+        except Exception:  # noqa: BLE001 - not ours to judge here (meta tensors, values): the model job says
+            return None
+        return None
+
+    known[key] = build()
+    _write_json(_timm_cache_path("kwargs"), known)
+    return known[key]
 
 
 if __name__ == "__main__":

@@ -158,8 +158,8 @@ def test_timm_model_names_are_listed_once_per_timm_version(tmp_path, monkeypatch
     monkeypatch.setenv("PQV_CACHE", str(tmp_path))
     names = C.timm_models()
     assert {"deit_base_patch16_224", "vit_tiny_patch16_224"} <= names
-    (cached,) = tmp_path.glob("timm-*-models.txt")
-    cached.write_text("only_this_model")  # later checks read the file, not timm
+    (cached,) = tmp_path.glob("timm-*-models.json")
+    cached.write_text('["only_this_model"]')  # later checks read the file, not timm
     assert C.timm_models() == {"only_this_model"}
 
 
@@ -170,6 +170,23 @@ def test_an_unknown_timm_model_is_a_config_error(tmp_path, monkeypatch):
                                        r"\(did you mean 'deit_base_patch16_224'\?\)"):
         C.check(merged({"models": [model]}))
     C.check(merged({"models": [{**model, "timm_name": "deit_base_patch16_224.fb_in1k"}]}))  # a pretrained tag
+
+
+def test_a_typo_in_a_models_kwargs_or_data_config_is_a_config_error(tmp_path, monkeypatch):
+    """(issue 43) Found before any job, not as a TypeError traceback in the model job: timm builds
+    the model on the meta device once per timm version, model and kwargs (cached)."""
+    monkeypatch.setenv("PQV_CACHE", str(tmp_path))
+    model = {"id": "m", "timm_name": "vit_tiny_patch16_224", "weights": "train",
+             "kwargs": {"img_sise": 32, "patch_size": 4, "in_chans": 1}}
+    with pytest.raises(PQVError, match=r"models\[0\]\.kwargs: timm's vit_tiny_patch16_224 takes no keyword 'img_sise' "
+                                       r"\(did you mean 'img_size'\?\) \(fix: use a keyword its model class takes, e\.g\. img_size"):
+        C.check(merged({"models": [model]}))
+    assert "vit_tiny_patch16_224" in next(tmp_path.glob("timm-*-kwargs.json")).read_text()  # cached
+    good = {**model, "kwargs": {"img_size": 32, "patch_size": 4, "in_chans": 1}}
+    C.check(merged({"models": [good]}))
+    with pytest.raises(PQVError, match=r"models\[0\]\.data_config: unknown key 'meen' \(did you mean 'mean'\?\)"):
+        C.check(merged({"models": [{**good, "data_config": {"meen": [0.5]}}]}))
+    C.check(merged({"models": [{**good, "data_config": {"mean": [0.5], "interpolation": "bilinear"}}]}))
 
 
 def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
@@ -187,4 +204,12 @@ def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("prune:\n  ratios: [0.0, 0.5]\n")
     assert C.check_files([str(good)])["prune"]["ratios"] == [0.0, 0.5]
+    # (issue 43) what a run would stop on before its first job, the check says too: a missing data folder
+    photos = tmp_path / "photos"
+    missing = tmp_path / "photos.yaml"
+    missing.write_text(f"dataset: {{name: imagefolder, root: {photos}}}\n")
+    done = subprocess.run([sys.executable, "-m", "pqv.config", "check", str(missing)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"pqv config: error: data folder {photos / 'train'} does not exist (fix: check dataset.root and "
+        "dataset.train_dir in the config)")
     assert C.check_files([str(good)])["prune"]["importances"] == DEFAULT["prune"]["importances"]  # merged, as Snakemake does
