@@ -72,15 +72,17 @@ def _finetune(a):
     from . import finetune
     from .config import hparams
 
-    hparams(a.hparams, "finetune")  # timm names and Mixup's batch, before the model is loaded
+    def work():
+        hparams(a.hparams, "finetune")  # timm names and Mixup's batch, before the model is loaded
+        if a.keep:
+            finetune.keep(a.model, a.out, a.metrics)
+        elif a.data is None:
+            raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/train.json, or --keep")
+        else:
+            finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device,
+                         workers=a.workers, threads=a.threads)
 
-    if a.keep:
-        finetune.keep(a.model, a.out, a.metrics)
-    elif a.data is None:
-        raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/train.json, or --keep")
-    else:
-        finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device, workers=a.workers,
-                     threads=a.threads)
+    finetune.attempt(a.out, a.attempt, work)  # a retry runs again only after a time-limit stop
 
 
 def _quantize(a):
@@ -234,6 +236,9 @@ def _add_finetune(sub, c):
     s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
     s.add_argument("--keep", action="store_true",
                    help="pass the model through unchanged (the dense branch when finetune.dense is false)")
+    s.add_argument("--attempt", type=int, default=None,
+                   help="this job's attempt (default: Snakemake's, on a cluster node): a retry after a failure that "
+                        "was not a time-limit stop fails at once with that failure's line (<out>.failed)")
     for name in ("threads", "workers", "device"):
         s.add_argument(f"--{name}", **c[name])
     s.set_defaults(fn=_finetune)
@@ -389,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except PQVError as e:
         print(f"pqv {args.stage}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_status", 2)  # 2, or finetune's time-limit stop (pqv.finetune.TimeLimit)
     if args.log_usage:
         from . import usage
 

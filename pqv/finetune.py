@@ -12,8 +12,9 @@ augmentation (pqv.datasets). This module adds what a long run on shared machines
   torch.save of optimizer/scheduler/scaler state), from which a killed run resumes to the same
   result, because every epoch's randomness is seeded from (seed, epoch, rank);
 - a job with a deadline (a SLURM job's time limit) saves a checkpoint mid-epoch just before it,
-  with the step reached and the random generators' states, and stops (`TimeLimit`): the next job
-  resumes at that step, so a finetune longer than a partition allows runs as successive jobs.
+  with the step reached and every rank's own loss so far and random generators' states, and stops
+  (`TimeLimit`, exit status 75): the next job resumes at that step, so a finetune longer than a
+  partition allows runs as successive jobs; a retry after any other failure fails at once (`attempt`).
 
 The same loop trains the demo model from scratch in the model stage, so the "pretrained" starting
 point of the default workflow is made by exactly the code that finetunes.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -213,6 +215,7 @@ class _Position:
     partial: torch.Tensor | None = None
     rng: dict | None = None
     stops: list = field(default_factory=list)  # the attempts that stopped for a time limit: where, which job
+    ranks: list | None = None  # every rank's own {partial, rng} mid-epoch (_rank_states), for the checkpoint
 
 
 def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list, _Position]:
@@ -223,7 +226,10 @@ def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list,
     run.model.load_state_dict(state["model"])
     for name, part in run.state().items():
         part.load_state_dict(state[name])
-    where = _Position(state["epoch"], state.get("step", 0), state.get("partial"), state.get("rng"), state.get("stops", []))
+    # Mid-epoch, each rank resumes with its own generators and loss so far (a checkpoint of one
+    # process, or of before issue 40, holds rank 0's alone at the top level).
+    own = state["ranks"][run.ctx.rank] if state.get("ranks") else {"partial": state.get("partial"), "rng": state.get("rng")}
+    where = _Position(state["epoch"], state.get("step", 0), own.get("partial"), own.get("rng"), state.get("stops", []))
     if run.ctx.main:  # Snakemake clears a job's log before each attempt: the earlier ones are told again
         for n, stop in enumerate(where.stops, 1):
             log.info("%s: attempt %d (SLURM job %s) stopped before its time limit at epoch %d, step %d",
@@ -244,6 +250,28 @@ def _rng_state() -> dict:
     return out
 
 
+def _rank_states(where: _Position, ctx: Dist) -> list[dict]:
+    """Every rank's own mid-epoch state (its loss sum and sample count so far, unreduced, and its
+    random generators), gathered so that rank 0 writes them all into the checkpoint: each rank draws
+    its own augmentation and mixup, and the epoch's loss is summed over ranks at its end. Sent as
+    the bytes of a tensors-only torch.save (torch.load(weights_only=True) reads them; no pickle)."""
+    mine = {"partial": where.partial, "rng": where.rng}
+    if ctx.world == 1:
+        return [mine]
+    buf = io.BytesIO()
+    torch.save(mine, buf)
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).to(ctx.device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=ctx.device)
+    sizes = [torch.zeros_like(size) for _ in range(ctx.world)]
+    dist.all_gather(sizes, size)
+    padded = torch.zeros(int(max(n.item() for n in sizes)), dtype=torch.uint8, device=ctx.device)
+    padded[:data.numel()] = data
+    gathered = [torch.zeros_like(padded) for _ in range(ctx.world)]
+    dist.all_gather(gathered, padded)
+    return [torch.load(io.BytesIO(g[:int(n.item())].cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
+            for g, n in zip(gathered, sizes)]
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     pos, has_gauss, gauss = state["numpy_rest"]
@@ -256,6 +284,69 @@ def _set_rng_state(state: dict) -> None:
 class TimeLimit(PQVError):
     """The job's time limit is near: a checkpoint holds where training stopped, and the next
     attempt (Snakemake's retries of the finetune rule) resumes from it."""
+
+    exit_status = 75  # EX_TEMPFAIL: `pqv finetune` stopped for its time limit (torchrun's own status is 1)
+
+
+def failure_marker(out: str) -> str:
+    """The file an attempt that failed for another reason than its time limit leaves beside `out`."""
+    return f"{out}.failed"
+
+
+def snakemake_attempt(pid: int | None = None) -> int | None:
+    """The attempt of the Snakemake job this process runs in: the `--attempt N` Snakemake gives the
+    process that runs a job on a cluster node (an ancestor of this one), read from /proc; None
+    elsewhere (a local run, where PQV sets no retries, or no Snakemake at all). Read here rather
+    than passed on the rule's command line, whose text Snakemake records: a changed command would
+    rerun every finetune already made."""
+    pid = os.getppid() if pid is None else pid
+    for _ in range(16):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if any(Path(a).name.startswith("snakemake") for a in argv) and "--attempt" in argv[:-1]:
+            with contextlib.suppress(ValueError):
+                return int(argv[argv.index("--attempt") + 1])
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent (the name before it may hold spaces)
+        if pid <= 1:
+            return None
+    return None
+
+
+def attempt(out: str, number: int | None, work):
+    """Run `work()` as attempt `number` of the finetune that makes `out` (Snakemake's `attempt`,
+    snakemake_attempt() when None).
+
+    Snakemake's retries start a job again whatever made it fail; only a stop for the time limit
+    (TimeLimit) is worth another attempt, which resumes from the checkpoint. Any other failure (a
+    bug, a bad setting, a broken input) leaves its one-line error in failure_marker(out), and a
+    retry finds it and fails at once with that line instead of running again. A first attempt (a new
+    Snakemake run, perhaps after a fix) removes an old marker; success removes it too. A process
+    killed from outside (a node lost, out of memory) leaves no marker: its retry resumes.
+    """
+    number = snakemake_attempt() if number is None else number
+    marker = Path(failure_marker(out))
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun, one process clears the marker
+    if number is not None and number > 1 and marker.exists():
+        raise PQVError(f"not run again: attempt {number - 1} failed for a reason other than its time limit, which "
+                       f"a retry cannot fix: {marker.read_text().strip()}")
+    if first:
+        marker.unlink(missing_ok=True)
+    try:
+        result = work()
+    except TimeLimit:
+        raise
+    except Exception as e:
+        line = str(e) if isinstance(e, PQVError) else f"{type(e).__name__}: {e}"
+        line = " ".join(line.split()) or type(e).__name__
+        with contextlib.suppress(OSError), atomic_path(marker) as tmp:
+            Path(tmp).write_text(line + "\n")
+        raise
+    if first:
+        marker.unlink(missing_ok=True)
+    return result
 
 
 def job_deadline() -> float | None:
@@ -391,6 +482,8 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
 def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: _Position, steps: int, epochs: int,
           ctx: Dist) -> None:
     where.stops = [*where.stops, {"epoch": where.epoch, "step": where.step, "job": os.environ.get("SLURM_JOB_ID", "")}]
+    if ckpt_dir and where.step:  # every rank takes part; rank 0 writes
+        where.ranks = _rank_states(where, ctx)
     if ckpt_dir and ctx.main:
         save_checkpoint(ckpt_dir, where.epoch, key, run.model, run.optimizer, run.scheduler, run.scaler, history,
                         where)
@@ -436,7 +529,8 @@ def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optim
 
     The folder is filled under a temporary name and renamed, so a present folder is complete, and
     the names sort in training order. state.pt holds only tensors, numbers, strings and containers:
-    torch.load(weights_only=True) reads it.
+    torch.load(weights_only=True) reads it. Mid-epoch, `ranks` holds each rank's loss so far and
+    generators (`mid.ranks`, gathered by _rank_states; one process's own when not given).
     """
     from safetensors.torch import save_file
 
@@ -446,8 +540,8 @@ def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optim
     state = {"epoch": epoch, "key": key, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "history": history, "stops": mid.stops if mid is not None else []}
     name = f"epoch-{epoch:04d}"
-    if mid is not None and mid.step:
-        state.update(step=mid.step, partial=mid.partial, rng=mid.rng)
+    if mid is not None and mid.step:  # each rank's own loss so far and generators, rank by rank
+        state.update(step=mid.step, ranks=mid.ranks or [{"partial": mid.partial, "rng": mid.rng}])
         name += f"-step-{mid.step:08d}"
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "weights.safetensors")

@@ -119,6 +119,49 @@ def test_a_finetune_stopped_by_its_deadline_mid_epoch_resumes_to_the_same_weight
     assert not Path(finetune.checkpoint_dir(out)).exists()
 
 
+def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, capsys):
+    """Issue 40: Snakemake's retries of rule finetune follow any failure. A time-limit stop exits
+    75 and its retry resumes; a failure for a real reason (here a bug) leaves its line beside the
+    output, and the retry fails at once with it instead of training again. A new run (attempt 1,
+    after a fix) runs."""
+    from pqv import cli
+
+    src = _save(tmp_path / "pruned.safetensors")
+    out = tmp_path / "b" / "finetuned.safetensors"
+    hp = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
+
+    def pqv(number):
+        return cli.main(["finetune", "--model", str(src), "--out", str(out), "--data", manifest_file(SMALL),
+                         "--hparams", json.dumps(hp), "--metrics", str(out.parent / "m.csv"), "--attempt", str(number)])
+
+    real, runs = finetune.run, []
+
+    def buggy(*args, **kwargs):
+        runs.append(1)
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(finetune, "run", buggy)
+    with pytest.raises(ZeroDivisionError):  # a bug: its traceback, as before
+        pqv(1)
+    assert len(runs) == 1
+    marker = Path(finetune.failure_marker(out))
+    assert marker.read_text() == "ZeroDivisionError: division by zero\n"
+    capsys.readouterr()
+    assert pqv(2) == 2 and len(runs) == 1  # the retry does not train again ...
+    (line,) = capsys.readouterr().err.strip().splitlines()  # ... and says why in one line
+    assert line == ("pqv finetune: error: not run again: attempt 1 failed for a reason other than its time limit, "
+                    "which a retry cannot fix: ZeroDivisionError: division by zero")
+
+    monkeypatch.setattr(finetune, "run", real)  # fixed; a new Snakemake run starts at attempt 1
+    calls = iter(range(10_000))
+    monkeypatch.setattr(finetune, "job_deadline", lambda: 0.0)
+    monkeypatch.setattr(finetune, "_out_of_time", lambda deadline, longest, ctx: next(calls) == 2)
+    assert pqv(1) == finetune.TimeLimit.exit_status == 75 and not marker.exists()
+    assert "stopped before the job's time limit" in capsys.readouterr().err
+    assert pqv(2) == 0 and out.exists() and not marker.exists()  # the retry resumes
+    assert store.read_sidecar(out)["time_limit_stops"] == 1
+
+
 def test_the_deadline_is_the_slurm_jobs_end_less_a_reserve(tmp_path, monkeypatch):
     import time
 
@@ -171,6 +214,54 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert worst < 1e-4, worst
     dc = store.load_model(one)[1]["data_config"]
     assert held_out_top1(store.load_model(ddp)[0], dc) == pytest.approx(held_out_top1(store.load_model(one)[0], dc), abs=2.0)
+
+
+STOPPING = """import itertools, sys
+from pqv import cli, finetune
+stop_at = int(sys.argv[1])  # the deadline check that says stop (each rank counts the same checks)
+calls = itertools.count()
+finetune.job_deadline = lambda: 0.0  # as if in a SLURM job
+finetune._out_of_time = lambda deadline, longest, ctx: next(calls) == stop_at
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_two_ddp_processes_stopped_mid_epoch_resume_each_with_its_own_state(tmp_path):
+    """Issue 40: a DDP finetune stopped by its deadline mid-epoch resumes every rank with its own
+    random generators (rank 1 must not replay rank 0's augmentation and mixup) and its own loss so
+    far: weights and metrics equal those of an uninterrupted two-process run."""
+    src = _save(tmp_path / "pruned.safetensors")
+    hp = {"epochs": 2, "lr": 1e-3, "batch_size": 16, "mixup": 0.8, "cutmix": 1.0, "color_jitter": 0.0}
+    script = tmp_path / "stopping.py"
+    script.write_text(STOPPING)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    manifest = manifest_file(SMALL)
+
+    def attempt(out: Path, stop_at: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(stop_at), "finetune", "--model", str(src), "--out", str(out), "--data", manifest,
+               "--hparams", json.dumps(hp), "--metrics", str(out.parent / "m.csv"), "--threads", "2"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    whole = tmp_path / "whole" / "finetuned.safetensors"
+    proc = attempt(whole, -1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "stopped" / "finetuned.safetensors"
+    proc = attempt(out, 2)  # 6 steps of 2 x 16 per epoch: stops after step 3 of epoch 1
+    assert proc.returncode != 0 and "stopped before the job's time limit after 3 of 12 steps" in proc.stderr, \
+        proc.stderr[-3000:]
+    (ckpt,) = Path(finetune.checkpoint_dir(out)).iterdir()
+    assert ckpt.name == "epoch-0000-step-00000003"
+    state = torch.load(ckpt / "state.pt", weights_only=True)  # no pickle: every rank's state in it
+    assert len(state["ranks"]) == 2
+    assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
+    assert not torch.equal(state["ranks"][0]["partial"], state["ranks"][1]["partial"])
+    proc = attempt(out, -1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert store.read_sidecar(out)["resumed_at_step"] == 3
+    a, b = load_file(str(whole)), load_file(str(out))
+    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    assert (out.parent / "m.csv").read_text() == (whole.parent / "m.csv").read_text()
 
 
 def test_distillation_from_the_parent(tmp_path):
@@ -245,3 +336,15 @@ def test_rule_adds_teacher_and_torchrun_only_when_configured(tmp_path):
     assert len(trained) == 2 and len(lines) == 3
     assert all("--teacher results/tiny/model.safetensors" in ln for ln in trained)
     assert all("torch.distributed.run --standalone --nproc_per_node=2 -m pqv" in ln for ln in trained)
+
+
+def test_the_attempt_is_read_from_the_snakemake_job_process_above():
+    """On a cluster node Snakemake runs each job as `python -m snakemake ... --attempt N`, the shell
+    and `pqv finetune` below it: the attempt is read there, not from the rule's command line."""
+    child = "from pqv import finetune; print(finetune.snakemake_attempt())"
+    parent = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {child!r}]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args, expected in ((["-m", "snakemake", "--jobs", "1", "--attempt", "3"], "3"), (["-m", "snakemake"], "None"),
+                           (["--attempt", "2"], "None")):  # not Snakemake's
+        proc = subprocess.run([sys.executable, "-c", parent, *args], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.stdout.strip() == expected, proc.stderr[-2000:]
