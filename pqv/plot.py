@@ -96,10 +96,23 @@ def _title_row(ax, model: str, n_models: int, text: str) -> None:
     ax.set_title(f"{model}: {text}" if n_models > 1 else text)
 
 
+# What the memory panel plots: the memory the model adds to its runtime (the runtime's own import is
+# most of a process's RSS: 520 MB for a 0.23 MB file), or, in a summary from before that column, the peak.
+MEMORY = {"rss_model_mb": ("memory the model adds (RSS after load + 1 image, less the runtime's)", "added RSS (MB)"),
+          "peak_rss_mb": ("peak resident memory (runtime + load + 1 image)", "peak RSS (MB)")}
+
+
+def _ratio_axis(table: pd.DataFrame, imp: str) -> str:
+    """The ratio axis of a figure that draws one importance: it names the others it leaves out."""
+    others = sorted(i for i in table["importance"].unique() if i not in (imp, DENSE))
+    return f"pruning ratio ({imp} importance" + (f"; {', '.join(others)}: Fig. 5)" if others else ")")
+
+
 @figure("fig2_latency_memory")
 def latency_memory(table: pd.DataFrame):
     imp = main_importance(table)
     colour = _colours(table)
+    memory = "rss_model_mb" if "rss_model_mb" in table and table["rss_model_mb"].notna().any() else "peak_rss_mb"
     fig, rows = _per_model(table, 3)
     for model, sub, axes in rows:
         for label, g in _curves(sub, imp):
@@ -107,15 +120,15 @@ def latency_memory(table: pd.DataFrame):
             axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label,
                              color=colour[label])
             axes[1].plot(g["ratio"], g["size_mb"], marker="o", label=label, color=colour[label])
-            axes[2].plot(g["ratio"], g["peak_rss_mb"], marker="o", label=label, color=colour[label])
-            for ax, y in zip(axes, ("latency_ms_median", "size_mb", "peak_rss_mb")):
+            axes[2].plot(g["ratio"], g[memory], marker="o", label=label, color=colour[label])
+            for ax, y in zip(axes, ("latency_ms_median", "size_mb", memory)):
                 mark_rejected(ax, g, "ratio", y)
         threads = ", ".join(str(int(t)) for t in sorted(sub["threads"].dropna().unique()))
         _title_row(axes[0], model, len(rows), f"latency per image (median, bars: min-max; threads: {threads})")
         _title_row(axes[1], model, len(rows), "model file size")
-        _title_row(axes[2], model, len(rows), "peak resident memory (load + 1 image)")
-        for ax, ylabel in zip(axes, ("latency (ms)", "size (MB)", "peak RSS (MB)")):
-            ax.set(xlabel=f"pruning ratio ({imp} importance)", ylabel=ylabel)
+        _title_row(axes[2], model, len(rows), MEMORY[memory][0])
+        for ax, ylabel in zip(axes, ("latency (ms)", "size (MB)", MEMORY[memory][1])):
+            ax.set(xlabel=_ratio_axis(table, imp), ylabel=ylabel)
             ax.grid(alpha=0.3)
         _legend(axes[2])
     fig.suptitle("Fig. 2: latency and memory vs pruning and precision")
@@ -131,7 +144,7 @@ def accuracy(table: pd.DataFrame):
         for label, g in _curves(sub, imp):
             ax.plot(g["ratio"], g["top1"], marker="o", label=label, color=colour[label])
             mark_rejected(ax, g, "ratio", "top1")
-        ax.set(xlabel=f"pruning ratio ({imp} importance)", ylabel="top-1 accuracy (%)")
+        ax.set(xlabel=_ratio_axis(table, imp), ylabel="top-1 accuracy (%)")
         _title_row(ax, model, len(rows), "accuracy of the exported artifact")
         ax.grid(alpha=0.3)
         _legend(ax)
@@ -219,11 +232,15 @@ def models(table: pd.DataFrame):
 @figure("fig7_engines")
 def engines(table: pd.DataFrame):
     quantized = table[table["engine"] != NO_ENGINE]
-    if quantized.empty:
+    names = sorted(quantized["engine"].unique())
+    if len(names) < 2:  # nothing to compare: say so rather than draw one engine as a comparison
         plt = _plt()
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        why = (f"one quantized engine configured ({names[0]}): nothing to compare\n(list more in quantize.engines)"
+               if names else "no quantized precision configured")
         for ax in axes:
-            ax.text(0.5, 0.5, "no quantized precision configured", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
         fig.suptitle("Fig. 7: quantized engines compared")
         return fig
     imp = main_importance(table)
@@ -278,10 +295,10 @@ def pareto(table: pd.DataFrame):
                    marker="s", label="without PQV: ONNX Runtime's plain int8 of the dense model", zorder=3)
     front = pareto_front(table).sort_values("latency_ms_median")
     ax.plot(front["latency_ms_median"], front["top1"], "k--", lw=1, label="Pareto front")
-    for _, r in front.iterrows():
+    for k, (_, r) in enumerate(front.iterrows()):  # each label names its file; neighbours alternate sides
         name = f"{r['model']} " if several else ""
-        ax.annotate(f"{name}{r['importance']} {r['ratio']:g}", (r["latency_ms_median"], r["top1"]), fontsize=7,
-                    xytext=(4, -10), textcoords="offset points")
+        ax.annotate(f"{name}{r['importance']} {r['ratio']:g} {_recipe_label(r)}", (r["latency_ms_median"], r["top1"]),
+                    fontsize=7, xytext=(4, -10 if k % 2 else 6), textcoords="offset points")
     ax.set(xlabel="latency per image, median (ms)", ylabel="top-1 accuracy (%)",
            title="Accuracy vs latency of every artifact\n(dashed: the Pareto front, where nothing is both faster and more accurate)")
     ax.grid(alpha=0.3)

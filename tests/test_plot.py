@@ -66,3 +66,33 @@ def test_pqv_plot_draws_a_two_model_summary(tmp_path):
                              str(tmp_path / "figures")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "figures").glob("*.png"))) == len(plot.FIGURES)
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_each_figure_shows_what_it_says(tmp_path):
+    """(issue 43) Read as a picture: the memory panel plots what the model adds, not the runtime's
+    import; an axis that draws one importance names the ones it leaves out; every Pareto label names
+    one file; Fig. 7 with one engine says there is nothing to compare."""
+    table = summary(["demo"]).assign(rss_model_mb=lambda t: 1 + t["size_mb"])
+    table = plot.load_frame(table)
+    fig2 = plot.FIGURES["fig2_latency_memory"](table)
+    memory = fig2.axes[2]
+    assert "adds" in memory.get_title() and memory.get_ylabel() == "added RSS (MB)"
+    plotted = {tuple(line.get_ydata()) for line in memory.get_lines()}
+    taylor = table[(table["importance"].isin(["taylor", "dense"])) & (table["format"] == "ptl")
+                   & (table["engine"] == "x86") & (table["precision"] == "int8_dynamic")].sort_values("ratio")
+    assert tuple(taylor["rss_model_mb"]) in plotted and tuple(taylor["peak_rss_mb"]) not in plotted
+    assert memory.get_xlabel() == "pruning ratio (taylor importance; hessian, l2: Fig. 5)"
+    pareto = plot.FIGURES["pareto_accuracy_latency"](table)
+    labels = _texts(pareto)
+    assert labels and len(labels) == len(set(labels))
+    assert all(any(f" .{fmt}" in label for fmt in ("ptl", "pte", "eager")) for label in labels)
+    one_engine = plot.load_frame(summary(["demo"], recipes=[("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl")]))
+    fig7 = plot.FIGURES["fig7_engines"](one_engine)
+    assert any("one quantized engine configured (x86): nothing to compare" in t for t in _texts(fig7))
+    assert not any(ax.patches for ax in fig7.axes)
+    two = plot.FIGURES["fig7_engines"](table)
+    assert any(ax.patches for ax in two.axes)
