@@ -129,14 +129,26 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, out_cho
 
 
 def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, str] = ("", "")) -> None:
+    import matplotlib.pyplot as plt
+
+    from .store import atomic_path
+
+    fig = figure(table, final, chosen, searched)
+    with atomic_path(out_png) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
+    plt.close(fig)
+
+
+def figure(table, final: dict, chosen: dict, searched: tuple[str, str] = ("", "")):
+    """The probes' top-1 against the budget line, and the judged file's latency below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .store import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    # accuracy above, latency in a panel of its own below: on a second axis of one panel its line
+    # crossed the budget line and read as accuracy
+    fig, (ax, below) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     shippable = table["status"].map(Status.shippable).astype(bool)
     verified = table[shippable]
     passed, failed = verified[verified["passed"]], verified[~verified["passed"]]
@@ -160,14 +172,15 @@ def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, st
            title=f"search: {searched[0] or chosen['model']}, {searched[1] or chosen['importance']}; chosen: "
                  f"{chosen['precision']} {chosen['engine']} .{chosen['format']} at {chosen['ratio']:g}")
     low, high = ax.get_ylim()
-    ax.set_ylim(max(0.0, low), min(100.0, high))  # top-1 is a percentage: a budget below 0 % is off the chart
+    # top-1 is a percentage: a budget below 0 % is off the chart; a little room above 100 % keeps a
+    # marker at 100 % off the frame
+    ax.set_ylim(max(0.0, low), min(101.5, high))
     ax.grid(alpha=0.3)
-    twin = ax.twinx()
-    twin.plot(verified["ratio"], verified["latency_ms_median"], color="tab:blue", marker=".", lw=0.8, alpha=0.6)
-    twin.set_ylabel("latency of the judged file (ms)", color="tab:blue")
-    twin.set_ylim(0, max(verified["latency_ms_median"].max(), 1e-9) * 1.15)  # from zero: noise must not look like a trend
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_xlabel("")
+    below.plot(verified["ratio"], verified["latency_ms_median"], color="tab:blue", marker="o", lw=0.8)
+    below.set(xlabel="pruning ratio", ylabel="latency (ms)", title="latency of the judged file (median)")
+    below.set_ylim(0, max(verified["latency_ms_median"].max(), 1e-9) * 1.15)  # from zero: noise must not look like a trend
+    below.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside: it hides no error bar
     fig.tight_layout()
-    with atomic_path(out_png) as tmp, open(tmp, "wb") as f:
-        fig.savefig(f, dpi=100, format="png")
-    plt.close(fig)
+    return fig

@@ -291,3 +291,24 @@ def test_on_non_monotone_curves_the_search_ends_only_when_the_interval_is_probed
         assert POINTS[a] == answer
         if len(probed) < budget:
             assert all(POINTS[i] in results for i in range(a + 1, b)), (trial, results)
+
+
+def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
+    """(issue 43) Latency on a second axis crossed the budget line and read as accuracy; a marker at
+    100 % sat on the frame; the legend hid error bars."""
+    import pandas as pd
+
+    from pqv import search_report
+
+    table = pd.DataFrame({"ratio": [0.0, 0.25, 0.5, 0.75], "top1": [100.0, 99.0, 97.0, 80.0], "top1_se": [0.0, 0.5, 0.8, 2.0],
+                          "status": ["verified"] * 4, "passed": [True, True, True, False], "uncertain": [False] * 4,
+                          "reason": [""] * 4, "latency_ms_median": [4.0, 3.0, 2.0, 1.0]})
+    final = {"reference_top1": 100.0, "budget": 3.5, "answer": 0.5}
+    chosen = {"model": "m", "importance": "l2", "precision": "int8_dynamic", "engine": "x86", "format": "ptl", "ratio": 0.5}
+    fig = search_report.figure(table, final, chosen)
+    top, below = fig.axes
+    assert top.get_ylim()[1] > 100.0  # room above a marker at 100 %
+    assert all(list(line.get_ydata()) != [4.0, 3.0, 2.0, 1.0] for line in top.get_lines())  # no latency up here
+    assert [list(line.get_ydata()) for line in below.get_lines()] == [[4.0, 3.0, 2.0, 1.0]]
+    anchor = top.get_legend().get_bbox_to_anchor().transformed(top.transAxes.inverted())
+    assert anchor.x0 > 1.0  # beside the panel, over no point
