@@ -51,6 +51,19 @@ def choose(table: pd.DataFrame, max_loss: float, model: str | None = None) -> di
     }
 
 
+DEFAULT_SUMMARY = "results/summary.csv"
+
+
+def summary_of(summary: str | None, configfiles: list[str] | None) -> str:
+    """The summary to read: the one given, or the one in the results folder of the config files a run
+    used (merged over the default as Snakemake merges them), or the default run's."""
+    if configfiles:
+        from .config import check_files
+
+        return f"{check_files(configfiles)['results']}/summary.csv"
+    return summary or DEFAULT_SUMMARY
+
+
 def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> dict[str, pd.Series]:
     """Print the fastest and the smallest file within `max_loss` points, and each search's choice;
     without `max_loss`, the searches' choices alone."""
@@ -60,7 +73,9 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
     try:
         table = pd.read_csv(summary_csv)
     except FileNotFoundError:
-        raise PQVError(f"no summary at {summary_csv}", "run the workflow first (snakemake --cores N)") from None
+        raise PQVError(f"no summary at {summary_csv}",
+                       "a run with its own results: folder: pqv choose --configfile FILE... (the files the run used) or "
+                       "--summary FOLDER/summary.csv; no run yet: snakemake --cores N first") from None
     except IsADirectoryError:
         raise PQVError(f"{summary_csv} is a folder, not a summary", "give its summary.csv (results/summary.csv)") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:

@@ -150,7 +150,7 @@ def _search(a):
 def _choose(a):
     from . import choose
 
-    choose.run(a.summary, a.max_accuracy_loss, a.model)
+    choose.run(choose.summary_of(a.summary, a.configfile), a.max_accuracy_loss, a.model)
 
 
 def _setting(section, key: str, **extra) -> dict:
@@ -328,7 +328,10 @@ def _add_tables(sub, c):
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_costs)
     s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")
-    s.add_argument("--summary", default="results/summary.csv")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--summary", default=None, help="the summary a run wrote (default results/summary.csv)")
+    where.add_argument("--configfile", nargs="+", default=None,
+                       help="the config files the run used (as given to snakemake): its results folder's summary")
     s.add_argument("--max-accuracy-loss", type=float, default=None,
                    help="top-1 points below the dense FP32 model (without it: the searches' choices only)")
     s.add_argument("--model", default=None, help="only this model id")

@@ -406,3 +406,17 @@ def test_choose_on_a_file_that_is_not_a_summary_is_one_line(tmp_path, summary):
         path.write_text("a,b\n1,2\n")
     result = pqv("choose", "--summary", path, "--max-accuracy-loss", "1")
     one_line(result, "choose", str(path), "summary.csv")
+
+
+def test_choose_finds_a_runs_summary_from_the_runs_own_config_files(tmp_path):
+    """(issue 43) After a run whose config sets its own results: folder, `pqv choose` without
+    --summary said "run the workflow first": wrong, the run happened. --configfile reads the folder
+    from the files the run used; the missing-summary line names both ways."""
+    config = tmp_path / "my.yaml"
+    config.write_text("results: my-results\n")
+    missing = subprocess.run([sys.executable, "-m", "pqv", "choose", "--max-accuracy-loss", "1"], capture_output=True,
+                             text=True, cwd=tmp_path)
+    one_line(missing, "choose", "no summary at results/summary.csv", "--configfile")
+    found = subprocess.run([sys.executable, "-m", "pqv", "choose", "--configfile", str(config), "--max-accuracy-loss", "1"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    one_line(found, "choose", "no summary at my-results/summary.csv", "--summary FOLDER/summary.csv")
