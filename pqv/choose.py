@@ -99,6 +99,7 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
         print(f"{row['model']}: {row['search']}:")
         for key in SHOWN:
             print(f"  {key:18} {row[key]}")
+        print(f"  {'for the app':18} {app_file(row['artifact'], summary_csv)}")
         print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     return picks
 

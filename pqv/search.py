@@ -202,7 +202,8 @@ def describe_probe(p: dict, budget: float) -> str:
         return f"failed ({p['status']}: {p['reason']})"
     where = "within" if p["passed"] else ("outside, by less than its standard error," if p["verdict"] == WEAK else "outside")
     se = f" ± {p['top1_se']:.2f}" if p.get("top1_se") == p.get("top1_se") else ""  # NaN: no image count
-    return (f"top-1 {p['top1']:.2f}{se} ({-p['loss']:+.2f} points), {where} the budget of {budget:g}"
+    points = round(-p["loss"], 2) + 0.0  # + 0.0: a loss that rounds to zero prints +0.00, not -0.00
+    return (f"top-1 {p['top1']:.2f}{se} ({points:+.2f} points), {where} the budget of {budget:g}"
             + (" (uncertain: within one standard error of the line)" if p.get("uncertain") else ""))
 
 

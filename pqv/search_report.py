@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 
+from . import appfile
 from .errors import PQVError
 from .registry import EAGER, Status
 from .search import COLUMNS, REFERENCE, describe_probe
@@ -114,18 +115,26 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, out_cho
               "chosen": chosen, "tied": tie if len(tie) > 1 else [], "choice_method": method}
     write_json(out_json, result)
     draw(table, final, chosen, out_png, searched)
-    for p in final["probes"]:
-        print(f"probe {p['ratio']:g}: {describe_probe(p, budget)}")
+    print("\n".join(probe_lines(final["probes"], budget)))
     print(f"search {searched[0]}, {searched[1]}: the largest ratio within {budget:g} top-1 points of the dense FP32 "
           f"model ({final['reference_top1']:.2f} %, {REFERENCE}) is {final['answer']:g}, after {result['probes']} "
           f"probes in {result['rounds']} rounds; its fastest file within the budget: {chosen['artifact']} "
-          f"({chosen['top1']:.2f} %, {chosen['race_ms_median']:.3g} ms in the race)")
+          f"({chosen['top1']:.2f} %, {chosen['race_ms_median']:.3g} ms in the race), for the app with "
+          f"{appfile.path_of(chosen['artifact'])}")
     if len(tie) > 1:
         print(f"a tie: {', '.join(tie)} are within each other's spread ({method}); the smallest file is chosen")
     if result["uncertain"]:
         print(f"uncertain: the probes at {', '.join(f'{r:g}' for r in result['uncertain'])} are within one standard "
               "error of the budget line: another evaluation split could move the answer by a grid step")
     return result
+
+
+def probe_lines(probes: list[dict], budget: float) -> list[str]:
+    """One line per measured branch; the dense one is the curve's start (and the reference), not a probe."""
+    def name(p: dict) -> str:
+        return "dense 0 (the start, not a probe)" if float(p["ratio"]) == 0 else f"probe {p['ratio']:g}"
+
+    return [f"{name(p)}: {describe_probe(p, budget)}" for p in probes]
 
 
 def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, str] = ("", "")) -> None:

@@ -312,3 +312,15 @@ def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
     assert [list(line.get_ydata()) for line in below.get_lines()] == [[4.0, 3.0, 2.0, 1.0]]
     anchor = top.get_legend().get_bbox_to_anchor().transformed(top.transAxes.inverted())
     assert anchor.x0 > 1.0  # beside the panel, over no point
+
+
+def test_the_reports_lines_count_probes_as_probes_and_print_no_negative_zero():
+    """(issue 43) "after 2 probes" listed three ratios (the dense branch is not a probe) and a loss
+    that rounds to nothing printed as -0.00 points."""
+    from pqv import search_report
+
+    probe = {"status": "verified", "passed": True, "verdict": "pass", "top1_se": 0.5, "uncertain": False}
+    lines = search_report.probe_lines([{**probe, "ratio": 0.0, "top1": 95.0, "loss": 0.0},
+                                       {**probe, "ratio": 0.5, "top1": 95.0, "loss": 0.001}], 1.0)
+    assert lines[0].startswith("dense 0 (the start, not a probe): top-1 95.00")
+    assert lines[1].startswith("probe 0.5: top-1 95.00 ± 0.50 (+0.00 points), within the budget of 1")
