@@ -224,7 +224,7 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
     from .store import read_json, write_json
 
     base = read_json(model_sidecar)
-    state = read_json(previous) if previous else {"probes": [], "round": -1}
+    state = read_state(previous) if previous else {"probes": [], "round": -1}
     reference = state.get("reference_top1") if previous else reference_top1(read_json(p) for p in references)
     if reference is None:
         raise PQVError("the search has no accuracy reference: no verified dense FP32 file was measured",
@@ -273,4 +273,21 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
 
 
 def read_state(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A round's file (the Snakefile reads it while planning); a damaged one (cut short by a full
+    disk or a copy stopped mid-way, edited by hand) is one line naming it and the fix."""
+    try:
+        state = json.loads(Path(path).read_text())
+        why = None if isinstance(state, dict) else f"it holds a JSON {type(state).__name__}, not an object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        state, why = None, f"{type(e).__name__}: {e}"
+    if why is None:
+        missing = [k for k in ("round", "probes", "answer", "next", "done") if k not in state]
+        why = f"it lacks {', '.join(missing)}" if missing else None
+        if why is None and not (isinstance(state["next"], list) and isinstance(state["probes"], list)
+                                and all(isinstance(p, dict) and "ratio" in p for p in state["probes"])):
+            why = "its next or probes are not lists of probes"
+    if why is not None:
+        raise PQVError(f"damaged search state {path} ({why})",
+                       f"delete it (rm {path}) and run again: the search's results are kept, and a change that needs "
+                       "the round (another budget) makes it again from its probes, which are kept too")
+    return state

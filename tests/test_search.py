@@ -293,6 +293,18 @@ def test_on_non_monotone_curves_the_search_ends_only_when_the_interval_is_probed
             assert all(POINTS[i] in results for i in range(a + 1, b)), (trial, results)
 
 
+@pytest.mark.parametrize("text", ['{"round": 0, "probes": [', "[]", '{"round": 0}', "\xff\xfe"])
+def test_a_damaged_round_file_is_one_line_naming_it_and_the_fix(tmp_path, model_sidecar, text):
+    damaged = tmp_path / "round-0.json"
+    damaged.write_bytes(text.encode("latin-1"))
+    match = rf"damaged search state {damaged} \(.*\) \(fix: delete it \(rm {damaged}\) and run again: the search's results are kept"
+    with pytest.raises(PQVError, match=match):
+        search.read_state(damaged)
+    with pytest.raises(PQVError, match=match):  # the round after it reads it too
+        search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [], previous=str(damaged))
+
+
+
 def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
     """(issue 43) Latency on a second axis crossed the budget line and read as accuracy; a marker at
     100 % sat on the frame; the legend hid error bars."""

@@ -129,3 +129,25 @@ def test_a_probe_an_interrupted_run_left_unrecorded_is_made_again(searched):
     # a dry run sees the probes up to the first round whose inputs change (the rest wait on it)
     longer = {**CONFIG, "finetune": {**CONFIG["finetune"], "epochs": 2}}
     assert f"{ratio:g}" in finetuned(snakemake(workdir, "-n", "-p", config=longer))
+
+
+def test_a_damaged_search_state_file_is_one_line_naming_it_and_the_fix(searched, tmp_path):
+    """A round's file cut short (a full disk, a copy stopped mid-way) is read while Snakemake plans:
+    one line naming the file and the fix, not a traceback; the fix works."""
+    work = tmp_path / "work"
+    shutil.copytree(searched[0], work, symlinks=True)
+    damaged = work / "results/search/tiny/l2/round-0.json"
+    damaged.write_text(damaged.read_text()[:40])
+    result = snakemake(work, "-n", config=CONFIG)
+    err = result.stdout + result.stderr
+    assert result.returncode == 2, err[-3000:]
+    lines = [ln for ln in err.splitlines() if "pqv search: error:" in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert "damaged search state results/search/tiny/l2/round-0.json" in lines[0]
+    assert "(fix: delete it" in lines[0]
+    damaged.unlink()  # the fix: the search's results are kept ...
+    plan = snakemake(work, "-n", config=CONFIG)
+    assert plan.returncode == 0 and scheduled(plan) == Counter(), (plan.stdout + plan.stderr)[-3000:]
+    looser = snakemake(work, "-n", config={**CONFIG, "search": {**SEARCH, "budget": 50.0}})
+    assert looser.returncode == 0, (looser.stdout + looser.stderr)[-3000:]
+    assert scheduled(looser)["search_round"] >= 1 and scheduled(looser)["finetune"] == 0  # ... the round made again

@@ -39,7 +39,10 @@ def round_inputs(wc):
             "probes": probe_files(wc.model, wc.importance, SEARCH_STATE(previous)["next"])}
 
 
-SEARCH_STATE = pqv_search.read_state
+def SEARCH_STATE(path):
+    """A round's file (pqv.search.read_state); a damaged one stops planning with one line."""
+    with pqv_config.reported("search"):
+        return pqv_search.read_state(path)
 
 
 checkpoint search_round:
