@@ -30,11 +30,11 @@ import statistics
 import warnings
 from pathlib import Path
 
+import latency  # bench/latency.py, beside this script
 import pandas as pd
 import torch
 from torch import nn
 
-import latency  # bench/latency.py, beside this script
 from pqv import evaluate, export, layers, ort, quantize, store
 
 
@@ -231,7 +231,8 @@ def main() -> None:
           f"warm-up {args.warmup}, median of {args.runs}, {args.rounds} rounds; the probes' least cosine to "
           f"their eager twins {min(check.values()):.4f}")
     df = pd.DataFrame(table)
-    print(df[["row", "widths", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s", "share_of_whole_model", "x_linears_only"]]
+    print(df[["row", "widths", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s",
+              "share_of_whole_model", "x_linears_only"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     out = Path(args.out or latency.default_out("gemm_floor", machine))
     with store.atomic_path(out) as tmp:

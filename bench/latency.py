@@ -7,7 +7,8 @@ reported, not timed). Four lever rows are made outside the workflow on purpose a
 own layers (the baseline of pqv/layers.py's twins), PQV's LayerNorm twin before issue 15 and
 timm's LayerNorm as a portable kernel (the two alternatives to today's, bench/layernorm.py); they
 get the same check. ONNX Runtime's rows (the peer) are the workflow's own onnx and ort formats
-(pqv/ort.py), and each run's `speedup_vs_ort` is against the fastest of them (`ort_best`). Each artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
+(pqv/ort.py), and each run's `speedup_vs_ort` is against the fastest of them (`ort_best`). Each
+artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
 calls, median of repeated batch-1 calls; min and max kept). The machines we run on share their
 host, so the whole set is timed in several interleaved rounds and each speed-up is the median over
 rounds of the ratio measured within one round (side by side). Random-init weights are fine for
@@ -37,9 +38,8 @@ import torch
 from torch import nn
 
 from pqv import arch, evaluate, export, ort, prune, quantize, registry, store
-from pqv.registry import Status
 from pqv.errors import PQVError
-from pqv.registry import NO_ENGINE
+from pqv.registry import NO_ENGINE, Status
 
 DIGITS = {"name": "digits"}
 
@@ -74,12 +74,15 @@ RECIPES: dict[str, Recipe] = {
     "pte int8_dynamic": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", note="PQV's fastest"),
     "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="timm",
                                            note="lever baseline, not a workflow recipe: without pqv/layers.py twins"),
-    "pte int8_dynamic pooled-mean LayerNorm": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="pooled-mean",
-                                                     note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15"),
-    "pte int8_dynamic portable LayerNorm": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="portable-layernorm",
-                                                  note="lever, not a workflow recipe: nn.LayerNorm as a portable kernel, between delegated pieces"),
-    "pte int8_dynamic fp16 attention": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="fp16-attention",
-                                              note="lever, not a workflow recipe: attention's matmuls and softmax in FP16"),
+    "pte int8_dynamic pooled-mean LayerNorm": Recipe(
+        "pruned", "int8_dynamic", "xnnpack", "pte", layers="pooled-mean",
+        note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15"),
+    "pte int8_dynamic portable LayerNorm": Recipe(
+        "pruned", "int8_dynamic", "xnnpack", "pte", layers="portable-layernorm",
+        note="lever, not a workflow recipe: nn.LayerNorm as a portable kernel, between delegated pieces"),
+    "pte int8_dynamic fp16 attention": Recipe(
+        "pruned", "int8_dynamic", "xnnpack", "pte", layers="fp16-attention",
+        note="lever, not a workflow recipe: attention's matmuls and softmax in FP16"),
     "pte int8_dynamic 1 thread": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", threads=1),
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),

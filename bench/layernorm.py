@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pqv import evaluate, export, store, layers
+from pqv import evaluate, export, layers, store
 
 
 class PooledMeanLayerNorm(nn.Module):

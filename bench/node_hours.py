@@ -6,7 +6,8 @@
 Runs `snakemake -n` in cluster mode (`--jobs`; `--cores` only lifts a dry run's one-core cap) on the config with an ImageNet-sized
 data set: manifests that state ImageNet-1k's image counts (1,281,167 / 50,000) stand in for the
 data jobs' outputs, so each job's budget is the one the real run would compute, on a partition a
-stand-in `sinfo` describes (default: GPUs, a 24-hour limit, which caps every request). Each job's requested wall time (`runtime`) counts as
+stand-in `sinfo` describes (default: GPUs, a 24-hour limit, which caps every request). Each job's
+requested wall time (`runtime`) counts as
 node-hours whole when the job asks for the node to itself (`--exclusive`), else as its share of a
 node's cores (--node-cores); GPU-hours are runtime x GPUs. Requested, not used: a budget is twice
 the expected time plus 10 minutes (pqv/resources.py). Prints a table and writes

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pqv import arch, store, prune
+from pqv import arch, prune, store
 
 RATIOS = [0.09375, 0.25, 0.5]
 IMPORTANCES = ["l1", "l2", "taylor", "hessian", "random", "lamp"]

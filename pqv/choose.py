@@ -115,7 +115,8 @@ def app_file(artifact: str, summary_csv: str) -> str:
     rel = Path(path_of(artifact))
     for folder in (Path.cwd(), *Path(summary_csv).resolve().parents):
         if (folder / rel).is_file():
-            return f"{rel if folder == Path.cwd() or rel.is_absolute() else folder / rel} (labels, input, preprocessing: docs/formats.md)"
+            shown = rel if folder == Path.cwd() or rel.is_absolute() else folder / rel
+            return f"{shown} (labels, input, preprocessing: docs/formats.md)"
     return (f"missing: no {rel} (a summary from before app files, or the file was moved; rerun the workflow, "
             "snakemake --cores N, which writes it beside the file)")
 

@@ -172,7 +172,8 @@ def _common():
     from .registry import DEVICES
 
     return {
-        "data": {"required": True, "help": "a split's manifest, made by `pqv data` (the workflow's: results/data/train.json, eval.json)"},
+        "data": {"required": True,
+                 "help": "a split's manifest, made by `pqv data` (the workflow's: results/data/train.json, eval.json)"},
         "workers": {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"},
         "threads": {"type": int, "default": None,
                     "help": "cores the job holds: each process takes its share for torch (DataLoader workers decode beside)"},

@@ -31,7 +31,7 @@ def _type_name(annotation) -> str:
         return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         return f"list of {_type_name(args[0])}"
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         names = [_type_name(a) for a in args if a is not type(None)]

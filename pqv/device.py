@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 from .errors import PQVError
-
 from .registry import DEVICES as CHOICES
 
 

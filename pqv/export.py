@@ -13,9 +13,9 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -25,7 +25,6 @@ from .errors import PQVError
 from .progress import progress
 from .quantize import engine_scope
 from .registry import NO_ENGINE, Status
-
 
 log = logging.getLogger(__name__)
 CHECK_CHUNK = 16  # images per call in the export check: a bar that moves, memory that stays small

@@ -19,9 +19,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -62,7 +62,6 @@ def profile_ops(fn, example: torch.Tensor, warmup: int, runs: int):
 
 def _torch_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
     from . import export
-
     from .evaluate import runtime_version
 
     module = export.load(artifact, meta["format"], meta["engine"])

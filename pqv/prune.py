@@ -13,16 +13,17 @@ Whole-head pruning leaves head_dim, and so the temperature, unchanged.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
 from . import arch as archmod
-from . import registry
+from . import datasets, registry
 from .config import Prune, default
-from . import datasets
 from .errors import PQVError
 from .progress import progress
-from .search import groups as pruned_groups, reach as reach_of
+from .search import groups as pruned_groups
+from .search import reach as reach_of
 
 
 def _tp():
@@ -234,7 +235,8 @@ def check_widths(before: dict[str, int], after: dict[str, int], ratio: float, sc
     g = wide[0]
     reach, narrowest = reach_of(before, round_to, heads, bottleneck)
     raise PQVError(f"pruning ratio {ratio:g} is out of Torch-Pruning's reach for this model: {g} kept {after[g]} of "
-                   f"{before[g]} where the ratio asks for about {max(target(g), 0):.0f}{f' in multiples of {step}' if round_to else ''} "
+                   f"{before[g]} where the ratio asks for about {max(target(g), 0):.0f}"
+                   f"{f' in multiples of {step}' if round_to else ''} "
                    f"(it leaves a group whole when it would keep less than {'one channel' if step == 1 else f'{step} channels'})",
                    f"use a ratio of at most {math.floor(reach * 1000) / 1000:g}, as the narrowest group, {narrowest}, has "
                    f"{before[narrowest]} channels{', or a smaller prune.round_to' if round_to else ''}")
@@ -306,8 +308,8 @@ def run(model_path: str, out: str, importance: str, ratio: float, manifest, cali
         heads: str = default(Prune, "heads"), head_ratio: float | None = None, bottleneck: bool = False,
         seed: int = default(Prune, "seed"), device: str = "auto") -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
-    from .device import resolve
     from . import store
+    from .device import resolve
 
     check_args(importance, ratio, scope, heads, head_ratio)
     model, arch = store.load_model(model_path)

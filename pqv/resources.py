@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from .registry import EAGER, GRADIENT_IMPORTANCES
 
-
 # Stages that time latency: on SLURM they ask for the node to themselves (`--exclusive`), and on one
 # machine they reserve every core Snakemake has, so nothing else runs while they are timed. They
 # are short: the accuracy pass over the held-out split is a job of its own (throughput, shared node).

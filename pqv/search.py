@@ -240,7 +240,8 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
     dense = probes.get(0.0)
     if dense is None or not dense["passed"]:
         why = f"its file is {dense['status']}: {dense['reason']}" if dense and not Status.shippable(dense["status"]) else (
-            f"top-1 {dense['top1']:.2f} is {dense['loss']:.2f} points below the dense FP32 model's {reference:.2f}" if dense else "it was not measured")
+            f"top-1 {dense['top1']:.2f} is {dense['loss']:.2f} points below the dense FP32 model's {reference:.2f}" if dense
+            else "it was not measured")
         raise PQVError(f"search budget {settings['budget']:g} top-1 points: even the unpruned "
                        f"{settings['artifact']['precision']} .{settings['artifact']['format']} artifact fails it ({why})",
                        "allow a larger search.budget, or judge another search.artifact (e.g. fp32)")

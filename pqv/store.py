@@ -125,7 +125,8 @@ def read_sidecar(artifact: str | os.PathLike) -> dict:
 
 
 # The stage that writes a file, by the names the workflow gives them (when its sidecar cannot say).
-STAGE_BY_NAME = {"train.json": "data", "eval.json": "data", "manifest.json": "data", "model.safetensors": "model", "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
+STAGE_BY_NAME = {"train.json": "data", "eval.json": "data", "manifest.json": "data", "model.safetensors": "model",
+                 "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
 STAGE_BY_SUFFIX = {".ts": "quantize", ".pt2": "quantize", ".ptl": "export", ".pte": "export", ".ort": "export"}
 
 
@@ -196,9 +197,9 @@ def check_artifact(path: str | os.PathLike) -> None:
 
 
 def versions() -> dict:
-    import torch
-
     from importlib import metadata
+
+    import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("timm", "torch-pruning", "executorch", "onnxruntime"):

@@ -7,7 +7,6 @@ size and accuracy. docs/ show such tables rendered from the runs' CSVs, not rety
 import argparse
 
 import pandas as pd
-
 import summary_table  # scripts/summary_table.py, beside this script
 
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]

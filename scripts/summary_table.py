@@ -24,7 +24,8 @@ def table(path: str) -> list[str]:
     t = pd.read_csv(path)
     t = t.assign(order=t["format"].map(FORMAT_ORDER)).sort_values(["model", "ratio", "importance", "order", "precision"])
     several = t["model"].nunique() > 1
-    lines = [("| model " if several else "") + "| branch | precision | format | top-1 % | latency ms (min–max) | size MB | params | MACs |",
+    header = "| branch | precision | format | top-1 % | latency ms (min–max) | size MB | params | MACs |"
+    lines = [("| model " if several else "") + header,
              ("|---" if several else "") + "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         branch, precision = labels(r)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pqv import arch, data, model as pqv_model
-from pqv import finetune
+from pqv import arch, data, finetune
+from pqv import model as pqv_model
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 # Tiny models run fastest on one thread; on 2-vCPU machines two torch threads mostly spin-wait.

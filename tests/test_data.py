@@ -384,7 +384,8 @@ def test_very_large_images_are_named_in_one_line_and_counted_in_the_jobs_memory(
     memory of every job that reads images counts one such decode per loader process."""
     from PIL import Image
 
-    from pqv import config as pqv_config, resources
+    from pqv import config as pqv_config
+    from pqv import resources
 
     monkeypatch.setattr(data, "LARGE_PIXELS", 1_000_000)
     for split in ("train", "val"):

@@ -30,6 +30,7 @@ def test_training_follows_the_rule(monkeypatch):
 
 def test_prune_and_accuracy_run_on_the_given_device_and_return_to_cpu(trained_tiny):
     from pqv import datasets, evaluate, prune
+
     from .conftest import DIGITS, tiny_vit
 
     m, a, _ = trained_tiny

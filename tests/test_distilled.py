@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from pqv import arch, evaluate, export, finetune, store, prune, quantize
+from pqv import arch, evaluate, export, finetune, prune, quantize, store
 from pqv import model as pqv_model
 
 from .conftest import DIGITS, TINY_KWARGS

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pqv import arch, data, export, finetune, store, quantize
+from pqv import arch, data, export, finetune, quantize, store
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, manifest_file

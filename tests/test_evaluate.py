@@ -1,9 +1,9 @@
+import pandas as pd
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pqv import evaluate, plot
-import pandas as pd
-import pytest
 
 
 def test_accuracy_counts_top1_and_top5_exactly():
@@ -54,7 +54,7 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
     DataLoader workers decode beside it); its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
 
-    from pqv import datasets, export, store, quantize
+    from pqv import datasets, export, quantize, store
 
     from .conftest import DIGITS
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pqv import arch, datasets, store, model
+from pqv import arch, datasets, model, store
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, TIMM_NAME, TINY_KWARGS, held_out_top1, tiny_vit

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pqv import datasets, export, store, quantize, registry
+from pqv import datasets, export, quantize, registry, store
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, manifest_file
@@ -10,7 +10,8 @@ from .conftest import DIGITS, manifest_file
 def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
     (tmp_path / "quantized").mkdir(parents=True, exist_ok=True)  # an .onnx program and its .onnx file: two folders, as in the workflow
     program = tmp_path / "quantized" / f"{precision}-{engine}.{registry.ir_of(fmt)}"
-    quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=128)  # the workflow default (quantize.calibration_images)
+    # the workflow default (quantize.calibration_images)
+    quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=128)
     out = tmp_path / f"{precision}-{engine}.{fmt}"
     fidelity = export.run(str(program), str(saved), str(out), fmt, DIGITS, **options)
     return out, fidelity
@@ -160,8 +161,11 @@ def test_garbage_outputs_fail_the_check(fidelity):
 def _broken_runtime(monkeypatch, change):
     """The ptl runtime, but its outputs changed by `change` (a broken exporter or layer rewrite)."""
     real = export.FORMATS["ptl"]
-    monkeypatch.setitem(export.FORMATS, "ptl", export.Format(
-        real.export, lambda path: (lambda x, _m=real.load(path): change(_m(x)))))
+    def load(path):
+        loaded = real.load(path)
+        return lambda x: change(loaded(x))
+
+    monkeypatch.setitem(export.FORMATS, "ptl", export.Format(real.export, load))
 
 
 def test_an_fp32_artifact_that_changed_the_function_is_a_failed_file_never_verified(saved_tiny, tmp_path, monkeypatch,

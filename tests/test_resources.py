@@ -42,7 +42,8 @@ def test_a_small_photo_set_asks_for_minutes_and_imagenet_for_hours():
     big = config(dataset={"name": "imagefolder", "root": "/imagenet"}, models=[{"id": "b", **DEIT_B, "weights": "hub"}],
                  finetune={"epochs": 60}, device="cpu")
     for stage in STAGES:
-        small, large = resources.of(stage, tiny, PHOTOS, "taylor", 0.25, 398), resources.of(stage, big, IMAGENET, "taylor", 0.25, 1_331_167)
+        small = resources.of(stage, tiny, PHOTOS, "taylor", 0.25, 398)
+        large = resources.of(stage, big, IMAGENET, "taylor", 0.25, 1_331_167)
         assert small["runtime"] <= 30, (stage, small)  # minutes
         assert large["mem_mb"] > small["mem_mb"], stage
         # timing jobs: a few images either way; the model job with hub weights: a download, no training

@@ -93,7 +93,8 @@ EAGER_ACCURACY = BRANCH.format("l2_0.25/eval/fp32-none.eager.accuracy.json")
 def expected(stage: str, config: dict, images: tuple[int, int]) -> dict:
     """What pqv.resources gives a job of the default config (with `config` over it) on the digits
     and the demo model's size estimate (the stand-in inputs have no sidecar facts)."""
-    from pqv import config as pqv_config, resources
+    from pqv import config as pqv_config
+    from pqv import resources
 
     cfg = pqv_config.load_yaml(REPO / "config/config.yaml")
     for key, value in config.items():

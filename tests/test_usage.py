@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 
 from pqv import summary, usage
@@ -57,7 +56,8 @@ def test_stage_costs_take_each_jobs_cpu_seconds_from_its_log(tmp_path):
         (root / f"{job}.tsv").write_text(HEADER + f"10.0\t0:00:10\t100\t200\t50\t60\t0\t0\t50\t{cpu}\n")
     logs = tmp_path / "logs"
     logs.mkdir()
-    line = lambda cpu: usage.PREFIX + json.dumps({"wall_s": 9.5, "cpu_s": cpu, "mean_load": cpu / 9.5, "max_rss_mb": 1})
+    def line(cpu):
+        return usage.PREFIX + json.dumps({"wall_s": 9.5, "cpu_s": cpu, "mean_load": cpu / 9.5, "max_rss_mb": 1})
     (logs / "model.log").write_text("progress\n" + line(18.0) + "\n")
     (logs / "finetune.log").write_text(line(19.0) + "\nrank 1 says\n" + line(17.0) + "\n")
     (logs / "prune.log").write_text("cut off before its end\n")
