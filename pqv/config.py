@@ -92,7 +92,9 @@ class HParams(Section):
     color_jitter: Optional[float] = Field(0.4, ge=0, description="ImageFolder training colour jitter")
     hflip: float = Field(0.5, ge=0, le=1, description="ImageFolder training horizontal flip probability")
     clip_grad: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this")
-    amp: bool = Field(True, description="mixed precision (autocast + GradScaler) when CUDA is available; CPU runs stay FP32")
+    amp: bool = Field(True, description="mixed precision where the job runs on CUDA: autocast to amp_dtype, with a "
+                                        "GradScaler for float16 (it skips a step whose gradients overflow); on a CPU "
+                                        "it does nothing, training stays FP32 (a change still reruns the job)")
     amp_dtype: Literal["float16", "bfloat16"] = Field("float16", description="autocast type on CUDA")
     seed: int = Field(0, description="model init, data order and augmentation are seeded from (seed, epoch, rank)")
 
@@ -141,7 +143,9 @@ class Dataset(Section):
     eval_dir: str = setting("val", description="the evaluation split's folder under root", reads='data_eval:imagefolder')
     max_train: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the training split", reads='data_train')
     max_eval: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads='data_eval')
-    workers: int = setting(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns nothing)", reads='none')
+    workers: int = setting(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns "
+                                              "nothing, changes nothing: each training image's augmentation is seeded "
+                                              "from (seed, epoch, its index), whichever process loads it)", reads='none')
     split_seed: int = setting(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets",
                               reads='data_train:drawn_train data_eval:drawn_eval')
 
@@ -287,7 +291,9 @@ class Config(Section):
     results: str = setting("results", description="folder for every artifact the workflow makes", reads='none')
     device: choice(registry.DEVICES) = setting("auto", description="where gradients and eager accuracy passes run: "
                                                                  "auto = CUDA when the job's machine has it (on SLURM, "
-                                                                 "only if the partition has GPUs). Latency is always the CPU's", reads='none')
+                                                                 "only if the partition has GPUs). Latency is always the CPU's. "
+                                                                 "What a job makes differs only by float rounding (finetune.amp "
+                                                                 "decides whether CUDA autocasts)", reads='none')
     dataset: Dataset = Field(description="the images (docs/data.md)")
     models: list[Model] = Field(min_length=1, description="the starting models, one sweep each")
     prune: Prune = Field(default_factory=Prune, description="one branch per importance x ratio")

@@ -8,6 +8,7 @@ interpolation, crop_pct).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def digits_pixels():
         return np.loadtxt(f, delimiter=",")[:, :-1]
 
 
-def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
+def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None,
+            seed: int = 0) -> Dataset:
     """The manifest's digits (indices into scikit-learn's 8x8 images), upsampled to the model's input."""
     x = digits_pixels()
     items = data.split_of(manifest, split)["items"]
@@ -71,10 +73,47 @@ def load_image(path: str, value_range: list[float] | None = None, mode: str = "R
     return im.convert(mode)
 
 
-class ManifestImages(Dataset):
-    """The image files of one split of a manifest, with the training split's class index."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentation in one epoch: (the run's seed, epoch, the image's index
+    in the split) alone, so which process or DataLoader worker draws it changes nothing. Tagged apart
+    from pqv.finetune.seed_epoch's (seed, epoch, rank), so no image shares a stream with the loop."""
+    import numpy as np
 
-    def __init__(self, manifest: dict, split: str, transform=None, channels: int = 3):
+    return int(np.random.SeedSequence([seed % 2**64, epoch, index, 0x1A6E]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(value: int):
+    """Python's random, numpy's and torch's global generators seeded with `value` inside, and left
+    as they were outside: with workers 0 the transform runs in the training loop's process, whose
+    draws (Mixup's) must not depend on the images'."""
+    import random
+
+    import numpy as np
+
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+class ManifestImages(Dataset):
+    """The image files of one split of a manifest, with the training split's class index.
+
+    With a `seed` (training), each image's random transform draws from its own stream,
+    `sample_seed(seed, epoch, index)`: the same images whatever the DataLoader's worker count or the
+    world size, and a run resumed mid-epoch draws what an uninterrupted one does. `epoch` is set by
+    the training sampler's set_epoch (workers are started per epoch and take a copy of it)."""
+
+    epoch = 0
+
+    def __init__(self, manifest: dict, split: str, transform=None, channels: int = 3, seed: int | None = None):
         if channels not in CHANNEL_MODES:
             raise PQVError(f"the model reads {channels}-channel images; photos convert to 1 (gray) or 3 (RGB) channels",
                            "set the model's in_chans to 1 or 3 (models[].kwargs)")
@@ -86,6 +125,7 @@ class ManifestImages(Dataset):
         self.classes = manifest["classes"]
         self.value_range = manifest.get("value_range")
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -93,12 +133,19 @@ class ManifestImages(Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         image = load_image(path, self.value_range, self.mode)
-        return (self.transform(image) if self.transform else image), label
+        if not self.transform:
+            return image, label
+        if self.seed is None:
+            return self.transform(image), label
+        with seeded(sample_seed(self.seed, self.epoch, i)):
+            return self.transform(image), label
 
 
-def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None) -> Dataset:
+def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None,
+                 seed: int = 0) -> Dataset:
     """The manifest's files with timm's transforms for the model. `augment` holds timm
-    create_transform options for training (auto_augment, re_prob, color_jitter, hflip)."""
+    create_transform options for training (auto_augment, re_prob, color_jitter, hflip), drawn per
+    image from `seed` (ManifestImages)."""
     from timm.data import create_transform
 
     transform = create_transform(
@@ -110,7 +157,7 @@ def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, 
         crop_pct=data_config.get("crop_pct", 0.875),
         **((augment or {}) if training else {}),
     )
-    return ManifestImages(manifest, split, transform, channels=data_config["input_size"][0])
+    return ManifestImages(manifest, split, transform, channels=data_config["input_size"][0], seed=seed if training else None)
 
 
 DATASETS = {"digits": _digits, "imagefolder": _imagefolder}
@@ -120,9 +167,11 @@ def num_classes(manifest) -> int:
     return len(data.of(manifest)["classes"])
 
 
-def dataset(manifest, split: str, data_config: dict, training: bool = False, augment: dict | None = None) -> Dataset:
+def dataset(manifest, split: str, data_config: dict, training: bool = False, augment: dict | None = None,
+            seed: int = 0) -> Dataset:
+    """One split's images; `seed`: the run's, from which training draws each image's augmentation."""
     manifest = data.of(manifest)
-    return DATASETS[manifest["dataset"]["name"]](manifest, split, data_config, training, augment)
+    return DATASETS[manifest["dataset"]["name"]](manifest, split, data_config, training, augment, seed)
 
 
 class _ResumableSampler(DistributedSampler):
@@ -130,6 +179,11 @@ class _ResumableSampler(DistributedSampler):
     resumed mid-epoch sees the rest of that epoch's batches without decoding the ones before."""
 
     skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if isinstance(self.dataset, ManifestImages):  # its per-image augmentation streams follow the epoch
+            self.dataset.epoch = epoch
 
     def __iter__(self):
         return itertools.islice(super().__iter__(), self.skip, None)
@@ -148,7 +202,7 @@ def loader(manifest, split: str, data_config: dict, batch_size: int, training: b
     The incomplete last batch is dropped so that every rank takes the same number of steps.
     Evaluation shards without padding (rank r gets items r, r+N, ...), so counts sum exactly.
     """
-    ds = dataset(manifest, split, data_config, training=training, augment=augment)
+    ds = dataset(manifest, split, data_config, training=training, augment=augment, seed=seed)
     sampler = None
     if training:
         sampler = _ResumableSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from pqv import data, datasets, finetune, store, prune
 from pqv.errors import PQVError
 
-from .conftest import DIGITS, held_out_top1, manifest_file, tiny_arch, tiny_vit
+from .conftest import DIGITS, TINY_KWARGS, held_out_top1, manifest_file, tiny_arch, tiny_vit
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"name": "digits", "max_train": 192, "max_eval": 64}  # 6 steps of 32 per epoch
@@ -320,6 +320,62 @@ def test_imagefolder_training_gets_timm_augmentation(tmp_path):
     assert "RandAugment" in transform and "RandomErasing" in transform
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 32, 32)
+
+
+def _image_folder(root: Path, per_class: int = 8) -> dict:
+    """A tiny ImageFolder of noise images (so every augmentation shows), scanned by the data stage."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (20, 20, 3)).astype(np.uint8) // (1 + c)
+                Image.fromarray(pixels, "RGB").save(root / split / cls / f"{i}.png")
+    return data.scan({"name": "imagefolder", "root": str(root)})
+
+
+def test_any_worker_count_gives_the_same_weights_and_resumes_to_them(tmp_path, monkeypatch):
+    """Issue 40: dataset.workers reruns nothing, so it must change nothing. Each image's augmentation
+    draws from its own stream, seeded from (seed, epoch, image index): workers 0 and 2 give the same
+    finetuned weights bit for bit (timm's RandAugment, crop, flip, colour jitter and random erasing,
+    with Mixup/CutMix drawn in the loop's process), and so does a run with 2 workers stopped
+    mid-epoch every 3 steps and resumed."""
+    manifest = _image_folder(tmp_path / "images")
+    m = tiny_vit(0, in_chans=3, num_classes=2, img_size=16, patch_size=4)
+    kwargs = {"num_classes": 2, **TINY_KWARGS, "in_chans": 3, "img_size": 16, "patch_size": 4}
+    from pqv import model as pqv_model
+    from pqv.arch import describe
+
+    src = tmp_path / "pruned.safetensors"
+    store.save_model(m, src, describe(m, "vit_tiny_patch16_224", kwargs, pqv_model.data_config_of(m)))
+    store.write_sidecar(src, "prune", params=1, macs=1)
+    hp = {"epochs": 2, "lr": 1e-3, "batch_size": 4, "mixup": 0.8, "cutmix": 1.0, "warmup_epochs": 0,
+          "auto_augment": "rand-m9-n2-inc1", "reprob": 0.5}
+
+    def finetuned(name: str, workers: int) -> dict:
+        out = tmp_path / name / "finetuned.safetensors"
+        finetune.run(str(src), str(out), manifest, hp, str(out.parent / "metrics.csv"), workers=workers)
+        return load_file(str(out))
+
+    one = finetuned("workers0", 0)
+    two = finetuned("workers2", 2)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not all(torch.equal(one[k], v) for k, v in load_file(str(src)).items() if k in one)  # it trained
+
+    calls = iter(range(10_000))
+    monkeypatch.setattr(finetune, "job_deadline", lambda: 0.0)  # as if in a SLURM job
+    monkeypatch.setattr(finetune, "_out_of_time", lambda deadline, longest, ctx: next(calls) % 3 == 2)
+    for _ in range(10):
+        calls = iter(range(10_000))
+        try:
+            resumed = finetuned("stopped", 2)
+            break
+        except finetune.TimeLimit:
+            pass
+    assert all(torch.equal(one[k], resumed[k]) for k in one)
 
 
 def test_rule_adds_teacher_and_torchrun_only_when_configured(tmp_path):
