@@ -156,3 +156,41 @@ def test_split_seed_is_read_where_images_are_drawn(tmp_path):
     assert read("data_train", **whole, max_train=1, split_seed=7)[0]
     assert not read("data_eval", **whole, max_train=1, split_seed=7)[0]  # the evaluation split is whole
     assert read("data_eval", **whole, max_eval=1, split_seed=7)[0]
+
+
+# ---- a default changed in code: its stage's version goes with it ----------------------------------
+
+def _stage_defaults():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "stage_defaults.py"
+    spec = importlib.util.spec_from_file_location("stage_defaults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_stages_defaults_are_those_of_its_version():
+    """Issue 40: a job's params leave out every key at its default, so a default changed in
+    pqv/config.py (or a constant a stage makes its output from) reruns nothing unless its stage's
+    version is bumped with it. tests/data/stage_defaults.json holds each stage's version with its
+    defaults; this fails, naming the stage, the change and the fix, until both are current."""
+    module = _stage_defaults()
+    found = module.problems(json.loads(module.SNAPSHOT.read_text()), module.current())
+    assert not found, "\n".join(found)
+
+
+def test_a_changed_default_asks_for_a_bumped_version_then_for_the_snapshot(monkeypatch):
+    module = _stage_defaults()
+    snapshot = module.current()
+    changed = tuple(reruns.Key(k.path, k.name, k.reads, k.kind, k.sweep, 3e-4) if k.name == "finetune.lr" else k
+                    for k in reruns.keys())  # as if pqv/config.py's default of finetune.lr were 3e-4
+    monkeypatch.setattr(reruns, "keys", lambda: changed)
+    (line,) = module.problems(snapshot, module.current())
+    assert line.startswith("stage finetune's defaults changed (finetune.lr: 0.00015 -> 0.0003)")
+    assert "bump its version in pqv/reruns.py VERSIONS (now 1) and run `python scripts/stage_defaults.py`" in line
+    monkeypatch.setitem(reruns.VERSIONS, "finetune", 2)
+    (line,) = module.problems(snapshot, module.current())
+    assert line.startswith("stage finetune's version is 2, the snapshot's 1") and "to update the snapshot" in line
+    assert module.problems(module.current(), module.current()) == []
