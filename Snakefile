@@ -38,6 +38,7 @@ include: "workflow/rules/plot.smk"
 
 
 rule all:
+    default_target: True
     input:
         SUMMARY,
         STAGE_COSTS,
@@ -46,4 +47,3 @@ rule all:
         sweep_files,
         search_reports(),
         unrecorded_probe_files,
-    default_target: True

@@ -24,41 +24,54 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 R = config["results"]
 
-BRANCH = R + "/{model}/{importance}_{ratio}"
+BRANCH = f"{R}/{{model}}/{{importance}}_{{ratio}}"
 # The data stage's outputs, one per split: a job depends on the split it reads, so a change to the
 # evaluation split reruns the accuracy jobs alone (only they read it).
-TRAIN_DATA = R + "/data/train.json"
-EVAL_DATA = R + "/data/eval.json"
-MODEL = R + "/{model}/model.safetensors"
-PRUNED = BRANCH + "/pruned.safetensors"
-FINETUNED = BRANCH + "/finetuned.safetensors"
-QUANTIZED = BRANCH + "/quantized/{precision}-{engine}.{ir}"
-EXPORTED = BRANCH + "/export/{precision}-{engine}.{format}"
+TRAIN_DATA = f"{R}/data/train.json"
+EVAL_DATA = f"{R}/data/eval.json"
+MODEL = f"{R}/{{model}}/model.safetensors"
+PRUNED = f"{BRANCH}/pruned.safetensors"
+FINETUNED = f"{BRANCH}/finetuned.safetensors"
+QUANTIZED = f"{BRANCH}/quantized/{{precision}}-{{engine}}.{{ir}}"
+EXPORTED = f"{BRANCH}/export/{{precision}}-{{engine}}.{{format}}"
 EAGER = T.EAGER  # the "format" of a branch's eager FP32 baseline, measured like an artifact
-ACCURACY = BRANCH + "/eval/{precision}-{engine}.{format}.accuracy.json"
-LATENCY = BRANCH + "/eval/{precision}-{engine}.{format}.latency.json"
-PROFILE = R + "/profile/{model}/{importance}_{ratio}/{precision}-{engine}.{format}"
-SUMMARY = R + "/summary.csv"
-STAGE_COSTS = R + "/stage_costs.csv"
+ACCURACY = f"{BRANCH}/eval/{{precision}}-{{engine}}.{{format}}.accuracy.json"
+LATENCY = f"{BRANCH}/eval/{{precision}}-{{engine}}.{{format}}.latency.json"
+PROFILE = f"{R}/profile/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}"
+SUMMARY = f"{R}/summary.csv"
+STAGE_COSTS = f"{R}/stage_costs.csv"
 # Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is the
 # rule's pattern below; the rules and job_files() (the stage_costs inputs) both use them.
-BENCHMARKS = R + "/benchmarks"
-LOGS = R + "/logs"  # one log per job, beside the run's results: two runs with their own results never share one
+BENCHMARKS = f"{R}/benchmarks"
+LOGS = f"{R}/logs"  # one log per job, beside the run's results: two runs with their own results never share one
 JOB_BRANCH = "{model}/{importance}_{ratio}"
-JOB_PROGRAM = JOB_BRANCH + "/{precision}-{engine}.{ir}"
-JOB_ARTIFACT = JOB_BRANCH + "/{precision}-{engine}.{format}"
-JOB_PATTERN = {"data_train": None, "data_eval": None, "summary": None, "model": "{model}", "prune": JOB_BRANCH, "finetune": JOB_BRANCH,
-               "keep_dense": JOB_BRANCH, "quantize": JOB_PROGRAM, "export": JOB_ARTIFACT, "accuracy": JOB_ARTIFACT,
-               "latency": JOB_ARTIFACT, "profile": JOB_ARTIFACT}
+JOB_PROGRAM = f"{JOB_BRANCH}/{{precision}}-{{engine}}.{{ir}}"
+JOB_ARTIFACT = f"{JOB_BRANCH}/{{precision}}-{{engine}}.{{format}}"
+JOB_PATTERN = {
+    "data_train": None,
+    "data_eval": None,
+    "summary": None,
+    "model": "{model}",
+    "prune": JOB_BRANCH,
+    "finetune": JOB_BRANCH,
+    "keep_dense": JOB_BRANCH,
+    "quantize": JOB_PROGRAM,
+    "export": JOB_ARTIFACT,
+    "accuracy": JOB_ARTIFACT,
+    "latency": JOB_ARTIFACT,
+    "profile": JOB_ARTIFACT,
+}
 
 
 def bench(rule, job=None):
     return f"{BENCHMARKS}/{rule}/{job}.tsv" if job else f"{BENCHMARKS}/{rule}.tsv"
+
+
 # Where gradients and eager accuracy passes run (pqv.device); how a job runs, not what it makes, so
 # it goes into the command line, not into params (changing it reruns nothing).
 DEVICE = f"--device {config['device']}"
 FIGURE_NAMES = list(PLOT_FIGURES)  # the figures pqv.plot draws, by name
-FIGURES = expand(R + "/figures/{name}.png", name=FIGURE_NAMES)
+FIGURES = expand(f"{R}/figures/{{name}}.png", name=FIGURE_NAMES)
 
 
 wildcard_constraints:
@@ -78,6 +91,7 @@ def _check_machine():
     # a cluster run is one with --jobs and no --cores, or a job process it started (remote mode).
     if workflow.remote_exec or workflow.resource_settings.nodes is not None:
         return
+
     def value(name):
         resource = workflow.global_resources.get(name)
         return getattr(resource, "value", resource)
@@ -87,8 +101,10 @@ def _check_machine():
         raise PQVError(f"--cores {cores} exceeds the {machine} cores of this machine", f"--cores {machine} or fewer")
     limit = cores if cores is not None else machine
     if config["evaluate"]["threads"] > limit:
-        raise PQVError(f"evaluate.threads {config['evaluate']['threads']} exceeds the {limit} cores this run may use",
-                       f"evaluate.threads <= {limit}, or more --cores")
+        raise PQVError(
+            f"evaluate.threads {config['evaluate']['threads']} exceeds the {limit} cores this run may use",
+            f"evaluate.threads <= {limit}, or more --cores",
+        )
     mem_mb = value("mem_mb")
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     if isinstance(mem_mb, int) and mem_mb > total_mb:
@@ -107,8 +123,10 @@ def _check_results_writable():
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".pqv-write-check-"):
             pass
     except OSError as e:
-        raise PQVError(f"the results folder {R} cannot be written ({e.strerror} in {folder})",
-                       "set results: to a folder you can write, or fix its permissions")
+        raise PQVError(
+            f"the results folder {R} cannot be written ({e.strerror} in {folder})",
+            "set results: to a folder you can write, or fix its permissions",
+        )
 
 
 with pqv_config.reported():
@@ -121,6 +139,7 @@ onstart:
     # does not: it may plan a sweep whose data is elsewhere).
     with pqv_config.reported():
         pqv_data.check_folders(config["dataset"])
+
 
 # Heavy and timing stages take every core of a local run; on a cluster see stage_threads() below.
 ALL_CORES = getattr(workflow.global_resources.get("_cores"), "value", None) or 1
@@ -144,7 +163,14 @@ def version(stage):
 
 
 # Aggregates and pass-throughs run in the Snakemake process itself, not as cluster jobs.
-localrules: all, summary, plot, stage_costs, keep_dense, search_round
+localrules:
+    all,
+    summary,
+    plot,
+    stage_costs,
+    keep_dense,
+    search_round,
+
 
 # The sweep (pqv/sweep.py): which branches, artifacts, measurements and profiles the config makes.
 MEASURED = SWEEP.measured(config)
@@ -179,8 +205,10 @@ def quantized_for(wc):
 def job_files(jobs):
     """{benchmark file: log} of (rule, wildcards) jobs: `pqv costs` sums the benchmark files and
     takes each job's CPU seconds from the usage line its log ends with (pqv.usage)."""
-    return {bench(rule, JOB_PATTERN[rule].format(**wc) if JOB_PATTERN[rule] else None): getattr(rules, rule).log[0].format(**wc)
-            for rule, wc in jobs}
+    return {
+        bench(rule, JOB_PATTERN[rule].format(**wc) if JOB_PATTERN[rule] else None): getattr(rules, rule).log[0].format(**wc)
+        for rule, wc in jobs
+    }
 
 
 def made_file(rule, wc):
@@ -247,8 +275,7 @@ def _plan():
         partition = RES.slurm_partition(_default_resource("slurm_partition"))
         plan.update(partition=partition.name, max_minutes=partition.max_minutes)
         if config["device"] == "auto" and partition.has_gpus is False:
-            print(f"pqv: partition {partition.name or '(default)'} has no GPUs (sinfo): device auto asks for none",
-                  file=sys.stderr)
+            print(f"pqv: partition {partition.name or '(default)'} has no GPUs (sinfo): device auto asks for none", file=sys.stderr)
             plan["device"] = "cpu"
     elif config["device"] == "auto" and not RES.machine_has_gpus():
         plan["device"] = "cpu"  # on one machine without a GPU no job asks for one
@@ -324,8 +351,16 @@ def stage_resources(stage):
     def value(key):
         def resource(wc, input):
             work = job_work(stage, wc, input)
-            return RES.of(planned, PLAN, work, wc.get("importance", ""), wc.get("ratio", 0), PLANNED_IMAGES,
-                          wc.get("format", wc.get("ir", "")), MAX_MINUTES)[key]
+            return RES.of(
+                planned,
+                PLAN,
+                work,
+                wc.get("importance", ""),
+                wc.get("ratio", 0),
+                PLANNED_IMAGES,
+                wc.get("format", wc.get("ir", "")),
+                MAX_MINUTES,
+            )[key]
 
         return resource
 
@@ -358,8 +393,10 @@ def _finetune_jobs():
         user = overridden.get(rule, {}).get("runtime")
         if user is not None:  # --set-resources RULE:runtime=M: the user's own time
             if (user := int(getattr(user, "raw", user))) > MAX_MINUTES:
-                raise PQVError(f"--set-resources {rule}:runtime={user} exceeds partition {partition.name}'s limit of "
-                               f"{MAX_MINUTES} minutes", f"runtime <= {MAX_MINUTES}, or another partition")
+                raise PQVError(
+                    f"--set-resources {rule}:runtime={user} exceeds partition {partition.name}'s limit of " f"{MAX_MINUTES} minutes",
+                    f"runtime <= {MAX_MINUTES}, or another partition",
+                )
             spans.append(math.ceil(minutes / user) if rule in RES.RESUMABLE else 1)
             continue
         what = f"{rule} of {wc['model']}" if "model" in wc else rule

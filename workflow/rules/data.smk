@@ -21,17 +21,17 @@ rule data_train:
     """The training split, listed once and every image decoded; its class folders are the class index."""
     output:
         TRAIN_DATA,
-    params:
-        settings=settings("data_train"),
-        version=version("data_train"),
-        stamp=lambda wc: data_stamp("train"),
     log:
-        LOGS + "/data_train.log",
+        f"{LOGS}/data_train.log",
     benchmark:
         bench("data_train")
     threads: stage_threads("data")
     resources:
         **stage_resources("data_train"),
+    params:
+        settings=settings("data_train"),
+        version=version("data_train"),
+        stamp=lambda wc: data_stamp("train"),
     shell:
         "{PQV} data {params.settings} --split train --out {output:q} --threads {threads} > {log:q} 2>&1"
 
@@ -42,17 +42,16 @@ rule data_eval:
         train=TRAIN_DATA,
     output:
         EVAL_DATA,
-    params:
-        settings=settings("data_eval"),
-        version=version("data_eval"),
-        stamp=lambda wc: data_stamp("eval"),
     log:
-        LOGS + "/data_eval.log",
+        f"{LOGS}/data_eval.log",
     benchmark:
         bench("data_eval")
     threads: stage_threads("data")
     resources:
         **stage_resources("data_eval"),
+    params:
+        settings=settings("data_eval"),
+        version=version("data_eval"),
+        stamp=lambda wc: data_stamp("eval"),
     shell:
-        "{PQV} data {params.settings} --split eval --train {input.train:q} --out {output:q} --threads {threads}"
-        " > {log:q} 2>&1"
+        "{PQV} data {params.settings} --split eval --train {input.train:q} --out {output:q} --threads {threads}" " > {log:q} 2>&1"

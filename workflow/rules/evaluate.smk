@@ -5,8 +5,11 @@ def measured(wc):
 
 
 def labels(wc):
-    return json.dumps(dict(model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision,
-                           engine=wc.engine, format=wc.format))
+    return json.dumps(
+        dict(
+            model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision, engine=wc.engine, format=wc.format
+        )
+    )
 
 
 def app_file(wc):
@@ -27,16 +30,16 @@ rule accuracy:
         data=EVAL_DATA,  # the only jobs that read the evaluation split
     output:
         ACCURACY,
-    params:
-        labels=labels,
-        version=version("accuracy"),
     log:
-        LOGS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.accuracy.log",
+        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.accuracy.log",
     benchmark:
         bench("accuracy", JOB_ARTIFACT)
     threads: stage_threads("accuracy")
     resources:
         **stage_resources("accuracy"),
+    params:
+        labels=labels,
+        version=version("accuracy"),
     shell:
         "{PQV} evaluate accuracy --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
         " --labels {params.labels:q} --threads {threads} {WORKERS} {DEVICE} > {log:q} 2>&1"
@@ -52,17 +55,17 @@ rule latency:
         data=TRAIN_DATA,  # the timed input: any image serves
     output:
         LATENCY,
-    params:
-        labels=labels,
-        settings=settings("latency"),
-        version=version("latency"),
     log:
-        LOGS + "/evaluate/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.latency.log",
+        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.latency.log",
     benchmark:
         bench("latency", JOB_ARTIFACT)
     threads: stage_threads("latency")
     resources:
         **stage_resources("latency"),
+    params:
+        labels=labels,
+        settings=settings("latency"),
+        version=version("latency"),
     shell:
         "{PQV} evaluate latency --artifact {input.artifact:q} --out {output:q} --data {input.data:q}"
         " --labels {params.labels:q} {params.settings} > {log:q} 2>&1"
@@ -76,7 +79,7 @@ rule summary:
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     log:
-        LOGS + "/summary.log",
+        f"{LOGS}/summary.log",
     benchmark:
         bench("summary")
     shell:
@@ -94,10 +97,10 @@ rule stage_costs:
         lambda wc: sorted(cost_files()),
     output:
         report(STAGE_COSTS, caption="../report/stage_costs.rst", category="Tables"),
+    log:
+        f"{LOGS}/stage_costs.log",
     params:
         root=BENCHMARKS,
         logs=lambda wc: [log for _, log in sorted(cost_files().items())],  # each job's, in the inputs' order
-    log:
-        LOGS + "/stage_costs.log",
     shell:
         "{PQV} costs {input:q} --logs {params.logs:q} --root {params.root:q} --out {output:q} > {log:q} 2>&1"

@@ -7,18 +7,18 @@ rule export:
         data=TRAIN_DATA,  # the check's images: the conversion is checked, not the model's accuracy
     output:
         artifact=EXPORTED,
-        sidecar=EXPORTED + ".json",
-        app=EXPORTED + ".app.json",  # labels, input and preprocessing, for an app (pqv/appfile.py)
-    params:
-        settings=settings("export"),
-        version=version("export"),
+        sidecar=f"{EXPORTED}.json",
+        app=f"{EXPORTED}.app.json",  # labels, input and preprocessing, for an app (pqv/appfile.py)
     log:
-        LOGS + "/export/{model}/{importance}_{ratio}/{precision}-{engine}.{format}.log",
+        f"{LOGS}/export/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.log",
     benchmark:
         bench("export", JOB_ARTIFACT)
     threads: stage_threads("export")
     resources:
         **stage_resources("export"),
+    params:
+        settings=settings("export"),
+        version=version("export"),
     shell:
         "{PQV} export --src {input.src:q} --parent {input.parent:q} --out {output.artifact:q}"
         " --format {wildcards.format} --data {input.data:q} {params.settings} > {log:q} 2>&1"

@@ -18,8 +18,11 @@ else:
 with pqv_config.reported("plan"):
     FINETUNE_JOBS = _finetune_jobs()
 if FINETUNE_JOBS > 1:
-    print(f"pqv: a finetune takes longer than partition {SHARED_PLAN['partition']}'s limit of {MAX_MINUTES} min: "
-          f"it runs as about {FINETUNE_JOBS} successive jobs, each resuming where the one before stopped", file=sys.stderr)
+    print(
+        f"pqv: a finetune takes longer than partition {SHARED_PLAN['partition']}'s limit of {MAX_MINUTES} min: "
+        f"it runs as about {FINETUNE_JOBS} successive jobs, each resuming where the one before stopped",
+        file=sys.stderr,
+    )
 
 
 rule finetune:
@@ -31,25 +34,25 @@ rule finetune:
     """
     input:
         model=PRUNED,
-        sidecar=PRUNED + ".json",
+        sidecar=f"{PRUNED}.json",
         teacher=MODEL if DISTILL else [],
         data=TRAIN_DATA,
     output:
         model=FINETUNED,
-        sidecar=FINETUNED + ".json",
-        metrics=BRANCH + "/finetune_metrics.csv",
+        sidecar=f"{FINETUNED}.json",
+        metrics=f"{BRANCH}/finetune_metrics.csv",
+    log:
+        f"{LOGS}/finetune/{{model}}/{{importance}}_{{ratio}}.log",
+    benchmark:
+        bench("finetune", JOB_BRANCH)
+    retries: FINETUNE_JOBS if FINETUNE_JOBS > 1 else 0
+    threads: stage_threads("finetune")
+    resources:
+        **stage_resources("finetune"),
     params:
         settings=settings("finetune"),  # not launcher nor dense: how a job starts, which branches train
         version=version("finetune"),
         teacher=lambda wc, input: f"--teacher {shlex.quote(input.teacher)}" if DISTILL else "",
-    log:
-        LOGS + "/finetune/{model}/{importance}_{ratio}.log",
-    benchmark:
-        bench("finetune", JOB_BRANCH)
-    threads: stage_threads("finetune")
-    retries: FINETUNE_JOBS if FINETUNE_JOBS > 1 else 0
-    resources:
-        **stage_resources("finetune"),
     shell:
         "{FINETUNE_PQV} finetune --model {input.model:q} --out {output.model:q} --data {input.data:q}"
         " {params.settings} --metrics {output.metrics:q} {params.teacher} --threads {threads} {WORKERS} {DEVICE}"
@@ -67,15 +70,14 @@ if not FINETUNE["dense"]:
             model=PRUNED,
         output:
             model=FINETUNED,
-            sidecar=FINETUNED + ".json",
-            metrics=BRANCH + "/finetune_metrics.csv",
+            sidecar=f"{FINETUNED}.json",
+            metrics=f"{BRANCH}/finetune_metrics.csv",
+        log:
+            f"{LOGS}/finetune/{{model}}/{{importance}}_{{ratio}}.log",
+        benchmark:
+            bench("keep_dense", JOB_BRANCH)
         wildcard_constraints:
             importance=T.DENSE,
             ratio="0",
-        log:
-            LOGS + "/finetune/{model}/{importance}_{ratio}.log",
-        benchmark:
-            bench("keep_dense", JOB_BRANCH)
         shell:
-            "{PQV} finetune --keep --model {input.model:q} --out {output.model:q}"
-            " --metrics {output.metrics:q} > {log:q} 2>&1"
+            "{PQV} finetune --keep --model {input.model:q} --out {output.model:q}" " --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -29,19 +29,19 @@ rule model:
         data=TRAIN_DATA,
     output:
         model=MODEL,
-        sidecar=MODEL + ".json",
-        metrics=R + "/{model}/model_train.csv",
-    params:
-        settings=model_settings,
-        version=version("model"),
-        weights=weights_file,
+        sidecar=f"{MODEL}.json",
+        metrics=f"{R}/{{model}}/model_train.csv",
     log:
-        LOGS + "/model/{model}.log",
+        f"{LOGS}/model/{{model}}.log",
     benchmark:
         bench("model", "{model}")
     threads: stage_threads("model")
     resources:
         **stage_resources("model"),
+    params:
+        settings=model_settings,
+        version=version("model"),
+        weights=weights_file,
     shell:
         "{PQV} model {params.settings} {params.weights} --data {input.data:q}"
         " --out {output.model:q} --metrics {output.metrics:q} --threads {threads} {WORKERS} {DEVICE} > {log:q} 2>&1"

@@ -3,15 +3,12 @@ rule plot:
     input:
         SUMMARY,
     output:
-        [
-            report(path, caption=f"../report/{name}.rst", category="Figures")
-            for name, path in zip(FIGURE_NAMES, FIGURES)
-        ],
-    params:
-        outdir=R + "/figures",
+        [report(path, caption=f"../report/{name}.rst", category="Figures") for name, path in zip(FIGURE_NAMES, FIGURES)],
     log:
-        LOGS + "/plot.log",
+        f"{LOGS}/plot.log",
     benchmark:
         bench("plot")
+    params:
+        outdir=f"{R}/figures",
     shell:
         "{PQV} plot --summary {input:q} --outdir {params.outdir:q} > {log:q} 2>&1"

@@ -2,23 +2,23 @@ rule quantize:
     """One precision for one engine: TorchScript (.ts) for Lite, a torch.export program (.pt2) for ExecuTorch."""
     input:
         model=FINETUNED,
-        sidecar=FINETUNED + ".json",
+        sidecar=f"{FINETUNED}.json",
         # only calibrated precisions (int8_static) read images
         data=train_data_if("quantize"),
     output:
         model=QUANTIZED,
-        sidecar=QUANTIZED + ".json",
-    params:
-        data=data_option,
-        settings=settings("quantize"),
-        version=version("quantize"),
+        sidecar=f"{QUANTIZED}.json",
     log:
-        LOGS + "/quantize/{model}/{importance}_{ratio}/{precision}-{engine}.{ir}.log",
+        f"{LOGS}/quantize/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{ir}}.log",
     benchmark:
         bench("quantize", JOB_PROGRAM)
     threads: stage_threads("quantize")
     resources:
         **stage_resources("quantize"),
+    params:
+        data=data_option,
+        settings=settings("quantize"),
+        version=version("quantize"),
     shell:
         "{PQV} quantize --model {input.model:q} --out {output.model:q} --precision {wildcards.precision}"
         " --engine {wildcards.engine} {params.data} {params.settings}"

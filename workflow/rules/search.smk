@@ -2,8 +2,8 @@
 # Each round is a checkpoint: it reads the probes the round before asked for, whose files are the
 # sweep's own branches (same paths, same rules, same cache), and decides the next ones.
 SEARCH = config["search"]
-SEARCH_ROUND = R + "/search/{model}/{importance}/round-{round}.json"
-SEARCH_OUT = R + "/search/{model}/{importance}"
+SEARCH_ROUND = f"{R}/search/{{model}}/{{importance}}/round-{{round}}.json"
+SEARCH_OUT = f"{R}/search/{{model}}/{{importance}}"
 
 
 def judged(model, importance, ratio):
@@ -14,7 +14,7 @@ def judged(model, importance, ratio):
 
 def probe_files(model, importance, ratios):
     """What a probe is judged by: its file's accuracy and latency, and its pruned model's widths."""
-    return [path.format(**judged(model, importance, r)) for r in ratios for path in (ACCURACY, LATENCY, PRUNED + ".json")]
+    return [path.format(**judged(model, importance, r)) for r in ratios for path in (ACCURACY, LATENCY, f"{PRUNED}.json")]
 
 
 def previous_round(wc):
@@ -32,11 +32,17 @@ def reference_files(model):
 
 def round_inputs(wc):
     if int(wc.round) == 0:
-        return {"sidecar": MODEL.format(model=wc.model) + ".json", "probes": probe_files(wc.model, wc.importance, [0]),
-                "reference": reference_files(wc.model)}
+        return {
+            "sidecar": MODEL.format(model=wc.model) + ".json",
+            "probes": probe_files(wc.model, wc.importance, [0]),
+            "reference": reference_files(wc.model),
+        }
     previous = previous_round(wc)
-    return {"sidecar": MODEL.format(model=wc.model) + ".json", "previous": previous,
-            "probes": probe_files(wc.model, wc.importance, SEARCH_STATE(previous)["next"])}
+    return {
+        "sidecar": MODEL.format(model=wc.model) + ".json",
+        "previous": previous,
+        "probes": probe_files(wc.model, wc.importance, SEARCH_STATE(previous)["next"]),
+    }
 
 
 def SEARCH_STATE(path):
@@ -51,13 +57,13 @@ checkpoint search_round:
         unpack(round_inputs),
     output:
         SEARCH_ROUND,
+    log:
+        f"{LOGS}/search/{{model}}/{{importance}}/round-{{round}}.log",
     params:
         settings=settings("search_round"),
         version=version("search_round"),
         previous=lambda wc, input: f"--previous {shlex.quote(input.previous)}" if "previous" in input.keys() else "",
         reference=lambda wc, input: f"--reference {' '.join(map(shlex.quote, input.reference))}" if "reference" in input.keys() else "",
-    log:
-        LOGS + "/search/{model}/{importance}/round-{round}.log",
     shell:
         "{PQV} search round --out {output:q} --model-sidecar {input.sidecar:q} {params.settings}"
         " {params.previous} {params.reference} --measured {input.probes:q} > {log:q} 2>&1"
@@ -80,8 +86,9 @@ def search_artifacts(model, importance):
     state = SEARCH_STATE(rounds[-1])
     made = [judged(model, importance, p["ratio"]) for p in state["probes"]]
     branch, answer = SWEEP.branch(importance, state["answer"])
-    made += [dict(model=model, importance=branch, ratio=answer, precision=p, engine=e, format=f)
-             for p, e, f in SWEEP.combinations(config)]
+    made += [
+        dict(model=model, importance=branch, ratio=answer, precision=p, engine=e, format=f) for p, e, f in SWEEP.combinations(config)
+    ]
     unique = {tuple(sorted(a.items())): a for a in made}
     return rounds, list(unique.values())
 
@@ -100,18 +107,18 @@ rule search_report:
         measured=lambda wc: search_measured(wc.model, wc.importance)[1],
         data=TRAIN_DATA,  # the race's input image
     output:
-        csv=SEARCH_OUT + ".csv",
-        png=report(SEARCH_OUT + ".png", caption="../report/search.rst", category="Search"),
-        chosen=SEARCH_OUT + ".json",
-        choice=SEARCH_OUT + ".choice.csv",
-    params:
-        settings=settings("search_report"),
-        version=version("search_report"),
+        csv=f"{SEARCH_OUT}.csv",
+        png=report(f"{SEARCH_OUT}.png", caption="../report/search.rst", category="Search"),
+        chosen=f"{SEARCH_OUT}.json",
+        choice=f"{SEARCH_OUT}.choice.csv",
     log:
-        LOGS + "/search/{model}/{importance}/report.log",
+        f"{LOGS}/search/{{model}}/{{importance}}/report.log",
     threads: stage_threads("latency")
     resources:
         **stage_resources("latency"),
+    params:
+        settings=settings("search_report"),
+        version=version("search_report"),
     shell:
         "{PQV} search report --rounds {input.rounds:q} --measured {input.measured:q} {params.settings}"
         " --searched {wildcards.model:q} {wildcards.importance:q} --data {input.data:q}"
@@ -163,5 +170,10 @@ def search_metrics(wildcards=None):
 
 def search_benchmarks(wildcards=None):
     """The benchmark file and log of every job the searches ran (for stage_costs)."""
-    return job_files((rule, wc) for m in MODELS for i in (config["prune"]["importances"] if SEARCH["enabled"] else [])
-                     for a in search_artifacts(m, i)[1] for rule, wc in SWEEP.made_by(config, a))
+    return job_files(
+        (rule, wc)
+        for m in MODELS
+        for i in (config["prune"]["importances"] if SEARCH["enabled"] else [])
+        for a in search_artifacts(m, i)[1]
+        for rule, wc in SWEEP.made_by(config, a)
+    )
