@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticUndefined
@@ -33,7 +33,6 @@ from pydantic_core import PydanticUndefined
 from . import registry, sweep
 from .config_errors import _close, explain, unknown_timm_model
 from .errors import PQVError
-
 
 ROOT = Path(__file__).resolve().parents[1]
 ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
@@ -87,11 +86,11 @@ class HParams(Section):
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of mixing a batch")
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix instead of Mixup when both are on")
     mixup_mode: Literal["batch", "pair", "elem"] = Field("batch", description="timm Mixup: one mix per batch, per pair or per element")
-    auto_augment: Optional[str] = Field(None, description="timm auto-augment policy for ImageFolder training, e.g. rand-m9-mstd0.5-inc1 (DeiT)")
+    auto_augment: str | None = Field(None, description="timm auto-augment policy for ImageFolder training, e.g. rand-m9-mstd0.5-inc1 (DeiT)")
     reprob: float = Field(0.0, ge=0, le=1, description="random erasing probability, ImageFolder training (DeiT: 0.25)")
-    color_jitter: Optional[float] = Field(0.4, ge=0, description="ImageFolder training colour jitter")
+    color_jitter: float | None = Field(0.4, ge=0, description="ImageFolder training colour jitter")
     hflip: float = Field(0.5, ge=0, le=1, description="ImageFolder training horizontal flip probability")
-    clip_grad: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this")
+    clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     amp: bool = Field(True, description="mixed precision where the job runs on CUDA: autocast to amp_dtype, with a "
                                         "GradScaler for float16 (it skips a step whose gradients overflow); on a CPU "
                                         "it does nothing, training stays FP32 (a change still reruns the job)")
@@ -127,7 +126,7 @@ class Finetune(HParams):
                                            "through unchanged, as the paper compares pruned models with the pretrained one", reads='sweep')
     nproc: int = setting(1, ge=1, description="processes (one per GPU) the rule starts with `torchrun --standalone "
                                             "--nproc_per_node`; 1 = a plain process. batch_size is per process", reads='finetune')
-    launcher: Optional[str] = setting(None, description="command prefix that replaces the default launch, followed by "
+    launcher: str | None = setting(None, description="command prefix that replaces the default launch, followed by "
                                                       "`-m pqv finetune ...`, e.g. a multi-node torchrun", reads='none')
     distill: Distill = Field(default_factory=Distill, description="knowledge distillation from the unpruned parent")
 
@@ -137,12 +136,12 @@ class Dataset(Section):
 
     name: Literal["digits", "imagefolder"] = setting(description="digits: scikit-learn's bundled 8x8 digits; "
                                                                "imagefolder: root/<train_dir or eval_dir>/<class>/*", reads='data_train data_eval')
-    root: Optional[str] = setting(None, description="ImageFolder root holding train_dir and eval_dir",
+    root: str | None = setting(None, description="ImageFolder root holding train_dir and eval_dir",
                                   reads='data_train:imagefolder data_eval:imagefolder')
     train_dir: str = setting("train", description="the training split's folder under root", reads='data_train:imagefolder')
     eval_dir: str = setting("val", description="the evaluation split's folder under root", reads='data_eval:imagefolder')
-    max_train: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the training split", reads='data_train')
-    max_eval: Optional[int] = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads='data_eval')
+    max_train: int | None = setting(None, ge=1, description="use a fixed random subset of the training split", reads='data_train')
+    max_eval: int | None = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads='data_eval')
     workers: int = setting(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns "
                                               "nothing, changes nothing: each training image's augmentation is seeded "
                                               "from (seed, epoch, its index), whichever process loads it)", reads='none')
@@ -171,12 +170,12 @@ class Prune(Section):
                                                "0 is the dense branch", reads='sweep')
     calibration_batches: int = setting(4, ge=0, description="batches of gradients for taylor/hessian", reads='prune:gradient')
     batch_size: int = setting(32, ge=1, description="images per calibration batch", reads='prune:gradient')
-    round_to: Optional[int] = setting(None, ge=1, description="keep channel counts multiples of this", reads='prune:pruned search_round')
+    round_to: int | None = setting(None, ge=1, description="keep channel counts multiples of this", reads='prune:pruned search_round')
     scope: choice(registry.SCOPES) = setting("uniform", description="uniform: the same ratio in every layer; "
                                                                   "global: one ranking across layers", reads='prune:pruned')
     heads: choice(registry.HEAD_MODES) = setting("dims", description="dims: remove dimensions inside every head "
                                                                    "(softmax scale compensated); whole: remove whole heads", reads='prune:pruned search_round')
-    head_ratio: Optional[float] = setting(None, ge=0, lt=1, description="fraction of heads removed per block (rounded up) "
+    head_ratio: float | None = setting(None, ge=0, lt=1, description="fraction of heads removed per block (rounded up) "
                                                                       "when heads is whole; null: the branch's ratio", reads='prune:pruned')
     bottleneck: bool = setting(False, description="keep the embedding width; prune only MLP hidden units and attention", reads='prune:pruned search_round')
     seed: int = setting(0, description="seed of the pruner's randomness and of its calibration sample", reads='prune:seeded')
@@ -228,12 +227,12 @@ class Evaluate(Section):
 class Selector(Section):
     """Every artifact that matches all keys given is profiled."""
 
-    model: Optional[str] = Field(None, description="a models[].id")
-    importance: Optional[str] = Field(None, description="an importance, or dense")
-    ratio: Optional[float] = Field(None, description="a pruning ratio")
-    precision: Optional[str] = Field(None, description="a precision")
-    engine: Optional[str] = Field(None, description="an engine, or none for float precisions")
-    format: Optional[str] = Field(None, description="ptl or pte")
+    model: str | None = Field(None, description="a models[].id")
+    importance: str | None = Field(None, description="an importance, or dense")
+    ratio: float | None = Field(None, description="a pruning ratio")
+    precision: str | None = Field(None, description="a precision")
+    engine: str | None = Field(None, description="an engine, or none for float precisions")
+    format: str | None = Field(None, description="ptl or pte")
 
 
 class Profile(Section):
@@ -267,7 +266,7 @@ class Search(Section):
     max_probes: int = setting(8, ge=1, description="at most this many probes (finetunes) per model and importance", reads='search_round')
     parallel: int = setting(1, ge=1, description="probes per round: a round narrows the interval parallel+1-fold", reads='search_round')
 
-    def check(self, config: "Config") -> None:
+    def check(self, config: Config) -> None:
         if not self.enabled:
             return
         if self.lo >= self.hi:

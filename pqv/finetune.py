@@ -41,12 +41,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
 from . import data, datasets
 from .errors import PQVError
-from .registry import Status
 from .evaluate import accuracy
-from .store import atomic_path
 from .progress import progress
+from .registry import Status
+from .store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -432,8 +433,8 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     it stands (mid-epoch too) and raises TimeLimit.
     """
     from .device import describe
-    from .reruns import launch_keys
     from .evaluate import process_threads
+    from .reruns import launch_keys
 
     hp = resolve_hparams(hparams)
     if hp["distill"]["enabled"] and teacher is None:

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pqv import data, datasets, finetune, store, prune
+from pqv import data, datasets, finetune, prune, store
 from pqv.errors import PQVError
 
 from .conftest import DIGITS, TINY_KWARGS, held_out_top1, manifest_file, tiny_arch, tiny_vit
