@@ -340,6 +340,8 @@ def attempt(out: str, number: int | None, work):
     except TimeLimit:
         raise
     except Exception as e:
+        if number is None:  # not one of Snakemake's attempts: no retry to stop, and nothing left behind
+            raise
         line = str(e) if isinstance(e, PQVError) else f"{type(e).__name__}: {e}"
         line = " ".join(line.split()) or type(e).__name__
         with contextlib.suppress(OSError), atomic_path(marker) as tmp:
