@@ -322,8 +322,9 @@ def attempt(out: str, number: int | None, work):
 
     Snakemake's retries start a job again whatever made it fail; only a stop for the time limit
     (TimeLimit) is worth another attempt, which resumes from the checkpoint. Any other failure (a
-    bug, a bad setting, a broken input) leaves its one-line error in failure_marker(out), and a
-    retry finds it and fails at once with that line instead of running again. A first attempt (a new
+    bug, a bad setting, a broken input) of one of Snakemake's attempts leaves its one-line error in
+    failure_marker(out), and a retry finds it and fails at once with that line instead of running
+    again; a run outside Snakemake's attempts leaves nothing. A first attempt (a new
     Snakemake run, perhaps after a fix) removes an old marker; success removes it too. A process
     killed from outside (a node lost, out of memory) leaves no marker: its retry resumes.
     """
