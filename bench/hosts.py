@@ -29,7 +29,8 @@ def fastest_shipped(table: pd.DataFrame) -> str:
     the run's ONNX Runtime base (its fastest recipe since 2026-12-03): what `pqv choose` picks by
     latency on that host."""
     threads = table["threads"].mode()[0]
-    shipped = table[table["format"].isin(SHIPPED_FORMATS) & (table["threads"] == threads) & (table["pruned"] != "dense")
+    pruned = table["pruned"] != "dense" if "pruned" in table else True  # the dense bar (without PQV) is not the pruned file
+    shipped = table[table["format"].isin(SHIPPED_FORMATS) & (table["threads"] == threads) & pruned
                     & ~table["note"].fillna("").str.contains("not a workflow recipe")]
     best = shipped["latency_ms_median"].idxmin()
     bar = f", ×{shipped.loc[best, 'speedup_vs_without_pqv']:.2f} without PQV" if "speedup_vs_without_pqv" in shipped else ""
