@@ -50,8 +50,11 @@ def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
     assert fidelity["top1_agreement"] == 1.0
 
 
+# every quantized recipe in its format; ORT Mobile's .ort converts whatever .onnx program a recipe
+# made the same way, so one recipe stands for the rest there (CI time)
 QUANTIZED_TARGETS = [c for c in registry.combinations(list(registry.PRECISIONS), quantize.available_engines(),
-                                                     list(registry.FORMATS)) if c[1] != "none"]
+                                                     list(registry.FORMATS)) if c[1] != "none"
+                     and (c[2] != "ort" or c[1] == "mlas")]
 
 
 @pytest.mark.parametrize("precision, engine, fmt", QUANTIZED_TARGETS)

@@ -93,18 +93,20 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     base = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
             "--cores", "2"]
     default = subprocess.run(base, capture_output=True, text=True)
-    assert scheduled(default)["latency"] == scheduled(default)["accuracy"] == 10 + 5  # and 5 eager baselines
+    # 10 files, 5 eager baselines and the file without PQV (evaluate.without_pqv: ONNX Runtime's plain int8 of the dense model)
+    assert scheduled(default)["latency"] == scheduled(default)["accuracy"] == 10 + 5 + 1
     paper = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml"), str(site)], capture_output=True, text=True)
     # 2 models x (dense + 4 importances x 3 ratios) branches x (fp32 + int8 on 4 engines in .ptl,
-    # fp32 + int8 xnnpack in .pte)
-    assert scheduled(paper)["export"] == 2 * 13 * 7, paper.stderr[-2000:]
+    # fp32 + int8 xnnpack in .pte), and each model's file without PQV
+    assert scheduled(paper)["export"] == 2 * 13 * 7 + 2, paper.stderr[-2000:]
     cifar = subprocess.run(base + ["--configfile", str(REPO / "config/cifar10.yaml")], capture_output=True, text=True)
     # 5 branches x (fp32 ptl + fp32 pte + int8 dynamic/static on x86 ptl and xnnpack pte)
-    assert scheduled(cifar)["export"] == 5 * 6, cifar.stderr[-2000:]
+    assert scheduled(cifar)["export"] == 5 * 6 + 1, cifar.stderr[-2000:]  # + the file without PQV
     deit_b = subprocess.run(base + ["--configfile", str(REPO / "config/deit_b.yaml")], capture_output=True, text=True)
-    # dense (passed through) + taylor 0.09375: fp32/int8 x86 .ptl, fp32/int8 xnnpack .pte, each evaluated
-    assert scheduled(deit_b) == Counter(data_train=1, data_eval=1, model=1, prune=2, finetune=1, keep_dense=1, quantize=8,
-                                        export=8, accuracy=10, latency=10, profile=1, summary=1, stage_costs=1, plot=1,
+    # dense (passed through) + taylor 0.09375: fp32/int8 x86 .ptl, fp32/int8 xnnpack .pte, each evaluated; the file
+    # without PQV
+    assert scheduled(deit_b) == Counter(data_train=1, data_eval=1, model=1, prune=2, finetune=1, keep_dense=1, quantize=9,
+                                        export=9, accuracy=11, latency=11, profile=1, summary=1, stage_costs=1, plot=1,
                                         all=1), \
         deit_b.stderr[-2000:]
     # a model job that trains its base model holds every core; one that only reads a weights file, one
@@ -116,8 +118,8 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     assert (model_threads(default), model_threads(deit_b)) == (2, 1)
     for files in (["cifar10-wide.yaml"], ["cifar10-wide.yaml", "cifar10-wide-round_to64.yaml"]):
         wide = subprocess.run(base + ["--configfile", *(str(REPO / "config" / f) for f in files)], capture_output=True, text=True)
-        # 3 branches (dense, l2 0.09375, l2 0.25) x fp32 and int8 dynamic xnnpack .pte
-        assert scheduled(wide)["export"] == 3 * 2 and scheduled(wide)["finetune"] == 2, wide.stderr[-2000:]
+        # 3 branches (dense, l2 0.09375, l2 0.25) x fp32 and int8 dynamic xnnpack .pte, + the file without PQV
+        assert scheduled(wide)["export"] == 3 * 2 + 1 and scheduled(wide)["finetune"] == 2, wide.stderr[-2000:]
     no_root = subprocess.run(base + ["--configfile", str(REPO / "config/paper.yaml")], capture_output=True, text=True)
     assert no_root.returncode != 0 and "dataset.root is required" in no_root.stdout + no_root.stderr
 
