@@ -10,7 +10,7 @@ import pandas as pd
 
 from pqv.registry import Status
 
-FORMAT_ORDER = {"eager": 0, "ptl": 1, "pte": 2}
+FORMAT_ORDER = {"eager": 0, "ptl": 1, "pte": 2, "onnx": 3, "ort": 4}
 
 
 def labels(r) -> tuple[str, str]:
@@ -30,6 +30,7 @@ def table(path: str) -> list[str]:
     for _, r in t.iterrows():
         branch, precision = labels(r)
         status = "" if Status.shippable(r["status"]) else f" ({Status.word(r['status'])})"
+        status += " (without PQV)" if r.get("without_pqv") in (True,) else ""  # the bar (evaluate.without_pqv); NaN: an older CSV
         lines.append(("| " + r["model"] + " " if several else "") +
                      f"| {branch} | {precision} | {r['format']}{status} | {r['top1']:.2f} | "
                      f"{r['latency_ms_median']:.2f} ({r['latency_ms_min']:.2f}–{r['latency_ms_max']:.2f}) | "
