@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from .conftest import TIMM_NAME, TINY_KWARGS
+from .test_appfile import follow  # an app's preprocessing, with PIL and numpy alone
 from .test_data import _jpeg
 from .test_workflow import REPO, scheduled, snakemake
 
@@ -83,41 +84,6 @@ def test_the_sweep_scores_hidden_folders_and_missing_classes_right(sweep):
     assert (summary["top1"] > 50).all(), summary[["importance", "ratio", "format", "top1"]]  # chance: 50 % (2 scored classes)
 
 
-def _app_preprocess(path: Path, steps: list[dict]):
-    """A raw image through the steps of an app file, with PIL and numpy alone (no PQV code)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    interpolation = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                     "nearest": Image.Resampling.NEAREST}
-    im = Image.open(path)
-    im.load()
-    for step in steps:
-        op = step["op"]
-        if op == "exif_transpose":
-            im = ImageOps.exif_transpose(im)
-        elif op == "convert":
-            im = im.convert(step["mode"])
-        elif op == "resize_shorter_side":
-            w, h = im.size
-            size = step["size"]
-            new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-            im = im.resize(new, interpolation[step["interpolation"]])
-        elif op == "center_crop":
-            ch, cw = step["size"]
-            w, h = im.size
-            left, top = int(round((w - cw) / 2.0)), int(round((h - ch) / 2.0))
-            im = im.crop((left, top, left + cw, top + ch))
-        elif op == "to_float":
-            x = np.asarray(im, dtype=np.float32) * step["scale"]
-            x = x[:, :, None] if x.ndim == 2 else x
-        elif op == "normalize":
-            x = (x - np.array(step["mean"], np.float32)) / np.array(step["std"], np.float32)
-        else:
-            raise AssertionError(f"unknown step {op}")
-    return x.transpose(2, 0, 1)[None].astype(np.float32)
-
-
 def test_a_shipped_file_and_its_app_file_alone_give_the_workflows_top1(sweep):
     """Issue 31: labels, input and preprocessing beside the file, readable without PQV. (Before the
     tests below change the tree.)"""
@@ -134,7 +100,7 @@ def test_a_shipped_file_and_its_app_file_alone_give_the_workflows_top1(sweep):
         if folder.name.startswith("."):
             continue
         for image in sorted(folder.glob("*.jpg")):
-            logits = model(torch.from_numpy(_app_preprocess(image, app["preprocess"])))
+            logits = model(torch.from_numpy(follow(str(image), app["preprocess"])[None].astype("float32")))
             right += app["labels"][int(logits.argmax())] == folder.name
             total += 1
     workflow = json.loads((workdir / "results/tiny/l2_0.5/eval/fp32-none.ptl.accuracy.json").read_text())

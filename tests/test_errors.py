@@ -255,10 +255,15 @@ def test_a_run_whose_data_folder_is_missing_stops_before_any_job(tmp_path):
     """A dry run plans it (the data may live elsewhere); a run stops with one line before its first job."""
     config = {**TINY_CONFIG, "dataset": {"name": "imagefolder", "root": str(tmp_path / "photos")}}
     assert snakemake(tmp_path, "-n", config=config).returncode == 0
+    _stops_before_any_job(tmp_path, config, f"pqv config: error: data folder {tmp_path / 'photos' / 'train'} does not "
+                          "exist (fix: check dataset.root and dataset.train_dir in the config)")
+
+
+def _stops_before_any_job(tmp_path, config: dict, line: str) -> None:
+    """A real run (not a dry run) stops with `line`, status 2, no traceback, and nothing made."""
     result = snakemake(tmp_path, config=config)
     assert result.returncode == 2
-    assert (f"pqv config: error: data folder {tmp_path / 'photos' / 'train'} does not exist (fix: check dataset.root "
-            "and dataset.train_dir in the config)") in result.stderr
+    assert line in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
@@ -273,12 +278,8 @@ def test_an_evaluation_class_the_training_split_lacks_stops_the_run_before_any_j
             (tmp_path / "photos" / split / c).mkdir(parents=True)
             Image.new("L", (8, 8), 40 * len(c)).save(tmp_path / "photos" / split / c / "0.png")
     config = {**TINY_CONFIG, "dataset": {"name": "imagefolder", "root": str(tmp_path / "photos")}}
-    result = snakemake(tmp_path, config=config)
-    assert result.returncode == 2
-    assert (f"pqv config: error: the evaluation split {tmp_path / 'photos' / 'val'} has class(es) the training split "
-            "lacks: c (the model has no output for them)") in result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+    _stops_before_any_job(tmp_path, config, f"pqv config: error: the evaluation split {tmp_path / 'photos' / 'val'} has "
+                          "class(es) the training split lacks: c (the model has no output for them)")
 
 
 @pytest.mark.parametrize("change, fragments", [
