@@ -132,8 +132,12 @@ def against_without_pqv(table: pd.DataFrame, row: pd.Series) -> str:
     if not Status.shippable(status):  # no status is no verification either
         why = f": {bar['reason']}" if isinstance(bar.get("reason"), str) and bar["reason"] else ""
         return f"{bar['artifact']}'s status is {Status.word(status)}{why}: no bar to compare with"
+    if row["artifact"] == bar["artifact"]:
+        return (f"this pick is the file without PQV ({WITHOUT_PQV_HELP}): none of PQV's own files is faster "
+                "within the budget here")
     speedup = bar["latency_ms_median"] / row["latency_ms_median"]
-    return (f"{speedup:.2f}x the speed of {bar['artifact']} ({bar['latency_ms_median']:.3g} ms, top-1 {bar['top1']:.2f} %; "
+    pace = f"{speedup:.2f}x the speed of" if speedup >= 1 else f"{1 / speedup:.2f}x slower than"
+    return (f"{pace} {bar['artifact']} ({bar['latency_ms_median']:.3g} ms, top-1 {bar['top1']:.2f} %; "
             f"{WITHOUT_PQV_HELP})")
 
 

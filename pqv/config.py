@@ -355,8 +355,10 @@ class Config(Section):
             runs_it = [f for f, d in registry.FORMATS.items() if engine in d["engines"]]
             takers = [p for p in quantized if registry.runs(engine, p) and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
             if not takers:
+                wanted = [p for p in registry.PRECISIONS if registry.PRECISIONS[p]["quantized"] and registry.runs(engine, p)
+                          and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
                 raise PQVError(f"quantize.engines lists '{engine}' but no quantized precision in quantize.precisions "
-                               f"runs on it", f"drop '{engine}' or add a precision that {'/'.join(runs_it)} files carry")
+                               f"runs on it", f"drop '{engine}' or add {' or '.join(wanted)} to quantize.precisions")
             raise PQVError(f"quantize.engines lists '{engine}' but export.formats {formats} has no format that runs it",
                            f"add {' or '.join(runs_it)} to export.formats, or drop '{engine}'")
 

@@ -199,7 +199,8 @@ def test_a_recipe_of_one_precision_only_is_refused_for_another():
     made = {(a["precision"], a["engine"]) for a in sweep.artifacts(config) if a["format"] == "onnx"}
     assert ("int8_static", "mlas_qop") in made and ("int8_dynamic", "mlas_qop") not in made
     with pytest.raises(PQVError,
-                       match="quantize.engines lists 'mlas_qop' but no quantized precision in quantize.precisions runs on it"):
+                       match="quantize.engines lists 'mlas_qop' but no quantized precision in quantize.precisions runs on it "
+                             r"\(fix: drop 'mlas_qop' or add int8_static to quantize.precisions\)"):
         C.check(merged({"quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas", "mlas_qop"]},
                         "export": {"formats": ["onnx"]}}), default=DEFAULT)
 

@@ -96,3 +96,12 @@ def test_each_figure_shows_what_it_says(tmp_path):
     assert not any(ax.patches for ax in fig7.axes)
     two = plot.FIGURES["fig7_engines"](table)
     assert any(ax.patches for ax in two.axes)
+
+
+def test_the_model_figure_compares_the_models_recipes_not_the_file_without_pqv():
+    """(found by a new-user trial) Fig. 6 picked the most compressed recipe every model has, which
+    was the file without PQV (a dense .onnx), and showed no PQV file at all."""
+    table = summary(["demo"])
+    bar = table.iloc[[0]].assign(precision="int8_dynamic", engine="mlas_plain", format="onnx", without_pqv=True)
+    table = plot.load_frame(pd.concat([table.assign(without_pqv=False), bar], ignore_index=True))
+    assert "mlas_plain" not in plot.FIGURES["fig6_models"](table)._suptitle.get_text()

@@ -300,7 +300,10 @@ def test_the_file_without_pqv_is_a_row_of_its_own_and_every_pick_is_compared_wit
     assert chosen.returncode == 0, chosen.stderr
     fastest = summary[summary["format"] != "eager"].sort_values(["latency_ms_median", "size_mb"]).iloc[0]
     line = next(x for x in chosen.stdout.splitlines() if x.strip().startswith("without PQV"))
-    assert f"{row['latency_ms_median'] / fastest['latency_ms_median']:.2f}x the speed of {row['artifact']}" in line
+    if fastest["artifact"] == row["artifact"]:  # at this size the bar itself may be the fastest file
+        assert "this pick is the file without PQV" in line
+    else:
+        assert f"{row['latency_ms_median'] / fastest['latency_ms_median']:.2f}x the speed of {row['artifact']}" in line
     assert scheduled(snakemake(work, "-n", config=config)) == Counter()
 
 
