@@ -12,10 +12,10 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-# The config is checked before any job, against its typed description (pqv/config.py): one line
+# The config is checked before any job, against its typed description (pqv/plan/config.py): one line
 # `pqv config: error: ... (fix: ...)`, exit status 2; then every default is filled in.
 sys.path.insert(0, workflow.basedir)
-from pqv import config as pqv_config
+from pqv.plan import config as pqv_config
 
 with pqv_config.reported():
     pqv_config.check(config, default=pqv_config.load_yaml(os.path.join(workflow.basedir, "config", "config.yaml")))

@@ -22,11 +22,13 @@ import pandas as pd
 import torch
 import yaml
 
-from pqv import data, datasets, evaluate, export, store
+from pqv.common import datasets
+from pqv.plan import fileio
+from pqv.stages import data, evaluate, export
 
 
 def dataset_manifest(configfile: str) -> dict:
-    """The config's data set, read by the data stage (pqv.data.scan)."""
+    """The config's data set, read by the data stage (pqv.stages.data.scan)."""
     return data.scan(yaml.safe_load(Path(configfile).read_text())["dataset"])
 
 
@@ -50,7 +52,7 @@ def sharded_accuracy(artifact: str, engine: str, manifest: dict, data_config: di
 
 def measure(artifact: str, manifest: dict, threads: int, sharded: bool) -> tuple[float, float]:
     """(images/s, top-1) of one accuracy pass over the evaluation split."""
-    meta = store.read_sidecar(artifact)
+    meta = fileio.read_sidecar(artifact)
     dc = meta["data_config"]
     loader = datasets.loader(manifest, "eval", dc, evaluate.EVAL_BATCH)
     evaluate.set_threads(threads)
@@ -76,7 +78,7 @@ def main() -> None:
     manifest = dataset_manifest(a.configfile)
     rows = []
     for artifact in a.artifacts:
-        fmt = store.read_sidecar(artifact)["format"]
+        fmt = fileio.read_sidecar(artifact)["format"]
         cases = [("before", a.before_threads, False), ("after", a.cores, False)]
         if a.shards and fmt == "pte":
             cases.append(("shards", a.cores, True))
@@ -87,7 +89,7 @@ def main() -> None:
                          "images_per_s": rate, "top1": top1})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    from pqv.evaluate import machine
+    from pqv.stages.evaluate import machine
 
     facts = machine()
     table["cpu"], table["cores"], table["torch"] = facts["cpu"], facts["cores"], facts["torch"]

@@ -11,7 +11,7 @@ with PYTHONPATH=--repo:
 - check: the full data check on a cold cache (after: the data job, `pqv data`; before:
   pqv.imagecheck.check_splits);
 - setup: what one job spends building its data sets of both splits once the check has run
-  (after: from the manifest; before: pqv.data.dataset, which re-lists both splits);
+  (after: from the manifest; before: pqv.stages.data.dataset, which re-lists both splits);
 - sweep: a tiny sweep (3 branches x fp32/int8 .ptl, max_train/max_eval subsets) run by Snakemake
   with bench/audit/sitecustomize.py counting every folder listing under the tree, per process.
 Prints a table and writes bench/results/data_scan-<label>.csv. Method: DESIGN.md ("Measuring").

@@ -14,13 +14,13 @@ in a process of its own, so that no other runtime's thread pool is alive beside 
 - one large square GEMM (1024 tokens x 1024 -> 1024): the kernel's best rate on this machine;
 - with the `.[bench]` extra, the same question for the peer: ONNX Runtime's whole file (the
   workflow's onnx format, bench/latency.py's row) and the same Linear layers in its int8 MatMuls,
-  built by the same recipe (pqv/ort.py).
+  built by the same recipe (pqv/common/ort.py).
 
     .venv/bin/python bench/gemm_floor.py          # after bench/latency.py (reuses bench/work)
 
-The whole models are bench/latency.py's rows (pqv.quantize.run + pqv.export.run, checked against
+The whole models are bench/latency.py's rows (pqv.stages.quantize.run + pqv.stages.export.run, checked against
 their parent); the probes are not models the workflow makes, so they are built with the same
-quantizer and lowering (pqv.quantize.quantize, pqv.export's .pte writer) without that stage.
+quantizer and lowering (pqv.stages.quantize.quantize, pqv.stages.export's .pte writer) without that stage.
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pqv import evaluate, export, layers, ort, quantize, store
+from pqv.common import layers, ort, store
+from pqv.plan import fileio
+from pqv.stages import evaluate, export, quantize
 
 
 class LinearsOnly(nn.Module):
@@ -56,7 +58,7 @@ class LinearsOnly(nn.Module):
 
 class LinearsAndAttention(nn.Module):
     """The blocks without LayerNorm and GELU: the Linear layers and the attention between them
-    (PQV's exported attention, pqv.layers.BmmAttention), so that its time minus the Linears-only
+    (PQV's exported attention, pqv.common.layers.BmmAttention), so that its time minus the Linears-only
     time is what the FP32 attention (matmuls, softmax, slices, transposes) costs in the model."""
 
     def __init__(self, vit: nn.Module):
@@ -96,7 +98,7 @@ def build_pte(module: nn.Module, example: torch.Tensor, out: Path) -> None:
     src = out.with_suffix(".pt2")
     quantize.save(program, str(src), "pt2")
     try:
-        with store.atomic_path(out) as tmp:
+        with fileio.atomic_path(out) as tmp:
             export._export_pte(str(src), tmp, "int8_dynamic", {})
     finally:
         src.unlink()
@@ -186,10 +188,10 @@ def _onnx_rows(rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.
     rows["ONNX Runtime: whole model (int8_dynamic)"] = Program(whole, torch.randn(1, *facts["input_size"]), facts["macs"],
                                                                floor, widths, fmt="onnx")
     path = pruned.parent / f"linears-int8_dynamic-{ort.version().replace(' ', '-')}.onnx"
-    if not path.exists():  # the same recipe as the workflow's (pqv/ort.py), on the Linear layers alone
+    if not path.exists():  # the same recipe as the workflow's (pqv/common/ort.py), on the Linear layers alone
         import onnx
 
-        with store.atomic_path(path) as tmp:
+        with fileio.atomic_path(path) as tmp:
             onnx.save_model(ort.build(linears, "int8_dynamic", tokens_in, None), tmp)
     rows[floor] = Program(path, tokens_in, linear_macs(linears, tokens_in.shape[1]), floor, widths, linears, fmt="onnx")
 
@@ -235,7 +237,7 @@ def main() -> None:
               "share_of_whole_model", "x_linears_only"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     out = Path(args.out or latency.default_out("gemm_floor", machine))
-    with store.atomic_path(out) as tmp:
+    with fileio.atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     print(f"wrote {out}")
 

@@ -38,9 +38,9 @@ def fastest_shipped(table: pd.DataFrame) -> str:
 
 
 def features(text) -> str:
-    """pqv.evaluate.machine's feature names, comma-separated (CSVs before 2026-12 joined them with
+    """pqv.stages.evaluate.machine's feature names, comma-separated (CSVs before 2026-12 joined them with
     spaces, which reads "AVX-512 AVX-512 VNNI")."""
-    from pqv.evaluate import CPU_FEATURES
+    from pqv.stages.evaluate import CPU_FEATURES
 
     found, text = [], str(text) if isinstance(text, str) else ""
     for name in sorted(CPU_FEATURES.values(), key=len, reverse=True):

@@ -27,20 +27,20 @@ sys.path.insert(0, str(HERE.parent))
 
 # (row, modules imported together)
 ROWS = [
-    ("pqv CLI (every job)", ["pqv.cli", "pqv.config"]),
+    ("pqv CLI (every job)", ["pqv.cli", "pqv.plan.config"]),
     ("torch", ["torch"]),
     ("timm (with torchvision)", ["torch", "timm"]),
     ("sklearn.datasets (the digits, before 2026-12-03)", ["sklearn.datasets"]),
     ("executorch.exir (lowering .pte)", ["torch", "executorch.exir"]),
     ("executorch runtime (.pte accuracy, latency)", ["torch", "executorch.runtime"]),
     ("torch.profiler + inductor (latency's paper-method call, profile)", ["torch", "torch._inductor.standalone_compile"]),
-    ("stage data (digits)", ["pqv.cli", "pqv.data"]),
-    ("stage model / prune / finetune (build a model)", ["pqv.cli", "pqv.finetune", "pqv.prune", "timm"]),
-    ("stage quantize", ["pqv.cli", "pqv.quantize", "timm"]),
-    ("stage export .ptl", ["pqv.cli", "pqv.export", "timm"]),
-    ("stage export .pte", ["pqv.cli", "pqv.export", "timm", "executorch.exir"]),
-    ("stage accuracy .ptl", ["pqv.cli", "pqv.evaluate", "pqv.datasets"]),
-    ("stage latency .ptl", ["pqv.cli", "pqv.evaluate", "pqv.datasets", "torch._inductor.standalone_compile"]),
+    ("stage data (digits)", ["pqv.cli", "pqv.stages.data"]),
+    ("stage model / prune / finetune (build a model)", ["pqv.cli", "pqv.stages.finetune", "pqv.stages.prune", "timm"]),
+    ("stage quantize", ["pqv.cli", "pqv.stages.quantize", "timm"]),
+    ("stage export .ptl", ["pqv.cli", "pqv.stages.export", "timm"]),
+    ("stage export .pte", ["pqv.cli", "pqv.stages.export", "timm", "executorch.exir"]),
+    ("stage accuracy .ptl", ["pqv.cli", "pqv.stages.evaluate", "pqv.common.datasets"]),
+    ("stage latency .ptl", ["pqv.cli", "pqv.stages.evaluate", "pqv.common.datasets", "torch._inductor.standalone_compile"]),
 ]
 
 
@@ -72,7 +72,7 @@ def main() -> None:
         rows.append({"row": name, "modules": " ".join(modules), "median_s": statistics.median(times),
                      "min_s": min(times), "max_s": max(times), "rounds": a.rounds})
     table = pd.DataFrame(rows)
-    from pqv.evaluate import machine  # noqa: E402  (the CPU, as every latency row names it)
+    from pqv.stages.evaluate import machine  # noqa: E402  (the CPU, as every latency row names it)
 
     facts = machine()
     table["cpu"] = facts.get("cpu")

@@ -1,13 +1,13 @@
 """Latency of PQV's mobile artifacts for a pruned DeiT-B, beside the paper's recipe and the FP32 baselines.
 
-Every row is an artifact the workflow would ship: the dense model is pruned by pqv.prune.run, and
-each recipe is quantized by pqv.quantize.run and exported by pqv.export.run, whose check loads the
+Every row is an artifact the workflow would ship: the dense model is pruned by pqv.stages.prune.run, and
+each recipe is quantized by pqv.stages.quantize.run and exported by pqv.stages.export.run, whose check loads the
 file back and compares it with its eager FP32 parent on held-out images (a rejected file is
 reported, not timed). Four lever rows are made outside the workflow on purpose and say so: timm's
-own layers (the baseline of pqv/layers.py's twins), PQV's LayerNorm twin before issue 15 and
+own layers (the baseline of pqv/common/layers.py's twins), PQV's LayerNorm twin before issue 15 and
 timm's LayerNorm as a portable kernel (the two alternatives to today's, bench/layernorm.py); they
 get the same check. ONNX Runtime's rows (the peer) are the workflow's own onnx and ort formats
-(pqv/ort.py), and each run's `speedup_vs_ort` is against the fastest of them (`ort_best`). Each
+(pqv/common/ort.py), and each run's `speedup_vs_ort` is against the fastest of them (`ort_best`). Each
 artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
 calls, median of repeated batch-1 calls; min and max kept). The machines we run on share their
 host, so the whole set is timed in several interleaved rounds and each speed-up is the median over
@@ -37,9 +37,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pqv import arch, evaluate, export, ort, prune, quantize, registry, store
-from pqv.errors import PQVError
-from pqv.registry import NO_ENGINE, Status
+from pqv.common import arch, ort, store
+from pqv.plan import fileio, registry
+from pqv.plan.errors import PQVError
+from pqv.plan.registry import NO_ENGINE, Status
+from pqv.stages import evaluate, export, prune, quantize
 
 DIGITS = {"name": "digits"}
 
@@ -73,7 +75,7 @@ RECIPES: dict[str, Recipe] = {
     "pte fp32": Recipe("pruned", "fp32", NO_ENGINE, "pte"),
     "pte int8_dynamic": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", note="PQV's fastest"),
     "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="timm",
-                                           note="lever baseline, not a workflow recipe: without pqv/layers.py twins"),
+                                           note="lever baseline, not a workflow recipe: without pqv/common/layers.py twins"),
     "pte int8_dynamic pooled-mean LayerNorm": Recipe(
         "pruned", "int8_dynamic", "xnnpack", "pte", layers="pooled-mean",
         note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15"),
@@ -88,7 +90,7 @@ RECIPES: dict[str, Recipe] = {
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
     "pte int8_dynamic round_to=64": Recipe("pruned_round_to", "int8_dynamic", "xnnpack", "pte"),
     # ONNX Runtime, the runtime a user would pick instead, at its best: its files as the workflow builds
-    # them (pqv/ort.py: transformer optimizer, per-channel weights, static batch 1), export check included
+    # them (pqv/common/ort.py: transformer optimizer, per-channel weights, static batch 1), export check included
     "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="the peer: ONNX Runtime's ViT recipe"),
     "onnxruntime int8_dynamic .ort": Recipe("pruned", "int8_dynamic", "mlas", "ort",
                                             note="the peer's file in ORT Mobile's format (what ships to a phone)"),
@@ -103,7 +105,7 @@ RECIPES: dict[str, Recipe] = {
     "onnxruntime int8_static plain": Recipe("pruned", "int8_static", "mlas_plain", "onnx"),
     "onnxruntime int8_static QOperator": Recipe("pruned", "int8_static", "mlas_qop", "onnx"),
     "onnxruntime int8_dynamic plain round_to=64": Recipe("pruned_round_to", "int8_dynamic", "mlas_plain", "onnx"),
-    # the bar: the file a user gets without PQV (pqv.registry.WITHOUT_PQV, the workflow's evaluate.without_pqv)
+    # the bar: the file a user gets without PQV (pqv.plan.registry.WITHOUT_PQV, the workflow's evaluate.without_pqv)
     WITHOUT_PQV: Recipe("dense", registry.WITHOUT_PQV["precision"], registry.WITHOUT_PQV["engine"], registry.WITHOUT_PQV["format"],
                         note=registry.WITHOUT_PQV_HELP),
 }
@@ -119,7 +121,7 @@ BASES = ("eager fp32 dense", PAPER, ORT, WITHOUT_PQV)  # every run times them: e
 # engine, options and lever, plus its calibration data where the precision is calibrated; the
 # artifacts of a --trained model sit in a folder named after that file's content hash.
 
-REJECTED = Status.REJECTED  # pqv.export's status of a file that failed its fidelity check
+REJECTED = Status.REJECTED  # pqv.stages.export's status of a file that failed its fidelity check
 
 
 def model_path(work: Path, model_name: str, which: str, ratio: float, round_to: int) -> Path:
@@ -155,10 +157,10 @@ def artifact_path(folder: Path, recipe: Recipe, manifest: dict, calibration_imag
 
 
 def layers_fingerprint() -> str:
-    """Content hash of pqv/layers.py and bench/layernorm.py: a changed twin makes new files."""
+    """Content hash of pqv/common/layers.py and bench/layernorm.py: a changed twin makes new files."""
     import hashlib
 
-    from pqv import layers
+    from pqv.common import layers
 
     digest = hashlib.sha256(Path(layers.__file__).read_bytes())
     digest.update((Path(__file__).parent / "layernorm.py").read_bytes())
@@ -167,8 +169,8 @@ def layers_fingerprint() -> str:
 
 def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_images: int, check_images: int,
           min_cosine: float) -> dict:
-    """The row's artifact made as the workflow makes it, unless cached: pqv.quantize.run, then
-    pqv.export.run, which loads it back and checks it against `source` on `check_images` held-out
+    """The row's artifact made as the workflow makes it, unless cached: pqv.stages.quantize.run, then
+    pqv.stages.export.run, which loads it back and checks it against `source` on `check_images` held-out
     images. Its export sidecar (status, fidelity)."""
     if not out.exists():
         program = out.with_name(f"{out.stem}.program.{registry.ir_of(recipe.fmt)}")  # .onnx: not the artifact's name
@@ -183,8 +185,8 @@ def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_i
                            min_cosine=min_cosine, **recipe.options)
         finally:
             program.unlink(missing_ok=True)
-            store.sidecar_path(program).unlink(missing_ok=True)
-    return store.read_sidecar(out)
+            fileio.sidecar_path(program).unlink(missing_ok=True)
+    return fileio.read_sidecar(out)
 
 
 def _timm_layers(model):
@@ -195,7 +197,7 @@ def _timm_layers(model):
 
 def _with_layernorm(model, make):
     """PQV's twins, each LayerNorm twin replaced by `make(twin)` (same weight, bias and eps)."""
-    from pqv import layers
+    from pqv.common import layers
 
     return _swap(layers.for_xnnpack(model), layers.MeanLayerNorm, make)
 
@@ -237,7 +239,7 @@ class Fp16Attention(nn.Module):
         self.twin = twin
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        from pqv import layers
+        from pqv.common import layers
 
         if attn_mask is not None or is_causal:
             raise ValueError("Fp16Attention is for unmasked ViT self-attention")
@@ -246,28 +248,28 @@ class Fp16Attention(nn.Module):
 
 
 def _fp16_attention(model):
-    from pqv import layers
+    from pqv.common import layers
 
     return _swap(layers.for_xnnpack(model), layers.BmmAttention, Fp16Attention)
 
 
-# lever baselines: how the model is rewritten instead of pqv.layers.for_xnnpack
+# lever baselines: how the model is rewritten instead of pqv.common.layers.for_xnnpack
 LAYERS = {"timm": _timm_layers, "pooled-mean": _pooled_mean_layernorm, "portable-layernorm": _portable_layernorm,
           "fp16-attention": _fp16_attention}
 
 
 def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest: dict, kind: str) -> None:
-    """pqv.quantize.run's .pt2 path with the model's layers rewritten by LAYERS[kind] instead of
+    """pqv.stages.quantize.run's .pt2 path with the model's layers rewritten by LAYERS[kind] instead of
     layers.for_xnnpack: a lever's baseline (not a recipe the workflow makes)."""
-    from pqv import datasets
+    from pqv.common import datasets
 
     model, a = store.load_model(source)
     model = LAYERS[kind](model.eval())
     calibration = list(datasets.sample_batch(manifest, a["data_config"], 2, split="train").split(32))
     exported = quantize.EXPORTED[precision](model.eval(), calibration[0], calibration)
-    with store.atomic_path(program) as tmp:
+    with fileio.atomic_path(program) as tmp:
         quantize.save(exported, tmp, "pt2")
-    parent = store.read_sidecar(source)
+    parent = fileio.read_sidecar(source)
     store.write_sidecar(program, "quantize", parent=str(source), precision=precision, engine="xnnpack", ir="pt2",
                      params=parent.get("params"), macs=parent.get("macs"), data_config=a["data_config"],
                      eager_top1=parent.get("top1"), calibration_images=0, lever=kind)
@@ -309,7 +311,7 @@ def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: P
               check_images: int, min_cosine: float) -> dict[str, dict]:
     """Per recipe, top-1 agreement and cosine of its artifact, built from the trained model the
     same way, with the trained FP32 parent over the whole held-out split."""
-    from pqv import datasets
+    from pqv.common import datasets
 
     model, a = store.load_model(trained)
     dc = a["data_config"]
@@ -337,9 +339,9 @@ def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: P
 # ---- the table ----------------------------------------------------------------------------------
 
 def make_models(work: Path, model_name: str, ratio: float, round_to: int, which: list[str]) -> dict[str, Path]:
-    """The random-init dense model and its pruned copies (pqv.prune.run, L2, uniform), each saved
+    """The random-init dense model and its pruned copies (pqv.stages.prune.run, L2, uniform), each saved
     once under a path keyed by all that made it; {kind: path}."""
-    from pqv import model as pqv_model
+    from pqv.stages import model as pqv_model
 
     paths = {w: model_path(work, model_name, w, ratio, round_to) for w in ["dense", *which] if w}
     dense = paths["dense"]
@@ -360,7 +362,7 @@ def make_models(work: Path, model_name: str, ratio: float, round_to: int, which:
 
 def widths(path: Path) -> dict:
     m, a = store.load_model(path)
-    meta = store.read_sidecar(path)
+    meta = fileio.read_sidecar(path)
     return {"params": meta["params"], "macs": meta["macs"], "embed_dim": m.embed_dim,
             "head_dim": m.blocks[0].attn.head_dim, "mlp_hidden": m.blocks[0].mlp.fc1.out_features,
             "input_size": list(a["data_config"]["input_size"])}
@@ -384,8 +386,8 @@ def default_out(kind: str, machine: dict) -> str:
 
 
 def manifest_of(text: str) -> dict:
-    """--data: `digits` (bundled) or `imagefolder:ROOT`, read by the data stage (pqv.data.scan)."""
-    from pqv import data
+    """--data: `digits` (bundled) or `imagefolder:ROOT`, read by the data stage (pqv.stages.data.scan)."""
+    from pqv.stages import data
 
     return data.scan(DIGITS if text == "digits" else {"name": "imagefolder", "root": text.split(":", 1)[1]})
 
@@ -425,7 +427,7 @@ def build_rows(args, rows: dict, models: dict, manifest: dict) -> tuple[dict, di
         paths[name] = artifact_path(source.parent, recipe, manifest, args.calibration_images)
         try:
             meta = build(recipe, source, paths[name], manifest, args.calibration_images, args.check_images, args.min_cosine)
-        except PQVError as e:  # pqv.export before it kept rejected files: nothing was written
+        except PQVError as e:  # pqv.stages.export before it kept rejected files: nothing was written
             meta = {"status": REJECTED, "reason": str(e)}
         if meta.get("status") == REJECTED:
             rejected[name] = meta.get("reason", "")
@@ -477,7 +479,7 @@ def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) ->
             "speedup_vs_ort": ratio(best_ort, name), "ort_best": best_ort,
             "speedup_vs_without_pqv": ratio(WITHOUT_PQV, name),
             "size_mb": paths[name].stat().st_size / 2**20,
-            # the export check's (pqv.export.run): held-out images of --data against the FP32 parent
+            # the export check's (pqv.stages.export.run): held-out images of --data against the FP32 parent
             "cosine_min_vs_parent": fidelity.get(name, {}).get("cosine_min", 1.0 if recipe.fmt == EAGER else None),
             "check_images": 0 if recipe.fmt == EAGER else args.check_images,
             "trained_top1_agreement": trained.get(name, {}).get("top1_agreement"),
@@ -535,7 +537,7 @@ def main() -> None:
     table = table_rows(args, rows, paths, facts, timings, fidelity, trained, machine)
     print_table(args, table, rejected)
     out = Path(args.out or default_out("latency", machine))
-    with store.atomic_path(out) as tmp:
+    with fileio.atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     print(f"wrote {out}")
 

@@ -3,7 +3,7 @@
 XNNPACK (in ExecuTorch 1.3.1) has no LayerNorm node. timm's `nn.LayerNorm` therefore runs as a
 portable kernel outside the delegate, cutting the graph at every norm; PQV's first twin (issue 8)
 took the two means over a 4-D view, which XNNPACK runs as global average pooling with a single
-channel; PQV's twin since issue 15 (`pqv.layers.MeanLayerNorm`) takes them as FP32
+channel; PQV's twin since issue 15 (`pqv.common.layers.MeanLayerNorm`) takes them as FP32
 matrix-vector products. This script exports a stack of residual LayerNorms of a ViT's token
 shape in each formulation, checks each against `torch.nn.functional.layer_norm`, and times it as
 bench/latency.py times a model (batch 1, fixed threads, warm-up, median per round, interleaved
@@ -24,7 +24,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pqv import evaluate, export, layers, store
+from pqv.common import layers, store
+from pqv.plan import fileio
+from pqv.stages import evaluate, export
 
 
 class PooledMeanLayerNorm(nn.Module):
@@ -49,7 +51,7 @@ class PooledMeanLayerNorm(nn.Module):
 FORMULATIONS = {
     "nn.LayerNorm (portable kernel)": lambda norm: norm,
     "pooled mean (PQV before issue 15)": PooledMeanLayerNorm,
-    "matrix-vector mean (pqv.layers)": layers.MeanLayerNorm,
+    "matrix-vector mean (pqv.common.layers)": layers.MeanLayerNorm,
 }
 
 
@@ -132,7 +134,7 @@ def main() -> None:
                                "max_abs_diff_vs_layer_norm", "ops_outside_xnnpack"]].to_string(index=False))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with store.atomic_path(out) as tmp:
+    with fileio.atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     print(f"wrote {out}")
 

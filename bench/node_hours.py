@@ -10,7 +10,7 @@ stand-in `sinfo` describes (default: GPUs, a 24-hour limit, which caps every req
 requested wall time (`runtime`) counts as
 node-hours whole when the job asks for the node to itself (`--exclusive`), else as its share of a
 node's cores (--node-cores); GPU-hours are runtime x GPUs. Requested, not used: a budget is twice
-the expected time plus 10 minutes (pqv/resources.py). Prints a table and writes
+the expected time plus 10 minutes (pqv/plan/resources.py). Prints a table and writes
 bench/results/node_hours-<label>.csv.
 """
 from __future__ import annotations

@@ -18,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pqv import arch, prune, store
+from pqv.common import arch, store
+from pqv.plan import fileio
+from pqv.stages import prune
 
 RATIOS = [0.09375, 0.25, 0.5]
 IMPORTANCES = ["l1", "l2", "taylor", "hessian", "random", "lamp"]
@@ -115,7 +117,7 @@ def main() -> None:
               f" {row['head_dim']:>5} {row['mlp_hidden']:>9} {seconds:>5.1f}", flush=True)
 
     out = Path(args.out)
-    with store.atomic_path(out) as tmp:
+    with fileio.atomic_path(out) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     print(f"wrote {out}")
 

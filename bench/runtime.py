@@ -59,7 +59,8 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from pqv import evaluate, store
+    from pqv.plan import fileio
+    from pqv.stages import evaluate
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("pte", nargs="+", type=Path)
@@ -106,7 +107,7 @@ def main() -> None:
     print(df.assign(artifact=df.artifact.map(lambda s: Path(s).name))[
         ["artifact", "executorch", "ms_median", "ms_min", "ms_max", "speedup_vs_project", "max_abs_diff_between_runtimes"]
     ].to_string(index=False))
-    with store.atomic_path(Path(args.out)) as tmp:
+    with fileio.atomic_path(Path(args.out)) as tmp:
         df.to_csv(tmp, index=False)
     print(f"wrote {args.out}")
 

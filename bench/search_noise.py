@@ -1,12 +1,12 @@
-"""The search's rule against the grid on noisy accuracy curves (pqv.search.simulate).
+"""The search's rule against the grid on noisy accuracy curves (pqv.plan.search.simulate).
 
 A probe's top-1 is measured once on the evaluation split: the true top-1 of its file plus the
-split's sampling noise (binomial: its standard error, pqv.search.standard_error). Each trial draws
+split's sampling noise (binomial: its standard error, pqv.plan.search.standard_error). Each trial draws
 a smooth accuracy curve (a loss that grows as (r / r0)^k), the budget line, and one measured value
 per grid ratio; every rule then sees the same values:
 - grid, strict: every ratio probed; the answer is the largest pass with no failure below it;
 - grid, checked: every ratio probed; a failure by less than one standard error (WEAK) with a pass
-  above it does not bound the answer (pqv.search.interval);
+  above it does not bound the answer (pqv.plan.search.interval);
 - search, strict: bisection, WEAK counted as FAIL (the rule before issue 29);
 - search, checked: bisection; a bounding WEAK failure is checked by probing the ratio above it.
 "right" is the largest grid ratio whose true top-1 is within the budget; "±1 step" allows one grid

@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 
-from .errors import PQVError
+from .plan.errors import PQVError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -42,15 +42,15 @@ def _ratio(text: str) -> float:
 
 
 def _data(a):
-    from . import data
-    from .config import Dataset, filled_section
+    from .plan.config import Dataset, filled_section
+    from .stages import data
 
     data.run(filled_section(Dataset, a.spec, "dataset"), a.out, threads=a.threads, split=a.split, train=a.train)
 
 
 def _model(a):
-    from . import model
-    from .config import Model, filled_section, hparams
+    from .plan.config import Model, filled_section, hparams
+    from .stages import model
 
     if a.weights:
         a.model_cfg = {**a.model_cfg, "weights": model.planned_weights(a.weights, a.model_cfg.get("weights"))}
@@ -61,7 +61,7 @@ def _model(a):
 
 
 def _prune(a):
-    from . import prune
+    from .stages import prune
 
     prune.run(a.model, a.out, a.importance, a.ratio, a.data, a.calibration_batches, a.batch_size,
               round_to=a.round_to, scope=a.scope, heads=a.heads, head_ratio=a.head_ratio,
@@ -69,8 +69,8 @@ def _prune(a):
 
 
 def _finetune(a):
-    from . import finetune
-    from .config import hparams
+    from .plan.config import hparams
+    from .stages import finetune
 
     def work():
         hparams(a.hparams, "finetune")  # timm names and Mixup's batch, before the model is loaded
@@ -86,20 +86,20 @@ def _finetune(a):
 
 
 def _quantize(a):
-    from . import quantize
+    from .stages import quantize
 
     quantize.run(a.model, a.out, a.precision, a.engine, a.data, a.calibration_images)
 
 
 def _export(a):
-    from . import export
+    from .stages import export
 
     export.run(a.src, a.parent, a.out, a.format, a.data, mobile_optimizer=not a.no_mobile_optimizer,
                xnnpack_rewrite=not a.no_xnnpack_rewrite, check_images=a.check_images, min_cosine=a.min_cosine)
 
 
 def _evaluate(a):
-    from . import evaluate
+    from .stages import evaluate
 
     if a.measure == "accuracy":
         evaluate.run_accuracy(a.artifact, a.out, a.data, a.labels, a.threads, workers=a.workers, device=a.device)
@@ -108,39 +108,39 @@ def _evaluate(a):
 
 
 def _summarize(a):
-    from . import summary
+    from .stages import summary
 
     summary.run(a.metrics, a.out, a.search)
 
 
 def _costs(a):
-    from . import summary
+    from .stages import summary
 
     summary.run_costs(a.benchmarks, a.root, a.out, a.logs)
 
 
 def _profile(a):
-    from . import profiling
+    from .stages import profile as profiling
 
     profiling.run(a.artifact, a.out_csv, a.out_png, a.threads, a.warmup, a.runs, manifest=a.data)
 
 
 def _plot(a):
-    from . import plot
+    from .stages import plot
 
     plot.run(a.summary, a.outdir)
 
 
 def _search(a):
-    from . import search
-    from .config import Prune, Search, filled_section
+    from .plan import search
+    from .plan.config import Prune, Search, filled_section
 
     if a.step == "round":
         search.run_round(a.out, a.model_sidecar, filled_section(Search, a.settings, "search"),
                          filled_section(Prune, a.prune, "prune"), a.measured, previous=a.previous,
                          references=a.reference)
     else:
-        from . import search_report
+        from .stages import search as search_report
 
         search_report.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.out_choice, a.measured, a.budget,
                              searched=tuple(a.searched), threads=a.threads, warmup=a.warmup, runs=a.runs,
@@ -148,13 +148,13 @@ def _search(a):
 
 
 def _choose(a):
-    from . import choose
+    from .stages import choose
 
     choose.run(choose.summary_of(a.summary, a.configfile), a.max_accuracy_loss, a.model)
 
 
 def _setting(section, key: str, **extra) -> dict:
-    """An option's type, default and help, from the config's description (pqv.config)."""
+    """An option's type, default and help, from the config's description (pqv.plan.config)."""
     import typing
 
     field = section.model_fields[key]
@@ -169,7 +169,7 @@ def _setting(section, key: str, **extra) -> dict:
 
 def _common():
     """Options several stages share."""
-    from .registry import DEVICES
+    from .plan.registry import DEVICES
 
     return {
         "data": {"required": True,
@@ -206,8 +206,8 @@ def _add_model(sub, c):
 
 
 def _add_prune(sub, c):
-    from . import registry
-    from .config import Prune
+    from .plan import registry
+    from .plan.config import Prune
 
     s = sub.add_parser("prune", help="structurally prune a model")
     s.add_argument("--model", required=True)
@@ -217,7 +217,7 @@ def _add_prune(sub, c):
     s.add_argument("--data", default=None, help="the data set's manifest, for taylor/hessian calibration")
     for key in ("calibration_batches", "batch_size", "round_to", "head_ratio", "bottleneck", "seed"):
         s.add_argument("--" + key.replace("_", "-"), **_setting(Prune, key))
-    # choices are checked by pqv.prune, not argparse, so a typo is the usual one-line error with a fix
+    # choices are checked by pqv.stages.prune, not argparse, so a typo is the usual one-line error with a fix
     s.add_argument("--scope", **_setting(Prune, "scope", help=_one_of(registry.SCOPES)))
     s.add_argument("--heads", **_setting(Prune, "heads", help=_one_of(registry.HEAD_MODES)))
     s.add_argument("--device", **c["device"])
@@ -246,8 +246,8 @@ def _add_finetune(sub, c):
 
 
 def _add_quantize(sub, c):
-    from . import registry
-    from .config import Quantize
+    from .plan import registry
+    from .plan.config import Quantize
 
     s = sub.add_parser("quantize", help="convert to a precision for an engine (.ts for ptl, .pt2 for pte)")
     s.add_argument("--model", required=True)
@@ -261,8 +261,8 @@ def _add_quantize(sub, c):
 
 
 def _add_export(sub, c):
-    from . import registry
-    from .config import Export
+    from .plan import registry
+    from .plan.config import Export
 
     s = sub.add_parser("export", help="write a mobile artifact and verify it against its parent")
     s.add_argument("--src", required=True, help="quantized program (.ts or .pt2)")
@@ -279,7 +279,7 @@ def _add_export(sub, c):
 
 
 def _add_evaluate(sub, c):
-    from .config import Evaluate
+    from .plan.config import Evaluate
 
     s = sub.add_parser("evaluate", help="accuracy, or latency, size and memory, of an artifact (or the eager baseline)")
     measures = s.add_subparsers(dest="measure", required=True, parser_class=_Parser)
@@ -301,7 +301,7 @@ def _add_evaluate(sub, c):
 
 
 def _add_profile(sub, c):
-    from .config import Evaluate, Profile
+    from .plan.config import Evaluate, Profile
 
     s = sub.add_parser("profile", help="per-operator time table of an artifact")
     s.add_argument("--artifact", required=True)
@@ -324,7 +324,7 @@ def _add_tables(sub, c):
     s = sub.add_parser("costs", help="sum Snakemake's per-job benchmark files per stage (wall time, CPU, peak memory)")
     s.add_argument("benchmarks", nargs="+")
     s.add_argument("--logs", nargs="*", default=None,
-                   help="each job's log, in the benchmark files' order: the CPU seconds its usage line records (pqv.usage)")
+                   help="each job's log, in the benchmark files' order: the CPU seconds its usage line records (pqv.common.usage)")
     s.add_argument("--root", required=True, help="the benchmarks folder: its first sub-folder names the stage")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_costs)
@@ -344,7 +344,7 @@ def _add_tables(sub, c):
 
 
 def _add_search(sub, c):
-    from .config import Evaluate, Search
+    from .plan.config import Evaluate, Search
 
     s = sub.add_parser("search", help="one round of the accuracy-budget search, or its report (workflow/rules/search.smk)")
     steps = s.add_subparsers(dest="step", required=True, parser_class=_Parser)
@@ -381,7 +381,7 @@ STAGES = (_add_data, _add_model, _add_prune, _add_finetune, _add_quantize, _add_
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
     p.add_argument("--log-usage", action="store_true",
-                   help="end stderr with one line of the CPU and wall seconds this process used (the workflow's jobs: pqv.usage)")
+                   help="end stderr with one line of the CPU and wall seconds this process used (the workflow's jobs: pqv.common.usage)")
     sub = p.add_subparsers(dest="stage", required=True)
     common = _common()
     for add in STAGES:
@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except PQVError as e:
         print(f"pqv {args.stage}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_status", 2)  # 2, or finetune's time-limit stop (pqv.finetune.TimeLimit)
+        return getattr(e, "exit_status", 2)  # 2, or finetune's time-limit stop (pqv.stages.finetune.TimeLimit)
     if args.log_usage:
-        from . import usage
+        from .common import usage
 
         usage.report()
     return 0

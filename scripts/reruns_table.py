@@ -1,5 +1,5 @@
 """Render docs/configuring.md's two tables of what a change reruns:
-- every key and the jobs that read it, from the declaration in pqv/config.py (pqv.reruns.table);
+- every key and the jobs that read it, from the declaration in pqv/plan/config.py (pqv.plan.reruns.table);
 - one changed setting after a finished tiny run and the jobs a dry run then schedules, from
   tests/data/reruns.yaml, the data tests/test_workflow.py asserts.
 
@@ -33,7 +33,7 @@ def measured() -> str:
 
 def blocks() -> dict[str, str]:
     sys.path.insert(0, str(REPO))
-    from pqv import reruns
+    from pqv.plan import reruns
 
     return {"reruns-declared": reruns.table(), "reruns-measured": measured()}
 

@@ -1,8 +1,8 @@
 """Each stage's effective defaults and version, snapshotted in tests/data/stage_defaults.json.
 
-A job's params (pqv.reruns.settings) leave out every key at its default, and its command fills the
-defaults in from pqv/config.py: so a default changed in code changes what the job makes but not its
-params, and reruns nothing unless the stage's version (pqv/reruns.py VERSIONS) is bumped with it.
+A job's params (pqv.plan.reruns.settings) leave out every key at its default, and its command fills the
+defaults in from pqv/plan/config.py: so a default changed in code changes what the job makes but not its
+params, and reruns nothing unless the stage's version (pqv/plan/reruns.py VERSIONS) is bumped with it.
 The snapshot holds, per stage, its version, the default of every key the stage reads (from the
 `setting(..., reads=...)` declaration) and the module-level constants its code makes its output
 from (CONSTANTS below); tests/test_reruns.py compares it with the code and fails until a changed
@@ -23,13 +23,13 @@ SNAPSHOT = REPO / "tests" / "data" / "stage_defaults.json"
 COMMAND = "python scripts/stage_defaults.py"
 
 # Module-level constants a stage's output is made from (module.NAME), beside its settings. (The data
-# jobs' own, pqv.data.FORMAT and IMAGE_EXTENSIONS, are not here: a manifest of another layout is
+# jobs' own, pqv.plan.manifest.FORMAT and IMAGE_EXTENSIONS, are not here: a manifest of another layout is
 # rebuilt and another listing changes the split's stamp, so they rerun what they change by themselves.)
 CONSTANTS = {
-    "quantize": ["pqv.datasets.CALIBRATION_SEED", "pqv.quantize.INT4_GROUP", "pqv.quantize.PROGRAM_BATCH",
-                 "pqv.ort.OPSET"],
-    "export": ["pqv.datasets.CALIBRATION_SEED", "pqv.export.COMPACT_STORAGE"],
-    "search_round": ["pqv.search.DIGITS"],
+    "quantize": ["pqv.common.datasets.CALIBRATION_SEED", "pqv.stages.quantize.INT4_GROUP", "pqv.stages.quantize.PROGRAM_BATCH",
+                 "pqv.common.ort.OPSET"],
+    "export": ["pqv.common.datasets.CALIBRATION_SEED", "pqv.stages.export.COMPACT_STORAGE"],
+    "search_round": ["pqv.plan.search.DIGITS"],
 }
 
 
@@ -50,7 +50,7 @@ def _constant(dotted: str):
 def current() -> dict:
     """{stage: {version, defaults: {key: default}, constants: {module.NAME: value}}} of the code here."""
     sys.path.insert(0, str(REPO))
-    from pqv import reruns
+    from pqv.plan import reruns
 
     out = {}
     for stage in reruns.STAGES:
@@ -81,7 +81,7 @@ def problems(snapshot: dict, now: dict) -> list[str]:
         changes = _changes(old, new)
         if changes and new["version"] == old["version"]:
             out.append(f"stage {stage}'s defaults changed ({'; '.join(changes)}), which reruns nothing by itself: bump "
-                       f"its version in pqv/reruns.py VERSIONS (now {new['version']}) and run `{COMMAND}` to update "
+                       f"its version in pqv/plan/reruns.py VERSIONS (now {new['version']}) and run `{COMMAND}` to update "
                        f"the snapshot")
         elif changes or new["version"] != old["version"]:
             out.append(f"stage {stage}'s version is {new['version']}, the snapshot's {old['version']}"

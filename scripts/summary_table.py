@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from pqv.registry import Status
+from pqv.plan.registry import Status
 
 FORMAT_ORDER = {"eager": 0, "ptl": 1, "pte": 2, "onnx": 3, "ort": 4}
 

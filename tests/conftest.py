@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pqv import arch, data, finetune
-from pqv import model as pqv_model
+from pqv.common import arch
+from pqv.stages import data, finetune
+from pqv.stages import model as pqv_model
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 # Tiny models run fastest on one thread; on 2-vCPU machines two torch threads mostly spin-wait.
@@ -76,7 +77,7 @@ def trained_tiny():
 
 def held_out_top1(model, data_config: dict, manifest=None) -> float:
     """Top-1 % of an eager model on the evaluation split (training never reads it: the accuracy jobs do)."""
-    from pqv import datasets
+    from pqv.common import datasets
 
     return finetune.evaluate(model, datasets.loader(manifest or DIGITS, "eval", data_config, 256), finetune.Dist())[0]
 
@@ -84,7 +85,7 @@ def held_out_top1(model, data_config: dict, manifest=None) -> float:
 @pytest.fixture(scope="session")
 def saved_tiny(trained_tiny, tmp_path_factory):
     """The trained tiny model saved as a finetuned artifact (safetensors + sidecar)."""
-    from pqv import store
+    from pqv.common import store
 
     m, a, top1 = trained_tiny
     path = tmp_path_factory.mktemp("tiny") / "finetuned.safetensors"

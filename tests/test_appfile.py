@@ -1,5 +1,5 @@
 """Issue 40 item 5d: an app file's steps, followed with PIL and numpy alone, give the very tensor PQV
-scores the file with (pqv.datasets: timm's evaluation transform), on photos where every step
+scores the file with (pqv.common.datasets: timm's evaluation transform), on photos where every step
 matters: non-uniform (gradients and shapes), EXIF-turned, of other aspect ratios than the model's
 input, at 224 px. (The workflow's app-file test uses uniform 20x20 images: resize, crop,
 interpolation and orientation are all no-ops there.)"""
@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pqv import appfile, data, datasets
+from pqv.common import appfile, datasets
+from pqv.stages import data
 
 # (size, EXIF orientation) of each photo: landscape, portrait, odd sizes, a crop offset of an odd
 # half-pixel, and phones' turned pixels (6, 8: a quarter turn; 3: upside down)

@@ -41,7 +41,7 @@ def test_user_errors_are_one_line_with_a_fix_and_leave_no_file(saved_tiny, tmp_p
     ("quantize", "--precision", "PRECISIONS"), ("quantize", "--engine", "ENGINES"), ("export", "--format", "FORMATS"),
 ])
 def test_help_lists_the_valid_values_of_every_choice_from_the_registries(stage, option, names):
-    from pqv import registry as R
+    from pqv.plan import registry as R
 
     registry = {"IMPORTANCES": R.IMPORTANCES, "SCOPES": R.SCOPES, "HEAD_MODES": R.HEAD_MODES,
                 "PRECISIONS": R.PRECISIONS, "ENGINES": (R.NO_ENGINE, *R.ENGINES), "FORMATS": R.FORMATS}[names]

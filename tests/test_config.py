@@ -1,4 +1,4 @@
-"""pqv.config: the config described once; every config mistake is one line naming the key (and the
+"""pqv.plan.config: the config described once; every config mistake is one line naming the key (and the
 closest valid one), found before any job runs; the schema, the reference and the defaults the
 stages and the CLI use all come from the description."""
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pqv import config as C
-from pqv import config_docs as D
-from pqv import registry as T
-from pqv import sweep
-from pqv.errors import PQVError
+from pqv.plan import config as C
+from pqv.plan import config_docs as D
+from pqv.plan import registry as T
+from pqv.plan import sweep
+from pqv.plan.errors import PQVError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -130,7 +130,7 @@ def test_timm_accepts_every_listed_scheduler_and_the_default_optimizer():
 
 
 def test_the_schema_and_the_reference_are_made_from_the_description():
-    """workflow/schemas/config.schema.json and docs/config.md are current (`python -m pqv.config`)."""
+    """workflow/schemas/config.schema.json and docs/config.md are current (`python -m pqv.plan.config`)."""
     import json
 
     assert json.loads(D.SCHEMA_FILE.read_text()) == D.schema()
@@ -149,7 +149,7 @@ def test_choices_are_the_registries():
 
 
 def test_the_stages_take_their_defaults_from_the_description():
-    from pqv import finetune
+    from pqv.stages import finetune
 
     hp = finetune.resolve_hparams({})
     assert hp["batch_size"] == C.default(C.HParams, "batch_size") == 64 and hp["sched"] == "cosine"
@@ -195,13 +195,13 @@ def test_a_typo_in_a_models_kwargs_or_data_config_is_a_config_error(tmp_path, mo
 
 def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
     """Snakemake reads --configfile before PQV runs and names neither file nor line; `python -m
-    pqv.config check` does."""
+    pqv.plan.config check` does."""
     import subprocess
     import sys
 
     bad = tmp_path / "my.yaml"
     bad.write_text("dataset:\n  name: digits\nprune:\n\tratios: [0.5]\n")
-    done = subprocess.run([sys.executable, "-m", "pqv.config", "check", str(bad)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pqv.plan.config", "check", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == (f"pqv config: error: {bad}:4:1: not valid YAML: found character '\\t' that cannot "
                                    "start any token (fix: indent with spaces, not tabs)")
@@ -212,7 +212,7 @@ def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
     photos = tmp_path / "photos"
     missing = tmp_path / "photos.yaml"
     missing.write_text(f"dataset: {{name: imagefolder, root: {photos}}}\n")
-    done = subprocess.run([sys.executable, "-m", "pqv.config", "check", str(missing)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pqv.plan.config", "check", str(missing)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == (
         f"pqv config: error: data folder {photos / 'train'} does not exist (fix: check dataset.root and "
         "dataset.train_dir in the config)")

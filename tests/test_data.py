@@ -1,4 +1,4 @@
-"""The data stage (pqv.data) and the data sets built from its manifest (pqv.datasets).
+"""The data stage (pqv.stages.data) and the data sets built from its manifest (pqv.common.datasets).
 
 ImageFolder trees as people keep them: hidden folders, splits with different classes, 16-bit
 images, unreadable files; and the samples every stage draws, which must cover every class (trees
@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from pqv import data, datasets
-from pqv.errors import PQVError
+from pqv.common import datasets
+from pqv.plan import manifest
+from pqv.plan.errors import PQVError
+from pqv.stages import data
 
 CLASSES = ["airplane", "bird", "cat", "deer", "dog", "frog"]
 DATA_CONFIG = {"input_size": [3, 16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
@@ -89,7 +91,7 @@ def test_the_data_stage_warns_in_its_log_and_writes_the_manifest(tmp_path):
     assert "WARNING" in result.stderr and "cannot be scored: y" in result.stderr
     manifest = json.loads(out.read_text())
     assert manifest["modes"] == {"RGB": 3} and len(manifest["fingerprint"]) == 64
-    assert data.read(out)["splits"]["train"]["items"] == [[0, "x/0000.jpg"], [1, "y/0000.jpg"]]
+    assert manifest.read(out)["splits"]["train"]["items"] == [[0, "x/0000.jpg"], [1, "y/0000.jpg"]]
 
 
 def test_every_unreadable_image_and_empty_class_in_one_line_and_no_manifest(tmp_path):
@@ -118,7 +120,7 @@ def test_a_subset_is_drawn_once_in_the_manifest_and_decoded_alone(tmp_path, monk
     inspect = data.inspect
     monkeypatch.setattr(data, "inspect", lambda p: decoded.append(p) or inspect(p))
     manifest = data.scan(spec)
-    assert [manifest["splits"][s]["images"] for s in data.SPLITS] == [7, 4] and len(decoded) == 11
+    assert [manifest["splits"][s]["images"] for s in manifest.SPLITS] == [7, 4] and len(decoded) == 11
     assert data.scan(spec)["splits"]["train"]["items"] == manifest["splits"]["train"]["items"]  # fixed seed
 
 
@@ -159,7 +161,7 @@ def test_16_bit_images_are_scaled_not_clipped(sixteen_bit):
 
 
 def test_a_model_learns_classes_that_differ_only_in_16_bit_level(sixteen_bit):
-    from pqv import finetune
+    from pqv.stages import finetune
 
     from .conftest import held_out_top1, tiny_vit
 
@@ -173,7 +175,7 @@ def test_a_model_learns_classes_that_differ_only_in_16_bit_level(sixteen_bit):
 # ---- noticing a change without walking the tree ---------------------------------------------
 
 def stamps(spec) -> dict:
-    return {split: data.stamp(spec, split) for split in data.SPLITS}
+    return {split: manifest.stamp(spec, split) for split in manifest.SPLITS}
 
 
 def test_the_stamp_changes_with_the_images_of_a_split_and_nothing_else(tmp_path):
@@ -219,23 +221,23 @@ def test_the_stamp_sees_an_image_replaced_under_its_name(tmp_path):
     """A copy extracted again with the same files changes nothing; a different image under the same
     name changes its size or mtime."""
     spec = tree(tmp_path, CLASSES[:2], per_class=1)
-    before = data.stamp(spec, "train")
+    before = manifest.stamp(spec, "train")
     image = tmp_path / "train" / "bird" / "0000.jpg"
     st = os.stat(image)
     copy_of = image.read_bytes()
     image.unlink()
     image.write_bytes(copy_of)  # extracted again: same bytes, same mtime (tar restores it), a new inode
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert data.stamp(spec, "train") == before
+    assert manifest.stamp(spec, "train") == before
     image.unlink()
     _jpeg(image, (1, 1, 1))  # a different image under the same name
-    assert data.stamp(spec, "train") != before
+    assert manifest.stamp(spec, "train") != before
 
 
 def test_estimate_counts_class_folders_and_lists_only_a_few(tmp_path):
     spec = tree(tmp_path, CLASSES, per_class=3)
-    assert data.estimate(spec) == {"classes": 6, "train": 18, "eval": 18}
-    assert data.estimate({**spec, "max_eval": 5})["eval"] == 5
+    assert manifest.estimate(spec) == {"classes": 6, "train": 18, "eval": 18}
+    assert manifest.estimate({**spec, "max_eval": 5})["eval"] == 5
 
 
 # ---- samples every stage draws ---------------------------------------------------------------
@@ -305,7 +307,7 @@ def test_phone_photos_are_read_as_a_viewer_shows_them(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pqv import datasets
+    from pqv.common import datasets
 
     def bar(where: str) -> Image.Image:  # the two classes differ only by where a white bar is
         pixels = np.zeros((16, 16, 3), np.uint8)
@@ -371,10 +373,10 @@ def test_the_digits_are_read_as_scikit_learn_loads_them():
 
     from sklearn.datasets import load_digits
 
-    from pqv import datasets
+    from pqv.common import datasets
 
     assert (datasets.digits_pixels() == load_digits().data).all()
-    check = "import sys, pqv.datasets as d; d.digits_pixels(); print('sklearn.datasets' in sys.modules)"
+    check = "import sys, pqv.common.datasets as d; d.digits_pixels(); print('sklearn.datasets' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -384,8 +386,8 @@ def test_very_large_images_are_named_in_one_line_and_counted_in_the_jobs_memory(
     memory of every job that reads images counts one such decode per loader process."""
     from PIL import Image
 
-    from pqv import config as pqv_config
-    from pqv import resources
+    from pqv.plan import config as pqv_config
+    from pqv.plan import resources
 
     monkeypatch.setattr(data, "LARGE_PIXELS", 1_000_000)
     for split in ("train", "val"):
@@ -415,7 +417,8 @@ def test_a_gray_photo_set_learns_what_its_rgb_twin_learns(tmp_path):
     where the classes differ in hue: gray keeps luminance alone (docs/data.md)."""
     import torch
 
-    from pqv import arch, finetune
+    from pqv.common import arch
+    from pqv.stages import finetune
 
     dc = {"input_size": [3, 16, 16], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 1.0,
           "interpolation": "bicubic"}
@@ -450,7 +453,7 @@ def test_a_symbolic_link_loop_is_one_line_naming_the_link(tmp_path, where):
     message = rf"symbolic link loop in the data tree: {link} links to {target}, so .* a folder above it " \
               rf"\(fix: remove the link {link}, or point it at a folder outside the data tree\)"
     with pytest.raises(PQVError, match=message):
-        data.stamp(spec, "train")
+        manifest.stamp(spec, "train")
     with pytest.raises(PQVError, match=message):
         data.scan(spec, split="train")
-    data.stamp(spec, "eval")  # the other split is not affected
+    manifest.stamp(spec, "eval")  # the other split is not affected

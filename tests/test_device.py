@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pqv import device, finetune
-from pqv.errors import PQVError
+from pqv.common import device
+from pqv.plan.errors import PQVError
+from pqv.stages import finetune
 
 
 @pytest.mark.parametrize("preference, cuda, expected", [
@@ -29,7 +30,8 @@ def test_training_follows_the_rule(monkeypatch):
 
 
 def test_prune_and_accuracy_run_on_the_given_device_and_return_to_cpu(trained_tiny):
-    from pqv import datasets, evaluate, prune
+    from pqv.common import datasets
+    from pqv.stages import evaluate, prune
 
     from .conftest import DIGITS, tiny_vit
 

@@ -5,8 +5,9 @@ import json
 
 import torch
 
-from pqv import arch, evaluate, export, finetune, prune, quantize, store
-from pqv import model as pqv_model
+from pqv.common import arch, store
+from pqv.stages import evaluate, export, finetune, prune, quantize
+from pqv.stages import model as pqv_model
 
 from .conftest import DIGITS, TINY_KWARGS
 

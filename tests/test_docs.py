@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pqv import cli
-from pqv import config as C
+from pqv.plan import config as C
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -130,7 +130,7 @@ def test_the_round_to_comparison_is_the_two_runs_csvs(monkeypatch):
 
 
 def test_the_rerun_tables_are_the_declaration_and_the_tests_data():
-    """docs/configuring.md's tables of what a change reruns: rendered from pqv/config.py's
+    """docs/configuring.md's tables of what a change reruns: rendered from pqv/plan/config.py's
     declaration and from tests/data/reruns.yaml, the data tests/test_workflow.py asserts."""
     result = subprocess.run([sys.executable, str(REPO / "scripts/reruns_table.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -165,7 +165,7 @@ def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs(run_folder):
     """docs/deit_b.md's 2026-12-04 per-stage tables (the heavy jobs; the whole config) are the CSVs
     that `pqv costs` makes again from each run's benchmark files and job logs (copied beside it),
     rendered by scripts/costs_table.py."""
-    from pqv import summary
+    from pqv.stages import summary
 
     spec = importlib.util.spec_from_file_location("costs_table", REPO / "scripts/costs_table.py")
     costs_table = importlib.util.module_from_spec(spec)

@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pqv import arch, data, export, finetune, quantize, store
-from pqv.errors import PQVError
+from pqv.common import arch, store
+from pqv.plan import fileio
+from pqv.plan.errors import PQVError
+from pqv.stages import data, export, finetune, quantize
 
 from .conftest import DIGITS, manifest_file
 from .test_workflow import TINY_CONFIG, pqv_commands, snakemake
@@ -59,7 +61,7 @@ def artifacts(saved_tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("artifacts")
     model = tmp / "finetuned.safetensors"
     model.write_bytes(Path(saved_tiny).read_bytes())
-    store.sidecar_path(model).write_text(store.sidecar_path(saved_tiny).read_text())
+    fileio.sidecar_path(model).write_text(fileio.sidecar_path(saved_tiny).read_text())
     files = {"model": model}
     for fmt in ("ptl", "pte"):
         ir = {"ptl": "ts", "pte": "pt2"}[fmt]
@@ -75,7 +77,7 @@ def _copy(src: Path, dst: Path, cut: int | None = None) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
     dst.write_bytes(data[:cut] if cut else data)
-    store.sidecar_path(dst).write_text(store.sidecar_path(src).read_text())
+    fileio.sidecar_path(dst).write_text(fileio.sidecar_path(src).read_text())
     return dst
 
 
@@ -119,7 +121,7 @@ def test_model_file_missing_a_tensor(artifacts, tmp_path):
 ])
 def test_sidecar_with_the_wrong_structure(artifacts, tmp_path, sidecar, problem):
     src = _copy(artifacts["ts"], tmp_path / "q" / "fp32-none.ts")
-    store.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
+    fileio.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
     out = tmp_path / "out" / "fp32-none.ptl"
     result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl",
                  "--data", manifest_file())
@@ -172,7 +174,7 @@ def test_a_diverging_finetune_is_a_failed_branch_with_its_reason(saved_tiny, tmp
                  "--hparams", json.dumps(hparams), "--metrics", out.parent / "m.csv")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "FAILED: training diverged at epoch 1" in result.stderr and "lower lr (now 1e+30)" in result.stderr
-    side = store.read_sidecar(out)
+    side = fileio.read_sidecar(out)
     assert side["status"] == "failed" and side["reason"].startswith("training diverged at epoch 1")
     loaded, _ = store.load_model(out)
     assert all(torch.isfinite(p).all() for p in loaded.parameters())  # the pruned model, not NaN weights
@@ -194,7 +196,7 @@ def test_hub_weights_without_network_fail_fast_with_how_to_predownload(tmp_path,
 def test_model_files_are_as_readable_as_every_other_artifact(trained_tiny, tmp_path):
     m, a, _ = trained_tiny
     store.save_model(m, tmp_path / "m.safetensors", a)
-    store.write_json(tmp_path / "m.json", {})
+    fileio.write_json(tmp_path / "m.json", {})
     umask = os.umask(0)
     os.umask(umask)
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
@@ -358,7 +360,7 @@ def test_enospc_while_writing_names_the_full_disk(tmp_path):
     import errno
 
     with pytest.raises(PQVError, match=r"the disk holding .* is full \(writing x.bin\)"):
-        with store.atomic_path(tmp_path / "x.bin"):
+        with fileio.atomic_path(tmp_path / "x.bin"):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert not list(tmp_path.iterdir())
 
@@ -368,9 +370,9 @@ def test_a_file_of_another_runtime_version_is_not_called_corrupt(artifacts, tmp_
     raw = bytearray(pte.read_bytes())
     raw[4:8] = b"ET99"  # a program format this runtime does not read
     pte.write_bytes(bytes(raw))
-    meta = json.loads(store.sidecar_path(pte).read_text())
+    meta = json.loads(fileio.sidecar_path(pte).read_text())
     meta["versions"]["executorch"] = "9.9.0"
-    store.sidecar_path(pte).write_text(json.dumps(meta))
+    fileio.sidecar_path(pte).write_text(json.dumps(meta))
     with pytest.raises(PQVError) as e:
         export.load(str(pte), "pte", "none")
     assert "was made with executorch 9.9.0 (this machine has executorch 1.3.1)" in str(e.value)
@@ -380,7 +382,7 @@ def test_a_file_of_another_runtime_version_is_not_called_corrupt(artifacts, tmp_
 def test_the_hub_check_goes_through_the_proxy_the_environment_names(monkeypatch):
     import socket
 
-    from pqv import model
+    from pqv.stages import model
 
     for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)

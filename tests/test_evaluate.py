@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pqv import evaluate, plot
+from pqv.stages import evaluate, plot
 
 
 def test_accuracy_counts_top1_and_top5_exactly():
@@ -54,14 +54,16 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
     DataLoader workers decode beside it); its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
 
-    from pqv import datasets, export, quantize, store
+    from pqv.common import datasets
+    from pqv.plan import fileio
+    from pqv.stages import export, quantize
 
     from .conftest import DIGITS
 
     program, pte = tmp_path / "int8.pt2", tmp_path / "int8.pte"
     quantize.run(str(saved_tiny), str(program), "int8_dynamic", "xnnpack", DIGITS)
     export.run(str(program), str(saved_tiny), str(pte), "pte", DIGITS)
-    dc = store.read_sidecar(pte)["data_config"]
+    dc = fileio.read_sidecar(pte)["data_config"]
     whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), datasets.loader(DIGITS, "eval", dc, 64))
     pools = {}
     for name in ("latency", "accuracy"):  # the XNNPACK pool's width when each pass starts
@@ -88,7 +90,7 @@ def test_memory_is_the_artifacts_not_the_data_sets(saved_tiny, tmp_path):
     import subprocess
     import sys
 
-    from pqv import export, quantize
+    from pqv.stages import export, quantize
 
     from .conftest import DIGITS
 

@@ -13,8 +13,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pqv import data, datasets, finetune, prune, store
-from pqv.errors import PQVError
+from pqv.common import datasets, store
+from pqv.plan import fileio
+from pqv.plan.errors import PQVError
+from pqv.stages import data, finetune, prune
 
 from .conftest import DIGITS, TINY_KWARGS, held_out_top1, manifest_file, tiny_arch, tiny_vit
 
@@ -78,7 +80,7 @@ def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert state["epoch"] == 2
 
     result = finetune.run(str(src), str(out), data.scan(SMALL), hp, str(metrics))
-    assert result["resumed_after_epoch"] == 2 and store.read_sidecar(out)["resumed_after_epoch"] == 2
+    assert result["resumed_after_epoch"] == 2 and fileio.read_sidecar(out)["resumed_after_epoch"] == 2
     assert not ckpt.exists()
     a, b = load_file(str(whole)), load_file(str(out))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -112,7 +114,7 @@ def test_a_finetune_stopped_by_its_deadline_mid_epoch_resumes_to_the_same_weight
             state = torch.load(ckpt / "state.pt", weights_only=True)  # no pickle, RNG states included
             assert len(state["stops"]) == attempts and (state.get("step", 0) > 0) == ("-step-" in ckpt.name)
     assert attempts >= 4  # 18 steps, 4 per attempt (an epoch boundary counts too)
-    assert result["time_limit_stops"] == attempts - 1 == store.read_sidecar(out)["time_limit_stops"]
+    assert result["time_limit_stops"] == attempts - 1 == fileio.read_sidecar(out)["time_limit_stops"]
     a, b = load_file(str(whole)), load_file(str(out))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics.read_text() == (whole.parent / "metrics.csv").read_text()
@@ -159,7 +161,7 @@ def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, 
     assert pqv(1) == finetune.TimeLimit.exit_status == 75 and not marker.exists()
     assert "stopped before the job's time limit" in capsys.readouterr().err
     assert pqv(2) == 0 and out.exists() and not marker.exists()  # the retry resumes
-    assert store.read_sidecar(out)["time_limit_stops"] == 1
+    assert fileio.read_sidecar(out)["time_limit_stops"] == 1
 
 
 def test_the_deadline_is_the_slurm_jobs_end_less_a_reserve(tmp_path, monkeypatch):
@@ -201,7 +203,7 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    side = store.read_sidecar(ddp)
+    side = fileio.read_sidecar(ddp)
     assert side["world_size"] == 2 and side["global_batch"] == 32
     assert side["threads_per_process"] == 2  # each of the 2 ranks takes half the job's 4 cores, not all 4
     assert sorted(p.name for p in ddp.parent.iterdir()) == ["finetuned.safetensors", "finetuned.safetensors.json", "m.csv"]
@@ -217,7 +219,8 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
 
 
 STOPPING = """import itertools, sys
-from pqv import cli, finetune
+from pqv import cli
+from pqv.stages import finetune
 stop_at = int(sys.argv[1])  # the deadline check that says stop (each rank counts the same checks)
 calls = itertools.count()
 finetune.job_deadline = lambda: 0.0  # as if in a SLURM job
@@ -258,7 +261,7 @@ def test_two_ddp_processes_stopped_mid_epoch_resume_each_with_its_own_state(tmp_
     assert not torch.equal(state["ranks"][0]["partial"], state["ranks"][1]["partial"])
     proc = attempt(out, -1)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert store.read_sidecar(out)["resumed_at_step"] == 3
+    assert fileio.read_sidecar(out)["resumed_at_step"] == 3
     a, b = load_file(str(whole)), load_file(str(out))
     assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
     assert (out.parent / "m.csv").read_text() == (whole.parent / "m.csv").read_text()
@@ -277,7 +280,7 @@ def test_distillation_from_the_parent(tmp_path):
         finetune.run(str(src), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"))
     assert not out.exists()
     finetune.run(str(src), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"), teacher=str(teacher))
-    assert store.read_sidecar(out)["teacher"] == str(teacher)
+    assert fileio.read_sidecar(out)["teacher"] == str(teacher)
 
 
 @pytest.mark.parametrize("cores, workers, processes, torch_threads", [
@@ -346,8 +349,8 @@ def test_any_worker_count_gives_the_same_weights_and_resumes_to_them(tmp_path, m
     manifest = _image_folder(tmp_path / "images")
     m = tiny_vit(0, in_chans=3, num_classes=2, img_size=16, patch_size=4)
     kwargs = {"num_classes": 2, **TINY_KWARGS, "in_chans": 3, "img_size": 16, "patch_size": 4}
-    from pqv import model as pqv_model
-    from pqv.arch import describe
+    from pqv.common.arch import describe
+    from pqv.stages import model as pqv_model
 
     src = tmp_path / "pruned.safetensors"
     store.save_model(m, src, describe(m, "vit_tiny_patch16_224", kwargs, pqv_model.data_config_of(m)))

@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from pqv import arch, export, layers, quantize
+from pqv.common import arch, layers
+from pqv.stages import export, quantize
 
 from .conftest import tiny_vit
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pqv import arch, datasets, model, store
-from pqv.errors import PQVError
+from pqv.common import arch, datasets, store
+from pqv.plan import fileio
+from pqv.plan.errors import PQVError
+from pqv.stages import model
 
 from .conftest import DIGITS, TIMM_NAME, TINY_KWARGS, held_out_top1, tiny_vit
 
@@ -21,7 +23,7 @@ def test_model_stage_trains_and_saves_a_reloadable_model(tmp_path):
     out = tmp_path / "model.safetensors"
     only_train = {**DIGITS, "splits": {"train": DIGITS["splits"]["train"]}}  # the model job reads no other split
     model.run(cfg, only_train, str(out), str(tmp_path / "train.csv"))
-    side = store.read_sidecar(out)
+    side = fileio.read_sidecar(out)
     assert "top1" not in side  # scored by the accuracy jobs, on the evaluation split
     assert side["data_config"]["input_size"] == [1, 8, 8]
     assert len((tmp_path / "train.csv").read_text().splitlines()) == 3  # header + 2 epochs

@@ -1,4 +1,4 @@
-"""ONNX Runtime's formats (pqv/ort.py): built by ORT's own tools the way its docs advise for a ViT,
+"""ONNX Runtime's formats (pqv/common/ort.py): built by ORT's own tools the way its docs advise for a ViT,
 checked, timed, profiled and described for an app like every PQV file.
 
 Agreement with the parent for every precision and format is in test_quantize_export.py (its
@@ -12,9 +12,12 @@ from collections import Counter
 import pytest
 import torch
 
-from pqv import config as C
-from pqv import evaluate, export, ort, profiling, quantize, registry, store, sweep
-from pqv.errors import PQVError
+from pqv.common import ort, store
+from pqv.plan import config as C
+from pqv.plan import fileio, registry, sweep
+from pqv.plan.errors import PQVError
+from pqv.stages import evaluate, export, quantize
+from pqv.stages import profile as profiling
 
 from .conftest import DIGITS, held_out_top1
 from .test_config import DEFAULT, merged
@@ -81,7 +84,7 @@ def test_the_ort_file_is_ort_mobiles_format_and_computes_what_the_onnx_file_does
     assert a.shape == (5, 10)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     for fmt in ("onnx", "ort"):
-        meta = store.read_sidecar(files[fmt])
+        meta = fileio.read_sidecar(files[fmt])
         assert meta["status"] == "verified" and meta["fidelity"]["cosine_min"] >= 0.98
 
 

@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from pqv import plot
+from pqv.plan import registry
+from pqv.stages import plot
 
 RECIPES = [("fp32", "none", "eager"), ("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"),
            ("int8_dynamic", "onednn", "ptl"), ("int8_static", "x86", "ptl"), ("fp32", "none", "pte"),
@@ -39,6 +40,7 @@ def test_every_figure_draws_any_number_of_models_recipes_and_rejected_rows(tmp_p
     summary(models).to_csv(path, index=False)
     written = plot.run(str(path), str(tmp_path / "figures"))
     assert [p.rsplit("/", 1)[-1] for p in written] == [f"{name}.png" for name in plot.FIGURES]
+    assert tuple(plot.FIGURES) == registry.FIGURES  # every figure the workflow names is drawn, in its order
     for p in written:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -13,14 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from pqv import config as pqv_config
-from pqv import export, profiling, quantize, registry
+from pqv.plan import config as pqv_config
+from pqv.plan import registry
+from pqv.stages import export, quantize
+from pqv.stages import profile as profiling
 
 from .conftest import DIGITS
 
 # the tiny ViT of conftest: 2 blocks of qkv, proj, fc1, fc2, then the head
 LINEARS = 2 * 4 + 1
-# pqv/layers.py's attention twin: q @ k^T and attn @ v as 3-D batched matmuls in every block
+# pqv/common/layers.py's attention twin: q @ k^T and attn @ v as 3-D batched matmuls in every block
 ATTENTION_MATMULS = 2 * 2
 TRACER = Path(pqv_config.tracer_python() or "/no-tracer").exists()
 needs_tracer = pytest.mark.skipif(not TRACER, reason="no ExecuTorch with its event tracer: run `bash envs/etdump.sh`")

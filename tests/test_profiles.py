@@ -35,7 +35,7 @@ def test_an_error_inside_a_job_reaches_the_terminal(tmp_path):
 
 
 def test_profiles_hold_no_resources():
-    """Resources live in the rules (pqv/resources.py): on the command line Snakemake replaces a
+    """Resources live in the rules (pqv/plan/resources.py): on the command line Snakemake replaces a
     profile's resource options instead of merging them, so a profile holding them loses them."""
     resource_keys = {"default-resources", "set-resources", "set-threads", "resources", "cores", "jobs", "executor"}
     default = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())

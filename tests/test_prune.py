@@ -5,8 +5,10 @@ import sys
 import pytest
 import torch
 
-from pqv import arch, prune, registry, store
-from pqv.errors import PQVError
+from pqv.common import arch, store
+from pqv.plan import fileio, registry
+from pqv.plan.errors import PQVError
+from pqv.stages import prune
 
 from .conftest import TIMM_NAME, TINY_KWARGS, manifest_file, tiny_arch, tiny_vit
 
@@ -323,7 +325,7 @@ def test_cli_prune_passes_every_option(tiny_file, tmp_path):
                   "--data", manifest_file(), "--calibration-batches", "1", "--batch-size", "8",
                   "--scope", "global", "--heads", "whole", "--head-ratio", "0.3", "--bottleneck", "--round-to", "2")
     assert result.returncode == 0, result.stderr
-    side = store.read_sidecar(out)
+    side = fileio.read_sidecar(out)
     assert (side["scope"], side["heads"], side["head_ratio"], side["bottleneck"], side["round_to"]) == (
         "global", "whole", 0.3, True, 2)
     assert side["params"] < side["params_before"] and side["macs"] < side["macs_before"]

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from pqv import datasets, export, quantize, registry, store
-from pqv.errors import PQVError
+from pqv.common import datasets, store
+from pqv.plan import fileio, registry
+from pqv.plan.errors import PQVError
+from pqv.stages import export, quantize
 
 from .conftest import DIGITS, manifest_file
 
@@ -38,7 +40,7 @@ def test_fp32_artifact_matches_its_eager_parent(saved_tiny, tmp_path, fmt, optio
     lite = export.load(str(out), fmt, "none")
     torch.testing.assert_close(lite(x), ref, atol=1e-4, rtol=0)
     assert fidelity["max_abs_diff"] <= 1e-4
-    assert store.read_sidecar(out)["fidelity"] == fidelity
+    assert fileio.read_sidecar(out)["fidelity"] == fidelity
 
 
 def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
@@ -64,7 +66,7 @@ def test_every_quantized_artifact_agrees_with_its_parent(saved_tiny, fp32_artifa
     got = export.load(str(out), fmt, engine)(x)
     assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
     assert fidelity["cosine_min"] >= 0.98
-    assert store.read_sidecar(out)["fidelity"]["cosine_min"] == fidelity["cosine_min"]
+    assert fileio.read_sidecar(out)["fidelity"]["cosine_min"] == fidelity["cosine_min"]
     # integer weights: the artifact is smaller than the float one of the same format
     assert out.stat().st_size < fp32_artifacts[fmt].stat().st_size
 
@@ -143,11 +145,11 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
 
 def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_tiny, tmp_path):
     out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86", min_cosine=1.0)
-    meta = store.read_sidecar(out)
+    meta = fileio.read_sidecar(out)
     assert out.exists() and meta["status"] == "rejected"
     assert "cosine similarity" in meta["reason"] and f"{fidelity['cosine_min']:.4f}" in meta["reason"]
     ok, _ = _export(saved_tiny, tmp_path / "ok", "int8_dynamic", "x86")
-    assert store.read_sidecar(ok)["status"] == "verified" and store.read_sidecar(ok)["reason"] == ""
+    assert fileio.read_sidecar(ok)["status"] == "verified" and fileio.read_sidecar(ok)["reason"] == ""
 
 
 @pytest.mark.parametrize("fidelity", [
@@ -177,13 +179,13 @@ def test_an_fp32_artifact_that_changed_the_function_is_a_failed_file_never_verif
     such file must not stop a sweep or a search)."""
     _broken_runtime(monkeypatch, lambda y: y + 1e-2)
     out, _ = _export(saved_tiny, tmp_path, "fp32", "none")
-    meta = store.read_sidecar(out)
+    meta = fileio.read_sidecar(out)
     assert meta["status"] == "failed" and "exporting to .ptl changed the model's function" in meta["reason"]
     assert any(r.levelname == "ERROR" and "changed the model's function" in r.message for r in caplog.records)
 
 
 def test_a_failed_branch_stays_failed_in_every_file_made_from_it(saved_tiny, tmp_path):
-    from pqv import quantize
+    from pqv.stages import quantize
 
     src = tmp_path / "failed" / "finetuned.safetensors"
     m, a = store.load_model(saved_tiny)
@@ -193,14 +195,14 @@ def test_a_failed_branch_stays_failed_in_every_file_made_from_it(saved_tiny, tmp
     quantize.run(str(src), str(program), "int8_dynamic", "x86", None, 0)
     out = tmp_path / "failed" / "int8_dynamic-x86.ptl"
     export.run(str(program), str(src), str(out), "ptl", manifest_file())
-    meta = store.read_sidecar(out)
+    meta = fileio.read_sidecar(out)
     assert meta["status"] == "failed" and meta["reason"] == "training diverged at epoch 3"
 
 
 def test_a_lossy_recipe_with_nan_outputs_is_rejected_not_verified(saved_tiny, tmp_path, monkeypatch):
     _broken_runtime(monkeypatch, lambda y: y * float("nan"))
     out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86")
-    meta = store.read_sidecar(out)
+    meta = fileio.read_sidecar(out)
     assert meta["status"] == "rejected" and "non-finite outputs" in meta["reason"] and fidelity["finite"] is False
 
 
@@ -256,7 +258,7 @@ def test_the_export_check_of_an_int8_static_file_scores_no_image_it_was_calibrat
     scored = set().union(*draws)
     assert len(calibrated) == calibration and len(scored) == checked
     assert not calibrated & scored
-    meta = store.read_sidecar(out)
+    meta = fileio.read_sidecar(out)
     assert meta["check_images"] == checked
     assert meta["check_sample"] == {"split": "train", "images": checked, "calibration_images": calibration,
                                     "disjoint_from_calibration": True}

@@ -1,4 +1,4 @@
-"""What a job's params hold (pqv.reruns): a file the config names is read by its content, not its path.
+"""What a job's params hold (pqv.plan.reruns): a file the config names is read by its content, not its path.
 
 tests/test_workflow.py checks what Snakemake then schedules; these check the pieces without it."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from pqv import reruns
-from pqv.config import filled
-from pqv.errors import PQVError
+from pqv.plan import reruns
+from pqv.plan.config import filled
+from pqv.plan.errors import PQVError
 
 from .conftest import TIMM_NAME, TINY_KWARGS
 
@@ -78,7 +78,7 @@ def test_a_file_is_hashed_once_while_its_size_and_time_stay(weights):
     environment, as JSON): a job process finds the stamp there instead of hashing the file again."""
     cache: dict = {}
     stamp = reruns.file_stamp(str(weights), cache)
-    cache = json.loads(json.dumps(cache))  # as a job process reads it back (pqv.resources.shared_plan)
+    cache = json.loads(json.dumps(cache))  # as a job process reads it back (pqv.plan.resources.shared_plan)
     (key, (size, mtime_ns, kept)), = cache.items()
     assert (key, kept) == (f"file {weights}", stamp)
     cache[key][2] = "sha256:kept"  # a stamp the file does not have: found by size and time, not hashed again
@@ -97,7 +97,7 @@ def test_the_table_says_the_weights_are_read_by_content():
 def test_a_model_job_refuses_a_file_replaced_after_its_run_was_planned(weights, tmp_path):
     """The job's settings hold the sha256 its run was planned with: a file replaced since then is
     one line, not a model recorded under the old file's stamp."""
-    from pqv import model
+    from pqv.stages import model
 
     planned = reruns.file_stamp(str(weights))
     assert model.planned_weights(str(weights), planned) == str(weights)
@@ -123,13 +123,13 @@ def data_config(**dataset) -> dict:
 def test_the_digits_read_no_folder_keys():
     """dataset.root, train_dir and eval_dir name ImageFolder folders: under the digits no job reads
     them, so neither the data jobs' settings nor their stamps change with them."""
-    from pqv import data
+    from pqv.plan import manifest
 
     plain, foldered = data_config(name="digits"), data_config(name="digits", root="/elsewhere", train_dir="t", eval_dir="v")
     for stage, split in (("data_train", "train"), ("data_eval", "eval")):
         assert reruns.options(stage, foldered, {}) == reruns.options(stage, plain, {})
-        assert data.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == \
-            data.stamp(reruns.section_read(stage, plain, {}, "dataset"), split)
+        assert manifest.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == \
+            manifest.stamp(reruns.section_read(stage, plain, {}, "dataset"), split)
     # under imagefolder they are read
     assert '"root": "/a"' in reruns.options("data_train", data_config(name="imagefolder", root="/a"), {})
 
@@ -137,7 +137,7 @@ def test_the_digits_read_no_folder_keys():
 def test_split_seed_is_read_where_images_are_drawn(tmp_path):
     """The digits split is drawn with split_seed, and so are max_train/max_eval subsets; a whole
     ImageFolder split is not: there a changed split_seed reruns nothing."""
-    from pqv import data
+    from pqv.plan import manifest
 
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
@@ -146,7 +146,7 @@ def test_split_seed_is_read_where_images_are_drawn(tmp_path):
     def read(stage, **dataset):
         config = data_config(**dataset)
         spec = reruns.section_read(stage, config, {}, "dataset")
-        return ("dataset", "split_seed") in reruns.settings(stage, config, {}), data.stamp(spec, stage.removeprefix("data_"))
+        return ("dataset", "split_seed") in reruns.settings(stage, config, {}), manifest.stamp(spec, stage.removeprefix("data_"))
 
     whole = dict(name="imagefolder", root=str(tmp_path))
     for stage in ("data_train", "data_eval"):
@@ -173,7 +173,7 @@ def _stage_defaults():
 
 def test_every_stages_defaults_are_those_of_its_version():
     """Issue 40: a job's params leave out every key at its default, so a default changed in
-    pqv/config.py (or a constant a stage makes its output from) reruns nothing unless its stage's
+    pqv/plan/config.py (or a constant a stage makes its output from) reruns nothing unless its stage's
     version is bumped with it. tests/data/stage_defaults.json holds each stage's version with its
     defaults; this fails, naming the stage, the change and the fix, until both are current."""
     module = _stage_defaults()
@@ -185,11 +185,11 @@ def test_a_changed_default_asks_for_a_bumped_version_then_for_the_snapshot(monke
     module = _stage_defaults()
     snapshot = module.current()
     changed = tuple(reruns.Key(k.path, k.name, k.reads, k.kind, k.sweep, 3e-4) if k.name == "finetune.lr" else k
-                    for k in reruns.keys())  # as if pqv/config.py's default of finetune.lr were 3e-4
+                    for k in reruns.keys())  # as if pqv/plan/config.py's default of finetune.lr were 3e-4
     monkeypatch.setattr(reruns, "keys", lambda: changed)
     (line,) = module.problems(snapshot, module.current())
     assert line.startswith("stage finetune's defaults changed (finetune.lr: 0.00015 -> 0.0003)")
-    assert "bump its version in pqv/reruns.py VERSIONS (now 1) and run `python scripts/stage_defaults.py`" in line
+    assert "bump its version in pqv/plan/reruns.py VERSIONS (now 1) and run `python scripts/stage_defaults.py`" in line
     monkeypatch.setitem(reruns.VERSIONS, "finetune", 2)
     (line,) = module.problems(snapshot, module.current())
     assert line.startswith("stage finetune's version is 2, the snapshot's 1") and "to update the snapshot" in line

@@ -1,4 +1,4 @@
-"""What each job asks a cluster for follows the data and the model (pqv/resources.py)."""
+"""What each job asks a cluster for follows the data and the model (pqv/plan/resources.py)."""
 from __future__ import annotations
 
 import copy
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pqv import config as pqv_config
-from pqv import resources
-from pqv.errors import PQVError
-from pqv.resources import Work
+from pqv.plan import config as pqv_config
+from pqv.plan import resources
+from pqv.plan.errors import PQVError
+from pqv.plan.resources import Work
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("data", "model", "prune", "finetune", "quantize", "export", "accuracy", "latency", "profile")

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from pqv import search
-from pqv.errors import PQVError
+from pqv.plan import search
+from pqv.plan.errors import PQVError
 
 POINTS = search.grid(0.0, 0.9, 0.05)  # 19 ratios: 0, 0.05, ..., 0.9
 
@@ -201,7 +201,7 @@ def test_the_search_and_choose_measure_loss_from_one_reference(tmp_path, model_s
     """The best verified dense FP32 file (here the eager baseline, 95.0), said in both outputs."""
     import pandas as pd
 
-    from pqv import choose
+    from pqv.stages import choose
 
     state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)],
                              references=_reference(tmp_path))
@@ -232,7 +232,7 @@ def test_widths_fit_one_cell():
 
 
 def test_two_searches_that_choose_one_file_both_mark_it(tmp_path):
-    from pqv import summary
+    from pqv.stages import summary
 
     row = json.loads(open(_measured(tmp_path, 0.0, 95.0)).read())
     (tmp_path / "a.json").write_text(json.dumps(row))
@@ -243,7 +243,7 @@ def test_two_searches_that_choose_one_file_both_mark_it(tmp_path):
 
 
 def test_choose_prints_a_searchs_choice_without_a_budget_of_its_own(tmp_path, capsys):
-    from pqv import choose
+    from pqv.stages import choose
 
     rows = [{**json.loads(open(_measured(tmp_path, r, 95.0 - 10 * r)).read()), "precision": "fp32", "engine": "none",
              "artifact": f"results/m/l2_{r:g}/export/fp32-none.ptl", "search": ""} for r in (0.0, 0.5)]
@@ -310,7 +310,7 @@ def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
     100 % sat on the frame; the legend hid error bars."""
     import pandas as pd
 
-    from pqv import search_report
+    from pqv.stages import search as search_report
 
     table = pd.DataFrame({"ratio": [0.0, 0.25, 0.5, 0.75], "top1": [100.0, 99.0, 97.0, 80.0], "top1_se": [0.0, 0.5, 0.8, 2.0],
                           "status": ["verified"] * 4, "passed": [True, True, True, False], "uncertain": [False] * 4,
@@ -329,7 +329,7 @@ def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
 def test_the_reports_lines_count_probes_as_probes_and_print_no_negative_zero():
     """(issue 43) "after 2 probes" listed three ratios (the dense branch is not a probe) and a loss
     that rounds to nothing printed as -0.00 points."""
-    from pqv import search_report
+    from pqv.stages import search as search_report
 
     probe = {"status": "verified", "passed": True, "verdict": "pass", "top1_se": 0.5, "uncertain": False}
     lines = search_report.probe_lines([{**probe, "ratio": 0.0, "top1": 95.0, "loss": 0.0},

@@ -50,11 +50,12 @@ def submit(tmp_path):
     def run(config: dict, targets: list[str], *args: str, inputs: bool = True, site: tuple[str, ...] = ()) -> dict[str, str]:
         """sbatch's own options (space-delimited) per submitted job, keyed by rule and wildcards,
         for one run of the README's command with partition and account named on the command line."""
-        from pqv import data
+        from pqv.plan import manifest
+        from pqv.stages import data
 
         work = tmp_path / f"work{next(runs)}"
         if inputs:  # the data jobs' manifests first, then the files made after them
-            for split in data.SPLITS:
+            for split in manifest.SPLITS:
                 data.run({"name": "digits"}, str(work / f"results/data/{split}.json"), split=split)
         for name in INPUTS if inputs else []:
             (work / "results/demo_vit" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -91,10 +92,10 @@ EAGER_ACCURACY = BRANCH.format("l2_0.25/eval/fp32-none.eager.accuracy.json")
 
 
 def expected(stage: str, config: dict, images: tuple[int, int]) -> dict:
-    """What pqv.resources gives a job of the default config (with `config` over it) on the digits
+    """What pqv.plan.resources gives a job of the default config (with `config` over it) on the digits
     and the demo model's size estimate (the stand-in inputs have no sidecar facts)."""
-    from pqv import config as pqv_config
-    from pqv import resources
+    from pqv.plan import config as pqv_config
+    from pqv.plan import resources
 
     cfg = pqv_config.load_yaml(REPO / "config/config.yaml")
     for key, value in config.items():
@@ -154,7 +155,7 @@ def test_max_threads_and_resources_cap_every_job(submit):
 
 @pytest.mark.parametrize("oversubscribe, expected", [("NO", True), ("OK", False)])
 def test_evaluate_records_whether_a_slurm_job_had_its_node_alone(tmp_path, monkeypatch, oversubscribe, expected):
-    from pqv import evaluate
+    from pqv.stages import evaluate
 
     scontrol = tmp_path / "scontrol"
     scontrol.write_text(f"#!/bin/bash\n[ \"$4\" = 77 ] && echo 'JobId=77 NumCPUs=2 OverSubscribe={oversubscribe} Contiguous=0'\n")

@@ -93,7 +93,7 @@ def epochs_for(seconds: float) -> int:
 
     import torch
 
-    from pqv import finetune
+    from pqv.stages import finetune
 
     from .conftest import DIGITS, tiny_arch, tiny_vit
 
@@ -168,7 +168,8 @@ def test_tiny_workflow_runs_on_a_partition_shorter_than_its_finetune_and_a_rerun
     assert len(planning) == 1, planning  # once, in the invocation that planned; no job asked again
 
     # the same model as the uninterrupted run, within noise (360 held-out digits: 1 image is 0.28 points)
-    from pqv import datasets, finetune, store
+    from pqv.common import datasets, store
+    from pqv.stages import finetune
 
     from .conftest import DIGITS
 

@@ -1,4 +1,4 @@
-"""Issue 40 items 5b and 5c: one judge of a file's status (pqv.registry.Status.shippable), asked by every
+"""Issue 40 items 5b and 5c: one judge of a file's status (pqv.plan.registry.Status.shippable), asked by every
 stage that judges one: a file without a status is never shippable, in `pqv choose`, the accuracy
 job's record, the search and the figures alike; and no status word is typed outside the registry.
 `pqv choose` names an app file only where it is."""
@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pqv import choose, evaluate, plot, search, store
-from pqv.registry import NO_STATUS, Status
+from pqv.plan import fileio, search
+from pqv.plan.registry import NO_STATUS, Status
+from pqv.stages import choose, evaluate, plot
 
 from .conftest import DIGITS
 
@@ -72,12 +73,12 @@ def test_a_file_without_a_status_is_off_the_pareto_front_and_drawn_struck_throug
 
 def test_the_accuracy_job_records_a_file_without_a_status_as_unshippable(saved_tiny, tmp_path):
     """An export sidecar from before statuses: the accuracy job used to record it `verified`."""
-    from pqv import export, quantize
+    from pqv.stages import export, quantize
 
     program, ptl = tmp_path / "fp32-none.ts", tmp_path / "fp32-none.ptl"
     quantize.run(str(saved_tiny), str(program), "fp32", "none")
     export.run(str(program), str(saved_tiny), str(ptl), "ptl", DIGITS, check_images=8)
-    sidecar = store.sidecar_path(ptl)
+    sidecar = fileio.sidecar_path(ptl)
     meta = json.loads(Path(sidecar).read_text())
     Path(sidecar).write_text(json.dumps({k: v for k, v in meta.items() if k not in ("status", "reason")}))
     try:

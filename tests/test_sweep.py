@@ -1,10 +1,10 @@
-"""pqv.sweep: the one enumeration of what a config makes; Snakemake's plan agrees with it."""
+"""pqv.plan.sweep: the one enumeration of what a config makes; Snakemake's plan agrees with it."""
 from __future__ import annotations
 
 from collections import Counter
 
-from pqv import config as C
-from pqv import registry, sweep
+from pqv.plan import config as C
+from pqv.plan import registry, sweep
 
 from .test_workflow import TINY_CONFIG, scheduled, snakemake
 

@@ -1,12 +1,13 @@
-"""A job's own count of what it used (pqv.usage), and stage_costs taking its CPU seconds from it."""
+"""A job's own count of what it used (pqv.common.usage), and stage_costs taking its CPU seconds from it."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from pqv import summary, usage
-from pqv.errors import PQVError
+from pqv.common import usage
+from pqv.plan.errors import PQVError
+from pqv.stages import summary
 
 BUSY = "import time\nx = 0\nfor i in range(3_000_000): x += i\nprint(time.process_time())"
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"

@@ -163,7 +163,7 @@ def test_stage_costs_sum_every_jobs_benchmark(finished):
     assert (costs["wall_s"] > 0).all() and (costs["max_rss_mb"] > 0).all()
     assert costs.loc["total", "wall_s"] == pytest.approx(costs["wall_s"].drop("total").sum())
     assert costs["mean_load"].to_dict() == pytest.approx((costs["cpu_s"] / costs["wall_s"]).to_dict(), rel=1e-4)  # 6 digits
-    # every job's CPU seconds are its own count, from the usage line that ends its log (pqv.usage)
+    # every job's CPU seconds are its own count, from the usage line that ends its log (pqv.common.usage)
     assert costs["cpu_from_log"].to_dict() == costs["jobs"].to_dict()
     assert (costs["cpu_s"] > 0).all()
 
@@ -371,7 +371,7 @@ def test_one_changed_setting_reruns_exactly_the_jobs_that_read_it(finished, row)
 
 
 def test_a_stage_whose_code_changed_reruns_with_what_is_made_from_it(finished):
-    """After an upgrade that bumps a stage's version (pqv/reruns.py VERSIONS), that stage and what
+    """After an upgrade that bumps a stage's version (pqv/plan/reruns.py VERSIONS), that stage and what
     is made from its outputs rerun, nothing else."""
     cfg = finished / "config.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CONFIG))

@@ -7,19 +7,18 @@ import shlex
 import sys
 
 sys.path.insert(0, workflow.basedir)  # torch-free modules: the registry, the sweep, resources
-from pqv import config as pqv_config
-from pqv import data as pqv_data
-from pqv import registry as T
-from pqv import reruns as RERUNS
-from pqv import resources as RES
-from pqv import search as pqv_search
-from pqv import sweep as SWEEP
-from pqv.errors import PQVError
-from pqv.plot import FIGURES as PLOT_FIGURES
+from pqv.plan import config as pqv_config
+from pqv.plan import manifest as pqv_manifest
+from pqv.plan import registry as T
+from pqv.plan import reruns as RERUNS
+from pqv.plan import resources as RES
+from pqv.plan import search as pqv_search
+from pqv.plan import sweep as SWEEP
+from pqv.plan.errors import PQVError
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
-PQV = f'"{sys.executable}" -m pqv --log-usage'  # each job's log ends with what it used (pqv.usage)
+PQV = f'"{sys.executable}" -m pqv --log-usage'  # each job's log ends with what it used (pqv.common.usage)
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 R = config["results"]
@@ -67,10 +66,10 @@ def bench(rule, job=None):
     return f"{BENCHMARKS}/{rule}/{job}.tsv" if job else f"{BENCHMARKS}/{rule}.tsv"
 
 
-# Where gradients and eager accuracy passes run (pqv.device); how a job runs, not what it makes, so
+# Where gradients and eager accuracy passes run (pqv.common.device); how a job runs, not what it makes, so
 # it goes into the command line, not into params (changing it reruns nothing).
 DEVICE = f"--device {config['device']}"
-FIGURE_NAMES = list(PLOT_FIGURES)  # the figures pqv.plot draws, by name
+FIGURE_NAMES = list(T.FIGURES)  # the figures pqv.stages.plot draws, by name
 FIGURES = expand(f"{R}/figures/{{name}}.png", name=FIGURE_NAMES)
 
 
@@ -84,7 +83,7 @@ wildcard_constraints:
     format="|".join([*T.FORMATS, T.EAGER]),
 
 
-# The config itself was checked by the Snakefile (pqv.config); this checks it against the machine.
+# The config itself was checked by the Snakefile (pqv.plan.config); this checks it against the machine.
 def _check_machine():
     """Asking a local run for more cores, threads or memory than the machine has is an error."""
     # The executor is unknown while the Snakefile is read (workflow.local_exec is always True here):
@@ -138,7 +137,7 @@ onstart:
     # A run stops here, before its first job, when the data set's folders are missing (a dry run
     # does not: it may plan a sweep whose data is elsewhere).
     with pqv_config.reported():
-        pqv_data.check_folders(config["dataset"])
+        pqv_manifest.check_folders(config["dataset"])
 
 
 # Heavy and timing stages take every core of a local run; on a cluster see stage_threads() below.
@@ -152,7 +151,7 @@ WORKERS = f"--workers {config['dataset']['workers']}"
 
 def settings(stage):
     """A rule's `settings` param: the options that carry exactly the config keys its job reads
-    (pqv/reruns.py, from the declaration beside each key in pqv/config.py). They go on the command
+    (pqv/plan/reruns.py, from the declaration beside each key in pqv/plan/config.py). They go on the command
     line too, so what a job is told and what reruns it are one text."""
     return lambda wc: RERUNS.options(stage, config, wc)
 
@@ -172,7 +171,7 @@ localrules:
     search_round,
 
 
-# The sweep (pqv/sweep.py): which branches, artifacts, measurements and profiles the config makes.
+# The sweep (pqv/plan/sweep.py): which branches, artifacts, measurements and profiles the config makes.
 MEASURED = SWEEP.measured(config)
 PROFILED = SWEEP.profiled(config)
 
@@ -183,7 +182,7 @@ def metrics_files():
 
 def reads_data(stage, wc):
     """Whether a prune or quantize job reads images: those that read calibration settings
-    (pqv.reruns' conditions: gradient importances, calibrated precisions) do; the others take no
+    (pqv.plan.reruns' conditions: gradient importances, calibrated precisions) do; the others take no
     manifest, so a changed data set does not rerun them."""
     condition = {"prune": "gradient", "quantize": "calibrated"}[stage]
     return RERUNS.CONDITIONS[condition][1](config, wc)
@@ -204,7 +203,7 @@ def quantized_for(wc):
 
 def job_files(jobs):
     """{benchmark file: log} of (rule, wildcards) jobs: `pqv costs` sums the benchmark files and
-    takes each job's CPU seconds from the usage line its log ends with (pqv.usage)."""
+    takes each job's CPU seconds from the usage line its log ends with (pqv.common.usage)."""
     return {
         bench(rule, JOB_PATTERN[rule].format(**wc) if JOB_PATTERN[rule] else None): getattr(rules, rule).log[0].format(**wc)
         for rule, wc in jobs
@@ -235,7 +234,7 @@ def profile_targets():
     return [PROFILE.format(**t) + ext for t in PROFILED for ext in (".csv", ".png")]
 
 
-# ---- Resources: what each job asks for (pqv/resources.py) -------------------------------------
+# ---- Resources: what each job asks for (pqv/plan/resources.py) -------------------------------------
 # One machine (`snakemake --cores N`): heavy and timing stages take every core Snakemake has, the
 # rest one. On a cluster threads follow the data set's estimated size (the same in the process that
 # submits a job and in the ones that run it). Memory and wall time follow the job's images (from
@@ -265,7 +264,7 @@ def _plan():
     """What the plan needs from the cluster and the file system, found once, in the invocation that
     plans: the partition jobs go to (--default-resources slurm_partition=..., else the default one),
     from one `sinfo` call (its GPUs, for `device: auto`; its time limit, which caps every job), and
-    the data set's size (the manifests once made, before that pqv.data.estimate). The job
+    the data set's size (the manifests once made, before that pqv.plan.manifest.estimate). The job
     processes a cluster starts read it back (RES.shared_plan: SLURM passes the submitting
     environment on), so they plan the same threads without asking again."""
     if workflow.remote_exec and (shared := RES.shared_plan(config)) is not None:
@@ -279,10 +278,10 @@ def _plan():
             plan["device"] = "cpu"
     elif config["device"] == "auto" and not RES.machine_has_gpus():
         plan["device"] = "cpu"  # on one machine without a GPU no job asks for one
-    images = pqv_data.estimate(config["dataset"])
+    images = pqv_manifest.estimate(config["dataset"])
     for split, path in (("train", TRAIN_DATA), ("eval", EVAL_DATA)):
         try:
-            images[split] = pqv_data.read(path)["splits"][split]["images"]
+            images[split] = pqv_manifest.read(path)["splits"][split]["images"]
         except (PQVError, KeyError):
             pass  # not made yet (or damaged: the data job makes it again)
     plan["images"] = images
@@ -313,7 +312,7 @@ def stage_threads(stage):
 @functools.lru_cache(maxsize=4)
 def _manifest_images(path, mtime_ns):
     """(train images, eval images, largest image's pixels) of a manifest."""
-    manifest = pqv_data.read(path)
+    manifest = pqv_manifest.read(path)
     splits = manifest["splits"]
     return (*(splits[s]["images"] if s in splits else 0 for s in ("train", "eval")), manifest.get("largest_pixels", 0))
 
@@ -346,7 +345,7 @@ def stage_resources(stage):
     """A rule's `resources:`: memory and wall time are functions of the job's input files (computed
     again when the job is about to start, once its manifest and input model exist), GPUs of its
     wildcards."""
-    planned = "data" if stage in ("data_train", "data_eval") else stage  # pqv.resources budgets both as `data`
+    planned = "data" if stage in ("data_train", "data_eval") else stage  # pqv.plan.resources budgets both as `data`
 
     def value(key):
         def resource(wc, input):

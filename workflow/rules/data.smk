@@ -1,18 +1,18 @@
 # The data set, one job per split: results/data/train.json and eval.json. A job depends on the split
 # it reads (training, pruning calibration, finetuning, static calibration, the export check and the
 # timing input on the training split; the accuracy jobs on the evaluation split), so a change to the
-# evaluation split never retrains. `stamp` (pqv.data.stamp: the split's image files, by name, size
+# evaluation split never retrains. `stamp` (pqv.plan.manifest.stamp: the split's image files, by name, size
 # and mtime) reruns a split's job, and what reads it, when images are added, removed, renamed or
 # replaced; it is computed once per run, and only when that job is planned.
 
 
 def data_stamp(split):
     """The split's stamp, once per run: the invocation that plans computes it and shares it with
-    the job processes a cluster starts (pqv.resources.share_plan), which do not walk the data again."""
+    the job processes a cluster starts (pqv.plan.resources.share_plan), which do not walk the data again."""
     stamps = SHARED_PLAN["stamps"]
     if split not in stamps:
         with pqv_config.reported("data"):  # a symbolic link loop in the tree: one line, no traceback
-            stamps[split] = pqv_data.stamp(RERUNS.section_read(f"data_{split}", config, {}, "dataset"), split)
+            stamps[split] = pqv_manifest.stamp(RERUNS.section_read(f"data_{split}", config, {}, "dataset"), split)
         RES.share_plan(config, SHARED_PLAN)
     return stamps[split]
 

@@ -13,7 +13,7 @@ def labels(wc):
 
 
 def app_file(wc):
-    """What ships is a file and its app file (pqv/appfile.py). Named as an input here, an app file
+    """What ships is a file and its app file (pqv/common/appfile.py). Named as an input here, an app file
     is a product something needs: Snakemake then makes one that is missing (a results folder made
     before app files existed) and records it; a missing output nothing needs would be left missing,
     and its job's other outputs would lose their params trigger ("missing metadata")."""
@@ -92,7 +92,7 @@ def cost_files(wildcards=None):
 
 rule stage_costs:
     """Wall time, CPU time and peak memory per stage, summed from every job's benchmark file (a
-    search's probes included), the CPU seconds from the job's log where it has them (pqv.usage)."""
+    search's probes included), the CPU seconds from the job's log where it has them (pqv.common.usage)."""
     input:
         lambda wc: sorted(cost_files()),
     output:

@@ -8,7 +8,7 @@ rule export:
     output:
         artifact=EXPORTED,
         sidecar=f"{EXPORTED}.json",
-        app=f"{EXPORTED}.app.json",  # labels, input and preprocessing, for an app (pqv/appfile.py)
+        app=f"{EXPORTED}.app.json",  # labels, input and preprocessing, for an app (pqv/common/appfile.py)
     log:
         f"{LOGS}/export/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.log",
     benchmark:

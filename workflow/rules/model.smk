@@ -1,5 +1,5 @@
 # A local weights file (models[].weights: /path/w.safetensors) is read by its content, not its path
-# (pqv.reruns.FILE_KEYS): the model job's settings hold the file's sha256, so the file replaced under
+# (pqv.plan.reruns.FILE_KEYS): the model job's settings hold the file's sha256, so the file replaced under
 # its path reruns the model job and what is made from it, while the same bytes moved, copied or
 # touched rerun nothing.
 
@@ -7,7 +7,7 @@
 def model_settings(wc):
     """The model job's settings (as settings("model")), a weights file's sha256 in place of its path:
     hashed once per run by the invocation that plans, and shared with the job processes a cluster
-    starts (pqv.resources.share_plan) while the file's size and modification time stay."""
+    starts (pqv.plan.resources.share_plan) while the file's size and modification time stay."""
     stamps = SHARED_PLAN["stamps"]
     before = dict(stamps)
     out = RERUNS.options("model", config, wc, stamps)

@@ -1,4 +1,4 @@
-# The accuracy-budget search (pqv/search.py), one per model and importance when search.enabled.
+# The accuracy-budget search (pqv/plan/search.py), one per model and importance when search.enabled.
 # Each round is a checkpoint: it reads the probes the round before asked for, whose files are the
 # sweep's own branches (same paths, same rules, same cache), and decides the next ones.
 SEARCH = config["search"]
@@ -23,7 +23,7 @@ def previous_round(wc):
 
 
 def reference_files(model):
-    """The accuracy files the search's reference is read from (pqv.search.REFERENCE): the dense
+    """The accuracy files the search's reference is read from (pqv.plan.search.REFERENCE): the dense
     branch's FP32 files, in every format, and its eager baseline."""
     dense = [a for a in SWEEP.measured(config) if a["model"] == model and a["precision"] == "fp32"]
     branch, ratio = SWEEP.branch(T.DENSE, 0)
@@ -46,7 +46,7 @@ def round_inputs(wc):
 
 
 def SEARCH_STATE(path):
-    """A round's file (pqv.search.read_state); a damaged one stops planning with one line."""
+    """A round's file (pqv.plan.search.read_state); a damaged one stops planning with one line."""
     with pqv_config.reported("search"):
         return pqv_search.read_state(path)
 
@@ -148,7 +148,7 @@ def unrecorded_probe_files(wildcards=None):
                 state = SEARCH_STATE(path)
                 for ratio in [p["ratio"] for p in state["probes"]] + state["next"]:
                     for rule, wc in SWEEP.made_by(config, judged(model, importance, ratio)):
-                        files.add(made_file(rule, wc))  # pqv.sweep.made_by names the jobs
+                        files.add(made_file(rule, wc))  # pqv.plan.sweep.made_by names the jobs
                 n += 1
     return sorted(f for f in files if os.path.exists(f) and persistence.metadata(IOFile(f)) is None)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import PQVError
+from ..plan.errors import PQVError
 
 
 def attention_blocks(model: nn.Module) -> list[nn.Module]:
@@ -34,7 +34,7 @@ def create(timm_name: str, **kwargs) -> nn.Module:
     import timm
 
     if not timm.is_model(timm_name):
-        from .config import unknown_timm_model
+        from ..plan.config import unknown_timm_model
 
         raise unknown_timm_model(timm_name, timm.list_models())
     return timm.create_model(timm_name, **kwargs)

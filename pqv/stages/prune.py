@@ -17,13 +17,14 @@ import math
 import torch
 from torch import nn
 
-from . import arch as archmod
-from . import datasets, registry
-from .config import Prune, default
-from .errors import PQVError
-from .progress import progress
-from .search import groups as pruned_groups
-from .search import reach as reach_of
+from ..common import arch as archmod
+from ..common import datasets
+from ..common.progress import progress
+from ..plan import registry
+from ..plan.config import Prune, default
+from ..plan.errors import PQVError
+from ..plan.search import groups as pruned_groups
+from ..plan.search import reach as reach_of
 
 
 def _tp():
@@ -34,7 +35,7 @@ def _tp():
 
 def __getattr__(name: str):
     """`HessianImportance`, defined on first use so that importing this module does not import
-    Torch-Pruning (the registry names it as "pqv.prune:HessianImportance")."""
+    Torch-Pruning (the registry names it as "pqv.stages.prune:HessianImportance")."""
     if name != "HessianImportance":
         raise AttributeError(name)
 
@@ -59,7 +60,7 @@ def __getattr__(name: str):
 
 
 def make_importance(name: str):
-    """A Torch-Pruning importance, built as pqv.registry.IMPORTANCES says."""
+    """A Torch-Pruning importance, built as pqv.plan.registry.IMPORTANCES says."""
     import importlib
 
     where, kwargs = registry.IMPORTANCES[name]["make"]
@@ -118,7 +119,7 @@ def prune(
     and (heads="dims") every head's dims removed. With heads="whole", `head_ratio` (default `ratio`)
     is the fraction of heads removed per block, rounded up. `bottleneck` keeps the embedding width.
     Ratio 0 returns the model untouched (the dense branch). Gradients (taylor, hessian) are taken on
-    `device` (pqv.device.resolve); the pruned model is returned on the CPU.
+    `device` (pqv.common.device.resolve); the pruned model is returned on the CPU.
     """
     check_args(importance, ratio, scope, heads, head_ratio)
     blocks = archmod.attention_blocks(model)
@@ -308,8 +309,8 @@ def run(model_path: str, out: str, importance: str, ratio: float, manifest, cali
         heads: str = default(Prune, "heads"), head_ratio: float | None = None, bottleneck: bool = False,
         seed: int = default(Prune, "seed"), device: str = "auto") -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
-    from . import store
-    from .device import resolve
+    from ..common import store
+    from ..common.device import resolve
 
     check_args(importance, ratio, scope, heads, head_ratio)
     model, arch = store.load_model(model_path)

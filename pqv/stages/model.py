@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import arch as archmod
-from . import datasets
-from .errors import PQVError
+from ..common import arch as archmod
+from ..common import datasets
+from ..plan.errors import PQVError
 
 
 def data_config_of(model: nn.Module, overrides: dict | None = None) -> dict:
@@ -92,10 +92,10 @@ def _from_file(name: str, kwargs: dict, path: str) -> nn.Module:
 
 def planned_weights(path: str, planned: str | None) -> str:
     """The weights file a model job reads, checked against the sha256 its workflow planned it with
-    (`models[].weights` in its settings is the file's `sha256:...`, pqv.reruns.FILE_KEYS): a file
+    (`models[].weights` in its settings is the file's `sha256:...`, pqv.plan.reruns.FILE_KEYS): a file
     replaced after the run was planned would otherwise be recorded under the old file's stamp. A
     missing or unreadable file is left to _from_file, which names it with its fix."""
-    from .reruns import file_stamp
+    from ..plan.reruns import file_stamp
 
     if planned and planned.startswith("sha256:"):
         found = file_stamp(path)
@@ -157,10 +157,11 @@ def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
 def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0,
         threads: int | None = None) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
-    from . import data, store
+    from ..common import store
+    from ..plan import manifest
     from .finetune import train, write_history
 
-    manifest = data.of(manifest)
+    manifest = manifest.of(manifest)
     model, facts = create_base(model_cfg, manifest)
     dc = data_config_of(model, model_cfg.get("data_config"))
     if facts["weights"] == "train":

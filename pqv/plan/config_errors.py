@@ -1,5 +1,5 @@
 """The config's mistakes in words: one pydantic error as one line naming the key, what is wrong
-and the fix, with the closest valid key or value for a typo (pqv.config raises them)."""
+and the fix, with the closest valid key or value for a typo (pqv.plan.config raises them)."""
 from __future__ import annotations
 
 import difflib

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .errors import PQVError
-from .registry import EAGER, NO_STATUS, WITHOUT_PQV_HELP, Status
-from .search import REFERENCE, reference_top1
+from ..plan.errors import PQVError
+from ..plan.registry import EAGER, NO_STATUS, WITHOUT_PQV_HELP, Status
+from ..plan.search import REFERENCE, reference_top1
 
 SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
 
@@ -58,7 +58,7 @@ def summary_of(summary: str | None, configfiles: list[str] | None) -> str:
     """The summary to read: the one given, or the one in the results folder of the config files a run
     used (merged over the default as Snakemake merges them), or the default run's."""
     if configfiles:
-        from .config import check_files
+        from ..plan.config import check_files
 
         return f"{check_files(configfiles)['results']}/summary.csv"
     return summary or DEFAULT_SUMMARY
@@ -110,7 +110,7 @@ def app_file(artifact: str, summary_csv: str) -> str:
     summary (run from elsewhere, or `--summary` another sweep's)."""
     from pathlib import Path
 
-    from .appfile import path_of
+    from ..common.appfile import path_of
 
     rel = Path(path_of(artifact))
     for folder in (Path.cwd(), *Path(summary_csv).resolve().parents):

@@ -5,10 +5,10 @@ import json
 
 import pandas as pd
 
-from . import sweep
-from .errors import PQVError
-from .registry import EAGER
-from .store import atomic_path
+from ..plan import sweep
+from ..plan.errors import PQVError
+from ..plan.fileio import atomic_path
+from ..plan.registry import EAGER
 
 KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
 COLUMNS = KEYS + [
@@ -22,7 +22,7 @@ COLUMNS = KEYS + [
 
 def collect(paths: list[str], searches: list[str] = ()) -> pd.DataFrame:
     """One row per artifact: its accuracy and its latency measurements (two jobs, two files) joined;
-    `search` marks the artifact each accuracy-budget search chose (pqv.search.report's files)."""
+    `search` marks the artifact each accuracy-budget search chose (pqv.plan.search.report's files)."""
     rows: dict[tuple, dict] = {}
     for path in paths:
         measured = json.loads(open(path).read())
@@ -68,11 +68,11 @@ def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> p
     the largest peak memory; a `total` row at the end. A job's CPU seconds come from the usage line
     of its log (`logs`, in the order of `paths`) where it has one: Snakemake's benchmark samples the
     CPU time every 30 s after a job's first 15 s and loses what came after the last sample
-    (pqv.usage); the line is written just before the interpreter exits, so of the two (each a lower
+    (pqv.common.usage); the line is written just before the interpreter exits, so of the two (each a lower
     bound) the larger counts. `cpu_from_log` counts the jobs whose log had the line."""
     from pathlib import Path
 
-    from . import usage
+    from ..common import usage
 
     if logs is not None and len(logs) != len(paths):
         raise PQVError(f"{len(logs)} logs for {len(paths)} benchmark files", "give one log per benchmark file, in order")

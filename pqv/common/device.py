@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PQVError
-from .registry import DEVICES as CHOICES
+from ..plan.errors import PQVError
+from ..plan.registry import DEVICES as CHOICES
 
 
 def describe(device: torch.device, amp_dtype: str | None = None) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from . import registry
-from .config import Evaluate, default
-from .progress import progress
+from ..common.progress import progress
+from ..plan import fileio, registry
+from ..plan.config import Evaluate, default
 
 
 @torch.no_grad()
@@ -146,7 +146,8 @@ def paper_method_ms(fn, example: torch.Tensor) -> float:
 
 def _load(artifact: str, meta: dict):
     """An exported artifact in its runtime, or the eager FP32 model (the `eager` baseline)."""
-    from . import export, store
+    from ..common import store
+    from . import export
 
     if meta["format"] == EAGER:
         model, _ = store.load_model(artifact)
@@ -164,9 +165,9 @@ RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "
 def describe(artifact: str) -> dict:
     """What the measurements need to know of an artifact: its sidecar, for the eager baseline (a
     .safetensors model) completed with the eager format and a perfect fidelity to itself."""
-    from . import store
+    from ..common import store
 
-    meta = store.read_sidecar(artifact)
+    meta = fileio.read_sidecar(artifact)
     if not str(artifact).endswith(".safetensors"):
         store.check_artifact(artifact)  # a cut file is one line, before a runtime is imported (and logs)
     if str(artifact).endswith(".safetensors"):
@@ -219,7 +220,7 @@ def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, w
     `threads` threads, on `batch_size` real training images drawn across classes. Memory comes
     first (`memory`), then the data; the artifact is loaded again for the timing, so the paper's
     one-call method times a cold first call."""
-    from . import datasets, store
+    from ..common import datasets
 
     set_threads(threads)
     meta = describe(artifact)
@@ -232,7 +233,7 @@ def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, w
     metrics = {**labels, **timing, "latency_ms_paper_method": paper_ms, "size_mb": os.path.getsize(artifact) / 2**20,
                **used, "threads": threads, "warmup": warmup, "runs": runs, "batch_size": batch_size,
                "runtime": runtime_version(meta["format"]), **machine(), "artifact": str(artifact)}
-    store.write_json(out, metrics)
+    fileio.write_json(out, metrics)
     return metrics
 
 
@@ -241,8 +242,8 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
     """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on every
     core the job holds (`threads`; its DataLoader `workers` decode beside); the eager baseline on CUDA when the
     device rule gives it. A .pte (or ONNX Runtime file) runs image by image on a pool as wide."""
-    from . import datasets, store
-    from .device import resolve
+    from ..common import datasets
+    from ..common.device import resolve
 
     compute = process_threads(threads)
     set_threads(compute)
@@ -267,6 +268,6 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
                "accuracy_threads": compute, "accuracy_workers": workers, "accuracy_device": str(where),
                "accuracy_images_per_s": len(loader.dataset) / seconds, "images": len(loader.dataset),
                "artifact": str(artifact)}
-    store.write_json(out, metrics)
+    fileio.write_json(out, metrics)
     return metrics
 

@@ -2,7 +2,7 @@
 
 The labels in output order, the input's shape, dtype and channel order, and the preprocessing as a
 list of plain steps (turn by EXIF orientation, convert, resize, center crop, scale, normalize), the
-same transforms the workflow scored the file with (pqv.datasets: timm 1.0.31's evaluation
+same transforms the workflow scored the file with (pqv.common.datasets: timm 1.0.31's evaluation
 transform, `create_transform(is_training=False)`, of the model's data config), each with the
 rounding and the PIL behaviour an app on another image library must match. An Android or iOS
 developer reads it with any JSON parser (docs/formats.md); tests/test_appfile.py follows the steps
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .registry import ONNX_FORMATS, ONNX_TENSORS
+from ..plan.registry import ONNX_FORMATS, ONNX_TENSORS
 
 FORMAT = 1
 RUNTIMES = {"ptl": "PyTorch Lite Interpreter (org.pytorch:pytorch_android_lite, LibTorch-Lite)",
@@ -25,7 +25,7 @@ RUNTIMES = {"ptl": "PyTorch Lite Interpreter (org.pytorch:pytorch_android_lite, 
 def describe(data_config: dict, manifest: dict, artifact_name: str, fmt: str) -> dict:
     """The app file of one artifact: `data_config` is the model's (input_size, mean, std,
     interpolation, crop_pct), `manifest` the training split's (class names, value range)."""
-    from .datasets import CHANNEL_MODES  # here: pqv.datasets imports torch, `pqv choose` reads path_of
+    from .datasets import CHANNEL_MODES  # here: pqv.common.datasets imports torch, `pqv choose` reads path_of
 
     chans, height, width = data_config["input_size"]
     crop_pct = data_config.get("crop_pct", 0.875)

@@ -8,16 +8,16 @@ process, interleaved (a few calls of each in turn, `rounds` times), and a candid
 interquartile range overlaps the fastest one's is a tie: ties go to the smallest file. The CSV
 beside the report lists each candidate's timing and says which were tied.
 
-Imports torch (the runtimes): the planning side of the search (pqv.search) stays torch-free.
+Imports torch (the runtimes): the planning side of the search (pqv.plan.search) stays torch-free.
 """
 from __future__ import annotations
 
 import statistics
 
-from . import appfile
-from .errors import PQVError
-from .registry import EAGER, Status
-from .search import COLUMNS, REFERENCE, describe_probe
+from ..common import appfile
+from ..plan.errors import PQVError
+from ..plan.registry import EAGER, Status
+from ..plan.search import COLUMNS, REFERENCE, describe_probe
 
 KEYS = ("model", "importance", "ratio", "precision", "engine", "format")
 CHOICE_COLUMNS = ["artifact", "precision", "engine", "format", "top1", "size_mb", "race_ms_median", "race_ms_p25",
@@ -36,7 +36,7 @@ def race(artifacts: list[str], threads: int, warmup: int, runs: int, rounds: int
 
     import torch
 
-    from . import datasets
+    from ..common import datasets
     from .evaluate import _load, describe, set_threads
 
     set_threads(threads)
@@ -81,7 +81,7 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, out_cho
     race (CSV) and the chosen file (JSON)."""
     import pandas as pd
 
-    from .store import atomic_path, read_json, write_json
+    from ..plan.fileio import atomic_path, read_json, write_json
 
     final = read_json(rounds[-1])
     table = pd.DataFrame(final["probes"]).assign(answer=lambda t: t["ratio"] == final["answer"])
@@ -140,7 +140,7 @@ def probe_lines(probes: list[dict], budget: float) -> list[str]:
 def draw(table, final: dict, chosen: dict, out_png: str, searched: tuple[str, str] = ("", "")) -> None:
     import matplotlib.pyplot as plt
 
-    from .store import atomic_path
+    from ..plan.fileio import atomic_path
 
     fig = figure(table, final, chosen, searched)
     with atomic_path(out_png) as tmp, open(tmp, "wb") as f:

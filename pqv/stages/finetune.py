@@ -2,7 +2,7 @@
 
 timm supplies the optimizer (create_optimizer_v2), the cosine schedule with warm-up
 (create_scheduler_v2), Mixup/CutMix with soft targets, label smoothing and the ImageFolder
-augmentation (pqv.datasets). This module adds what a long run on shared machines needs:
+augmentation (pqv.common.datasets). This module adds what a long run on shared machines needs:
 
 - one code path for CPU, one GPU (autocast + GradScaler when `amp`) and several GPUs or nodes
   under `torchrun` (DistributedDataParallel; `batch_size` is per process, so the global batch is
@@ -42,12 +42,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, datasets
-from .errors import PQVError
+from ..common import datasets
+from ..common.progress import progress
+from ..plan import fileio
+from ..plan.errors import PQVError
+from ..plan.fileio import atomic_path
+from ..plan.registry import Status
 from .evaluate import accuracy
-from .progress import progress
-from .registry import Status
-from .store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def resolve_hparams(hparams: dict) -> dict:
-    """Every training setting, defaults filled from the config's description (pqv.config.Finetune)
+    """Every training setting, defaults filled from the config's description (pqv.plan.config.Finetune)
     and checked there; an unknown key is an error (a typo would otherwise be silently ignored)."""
-    from .config import hparams as checked
+    from ..plan.config import hparams as checked
 
     return checked(hparams)
 
@@ -79,9 +80,9 @@ def distributed(device: str = "auto") -> Dist:
     """Join torchrun's process group when launched by torchrun with WORLD_SIZE > 1 (idempotent).
 
     torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; NCCL on GPUs, gloo on CPUs.
-    `device` is the config's preference (pqv.device.resolve): auto = CUDA when available.
+    `device` is the config's preference (pqv.common.device.resolve): auto = CUDA when available.
     """
-    from .device import resolve
+    from ..common.device import resolve
 
     cuda = resolve(device).type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -358,7 +359,7 @@ def job_deadline() -> float | None:
     reserve for saving the checkpoint and leaving, which includes Snakemake's jobstep recording the
     job on a shared file system (5 % of the job's limit, 10 s to 5 min); None outside SLURM or
     without a limit. A kill during the save loses nothing older: a checkpoint appears whole."""
-    from .resources import slurm_time_left
+    from ..plan.resources import slurm_time_left
 
     left = slurm_time_left()
     if left is None:
@@ -435,9 +436,9 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     (time.time()), training stops before a step that could end after it, saves a checkpoint where
     it stands (mid-epoch too) and raises TimeLimit.
     """
-    from .device import describe
+    from ..common.device import describe
+    from ..plan.reruns import launch_keys
     from .evaluate import process_threads
-    from .reruns import launch_keys
 
     hp = resolve_hparams(hparams)
     if hp["distill"]["enabled"] and teacher is None:
@@ -446,7 +447,7 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
         torch.set_num_threads(process_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(hp["seed"])
-    manifest = data.of(manifest)
+    manifest = manifest.of(manifest)
     loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
                              rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
     steps = len(loader)
@@ -594,18 +595,18 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success. In a
     SLURM job it stops before the job's time limit (job_deadline), leaving the checkpoint.
     """
-    from . import store
+    from ..common import store
 
     hp = resolve_hparams(hparams)
     if hp["distill"]["enabled"] and not teacher:
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
     model, arch = store.load_model(model_path)
-    parent = store.read_sidecar(model_path)
+    parent = fileio.read_sidecar(model_path)
     teacher_model = store.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
     ctx = distributed(device)
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
-        manifest = data.of(manifest)
+        manifest = manifest.of(manifest)
         resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
                       + manifest["fingerprint"])
         try:
@@ -636,7 +637,7 @@ def failed(model_path: str, out: str, metrics_csv: str, reason: str, parent: dic
     """A diverged finetune as a result, not a crash: the pruned model is kept unfinetuned with
     status `failed` and the reason in its sidecar, which every file made from it carries on (a
     summary row that says why; a search probe that fails; never a chosen file)."""
-    from . import store
+    from ..common import store
 
     log.warning("FAILED: %s; the pruned model is kept unfinetuned with status '%s'", reason, Status.FAILED)
     model = store.load_model(model_path)[0]
@@ -652,11 +653,11 @@ def keep(model_path: str, out: str, metrics_csv: str) -> dict:
     with the pretrained one, and 60 ImageNet epochs of the dense DeiT-B would cost GPU-days for nothing.
 
     The model is written unchanged, with no training history."""
-    from . import store
+    from ..common import store
 
     model, arch = store.load_model(model_path)
-    parent = store.read_sidecar(model_path)
-    base = store.read_sidecar(parent["parent"]) if parent.get("parent") else parent
+    parent = fileio.read_sidecar(model_path)
+    base = fileio.read_sidecar(parent["parent"]) if parent.get("parent") else parent
     store.save_model(model, out, arch)
     write_history([], metrics_csv)
     store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, device=base.get("device"),

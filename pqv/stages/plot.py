@@ -15,14 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from .registry import DENSE, EAGER, NO_ENGINE, NO_STATUS, Status
+from ..plan import registry
+from ..plan.registry import DENSE, EAGER, NO_ENGINE, NO_STATUS, Status
 
-FIGURES = {}
+FIGURES = {}  # name -> drawing function, for every name of registry.FIGURES (in its order)
 RECIPE = ["precision", "engine", "format"]
 REJECTED_LABEL = "rejected by the export check, failed, or unchecked"
 
 
 def figure(name):
+    if name not in registry.FIGURES:
+        raise ValueError(f"figure {name!r} is not in pqv.plan.registry.FIGURES (the workflow names the files it draws)")
+
     def register(fn):
         FIGURES[name] = fn
         return fn
@@ -321,7 +325,7 @@ def load_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(summary_csv: str, outdir: str) -> list[str]:
-    from .store import atomic_path
+    from ..plan.fileio import atomic_path
 
     plt = _plt()
     table = load(summary_csv)

@@ -1,8 +1,8 @@
 """Every choice a user makes, named once: formats, precisions, engines, importances, scopes, head
 modes, devices, schedulers, and the words the sweep uses (DENSE, NO_ENGINE, EAGER, Status).
 
-Plain data, importable without torch: the config's typed description (pqv.config) takes its
-choices from here, so do the CLI's --help, the Snakefile's sweep (pqv.sweep) and the stages that
+Plain data, importable without torch: the config's typed description (pqv.plan.config) takes its
+choices from here, so do the CLI's --help, the Snakefile's sweep (pqv.plan.sweep) and the stages that
 implement each entry. Adding a precision, an importance or an engine is an entry here plus its
 implementation and test.
 """
@@ -69,7 +69,7 @@ FORMATS = {
     "ptl": {"ir": "ts", "engines": ("x86", "fbgemm", "qnnpack", "onednn"),
             "help": "TorchScript Lite Interpreter (the paper's format)"},
     "pte": {"ir": "pt2", "engines": ("xnnpack",), "help": "ExecuTorch with the XNNPACK delegate"},
-    # ONNX Runtime (pqv/ort.py), the runtime a user would pick instead; its engines are its recipes
+    # ONNX Runtime (pqv/common/ort.py), the runtime a user would pick instead; its engines are its recipes
     "onnx": {"ir": "onnx", "engines": tuple(ORT_RECIPES), "needs": "onnx",
              "help": "ONNX Runtime, CPU provider (MLAS kernels), one file per recipe (ORT_RECIPES)"},
     "ort": {"ir": "onnx", "engines": tuple(ORT_RECIPES), "needs": "onnx",
@@ -103,7 +103,7 @@ ENGINES = tuple(dict.fromkeys(e for f in FORMATS.values() for e in f["engines"])
 IRS = {ir: tuple(name for name, f in FORMATS.items() if f["ir"] == ir) for ir in dict.fromkeys(f["ir"] for f in FORMATS.values())}
 
 # Torch-Pruning importance criteria: what each must see before scoring ("weights", "gradients" of
-# calibration batches, per-sample gradients for "hessian"), whether it ranks at random, and how pqv.prune builds it (a class of
+# calibration batches, per-sample gradients for "hessian"), whether it ranks at random, and how pqv.stages.prune builds it (a class of
 # torch_pruning.importance, or "module:attribute", with its keyword arguments).
 IMPORTANCES = {
     "l1": {"needs": "weights", "make": ("GroupMagnitudeImportance", {"p": 1})},
@@ -112,7 +112,7 @@ IMPORTANCES = {
     "random": {"needs": "weights", "random": True, "make": ("RandomImportance", {})},
     "fpgm": {"needs": "weights", "make": ("FPGMImportance", {"p": 2})},  # filters nearest the geometric median go
     "taylor": {"needs": "gradients", "make": ("GroupTaylorImportance", {})},
-    "hessian": {"needs": "hessian", "make": ("pqv.prune:HessianImportance", {})},
+    "hessian": {"needs": "hessian", "make": ("pqv.stages.prune:HessianImportance", {})},
 }
 GRADIENT_IMPORTANCES = tuple(name for name, imp in IMPORTANCES.items() if imp["needs"] != "weights")
 # Importances whose ranking prune.seed changes: a random one, and those whose calibration sample it draws.
@@ -125,9 +125,14 @@ HEAD_MODES = {"dims": (True, False), "whole": (False, True)}
 
 DEVICES = ("auto", "cpu", "cuda")
 
+# The figures the plot stage draws (pqv.stages.plot draws each; the workflow names their files):
+# Fig. 2 latency and memory, Fig. 4 accuracy, Fig. 5 importances, Fig. 6 models, Fig. 7 engines
+# (the paper's numbering), and accuracy against latency with the Pareto front.
+FIGURES = ("fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines", "pareto_accuracy_latency")
+
 # The names timm 1.0.31's create_scheduler_v2 accepts (its if/elif ladder; 'none' is no schedule),
 # less 'plateau', which steps per epoch on a metric while PQV steps per update.
-# tests/test_config.py checks every one against timm the way pqv.finetune calls it.
+# tests/test_config.py checks every one against timm the way pqv.stages.finetune calls it.
 SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt", "none")
 
 

@@ -2,7 +2,7 @@
 profiles and jobs. The Snakefile (workflow/rules/common.smk) only turns these into paths and rules;
 the config checks ask the same functions what the sweep makes.
 
-Torch-free; works on a config dict with its defaults filled in (pqv.config.check).
+Torch-free; works on a config dict with its defaults filled in (pqv.plan.config.check).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def artifacts(config: dict) -> list[dict]:
 
 
 def without_pqv(config: dict) -> list[dict]:
-    """Each model's file without PQV (pqv.registry.WITHOUT_PQV), the bar its picks are compared with."""
+    """Each model's file without PQV (pqv.plan.registry.WITHOUT_PQV), the bar its picks are compared with."""
     if not config["evaluate"]["without_pqv"]:
         return []
     return [dict(model=m["id"], **registry.WITHOUT_PQV) for m in config["models"]]

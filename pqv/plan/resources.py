@@ -7,7 +7,7 @@ here, a site profile needs only partition and account, and `--set-resources fine
 changes that one value and keeps the rest.
 
 The numbers are a budget, not a measurement. A job's work is its image count (from the data
-manifest: `Work.images`, or before the data job ran `pqv.data.estimate`) times a per-image cost
+manifest: `Work.images`, or before the data job ran `pqv.plan.manifest.estimate`) times a per-image cost
 that follows the model's multiply-accumulates (from the sidecar of the job's input model; for the
 model job, estimated from the config: `estimate_macs`). Threads are fixed when Snakemake plans
 (it needs them as integers), so they follow the data set's estimated size; memory and wall time
@@ -78,7 +78,7 @@ MIN_RUNTIME = 10  # minutes: start-up, imports, scheduling slack
 MIN_RUNTIME_TIMING = 5
 MARGIN = 2  # wall time asked = 2x the budget, so a slower node does not kill a job near its end
 # A partition's time limit caps every request. A finetune longer than the limit runs as successive
-# jobs, each resuming from the checkpoint the one before saved just before its end (pqv.finetune);
+# jobs, each resuming from the checkpoint the one before saved just before its end (pqv.stages.finetune);
 # the other stages cannot resume, and are short. A finetune longer than LONGEST_SPAN_H in all (a
 # DeiT-B ImageNet finetune on CPUs: thousands of hours) is refused when the sweep is planned.
 RESUMABLE = ("finetune",)
@@ -220,8 +220,8 @@ def estimate_macs(model_cfg: dict) -> tuple[float, float]:
 
 def threads(stage: str, config: dict, images: int | None = None) -> int:
     """CPU cores of one job on a cluster: torch threads plus DataLoader workers, per process.
-    `images` is the data set's estimated size (pqv.data.estimate): small sets get few threads.
-    The process gives torch all of them (pqv.evaluate.process_threads): the workers decode the next
+    `images` is the data set's estimated size (pqv.plan.manifest.estimate): small sets get few threads.
+    The process gives torch all of them (pqv.stages.evaluate.process_threads): the workers decode the next
     batch while the model computes, and a ViT on a CPU waits on compute, so no core sits idle."""
     small = images is not None and images <= SMALL_IMAGES
     base = SMALL_THREADS if small else LARGE_THREADS

@@ -1,7 +1,7 @@
-"""Files derived from the config's description (pqv.config): its JSON schema
+"""Files derived from the config's description (pqv.plan.config): its JSON schema
 (workflow/schemas/config.schema.json, for editors) and its reference (docs/config.md).
 
-python -m pqv.config_docs (or python -m pqv.config) rewrites both; tests/test_config.py checks
+python -m pqv.plan.config_docs (or python -m pqv.plan.config) rewrites both; tests/test_config.py checks
 they are current.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ BOUND_SIGNS = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}
 def reference() -> str:
     """docs/config.md: every key with its type, default and meaning, from the models."""
     lines = ["# Configuration reference", "",
-             "Generated from `pqv/config.py` by `python -m pqv.config` (tests/test_config.py checks it is current).",
+             "Generated from `pqv/plan/config.py` by `python -m pqv.plan.config` (tests/test_config.py checks it is current).",
              "A config file lists only what it changes; the embedded default is `config/config.yaml`.", ""]
 
     def section(model: type[BaseModel], path: str) -> None:
@@ -87,11 +87,11 @@ def write_derived() -> None:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["check"]:
-        from . import data
+        from . import manifest
 
         with reported():
             config = check_files(argv[1:])
-            data.check_folders(config["dataset"])  # what a run (not a dry run) stops on before its first job
+            manifest.check_folders(config["dataset"])  # what a run (not a dry run) stops on before its first job
         print(f"pqv config: {' '.join(argv[1:]) or 'the default'} is valid")
     else:
         write_derived()

@@ -6,7 +6,7 @@ Two families, each a small registry keyed by precision:
 - torch.export programs (`.pt2`) for ExecuTorch with the XNNPACK engine: FP32, int8 dynamic and
   static (PT2E with XNNPACK's quantizer), and int4 weights with int8 dynamic activations (torchao).
 - ONNX programs (`.onnx`) for ONNX Runtime's MLAS kernels, built by its own tools the way its docs
-  advise for a ViT (pqv/ort.py): FP32, int8 dynamic and static, per-channel weights.
+  advise for a ViT (pqv/common/ort.py): FP32, int8 dynamic and static, per-channel weights.
 
 Attention is handled deliberately: the matmuls and softmax inside scaled-dot-product attention
 stay in floating point in every int8 recipe; only the Linear layers (qkv, proj, fc1, fc2, head),
@@ -25,10 +25,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import layers, registry
-from .config import Quantize, default
-from .errors import PQVError
-from .registry import NO_ENGINE
+from ..common import layers
+from ..plan import fileio, registry
+from ..plan.config import Quantize, default
+from ..plan.errors import PQVError
+from ..plan.registry import NO_ENGINE
 
 QUANTIZED_ENGINES = registry.FORMATS["ptl"]["engines"]
 INT4_GROUP = 32  # XNNPACK's 4-bit kernels need a group size that is a multiple of 32
@@ -116,7 +117,7 @@ EXPORTED: dict[str, Callable] = {
 
 
 def calibrated(precision: str) -> bool:
-    """Whether a precision needs calibration images (pqv.registry says, for the workflow too)."""
+    """Whether a precision needs calibration images (pqv.plan.registry says, for the workflow too)."""
     return registry.PRECISIONS[precision]["calibrated"]
 
 
@@ -184,7 +185,7 @@ def quantize(model: nn.Module, precision: str, engine: str, ir: str = "ts", cali
         if ir == "ts":
             return torch.jit.script(TORCHSCRIPT[precision](model, engine, calibration).eval())
         if ir == "onnx":
-            from . import ort
+            from ..common import ort
 
             example = calibration[0] if calibration else torch.zeros(1, *_input_size(model))
             return ort.build(model, precision, example, calibration, recipe=ort.FP32_RECIPE if engine == NO_ENGINE else engine)
@@ -213,12 +214,12 @@ def save(program, path: str, ir: str) -> None:
 def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
         calibration_images: int = default(Quantize, "calibration_images")) -> dict:
     """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2/.onnx) picks the family."""
-    from . import datasets, store
+    from ..common import datasets, store
 
     ir = str(out).rsplit(".", 1)[-1]
     check(precision, engine, ir)
     model, arch = store.load_model(model_path)
-    parent = store.read_sidecar(model_path)
+    parent = fileio.read_sidecar(model_path)
     dc = arch["data_config"]
     calibration = None
     if calibrated(precision):
@@ -228,7 +229,7 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
         images = datasets.sample_batch(manifest, dc, calibration_images, split="train", seed=datasets.CALIBRATION_SEED)
         calibration = list(images.split(32))
     program = quantize(model, precision, engine, ir, calibration)
-    with store.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
+    with fileio.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
         save(program, tmp, ir)
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
              "macs": parent.get("macs"), "data_config": dc, "device": parent.get("device"),

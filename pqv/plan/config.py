@@ -1,15 +1,15 @@
 """The config, described once: every key, its type, default, choices, help text and the jobs that
 read it (`setting(..., reads=...)`), as pydantic models. Everything else is derived from them: the
-defaults Snakemake's `config` gets, the rules' params (pqv.reruns), the one-line errors (worded by
-pqv.config_errors), the JSON schema and the reference (pqv.config_docs), the stages' and the CLI's
-defaults. Choices come from pqv.registry; the checks that span several keys are methods of the
+defaults Snakemake's `config` gets, the rules' params (pqv.plan.reruns), the one-line errors (worded by
+pqv.plan.config_errors), the JSON schema and the reference (pqv.plan.config_docs), the stages' and the CLI's
+defaults. Choices come from pqv.plan.registry; the checks that span several keys are methods of the
 models, run before any job.
 
 `check(config)` validates a workflow config, fills in the defaults (in place) and runs the checks.
 Every problem is a `PQVError` whose message names the key, and for a typo the closest valid key or
 value. The Snakefile calls it inside `reported()`, which prints the one line `pqv config: error:
-...` and exits with status 2 before any job starts. `python -m pqv.config` rewrites the schema and
-the reference from the models (pqv.config_docs).
+...` and exits with status 2 before any job starts. `python -m pqv.plan.config` rewrites the schema and
+the reference from the models (pqv.plan.config_docs).
 
 Torch-free on purpose: the Snakefile imports it on every run (timm is imported only to check an
 optimizer name other than the default, and once per timm version to list its model names and its
@@ -34,7 +34,7 @@ from . import registry, sweep
 from .config_errors import _close, explain, unknown_timm_model
 from .errors import PQVError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"
 SIDE_ENV_PYTHON = ROOT / "envs" / "etdump" / ".venv" / "bin" / "python"
 
@@ -51,10 +51,10 @@ Format = choice(registry.FORMATS)
 
 
 def setting(default: Any = PydanticUndefined, *, reads: str, **kwargs) -> Any:
-    """A key's Field, with the jobs that read it beside its type and default (pqv.reruns derives
+    """A key's Field, with the jobs that read it beside its type and default (pqv.plan.reruns derives
     the rules' params and the docs' "what a change reruns" from it). `reads` is space-separated
     words: a stage (`prune`), a stage under a condition on the job (`prune:gradient`, conditions
-    in pqv.reruns.CONDITIONS), `sweep` (the key decides which jobs exist, not what one makes) or
+    in pqv.plan.reruns.CONDITIONS), `sweep` (the key decides which jobs exist, not what one makes) or
     `none` (how a job runs: threads, workers, device, launcher). A section's `reads` holds for
     every key inside it that declares none of its own."""
     return Field(default, json_schema_extra={"reads": reads}, **kwargs)
@@ -544,26 +544,19 @@ def tracer_python() -> str | None:
     return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else None
 
 
-def optimizers() -> list[str]:
-    from timm.optim import list_optimizers
+def _ask_timm(fact: str, *args) -> Any:
+    """An answer of pqv.common.timm_facts, asked in a child process: the plan never imports timm or
+    torch (seconds), and a question is asked once per timm version (cached by the callers)."""
+    import json
+    import subprocess
 
-    return list_optimizers()
-
-
-def timm_model_kwargs(timm_name: str) -> list[str]:
-    """The keywords of the class timm builds `timm_name` from (for "did you mean"): the model built
-    on the meta device with its defaults, its class's signature read."""
-    import inspect
-
-    import timm
-    import torch
-
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(timm_name, pretrained=False)
-    except Exception:  # noqa: BLE001 - no list then; the error line still names the keyword
-        return []
-    return [p for p in inspect.signature(type(model).__init__).parameters if p not in ("self", "args", "kwargs")]
+    done = subprocess.run([sys.executable, "-m", "pqv.common.timm_facts", fact, *(json.dumps(a) for a in args)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PQVError(f"asking the installed timm for its {fact} failed: {last}",
+                       "check the installation: `python -c 'import timm'` in the environment that runs snakemake")
+    return json.loads(done.stdout)
 
 
 def _timm_cache_path(name: str) -> Path:
@@ -587,7 +580,7 @@ def _write_json(path: Path, value) -> None:
 
 def _timm_cache(name: str, compute) -> Any:
     """A fact about the installed timm, computed once per timm version and kept as JSON in
-    `$PQV_CACHE` (default ~/.cache/pqv), so a config check stays free of the torch import
+    `$PQV_CACHE` (default ~/.cache/pqv), so a config check stays free of the timm import
     (seconds) on every later run."""
     import json
 
@@ -601,60 +594,42 @@ def _timm_cache(name: str, compute) -> Any:
     return value
 
 
+def optimizers() -> list[str]:
+    """timm's optimizer names."""
+    return _timm_cache("optimizers", lambda: _ask_timm("optimizers"))
+
+
 def timm_models() -> set[str]:
     """timm's model names."""
-    def names() -> list[str]:
-        import timm
-
-        return timm.list_models()
-
-    return set(_timm_cache("models", names))
+    return set(_timm_cache("models", lambda: _ask_timm("models")))
 
 
 def timm_data_config_keys() -> list[str]:
     """The keys of timm's preprocessing (resolve_data_config): what models[].data_config may override."""
-    def keys() -> list[str]:
-        from timm.data import resolve_data_config
+    return _timm_cache("data-config-keys", lambda: _ask_timm("data-config-keys"))
 
-        return sorted(resolve_data_config(pretrained_cfg={"num_classes": 0}))  # any cfg: every key, its default
 
-    return _timm_cache("data-config-keys", keys)
+def timm_model_kwargs(timm_name: str) -> list[str]:
+    """The keywords the class of `timm_name` accepts (for "did you mean"); asked only after a refusal."""
+    return _ask_timm("model-kwargs", timm_name)
 
 
 def timm_refused_kwarg(timm_name: str, kwargs: dict) -> str | None:
     """The keyword argument timm's model refuses, if any: the model is built on the meta device (no
-    weights, no memory) once per timm version, model and kwargs. Only an unknown keyword counts;
-    any other failure is left to the model job, which reports it with the model built for real."""
+    weights, no memory) once per timm version, model and kwargs."""
     import json
-    import re
 
     key = json.dumps([timm_name, kwargs], sort_keys=True)
     known = _timm_cache("kwargs", dict)
-    if key in known:
-        return known[key]
-
-    def build() -> str | None:
-        import timm
-        import torch
-
-        try:
-            with torch.device("meta"):
-                timm.create_model(timm_name, pretrained=False, **kwargs)
-        except TypeError as e:
-            found = re.search(r"unexpected keyword argument '([^']+)'", str(e))
-            return found.group(1) if found else None
-        except Exception:  # noqa: BLE001 - not ours to judge here (meta tensors, values): the model job says
-            return None
-        return None
-
-    known[key] = build()
-    _write_json(_timm_cache_path("kwargs"), known)
+    if key not in known:
+        known[key] = _ask_timm("refused-kwarg", timm_name, kwargs)
+        _write_json(_timm_cache_path("kwargs"), known)
     return known[key]
 
 
 if __name__ == "__main__":
-    # python -m pqv.config             rewrite the schema and the reference (pqv.config_docs)
-    # python -m pqv.config check F...  check config files as a run with --configfile F... would
+    # python -m pqv.plan.config             rewrite the schema and the reference (pqv.plan.config_docs)
+    # python -m pqv.plan.config check F...  check config files as a run with --configfile F... would
     from .config_docs import main
 
     main(sys.argv[1:])

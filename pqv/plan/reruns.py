@@ -4,7 +4,7 @@ Snakemake reruns a job whose params changed. So a rule's params must hold every 
 command reads, for its branch, and nothing else: a prune job of an L2 branch does not read the
 calibration settings, the dense branch no prune setting, a quantize job of a precision that does
 not calibrate no calibration setting. Which job reads which key is declared once, beside the key's
-type and default in pqv.config (`setting(..., reads="prune:gradient")`); this module walks that
+type and default in pqv.plan.config (`setting(..., reads="prune:gradient")`); this module walks that
 declaration and renders, for one job, the command-line options it gets (`options`), which the
 rules pass as their `settings` param and put on the command line. A key without a declaration is
 an error here, so a new key cannot be forgotten. `table()` renders the declaration for
@@ -137,12 +137,12 @@ def _parse(words: str, where: str) -> tuple[tuple[tuple[str, str | None], ...], 
         elif word == NONE:
             none = True
         elif stage not in STAGES or (condition and condition not in CONDITIONS):
-            raise PQVError(f"pqv.config: {where} declares reads '{word}', which names no stage or condition",
+            raise PQVError(f"pqv.plan.config: {where} declares reads '{word}', which names no stage or condition",
                            f"use {', '.join(STAGES)}, {SWEEP} or {NONE}, with a condition of {', '.join(CONDITIONS)}")
         else:
             reads.append((stage, condition or None))
     if none and (reads or sweep):
-        raise PQVError(f"pqv.config: {where} declares '{NONE}' with other readers", f"declare '{NONE}' alone")
+        raise PQVError(f"pqv.plan.config: {where} declares '{NONE}' with other readers", f"declare '{NONE}' alone")
     return tuple(reads), sweep, none
 
 
@@ -164,7 +164,7 @@ def keys() -> tuple[Key, ...]:
                 walk(section, (*path, field_name), name + ("[]" if listed else ""), words)
                 continue
             if not words:
-                raise PQVError(f"pqv.config: {name} declares no reader", "add reads=... to its setting() (pqv.reruns)")
+                raise PQVError(f"pqv.plan.config: {name} declares no reader", "add reads=... to its setting() (pqv.plan.reruns)")
             reads, sweep, none = _parse(words, name)
             kind = NONE if none else ("read" if reads else SWEEP)
             out.append(Key((*path, field_name), name, reads, kind, sweep, field.get_default(call_default_factory=True)))
@@ -206,7 +206,7 @@ def _read(stage: str, config: dict, wc):
 
 def settings(stage: str, config: dict, wc, stamps: dict | None = None) -> dict[tuple[str, ...], object]:
     """{key path: value} of every key a job of `stage` with wildcards `wc` reads and that is not at
-    its default (the command fills in its defaults from pqv.config): so a key added in a later
+    its default (the command fills in its defaults from pqv.plan.config): so a key added in a later
     version, at its default, changes no job's params and reruns nothing. A key that names a file
     has the file's `file_stamp` for its value (`stamps`: its cache), not the path (`files`)."""
     return {key.path: file_stamp(value, stamps) if _names_file(key, value) else value
@@ -215,7 +215,7 @@ def settings(stage: str, config: dict, wc, stamps: dict | None = None) -> dict[t
 
 def section_read(stage: str, config: dict, wc, section: str) -> dict:
     """A config section as a job of `stage` sees it: the keys it reads with their values, the others
-    at their defaults. What a stamp of the job hashes besides its files (pqv.data.stamp hashes the
+    at their defaults. What a stamp of the job hashes besides its files (pqv.plan.manifest.stamp hashes the
     dataset section), so a key the job does not read (dataset.root of the digits) changes no stamp."""
     read = {key.path[1]: value for key, value in _read(stage, config, wc) if key.path[0] == section}
     return {key.path[1]: read.get(key.path[1], key.default) for key in keys()

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"  # the names pqv.config.tracer_python checks before any job
+from ..plan import fileio
+
+ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"  # the names pqv.plan.config.tracer_python checks before any job
 COLUMNS = ["operator", "self_cpu_ms", "total_cpu_ms", "calls", "self_cpu_pct"]
 
 
@@ -80,7 +82,7 @@ def etdump_python() -> str:
     """The Python that runs a .pte with the event tracer: $PQV_ETDUMP_PYTHON as given (one that
     cannot run is reported by name), else envs/etdump's, else this one (right once the project's
     own ExecuTorch has the tracer)."""
-    from .config import tracer_python
+    from ..plan.config import tracer_python
 
     return os.environ.get(ETDUMP_PYTHON_ENV) or tracer_python() or sys.executable
 
@@ -89,7 +91,7 @@ def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, p
                   example: torch.Tensor | None = None) -> str:
     """Run `pte` warmup + runs times at batch 1 with ETDump on (in `python`, a subprocess) and write
     the dump to `etdump`; the runtime's ExecuTorch version. `example` (default zeros) is the input."""
-    from .errors import PQVError
+    from ..plan.errors import PQVError
 
     python = python or etdump_python()
     inputs = f"{etdump}.input.pt"
@@ -167,7 +169,7 @@ def _etdump(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs:
 # ---- onnx, ort: ONNX Runtime's profiler ------------------------------------------------------------
 
 def _ort_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
-    from . import ort
+    from ..common import ort
 
     rows = ort.profile_rows(artifact, meta["format"] == "ort", example, warmup, runs)
     return _finish(rows), "ONNX Runtime's profiler, kernel time by operator type", ort.version()
@@ -211,11 +213,11 @@ def bar_chart(table, title: str, out_png: str, top: int = 12) -> None:
 def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, runs: int, manifest=None) -> None:
     """CLI entry: profile one exported artifact at batch 1 in its own runtime, on one held-out image of
     the data set (its manifest; the same class-balanced sample as every stage) or, without data, zeros."""
-    from . import datasets, store
-    from .errors import PQVError
+    from ..common import datasets, store
+    from ..plan.errors import PQVError
 
     torch.set_num_threads(threads)
-    meta = store.read_sidecar(artifact)
+    meta = fileio.read_sidecar(artifact)
     store.check_artifact(artifact)  # a cut file: one line, before a runtime (or the tracer's) prints its own
     profiler = PROFILERS.get(meta["format"])
     if profiler is None:
@@ -224,10 +226,10 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     example = datasets.sample_batch(manifest, meta["data_config"], 1, split="train") if manifest else torch.zeros(size)
     table, what, runtime = profiler.table(artifact, meta, example, warmup, runs)
     table["runtime"] = runtime  # the latency rows name theirs too: a .pte may be profiled by a newer runtime
-    with store.atomic_path(out_csv) as tmp:
+    with fileio.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     title = f"{artifact}\nper-operator time ({what}): batch 1, threads: {threads}, mean of {runs} runs"
-    with store.atomic_path(out_png) as tmp, open(tmp, "wb") as f:
+    with fileio.atomic_path(out_png) as tmp, open(tmp, "wb") as f:
         bar_chart(table, title, f)
 
 

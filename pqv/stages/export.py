@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from . import datasets, registry
-from .config import Export, default
-from .errors import PQVError
-from .progress import progress
+from ..common import datasets
+from ..common.progress import progress
+from ..plan import fileio, registry
+from ..plan.config import Export, default
+from ..plan.errors import PQVError
+from ..plan.registry import NO_ENGINE, Status
 from .quantize import engine_scope
-from .registry import NO_ENGINE, Status
 
 log = logging.getLogger(__name__)
 CHECK_CHUNK = 16  # images per call in the export check: a bar that moves, memory that stays small
@@ -108,25 +109,25 @@ class _ExecuTorchModule:
 
 
 def _export_onnx(src: str, out: str, precision: str, options: dict) -> None:
-    from . import ort
+    from ..common import ort
 
     ort.write_onnx(src, out)
 
 
 def _export_ort(src: str, out: str, precision: str, options: dict) -> None:
-    from . import ort
+    from ..common import ort
 
     ort.write_ort(src, out)
 
 
 def _load_onnx(path: str):
-    from . import ort
+    from ..common import ort
 
     return ort.load_onnx(path)
 
 
 def _load_ort(path: str):
-    from . import ort
+    from ..common import ort
 
     return ort.load_ort(path)
 
@@ -140,7 +141,7 @@ class Format:
 FORMATS: dict[str, Format] = {
     "ptl": Format(_export_ptl, _load_ptl),
     "pte": Format(_export_pte, _ExecuTorchModule),
-    "onnx": Format(_export_onnx, _load_onnx),  # ONNX Runtime (pqv/ort.py): the .onnx program as built
+    "onnx": Format(_export_onnx, _load_onnx),  # ONNX Runtime (pqv/common/ort.py): the .onnx program as built
     "ort": Format(_export_ort, _load_ort),  # ORT Mobile's format, by ORT's own converter
 }
 
@@ -155,7 +156,7 @@ def check_format(fmt: str, engine: str) -> None:
 
 def load(path: str, fmt: str, engine: str):
     """Load an exported artifact in its runtime; the engine must be selected before loading."""
-    from . import store
+    from ..common import store
 
     check_format(fmt, engine)
     store.check_artifact(path)  # a cut or damaged file is a one-line error, not the runtime's traceback
@@ -172,15 +173,14 @@ def load(path: str, fmt: str, engine: str):
                                + ", ".join(f"{k} {here[k]}" for k in changed) + f"): {why}",
                                f"export it again with these versions (`snakemake --forcerun {path}`), or load "
                                "it where those versions are installed") from None
-            raise store.corrupt(path, f"{fmt} runtime cannot load {path}: {why}") from None
+            raise fileio.corrupt(path, f"{fmt} runtime cannot load {path}: {why}") from None
 
 
 def _made_with(path: str) -> dict:
     """The runtime versions an artifact's sidecar says it was made with ({} if unknown)."""
-    from . import store
 
     try:
-        versions = store.read_json(store.sidecar_path(path)).get("versions") or {}
+        versions = fileio.read_json(fileio.sidecar_path(path)).get("versions") or {}
     except PQVError:
         return {}
     return {k: v for k, v in versions.items() if k in ("torch", "executorch", "onnxruntime")}
@@ -217,9 +217,9 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         xnnpack_rewrite: bool = True, check_images: int = default(Export, "check_images"),
         min_cosine: float = default(Export, "min_cosine")) -> dict:
     """CLI entry: export, load back, compare with the eager FP32 parent, then publish."""
-    from . import store
+    from ..common import store
 
-    meta = store.read_sidecar(src)
+    meta = fileio.read_sidecar(src)
     store.check_artifact(src)
     precision, engine = meta["precision"], meta["engine"]
     check_format(fmt, engine)
@@ -231,7 +231,7 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     with torch.no_grad():
         reference = eager(images)
     options = {"mobile_optimizer": mobile_optimizer, "xnnpack_rewrite": xnnpack_rewrite}
-    with store.atomic_path(out, need_bytes=2 * os.path.getsize(src)) as tmp, engine_scope(engine), warnings.catch_warnings():
+    with fileio.atomic_path(out, need_bytes=2 * os.path.getsize(src)) as tmp, engine_scope(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript/Lite are deprecated upstream
         log.info("exporting %s to .%s", src, fmt)
         FORMATS[fmt].export(src, tmp, precision, {**options, "engine": engine})
@@ -244,10 +244,11 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device")}
     store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
                         check_sample=sample, fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
-    # what an app needs to feed the file and read its outputs, without PQV (pqv.appfile)
-    from . import appfile, data
+    # what an app needs to feed the file and read its outputs, without PQV (pqv.common.appfile)
+    from ..common import appfile
+    from ..plan import manifest
 
-    store.write_json(appfile.path_of(out), appfile.describe(arch["data_config"], data.of(manifest), Path(out).name, fmt))
+    fileio.write_json(appfile.path_of(out), appfile.describe(arch["data_config"], manifest.of(manifest), Path(out).name, fmt))
     return fidelity
 
 
@@ -258,12 +259,11 @@ def check_sample(manifest, data_config: dict, check_images: int, calibrated: int
     re-exports nothing). They come from the order int8_static calibration draws from, after the
     `calibrated` images calibration took, so the check never scores an image the file was
     calibrated on; a split too small for both is checked on what calibration left."""
-    from . import data
 
     images = datasets.sample_after(manifest, data_config, calibrated, check_images, split="train",
                                    seed=datasets.CALIBRATION_SEED)
     if not len(images):
-        total = len(data.split_of(data.of(manifest), "train")["items"])
+        total = len(manifest.split_of(manifest.of(manifest), "train")["items"])
         raise PQVError(f"int8_static calibration took all {total} training images (quantize.calibration_images): none "
                        "is left for the export check to score", f"set quantize.calibration_images below {total}, or add "
                        "training images")
@@ -277,7 +277,7 @@ def check_sample(manifest, data_config: dict, check_images: int, calibrated: int
 def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[Status, str]:
     """The file's status and reason. A branch that failed upstream (a diverged finetune) stays
     failed; a lossy recipe that fails the check is rejected (a result); an exact precision that does
-    not compute its parent's function is a bug of the exporter or of pqv/layers.py: failed, loudly,
+    not compute its parent's function is a bug of the exporter or of pqv/common/layers.py: failed, loudly,
     so that one branch does not stop a sweep or a search."""
     if meta.get("status") == Status.FAILED.value:
         log.warning("FAILED upstream: %s (the file is kept with status '%s')", meta.get("reason"), Status.FAILED)
@@ -289,7 +289,7 @@ def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[
                     Status.REJECTED)
         return Status.REJECTED, problem
     reason = (f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer rewrites of "
-              f"pqv/layers.py, is wrong for this model; report it with this log, and drop {fmt} from export.formats "
+              f"pqv/common/layers.py, is wrong for this model; report it with this log, and drop {fmt} from export.formats "
               "for this model meanwhile)")
     log.error("FAILED: %s; the file is kept with status '%s' and is never chosen", reason, Status.FAILED)
     return Status.FAILED, reason

@@ -1,5 +1,5 @@
 """ONNX Runtime's files of a branch: `.onnx`, and ORT Mobile's `.ort`, from the same finetuned model
-as every PQV file, one file per recipe (pqv.registry.ORT_RECIPES, the engines of these formats):
+as every PQV file, one file per recipe (pqv.plan.registry.ORT_RECIPES, the engines of these formats):
 
 1. export at a static batch of one image (opset 17, timm's explicit attention: MatMul nodes);
 2. for the recipes that `optimize` (ORT's documented advice for a ViT): ONNX Runtime's transformer
@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import registry
-from .errors import PQVError
+from ..plan import registry
+from ..plan.errors import PQVError
 
 OPSET = 17
 INPUT, OUTPUT = registry.ONNX_TENSORS

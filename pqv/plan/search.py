@@ -16,7 +16,7 @@ a probe above it passes, and a WEAK failure that bounds the open interval is che
 ratio above it; the answer is the largest passing ratio with no bounding failure below it. Each
 round places k probes evenly inside the interval still open (k = search.parallel; the interval
 narrows k+1-fold per round), until it is one grid step wide or search.max_probes probes were made.
-The report, which imports torch to time the candidates at the answer, is pqv.search_report.
+The report, which imports torch to time the candidates at the answer, is pqv.stages.search.
 
 Torch-free: the Snakefile imports it.
 """
@@ -35,7 +35,7 @@ REFERENCE = "the best top-1 of the model's dense FP32 files (each format and the
 DIGITS = 6  # ratios are rounded to this many decimals: they name the branches' folders
 
 
-# ---- what Torch-Pruning can reach (shared with pqv.prune.check_widths) ----------------------------
+# ---- what Torch-Pruning can reach (shared with pqv.stages.prune.check_widths) ----------------------------
 
 def groups(widths: dict[str, int], heads: str = "dims", bottleneck: bool = False) -> list[str]:
     """The width groups a ratio prunes: the embedding (unless bottleneck), each MLP, and each block's
@@ -162,7 +162,7 @@ def standard_error(top1: float, images: int | None) -> float:
 
 # ---- one round of the workflow's search -------------------------------------------------------------
 
-# The columns of a search's CSV, in order (pqv.search_report).
+# The columns of a search's CSV, in order (pqv.stages.search).
 COLUMNS = ["ratio", "passed", "verdict", "uncertain", "top1", "top1_se", "loss", "top1_agreement", "latency_ms_median",
            "size_mb", "params", "macs", "widths", "status", "reason", "answer"]
 
@@ -221,7 +221,7 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
     """CLI entry: read the probes measured so far (accuracy and latency files of the judged artifact),
     decide the next ones, write the round's state. The first round reads the reference (REFERENCE)
     from `references`, the dense branch's FP32 accuracy files; later rounds carry it."""
-    from .store import read_json, write_json
+    from ..plan.fileio import read_json, write_json
 
     base = read_json(model_sidecar)
     state = read_state(previous) if previous else {"probes": [], "round": -1}
