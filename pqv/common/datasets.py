@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..plan import manifest as manifests
 from ..plan.errors import PQVError
 from ..plan.manifest import HIGH_DEPTH
 
@@ -38,7 +39,7 @@ def _digits(manifest: dict, split: str, data_config: dict, training: bool, augme
             seed: int = 0) -> Dataset:
     """The manifest's digits (indices into scikit-learn's 8x8 images), upsampled to the model's input."""
     x = digits_pixels()
-    items = manifest.split_of(manifest, split)["items"]
+    items = manifests.split_of(manifest, split)["items"]
     idx = [i for _, i in items]
     images = torch.tensor(x[idx], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     chans, height, width = data_config["input_size"]
@@ -117,7 +118,7 @@ class ManifestImages(Dataset):
             raise PQVError(f"the model reads {channels}-channel images; photos convert to 1 (gray) or 3 (RGB) channels",
                            "set the model's in_chans to 1 or 3 (models[].kwargs)")
         self.mode = CHANNEL_MODES[channels]
-        chosen = manifest.split_of(manifest, split)
+        chosen = manifests.split_of(manifest, split)
         folder = Path(chosen["folder"])
         self.samples = [(str(folder / rel), label) for label, rel in chosen["items"]]
         self.targets = [label for _, label in self.samples]
@@ -163,13 +164,13 @@ DATASETS = {"digits": _digits, "imagefolder": _imagefolder}
 
 
 def num_classes(manifest) -> int:
-    return len(manifest.of(manifest)["classes"])
+    return len(manifests.of(manifest)["classes"])
 
 
 def dataset(manifest, split: str, data_config: dict, training: bool = False, augment: dict | None = None,
             seed: int = 0) -> Dataset:
     """One split's images; `seed`: the run's, from which training draws each image's augmentation."""
-    manifest = manifest.of(manifest)
+    manifest = manifests.of(manifest)
     return DATASETS[manifest["dataset"]["name"]](manifest, split, data_config, training, augment, seed)
 
 
@@ -220,7 +221,7 @@ def loader(manifest, split: str, data_config: dict, batch_size: int, training: b
 
 def labels_of(manifest, split: str) -> list[int]:
     """Every item's class, from the manifest (no image is decoded)."""
-    return [label for label, _ in manifest.split_of(manifest.of(manifest), split)["items"]]
+    return [label for label, _ in manifests.split_of(manifests.of(manifest), split)["items"]]
 
 
 def stratified_indices(labels: list[int], n: int, seed: int = 0) -> list[int]:
@@ -252,7 +253,7 @@ def sample(manifest, data_config: dict, n: int, split: str, seed: int = 0) -> tu
     """(images, labels): `n` images of a split, drawn across classes with `seed`.
 
     The one sample every stage uses for calibration, fidelity checks and profiling inputs."""
-    manifest = manifest.of(manifest)
+    manifest = manifests.of(manifest)
     ds = dataset(manifest, split, data_config)
     idx = stratified_indices(labels_of(manifest, split), n, seed)
     items = [ds[i] for i in idx]
@@ -274,7 +275,7 @@ def sample_after(manifest, data_config: dict, skip: int, n: int, split: str, see
     `sample(manifest, data_config, skip, split, seed)` (a smaller sample is the start of a larger
     one), and they are still drawn across classes. Fewer than `n` where the split holds fewer
     than `skip + n` images."""
-    manifest = manifest.of(manifest)
+    manifest = manifests.of(manifest)
     idx = stratified_indices(labels_of(manifest, split), skip + n, seed)[skip:]
     if not idx:
         return torch.empty(0)

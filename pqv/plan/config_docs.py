@@ -87,11 +87,11 @@ def write_derived() -> None:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["check"]:
-        from . import manifest
+        from . import manifest as manifests
 
         with reported():
             config = check_files(argv[1:])
-            manifest.check_folders(config["dataset"])  # what a run (not a dry run) stops on before its first job
+            manifests.check_folders(config["dataset"])  # what a run (not a dry run) stops on before its first job
         print(f"pqv config: {' '.join(argv[1:]) or 'the default'} is valid")
     else:
         write_derived()

@@ -22,6 +22,7 @@ import torch
 from ..common import datasets
 from ..common.progress import progress
 from ..plan import fileio, registry
+from ..plan import manifest as manifests
 from ..plan.config import Export, default
 from ..plan.errors import PQVError
 from ..plan.registry import NO_ENGINE, Status
@@ -246,9 +247,8 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
                         check_sample=sample, fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
     # what an app needs to feed the file and read its outputs, without PQV (pqv.common.appfile)
     from ..common import appfile
-    from ..plan import manifest
 
-    fileio.write_json(appfile.path_of(out), appfile.describe(arch["data_config"], manifest.of(manifest), Path(out).name, fmt))
+    fileio.write_json(appfile.path_of(out), appfile.describe(arch["data_config"], manifests.of(manifest), Path(out).name, fmt))
     return fidelity
 
 
@@ -263,7 +263,7 @@ def check_sample(manifest, data_config: dict, check_images: int, calibrated: int
     images = datasets.sample_after(manifest, data_config, calibrated, check_images, split="train",
                                    seed=datasets.CALIBRATION_SEED)
     if not len(images):
-        total = len(manifest.split_of(manifest.of(manifest), "train")["items"])
+        total = len(manifests.split_of(manifests.of(manifest), "train")["items"])
         raise PQVError(f"int8_static calibration took all {total} training images (quantize.calibration_images): none "
                        "is left for the export check to score", f"set quantize.calibration_images below {total}, or add "
                        "training images")

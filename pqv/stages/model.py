@@ -158,10 +158,10 @@ def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "au
         threads: int | None = None) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
     from ..common import store
-    from ..plan import manifest
+    from ..plan import manifest as manifests
     from .finetune import train, write_history
 
-    manifest = manifest.of(manifest)
+    manifest = manifests.of(manifest)
     model, facts = create_base(model_cfg, manifest)
     dc = data_config_of(model, model_cfg.get("data_config"))
     if facts["weights"] == "train":
