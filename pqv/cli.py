@@ -88,7 +88,7 @@ def _finetune(a):
 def _quantize(a):
     from .stages import quantize
 
-    quantize.run(a.model, a.out, a.precision, a.engine, a.data, a.calibration_images)
+    quantize.run(a.model, a.out, a.precision, a.engine, a.data, a.calibration_images, merge_r=a.merge_r)
 
 
 def _export(a):
@@ -257,6 +257,7 @@ def _add_quantize(sub, c):
                    help=f"{_one_of((registry.NO_ENGINE, *registry.ENGINES))} ({registry.NO_ENGINE} for float precisions)")
     s.add_argument("--data", default=None, help="the data set's manifest, for calibration images (int8_static)")
     s.add_argument("--calibration-images", **_setting(Quantize, "calibration_images"))
+    s.add_argument("--merge-r", type=int, default=0, help="tokens merged in each block (token merging, merge.r); 0: none")
     s.set_defaults(fn=_quantize)
 
 
@@ -381,7 +382,8 @@ STAGES = (_add_data, _add_model, _add_prune, _add_finetune, _add_quantize, _add_
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
     p.add_argument("--log-usage", action="store_true",
-                   help="end stderr with one line of the CPU and wall seconds this process used (the workflow's jobs: pqv.common.usage)")
+                   help="end stderr with one line of the CPU and wall seconds this process used "
+                        "(the workflow's jobs: pqv.common.usage)")
     sub = p.add_subparsers(dest="stage", required=True)
     common = _common()
     for add in STAGES:
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except PQVError as e:
         print(f"pqv {args.stage}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_status", 2)  # 2, or finetune's time-limit stop (pqv.stages.finetune.TimeLimit)
+        return getattr(e, "exit_status", 2)  # 2, or finetune's time-limit stop (pqv.common.timelimit.TimeLimit)
     if args.log_usage:
         from .common import usage
 

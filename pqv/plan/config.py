@@ -199,6 +199,15 @@ class Quantize(Section):
     calibration_images: int = setting(128, ge=1, description="training images that calibrate int8_static", reads='quantize:calibrated')
 
 
+class Merge(Section):
+    """Token merging (ToMe, docs/merging.md): r tokens merged in each block by bipartite soft matching,
+    applied to every branch's finetuned model when it is quantized (off the shelf: no training)."""
+
+    r: list[Annotated[int, Field(ge=0)]] = setting(
+        [0], min_length=1, description="tokens merged in each block, one file of every recipe per value "
+                                       "(capped at half the patch tokens entering a block); 0: no merging", reads='sweep')
+
+
 class Export(Section):
     """Mobile files, each loaded back in its runtime and compared with its eager FP32 parent."""
 
@@ -233,6 +242,7 @@ class Selector(Section):
     precision: str | None = Field(None, description="a precision")
     engine: str | None = Field(None, description="an engine, or none for float precisions")
     format: str | None = Field(None, description="ptl or pte")
+    merge: int | None = Field(None, description="tokens merged per block (merge.r)")
 
 
 class Profile(Section):
@@ -298,6 +308,7 @@ class Config(Section):
     prune: Prune = Field(default_factory=Prune, description="one branch per importance x ratio")
     finetune: Finetune = setting(default_factory=Finetune, description="recovering the pruned models' accuracy", reads='finetune')
     quantize: Quantize = Field(default_factory=Quantize, description="precisions and engines of every branch")
+    merge: Merge = Field(default_factory=Merge, description="token merging (ToMe), off by default")
     export: Export = Field(default_factory=Export, description="mobile formats and the check of every file against its parent")
     evaluate: Evaluate = Field(default_factory=Evaluate, description="how latency is timed")
     profile: Profile = Field(default_factory=Profile, description="which artifacts get a per-operator profile")
@@ -346,6 +357,9 @@ class Config(Section):
                                f"in export.formats {formats}", f"add one of {', '.join(engines)} to quantize.engines")
             raise PQVError(f"quantize.precisions lists '{precision}' but export.formats {formats} cannot carry it",
                            f"add {' or '.join(carriers)} to export.formats, or drop '{precision}'")
+        if len(set(self.merge.r)) < len(self.merge.r):
+            twice = sorted({r for r in self.merge.r if self.merge.r.count(r) > 1})
+            raise PQVError(f"merge.r lists {', '.join(map(str, twice))} more than once", "list each r once")
         quantized = [p for p in q.precisions if registry.PRECISIONS[p]["quantized"]]
         if not quantized:
             return  # a float-only sweep: engines play no part

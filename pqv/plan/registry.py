@@ -78,7 +78,7 @@ FORMATS = {
 
 # The bar a user sets: the file they get without PQV, ONNX Runtime's plain int8 of the dense model
 # (evaluate.without_pqv adds it to every model's sweep; `pqv choose` prints each pick's speed-up over it).
-WITHOUT_PQV = {"importance": DENSE, "ratio": "0", "precision": "int8_dynamic", "engine": "mlas_plain", "format": "onnx"}
+WITHOUT_PQV = {"importance": DENSE, "ratio": "0", "precision": "int8_dynamic", "engine": "mlas_plain", "merge": "", "format": "onnx"}
 WITHOUT_PQV_HELP = "ONNX Runtime's plain int8 dynamic file of the dense model (torch.onnx.export, quantize_dynamic)"
 ONNX_FORMATS = ("onnx", "ort")
 ONNX_TENSORS = ("x", "y")  # the input and output names their session.run takes (an app file says them)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from . import registry
+from . import registry, sweep
 from .errors import PQVError
 
 # The stages whose jobs read settings (a rule each); `sweep` and `none` are the other two words.
@@ -272,6 +272,8 @@ def options(stage: str, config: dict, wc, stamps: dict | None = None) -> str:
         for part in path[1:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
+    if stage == "quantize" and wc.get("merge"):  # token merging: a wildcard of merged files only, so
+        flags.append(f"--merge-r {sweep.merge_r(wc['merge'])}")  # every other job's params stay as they were
     out = [f"{option} {shlex.quote(json.dumps(group, sort_keys=True))}" for option, group in groups.items()]
     return " ".join(out + flags)
 

@@ -15,6 +15,17 @@ def ratio_name(ratio) -> str:
     return f"{float(ratio):g}"
 
 
+def merge_name(r) -> str:
+    """Token merging (merge.r) as it appears in paths and wildcards, after the engine: 0 -> '' (the
+    paths of a sweep without merging stay what they were), 8 -> '-tome8'."""
+    return f"-tome{int(r)}" if int(r) else ""
+
+
+def merge_r(name: str) -> int:
+    """The r a merge wildcard names ('' -> 0)."""
+    return int(name.removeprefix("-tome") or 0)
+
+
 def branch(importance: str, ratio) -> tuple[str, str]:
     """(importance, ratio) of the branch that prunes by `importance` at `ratio`: at ratio 0 every
     importance shares one branch, DENSE (nothing was ranked)."""
@@ -35,11 +46,17 @@ def combinations(config: dict) -> list[tuple[str, str, str]]:
     return registry.combinations(q["precisions"], q["engines"], config["export"]["formats"])
 
 
+def merges(config: dict) -> list[str]:
+    """The merge wildcard of every merge.r (token merging), '' for none."""
+    return [merge_name(r) for r in config["merge"]["r"]]
+
+
 def artifacts(config: dict) -> list[dict]:
-    """Every final artifact, as wildcard dicts (model, importance, ratio, precision, engine, format),
-    each model's file without PQV (evaluate.without_pqv) included once."""
-    out = [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, format=f)
-           for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)]
+    """Every final artifact, as wildcard dicts (model, importance, ratio, precision, engine, merge,
+    format), each model's file without PQV (evaluate.without_pqv) included once."""
+    out = [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, merge=merge, format=f)
+           for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)
+           for merge in merges(config)]
     out += [bar for bar in without_pqv(config) if bar not in out]
     return out
 
@@ -52,15 +69,18 @@ def without_pqv(config: dict) -> list[dict]:
 
 
 def is_without_pqv(artifact: dict) -> bool:
-    return all(str(artifact[k]) == v for k, v in registry.WITHOUT_PQV.items() if k != "ratio") and float(artifact["ratio"]) == 0
+    """Whether a file (its wildcards, or a summary row, which says merge_r) is the file without PQV."""
+    unmerged = artifact.get("merge", "") == "" and not artifact.get("merge_r", 0)
+    return unmerged and float(artifact["ratio"]) == 0 and \
+        all(str(artifact[k]) == v for k, v in registry.WITHOUT_PQV.items() if k not in ("ratio", "merge"))
 
 
 def eager_baselines(config: dict) -> list[dict]:
     """Each branch's eager FP32 model, measured like an artifact (format EAGER), if configured."""
     if not config["evaluate"]["eager_baseline"]:
         return []
-    return [dict(model=m["id"], importance=imp, ratio=ratio, precision="fp32", engine=NO_ENGINE, format=EAGER)
-            for m in config["models"] for imp, ratio in branches(config)]
+    return [dict(model=m["id"], importance=imp, ratio=ratio, precision="fp32", engine=NO_ENGINE, merge=merge, format=EAGER)
+            for m in config["models"] for imp, ratio in branches(config) for merge in merges(config)]
 
 
 def measured(config: dict) -> list[dict]:
@@ -70,7 +90,8 @@ def measured(config: dict) -> list[dict]:
 
 def matches(selector: dict, artifact: dict) -> bool:
     """Whether a profile selector picks an artifact (every key given must agree)."""
-    return all((ratio_name(v) if k == "ratio" else str(v)) == artifact[k] for k, v in selector.items() if v is not None)
+    shown = {"ratio": ratio_name, "merge": merge_name}
+    return all(shown.get(k, str)(v) == artifact[k] for k, v in selector.items() if v is not None)
 
 
 def profiled(config: dict) -> list[dict]:
@@ -91,7 +112,7 @@ def made_by(config: dict, artifact: dict) -> list[tuple[str, dict]]:
     branch = {k: a[k] for k in ("model", "importance", "ratio")}
     out = [("prune", branch), ("keep_dense" if passes_through(config, a["ratio"]) else "finetune", branch)]
     if a["format"] != EAGER:
-        program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine")},
+        program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine", "merge")},
                    "ir": registry.ir_of(a["format"])}  # a .ts or .pt2 program may serve more than one format
         out += [("quantize", program), ("export", a)]
     return out + [("accuracy", a), ("latency", a)]

@@ -151,6 +151,10 @@ def _load(artifact: str, meta: dict):
 
     if meta["format"] == EAGER:
         model, _ = store.load_model(artifact)
+        if meta.get("merge_r"):  # the eager baseline of a merged file merges the same tokens
+            from ..common import tome
+
+            tome.apply(model, meta["merge_r"])
         return model.eval()
     return export.load(artifact, meta["format"], meta["engine"])
 
@@ -162,9 +166,10 @@ RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "
                    "onnx": ("onnxruntime",), "ort": ("onnxruntime",), EAGER: ("timm",)}
 
 
-def describe(artifact: str) -> dict:
+def describe(artifact: str, labels: dict | None = None) -> dict:
     """What the measurements need to know of an artifact: its sidecar, for the eager baseline (a
-    .safetensors model) completed with the eager format and a perfect fidelity to itself."""
+    .safetensors model) completed with the eager format, a perfect fidelity to itself, and the tokens
+    its row merges (labels' merge_r: the baseline of a merged file merges the same; its MACs counted)."""
     from ..common import store
 
     meta = fileio.read_sidecar(artifact)
@@ -174,9 +179,20 @@ def describe(artifact: str) -> dict:
         # a model is its own FP32 reference, checked by nothing else: verified unless its branch failed
         # (a model's sidecar says only `failed`; a diverged finetune's model is never a reference)
         status = Status.FAILED if meta.get("status") == Status.FAILED else Status.VERIFIED
+        merge_r = int((labels or {}).get("merge_r") or 0)
+        merged = {"merge_r": merge_r, "macs": _merged_macs(artifact, merge_r)} if merge_r else {}
         return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": status,
-                "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}}
+                "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}, **merged}
     return meta
+
+
+def _merged_macs(model_path: str, merge_r: int) -> int:
+    """MACs of one image through the model merging `merge_r` tokens per block."""
+    from ..common import store, tome
+    from .prune import count_ops
+
+    model, arch = store.load_model(model_path)
+    return count_ops(tome.apply(model, merge_r), torch.zeros(1, *arch["data_config"]["input_size"]))[0]
 
 
 def runtime_version(fmt: str) -> str:
@@ -223,7 +239,7 @@ def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, w
     from ..common import datasets
 
     set_threads(threads)
-    meta = describe(artifact)
+    meta = describe(artifact, labels)
     used = memory(artifact, meta)
     # any images serve for timing: the training split's, which changes only when every artifact does
     example = datasets.sample_batch(manifest, meta["data_config"], batch_size, split="train")
@@ -247,7 +263,7 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
 
     compute = process_threads(threads)
     set_threads(compute)
-    meta = describe(artifact)
+    meta = describe(artifact, labels)
     module = _load(artifact, meta)
     loader = datasets.loader(manifest, "eval", meta["data_config"], EVAL_BATCH, workers=workers)
     started = time.perf_counter()

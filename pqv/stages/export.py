@@ -228,6 +228,11 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{registry.ir_of(fmt)}",
                        f"quantize to a .{registry.ir_of(fmt)} file first")
     eager, arch = store.load_model(parent_model)
+    merge_r = int(meta.get("merge_r") or 0)
+    if merge_r:  # the file merges tokens (pqv.common.tome): its parent is the eager model merging the same
+        from ..common import tome
+
+        tome.apply(eager, merge_r)
     images, sample = check_sample(manifest, arch["data_config"], check_images, int(meta.get("calibration_images") or 0))
     with torch.no_grad():
         reference = eager(images)
@@ -236,14 +241,18 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript/Lite are deprecated upstream
         log.info("exporting %s to .%s", src, fmt)
         FORMATS[fmt].export(src, tmp, precision, {**options, "engine": engine})
-        log.info("checking it against its FP32 parent on %d training images", len(images))
+        log.info("checking it against its FP32 parent%s on %d training images",
+                 f" merging {merge_r} tokens per block" if merge_r else "", len(images))
         artifact = FORMATS[fmt].load(tmp)
         outputs = torch.cat([artifact(piece) for piece in progress(images.split(CHECK_CHUNK), desc="export check", unit="chunk")])
         fidelity = compare(outputs, reference)
         problem = verdict(precision, fidelity, min_cosine)
     status, reason = outcome(precision, fmt, problem, meta)
-    facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device")}
-    store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images),
+    facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device", "merge_r",
+                                      "tokens_per_block") if k in meta or k not in ("merge_r", "tokens_per_block")}
+    # what the check compared the file with, in words (a merged file: its parent merging the same tokens)
+    compared = f"the eager FP32 parent{f' merging {merge_r} tokens per block (pqv.common.tome)' if merge_r else ''}"
+    store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images), compared_with=compared,
                         check_sample=sample, fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
     # what an app needs to feed the file and read its outputs, without PQV (pqv.common.appfile)
     from ..common import appfile

@@ -212,15 +212,23 @@ def save(program, path: str, ir: str) -> None:
 
 
 def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
-        calibration_images: int = default(Quantize, "calibration_images")) -> dict:
-    """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2/.onnx) picks the family."""
-    from ..common import datasets, store
+        calibration_images: int = default(Quantize, "calibration_images"), merge_r: int = 0) -> dict:
+    """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2/.onnx) picks the family.
+    `merge_r`: tokens merged in each block (pqv.common.tome), applied first: the file carries it."""
+    from ..common import datasets, store, tome
 
     ir = str(out).rsplit(".", 1)[-1]
     check(precision, engine, ir)
     model, arch = store.load_model(model_path)
     parent = fileio.read_sidecar(model_path)
     dc = arch["data_config"]
+    merged = {}
+    if merge_r:
+        from .prune import count_ops
+
+        tome.apply(model, merge_r)
+        macs, _ = count_ops(model, torch.zeros(1, *dc["input_size"]))
+        merged = {"merge_r": merge_r, "macs": macs, "tokens_per_block": tome.tokens_per_block(model)}
     calibration = None
     if calibrated(precision):
         if manifest is None or calibration_images <= 0:
@@ -234,6 +242,6 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
     facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
              "macs": parent.get("macs"), "data_config": dc, "device": parent.get("device"),
              "calibration_images": sum(len(b) for b in calibration) if calibration else 0,
-             **{k: parent[k] for k in ("status", "reason") if k in parent}}  # a failed branch stays failed
+             **{k: parent[k] for k in ("status", "reason") if k in parent}, **merged}  # a failed branch stays failed
     store.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

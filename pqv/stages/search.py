@@ -19,7 +19,7 @@ from ..plan.errors import PQVError
 from ..plan.registry import EAGER, Status
 from ..plan.search import COLUMNS, REFERENCE, describe_probe
 
-KEYS = ("model", "importance", "ratio", "precision", "engine", "format")
+KEYS = ("model", "importance", "ratio", "precision", "engine", "merge_r", "format")
 CHOICE_COLUMNS = ["artifact", "precision", "engine", "format", "top1", "size_mb", "race_ms_median", "race_ms_p25",
                   "race_ms_p75", "race_calls", "tied", "chosen"]
 
@@ -90,7 +90,7 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, out_cho
         table.to_csv(tmp, index=False, float_format="%.6g")
     rows = {}
     for path in candidates:
-        row = read_json(path)
+        row = {"merge_r": 0, **read_json(path)}  # an unmerged file's labels say no merge_r
         if abs(float(row["ratio"]) - final["answer"]) > 1e-9:
             continue  # a probe: judged above, not a candidate
         key = tuple(row[k] for k in KEYS)
@@ -116,7 +116,8 @@ def report(rounds: list[str], out_csv: str, out_png: str, out_json: str, out_cho
     write_json(out_json, result)
     draw(table, final, chosen, out_png, searched)
     print("\n".join(probe_lines(final["probes"], budget)))
-    print(f"search {searched[0]}, {searched[1]}: the largest ratio within {budget:g} top-1 points of the dense FP32 "
+    merging = f" merging {chosen['merge_r']} tokens per block" if chosen.get("merge_r") else ""
+    print(f"search {searched[0]}, {searched[1]}{merging}: the largest ratio within {budget:g} top-1 points of the dense FP32 "
           f"model ({final['reference_top1']:.2f} %, {REFERENCE}) is {final['answer']:g}, after {result['probes']} "
           f"probes in {result['rounds']} rounds; its fastest file within the budget: {chosen['artifact']} "
           f"({chosen['top1']:.2f} %, {chosen['race_ms_median']:.3g} ms in the race), for the app with "

@@ -10,7 +10,7 @@ from ..plan.errors import PQVError
 from ..plan.fileio import atomic_path
 from ..plan.registry import EAGER
 
-KEYS = ["model", "importance", "ratio", "precision", "engine", "format"]
+KEYS = ["model", "importance", "ratio", "precision", "engine", "merge_r", "format"]  # merge_r: tokens merged per block
 COLUMNS = KEYS + [
     "status", "reason", "top1", "top5", "eager_top1", "top1_agreement", "cosine_min",
     "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
@@ -25,12 +25,13 @@ def collect(paths: list[str], searches: list[str] = ()) -> pd.DataFrame:
     `search` marks the artifact each accuracy-budget search chose (pqv.plan.search.report's files)."""
     rows: dict[tuple, dict] = {}
     for path in paths:
-        measured = json.loads(open(path).read())
+        measured = {"merge_r": 0, **json.loads(open(path).read())}  # an unmerged file's labels say no merge_r
         rows.setdefault(tuple(measured[k] for k in KEYS), {}).update(measured)
     for path in searches:
         found = json.loads(open(path).read())
-        chosen = tuple(found["chosen"][k] for k in KEYS)
-        mark = f"chosen by the {found.get('importance') or 'accuracy-budget'} search (budget {found['budget']:g})"
+        chosen = tuple({"merge_r": 0, **found["chosen"]}[k] for k in KEYS)
+        merging = f" merging {found['chosen']['merge_r']} tokens per block" if found["chosen"].get("merge_r") else ""
+        mark = f"chosen by the {found.get('importance') or 'accuracy-budget'} search{merging} (budget {found['budget']:g})"
         rows[chosen]["search"] = "; ".join(filter(None, [rows[chosen].get("search"), mark]))
     table = pd.DataFrame(list(rows.values()))
     table["eager_top1"] = eager_top1(table)
@@ -45,6 +46,8 @@ def eager_top1(table: pd.DataFrame) -> pd.Series:
     branch = ["model", "importance", "ratio"]
     if "top1" not in table or "format" not in table:
         return pd.Series(float("nan"), index=table.index)
+    if "merge_r" in table:  # a merged file's parent is the eager model merging the same tokens
+        branch.append("merge_r")
     eager = table[table["format"] == EAGER].set_index(branch)["top1"]
     return pd.Series([eager.get(key, float("nan")) for key in zip(*(table[k] for k in branch))], index=table.index)
 

@@ -31,12 +31,12 @@ EVAL_DATA = f"{R}/data/eval.json"
 MODEL = f"{R}/{{model}}/model.safetensors"
 PRUNED = f"{BRANCH}/pruned.safetensors"
 FINETUNED = f"{BRANCH}/finetuned.safetensors"
-QUANTIZED = f"{BRANCH}/quantized/{{precision}}-{{engine}}.{{ir}}"
-EXPORTED = f"{BRANCH}/export/{{precision}}-{{engine}}.{{format}}"
+QUANTIZED = f"{BRANCH}/quantized/{{precision}}-{{engine}}{{merge}}.{{ir}}"  # merge: token merging, "" or -tome{r}
+EXPORTED = f"{BRANCH}/export/{{precision}}-{{engine}}{{merge}}.{{format}}"
 EAGER = T.EAGER  # the "format" of a branch's eager FP32 baseline, measured like an artifact
-ACCURACY = f"{BRANCH}/eval/{{precision}}-{{engine}}.{{format}}.accuracy.json"
-LATENCY = f"{BRANCH}/eval/{{precision}}-{{engine}}.{{format}}.latency.json"
-PROFILE = f"{R}/profile/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}"
+ACCURACY = f"{BRANCH}/eval/{{precision}}-{{engine}}{{merge}}.{{format}}.accuracy.json"
+LATENCY = f"{BRANCH}/eval/{{precision}}-{{engine}}{{merge}}.{{format}}.latency.json"
+PROFILE = f"{R}/profile/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}"
 SUMMARY = f"{R}/summary.csv"
 STAGE_COSTS = f"{R}/stage_costs.csv"
 # Snakemake's benchmark file of each job (wall time, max RSS, CPU): bench(rule, job), where job is the
@@ -44,8 +44,8 @@ STAGE_COSTS = f"{R}/stage_costs.csv"
 BENCHMARKS = f"{R}/benchmarks"
 LOGS = f"{R}/logs"  # one log per job, beside the run's results: two runs with their own results never share one
 JOB_BRANCH = "{model}/{importance}_{ratio}"
-JOB_PROGRAM = f"{JOB_BRANCH}/{{precision}}-{{engine}}.{{ir}}"
-JOB_ARTIFACT = f"{JOB_BRANCH}/{{precision}}-{{engine}}.{{format}}"
+JOB_PROGRAM = f"{JOB_BRANCH}/{{precision}}-{{engine}}{{merge}}.{{ir}}"
+JOB_ARTIFACT = f"{JOB_BRANCH}/{{precision}}-{{engine}}{{merge}}.{{format}}"
 JOB_PATTERN = {
     "data_train": None,
     "data_eval": None,
@@ -81,6 +81,7 @@ wildcard_constraints:
     ir="|".join(T.IRS),
     engine="|".join([*T.ENGINES, T.NO_ENGINE]),
     format="|".join([*T.FORMATS, T.EAGER]),
+    merge="(-tome[0-9]+)?",  # token merging (pqv.plan.sweep.merge_name): empty without it
 
 
 # The config itself was checked by the Snakefile (pqv.plan.config); this checks it against the machine.
@@ -198,7 +199,9 @@ def data_option(wc, input):
 
 def quantized_for(wc):
     """The quantize output an export needs: its format decides the representation."""
-    return QUANTIZED.format(ir=T.ir_of(wc.format), **{k: wc[k] for k in ("model", "importance", "ratio", "precision", "engine")})
+    return QUANTIZED.format(
+        ir=T.ir_of(wc.format), **{k: wc[k] for k in ("model", "importance", "ratio", "precision", "engine", "merge")}
+    )
 
 
 def job_files(jobs):

@@ -5,9 +5,18 @@ def measured(wc):
 
 
 def labels(wc):
+    """What a measurement's row says of its file; merge_r only for a merged one (token merging), so
+    the labels, and so the params, of every other job stay what they were."""
+    merged = {"merge_r": SWEEP.merge_r(wc.merge)} if wc.merge else {}
     return json.dumps(
         dict(
-            model=wc.model, importance=wc.importance, ratio=float(wc.ratio), precision=wc.precision, engine=wc.engine, format=wc.format
+            model=wc.model,
+            importance=wc.importance,
+            ratio=float(wc.ratio),
+            precision=wc.precision,
+            engine=wc.engine,
+            format=wc.format,
+            **merged,
         )
     )
 
@@ -31,7 +40,7 @@ rule accuracy:
     output:
         ACCURACY,
     log:
-        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.accuracy.log",
+        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.accuracy.log",
     benchmark:
         bench("accuracy", JOB_ARTIFACT)
     threads: stage_threads("accuracy")
@@ -56,7 +65,7 @@ rule latency:
     output:
         LATENCY,
     log:
-        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.latency.log",
+        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.latency.log",
     benchmark:
         bench("latency", JOB_ARTIFACT)
     threads: stage_threads("latency")

@@ -10,7 +10,7 @@ rule export:
         sidecar=f"{EXPORTED}.json",
         app=f"{EXPORTED}.app.json",  # labels, input and preprocessing, for an app (pqv/common/appfile.py)
     log:
-        f"{LOGS}/export/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.log",
+        f"{LOGS}/export/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.log",
     benchmark:
         bench("export", JOB_ARTIFACT)
     threads: stage_threads("export")

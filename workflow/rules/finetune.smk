@@ -13,7 +13,7 @@ else:
 
 
 # A finetune longer than the partition's time limit runs as successive jobs: each stops just before
-# its limit with a checkpoint (pqv.stages.finetune.job_deadline) and fails, and Snakemake's retries start
+# its limit with a checkpoint (pqv.common.timelimit.job_deadline) and fails, and Snakemake's retries start
 # the next, which resumes there; one retry more than the plan needs, since budgets are estimates.
 with pqv_config.reported("plan"):
     FINETUNE_JOBS = _finetune_jobs()

@@ -8,7 +8,7 @@ rule profile:
         csv=f"{PROFILE}.csv",
         png=report(f"{PROFILE}.png", caption="../report/profile.rst", category="Operator profiles"),
     log:
-        f"{LOGS}/profile/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{format}}.log",
+        f"{LOGS}/profile/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.log",
     benchmark:
         bench("profile", JOB_ARTIFACT)
     threads: stage_threads("profile")

@@ -9,7 +9,7 @@ rule quantize:
         model=QUANTIZED,
         sidecar=f"{QUANTIZED}.json",
     log:
-        f"{LOGS}/quantize/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}.{{ir}}.log",
+        f"{LOGS}/quantize/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{ir}}.log",
     benchmark:
         bench("quantize", JOB_PROGRAM)
     threads: stage_threads("quantize")

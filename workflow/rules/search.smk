@@ -1,25 +1,28 @@
-# The accuracy-budget search (pqv/plan/search.py), one per model and importance when search.enabled.
+# The accuracy-budget search (pqv/plan/search.py), one per model, importance and merge.r when
+# search.enabled: each bisects the ratio with that many tokens merged (merge: "" or -tome{r}), and
+# `pqv choose` ships the fastest verified file of all within the budget (ratio x r).
 # Each round is a checkpoint: it reads the probes the round before asked for, whose files are the
 # sweep's own branches (same paths, same rules, same cache), and decides the next ones.
 SEARCH = config["search"]
-SEARCH_ROUND = f"{R}/search/{{model}}/{{importance}}/round-{{round}}.json"
-SEARCH_OUT = f"{R}/search/{{model}}/{{importance}}"
+SEARCH_ROUND = f"{R}/search/{{model}}/{{importance}}{{merge}}/round-{{round}}.json"
+SEARCH_OUT = f"{R}/search/{{model}}/{{importance}}{{merge}}"
+SEARCHES = [(m, i, merge) for m in MODELS for i in config["prune"]["importances"] for merge in SWEEP.merges(config)]
 
 
-def judged(model, importance, ratio):
+def judged(model, importance, merge, ratio):
     """The wildcards of the artifact a probe is judged by (search.artifact) at one ratio."""
     branch, name = SWEEP.branch(importance, ratio)
-    return dict(model=model, importance=branch, ratio=name, **SEARCH["artifact"])
+    return dict(model=model, importance=branch, ratio=name, merge=merge, **SEARCH["artifact"])
 
 
-def probe_files(model, importance, ratios):
+def probe_files(model, importance, merge, ratios):
     """What a probe is judged by: its file's accuracy and latency, and its pruned model's widths."""
-    return [path.format(**judged(model, importance, r)) for r in ratios for path in (ACCURACY, LATENCY, f"{PRUNED}.json")]
+    return [path.format(**judged(model, importance, merge, r)) for r in ratios for path in (ACCURACY, LATENCY, f"{PRUNED}.json")]
 
 
 def previous_round(wc):
     """The round before this one (a checkpoint: known once it has run)."""
-    return checkpoints.search_round.get(model=wc.model, importance=wc.importance, round=int(wc.round) - 1).output[0]
+    return checkpoints.search_round.get(model=wc.model, importance=wc.importance, merge=wc.merge, round=int(wc.round) - 1).output[0]
 
 
 def reference_files(model):
@@ -34,14 +37,14 @@ def round_inputs(wc):
     if int(wc.round) == 0:
         return {
             "sidecar": MODEL.format(model=wc.model) + ".json",
-            "probes": probe_files(wc.model, wc.importance, [0]),
+            "probes": probe_files(wc.model, wc.importance, wc.merge, [0]),
             "reference": reference_files(wc.model),
         }
     previous = previous_round(wc)
     return {
         "sidecar": MODEL.format(model=wc.model) + ".json",
         "previous": previous,
-        "probes": probe_files(wc.model, wc.importance, SEARCH_STATE(previous)["next"]),
+        "probes": probe_files(wc.model, wc.importance, wc.merge, SEARCH_STATE(previous)["next"]),
     }
 
 
@@ -58,7 +61,7 @@ checkpoint search_round:
     output:
         SEARCH_ROUND,
     log:
-        f"{LOGS}/search/{{model}}/{{importance}}/round-{{round}}.log",
+        f"{LOGS}/search/{{model}}/{{importance}}{{merge}}/round-{{round}}.log",
     params:
         settings=settings("search_round"),
         version=version("search_round"),
@@ -69,32 +72,33 @@ checkpoint search_round:
         " {params.previous} {params.reference} --measured {input.probes:q} > {log:q} 2>&1"
 
 
-def search_rounds(model, importance):
+def search_rounds(model, importance, merge):
     """Every round's file, up to the one that ended the search."""
     rounds, n = [], 0
     while True:
-        rounds.append(checkpoints.search_round.get(model=model, importance=importance, round=n).output[0])
+        rounds.append(checkpoints.search_round.get(model=model, importance=importance, merge=merge, round=n).output[0])
         if SEARCH_STATE(rounds[-1])["done"]:
             return rounds
         n += 1
 
 
-def search_artifacts(model, importance):
+def search_artifacts(model, importance, merge):
     """The rounds' files, and the artifacts (wildcard dicts) the search measured: every probe's
-    judged file and every artifact of the answer's branch."""
-    rounds = search_rounds(model, importance)
+    judged file and every artifact of the answer's branch (merging as the search does)."""
+    rounds = search_rounds(model, importance, merge)
     state = SEARCH_STATE(rounds[-1])
-    made = [judged(model, importance, p["ratio"]) for p in state["probes"]]
+    made = [judged(model, importance, merge, p["ratio"]) for p in state["probes"]]
     branch, answer = SWEEP.branch(importance, state["answer"])
     made += [
-        dict(model=model, importance=branch, ratio=answer, precision=p, engine=e, format=f) for p, e, f in SWEEP.combinations(config)
+        dict(model=model, importance=branch, ratio=answer, precision=p, engine=e, merge=merge, format=f)
+        for p, e, f in SWEEP.combinations(config)
     ]
     unique = {tuple(sorted(a.items())): a for a in made}
     return rounds, list(unique.values())
 
 
-def search_measured(model, importance):
-    rounds, made = search_artifacts(model, importance)
+def search_measured(model, importance, merge):
+    rounds, made = search_artifacts(model, importance, merge)
     return rounds, sorted({path.format(**a) for a in made for path in (ACCURACY, LATENCY)})
 
 
@@ -103,8 +107,8 @@ rule search_report:
     against each other (CSV) and the chosen artifact (JSON). A timing job: like latency, the node
     to itself on a cluster, every core locally."""
     input:
-        rounds=lambda wc: search_measured(wc.model, wc.importance)[0],
-        measured=lambda wc: search_measured(wc.model, wc.importance)[1],
+        rounds=lambda wc: search_measured(wc.model, wc.importance, wc.merge)[0],
+        measured=lambda wc: search_measured(wc.model, wc.importance, wc.merge)[1],
         data=TRAIN_DATA,  # the race's input image
     output:
         csv=f"{SEARCH_OUT}.csv",
@@ -112,7 +116,7 @@ rule search_report:
         chosen=f"{SEARCH_OUT}.json",
         choice=f"{SEARCH_OUT}.choice.csv",
     log:
-        f"{LOGS}/search/{{model}}/{{importance}}/report.log",
+        f"{LOGS}/search/{{model}}/{{importance}}{{merge}}/report.log",
     threads: stage_threads("latency")
     resources:
         **stage_resources("latency"),
@@ -141,39 +145,33 @@ def unrecorded_probe_files(wildcards=None):
     from snakemake.io import IOFile
 
     files = set()
-    for model in MODELS:
-        for importance in config["prune"]["importances"]:
-            n = 0
-            while os.path.exists(path := SEARCH_ROUND.format(model=model, importance=importance, round=n)):
-                state = SEARCH_STATE(path)
-                for ratio in [p["ratio"] for p in state["probes"]] + state["next"]:
-                    for rule, wc in SWEEP.made_by(config, judged(model, importance, ratio)):
-                        files.add(made_file(rule, wc))  # pqv.plan.sweep.made_by names the jobs
-                n += 1
+    for model, importance, merge in SEARCHES:
+        n = 0
+        while os.path.exists(path := SEARCH_ROUND.format(model=model, importance=importance, merge=merge, round=n)):
+            state = SEARCH_STATE(path)
+            for ratio in [p["ratio"] for p in state["probes"]] + state["next"]:
+                for rule, wc in SWEEP.made_by(config, judged(model, importance, merge, ratio)):
+                    files.add(made_file(rule, wc))  # pqv.plan.sweep.made_by names the jobs
+            n += 1
     return sorted(f for f in files if os.path.exists(f) and persistence.metadata(IOFile(f)) is None)
 
 
 def search_reports():
     if not SEARCH["enabled"]:
         return []
-    return [SEARCH_OUT.format(model=m, importance=i) + ".json" for m in MODELS for i in config["prune"]["importances"]]
+    return [SEARCH_OUT.format(model=m, importance=i, merge=merge) + ".json" for m, i, merge in SEARCHES]
 
 
 def search_metrics(wildcards=None):
     """The probes' measurements, for the summary (known once the searches have run)."""
-    files = []
-    for m in MODELS:
-        for i in config["prune"]["importances"] if SEARCH["enabled"] else []:
-            files += search_measured(m, i)[1]
-    return files
+    return [f for m, i, merge in (SEARCHES if SEARCH["enabled"] else []) for f in search_measured(m, i, merge)[1]]
 
 
 def search_benchmarks(wildcards=None):
     """The benchmark file and log of every job the searches ran (for stage_costs)."""
     return job_files(
         (rule, wc)
-        for m in MODELS
-        for i in (config["prune"]["importances"] if SEARCH["enabled"] else [])
-        for a in search_artifacts(m, i)[1]
+        for m, i, merge in (SEARCHES if SEARCH["enabled"] else [])
+        for a in search_artifacts(m, i, merge)[1]
         for rule, wc in SWEEP.made_by(config, a)
     )
