@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 
 import pandas as pd
@@ -151,3 +153,35 @@ def test_a_damaged_search_state_file_is_one_line_naming_it_and_the_fix(searched,
     looser = snakemake(work, "-n", config={**CONFIG, "search": {**SEARCH, "budget": 50.0}})
     assert looser.returncode == 0, (looser.stdout + looser.stderr)[-3000:]
     assert scheduled(looser)["search_round"] >= 1 and scheduled(looser)["finetune"] == 0  # ... the round made again
+
+
+def test_the_search_chooses_across_ratio_and_merged_tokens(searched, tmp_path):
+    """merge.r (token merging) with the search on: one bisection per r, whose probes merge r tokens
+    in the sweep's own branches (the prunes and finetunes the unmerged search made are reused:
+    merging is applied after finetuning); each answer is marked in the summary, and `pqv choose`
+    ships the fastest verified file within the budget of all of them, ratio x r. On a copy of the
+    finished search."""
+    work = tmp_path / "work"
+    shutil.copytree(searched[0], work, symlinks=True)
+    config = {**CONFIG, "merge": {"r": [0, 2]}}
+    result = snakemake(work, "-p", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not finetuned(result) & finetuned(searched[1])  # no branch made again
+    assert "--merge-r 2" in result.stdout and ran(result)["search_report"] == 1  # the unmerged report stands
+    merged = json.loads((work / "results/search/tiny/l2-tome2.json").read_text())
+    assert merged["chosen"]["merge_r"] == 2 and merged["chosen"]["artifact"].endswith("-tome2.ptl")
+    assert merged["reference_top1"] == json.loads((work / "results/search/tiny/l2.json").read_text())["reference_top1"]
+    summary = pd.read_csv(work / "results/summary.csv")
+    marked = summary[summary["search"].notna()]
+    assert sorted(marked["merge_r"]) == [0, 2]
+    assert "chosen by the l2 search merging 2 tokens per block (budget 2)" in set(marked["search"])
+    probes = pd.read_csv(work / "results/search/tiny/l2-tome2.csv")
+    assert probes["ratio"].tolist()[0] == 0.0 and len(probes) >= 2
+    chosen = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"),
+                             "--max-accuracy-loss", "2"], capture_output=True, text=True)
+    assert chosen.returncode == 0, chosen.stderr
+    within = summary[(summary["status"] == "verified") & (summary["format"] != "eager")
+                     & (summary["top1"] >= merged["reference_top1"] - 2)]
+    fastest = within.sort_values(["latency_ms_median", "size_mb"]).iloc[0]
+    assert str(fastest["artifact"]) in chosen.stdout.split("smallest")[0]
+    assert set(within["merge_r"]) <= {0, 2}

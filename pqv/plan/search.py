@@ -30,7 +30,7 @@ from .errors import PQVError
 from .registry import Status
 
 # The one accuracy reference of the search and of `pqv choose`, in words (both print it).
-REFERENCE = "the best top-1 of the model's dense FP32 files (each format and the eager baseline), verified"
+REFERENCE = "the best top-1 of the model's dense FP32 files (each format and the eager baseline), verified, merging no token"
 
 DIGITS = 6  # ratios are rounded to this many decimals: they name the branches' folders
 
@@ -167,10 +167,17 @@ COLUMNS = ["ratio", "passed", "verdict", "uncertain", "top1", "top1_se", "loss",
            "size_mb", "params", "macs", "widths", "status", "reason", "answer"]
 
 
+def merges_tokens(row) -> bool:
+    """Whether a measured row (a file's labels or a summary row) merges tokens: merge_r above 0 (a
+    row from before token merging, or an unmerged file's, says none, or NaN in a table)."""
+    r = row.get("merge_r")
+    return isinstance(r, (int, float)) and r == r and r > 0
+
+
 def reference_top1(rows) -> float | None:
     """REFERENCE, of one model's measured rows (accuracy files or summary rows); None if it has none."""
-    tops = [float(r["top1"]) for r in rows
-            if float(r["ratio"]) == 0 and r["precision"] == "fp32" and Status.shippable(r.get("status"))]
+    tops = [float(r["top1"]) for r in rows if float(r["ratio"]) == 0 and r["precision"] == "fp32"
+            and not merges_tokens(r) and Status.shippable(r.get("status"))]
     return max(tops) if tops else None
 
 

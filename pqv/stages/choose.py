@@ -7,7 +7,8 @@ from ..plan.errors import PQVError
 from ..plan.registry import EAGER, NO_STATUS, WITHOUT_PQV_HELP, Status
 from ..plan.search import REFERENCE, reference_top1
 
-SHOWN = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "latency_ms_median", "size_mb", "artifact"]
+SHOWN = ["model", "importance", "ratio", "precision", "engine", "merge_r", "format", "top1", "latency_ms_median", "size_mb",
+         "artifact"]
 
 
 def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -> pd.DataFrame:
@@ -16,7 +17,8 @@ def candidates(table: pd.DataFrame, max_loss: float, model: str | None = None) -
         if model not in set(table["model"]):
             raise PQVError(f"model '{model}' is not in the summary", f"use one of {', '.join(sorted(set(table['model'])))}")
         table = table[table["model"] == model]
-    dense = table[(table["ratio"] == 0) & (table["precision"] == "fp32")]
+    unmerged = table["merge_r"].fillna(0) == 0 if "merge_r" in table else True  # the reference merges no token
+    dense = table[(table["ratio"] == 0) & (table["precision"] == "fp32") & unmerged]
     if dense.empty:
         raise PQVError("the summary has no dense FP32 row to measure accuracy loss against",
                        "keep 0.0 in prune.ratios and fp32 in quantize.precisions")
@@ -92,13 +94,13 @@ def run(summary_csv: str, max_loss: float | None, model: str | None = None) -> d
     for name, row in picks.items():
         print(f"{name} within {max_loss:g} top-1 points of dense FP32 ({row['reference_top1']:.2f} %, {REFERENCE}):")
         for key in SHOWN:
-            print(f"  {key:18} {row[key]}")
+            print(f"  {key:18} {row.get(key, 0) if key == 'merge_r' else row[key]}")  # no merge_r: a summary from before merging
         print(f"  {'for the app':18} {app_file(row['artifact'], summary_csv)}")
         print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     for _, row in searched(table, model).iterrows():
         print(f"{row['model']}: {row['search']}:")
         for key in SHOWN:
-            print(f"  {key:18} {row[key]}")
+            print(f"  {key:18} {row.get(key, 0) if key == 'merge_r' else row[key]}")  # no merge_r: a summary from before merging
         print(f"  {'for the app':18} {app_file(row['artifact'], summary_csv)}")
         print(f"  {'without PQV':18} {against_without_pqv(table, row)}")
     return picks

@@ -19,7 +19,7 @@ from ..plan import registry
 from ..plan.registry import DENSE, EAGER, NO_ENGINE, NO_STATUS, Status
 
 FIGURES = {}  # name -> drawing function, for every name of registry.FIGURES (in its order)
-RECIPE = ["precision", "engine", "format"]
+RECIPE = ["precision", "engine", "merge_r", "format"]  # merge_r: tokens merged per block (0: none)
 REJECTED_LABEL = "rejected by the export check, failed, or unchecked"
 
 
@@ -45,7 +45,8 @@ def _plt():
 
 def _recipe_label(row) -> str:
     engine = "" if row["engine"] == NO_ENGINE else f" {row['engine']}"
-    return f"{row['precision']}{engine} .{row['format']}"
+    merged = f" merging {int(row['merge_r'])}" if row.get("merge_r", 0) else ""
+    return f"{row['precision']}{engine}{merged} .{row['format']}"
 
 
 def _per_model(table: pd.DataFrame, ncols: int, width: float = 5.0, height: float = 4.2):
@@ -287,10 +288,10 @@ def pareto(table: pd.DataFrame):
     models = sorted(table["model"].unique(), key=str)
     several = len(models) > 1
     colours = {}
-    for (model, prec, engine, fmt), g in table.groupby(["model", "precision", "engine", "format"]):
-        key = (prec, engine, fmt)  # an engine is a recipe too (ONNX Runtime's): each its own colour
+    for (model, prec, engine, merge_r, fmt), g in table.groupby(["model", *RECIPE]):
+        key = (prec, engine, merge_r, fmt)  # an engine is a recipe too (ONNX Runtime's): each its own colour
         colours.setdefault(key, f"C{len(colours) % 10}")
-        recipe = f"{prec} .{fmt}" if engine == NO_ENGINE else f"{prec} {engine} .{fmt}"
+        recipe = _recipe_label(g.iloc[0])
         label = f"{model}: {recipe}" if several else recipe
         ax.scatter(g["latency_ms_median"], g["top1"], label=label, s=30, color=colours[key],
                    marker=MARKERS[models.index(model) % len(MARKERS)])
@@ -321,6 +322,7 @@ def load_frame(table: pd.DataFrame) -> pd.DataFrame:
     table["engine"] = table["engine"].fillna(NO_ENGINE)
     table["status"] = table["status"].map(Status.word) if "status" in table else NO_STATUS  # none is not verified
     table["model"] = table["model"].astype(str)
+    table["merge_r"] = table["merge_r"].fillna(0).astype(int) if "merge_r" in table else 0  # a summary from before merging
     return table
 
 

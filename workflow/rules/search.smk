@@ -4,8 +4,8 @@
 # Each round is a checkpoint: it reads the probes the round before asked for, whose files are the
 # sweep's own branches (same paths, same rules, same cache), and decides the next ones.
 SEARCH = config["search"]
-SEARCH_ROUND = f"{R}/search/{{model}}/{{importance}}{{merge}}/round-{{round}}.json"
-SEARCH_OUT = f"{R}/search/{{model}}/{{importance}}{{merge}}"
+SEARCH_ROUND = JOBS.made(R, "search_round")
+SEARCH_OUT = JOBS.made(R, "search_report").removesuffix(".csv")  # its .csv, .png, .json, .choice.csv
 SEARCHES = [(m, i, merge) for m in MODELS for i in config["prune"]["importances"] for merge in SWEEP.merges(config)]
 
 
@@ -28,7 +28,7 @@ def previous_round(wc):
 def reference_files(model):
     """The accuracy files the search's reference is read from (pqv.plan.search.REFERENCE): the dense
     branch's FP32 files, in every format, and its eager baseline."""
-    dense = [a for a in SWEEP.measured(config) if a["model"] == model and a["precision"] == "fp32"]
+    dense = [a for a in SWEEP.measured(config) if a["model"] == model and a["precision"] == "fp32" and not a["merge"]]
     branch, ratio = SWEEP.branch(T.DENSE, 0)
     return sorted({ACCURACY.format(**{**a, "importance": branch, "ratio": ratio}) for a in dense})
 
@@ -61,7 +61,7 @@ checkpoint search_round:
     output:
         SEARCH_ROUND,
     log:
-        f"{LOGS}/search/{{model}}/{{importance}}{{merge}}/round-{{round}}.log",
+        job_log("search_round"),
     params:
         settings=settings("search_round"),
         version=version("search_round"),
@@ -116,7 +116,7 @@ rule search_report:
         chosen=f"{SEARCH_OUT}.json",
         choice=f"{SEARCH_OUT}.choice.csv",
     log:
-        f"{LOGS}/search/{{model}}/{{importance}}{{merge}}/report.log",
+        job_log("search_report"),
     threads: stage_threads("latency")
     resources:
         **stage_resources("latency"),
@@ -139,11 +139,8 @@ def unrecorded_probe_files(wildcards=None):
     checkpoints unchecked): such a probe would be trusted as it is, and with no record there are no
     params to compare, so a changed setting would never rerun it either. Named as targets of `all`,
     they are in the first plan: checked, made again (rerun-incomplete), recorded."""
-    persistence = getattr(workflow, "persistence", None)
-    if workflow.remote_exec or not SEARCH["enabled"] or persistence is None:
+    if SNAKEMAKE.remote or not SEARCH["enabled"] or not snakemake_api.keeps_records(workflow):
         return []
-    from snakemake.io import IOFile
-
     files = set()
     for model, importance, merge in SEARCHES:
         n = 0
@@ -153,7 +150,7 @@ def unrecorded_probe_files(wildcards=None):
                 for rule, wc in SWEEP.made_by(config, judged(model, importance, merge, ratio)):
                     files.add(made_file(rule, wc))  # pqv.plan.sweep.made_by names the jobs
             n += 1
-    return sorted(f for f in files if os.path.exists(f) and persistence.metadata(IOFile(f)) is None)
+    return sorted(f for f in files if os.path.exists(f) and not snakemake_api.has_record(workflow, f))
 
 
 def search_reports():
