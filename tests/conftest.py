@@ -78,8 +78,9 @@ def trained_tiny():
 def held_out_top1(model, data_config: dict, manifest=None) -> float:
     """Top-1 % of an eager model on the evaluation split (training never reads it: the accuracy jobs do)."""
     from pqv.common import datasets
+    from pqv.stages.evaluate import accuracy_on
 
-    return finetune.evaluate(model, datasets.loader(manifest or DIGITS, "eval", data_config, 256), finetune.Dist())[0]
+    return accuracy_on(model, datasets.loader(manifest or DIGITS, "eval", data_config, 256), torch.device("cpu"))[0]
 
 
 @pytest.fixture(scope="session")

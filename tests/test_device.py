@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pqv.common import device
+from pqv.common import device, distributed
 from pqv.plan.errors import PQVError
-from pqv.stages import finetune
 
 
 @pytest.mark.parametrize("preference, cuda, expected", [
@@ -25,8 +24,8 @@ def test_asking_for_cuda_without_it_is_a_one_line_error():
 
 def test_training_follows_the_rule(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node, as far as the rule can tell
-    assert finetune.distributed("auto").device.type == "cuda"
-    assert finetune.distributed("cpu").device.type == "cpu"  # device: cpu keeps training on the CPU
+    assert distributed.join("auto").device.type == "cuda"
+    assert distributed.join("cpu").device.type == "cpu"  # device: cpu keeps training on the CPU
 
 
 def test_prune_and_accuracy_run_on_the_given_device_and_return_to_cpu(trained_tiny):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pqv.common import arch, store
+from pqv.common import arch, checkpoint, store
 from pqv.plan import fileio
 from pqv.plan.errors import PQVError
 from pqv.stages import data, export, finetune, quantize
@@ -206,17 +206,17 @@ def test_model_files_are_as_readable_as_every_other_artifact(trained_tiny, tmp_p
 def test_a_checkpoint_made_on_other_data_is_not_resumed(saved_tiny, tmp_path, monkeypatch):
     out = tmp_path / "finetuned.safetensors"
     hp = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
-    save = finetune.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def killed_after_epoch_1(ckpt_dir, epoch, *args):
         save(ckpt_dir, epoch, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "save_checkpoint", killed_after_epoch_1)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         finetune.run(str(saved_tiny), str(out), data.scan(SMALL), hp, str(tmp_path / "m.csv"))
     monkeypatch.undo()
-    assert (Path(finetune.checkpoint_dir(out)) / "epoch-0001").is_dir()
+    assert (Path(checkpoint.checkpoint_dir(out)) / "epoch-0001").is_dir()
     other_data = {**SMALL, "split_seed": 1}
     result = finetune.run(str(saved_tiny), str(out), data.scan(other_data), hp, str(tmp_path / "m.csv"))
     assert result["resumed_after_epoch"] == 0

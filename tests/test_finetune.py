@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pqv.common import datasets, store
+from pqv.common import checkpoint, datasets, store, timelimit
 from pqv.plan import fileio
 from pqv.plan.errors import PQVError
 from pqv.stages import data, finetune, prune
@@ -46,7 +46,7 @@ def test_pruned_demo_model_recovers_within_two_points_of_dense(trained_tiny):
     hparams = yaml.safe_load((REPO / "config/config.yaml").read_text())["finetune"]
     example = datasets.sample_batch(DIGITS, a["data_config"], 1, split="train")
     pruned = prune.prune(copy.deepcopy(dense), "l2", 0.25, example)
-    before = finetune.evaluate(pruned, datasets.loader(DIGITS, "eval", a["data_config"], 256), finetune.Dist())[0]
+    before = held_out_top1(pruned, a["data_config"])
     finetune.train(pruned, DIGITS, a["data_config"], hparams)
     after = held_out_top1(pruned, a["data_config"])
     print(f"dense {dense_top1:.2f}  pruned {before:.2f}  finetuned {after:.2f}")
@@ -62,18 +62,18 @@ def test_killed_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     out = tmp_path / "resumed" / "finetuned.safetensors"
     metrics = out.parent / "metrics.csv"
-    save = finetune.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def killed_after_epoch_2(ckpt_dir, epoch, *args):
         save(ckpt_dir, epoch, *args)
         if epoch == 2:
             raise KeyboardInterrupt  # as if the job was killed here
 
-    monkeypatch.setattr(finetune, "save_checkpoint", killed_after_epoch_2)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         finetune.run(str(src), str(out), data.scan(SMALL), hp, str(metrics))
     monkeypatch.undo()
-    ckpt = Path(finetune.checkpoint_dir(out))
+    ckpt = Path(checkpoint.checkpoint_dir(out))
     assert not out.exists() and not metrics.exists()  # Snakemake never sees a partial output
     assert [p.name for p in ckpt.iterdir()] == ["epoch-0002"]
     state = torch.load(ckpt / "epoch-0002" / "state.pt", weights_only=True)  # no pickle needed
@@ -99,8 +99,8 @@ def test_a_finetune_stopped_by_its_deadline_mid_epoch_resumes_to_the_same_weight
     out = tmp_path / "stopped" / "finetuned.safetensors"
     metrics = out.parent / "metrics.csv"
     calls = iter(range(10_000))
-    monkeypatch.setattr(finetune, "job_deadline", lambda: 0.0)  # as if in a SLURM job
-    monkeypatch.setattr(finetune, "_out_of_time", lambda deadline, longest, ctx: next(calls) % 4 == 3)
+    monkeypatch.setattr(timelimit, "job_deadline", lambda: 0.0)  # as if in a SLURM job
+    monkeypatch.setattr(timelimit, "out_of_time", lambda deadline, longest, ctx: next(calls) % 4 == 3)
     attempts = 0
     while True:
         attempts += 1
@@ -108,9 +108,9 @@ def test_a_finetune_stopped_by_its_deadline_mid_epoch_resumes_to_the_same_weight
         try:
             result = finetune.run(str(src), str(out), data.scan(SMALL), hp, str(metrics))
             break
-        except finetune.TimeLimit as e:
+        except timelimit.TimeLimit as e:
             assert "the next attempt resumes from it" in str(e) and not out.exists() and not metrics.exists()
-            (ckpt,) = Path(finetune.checkpoint_dir(out)).iterdir()
+            (ckpt,) = Path(checkpoint.checkpoint_dir(out)).iterdir()
             state = torch.load(ckpt / "state.pt", weights_only=True)  # no pickle, RNG states included
             assert len(state["stops"]) == attempts and (state.get("step", 0) > 0) == ("-step-" in ckpt.name)
     assert attempts >= 4  # 18 steps, 4 per attempt (an epoch boundary counts too)
@@ -118,7 +118,7 @@ def test_a_finetune_stopped_by_its_deadline_mid_epoch_resumes_to_the_same_weight
     a, b = load_file(str(whole)), load_file(str(out))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics.read_text() == (whole.parent / "metrics.csv").read_text()
-    assert not Path(finetune.checkpoint_dir(out)).exists()
+    assert not Path(checkpoint.checkpoint_dir(out)).exists()
 
 
 def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, capsys):
@@ -146,7 +146,7 @@ def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, 
     with pytest.raises(ZeroDivisionError):  # a bug: its traceback, as before
         pqv(1)
     assert len(runs) == 1
-    marker = Path(finetune.failure_marker(out))
+    marker = Path(timelimit.failure_marker(out))
     assert marker.read_text() == "ZeroDivisionError: division by zero\n"
     capsys.readouterr()
     assert pqv(2) == 2 and len(runs) == 1  # the retry does not train again ...
@@ -156,9 +156,9 @@ def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(finetune, "run", real)  # fixed; a new Snakemake run starts at attempt 1
     calls = iter(range(10_000))
-    monkeypatch.setattr(finetune, "job_deadline", lambda: 0.0)
-    monkeypatch.setattr(finetune, "_out_of_time", lambda deadline, longest, ctx: next(calls) == 2)
-    assert pqv(1) == finetune.TimeLimit.exit_status == 75 and not marker.exists()
+    monkeypatch.setattr(timelimit, "job_deadline", lambda: 0.0)
+    monkeypatch.setattr(timelimit, "out_of_time", lambda deadline, longest, ctx: next(calls) == 2)
+    assert pqv(1) == timelimit.TimeLimit.exit_status == 75 and not marker.exists()
     assert "stopped before the job's time limit" in capsys.readouterr().err
     assert pqv(2) == 0 and out.exists() and not marker.exists()  # the retry resumes
     assert fileio.read_sidecar(out)["time_limit_stops"] == 1
@@ -172,13 +172,13 @@ def test_the_deadline_is_the_slurm_jobs_end_less_a_reserve(tmp_path, monkeypatch
     squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert finetune.job_deadline() is None  # not a SLURM job: no deadline
+    assert timelimit.job_deadline() is None  # not a SLURM job: no deadline
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    assert abs(finetune.job_deadline() - (time.time() + 120 - 30)) < 5  # 5 % of the 10-minute limit kept
+    assert abs(timelimit.job_deadline() - (time.time() + 120 - 30)) < 5  # 5 % of the 10-minute limit kept
     monkeypatch.setenv("SLURM_JOB_ID", "79")  # 30 minutes left of an hour: 5 % of the limit kept
-    assert abs(finetune.job_deadline() - (time.time() + 1800 - 180)) < 5
+    assert abs(timelimit.job_deadline() - (time.time() + 1800 - 180)) < 5
     monkeypatch.setenv("SLURM_JOB_ID", "78")  # squeue says nothing
-    assert finetune.job_deadline() is None
+    assert timelimit.job_deadline() is None
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
@@ -186,7 +186,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     out = tmp_path / "finetuned.safetensors"
     m, arch = store.load_model(src)
     dc = arch["data_config"]
-    ckpt = finetune.checkpoint_dir(out)
+    ckpt = checkpoint.checkpoint_dir(out)
     finetune.train(m, data.scan(SMALL), dc, {"epochs": 1, "batch_size": 32}, ckpt_dir=ckpt, resume_key="x")
     result = finetune.run(str(src), str(out), data.scan(SMALL), {"epochs": 1, "batch_size": 32}, str(tmp_path / "m.csv"))
     assert result["resumed_after_epoch"] == 0  # the key differs (input hash): start over
@@ -220,11 +220,11 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
 
 STOPPING = """import itertools, sys
 from pqv import cli
-from pqv.stages import finetune
+from pqv.common import timelimit
 stop_at = int(sys.argv[1])  # the deadline check that says stop (each rank counts the same checks)
 calls = itertools.count()
-finetune.job_deadline = lambda: 0.0  # as if in a SLURM job
-finetune._out_of_time = lambda deadline, longest, ctx: next(calls) == stop_at
+timelimit.job_deadline = lambda: 0.0  # as if in a SLURM job
+timelimit.out_of_time = lambda deadline, longest, ctx: next(calls) == stop_at
 sys.exit(cli.main(sys.argv[2:]))
 """
 
@@ -253,7 +253,7 @@ def test_two_ddp_processes_stopped_mid_epoch_resume_each_with_its_own_state(tmp_
     proc = attempt(out, 2)  # 6 steps of 2 x 16 per epoch: stops after step 3 of epoch 1
     assert proc.returncode != 0 and "stopped before the job's time limit after 3 of 12 steps" in proc.stderr, \
         proc.stderr[-3000:]
-    (ckpt,) = Path(finetune.checkpoint_dir(out)).iterdir()
+    (ckpt,) = Path(checkpoint.checkpoint_dir(out)).iterdir()
     assert ckpt.name == "epoch-0000-step-00000003"
     state = torch.load(ckpt / "state.pt", weights_only=True)  # no pickle: every rank's state in it
     assert len(state["ranks"]) == 2
@@ -369,14 +369,14 @@ def test_any_worker_count_gives_the_same_weights_and_resumes_to_them(tmp_path, m
     assert not all(torch.equal(one[k], v) for k, v in load_file(str(src)).items() if k in one)  # it trained
 
     calls = iter(range(10_000))
-    monkeypatch.setattr(finetune, "job_deadline", lambda: 0.0)  # as if in a SLURM job
-    monkeypatch.setattr(finetune, "_out_of_time", lambda deadline, longest, ctx: next(calls) % 3 == 2)
+    monkeypatch.setattr(timelimit, "job_deadline", lambda: 0.0)  # as if in a SLURM job
+    monkeypatch.setattr(timelimit, "out_of_time", lambda deadline, longest, ctx: next(calls) % 3 == 2)
     for _ in range(10):
         calls = iter(range(10_000))
         try:
             resumed = finetuned("stopped", 2)
             break
-        except finetune.TimeLimit:
+        except timelimit.TimeLimit:
             pass
     assert all(torch.equal(one[k], resumed[k]) for k in one)
 
@@ -400,7 +400,7 @@ def test_rule_adds_teacher_and_torchrun_only_when_configured(tmp_path):
 def test_the_attempt_is_read_from_the_snakemake_job_process_above():
     """On a cluster node Snakemake runs each job as `python -m snakemake ... --attempt N`, the shell
     and `pqv finetune` below it: the attempt is read there, not from the rule's command line."""
-    child = "from pqv import finetune; print(finetune.snakemake_attempt())"
+    child = "from pqv.common import timelimit; print(timelimit.snakemake_attempt())"
     parent = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {child!r}]))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for args, expected in ((["-m", "snakemake", "--jobs", "1", "--attempt", "3"], "3"), (["-m", "snakemake"], "None"),

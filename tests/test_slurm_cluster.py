@@ -168,14 +168,13 @@ def test_tiny_workflow_runs_on_a_partition_shorter_than_its_finetune_and_a_rerun
     assert len(planning) == 1, planning  # once, in the invocation that planned; no job asked again
 
     # the same model as the uninterrupted run, within noise (360 held-out digits: 1 image is 0.28 points)
-    from pqv.common import datasets, store
-    from pqv.stages import finetune
+    from pqv.common import store
 
-    from .conftest import DIGITS
+    from .conftest import held_out_top1
 
     def top1(path):
         model, arch = store.load_model(path)
-        return finetune.evaluate(model, datasets.loader(DIGITS, "eval", arch["data_config"], 256), finetune.Dist())[0]
+        return held_out_top1(model, arch["data_config"])
 
     assert abs(top1(finetuned) - top1(reference)) <= 1.0
 

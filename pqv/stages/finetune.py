@@ -6,34 +6,32 @@ augmentation (pqv.common.datasets). This module adds what a long run on shared m
 
 - one code path for CPU, one GPU (autocast + GradScaler when `amp`) and several GPUs or nodes
   under `torchrun` (DistributedDataParallel; `batch_size` is per process, so the global batch is
-  `batch_size` x world size; only rank 0 writes files);
+  `batch_size` x world size; only rank 0 writes files; the process group: pqv.common.distributed);
 - optional knowledge distillation from the unpruned parent;
 - a checkpoint after every epoch in `<out>.ckpt/` (safetensors weights + a tensors-only
-  torch.save of optimizer/scheduler/scaler state), from which a killed run resumes to the same
-  result, because every epoch's randomness is seeded from (seed, epoch, rank);
+  torch.save of optimizer/scheduler/scaler state; pqv.common.checkpoint), from which a killed run
+  resumes to the same result, because every epoch's randomness is seeded from (seed, epoch, rank);
 - a job with a deadline (a SLURM job's time limit) saves a checkpoint mid-epoch just before it,
   with the step reached and every rank's own loss so far and random generators' states, and stops
   (`TimeLimit`, exit status 75): the next job resumes at that step, so a finetune longer than a
-  partition allows runs as successive jobs; a retry after any other failure fails at once (`attempt`).
+  partition allows runs as successive jobs; a retry after any other failure fails at once (`attempt`;
+  the time limit and the retries: pqv.common.timelimit).
 
 The same loop trains the demo model from scratch in the model stage, so the "pretrained" starting
 point of the default workflow is made by exactly the code that finetunes.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,17 +40,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import datasets
+from ..common import checkpoint, datasets, distributed, timelimit
+from ..common.checkpoint import Position
+from ..common.distributed import Dist
 from ..common.progress import progress
+from ..common.timelimit import attempt as attempt  # the CLI runs a finetune as one of Snakemake's attempts
 from ..plan import fileio
 from ..plan.errors import PQVError
 from ..plan.fileio import atomic_path
 from ..plan.registry import Status
-from .evaluate import accuracy
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def resolve_hparams(hparams: dict) -> dict:
@@ -61,39 +59,6 @@ def resolve_hparams(hparams: dict) -> dict:
     from ..plan.config import hparams as checked
 
     return checked(hparams)
-
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits: rank, world size and device (world 1 = no process group)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed(device: str = "auto") -> Dist:
-    """Join torchrun's process group when launched by torchrun with WORLD_SIZE > 1 (idempotent).
-
-    torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT; NCCL on GPUs, gloo on CPUs.
-    `device` is the config's preference (pqv.common.device.resolve): auto = CUDA when available.
-    """
-    from ..common.device import resolve
-
-    cuda = resolve(device).type == "cuda"
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), device)
-    return Dist(device=device)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> int:
@@ -207,183 +172,27 @@ def _setup(model: nn.Module, hp: dict, ctx: Dist, teacher: nn.Module | None, ste
     return _Run(model, net, teacher, optimizer, scheduler, scaler, autocast, loss_fn, mixup, hp, ctx)
 
 
-@dataclass
-class _Position:
-    """Where a run stands: `step` optimizer steps into `epoch` (0 at an epoch's start), the loss
-    sum and sample count of that epoch so far, and the random generators' states mid-epoch."""
-
-    epoch: int = 0
-    step: int = 0
-    partial: torch.Tensor | None = None
-    rng: dict | None = None
-    stops: list = field(default_factory=list)  # the attempts that stopped for a time limit: where, which job
-    ranks: list | None = None  # every rank's own {partial, rng} mid-epoch (_rank_states), for the checkpoint
-
-
-def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list, _Position]:
+def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list, Position]:
     """(history, position): from the latest checkpoint made with `key`, else from the start."""
-    state = load_checkpoint(ckpt_dir, key) if ckpt_dir else None
-    if state is None:
-        return [], _Position()
-    run.model.load_state_dict(state["model"])
-    for name, part in run.state().items():
-        part.load_state_dict(state[name])
-    # Mid-epoch, each rank resumes with its own generators and loss so far (a checkpoint of one
-    # process, or of before issue 40, holds rank 0's alone at the top level).
-    own = state["ranks"][run.ctx.rank] if state.get("ranks") else {"partial": state.get("partial"), "rng": state.get("rng")}
-    where = _Position(state["epoch"], state.get("step", 0), own.get("partial"), own.get("rng"), state.get("stops", []))
+    found = checkpoint.resume(ckpt_dir, key, run.model, run.state(), run.ctx.rank) if ckpt_dir else None
+    if found is None:
+        return [], Position()
+    history, where = found
     if run.ctx.main:  # Snakemake clears a job's log before each attempt: the earlier ones are told again
         for n, stop in enumerate(where.stops, 1):
             log.info("%s: attempt %d (SLURM job %s) stopped before its time limit at epoch %d, step %d",
                      desc, n, stop["job"] or "-", stop["epoch"] + 1, stop["step"])
         at = f"epoch {where.epoch}" + (f", step {where.step}" if where.step else "")
         log.info("%s: resuming after %s from %s", desc, at, ckpt_dir)
-    return state["history"], where
-
-
-def _rng_state() -> dict:
-    """Every generator the training loop draws from, as tensors and numbers (weights_only loads it)."""
-    np_state = np.random.get_state()
-    out = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-           "numpy_rest": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
-           "python": [int(v) for v in random.getstate()[1]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def _rank_states(where: _Position, ctx: Dist) -> list[dict]:
-    """Every rank's own mid-epoch state (its loss sum and sample count so far, unreduced, and its
-    random generators), gathered so that rank 0 writes them all into the checkpoint: each rank draws
-    its own augmentation and mixup, and the epoch's loss is summed over ranks at its end. Sent as
-    the bytes of a tensors-only torch.save (torch.load(weights_only=True) reads them; no pickle)."""
-    mine = {"partial": where.partial, "rng": where.rng}
-    if ctx.world == 1:
-        return [mine]
-    buf = io.BytesIO()
-    torch.save(mine, buf)
-    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).to(ctx.device)
-    size = torch.tensor([data.numel()], dtype=torch.int64, device=ctx.device)
-    sizes = [torch.zeros_like(size) for _ in range(ctx.world)]
-    dist.all_gather(sizes, size)
-    padded = torch.zeros(int(max(n.item() for n in sizes)), dtype=torch.uint8, device=ctx.device)
-    padded[:data.numel()] = data
-    gathered = [torch.zeros_like(padded) for _ in range(ctx.world)]
-    dist.all_gather(gathered, padded)
-    return [torch.load(io.BytesIO(g[:int(n.item())].cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
-            for g, n in zip(gathered, sizes)]
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss, gauss = state["numpy_rest"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class TimeLimit(PQVError):
-    """The job's time limit is near: a checkpoint holds where training stopped, and the next
-    attempt (Snakemake's retries of the finetune rule) resumes from it."""
-
-    exit_status = 75  # EX_TEMPFAIL: `pqv finetune` stopped for its time limit (torchrun's own status is 1)
-
-
-def failure_marker(out: str) -> str:
-    """The file an attempt that failed for another reason than its time limit leaves beside `out`."""
-    return f"{out}.failed"
-
-
-def snakemake_attempt(pid: int | None = None) -> int | None:
-    """The attempt of the Snakemake job this process runs in: the `--attempt N` Snakemake gives the
-    process that runs a job on a cluster node (an ancestor of this one), read from /proc; None
-    elsewhere (a local run, where PQV sets no retries, or no Snakemake at all). Read here rather
-    than passed on the rule's command line, whose text Snakemake records: a changed command would
-    rerun every finetune already made."""
-    pid = os.getppid() if pid is None else pid
-    for _ in range(16):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        if any(Path(a).name.startswith("snakemake") for a in argv) and "--attempt" in argv[:-1]:
-            with contextlib.suppress(ValueError):
-                return int(argv[argv.index("--attempt") + 1])
-        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent (the name before it may hold spaces)
-        if pid <= 1:
-            return None
-    return None
-
-
-def attempt(out: str, number: int | None, work):
-    """Run `work()` as attempt `number` of the finetune that makes `out` (Snakemake's `attempt`,
-    snakemake_attempt() when None).
-
-    Snakemake's retries start a job again whatever made it fail; only a stop for the time limit
-    (TimeLimit) is worth another attempt, which resumes from the checkpoint. Any other failure (a
-    bug, a bad setting, a broken input) of one of Snakemake's attempts leaves its one-line error in
-    failure_marker(out), and a retry finds it and fails at once with that line instead of running
-    again; a run outside Snakemake's attempts leaves nothing. A first attempt (a new
-    Snakemake run, perhaps after a fix) removes an old marker; success removes it too. A process
-    killed from outside (a node lost, out of memory) leaves no marker: its retry resumes.
-    """
-    number = snakemake_attempt() if number is None else number
-    marker = Path(failure_marker(out))
-    first = os.environ.get("RANK", "0") == "0"  # under torchrun, one process clears the marker
-    if number is not None and number > 1 and marker.exists():
-        raise PQVError(f"not run again: attempt {number - 1} failed for a reason other than its time limit, which "
-                       f"a retry cannot fix: {marker.read_text().strip()}")
-    if first:
-        marker.unlink(missing_ok=True)
-    try:
-        result = work()
-    except TimeLimit:
-        raise
-    except Exception as e:
-        if number is None:  # not one of Snakemake's attempts: no retry to stop, and nothing left behind
-            raise
-        line = str(e) if isinstance(e, PQVError) else f"{type(e).__name__}: {e}"
-        line = " ".join(line.split()) or type(e).__name__
-        with contextlib.suppress(OSError), atomic_path(marker) as tmp:
-            Path(tmp).write_text(line + "\n")
-        raise
-    if first:
-        marker.unlink(missing_ok=True)
-    return result
-
-
-def job_deadline() -> float | None:
-    """When a finetune in this job must stop training (time.time()): the SLURM job's end, less a
-    reserve for saving the checkpoint and leaving, which includes Snakemake's jobstep recording the
-    job on a shared file system (5 % of the job's limit, 10 s to 5 min); None outside SLURM or
-    without a limit. A kill during the save loses nothing older: a checkpoint appears whole."""
-    from ..plan.resources import slurm_time_left
-
-    left = slurm_time_left()
-    if left is None:
-        return None
-    seconds, limit = left
-    return time.time() + seconds - min(max(10.0, 0.05 * limit), 300.0)
-
-
-def _out_of_time(deadline: float | None, longest_step: float, ctx: Dist) -> bool:
-    """Whether the next step could end after the deadline; every rank stops at the same step."""
-    if deadline is None:
-        return False
-    late = torch.tensor([float(time.time() + longest_step > deadline)], device=ctx.device)
-    if ctx.world > 1:
-        dist.all_reduce(late, op=dist.ReduceOp.MAX)
-    return bool(late.item())
+    return history, where
 
 
 class Diverged(PQVError):
     """The training loss stopped being finite: a result of the branch's settings, not a broken input."""
 
 
-def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: _Position,
-           deadline: float | None = None) -> dict | _Position:
+def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: Position,
+           deadline: float | None = None) -> dict | Position:
     """One epoch of training from `start` (its step and loss so far, when resumed mid-epoch): the
     history row (its mean training loss; the evaluation split is the accuracy jobs', so that a change
     to it never retrains), or the position reached when the deadline stopped it mid-epoch."""
@@ -393,7 +202,7 @@ def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: _Pos
     loader.sampler.skip = start.step * loader.batch_size  # the batches the stopped attempt trained on
     loader.generator.manual_seed(seed)  # DataLoader workers' seeds
     if start.rng is not None:  # the generators where the stopped attempt left them (exact with workers 0)
-        _set_rng_state(start.rng)
+        checkpoint.set_rng_state(start.rng)
     run.net.train()
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, samples
     if start.partial is not None:
@@ -407,8 +216,8 @@ def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: _Pos
         now = time.monotonic()
         longest, last = max(longest, now - last), now
         done = step + 1 - epoch * steps_per_epoch
-        if done < steps_per_epoch and _out_of_time(deadline, longest, ctx):
-            return _Position(epoch, done, total.cpu(), _rng_state(), start.stops)
+        if done < steps_per_epoch and timelimit.out_of_time(deadline, longest, ctx):
+            return Position(epoch, done, total.cpu(), checkpoint.rng_state(), start.stops)
     loader.sampler.skip = 0
     if ctx.world > 1:
         dist.all_reduce(total)
@@ -443,7 +252,7 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     hp = resolve_hparams(hparams)
     if hp["distill"]["enabled"] and teacher is None:
         raise PQVError("distill.enabled needs the unpruned parent model", "pass --teacher <model.safetensors>")
-    ctx = distributed(device)
+    ctx = distributed.join(device)
     if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
         torch.set_num_threads(process_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(hp["seed"])
@@ -460,18 +269,18 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start.epoch * steps + start.step,
                    disable=not ctx.main)
     for epoch in range(start.epoch, hp["epochs"]):
-        row = _epoch(run, loader, epoch, steps, bar, start if epoch == start.epoch else _Position(epoch, stops=start.stops),
+        row = _epoch(run, loader, epoch, steps, bar, start if epoch == start.epoch else Position(epoch, stops=start.stops),
                      deadline)
-        if isinstance(row, _Position):  # the deadline: save where this attempt stopped, and leave
+        if isinstance(row, Position):  # the deadline: save where this attempt stopped, and leave
             bar.close()
             _stop(ckpt_dir, key, run, history, row, steps, hp["epochs"], ctx)
         history.append(row)
         if ckpt_dir and ctx.main:
-            save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler, history,
-                            _Position(epoch + 1, stops=start.stops))
-        if epoch + 1 < hp["epochs"] and _out_of_time(deadline, 0.0, ctx):
+            checkpoint.save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler,
+                                       history, Position(epoch + 1, stops=start.stops))
+        if epoch + 1 < hp["epochs"] and timelimit.out_of_time(deadline, 0.0, ctx):
             bar.close()
-            _stop(ckpt_dir, key, run, history, _Position(epoch + 1, stops=start.stops), steps, hp["epochs"], ctx)
+            _stop(ckpt_dir, key, run, history, Position(epoch + 1, stops=start.stops), steps, hp["epochs"], ctx)
     bar.close()
     model.cpu().eval()
     if metrics_csv and ctx.main:
@@ -484,39 +293,26 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
             "threads_per_process": torch.get_num_threads()}
 
 
-def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: _Position, steps: int, epochs: int,
+def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: Position, steps: int, epochs: int,
           ctx: Dist) -> None:
     where.stops = [*where.stops, {"epoch": where.epoch, "step": where.step, "job": os.environ.get("SLURM_JOB_ID", "")}]
     if ckpt_dir and where.step:  # every rank takes part; rank 0 writes
-        where.ranks = _rank_states(where, ctx)
+        # Every rank's own mid-epoch state (its loss sum and sample count so far, unreduced, and its
+        # random generators): each rank draws its own augmentation and mixup, and the epoch's loss
+        # is summed over ranks at its end.
+        where.ranks = distributed.rank_states({"partial": where.partial, "rng": where.rng}, ctx)
     if ckpt_dir and ctx.main:
-        save_checkpoint(ckpt_dir, where.epoch, key, run.model, run.optimizer, run.scheduler, run.scaler, history,
-                        where)
+        checkpoint.save_checkpoint(ckpt_dir, where.epoch, key, run.model, run.optimizer, run.scheduler, run.scaler,
+                                   history, where)
     done = where.epoch * steps + where.step
-    raise TimeLimit(f"stopped before the job's time limit after {done} of {epochs * steps} steps (epoch "
-                    f"{where.epoch + 1}/{epochs}, step {where.step}/{steps}); the checkpoint is in {ckpt_dir}",
-                    "the next attempt resumes from it: Snakemake's retries of rule finetune start it, or run "
-                    "the same command again")
+    raise timelimit.TimeLimit(f"stopped before the job's time limit after {done} of {epochs * steps} steps (epoch "
+                              f"{where.epoch + 1}/{epochs}, step {where.step}/{steps}); the checkpoint is in {ckpt_dir}",
+                              "the next attempt resumes from it: Snakemake's retries of rule finetune start it, or run "
+                              "the same command again")
 
 
 def _num_classes(model: nn.Module) -> int:
     return getattr(model, "num_classes", None) or model.get_classifier().out_features
-
-
-def evaluate(model: nn.Module, loader, ctx: Dist, autocast=contextlib.nullcontext) -> tuple[float, float]:
-    """Top-1/top-5 in percent over the whole eval split: each rank scores its shard, then sums."""
-    def fn(x):
-        with autocast():
-            return model(x.to(ctx.device, non_blocking=True)).float()
-
-    model.eval()
-    n = len(loader.dataset)
-    top1, top5 = accuracy(fn, loader) if n else (0.0, 0.0)
-    if ctx.world == 1:
-        return top1, top5
-    counts = torch.tensor([top1 * n, top5 * n, n], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(counts)
-    return (counts[0] / counts[2]).item(), (counts[1] / counts[2]).item()
 
 
 def write_history(history: list[dict], path: str) -> None:
@@ -525,59 +321,6 @@ def write_history(history: list[dict], path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
-
-
-def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optimizer, scheduler, scaler,
-                    history: list[dict], mid: _Position | None = None) -> None:
-    """Write `ckpt_dir/epoch-NNNN/` (after `epoch` whole epochs) or, stopped mid-epoch,
-    `epoch-NNNN-step-NNNNNNNN/` (weights.safetensors + state.pt) atomically, then drop older ones.
-
-    The folder is filled under a temporary name and renamed, so a present folder is complete, and
-    the names sort in training order. state.pt holds only tensors, numbers, strings and containers:
-    torch.load(weights_only=True) reads it. Mid-epoch, `ranks` holds each rank's loss so far and
-    generators (`mid.ranks`, gathered by _rank_states; one process's own when not given).
-    """
-    from safetensors.torch import save_file
-
-    root = Path(ckpt_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".epoch-", suffix=".part", dir=root))
-    state = {"epoch": epoch, "key": key, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "history": history, "stops": mid.stops if mid is not None else []}
-    name = f"epoch-{epoch:04d}"
-    if mid is not None and mid.step:  # each rank's own loss so far and generators, rank by rank
-        state.update(step=mid.step, ranks=mid.ranks or [{"partial": mid.partial, "rng": mid.rng}])
-        name += f"-step-{mid.step:08d}"
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "weights.safetensors")
-        torch.save(state, tmp / "state.pt")
-        final = root / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in root.glob("epoch-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(ckpt_dir: str, key: str) -> dict | None:
-    """The latest complete checkpoint made with the same settings and inputs, or None."""
-    from safetensors.torch import load_file
-
-    done = sorted(Path(ckpt_dir).glob("epoch-*")) if Path(ckpt_dir).is_dir() else []
-    if not done:
-        return None
-    state = torch.load(done[-1] / "state.pt", map_location="cpu", weights_only=True)
-    if state.get("key") != key:
-        log.info("ignoring checkpoint %s: made with other settings or inputs", done[-1])
-        return None
-    state["model"] = load_file(str(done[-1] / "weights.safetensors"))
-    return state
-
-
-def checkpoint_dir(out: str) -> str:
-    return f"{out}{CHECKPOINT_SUFFIX}"
 
 
 def _sha256(path: str) -> str:
@@ -593,7 +336,7 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
     """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
 
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success. In a
-    SLURM job it stops before the job's time limit (job_deadline), leaving the checkpoint.
+    SLURM job it stops before the job's time limit (timelimit.job_deadline), leaving the checkpoint.
     """
     from ..common import store
 
@@ -603,7 +346,7 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
     model, arch = store.load_model(model_path)
     parent = fileio.read_sidecar(model_path)
     teacher_model = store.load_model(teacher)[0] if teacher and hp["distill"]["enabled"] else None
-    ctx = distributed(device)
+    ctx = distributed.join(device)
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
         manifest = manifest.of(manifest)
@@ -612,8 +355,8 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
         try:
             result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
                            desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
-                           ckpt_dir=checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
-                           threads=threads, deadline=job_deadline())
+                           ckpt_dir=checkpoint.checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
+                           threads=threads, deadline=timelimit.job_deadline())
         except Diverged as e:
             if ctx.main:
                 failed(model_path, out, metrics_csv, str(e), parent, arch)
@@ -626,10 +369,9 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
                              resumed_at_step=result["resumed_at_step"], time_limit_stops=result["time_limit_stops"],
                              device=result["device"], threads_per_process=result["threads_per_process"],
                              params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
-            shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+            shutil.rmtree(checkpoint.checkpoint_dir(out), ignore_errors=True)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.leave()
     return result
 
 
@@ -645,7 +387,7 @@ def failed(model_path: str, out: str, metrics_csv: str, reason: str, parent: dic
     write_history([], metrics_csv)
     store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, status=Status.FAILED, reason=reason,
                         params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    shutil.rmtree(checkpoint.checkpoint_dir(out), ignore_errors=True)
 
 
 def keep(model_path: str, out: str, metrics_csv: str) -> dict:
