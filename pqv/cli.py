@@ -69,6 +69,7 @@ def _prune(a):
 
 
 def _finetune(a):
+    from .common import timelimit
     from .plan.config import hparams
     from .stages import finetune
 
@@ -82,7 +83,7 @@ def _finetune(a):
             finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device,
                          workers=a.workers, threads=a.threads)
 
-    finetune.attempt(a.out, a.attempt, work)  # a retry runs again only after a time-limit stop
+    timelimit.attempt(a.out, a.attempt, work)  # a retry runs again only after a time-limit stop
 
 
 def _quantize(a):

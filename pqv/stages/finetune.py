@@ -44,8 +44,8 @@ from ..common import checkpoint, datasets, distributed, timelimit
 from ..common.checkpoint import Position
 from ..common.distributed import Dist
 from ..common.progress import progress
-from ..common.timelimit import attempt as attempt  # the CLI runs a finetune as one of Snakemake's attempts
 from ..plan import fileio
+from ..plan import manifest as manifests
 from ..plan.errors import PQVError
 from ..plan.fileio import atomic_path
 from ..plan.registry import Status
@@ -256,7 +256,7 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     if threads:  # torchrun starts LOCAL_WORLD_SIZE processes on this node, each told the job's cores
         torch.set_num_threads(process_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(hp["seed"])
-    manifest = manifest.of(manifest)
+    manifest = manifests.of(manifest)
     loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
                              rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
     steps = len(loader)
@@ -349,7 +349,7 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
     ctx = distributed.join(device)
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
-        manifest = manifest.of(manifest)
+        manifest = manifests.of(manifest)
         resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
                       + manifest["fingerprint"])
         try:
