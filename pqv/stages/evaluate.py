@@ -169,7 +169,7 @@ RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "
 def describe(artifact: str, labels: dict | None = None) -> dict:
     """What the measurements need to know of an artifact: its sidecar, for the eager baseline (a
     .safetensors model) completed with the eager format, a perfect fidelity to itself, and the tokens
-    its row merges (labels' merge_r: the baseline of a merged file merges the same; its MACs counted)."""
+    its row merges (labels' merge_r: the baseline of a merged file merges the same)."""
     from ..common import store
 
     meta = fileio.read_sidecar(artifact)
@@ -180,19 +180,10 @@ def describe(artifact: str, labels: dict | None = None) -> dict:
         # (a model's sidecar says only `failed`; a diverged finetune's model is never a reference)
         status = Status.FAILED if meta.get("status") == Status.FAILED else Status.VERIFIED
         merge_r = int((labels or {}).get("merge_r") or 0)
-        merged = {"merge_r": merge_r, "macs": _merged_macs(artifact, merge_r)} if merge_r else {}
+        merged = {"merge_r": merge_r, "macs": None} if merge_r else {}  # not counted: see pqv.stages.quantize.run
         return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": status,
                 "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}, **merged}
     return meta
-
-
-def _merged_macs(model_path: str, merge_r: int) -> int:
-    """MACs of one image through the model merging `merge_r` tokens per block."""
-    from ..common import store, tome
-    from .prune import count_ops
-
-    model, arch = store.load_model(model_path)
-    return count_ops(tome.apply(model, merge_r), torch.zeros(1, *arch["data_config"]["input_size"]))[0]
 
 
 def runtime_version(fmt: str) -> str:
