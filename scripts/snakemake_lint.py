@@ -34,7 +34,7 @@ ALLOWED: dict[str, tuple[str, set[str] | None]] = {
         "snakemake on a cluster); a conda: per rule would add a software-stack record to every job and rerun it", None),
     "Mixed rules and functions in same snakefile.": (
         "each rule file keeps the input functions of its own rules beside them; common.smk holds the shared ones",
-        {"common.smk", "data.smk", "evaluate.smk", "finetune.smk", "model.smk", "search.smk"}),
+        {"data.smk", "evaluate.smk", "finetune.smk", "model.smk", "search.smk"}),
     "Environment variable PATH used but not asserted with envvars directive.": (
         "common.smk puts the venv's bin/ (ExecuTorch's flatc) first on every job's PATH: it sets PATH, it does not need it",
         {"common.smk"}),

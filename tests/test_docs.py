@@ -165,6 +165,7 @@ def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs(run_folder):
     """docs/deit_b.md's 2026-12-04 per-stage tables (the heavy jobs; the whole config) are the CSVs
     that `pqv costs` makes again from each run's benchmark files and job logs (copied beside it),
     rendered by scripts/costs_table.py."""
+    from pqv.plan import jobs
     from pqv.stages import summary
 
     spec = importlib.util.spec_from_file_location("costs_table", REPO / "scripts/costs_table.py")
@@ -172,14 +173,9 @@ def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs(run_folder):
     spec.loader.exec_module(costs_table)
     run = REPO / "docs/data" / run_folder
     benchmarks = sorted((run / "benchmarks").rglob("*.tsv"))
-    # the rules' log folders and names (workflow/rules): evaluate's two jobs share a folder
-    log_of = {"keep_dense": "finetune", "accuracy": "evaluate", "latency": "evaluate"}
-    logs = []
-    for path in benchmarks:
-        rel = path.relative_to(run / "benchmarks").with_suffix("")
-        stage = rel.parts[0] if len(rel.parts) > 1 else None
-        name = str(rel).replace(stage, log_of.get(stage, stage), 1) if stage else str(rel)
-        logs.append(str(run / "job-logs" / (name + (f".{stage}" if stage in ("accuracy", "latency") else "") + ".log")))
+    # each benchmark file's log, as the rules name them (pqv.plan.jobs)
+    logs = [str(run / "job-logs" / jobs.log_name(*jobs.of_benchmark(str(path.relative_to(run / "benchmarks")))))
+            for path in benchmarks]
     assert all(Path(log).is_file() for log in logs), [log for log in logs if not Path(log).is_file()]
     again = summary.stage_costs([str(p) for p in benchmarks], str(run / "benchmarks"), logs).set_index("stage")
     written = pd.read_csv(run / "stage_costs.csv").set_index("stage")

@@ -6,6 +6,7 @@ Torch-free; works on a config dict with its defaults filled in (pqv.plan.config.
 """
 from __future__ import annotations
 
+from . import jobs as job_graph
 from . import registry
 from .registry import DENSE, EAGER, NO_ENGINE
 
@@ -109,11 +110,11 @@ def made_by(config: dict, artifact: dict) -> list[tuple[str, dict]]:
     its branch's prune and finetune (or keep_dense), its program's quantize, its export, its
     accuracy and latency. The search (workflow/rules/search.smk) asks it for every probe."""
     a = artifact
-    branch = {k: a[k] for k in ("model", "importance", "ratio")}
+    branch = job_graph.wildcards("prune", a)  # each job's wildcards: pqv.plan.jobs
     out = [("prune", branch), ("keep_dense" if passes_through(config, a["ratio"]) else "finetune", branch)]
     if a["format"] != EAGER:
-        program = {**{k: a[k] for k in ("model", "importance", "ratio", "precision", "engine", "merge")},
-                   "ir": registry.ir_of(a["format"])}  # a .ts or .pt2 program may serve more than one format
+        # a .ts or .pt2 program may serve more than one format
+        program = job_graph.wildcards("quantize", {**a, "ir": registry.ir_of(a["format"])})
         out += [("quantize", program), ("export", a)]
     return out + [("accuracy", a), ("latency", a)]
 

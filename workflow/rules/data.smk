@@ -22,9 +22,9 @@ rule data_train:
     output:
         TRAIN_DATA,
     log:
-        f"{LOGS}/data_train.log",
+        job_log("data_train"),
     benchmark:
-        bench("data_train")
+        job_benchmark("data_train")
     threads: stage_threads("data")
     resources:
         **stage_resources("data_train"),
@@ -43,9 +43,9 @@ rule data_eval:
     output:
         EVAL_DATA,
     log:
-        f"{LOGS}/data_eval.log",
+        job_log("data_eval"),
     benchmark:
-        bench("data_eval")
+        job_benchmark("data_eval")
     threads: stage_threads("data")
     resources:
         **stage_resources("data_eval"),

@@ -40,9 +40,9 @@ rule accuracy:
     output:
         ACCURACY,
     log:
-        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.accuracy.log",
+        job_log("accuracy"),
     benchmark:
-        bench("accuracy", JOB_ARTIFACT)
+        job_benchmark("accuracy")
     threads: stage_threads("accuracy")
     resources:
         **stage_resources("accuracy"),
@@ -65,9 +65,9 @@ rule latency:
     output:
         LATENCY,
     log:
-        f"{LOGS}/evaluate/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.latency.log",
+        job_log("latency"),
     benchmark:
-        bench("latency", JOB_ARTIFACT)
+        job_benchmark("latency")
     threads: stage_threads("latency")
     resources:
         **stage_resources("latency"),
@@ -88,9 +88,9 @@ rule summary:
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Tables"),
     log:
-        f"{LOGS}/summary.log",
+        job_log("summary"),
     benchmark:
-        bench("summary")
+        job_benchmark("summary")
     shell:
         "{PQV} summarize {input.metrics:q} --search {input.search:q} --out {output:q} > {log:q} 2>&1"
 
@@ -107,7 +107,7 @@ rule stage_costs:
     output:
         report(STAGE_COSTS, caption="../report/stage_costs.rst", category="Tables"),
     log:
-        f"{LOGS}/stage_costs.log",
+        job_log("stage_costs"),
     params:
         root=BENCHMARKS,
         logs=lambda wc: [log for _, log in sorted(cost_files().items())],  # each job's, in the inputs' order

@@ -10,9 +10,9 @@ rule export:
         sidecar=f"{EXPORTED}.json",
         app=f"{EXPORTED}.app.json",  # labels, input and preprocessing, for an app (pqv/common/appfile.py)
     log:
-        f"{LOGS}/export/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.log",
+        job_log("export"),
     benchmark:
-        bench("export", JOB_ARTIFACT)
+        job_benchmark("export")
     threads: stage_threads("export")
     resources:
         **stage_resources("export"),

@@ -16,10 +16,10 @@ else:
 # its limit with a checkpoint (pqv.common.timelimit.job_deadline) and fails, and Snakemake's retries start
 # the next, which resumes there; one retry more than the plan needs, since budgets are estimates.
 with pqv_config.reported("plan"):
-    FINETUNE_JOBS = _finetune_jobs()
+    FINETUNE_JOBS = RUN.finetune_jobs(PLAN, SNAKEMAKE)
 if FINETUNE_JOBS > 1:
     print(
-        f"pqv: a finetune takes longer than partition {SHARED_PLAN['partition']}'s limit of {MAX_MINUTES} min: "
+        f"pqv: a finetune takes longer than partition {PLAN.partition}'s limit of {PLAN.max_minutes} min: "
         f"it runs as about {FINETUNE_JOBS} successive jobs, each resuming where the one before stopped",
         file=sys.stderr,
     )
@@ -42,9 +42,9 @@ rule finetune:
         sidecar=f"{FINETUNED}.json",
         metrics=f"{BRANCH}/finetune_metrics.csv",
     log:
-        f"{LOGS}/finetune/{{model}}/{{importance}}_{{ratio}}.log",
+        job_log("finetune"),
     benchmark:
-        bench("finetune", JOB_BRANCH)
+        job_benchmark("finetune")
     retries: FINETUNE_JOBS if FINETUNE_JOBS > 1 else 0
     threads: stage_threads("finetune")
     resources:
@@ -73,9 +73,9 @@ if not FINETUNE["dense"]:
             sidecar=f"{FINETUNED}.json",
             metrics=f"{BRANCH}/finetune_metrics.csv",
         log:
-            f"{LOGS}/finetune/{{model}}/{{importance}}_{{ratio}}.log",
+            job_log("keep_dense"),
         benchmark:
-            bench("keep_dense", JOB_BRANCH)
+            job_benchmark("keep_dense")
         wildcard_constraints:
             importance=T.DENSE,
             ratio="0",

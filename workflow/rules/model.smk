@@ -32,9 +32,9 @@ rule model:
         sidecar=f"{MODEL}.json",
         metrics=f"{R}/{{model}}/model_train.csv",
     log:
-        f"{LOGS}/model/{{model}}.log",
+        job_log("model"),
     benchmark:
-        bench("model", "{model}")
+        job_benchmark("model")
     threads: stage_threads("model")
     resources:
         **stage_resources("model"),

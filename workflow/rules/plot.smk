@@ -5,9 +5,9 @@ rule plot:
     output:
         [report(path, caption=f"../report/{name}.rst", category="Figures") for name, path in zip(FIGURE_NAMES, FIGURES)],
     log:
-        f"{LOGS}/plot.log",
+        job_log("plot"),
     benchmark:
-        bench("plot")
+        job_benchmark("plot")
     params:
         outdir=f"{R}/figures",
     shell:

@@ -8,9 +8,9 @@ rule profile:
         csv=f"{PROFILE}.csv",
         png=report(f"{PROFILE}.png", caption="../report/profile.rst", category="Operator profiles"),
     log:
-        f"{LOGS}/profile/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{format}}.log",
+        job_log("profile"),
     benchmark:
-        bench("profile", JOB_ARTIFACT)
+        job_benchmark("profile")
     threads: stage_threads("profile")
     resources:
         **stage_resources("profile"),

@@ -9,9 +9,9 @@ rule prune:
         model=PRUNED,
         sidecar=f"{PRUNED}.json",
     log:
-        f"{LOGS}/prune/{{model}}/{{importance}}_{{ratio}}.log",
+        job_log("prune"),
     benchmark:
-        bench("prune", JOB_BRANCH)
+        job_benchmark("prune")
     threads: stage_threads("prune")
     resources:
         **stage_resources("prune"),

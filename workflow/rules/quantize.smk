@@ -9,9 +9,9 @@ rule quantize:
         model=QUANTIZED,
         sidecar=f"{QUANTIZED}.json",
     log:
-        f"{LOGS}/quantize/{{model}}/{{importance}}_{{ratio}}/{{precision}}-{{engine}}{{merge}}.{{ir}}.log",
+        job_log("quantize"),
     benchmark:
-        bench("quantize", JOB_PROGRAM)
+        job_benchmark("quantize")
     threads: stage_threads("quantize")
     resources:
         **stage_resources("quantize"),
