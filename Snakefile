@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.27")  # pyproject.toml pins 9.27.x: what pqv/plan/snakemake_api.py was checked against
 
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
