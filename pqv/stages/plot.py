@@ -252,7 +252,8 @@ def engines(table: pd.DataFrame):
         return fig
     imp = main_importance(table)
     sub = quantized[(quantized["importance"] == imp) | (quantized["ratio"] == 0)]
-    sub = sub.assign(recipe=sub["precision"] + "\n" + sub["engine"] + " ." + sub["format"])
+    merging = sub["merge_r"].map(lambda r: f" merging {r}" if r else "")  # token merging: a recipe of its own
+    sub = sub.assign(recipe=sub["precision"] + "\n" + sub["engine"] + merging + " ." + sub["format"])
     width = max(6.0, 0.5 * sub["recipe"].nunique() * sub["ratio"].nunique())
     fig, rows = _per_model(sub, 2, width=width)
     for model, part, axes in rows:
