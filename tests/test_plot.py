@@ -107,3 +107,17 @@ def test_the_model_figure_compares_the_models_recipes_not_the_file_without_pqv()
     bar = table.iloc[[0]].assign(precision="int8_dynamic", engine="mlas_plain", format="onnx", without_pqv=True)
     table = plot.load_frame(pd.concat([table.assign(without_pqv=False), bar], ignore_index=True))
     assert "mlas_plain" not in plot.FIGURES["fig6_models"](table)._suptitle.get_text()
+
+
+def test_a_merged_file_is_a_recipe_of_its_own_in_every_figure(tmp_path):
+    """merge.r (token merging): a file merging tokens shares precision, engine, format and ratio with
+    its unmerged twin; every figure keeps them apart (grouped bars would otherwise meet two rows)."""
+    table = summary(["demo"])
+    merged = table[table["format"] != "eager"].assign(merge_r=8)
+    merged[["latency_ms_median", "latency_ms_min", "latency_ms_max"]] /= 2
+    path = tmp_path / "summary.csv"
+    pd.concat([table.assign(merge_r=0), merged]).to_csv(path, index=False)
+    assert len(plot.run(str(path), str(tmp_path / "figures"))) == len(plot.FIGURES)
+    loaded = plot.load(str(path))
+    labels = [t.get_text() for t in plot.FIGURES["pareto_accuracy_latency"](loaded).axes[0].get_legend().get_texts()]
+    assert "int8_dynamic x86 merging 8 .ptl" in labels and "int8_dynamic x86 .ptl" in labels
