@@ -7,7 +7,12 @@ reported, not timed). Four lever rows are made outside the workflow on purpose a
 own layers (the baseline of pqv/common/layers.py's twins), PQV's LayerNorm twin before issue 15 and
 timm's LayerNorm as a portable kernel (the two alternatives to today's, bench/layernorm.py); they
 get the same check. ONNX Runtime's rows (the peer) are the workflow's own onnx and ort formats
-(pqv/common/ort.py), and each run's `speedup_vs_ort` is against the fastest of them (`ort_best`). Each
+(pqv/common/ort.py), and each run's `speedup_vs_ort` is against the fastest of them (`ort_best`). The
+token-merging rows (issue 42; `merge_r` column, rows named `... r8`, `... r16`) merge r tokens per block
+(pqv.common.tome), applied by pqv.stages.quantize.run(merge_r=r) before quantizing, dense or with the
+pruned model of the fastest `.pte` (round_to 64), in `.pte` and ONNX Runtime's plain recipe; their export
+check compares each file with its parent merging the same tokens, and `macs` is what the merged model
+computes. They are PQV's files, not the peer's: `ort_best` is never one of them. Each
 artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
 calls, median of repeated batch-1 calls; min and max kept). The machines we run on share their
 host, so the whole set is timed in several interleaved rounds and each speed-up is the median over
@@ -38,7 +43,7 @@ import torch
 from torch import nn
 
 from pqv.common import arch, ort, store
-from pqv.plan import fileio, registry
+from pqv.plan import fileio, registry, sweep
 from pqv.plan.errors import PQVError
 from pqv.plan.registry import NO_ENGINE, Status
 from pqv.stages import evaluate, export, prune, quantize
@@ -61,6 +66,7 @@ class Recipe:
     threads: int | None = None  # None: --threads
     layers: str = "pqv"  # pte only: which layers are exported (LAYERS); "pqv" is what the workflow ships
     note: str = ""
+    merge_r: int = 0  # tokens merged per block (pqv.common.tome), by pqv.stages.quantize.run(merge_r=...); 0: none
 
 
 RECIPES: dict[str, Recipe] = {
@@ -109,16 +115,32 @@ RECIPES: dict[str, Recipe] = {
     WITHOUT_PQV: Recipe("dense", registry.WITHOUT_PQV["precision"], registry.WITHOUT_PQV["engine"], registry.WITHOUT_PQV["format"],
                         note=registry.WITHOUT_PQV_HELP),
 }
+# token merging (issue 42): r tokens merged per block, alone (dense) and with the pruned model of the fastest
+# .pte (round_to 64), in .pte (int8 dynamic, XNNPACK) and ONNX Runtime's plain int8 dynamic recipe
+MERGE_RS = (8, 16)
+_MERGED_MODELS = {"dense": ("dense", "dense"), "pruned": ("pruned_round_to", "9.375 % pruned, round_to=64")}
+for _r in MERGE_RS:
+    for _which, (_model, _said) in _MERGED_MODELS.items():
+        _tome = f"merging {_r} tokens per block (pqv.common.tome), {_said}"
+        RECIPES[f"pte int8 {_which} r{_r}"] = Recipe(_model, "int8_dynamic", "xnnpack", "pte", merge_r=_r, note=_tome)
+        RECIPES[f"onnxruntime int8 {_which} r{_r}"] = Recipe(_model, "int8_dynamic", "mlas_plain", "onnx", merge_r=_r,
+                                                             note=f"ORT's plain recipe, {_tome}")
+        RECIPES[f"onnxruntime int8 {_which} r{_r} .ort"] = Recipe(_model, "int8_dynamic", "mlas_plain", "ort", merge_r=_r,
+                                                                  note=f"ORT's plain recipe, ORT format, {_tome}")
+del _r, _which, _model, _said, _tome
 ORT = "onnxruntime int8_dynamic"
-# every ONNX Runtime row: `speedup_vs_ort` is the ratio to the fastest of them in the run (`ort_best`)
-ORT_ROWS = tuple(name for name, r in RECIPES.items() if r.fmt in registry.ONNX_FORMATS and r.model != "dense")
+# every ONNX Runtime row of the pruned model: `speedup_vs_ort` is the ratio to the fastest of them in the run
+# (`ort_best`); files that merge tokens are PQV's lever, not the peer's
+ORT_ROWS = tuple(name for name, r in RECIPES.items()
+                 if r.fmt in registry.ONNX_FORMATS and r.model != "dense" and not r.merge_r)
 BASES = ("eager fp32 dense", PAPER, ORT, WITHOUT_PQV)  # every run times them: each speed-up is a ratio to one
 
 
 # ---- building artifacts with PQV's own stages ----------------------------------------------------
 # The cache (--work) is keyed by everything that makes a file: each model has a folder named after
 # its timm model, importance, ratio and round_to; each artifact is named after its precision,
-# engine, options and lever, plus its calibration data where the precision is calibrated; the
+# engine, token merging (-tome{r}, as the workflow's paths), options and lever, plus its calibration
+# data where the precision is calibrated; the
 # artifacts of a --trained model sit in a folder named after that file's content hash.
 
 REJECTED = Status.REJECTED  # pqv.stages.export's status of a file that failed its fidelity check
@@ -148,7 +170,8 @@ def data_tag(manifest: dict) -> str:
 
 def artifact_path(folder: Path, recipe: Recipe, manifest: dict, calibration_images: int) -> Path:
     """The row's artifact inside its model's folder (`folder`)."""
-    stem = f"{recipe.precision}-{recipe.engine}" + "".join(f"-{k}={v}" for k, v in recipe.options.items())
+    stem = (f"{recipe.precision}-{recipe.engine}{sweep.merge_name(recipe.merge_r)}"
+            + "".join(f"-{k}={v}" for k, v in recipe.options.items()))
     if recipe.fmt == "pte":  # a program's file depends on the code of the layers it was exported with
         stem += f"-layers={recipe.layers}-{layers_fingerprint()}"
     if quantize.calibrated(recipe.precision):
@@ -171,12 +194,14 @@ def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_i
           min_cosine: float) -> dict:
     """The row's artifact made as the workflow makes it, unless cached: pqv.stages.quantize.run, then
     pqv.stages.export.run, which loads it back and checks it against `source` on `check_images` held-out
-    images. Its export sidecar (status, fidelity)."""
+    images (`source` merging the same tokens, for a recipe with merge_r). Its export sidecar (status, fidelity)."""
     if not out.exists():
         program = out.with_name(f"{out.stem}.program.{registry.ir_of(recipe.fmt)}")  # .onnx: not the artifact's name
         if recipe.layers == "pqv":
-            quantize.run(str(source), str(program), recipe.precision, recipe.engine, manifest, calibration_images)
+            quantize.run(str(source), str(program), recipe.precision, recipe.engine, manifest, calibration_images,
+                         merge_r=recipe.merge_r)
         else:
+            assert not recipe.merge_r, "lever layers are exported without token merging"
             _quantize_lever_layers(source, program, recipe.precision, manifest, recipe.layers)
         try:
             with warnings.catch_warnings():
@@ -310,7 +335,8 @@ def time_in_subprocess(recipe: Recipe, path: Path, input_size: list, threads: in
 def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: Path, calibration_images: int,
               check_images: int, min_cosine: float) -> dict[str, dict]:
     """Per recipe, top-1 agreement and cosine of its artifact, built from the trained model the
-    same way, with the trained FP32 parent over the whole held-out split."""
+    same way, with the trained FP32 parent over the whole held-out split (the parent as trained, not
+    merging tokens: a merged row's agreement is what merging and quantizing cost together)."""
     from pqv.common import datasets
 
     model, a = store.load_model(trained)
@@ -467,6 +493,7 @@ def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) ->
         ts = timings[name]
         table.append({
             "row": name, "model": args.model, "pruned": recipe.model, "ratio": 0.0 if recipe.model == "dense" else args.ratio,
+            "merge_r": recipe.merge_r,
             "precision": recipe.precision, "engine": recipe.engine, "format": recipe.fmt,
             "options": json.dumps(recipe.options) if recipe.options else "", "threads": recipe.threads or args.threads,
             "latency_ms_median": statistics.median(t["latency_ms_median"] for t in ts),
@@ -484,7 +511,9 @@ def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) ->
             "check_images": 0 if recipe.fmt == EAGER else args.check_images,
             "trained_top1_agreement": trained.get(name, {}).get("top1_agreement"),
             "trained_cosine_min": trained.get(name, {}).get("cosine_min"),
-            "macs": facts[recipe.model]["macs"], "params": facts[recipe.model]["params"],
+            # a merged file's MACs are its merged model's (pqv.stages.quantize.run counts them into its sidecar)
+            "macs": fileio.read_sidecar(paths[name])["macs"] if recipe.merge_r else facts[recipe.model]["macs"],
+            "params": facts[recipe.model]["params"],
             "widths": "{embed_dim}/{head_dim}/{mlp_hidden}".format(**facts[recipe.model]),
             "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, "note": recipe.note,
             "runtime": ts[0]["runtime"], "session_options": ts[0]["session_options"],

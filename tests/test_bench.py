@@ -38,7 +38,7 @@ def test_artifact_paths_differ_by_recipe_and_calibration(latency, tmp_path):
     digits = {"dataset": {"name": "digits"}, "fingerprint": "d1"}
     paths = {latency.artifact_path(tmp_path, latency.RECIPES[n], digits, 128) for n in names}
     # rows that differ only in threads or source model share a file; every other pair differs
-    distinct = {(r.precision, r.engine, r.fmt, tuple(r.options.items()), r.layers)
+    distinct = {(r.precision, r.engine, r.fmt, tuple(r.options.items()), r.layers, r.merge_r)
                 for r in (latency.RECIPES[n] for n in names)}
     assert len(paths) == len(distinct)
     static = latency.RECIPES["pte int8_static"]
@@ -48,6 +48,10 @@ def test_artifact_paths_differ_by_recipe_and_calibration(latency, tmp_path):
     assert latency.artifact_path(tmp_path, static, digits, 128) != latency.artifact_path(tmp_path, static, folder, 128)
     # an uncalibrated recipe does not depend on the calibration set
     assert latency.artifact_path(tmp_path, dynamic, digits, 128) == latency.artifact_path(tmp_path, dynamic, folder, 32)
+    # a file that merges tokens is named after its r, as the workflow's paths (-tome{r}); r = 0 names nothing
+    merged = latency.artifact_path(tmp_path, latency.RECIPES["pte int8 pruned r16"], digits, 128)
+    assert "-tome16" in merged.name and "-tome" not in latency.artifact_path(tmp_path, dynamic, digits, 128).name
+    assert not any(latency.RECIPES[n].merge_r for n in latency.ORT_ROWS)  # the peer's best never merges tokens
 
 
 def test_trained_artifacts_are_keyed_by_the_file_content(latency, tmp_path):
