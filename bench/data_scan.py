@@ -60,11 +60,11 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> int:
 
 
 CHECK = {  # code run in a fresh process, for each version of the data stage
-    "after": "from pqv import data; data.run(SPEC, OUT, threads=THREADS)",
+    "after": "from pqv.stages import data; data.run(SPEC, OUT, threads=THREADS)",
     "before": "from pqv import imagecheck; imagecheck.check_splits(SPEC)",
 }
 SETUP = {
-    "after": "from pqv import datasets; [datasets.dataset(OUT, s, DC) for s in ('train', 'eval')]",
+    "after": "from pqv.common import datasets; [datasets.dataset(OUT, s, DC) for s in ('train', 'eval')]",
     "before": "from pqv import data; [data.dataset(SPEC, s, DC) for s in ('train', 'eval')]",
 }
 PRELUDE = """

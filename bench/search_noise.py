@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pqv import search  # noqa: E402
+from pqv.plan import search  # noqa: E402
 
 POINTS = search.grid(0.0, 0.9, 0.05)  # the default search: 19 ratios
 SCENARIOS = {"smooth": False, "fluke": True}

@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the model's train.epochs")
     ap.add_argument("--finetune-epochs", type=int, default=None, help="override finetune.epochs for the merged finetune")
     ap.add_argument("--no-finetune", action="store_true", help="off-the-shelf rows only")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core VM, 2 threads spin-waited ~30x slower)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core VM, 2 threads spin-waited "
+                    "~30x slower)")
     ap.add_argument("--csv", required=True)
     args = ap.parse_args()
 

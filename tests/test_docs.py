@@ -86,8 +86,8 @@ def test_config_keys_named_in_the_text_exist(page):
     for section, key in set(re.findall(r"`([a-z_]+)\.([a-z_]+)", page.read_text())):
         if section not in sections or not isinstance(sections[section], type):
             continue
-        try:  # `export.load`, `evaluate.latency`: a function of a pqv module, not a key
-            if hasattr(importlib.import_module(f"pqv.{section}"), key):
+        try:  # `export.load`, `evaluate.latency`: a function of a stage's module, not a key
+            if hasattr(importlib.import_module(f"pqv.stages.{section}"), key):
                 continue
         except ImportError:
             pass

@@ -261,7 +261,7 @@ def test_pruned_models_reload_identically_in_a_fresh_process(tmp_path):
         store.save_model(m, tmp_path / f"{heads}.safetensors", a)
         torch.save(m(x).detach(), tmp_path / f"{heads}.pt")
     code = (  # same thread count: GEMM results can differ in the last bit across thread splits
-        f"import sys, torch; from pqv import store; torch.set_num_threads({torch.get_num_threads()})\n"
+        f"import sys, torch; from pqv.common import store; torch.set_num_threads({torch.get_num_threads()})\n"
         f"x = torch.load(r'{tmp_path / 'x.pt'}', weights_only=True)\n"
         "for heads in ['dims', 'whole']:\n"
         f"    m, _ = store.load_model(r'{tmp_path}/' + heads + '.safetensors')\n"

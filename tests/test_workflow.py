@@ -375,7 +375,7 @@ def test_a_stage_whose_code_changed_reruns_with_what_is_made_from_it(finished):
     is made from its outputs rerun, nothing else."""
     cfg = finished / "config.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CONFIG))
-    upgraded = ("import sys; from pqv import reruns; reruns.VERSIONS['quantize'] += 1; from snakemake.cli import main; "
+    upgraded = ("import sys; from pqv.plan import reruns; reruns.VERSIONS['quantize'] += 1; from snakemake.cli import main; "
                 "sys.argv[0] = 'snakemake'; main(sys.argv[1:])")
     result = subprocess.run([sys.executable, "-c", upgraded, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory",
                              str(finished), "--configfile", str(cfg), "--cores", "2"], capture_output=True, text=True)
