@@ -11,8 +11,9 @@ get the same check. ONNX Runtime's rows (the peer) are the workflow's own onnx a
 token-merging rows (issue 42; `merge_r` column, rows named `... r8`, `... r16`) merge r tokens per block
 (pqv.common.tome), applied by pqv.stages.quantize.run(merge_r=r) before quantizing, dense or with the
 pruned model of the fastest `.pte` (round_to 64), in `.pte` and ONNX Runtime's plain recipe; their export
-check compares each file with its parent merging the same tokens, and `macs` is what the merged model
-computes. They are PQV's files, not the peer's: `ort_best` is never one of them. Each
+check compares each file with its parent merging the same tokens, and `macs` is empty (Torch-Pruning's
+counter misses the attention of merging blocks; the sidecar lists the tokens per block). They are PQV's
+files, not the peer's: `ort_best` is never one of them. Each
 artifact is timed in a fresh subprocess of its own (fixed threads, warm-up
 calls, median of repeated batch-1 calls; min and max kept). The machines we run on share their
 host, so the whole set is timed in several interleaved rounds and each speed-up is the median over
