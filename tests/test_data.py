@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pqv.common import datasets
-from pqv.plan import manifest
+from pqv.plan import manifest as manifests
 from pqv.plan.errors import PQVError
 from pqv.stages import data
 
@@ -91,7 +91,7 @@ def test_the_data_stage_warns_in_its_log_and_writes_the_manifest(tmp_path):
     assert "WARNING" in result.stderr and "cannot be scored: y" in result.stderr
     manifest = json.loads(out.read_text())
     assert manifest["modes"] == {"RGB": 3} and len(manifest["fingerprint"]) == 64
-    assert manifest.read(out)["splits"]["train"]["items"] == [[0, "x/0000.jpg"], [1, "y/0000.jpg"]]
+    assert manifests.read(out)["splits"]["train"]["items"] == [[0, "x/0000.jpg"], [1, "y/0000.jpg"]]
 
 
 def test_every_unreadable_image_and_empty_class_in_one_line_and_no_manifest(tmp_path):
@@ -120,7 +120,7 @@ def test_a_subset_is_drawn_once_in_the_manifest_and_decoded_alone(tmp_path, monk
     inspect = data.inspect
     monkeypatch.setattr(data, "inspect", lambda p: decoded.append(p) or inspect(p))
     manifest = data.scan(spec)
-    assert [manifest["splits"][s]["images"] for s in manifest.SPLITS] == [7, 4] and len(decoded) == 11
+    assert [manifest["splits"][s]["images"] for s in manifests.SPLITS] == [7, 4] and len(decoded) == 11
     assert data.scan(spec)["splits"]["train"]["items"] == manifest["splits"]["train"]["items"]  # fixed seed
 
 
@@ -175,7 +175,7 @@ def test_a_model_learns_classes_that_differ_only_in_16_bit_level(sixteen_bit):
 # ---- noticing a change without walking the tree ---------------------------------------------
 
 def stamps(spec) -> dict:
-    return {split: manifest.stamp(spec, split) for split in manifest.SPLITS}
+    return {split: manifests.stamp(spec, split) for split in manifests.SPLITS}
 
 
 def test_the_stamp_changes_with_the_images_of_a_split_and_nothing_else(tmp_path):
@@ -221,23 +221,23 @@ def test_the_stamp_sees_an_image_replaced_under_its_name(tmp_path):
     """A copy extracted again with the same files changes nothing; a different image under the same
     name changes its size or mtime."""
     spec = tree(tmp_path, CLASSES[:2], per_class=1)
-    before = manifest.stamp(spec, "train")
+    before = manifests.stamp(spec, "train")
     image = tmp_path / "train" / "bird" / "0000.jpg"
     st = os.stat(image)
     copy_of = image.read_bytes()
     image.unlink()
     image.write_bytes(copy_of)  # extracted again: same bytes, same mtime (tar restores it), a new inode
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert manifest.stamp(spec, "train") == before
+    assert manifests.stamp(spec, "train") == before
     image.unlink()
     _jpeg(image, (1, 1, 1))  # a different image under the same name
-    assert manifest.stamp(spec, "train") != before
+    assert manifests.stamp(spec, "train") != before
 
 
 def test_estimate_counts_class_folders_and_lists_only_a_few(tmp_path):
     spec = tree(tmp_path, CLASSES, per_class=3)
-    assert manifest.estimate(spec) == {"classes": 6, "train": 18, "eval": 18}
-    assert manifest.estimate({**spec, "max_eval": 5})["eval"] == 5
+    assert manifests.estimate(spec) == {"classes": 6, "train": 18, "eval": 18}
+    assert manifests.estimate({**spec, "max_eval": 5})["eval"] == 5
 
 
 # ---- samples every stage draws ---------------------------------------------------------------
@@ -454,7 +454,7 @@ def test_a_symbolic_link_loop_is_one_line_naming_the_link(tmp_path, where):
     message = rf"symbolic link loop in the data tree: {link} links to {target}, so .* a folder above it " \
               rf"\(fix: remove the link {link}, or point it at a folder outside the data tree\)"
     with pytest.raises(PQVError, match=message):
-        manifest.stamp(spec, "train")
+        manifests.stamp(spec, "train")
     with pytest.raises(PQVError, match=message):
         data.scan(spec, split="train")
-    manifest.stamp(spec, "eval")  # the other split is not affected
+    manifests.stamp(spec, "eval")  # the other split is not affected

@@ -123,13 +123,13 @@ def data_config(**dataset) -> dict:
 def test_the_digits_read_no_folder_keys():
     """dataset.root, train_dir and eval_dir name ImageFolder folders: under the digits no job reads
     them, so neither the data jobs' settings nor their stamps change with them."""
-    from pqv.plan import manifest
+    from pqv.plan import manifest as manifests
 
     plain, foldered = data_config(name="digits"), data_config(name="digits", root="/elsewhere", train_dir="t", eval_dir="v")
     for stage, split in (("data_train", "train"), ("data_eval", "eval")):
         assert reruns.options(stage, foldered, {}) == reruns.options(stage, plain, {})
-        assert manifest.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == \
-            manifest.stamp(reruns.section_read(stage, plain, {}, "dataset"), split)
+        assert manifests.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == \
+            manifests.stamp(reruns.section_read(stage, plain, {}, "dataset"), split)
     # under imagefolder they are read
     assert '"root": "/a"' in reruns.options("data_train", data_config(name="imagefolder", root="/a"), {})
 
@@ -137,7 +137,7 @@ def test_the_digits_read_no_folder_keys():
 def test_split_seed_is_read_where_images_are_drawn(tmp_path):
     """The digits split is drawn with split_seed, and so are max_train/max_eval subsets; a whole
     ImageFolder split is not: there a changed split_seed reruns nothing."""
-    from pqv.plan import manifest
+    from pqv.plan import manifest as manifests
 
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
@@ -146,7 +146,7 @@ def test_split_seed_is_read_where_images_are_drawn(tmp_path):
     def read(stage, **dataset):
         config = data_config(**dataset)
         spec = reruns.section_read(stage, config, {}, "dataset")
-        return ("dataset", "split_seed") in reruns.settings(stage, config, {}), manifest.stamp(spec, stage.removeprefix("data_"))
+        return ("dataset", "split_seed") in reruns.settings(stage, config, {}), manifests.stamp(spec, stage.removeprefix("data_"))
 
     whole = dict(name="imagefolder", root=str(tmp_path))
     for stage in ("data_train", "data_eval"):

@@ -50,12 +50,12 @@ def submit(tmp_path):
     def run(config: dict, targets: list[str], *args: str, inputs: bool = True, site: tuple[str, ...] = ()) -> dict[str, str]:
         """sbatch's own options (space-delimited) per submitted job, keyed by rule and wildcards,
         for one run of the README's command with partition and account named on the command line."""
-        from pqv.plan import manifest
+        from pqv.plan import manifest as manifests
         from pqv.stages import data
 
         work = tmp_path / f"work{next(runs)}"
         if inputs:  # the data jobs' manifests first, then the files made after them
-            for split in manifest.SPLITS:
+            for split in manifests.SPLITS:
                 data.run({"name": "digits"}, str(work / f"results/data/{split}.json"), split=split)
         for name in INPUTS if inputs else []:
             (work / "results/demo_vit" / name).parent.mkdir(parents=True, exist_ok=True)

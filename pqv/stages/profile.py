@@ -25,8 +25,6 @@ from pathlib import Path
 
 import torch
 
-from ..plan import fileio
-
 ETDUMP_PYTHON_ENV = "PQV_ETDUMP_PYTHON"  # the names pqv.plan.config.tracer_python checks before any job
 COLUMNS = ["operator", "self_cpu_ms", "total_cpu_ms", "calls", "self_cpu_pct"]
 
@@ -214,6 +212,7 @@ def run(artifact: str, out_csv: str, out_png: str, threads: int, warmup: int, ru
     """CLI entry: profile one exported artifact at batch 1 in its own runtime, on one held-out image of
     the data set (its manifest; the same class-balanced sample as every stage) or, without data, zeros."""
     from ..common import datasets, store
+    from ..plan import fileio  # here, not above: this file is also the ETDump runner, run as a script
     from ..plan.errors import PQVError
 
     torch.set_num_threads(threads)
