@@ -10,6 +10,7 @@ not adopt: docs/paper.md). The same functions as the evaluate stage, on artifact
 
 Prints a table and writes bench/work/accuracy_throughput.csv. Method: DESIGN.md ("Measuring").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,9 +85,17 @@ def main() -> None:
             cases.append(("shards", a.cores, True))
         for label, threads, sharded in cases:
             rate, top1 = measure(artifact, manifest, threads, sharded)
-            rows.append({"artifact": artifact, "format": fmt, "pass": label, "threads": threads,
-                         "how": "one worker process per core" if sharded else f"one process, {threads} threads",
-                         "images_per_s": rate, "top1": top1})
+            rows.append(
+                {
+                    "artifact": artifact,
+                    "format": fmt,
+                    "pass": label,
+                    "threads": threads,
+                    "how": "one worker process per core" if sharded else f"one process, {threads} threads",
+                    "images_per_s": rate,
+                    "top1": top1,
+                }
+            )
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     from pqv.stages.evaluate import machine

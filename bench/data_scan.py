@@ -16,6 +16,7 @@ with PYTHONPATH=--repo:
   with bench/audit/sitecustomize.py counting every folder listing under the tree, per process.
 Prints a table and writes bench/results/data_scan-<label>.csv. Method: DESIGN.md ("Measuring").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,9 @@ def version(repo: Path) -> str:
 
 def timed(repo: Path, code: str, spec: dict, out: Path, threads: int, env: dict) -> float:
     script = PRELUDE + code + "\nprint(time.perf_counter() - start)\n"
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(spec), str(out), str(threads)], env=env,
-                          capture_output=True, text=True, cwd=repo)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(spec), str(out), str(threads)], env=env, capture_output=True, text=True, cwd=repo
+    )
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     return float(done.stdout.strip().splitlines()[-1])
@@ -92,9 +94,16 @@ def timed(repo: Path, code: str, spec: dict, out: Path, threads: int, env: dict)
 def sweep_config(spec: dict) -> dict:
     return {
         "dataset": {**spec, "max_train": 256, "max_eval": 128},
-        "models": [{"id": "tiny", "timm_name": "vit_tiny_patch16_224", "weights": "train",
-                    "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3},
-                    "data_config": {"crop_pct": 1.0}, "train": {"epochs": 1, "batch_size": 64}}],
+        "models": [
+            {
+                "id": "tiny",
+                "timm_name": "vit_tiny_patch16_224",
+                "weights": "train",
+                "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3},
+                "data_config": {"crop_pct": 1.0},
+                "train": {"epochs": 1, "batch_size": 64},
+            }
+        ],
         "prune": {"importances": ["l2", "taylor"], "ratios": [0.0, 0.5], "calibration_batches": 1, "batch_size": 16},
         "finetune": {"epochs": 1, "batch_size": 64},
         "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86"]},
@@ -108,23 +117,45 @@ def sweep(repo: Path, spec: dict, work: Path, env: dict) -> tuple[dict, float]:
     """Run the tiny sweep with every listing under the tree logged; listings per kind of process."""
     log = work / "listings.tsv"
     (work / "config.yaml").write_text(yaml.safe_dump(sweep_config(spec)))
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(AUDIT), str(repo)]), "PQV_AUDIT_ROOT": spec["root"],
-           "PQV_CACHE": str(work / "cache"),  # a cold cache, as a new sweep has
-           "PQV_AUDIT_LOG": str(log)}
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(AUDIT), str(repo)]),
+        "PQV_AUDIT_ROOT": spec["root"],
+        "PQV_CACHE": str(work / "cache"),  # a cold cache, as a new sweep has
+        "PQV_AUDIT_LOG": str(log),
+    }
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"), "--directory",
-                           str(work), "--configfile", str(work / "config.yaml"), "--cores", "2"],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(repo / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(work / "config.yaml"),
+            "--cores",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(done.stdout[-2000:] + done.stderr[-3000:])
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     class_dirs = [(who, path) for _, who, path in rows if Path(path).parent.name in ("train", "val")]
-    by_who = collections.Counter(who.split(":")[1] if who.startswith("pqv:") else "snakemake (planning)"
-                                 for who, _ in class_dirs)
+    by_who = collections.Counter(who.split(":")[1] if who.startswith("pqv:") else "snakemake (planning)" for who, _ in class_dirs)
     jobs = len(list((work / "logs").rglob("*.log")))
-    return {"listings_of_class_folders": len(class_dirs), "listings_by": dict(by_who), "jobs": jobs,
-            "class_folder_listings_per_folder": round(len(class_dirs) / 2000, 2)}, wall
+    return {
+        "listings_of_class_folders": len(class_dirs),
+        "listings_by": dict(by_who),
+        "jobs": jobs,
+        "class_folder_listings_per_folder": round(len(class_dirs) / 2000, 2),
+    }, wall
 
 
 def main() -> None:
@@ -154,10 +185,21 @@ def main() -> None:
         listings, sweep_s = sweep(repo, spec, scratch / "sweep", env)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    row = {"label": label, "code": kind, "files": files, "class_folders": 2 * a.classes, "check_s": round(check_s, 2),
-           "setup_s_per_job": round(setup_s, 3), **{k: v for k, v in listings.items() if k != "listings_by"},
-           "listings_by": json.dumps(listings["listings_by"], sort_keys=True), "sweep_wall_s": round(sweep_s, 1),
-           "threads": a.threads, "cpu": _cpu(), "date": datetime.date.today().isoformat(), "python": platform.python_version()}
+    row = {
+        "label": label,
+        "code": kind,
+        "files": files,
+        "class_folders": 2 * a.classes,
+        "check_s": round(check_s, 2),
+        "setup_s_per_job": round(setup_s, 3),
+        **{k: v for k, v in listings.items() if k != "listings_by"},
+        "listings_by": json.dumps(listings["listings_by"], sort_keys=True),
+        "sweep_wall_s": round(sweep_s, 1),
+        "threads": a.threads,
+        "cpu": _cpu(),
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+    }
     table = pd.DataFrame([row])
     print(table.T.to_string(header=False))
     out = Path(a.out) / f"data_scan-{label}.csv"

@@ -22,6 +22,7 @@ The whole models are bench/latency.py's rows (pqv.stages.quantize.run + pqv.stag
 their parent); the probes are not models the workflow makes, so they are built with the same
 quantizer and lowering (pqv.stages.quantize.quantize, pqv.stages.export's .pte writer) without that stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,12 +47,12 @@ class LinearsOnly(nn.Module):
     def __init__(self, vit: nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.ModuleDict({"qkv": b.attn.qkv, "proj": b.attn.proj, "fc1": b.mlp.fc1, "fc2": b.mlp.fc2})
-            for b in vit.blocks)
+            nn.ModuleDict({"qkv": b.attn.qkv, "proj": b.attn.proj, "fc1": b.mlp.fc1, "fc2": b.mlp.fc2}) for b in vit.blocks
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
-            x = x + b["proj"](b["qkv"](x)[..., :b["proj"].in_features])
+            x = x + b["proj"](b["qkv"](x)[..., : b["proj"].in_features])
             x = x + b["fc2"](b["fc1"](x))
         return x
 
@@ -126,7 +127,7 @@ class Program:
     path: Path
     example: torch.Tensor
     macs: int
-    floor: str        # the row this one is divided by, within each round
+    floor: str  # the row this one is divided by, within each round
     widths: str = ""  # embed/head/MLP of the model it comes from
     eager: nn.Module | None = None  # a probe's eager twin, to check the program against
     fmt: str = "pte"  # pte, or onnx for ONNX Runtime's programs
@@ -150,11 +151,14 @@ def programs(args, work: Path) -> dict[str, Program]:
         whole = _whole(dataclasses.replace(latency.RECIPES["pte int8_dynamic"], model=kind), pruned, manifest, args)
         floor = f"its Linear layers only{suffix}"
         rows[f"whole model (pte int8_dynamic{suffix})"] = Program(
-            whole, torch.randn(1, *facts["input_size"]), facts["macs"], floor, widths)
+            whole, torch.randn(1, *facts["input_size"]), facts["macs"], floor, widths
+        )
         tokens_in = torch.randn(1, tokens, vit.embed_dim)
         linears = LinearsOnly(vit).eval()
-        for name, probe, file in ((f"its Linear layers and attention{suffix}", LinearsAndAttention(vit), "linears-attention"),
-                                  (floor, linears, "linears")):
+        for name, probe, file in (
+            (f"its Linear layers and attention{suffix}", LinearsAndAttention(vit), "linears-attention"),
+            (floor, linears, "linears"),
+        ):
             macs = linear_macs(probe, tokens) + (attention_macs(vit, tokens) if file == "linears-attention" else 0)
             rows[name] = Program(pruned.parent / f"{file}-int8_dynamic.pte", tokens_in, macs, floor, widths, probe.eval())
             build_pte(probe, tokens_in, rows[name].path)
@@ -162,8 +166,12 @@ def programs(args, work: Path) -> dict[str, Program]:
             _onnx_rows(rows, pruned, manifest, args, tokens_in, facts, widths, linears)
     square = SquareGemm(args.square)
     name = f"square GEMM {args.square}^3"
-    rows[name] = Program(work / f"gemm{args.square}-int8_dynamic.pte", torch.randn(1, args.square, args.square),
-                         linear_macs(square, args.square), "its Linear layers only")
+    rows[name] = Program(
+        work / f"gemm{args.square}-int8_dynamic.pte",
+        torch.randn(1, args.square, args.square),
+        linear_macs(square, args.square),
+        "its Linear layers only",
+    )
     build_pte(square, rows[name].example, rows[name].path)
     return rows
 
@@ -177,16 +185,18 @@ def _whole(recipe, pruned: Path, manifest: dict, args) -> Path:
     return whole
 
 
-def _onnx_rows(rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.Tensor, facts: dict, widths: str,
-               linears: nn.Module) -> None:
+def _onnx_rows(
+    rows: dict, pruned: Path, manifest: dict, args, tokens_in: torch.Tensor, facts: dict, widths: str, linears: nn.Module
+) -> None:
     """The peer's side of the same question: ONNX Runtime's whole file (bench/latency.py's row) and
     the same Linear layers in ONNX Runtime's int8 dynamic MatMuls. If both runtimes' GEMMs take
     the same time, no file built on these GEMMs can be faster than the other by more than what
     the other spends outside them."""
     whole = _whole(latency.RECIPES[latency.ORT], pruned, manifest, args)
     floor = "ONNX Runtime: its Linear layers only"
-    rows["ONNX Runtime: whole model (int8_dynamic)"] = Program(whole, torch.randn(1, *facts["input_size"]), facts["macs"],
-                                                               floor, widths, fmt="onnx")
+    rows["ONNX Runtime: whole model (int8_dynamic)"] = Program(
+        whole, torch.randn(1, *facts["input_size"]), facts["macs"], floor, widths, fmt="onnx"
+    )
     path = pruned.parent / f"linears-int8_dynamic-{ort.version().replace(' ', '-')}.onnx"
     if not path.exists():  # the same recipe as the workflow's (pqv/common/ort.py), on the Linear layers alone
         import onnx
@@ -203,39 +213,70 @@ def main() -> None:
     rows = programs(args, Path(args.work))
     engine = {"pte": "xnnpack", "onnx": "mlas"}
     with torch.no_grad():  # each probe's program computes what its eager twin does
-        check = {name: export.compare(latency.load(row.fmt, engine[row.fmt], str(row.path))(row.example),
-                                      row.eager(row.example))["cosine_min"]
-                 for name, row in rows.items() if row.eager is not None}
+        check = {
+            name: export.compare(latency.load(row.fmt, engine[row.fmt], str(row.path))(row.example), row.eager(row.example))[
+                "cosine_min"
+            ]
+            for name, row in rows.items()
+            if row.eager is not None
+        }
     # each program timed in a process of its own: one runtime's thread pool never spins beside another's
     timings = {name: [] for name in rows}
     for _ in range(args.rounds):
         for name, row in rows.items():
             recipe = latency.Recipe("", "int8_dynamic", engine[row.fmt], row.fmt)
-            timings[name].append(latency.time_in_subprocess(recipe, row.path, list(row.example.shape[1:]), args.threads,
-                                                            args.warmup, args.runs))
+            timings[name].append(
+                latency.time_in_subprocess(recipe, row.path, list(row.example.shape[1:]), args.threads, args.warmup, args.runs)
+            )
     machine = {**evaluate.machine(), **store.versions()}
     whole = statistics.median(t["latency_ms_median"] for t in timings["whole model (pte int8_dynamic)"])
     table = []
     for name, row in rows.items():
         ms = statistics.median(t["latency_ms_median"] for t in timings[name])
-        table.append({"row": name, "widths": row.widths, "latency_ms_median": ms,
-                      "latency_ms_min": min(t["latency_ms_min"] for t in timings[name]),
-                      "latency_ms_max": max(t["latency_ms_max"] for t in timings[name]),
-                      "gmac": row.macs / 1e9, "gop_per_s": 2 * row.macs / ms / 1e6, "share_of_whole_model": ms / whole,
-                      # how far from the floor: the ratio to its Linear layers alone, within each round
-                      "x_linears_only": statistics.median(t["latency_ms_median"] / f["latency_ms_median"]
-                                                          for t, f in zip(timings[name], timings[row.floor])),
-                      "cosine_to_eager": check.get(name),
-                      "threads": args.threads, "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds,
-                      **machine})
+        table.append(
+            {
+                "row": name,
+                "widths": row.widths,
+                "latency_ms_median": ms,
+                "latency_ms_min": min(t["latency_ms_min"] for t in timings[name]),
+                "latency_ms_max": max(t["latency_ms_max"] for t in timings[name]),
+                "gmac": row.macs / 1e9,
+                "gop_per_s": 2 * row.macs / ms / 1e6,
+                "share_of_whole_model": ms / whole,
+                # how far from the floor: the ratio to its Linear layers alone, within each round
+                "x_linears_only": statistics.median(
+                    t["latency_ms_median"] / f["latency_ms_median"] for t, f in zip(timings[name], timings[row.floor])
+                ),
+                "cosine_to_eager": check.get(name),
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "runs": args.runs,
+                "rounds": args.rounds,
+                **machine,
+            }
+        )
     print(f"machine: {machine}")
-    print(f"{args.model} {args.ratio:g} pruned, int8_dynamic xnnpack .pte, batch 1, {args.threads} threads, "
-          f"warm-up {args.warmup}, median of {args.runs}, {args.rounds} rounds; the probes' least cosine to "
-          f"their eager twins {min(check.values()):.4f}")
+    print(
+        f"{args.model} {args.ratio:g} pruned, int8_dynamic xnnpack .pte, batch 1, {args.threads} threads, "
+        f"warm-up {args.warmup}, median of {args.runs}, {args.rounds} rounds; the probes' least cosine to "
+        f"their eager twins {min(check.values()):.4f}"
+    )
     df = pd.DataFrame(table)
-    print(df[["row", "widths", "latency_ms_median", "latency_ms_min", "latency_ms_max", "gmac", "gop_per_s",
-              "share_of_whole_model", "x_linears_only"]]
-          .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(
+        df[
+            [
+                "row",
+                "widths",
+                "latency_ms_median",
+                "latency_ms_min",
+                "latency_ms_max",
+                "gmac",
+                "gop_per_s",
+                "share_of_whole_model",
+                "x_linears_only",
+            ]
+        ].to_string(index=False, float_format=lambda v: f"{v:.2f}")
+    )
     out = Path(args.out or latency.default_out("gemm_floor", machine))
     with fileio.atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)

@@ -8,6 +8,7 @@ The first table is every row per host, the second where each host's time goes (g
 programs: the int8 Linear layers alone, then with attention, then the whole model), the third the
 same by operator, from the ETDump profiles (`pqv profile`) saved as `profile-<date>-<cpu>--<file>.csv`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,11 +16,25 @@ from pathlib import Path
 
 import pandas as pd
 
-ROWS = ["eager fp32 dense", "without PQV", "paper recipe", "onnxruntime int8_dynamic", "onnxruntime int8_dynamic .ort",
-        "onnxruntime int8_dynamic plain", "onnxruntime int8_dynamic plain .ort", "onnxruntime int8_dynamic per-tensor",
-        "onnxruntime int8_dynamic plain per-tensor", "onnxruntime int8_dynamic plain round_to=64",
-        "onnxruntime int8_static", "onnxruntime int8_static .ort", "onnxruntime int8_static plain",
-        "onnxruntime int8_static QOperator", "pte int8_dynamic", "pte int8_dynamic round_to=64", "pte int8_static"]
+ROWS = [
+    "eager fp32 dense",
+    "without PQV",
+    "paper recipe",
+    "onnxruntime int8_dynamic",
+    "onnxruntime int8_dynamic .ort",
+    "onnxruntime int8_dynamic plain",
+    "onnxruntime int8_dynamic plain .ort",
+    "onnxruntime int8_dynamic per-tensor",
+    "onnxruntime int8_dynamic plain per-tensor",
+    "onnxruntime int8_dynamic plain round_to=64",
+    "onnxruntime int8_static",
+    "onnxruntime int8_static .ort",
+    "onnxruntime int8_static plain",
+    "onnxruntime int8_static QOperator",
+    "pte int8_dynamic",
+    "pte int8_dynamic round_to=64",
+    "pte int8_static",
+]
 SHIPPED_FORMATS = ("ptl", "pte", "onnx", "ort")  # what `pqv choose` can ship (eager baselines are measured, never shipped)
 
 
@@ -30,8 +45,12 @@ def fastest_shipped(table: pd.DataFrame) -> str:
     latency on that host."""
     threads = table["threads"].mode()[0]
     pruned = table["pruned"] != "dense" if "pruned" in table else True  # the dense bar (without PQV) is not the pruned file
-    shipped = table[table["format"].isin(SHIPPED_FORMATS) & (table["threads"] == threads) & pruned
-                    & ~table["note"].fillna("").str.contains("not a workflow recipe")]
+    shipped = table[
+        table["format"].isin(SHIPPED_FORMATS)
+        & (table["threads"] == threads)
+        & pruned
+        & ~table["note"].fillna("").str.contains("not a workflow recipe")
+    ]
     best = shipped["latency_ms_median"].idxmin()
     bar = f", ×{shipped.loc[best, 'speedup_vs_without_pqv']:.2f} without PQV" if "speedup_vs_without_pqv" in shipped else ""
     return f"{best}: {shipped.loc[best, 'latency_ms_median']:.1f} ms, ×{shipped.loc[best, 'speedup_vs_ort']:.2f} ORT{bar}"
@@ -82,8 +101,10 @@ def render(paths: list[str]) -> str:
                 continue
             r = table.loc[row]
             bar = f" · ×{r['speedup_vs_without_pqv']:.2f} w/o PQV" if "speedup_vs_without_pqv" in r else ""
-            cells.append(f"{r['latency_ms_median']:.1f} ms · ×{r['speedup_vs_ort']:.2f} ORT · ×{r['speedup_vs_paper']:.2f} paper"
-                         f" · ×{r['speedup_vs_eager_dense']:.2f} eager{bar}")
+            cells.append(
+                f"{r['latency_ms_median']:.1f} ms · ×{r['speedup_vs_ort']:.2f} ORT · ×{r['speedup_vs_paper']:.2f} paper"
+                f" · ×{r['speedup_vs_eager_dense']:.2f} eager{bar}"
+            )
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     cells = []
     for _, table, floor in found:
@@ -105,19 +126,28 @@ def render(paths: list[str]) -> str:
 # (file, its whole-model row, its Linears-only row, its Linears-and-attention row) in gemm_floor's CSV
 PROGRAMS = [
     ("PQV .pte, workflow default", "whole model (pte int8_dynamic)", "its Linear layers only", "its Linear layers and attention"),
-    ("PQV .pte, round_to: 64", "whole model (pte int8_dynamic, round_to=64)", "its Linear layers only, round_to=64",
-     "its Linear layers and attention, round_to=64"),
+    (
+        "PQV .pte, round_to: 64",
+        "whole model (pte int8_dynamic, round_to=64)",
+        "its Linear layers only, round_to=64",
+        "its Linear layers and attention, round_to=64",
+    ),
     ("ONNX Runtime", "ONNX Runtime: whole model (int8_dynamic)", "ONNX Runtime: its Linear layers only", None),
 ]
-PARTS = ["whole model", "int8 Linear layers alone", "everything outside them (whole − Linear layers)",
-         "attention between the Linear layers ((Linear layers + attention) − Linear layers alone)"]
+PARTS = [
+    "whole model",
+    "int8 Linear layers alone",
+    "everything outside them (whole − Linear layers)",
+    "attention between the Linear layers ((Linear layers + attention) − Linear layers alone)",
+]
 
 
 def split(paths: list[str]) -> str:
     """Where each host's time goes, from bench/gemm_floor.py's programs: each file whole, its int8
     Linear layers alone, everything outside them, and what PQV's attention between them costs."""
-    found = [(label, floor) for label, _, floor in runs(paths)
-             if floor is not None and "its Linear layers and attention" in floor.index]
+    found = [
+        (label, floor) for label, _, floor in runs(paths) if floor is not None and "its Linear layers and attention" in floor.index
+    ]
     lines = ["| file (widths) | part | " + " | ".join(label for label, _ in found) + " |", "|---|---|" + "---|" * len(found)]
     for name, whole_row, linears_row, attention_row in PROGRAMS:
         if not any(whole_row in floor.index for _, floor in found):
@@ -130,8 +160,12 @@ def split(paths: list[str]) -> str:
                     cells.append("—")
                     continue
                 ms = floor["latency_ms_median"]
-                value = {PARTS[0]: ms[whole_row], PARTS[1]: ms[linears_row], PARTS[2]: ms[whole_row] - ms[linears_row],
-                         PARTS[3]: ms[attention_row] - ms[linears_row] if attention_row else None}[part]
+                value = {
+                    PARTS[0]: ms[whole_row],
+                    PARTS[1]: ms[linears_row],
+                    PARTS[2]: ms[whole_row] - ms[linears_row],
+                    PARTS[3]: ms[attention_row] - ms[linears_row] if attention_row else None,
+                }[part]
                 cells.append(f"{value:.1f} ms ({value / ms[whole_row]:.0%})")
             lines.append(f"| {name} ({widths}) | {part} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -143,8 +177,13 @@ GROUPS = {
     "attention matmuls (`bmm`)": ("Batch Matrix Multiply",),
     "softmax": ("Softmax",),
     "dtype conversions (portable kernels)": ("_to_dim_order_copy",),
-    "LayerNorm twin (FP32 means, subtract, square, multiply, rsqrt)": ("Fully Connected (NC, F32)", "Subtract", "Square",
-                                                                       "Reciprocal Square Root", "Multiply (ND)"),
+    "LayerNorm twin (FP32 means, subtract, square, multiply, rsqrt)": (
+        "Fully Connected (NC, F32)",
+        "Subtract",
+        "Square",
+        "Reciprocal Square Root",
+        "Multiply (ND)",
+    ),
     "transposes, slices, reshapes, copies": ("Transpose", "Slice", "Static Reshape", "Copy"),
     "GELU": ("GELU",),
     "patch embedding (convolution)": ("Convolution",),
@@ -156,8 +195,7 @@ def operators(paths: list[str]) -> str:
     """`profile-<date>-<cpu>--<file>.csv` (pqv profile of a .pte): milliseconds (share) per group
     of operators, one column per file; what no group names (delegate entry, portable dispatch,
     runtime) is the last row."""
-    tables = {f"{stamp(p)[2]}, {stamp(p)[0]}": pd.read_csv(p)
-              for p in sorted(paths, key=len) if Path(p).name.startswith("profile-")}
+    tables = {f"{stamp(p)[2]}, {stamp(p)[0]}": pd.read_csv(p) for p in sorted(paths, key=len) if Path(p).name.startswith("profile-")}
     for t in tables.values():  # each operator's group, or None: no group names it
         t["group"] = t["operator"].map(lambda op: next((g for g, needles in GROUPS.items() if any(n in op for n in needles)), None))
     lines = ["| operators | " + " | ".join(f"{label} (ms, share)" for label in tables) + " |", "|---|" + "---|" * len(tables)]

@@ -10,6 +10,7 @@ list what that stage's job imports: the `pqv` module it runs and the libraries i
 running (timm to build a model from its safetensors file, ExecuTorch for `.pte` files, torch's
 profiler for the paper-method call). Run it on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,16 @@ def main() -> None:
         times = []
         for _ in range(a.rounds):  # interleaved with the baseline would be fairer; the spread says how much it matters
             times.append(seconds("import " + ", ".join(modules)) - statistics.median(base))
-        rows.append({"row": name, "modules": " ".join(modules), "median_s": statistics.median(times),
-                     "min_s": min(times), "max_s": max(times), "rounds": a.rounds})
+        rows.append(
+            {
+                "row": name,
+                "modules": " ".join(modules),
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "max_s": max(times),
+                "rounds": a.rounds,
+            }
+        )
     table = pd.DataFrame(rows)
     from pqv.stages.evaluate import machine  # noqa: E402  (the CPU, as every latency row names it)
 

@@ -28,6 +28,7 @@ dataset's held-out split (top-1 agreement): the accuracy side of the speed.
     .venv/bin/python bench/latency.py --model deit_tiny_patch16_224 --only "pte int8_dynamic" \\
         --rounds 1 --warmup 1 --runs 3 --check-images 8 --out /tmp/smoke.csv     # a quick smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ WITHOUT_PQV = "without PQV"
 @dataclass(frozen=True)
 class Recipe:
     """One row: which model, at which precision/engine, in which format, with which options."""
+
     model: str  # "dense" | "pruned" | "pruned_round_to"
     precision: str
     engine: str
@@ -81,17 +83,38 @@ RECIPES: dict[str, Recipe] = {
     "lite int8_static onednn": Recipe("pruned", "int8_static", "onednn", "ptl"),
     "pte fp32": Recipe("pruned", "fp32", NO_ENGINE, "pte"),
     "pte int8_dynamic": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", note="PQV's fastest"),
-    "pte int8_dynamic timm layers": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", layers="timm",
-                                           note="lever baseline, not a workflow recipe: without pqv/common/layers.py twins"),
+    "pte int8_dynamic timm layers": Recipe(
+        "pruned",
+        "int8_dynamic",
+        "xnnpack",
+        "pte",
+        layers="timm",
+        note="lever baseline, not a workflow recipe: without pqv/common/layers.py twins",
+    ),
     "pte int8_dynamic pooled-mean LayerNorm": Recipe(
-        "pruned", "int8_dynamic", "xnnpack", "pte", layers="pooled-mean",
-        note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15"),
+        "pruned",
+        "int8_dynamic",
+        "xnnpack",
+        "pte",
+        layers="pooled-mean",
+        note="lever baseline, not a workflow recipe: PQV's LayerNorm twin before issue 15",
+    ),
     "pte int8_dynamic portable LayerNorm": Recipe(
-        "pruned", "int8_dynamic", "xnnpack", "pte", layers="portable-layernorm",
-        note="lever, not a workflow recipe: nn.LayerNorm as a portable kernel, between delegated pieces"),
+        "pruned",
+        "int8_dynamic",
+        "xnnpack",
+        "pte",
+        layers="portable-layernorm",
+        note="lever, not a workflow recipe: nn.LayerNorm as a portable kernel, between delegated pieces",
+    ),
     "pte int8_dynamic fp16 attention": Recipe(
-        "pruned", "int8_dynamic", "xnnpack", "pte", layers="fp16-attention",
-        note="lever, not a workflow recipe: attention's matmuls and softmax in FP16"),
+        "pruned",
+        "int8_dynamic",
+        "xnnpack",
+        "pte",
+        layers="fp16-attention",
+        note="lever, not a workflow recipe: attention's matmuls and softmax in FP16",
+    ),
     "pte int8_dynamic 1 thread": Recipe("pruned", "int8_dynamic", "xnnpack", "pte", threads=1),
     "pte int8_static": Recipe("pruned", "int8_static", "xnnpack", "pte"),
     "pte int4_weight": Recipe("pruned", "int4_weight", "xnnpack", "pte"),
@@ -99,13 +122,15 @@ RECIPES: dict[str, Recipe] = {
     # ONNX Runtime, the runtime a user would pick instead, at its best: its files as the workflow builds
     # them (pqv/common/ort.py: transformer optimizer, per-channel weights, static batch 1), export check included
     "onnxruntime int8_dynamic": Recipe("pruned", "int8_dynamic", "mlas", "onnx", note="the peer: ONNX Runtime's ViT recipe"),
-    "onnxruntime int8_dynamic .ort": Recipe("pruned", "int8_dynamic", "mlas", "ort",
-                                            note="the peer's file in ORT Mobile's format (what ships to a phone)"),
+    "onnxruntime int8_dynamic .ort": Recipe(
+        "pruned", "int8_dynamic", "mlas", "ort", note="the peer's file in ORT Mobile's format (what ships to a phone)"
+    ),
     "onnxruntime int8_static": Recipe("pruned", "int8_static", "mlas", "onnx", note="the peer, static QDQ (uint8 activations)"),
     "onnxruntime int8_static .ort": Recipe("pruned", "int8_static", "mlas", "ort", note="the peer, static QDQ, ORT format"),
     # the other recipes of registry.ORT_RECIPES: the workflow times them all and ships the fastest
-    "onnxruntime int8_dynamic plain": Recipe("pruned", "int8_dynamic", "mlas_plain", "onnx",
-                                             note="ORT's plain recipe (no transformer optimizer, no pre-processing)"),
+    "onnxruntime int8_dynamic plain": Recipe(
+        "pruned", "int8_dynamic", "mlas_plain", "onnx", note="ORT's plain recipe (no transformer optimizer, no pre-processing)"
+    ),
     "onnxruntime int8_dynamic plain .ort": Recipe("pruned", "int8_dynamic", "mlas_plain", "ort", note="the plain recipe, ORT format"),
     "onnxruntime int8_dynamic per-tensor": Recipe("pruned", "int8_dynamic", "mlas_tensor", "onnx"),
     "onnxruntime int8_dynamic plain per-tensor": Recipe("pruned", "int8_dynamic", "mlas_plain_tensor", "onnx"),
@@ -113,8 +138,13 @@ RECIPES: dict[str, Recipe] = {
     "onnxruntime int8_static QOperator": Recipe("pruned", "int8_static", "mlas_qop", "onnx"),
     "onnxruntime int8_dynamic plain round_to=64": Recipe("pruned_round_to", "int8_dynamic", "mlas_plain", "onnx"),
     # the bar: the file a user gets without PQV (pqv.plan.registry.WITHOUT_PQV, the workflow's evaluate.without_pqv)
-    WITHOUT_PQV: Recipe("dense", registry.WITHOUT_PQV["precision"], registry.WITHOUT_PQV["engine"], registry.WITHOUT_PQV["format"],
-                        note=registry.WITHOUT_PQV_HELP),
+    WITHOUT_PQV: Recipe(
+        "dense",
+        registry.WITHOUT_PQV["precision"],
+        registry.WITHOUT_PQV["engine"],
+        registry.WITHOUT_PQV["format"],
+        note=registry.WITHOUT_PQV_HELP,
+    ),
 }
 # token merging (issue 42): r tokens merged per block, alone (dense) and with the pruned model of the fastest
 # .pte (round_to 64), in .pte (int8 dynamic, XNNPACK) and ONNX Runtime's plain int8 dynamic recipe
@@ -124,16 +154,17 @@ for _r in MERGE_RS:
     for _which, (_model, _said) in _MERGED_MODELS.items():
         _tome = f"merging {_r} tokens per block (pqv.common.tome), {_said}"
         RECIPES[f"pte int8 {_which} r{_r}"] = Recipe(_model, "int8_dynamic", "xnnpack", "pte", merge_r=_r, note=_tome)
-        RECIPES[f"onnxruntime int8 {_which} r{_r}"] = Recipe(_model, "int8_dynamic", "mlas_plain", "onnx", merge_r=_r,
-                                                             note=f"ORT's plain recipe, {_tome}")
-        RECIPES[f"onnxruntime int8 {_which} r{_r} .ort"] = Recipe(_model, "int8_dynamic", "mlas_plain", "ort", merge_r=_r,
-                                                                  note=f"ORT's plain recipe, ORT format, {_tome}")
+        RECIPES[f"onnxruntime int8 {_which} r{_r}"] = Recipe(
+            _model, "int8_dynamic", "mlas_plain", "onnx", merge_r=_r, note=f"ORT's plain recipe, {_tome}"
+        )
+        RECIPES[f"onnxruntime int8 {_which} r{_r} .ort"] = Recipe(
+            _model, "int8_dynamic", "mlas_plain", "ort", merge_r=_r, note=f"ORT's plain recipe, ORT format, {_tome}"
+        )
 del _r, _which, _model, _said, _tome
 ORT = "onnxruntime int8_dynamic"
 # every ONNX Runtime row of the pruned model: `speedup_vs_ort` is the ratio to the fastest of them in the run
 # (`ort_best`); files that merge tokens are PQV's lever, not the peer's
-ORT_ROWS = tuple(name for name, r in RECIPES.items()
-                 if r.fmt in registry.ONNX_FORMATS and r.model != "dense" and not r.merge_r)
+ORT_ROWS = tuple(name for name, r in RECIPES.items() if r.fmt in registry.ONNX_FORMATS and r.model != "dense" and not r.merge_r)
 BASES = ("eager fp32 dense", PAPER, ORT, WITHOUT_PQV)  # every run times them: each speed-up is a ratio to one
 
 
@@ -171,8 +202,9 @@ def data_tag(manifest: dict) -> str:
 
 def artifact_path(folder: Path, recipe: Recipe, manifest: dict, calibration_images: int) -> Path:
     """The row's artifact inside its model's folder (`folder`)."""
-    stem = (f"{recipe.precision}-{recipe.engine}{sweep.merge_name(recipe.merge_r)}"
-            + "".join(f"-{k}={v}" for k, v in recipe.options.items()))
+    stem = f"{recipe.precision}-{recipe.engine}{sweep.merge_name(recipe.merge_r)}" + "".join(
+        f"-{k}={v}" for k, v in recipe.options.items()
+    )
     if recipe.fmt == "pte":  # a program's file depends on the code of the layers it was exported with
         stem += f"-layers={recipe.layers}-{layers_fingerprint()}"
     if quantize.calibrated(recipe.precision):
@@ -191,24 +223,34 @@ def layers_fingerprint() -> str:
     return digest.hexdigest()[:8]
 
 
-def build(recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_images: int, check_images: int,
-          min_cosine: float) -> dict:
+def build(
+    recipe: Recipe, source: Path, out: Path, manifest: dict, calibration_images: int, check_images: int, min_cosine: float
+) -> dict:
     """The row's artifact made as the workflow makes it, unless cached: pqv.stages.quantize.run, then
     pqv.stages.export.run, which loads it back and checks it against `source` on `check_images` held-out
     images (`source` merging the same tokens, for a recipe with merge_r). Its export sidecar (status, fidelity)."""
     if not out.exists():
         program = out.with_name(f"{out.stem}.program.{registry.ir_of(recipe.fmt)}")  # .onnx: not the artifact's name
         if recipe.layers == "pqv":
-            quantize.run(str(source), str(program), recipe.precision, recipe.engine, manifest, calibration_images,
-                         merge_r=recipe.merge_r)
+            quantize.run(
+                str(source), str(program), recipe.precision, recipe.engine, manifest, calibration_images, merge_r=recipe.merge_r
+            )
         else:
             assert not recipe.merge_r, "lever layers are exported without token merging"
             _quantize_lever_layers(source, program, recipe.precision, manifest, recipe.layers)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                export.run(str(program), str(source), str(out), recipe.fmt, manifest, check_images=check_images,
-                           min_cosine=min_cosine, **recipe.options)
+                export.run(
+                    str(program),
+                    str(source),
+                    str(out),
+                    recipe.fmt,
+                    manifest,
+                    check_images=check_images,
+                    min_cosine=min_cosine,
+                    **recipe.options,
+                )
         finally:
             program.unlink(missing_ok=True)
             fileio.sidecar_path(program).unlink(missing_ok=True)
@@ -246,6 +288,7 @@ def _pooled_mean_layernorm(model):
 
 def _portable_layernorm(model):
     """timm's nn.LayerNorm, which runs as ExecuTorch's portable kernel, with PQV's attention twin."""
+
     def layer_norm(twin):
         norm = nn.LayerNorm(twin.weight.shape[0], eps=twin.eps)
         norm.weight, norm.bias = twin.weight, twin.bias
@@ -280,8 +323,12 @@ def _fp16_attention(model):
 
 
 # lever baselines: how the model is rewritten instead of pqv.common.layers.for_xnnpack
-LAYERS = {"timm": _timm_layers, "pooled-mean": _pooled_mean_layernorm, "portable-layernorm": _portable_layernorm,
-          "fp16-attention": _fp16_attention}
+LAYERS = {
+    "timm": _timm_layers,
+    "pooled-mean": _pooled_mean_layernorm,
+    "portable-layernorm": _portable_layernorm,
+    "fp16-attention": _fp16_attention,
+}
 
 
 def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest: dict, kind: str) -> None:
@@ -296,9 +343,20 @@ def _quantize_lever_layers(source: Path, program: Path, precision: str, manifest
     with fileio.atomic_path(program) as tmp:
         quantize.save(exported, tmp, "pt2")
     parent = fileio.read_sidecar(source)
-    store.write_sidecar(program, "quantize", parent=str(source), precision=precision, engine="xnnpack", ir="pt2",
-                     params=parent.get("params"), macs=parent.get("macs"), data_config=a["data_config"],
-                     eager_top1=parent.get("top1"), calibration_images=0, lever=kind)
+    store.write_sidecar(
+        program,
+        "quantize",
+        parent=str(source),
+        precision=precision,
+        engine="xnnpack",
+        ir="pt2",
+        params=parent.get("params"),
+        macs=parent.get("macs"),
+        data_config=a["data_config"],
+        eager_top1=parent.get("top1"),
+        calibration_images=0,
+        lever=kind,
+    )
 
 
 def load(recipe_fmt: str, engine: str, path: str):
@@ -309,6 +367,7 @@ def load(recipe_fmt: str, engine: str, path: str):
 
 
 # ---- timing, one artifact per process ------------------------------------------------------------
+
 
 def time_one(args) -> None:
     """Subprocess entry: load one artifact, time it at batch 1 on a fixed random image."""
@@ -322,9 +381,25 @@ def time_one(args) -> None:
 
 
 def time_in_subprocess(recipe: Recipe, path: Path, input_size: list, threads: int, warmup: int, runs: int) -> dict:
-    cmd = [sys.executable, __file__, "_time", "--format", recipe.fmt, "--engine", recipe.engine, "--path", str(path),
-           "--input-size", json.dumps(list(input_size)), "--threads", str(threads), "--warmup", str(warmup),
-           "--runs", str(runs)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "_time",
+        "--format",
+        recipe.fmt,
+        "--engine",
+        recipe.engine,
+        "--path",
+        str(path),
+        "--input-size",
+        json.dumps(list(input_size)),
+        "--threads",
+        str(threads),
+        "--warmup",
+        str(warmup),
+        "--runs",
+        str(runs),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"timing {path} failed:\n{done.stderr[-3000:]}")
@@ -333,8 +408,16 @@ def time_in_subprocess(recipe: Recipe, path: Path, input_size: list, threads: in
 
 # ---- fidelity on a trained model -----------------------------------------------------------------
 
-def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: Path, calibration_images: int,
-              check_images: int, min_cosine: float) -> dict[str, dict]:
+
+def agreement(
+    recipes: dict[str, Recipe],
+    trained: Path,
+    manifest: dict,
+    work: Path,
+    calibration_images: int,
+    check_images: int,
+    min_cosine: float,
+) -> dict[str, dict]:
     """Per recipe, top-1 agreement and cosine of its artifact, built from the trained model the
     same way, with the trained FP32 parent over the whole held-out split (the parent as trained, not
     merging tokens: a merged row's agreement is what merging and quantizing cost together)."""
@@ -365,6 +448,7 @@ def agreement(recipes: dict[str, Recipe], trained: Path, manifest: dict, work: P
 
 # ---- the table ----------------------------------------------------------------------------------
 
+
 def make_models(work: Path, model_name: str, ratio: float, round_to: int, which: list[str]) -> dict[str, Path]:
     """The random-init dense model and its pruned copies (pqv.stages.prune.run, L2, uniform), each saved
     once under a path keyed by all that made it; {kind: path}."""
@@ -378,21 +462,26 @@ def make_models(work: Path, model_name: str, ratio: float, round_to: int, which:
         dc = pqv_model.data_config_of(m)
         macs, params = prune.count_ops(m, torch.zeros(1, *dc["input_size"]))
         store.save_model(m, dense, arch.describe(m, model_name, {}, dc))
-        store.write_sidecar(dense, "model", weights="random init, seed 0", timm_name=model_name, data_config=dc,
-                         params=params, macs=macs)
+        store.write_sidecar(
+            dense, "model", weights="random init, seed 0", timm_name=model_name, data_config=dc, params=params, macs=macs
+        )
     for kind, path in paths.items():
         if kind != "dense" and not path.exists():
-            prune.run(str(dense), str(path), "l2", ratio, None, 0, 1,
-                      round_to=round_to if kind == "pruned_round_to" else None)
+            prune.run(str(dense), str(path), "l2", ratio, None, 0, 1, round_to=round_to if kind == "pruned_round_to" else None)
     return paths
 
 
 def widths(path: Path) -> dict:
     m, a = store.load_model(path)
     meta = fileio.read_sidecar(path)
-    return {"params": meta["params"], "macs": meta["macs"], "embed_dim": m.embed_dim,
-            "head_dim": m.blocks[0].attn.head_dim, "mlp_hidden": m.blocks[0].mlp.fc1.out_features,
-            "input_size": list(a["data_config"]["input_size"])}
+    return {
+        "params": meta["params"],
+        "macs": meta["macs"],
+        "embed_dim": m.embed_dim,
+        "head_dim": m.blocks[0].attn.head_dim,
+        "mlp_hidden": m.blocks[0].mlp.fc1.out_features,
+        "input_size": list(a["data_config"]["input_size"]),
+    }
 
 
 def available(recipe: Recipe) -> bool:
@@ -431,8 +520,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="rows to run (names as in the table); default all")
     p.add_argument("--work", default="bench/work", help="artifact cache (reused between runs, keyed by what made each file)")
     p.add_argument("--out", default=None, help="default bench/results/latency-<date>-<cpu>.csv: one file per run and host")
-    p.add_argument("--data", default="digits",
-                   help="images for calibration and the export check, and --trained's held-out split (digits, or imagefolder:ROOT)")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="images for calibration and the export check, and --trained's held-out split (digits, or imagefolder:ROOT)",
+    )
     # the workflow's defaults (workflow/schemas/config.schema.yaml: quantize / export)
     p.add_argument("--calibration-images", type=int, default=128, help="int8_static calibration images")
     p.add_argument("--check-images", type=int, default=64, help="held-out images of the export check")
@@ -473,8 +565,9 @@ def time_rounds(args, rows: dict, paths: dict, facts: dict) -> dict[str, list[di
     timings: dict[str, list[dict]] = {n: [] for n in rows}
     for r in range(args.rounds):
         for name, recipe in rows.items():
-            t = time_in_subprocess(recipe, paths[name], facts[recipe.model]["input_size"],
-                                   recipe.threads or args.threads, args.warmup, args.runs)
+            t = time_in_subprocess(
+                recipe, paths[name], facts[recipe.model]["input_size"], recipe.threads or args.threads, args.warmup, args.runs
+            )
             timings[name].append(t)
             print(f"  round {r + 1}: {name:<42} {t['latency_ms_median']:8.1f} ms", flush=True)
     return timings
@@ -482,6 +575,7 @@ def time_rounds(args, rows: dict, paths: dict, facts: dict) -> dict[str, list[di
 
 def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) -> list[dict]:
     """One CSV row per bench row; speed-ups are medians of the per-round ratios."""
+
     def ratio(base: str, name: str) -> float:
         per_round = [b["latency_ms_median"] / t["latency_ms_median"] for b, t in zip(timings[base], timings[name])]
         return statistics.median(per_round)
@@ -492,52 +586,72 @@ def table_rows(args, rows, paths, facts, timings, fidelity, trained, machine) ->
     table = []
     for name, recipe in rows.items():
         ts = timings[name]
-        table.append({
-            "row": name, "model": args.model, "pruned": recipe.model, "ratio": 0.0 if recipe.model == "dense" else args.ratio,
-            "merge_r": recipe.merge_r,
-            "precision": recipe.precision, "engine": recipe.engine, "format": recipe.fmt,
-            "options": json.dumps(recipe.options) if recipe.options else "", "threads": recipe.threads or args.threads,
-            "latency_ms_median": statistics.median(t["latency_ms_median"] for t in ts),
-            "latency_ms_min": min(t["latency_ms_min"] for t in ts),
-            "latency_ms_max": max(t["latency_ms_max"] for t in ts),
-            "round_medians_ms": " ".join(f"{t['latency_ms_median']:.1f}" for t in ts),
-            # how many times faster than the base, from the ratio within each round
-            "speedup_vs_paper": ratio(PAPER, name),
-            "speedup_vs_eager_dense": ratio("eager fp32 dense", name),
-            "speedup_vs_ort": ratio(best_ort, name), "ort_best": best_ort,
-            "speedup_vs_without_pqv": ratio(WITHOUT_PQV, name),
-            "size_mb": paths[name].stat().st_size / 2**20,
-            # the export check's (pqv.stages.export.run): held-out images of --data against the FP32 parent
-            "cosine_min_vs_parent": fidelity.get(name, {}).get("cosine_min", 1.0 if recipe.fmt == EAGER else None),
-            "check_images": 0 if recipe.fmt == EAGER else args.check_images,
-            "trained_top1_agreement": trained.get(name, {}).get("top1_agreement"),
-            "trained_cosine_min": trained.get(name, {}).get("cosine_min"),
-            # a merged file's MACs are its merged model's (pqv.stages.quantize.run counts them into its sidecar)
-            "macs": fileio.read_sidecar(paths[name])["macs"] if recipe.merge_r else facts[recipe.model]["macs"],
-            "params": facts[recipe.model]["params"],
-            "widths": "{embed_dim}/{head_dim}/{mlp_hidden}".format(**facts[recipe.model]),
-            "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, "note": recipe.note,
-            "runtime": ts[0]["runtime"], "session_options": ts[0]["session_options"],
-            "artifact": str(paths[name]), **machine,
-        })
+        table.append(
+            {
+                "row": name,
+                "model": args.model,
+                "pruned": recipe.model,
+                "ratio": 0.0 if recipe.model == "dense" else args.ratio,
+                "merge_r": recipe.merge_r,
+                "precision": recipe.precision,
+                "engine": recipe.engine,
+                "format": recipe.fmt,
+                "options": json.dumps(recipe.options) if recipe.options else "",
+                "threads": recipe.threads or args.threads,
+                "latency_ms_median": statistics.median(t["latency_ms_median"] for t in ts),
+                "latency_ms_min": min(t["latency_ms_min"] for t in ts),
+                "latency_ms_max": max(t["latency_ms_max"] for t in ts),
+                "round_medians_ms": " ".join(f"{t['latency_ms_median']:.1f}" for t in ts),
+                # how many times faster than the base, from the ratio within each round
+                "speedup_vs_paper": ratio(PAPER, name),
+                "speedup_vs_eager_dense": ratio("eager fp32 dense", name),
+                "speedup_vs_ort": ratio(best_ort, name),
+                "ort_best": best_ort,
+                "speedup_vs_without_pqv": ratio(WITHOUT_PQV, name),
+                "size_mb": paths[name].stat().st_size / 2**20,
+                # the export check's (pqv.stages.export.run): held-out images of --data against the FP32 parent
+                "cosine_min_vs_parent": fidelity.get(name, {}).get("cosine_min", 1.0 if recipe.fmt == EAGER else None),
+                "check_images": 0 if recipe.fmt == EAGER else args.check_images,
+                "trained_top1_agreement": trained.get(name, {}).get("top1_agreement"),
+                "trained_cosine_min": trained.get(name, {}).get("cosine_min"),
+                # a merged file's MACs are its merged model's (pqv.stages.quantize.run counts them into its sidecar)
+                "macs": fileio.read_sidecar(paths[name])["macs"] if recipe.merge_r else facts[recipe.model]["macs"],
+                "params": facts[recipe.model]["params"],
+                "widths": "{embed_dim}/{head_dim}/{mlp_hidden}".format(**facts[recipe.model]),
+                "warmup": args.warmup,
+                "runs": args.runs,
+                "rounds": args.rounds,
+                "note": recipe.note,
+                "runtime": ts[0]["runtime"],
+                "session_options": ts[0]["session_options"],
+                "artifact": str(paths[name]),
+                **machine,
+            }
+        )
     return table
 
 
 def print_table(args, table: list[dict], rejected: dict) -> None:
     print()
-    print(f"{args.model}, {args.ratio:g} pruned (l2, uniform); batch 1; {args.threads} threads unless noted; "
-          f"warm-up {args.warmup}, median of {args.runs} per round, {args.rounds} interleaved rounds")
-    header = (f"{'row':<42} {'median':>7} {'min':>7} {'max':>7} {'MB':>6} {'x paper':>7} {'x eager':>7} {'x ORT':>6}"
-              f" {'x w/o':>6} {'cos':>6} {'agree':>6}")
+    print(
+        f"{args.model}, {args.ratio:g} pruned (l2, uniform); batch 1; {args.threads} threads unless noted; "
+        f"warm-up {args.warmup}, median of {args.runs} per round, {args.rounds} interleaved rounds"
+    )
+    header = (
+        f"{'row':<42} {'median':>7} {'min':>7} {'max':>7} {'MB':>6} {'x paper':>7} {'x eager':>7} {'x ORT':>6}"
+        f" {'x w/o':>6} {'cos':>6} {'agree':>6}"
+    )
     print(header)
     print("-" * len(header))
     nan = float("nan")
     for row in table:
         agree, cos = row["trained_top1_agreement"], row["cosine_min_vs_parent"]
-        print(f"{row['row']:<42} {row['latency_ms_median']:>7.1f} {row['latency_ms_min']:>7.1f} {row['latency_ms_max']:>7.1f}"
-              f" {row['size_mb']:>6.1f} {row['speedup_vs_paper']:>7.2f} {row['speedup_vs_eager_dense']:>7.2f}"
-              f" {row['speedup_vs_ort']:>6.2f} {row['speedup_vs_without_pqv']:>6.2f}"
-              f" {cos if cos is not None else nan:>6.3f} {agree if agree is not None else nan:>6.3f}")
+        print(
+            f"{row['row']:<42} {row['latency_ms_median']:>7.1f} {row['latency_ms_min']:>7.1f} {row['latency_ms_max']:>7.1f}"
+            f" {row['size_mb']:>6.1f} {row['speedup_vs_paper']:>7.2f} {row['speedup_vs_eager_dense']:>7.2f}"
+            f" {row['speedup_vs_ort']:>6.2f} {row['speedup_vs_without_pqv']:>6.2f}"
+            f" {cos if cos is not None else nan:>6.3f} {agree if agree is not None else nan:>6.3f}"
+        )
     for name, reason in rejected.items():
         print(f"{name:<42} rejected by the export check: {reason}")
 
@@ -549,8 +663,10 @@ def main() -> None:
     work = Path(args.work)
     manifest = manifest_of(args.data)
     if not ort.available():
-        raise SystemExit("bench/latency.py: error: ONNX Runtime, the peer every run is measured against, is not installed "
-                         "(fix: .venv/bin/pip install -e '.[bench]')")
+        raise SystemExit(
+            "bench/latency.py: error: ONNX Runtime, the peer every run is measured against, is not installed "
+            "(fix: .venv/bin/pip install -e '.[bench]')"
+        )
     rows = {n: r for n, r in RECIPES.items() if (not args.only or n in args.only) and available(r)}
     for needed in BASES:
         rows.setdefault(needed, RECIPES[needed])  # the ratios need them
@@ -562,8 +678,15 @@ def main() -> None:
     timings = time_rounds(args, rows, paths, facts)
     trained = {}
     if args.trained:
-        trained = agreement({n: r for n, r in rows.items() if r.fmt != EAGER}, Path(args.trained), manifest, work,
-                            args.calibration_images, args.check_images, args.min_cosine)
+        trained = agreement(
+            {n: r for n, r in rows.items() if r.fmt != EAGER},
+            Path(args.trained),
+            manifest,
+            work,
+            args.calibration_images,
+            args.check_images,
+            args.min_cosine,
+        )
     table = table_rows(args, rows, paths, facts, timings, fidelity, trained, machine)
     print_table(args, table, rejected)
     out = Path(args.out or default_out("latency", machine))

@@ -12,6 +12,7 @@ rounds). The whole-model effect is bench/latency.py's "pte int8_dynamic pooled-m
     .venv/bin/python bench/layernorm.py                     # 197 tokens x 696 (9.375 %-pruned DeiT-B)
     .venv/bin/python bench/layernorm.py --width 768         # dense DeiT-B
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,11 @@ def build(rewrite, width: int, tokens: int, count: int, path: Path) -> tuple[flo
     x = torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(1))
     export._find_flatc()
     lowered = to_edge_transform_and_lower(torch.export.export(model, (x,)), partitioner=[XnnpackPartitioner()])
-    outside = sum(1 for n in lowered.exported_program().graph.nodes if n.op == "call_function"
-                  and "delegate" not in str(n.target) and "getitem" not in str(n.target))
+    outside = sum(
+        1
+        for n in lowered.exported_program().graph.nodes
+        if n.op == "call_function" and "delegate" not in str(n.target) and "getitem" not in str(n.target)
+    )
     with open(path, "wb") as f:
         lowered.to_executorch().write_to_file(f)
     with torch.no_grad():
@@ -119,19 +123,42 @@ def main() -> None:
 
     machine = {**evaluate.machine(), **store.versions()}
     base = "pooled mean (PQV before issue 15)"
-    table = [{
-        "formulation": name, "width": args.width, "tokens": args.tokens, "layernorms": args.count,
-        "ms_median": statistics.median(rounds[name]),
-        "ms_per_layernorm": statistics.median(rounds[name]) / args.count,
-        "speedup_vs_pooled_mean": statistics.median(b / t for b, t in zip(rounds[base], rounds[name])),
-        "round_medians_ms": " ".join(f"{t:.2f}" for t in rounds[name]),
-        "max_abs_diff_vs_layer_norm": built[name][0], "ops_outside_xnnpack": built[name][1],
-        "threads": args.threads, "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, **machine,
-    } for name in FORMULATIONS]
-    print(f"{args.count} residual LayerNorms on {args.tokens} x {args.width}, batch 1, {args.threads} threads; "
-          f"warm-up {args.warmup}, median of {args.runs} per round, {args.rounds} interleaved rounds; {machine.get('cpu')}")
-    print(pd.DataFrame(table)[["formulation", "ms_median", "ms_per_layernorm", "speedup_vs_pooled_mean",
-                               "max_abs_diff_vs_layer_norm", "ops_outside_xnnpack"]].to_string(index=False))
+    table = [
+        {
+            "formulation": name,
+            "width": args.width,
+            "tokens": args.tokens,
+            "layernorms": args.count,
+            "ms_median": statistics.median(rounds[name]),
+            "ms_per_layernorm": statistics.median(rounds[name]) / args.count,
+            "speedup_vs_pooled_mean": statistics.median(b / t for b, t in zip(rounds[base], rounds[name])),
+            "round_medians_ms": " ".join(f"{t:.2f}" for t in rounds[name]),
+            "max_abs_diff_vs_layer_norm": built[name][0],
+            "ops_outside_xnnpack": built[name][1],
+            "threads": args.threads,
+            "warmup": args.warmup,
+            "runs": args.runs,
+            "rounds": args.rounds,
+            **machine,
+        }
+        for name in FORMULATIONS
+    ]
+    print(
+        f"{args.count} residual LayerNorms on {args.tokens} x {args.width}, batch 1, {args.threads} threads; "
+        f"warm-up {args.warmup}, median of {args.runs} per round, {args.rounds} interleaved rounds; {machine.get('cpu')}"
+    )
+    print(
+        pd.DataFrame(table)[
+            [
+                "formulation",
+                "ms_median",
+                "ms_per_layernorm",
+                "speedup_vs_pooled_mean",
+                "max_abs_diff_vs_layer_norm",
+                "ops_outside_xnnpack",
+            ]
+        ].to_string(index=False)
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_path(out) as tmp:

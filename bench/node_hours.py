@@ -13,6 +13,7 @@ node's cores (--node-cores); GPU-hours are runtime x GPUs. Requested, not used: 
 the expected time plus 10 minutes (pqv/plan/resources.py). Prints a table and writes
 bench/results/node_hours-<label>.csv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,20 @@ def imagenet_manifests(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in IMAGENET.items():
         splits = {split: {"folder": f"/imagenet/{split}", "items": [], "images": n, "counts": {}}}
-        (folder / f"{split}.json").write_text(json.dumps({
-            "format": 1, "dataset": {"name": "imagefolder"}, "classes": classes, "splits": splits, "modes": {},
-            "value_range": None, "warnings": [], "fingerprint": f"imagenet-{split}-counts"}))
+        (folder / f"{split}.json").write_text(
+            json.dumps(
+                {
+                    "format": 1,
+                    "dataset": {"name": "imagefolder"},
+                    "classes": classes,
+                    "splits": splits,
+                    "modes": {},
+                    "value_range": None,
+                    "warnings": [],
+                    "fingerprint": f"imagenet-{split}-counts",
+                }
+            )
+        )
 
 
 def plan(repo: Path, configfile: Path, work: Path, partition: str = PARTITION, site: str = "") -> subprocess.CompletedProcess:
@@ -59,9 +71,28 @@ def plan(repo: Path, configfile: Path, work: Path, partition: str = PARTITION, s
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(repo), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"), "--directory",
-                           str(work), "--jobs", "100", "--cores", "4096", "--configfile", str(configfile),
-                           str(work / "site.yaml")], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(repo / "Snakefile"),
+            "--directory",
+            str(work),
+            "--jobs",
+            "100",
+            "--cores",
+            "4096",
+            "--configfile",
+            str(configfile),
+            str(work / "site.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def jobs(text: str) -> list[dict]:
@@ -73,8 +104,15 @@ def jobs(text: str) -> list[dict]:
             continue  # local rules run in Snakemake itself
         values = dict(kv.split("=", 1) for kv in re.split(r", (?=\w+=)", res.group(1)))
         threads = re.search(r"threads: (\d+)", block)
-        out.append({"rule": rule.group(2), "runtime_min": int(values.get("runtime", 0)), "gpus": int(values.get("gpu", 0)),
-                    "exclusive": "--exclusive" in values.get("slurm_extra", ""), "threads": int(threads.group(1)) if threads else 1})
+        out.append(
+            {
+                "rule": rule.group(2),
+                "runtime_min": int(values.get("runtime", 0)),
+                "gpus": int(values.get("gpu", 0)),
+                "exclusive": "--exclusive" in values.get("slurm_extra", ""),
+                "threads": int(threads.group(1)) if threads else 1,
+            }
+        )
     return out
 
 

@@ -6,6 +6,7 @@ Widths do not depend on the weights under uniform scope; under global scope they
 
     .venv/bin/python bench/prune_table.py [--model deit_base_patch16_224] [--out bench/results/prune_table.csv]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ def cpu_name() -> str:
 
 def widths(model) -> dict:
     """Embedding, heads x head_dim and MLP hidden width; 'a-b' where blocks differ (global scope)."""
+
     def span(values):
         lo, hi = min(values), max(values)
         return str(lo) if lo == hi else f"{lo}-{hi}"
@@ -61,8 +63,10 @@ def widths(model) -> dict:
 
 def calibration(batches: int, batch_size: int, num_classes: int, size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, 3, size, size, generator=g),
-             torch.randint(0, num_classes, (batch_size,), generator=g)) for _ in range(batches)]
+    return [
+        (torch.randn(batch_size, 3, size, size, generator=g), torch.randint(0, num_classes, (batch_size,), generator=g))
+        for _ in range(batches)
+    ]
 
 
 def main() -> None:
@@ -92,8 +96,10 @@ def main() -> None:
         jobs += [("l2", r, label, opts) for r in RATIOS for label, opts in VARIANTS]
 
     rows = []
-    header = (f"{'importance':<10} {'variant':<13} {'ratio':>7} {'params M':>9} {'-%':>6} {'GMACs':>7} {'-%':>6}"
-              f" {'embed':>5} {'heads':>5} {'hdim':>5} {'mlp':>9} {'s':>5}")
+    header = (
+        f"{'importance':<10} {'variant':<13} {'ratio':>7} {'params M':>9} {'-%':>6} {'GMACs':>7} {'-%':>6}"
+        f" {'embed':>5} {'heads':>5} {'hdim':>5} {'mlp':>9} {'s':>5}"
+    )
     print(header)
     print("-" * len(header))
     for importance, ratio, label, opts in jobs:
@@ -103,18 +109,31 @@ def main() -> None:
         seconds = time.perf_counter() - t
         macs, params = prune.count_ops(model, example)
         row = {
-            "model": args.model, "importance": importance, "ratio": ratio, "variant": label or "default",
-            "scope": opts.get("scope", "uniform"), "heads": opts.get("heads", "dims"),
-            "round_to": opts.get("round_to", ""), "bottleneck": opts.get("bottleneck", False),
-            "params_before": params0, "params_after": params,
+            "model": args.model,
+            "importance": importance,
+            "ratio": ratio,
+            "variant": label or "default",
+            "scope": opts.get("scope", "uniform"),
+            "heads": opts.get("heads", "dims"),
+            "round_to": opts.get("round_to", ""),
+            "bottleneck": opts.get("bottleneck", False),
+            "params_before": params0,
+            "params_after": params,
             "params_reduction_pct": round(100 * (1 - params / params0), 2),
-            "macs_before": macs0, "macs_after": macs, "macs_reduction_pct": round(100 * (1 - macs / macs0), 2),
-            **widths(model), "prune_s": round(seconds, 2), **machine,
+            "macs_before": macs0,
+            "macs_after": macs,
+            "macs_reduction_pct": round(100 * (1 - macs / macs0), 2),
+            **widths(model),
+            "prune_s": round(seconds, 2),
+            **machine,
         }
         rows.append(row)
-        print(f"{importance:<10} {row['variant']:<13} {ratio:>7g} {params / 1e6:>9.2f} {row['params_reduction_pct']:>6.1f}"
-              f" {macs / 1e9:>7.2f} {row['macs_reduction_pct']:>6.1f} {row['embed_dim']:>5} {row['num_heads']:>5}"
-              f" {row['head_dim']:>5} {row['mlp_hidden']:>9} {seconds:>5.1f}", flush=True)
+        print(
+            f"{importance:<10} {row['variant']:<13} {ratio:>7g} {params / 1e6:>9.2f} {row['params_reduction_pct']:>6.1f}"
+            f" {macs / 1e9:>7.2f} {row['macs_reduction_pct']:>6.1f} {row['embed_dim']:>5} {row['num_heads']:>5}"
+            f" {row['head_dim']:>5} {row['mlp_hidden']:>9} {seconds:>5.1f}",
+            flush=True,
+        )
 
     out = Path(args.out)
     with fileio.atomic_path(out) as tmp:

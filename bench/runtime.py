@@ -10,6 +10,7 @@ the median of the per-round ratios, with both outputs compared on one input.
     bash envs/etdump.sh                                           # once
     .venv/bin/python bench/runtime.py bench/work/deit_base_patch16_224/l2_0.09375/*.pte
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ print(json.dumps({"median": statistics.median(times), "min": min(times), "max": 
 
 
 def time_once(python: str, path: Path, threads: int, warmup: int, runs: int, out: Path) -> dict:
-    done = subprocess.run([python, "-c", PROBE, str(path), str(threads), str(warmup), str(runs), str(out)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    done = subprocess.run(
+        [python, "-c", PROBE, str(path), str(threads), str(warmup), str(runs), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+    )
     if done.returncode != 0:
         raise SystemExit(f"{python} could not time {path}: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -64,8 +69,11 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("pte", nargs="+", type=Path)
-    p.add_argument("--side-python", default=os.environ.get("PQV_ETDUMP_PYTHON", "envs/etdump/.venv/bin/python"),
-                   help="the newer runtime's interpreter (envs/etdump.sh builds it)")
+    p.add_argument(
+        "--side-python",
+        default=os.environ.get("PQV_ETDUMP_PYTHON", "envs/etdump/.venv/bin/python"),
+        help="the newer runtime's interpreter (envs/etdump.sh builds it)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=20)
@@ -91,22 +99,38 @@ def main() -> None:
         project = results[f, "project"]
         for r in runtimes:
             runs = results[f, r]
-            table.append({"artifact": str(f), "runtime": r, "executorch": runs[0]["executorch"], "torch": runs[0]["torch"],
-                          "threads": runs[0]["threads"], "ms_median": statistics.median(t["median"] for t in runs),
-                          "ms_min": min(t["min"] for t in runs), "ms_max": max(t["max"] for t in runs),
-                          "round_medians_ms": " ".join(f"{t['median']:.1f}" for t in runs),
-                          "speedup_vs_project": statistics.median(a["median"] / b["median"] for a, b in zip(project, runs)),
-                          "warmup": args.warmup, "runs": args.runs, "rounds": args.rounds, **machine})
+            table.append(
+                {
+                    "artifact": str(f),
+                    "runtime": r,
+                    "executorch": runs[0]["executorch"],
+                    "torch": runs[0]["torch"],
+                    "threads": runs[0]["threads"],
+                    "ms_median": statistics.median(t["median"] for t in runs),
+                    "ms_min": min(t["min"] for t in runs),
+                    "ms_max": max(t["max"] for t in runs),
+                    "round_medians_ms": " ".join(f"{t['median']:.1f}" for t in runs),
+                    "speedup_vs_project": statistics.median(a["median"] / b["median"] for a, b in zip(project, runs)),
+                    "warmup": args.warmup,
+                    "runs": args.runs,
+                    "rounds": args.rounds,
+                    **machine,
+                }
+            )
         # same file, same input: the two runtimes must compute the same function
         a, b = (torch.load(output[f, r], weights_only=True) for r in runtimes)
         for row in table[-2:]:
             row["max_abs_diff_between_runtimes"] = (a - b).abs().max().item()
     df = pd.DataFrame(table)
-    print(f"batch 1, {args.threads} threads, warm-up {args.warmup}, median of {args.runs} per round, "
-          f"{args.rounds} interleaved rounds; {machine['cpu']}")
-    print(df.assign(artifact=df.artifact.map(lambda s: Path(s).name))[
-        ["artifact", "executorch", "ms_median", "ms_min", "ms_max", "speedup_vs_project", "max_abs_diff_between_runtimes"]
-    ].to_string(index=False))
+    print(
+        f"batch 1, {args.threads} threads, warm-up {args.warmup}, median of {args.runs} per round, "
+        f"{args.rounds} interleaved rounds; {machine['cpu']}"
+    )
+    print(
+        df.assign(artifact=df.artifact.map(lambda s: Path(s).name))[
+            ["artifact", "executorch", "ms_median", "ms_min", "ms_max", "speedup_vs_project", "max_abs_diff_between_runtimes"]
+        ].to_string(index=False)
+    )
     with fileio.atomic_path(Path(args.out)) as tmp:
         df.to_csv(tmp, index=False)
     print(f"wrote {args.out}")

@@ -16,6 +16,7 @@ below the line): the first failure a bisection meets is a fluke.
 
 python bench/search_noise.py [--trials N] [--out CSV]   prints the table and writes the CSV
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,9 +85,17 @@ def run(trials: int, seed: int = 0) -> list[dict]:
                     tally[rule][2] += finetunes
             for rule in RULES:
                 right, near, finetunes = tally[rule]
-                rows.append({"scenario": scenario, "eval_images": images, "rule": rule, "trials": counted,
-                             "right_pct": round(100 * right / counted, 1), "within_one_step_pct": round(100 * near / counted, 1),
-                             "finetunes_mean": round(finetunes / counted, 2)})
+                rows.append(
+                    {
+                        "scenario": scenario,
+                        "eval_images": images,
+                        "rule": rule,
+                        "trials": counted,
+                        "right_pct": round(100 * right / counted, 1),
+                        "within_one_step_pct": round(100 * near / counted, 1),
+                        "finetunes_mean": round(finetunes / counted, 2),
+                    }
+                )
     return rows
 
 
@@ -94,8 +103,10 @@ def table(rows: list[dict]) -> str:
     """The markdown table docs/search.md shows (tests/test_docs.py renders it again from the CSV)."""
     lines = ["| curves | eval images | rule | right % | within one step % | finetunes |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['scenario']} | {int(r['eval_images']):,} | {r['rule']} | {float(r['right_pct']):.1f} | "
-                     f"{float(r['within_one_step_pct']):.1f} | {float(r['finetunes_mean']):.2f} |")
+        lines.append(
+            f"| {r['scenario']} | {int(r['eval_images']):,} | {r['rule']} | {float(r['right_pct']):.1f} | "
+            f"{float(r['within_one_step_pct']):.1f} | {float(r['finetunes_mean']):.2f} |"
+        )
     return "\n".join(lines)
 
 

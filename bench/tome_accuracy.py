@@ -25,6 +25,7 @@ sqrt(p(1-p)/n) in points. One process; torch threads = --threads (default 1); Da
 train.epochs (the full CIFAR-10 training is ~18 min on a 2-core VM). Rows are appended to --csv
 (header written when the file is new) and printed as a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,32 @@ from pqv.stages import data, evaluate  # noqa: E402
 from pqv.stages import model as model_stage  # noqa: E402
 from pqv.stages.finetune import train  # noqa: E402
 
-FIELDS = ["date", "dataset", "model", "img_size", "patch_size", "depth", "tokens", "train_images", "train_epochs",
-          "eval_images", "mode", "r", "tokens_per_block", "token_fraction", "finetune_epochs", "finetune_lr",
-          "top1", "top1_se", "delta_vs_r0_off_the_shelf", "seconds", "cpu", "torch", "threads", "command"]
+FIELDS = [
+    "date",
+    "dataset",
+    "model",
+    "img_size",
+    "patch_size",
+    "depth",
+    "tokens",
+    "train_images",
+    "train_epochs",
+    "eval_images",
+    "mode",
+    "r",
+    "tokens_per_block",
+    "token_fraction",
+    "finetune_epochs",
+    "finetune_lr",
+    "top1",
+    "top1_se",
+    "delta_vs_r0_off_the_shelf",
+    "seconds",
+    "cpu",
+    "torch",
+    "threads",
+    "command",
+]
 
 
 def score(model: torch.nn.Module, manifest: dict, dc: dict) -> tuple[float, float, int]:
@@ -71,8 +95,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the model's train.epochs")
     ap.add_argument("--finetune-epochs", type=int, default=None, help="override finetune.epochs for the merged finetune")
     ap.add_argument("--no-finetune", action="store_true", help="off-the-shelf rows only")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core VM, 2 threads spin-waited "
-                    "~30x slower)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: on a shared 2-core VM, 2 threads spin-waited ~30x slower)"
+    )
     ap.add_argument("--csv", required=True)
     args = ap.parse_args()
 
@@ -103,13 +128,26 @@ def main() -> None:
     kw = facts["kwargs"]
     prefix, patches = int(base.num_prefix_tokens), int(base.patch_embed.num_patches)
     machine = evaluate.machine()
-    common = {"date": datetime.date.today().isoformat(), "dataset": spec["name"], "model": model_cfg["id"],
-              "img_size": kw.get("img_size"), "patch_size": kw.get("patch_size"), "depth": len(base.blocks),
-              "tokens": prefix + patches, "train_images": manifest["splits"]["train"]["images"],
-              "train_epochs": model_cfg.get("train", {}).get("epochs"), "cpu": machine["cpu"], "torch": torch.__version__,
-              "threads": args.threads, "command": command}
-    print(f"base model: {model_cfg['id']} {prefix + patches} tokens ({prefix} prefix + {patches} patches), "
-          f"{len(base.blocks)} blocks, trained in {base_seconds:.0f} s", flush=True)
+    common = {
+        "date": datetime.date.today().isoformat(),
+        "dataset": spec["name"],
+        "model": model_cfg["id"],
+        "img_size": kw.get("img_size"),
+        "patch_size": kw.get("patch_size"),
+        "depth": len(base.blocks),
+        "tokens": prefix + patches,
+        "train_images": manifest["splits"]["train"]["images"],
+        "train_epochs": model_cfg.get("train", {}).get("epochs"),
+        "cpu": machine["cpu"],
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "command": command,
+    }
+    print(
+        f"base model: {model_cfg['id']} {prefix + patches} tokens ({prefix} prefix + {patches} patches), "
+        f"{len(base.blocks)} blocks, trained in {base_seconds:.0f} s",
+        flush=True,
+    )
 
     rows, r0_top1 = [], None
     modes = ["off_the_shelf"] + ([] if args.no_finetune else ["finetuned_merged"])
@@ -124,16 +162,26 @@ def main() -> None:
             fraction = sum(tokens[:-1]) / (len(tokens[:-1]) * tokens[0])  # tokens through the blocks vs r = 0
             if mode == "off_the_shelf" and r == 0:
                 r0_top1 = top1
-            row = {**common, "eval_images": n, "mode": mode, "r": r,
-                   "tokens_per_block": "/".join(map(str, tokens)), "token_fraction": round(fraction, 3),
-                   "finetune_epochs": ft["epochs"] if mode == "finetuned_merged" else 0,
-                   "finetune_lr": ft["lr"] if mode == "finetuned_merged" else "",
-                   "top1": round(top1, 2), "top1_se": round(se, 2),
-                   "delta_vs_r0_off_the_shelf": round(top1 - r0_top1, 2) if r0_top1 is not None else "",
-                   "seconds": round(time.perf_counter() - t0, 1)}
+            row = {
+                **common,
+                "eval_images": n,
+                "mode": mode,
+                "r": r,
+                "tokens_per_block": "/".join(map(str, tokens)),
+                "token_fraction": round(fraction, 3),
+                "finetune_epochs": ft["epochs"] if mode == "finetuned_merged" else 0,
+                "finetune_lr": ft["lr"] if mode == "finetuned_merged" else "",
+                "top1": round(top1, 2),
+                "top1_se": round(se, 2),
+                "delta_vs_r0_off_the_shelf": round(top1 - r0_top1, 2) if r0_top1 is not None else "",
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             rows.append(row)
-            print(f"{mode:17s} r={r:3d} tokens {row['tokens_per_block']:28s} token fraction {row['token_fraction']:.3f} "
-                  f"top-1 {top1:6.2f} ± {se:4.2f}  ({row['seconds']} s)", flush=True)
+            print(
+                f"{mode:17s} r={r:3d} tokens {row['tokens_per_block']:28s} token fraction {row['token_fraction']:.3f} "
+                f"top-1 {top1:6.2f} ± {se:4.2f}  ({row['seconds']} s)",
+                flush=True,
+            )
 
     out = Path(args.csv)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +193,10 @@ def main() -> None:
         w.writerows(rows)
     print(f"\n{'mode':17s} {'r':>3s} {'tokens per block':28s} {'tok.':>6s} {'top-1':>7s} {'±SE':>5s} {'Δ':>6s}")
     for row in rows:
-        print(f"{row['mode']:17s} {row['r']:3d} {row['tokens_per_block']:28s} {row['token_fraction']:6.3f} "
-              f"{row['top1']:7.2f} {row['top1_se']:5.2f} {row['delta_vs_r0_off_the_shelf']!s:>6s}")
+        print(
+            f"{row['mode']:17s} {row['r']:3d} {row['tokens_per_block']:28s} {row['token_fraction']:6.3f} "
+            f"{row['top1']:7.2f} {row['top1_se']:5.2f} {row['delta_vs_r0_off_the_shelf']!s:>6s}"
+        )
     print(f"appended {len(rows)} rows to {out}")
 
 

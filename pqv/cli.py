@@ -3,6 +3,7 @@
 Problems a user can fix are printed as one line `pqv <stage>: error: ...` with exit status 2; so
 are mistakes on the command line itself. Progress goes through `logging`, with timestamps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,9 +64,22 @@ def _model(a):
 def _prune(a):
     from .stages import prune
 
-    prune.run(a.model, a.out, a.importance, a.ratio, a.data, a.calibration_batches, a.batch_size,
-              round_to=a.round_to, scope=a.scope, heads=a.heads, head_ratio=a.head_ratio,
-              bottleneck=a.bottleneck, seed=a.seed, device=a.device)
+    prune.run(
+        a.model,
+        a.out,
+        a.importance,
+        a.ratio,
+        a.data,
+        a.calibration_batches,
+        a.batch_size,
+        round_to=a.round_to,
+        scope=a.scope,
+        heads=a.heads,
+        head_ratio=a.head_ratio,
+        bottleneck=a.bottleneck,
+        seed=a.seed,
+        device=a.device,
+    )
 
 
 def _finetune(a):
@@ -80,8 +94,9 @@ def _finetune(a):
         elif a.data is None:
             raise PQVError("pqv finetune needs --data (the data set's manifest)", "give --data results/data/train.json, or --keep")
         else:
-            finetune.run(a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device,
-                         workers=a.workers, threads=a.threads)
+            finetune.run(
+                a.model, a.out, a.data, a.hparams, a.metrics, teacher=a.teacher, device=a.device, workers=a.workers, threads=a.threads
+            )
 
     timelimit.attempt(a.out, a.attempt, work)  # a retry runs again only after a time-limit stop
 
@@ -95,8 +110,17 @@ def _quantize(a):
 def _export(a):
     from .stages import export
 
-    export.run(a.src, a.parent, a.out, a.format, a.data, mobile_optimizer=not a.no_mobile_optimizer,
-               xnnpack_rewrite=not a.no_xnnpack_rewrite, check_images=a.check_images, min_cosine=a.min_cosine)
+    export.run(
+        a.src,
+        a.parent,
+        a.out,
+        a.format,
+        a.data,
+        mobile_optimizer=not a.no_mobile_optimizer,
+        xnnpack_rewrite=not a.no_xnnpack_rewrite,
+        check_images=a.check_images,
+        min_cosine=a.min_cosine,
+    )
 
 
 def _evaluate(a):
@@ -137,15 +161,33 @@ def _search(a):
     from .plan.config import Prune, Search, filled_section
 
     if a.step == "round":
-        search.run_round(a.out, a.model_sidecar, filled_section(Search, a.settings, "search"),
-                         filled_section(Prune, a.prune, "prune"), a.measured, previous=a.previous,
-                         references=a.reference)
+        search.run_round(
+            a.out,
+            a.model_sidecar,
+            filled_section(Search, a.settings, "search"),
+            filled_section(Prune, a.prune, "prune"),
+            a.measured,
+            previous=a.previous,
+            references=a.reference,
+        )
     else:
         from .stages import search as search_report
 
-        search_report.report(a.rounds, a.out_csv, a.out_png, a.out_json, a.out_choice, a.measured, a.budget,
-                             searched=tuple(a.searched), threads=a.threads, warmup=a.warmup, runs=a.runs,
-                             race_rounds=a.race_rounds, manifest=a.data)
+        search_report.report(
+            a.rounds,
+            a.out_csv,
+            a.out_png,
+            a.out_json,
+            a.out_choice,
+            a.measured,
+            a.budget,
+            searched=tuple(a.searched),
+            threads=a.threads,
+            warmup=a.warmup,
+            runs=a.runs,
+            race_rounds=a.race_rounds,
+            manifest=a.data,
+        )
 
 
 def _choose(a):
@@ -173,13 +215,21 @@ def _common():
     from .plan.registry import DEVICES
 
     return {
-        "data": {"required": True,
-                 "help": "a split's manifest, made by `pqv data` (the workflow's: results/data/train.json, eval.json)"},
+        "data": {
+            "required": True,
+            "help": "a split's manifest, made by `pqv data` (the workflow's: results/data/train.json, eval.json)",
+        },
         "workers": {"type": int, "default": 0, "help": "DataLoader worker processes for full passes over a split"},
-        "threads": {"type": int, "default": None,
-                    "help": "cores the job holds: each process takes its share for torch (DataLoader workers decode beside)"},
-        "device": {"default": "auto", "choices": DEVICES,
-                   "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)"},
+        "threads": {
+            "type": int,
+            "default": None,
+            "help": "cores the job holds: each process takes its share for torch (DataLoader workers decode beside)",
+        },
+        "device": {
+            "default": "auto",
+            "choices": DEVICES,
+            "help": "where gradients and accuracy passes run: auto = cuda when available (latency is always CPU)",
+        },
     }
 
 
@@ -196,8 +246,12 @@ def _add_data(sub, c):
 def _add_model(sub, c):
     s = sub.add_parser("model", help="create or train the starting model")
     s.add_argument("--model-cfg", type=_json, required=True, help="one entry of `models`, as JSON")
-    s.add_argument("--weights", default=None, help="a local weights file, whose sha256 the entry's `weights` may "
-                   "give (as the workflow does: it reruns on the file's content, not its path)")
+    s.add_argument(
+        "--weights",
+        default=None,
+        help="a local weights file, whose sha256 the entry's `weights` may "
+        "give (as the workflow does: it reruns on the file's content, not its path)",
+    )
     s.add_argument("--data", **c["data"])
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True, help="per-epoch CSV")
@@ -226,21 +280,29 @@ def _add_prune(sub, c):
 
 
 def _add_finetune(sub, c):
-    s = sub.add_parser("finetune", help="recover accuracy of a pruned model",
-                       description="Finetune a pruned model; resumes from <out>.ckpt/ if a run was interrupted. "
-                       "Several processes/GPUs: torchrun --nproc_per_node=N -m pqv finetune ... "
-                       "(hparams.batch_size is per process).")
+    s = sub.add_parser(
+        "finetune",
+        help="recover accuracy of a pruned model",
+        description="Finetune a pruned model; resumes from <out>.ckpt/ if a run was interrupted. "
+        "Several processes/GPUs: torchrun --nproc_per_node=N -m pqv finetune ... "
+        "(hparams.batch_size is per process).",
+    )
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--data", default=None, help="the data set's manifest (not needed with --keep)")
     s.add_argument("--hparams", type=_json, default={}, help="finetune section of the config, as JSON (docs/config.md)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--teacher", default=None, help="unpruned parent model, for distill.enabled")
-    s.add_argument("--keep", action="store_true",
-                   help="pass the model through unchanged (the dense branch when finetune.dense is false)")
-    s.add_argument("--attempt", type=int, default=None,
-                   help="this job's attempt (default: Snakemake's, on a cluster node): a retry after a failure that "
-                        "was not a time-limit stop fails at once with that failure's line (<out>.failed)")
+    s.add_argument(
+        "--keep", action="store_true", help="pass the model through unchanged (the dense branch when finetune.dense is false)"
+    )
+    s.add_argument(
+        "--attempt",
+        type=int,
+        default=None,
+        help="this job's attempt (default: Snakemake's, on a cluster node): a retry after a failure that "
+        "was not a time-limit stop fails at once with that failure's line (<out>.failed)",
+    )
     for name in ("threads", "workers", "device"):
         s.add_argument(f"--{name}", **c[name])
     s.set_defaults(fn=_finetune)
@@ -254,8 +316,11 @@ def _add_quantize(sub, c):
     s.add_argument("--model", required=True)
     s.add_argument("--out", required=True, help="ends in .ts (TorchScript, for ptl) or .pt2 (torch.export, for pte)")
     s.add_argument("--precision", required=True, help=_one_of(registry.PRECISIONS))
-    s.add_argument("--engine", required=True,
-                   help=f"{_one_of((registry.NO_ENGINE, *registry.ENGINES))} ({registry.NO_ENGINE} for float precisions)")
+    s.add_argument(
+        "--engine",
+        required=True,
+        help=f"{_one_of((registry.NO_ENGINE, *registry.ENGINES))} ({registry.NO_ENGINE} for float precisions)",
+    )
     s.add_argument("--data", default=None, help="the data set's manifest, for calibration images (int8_static)")
     s.add_argument("--calibration-images", **_setting(Quantize, "calibration_images"))
     s.add_argument("--merge-r", type=int, default=0, help="tokens merged in each block (token merging, merge.r); 0: none")
@@ -273,8 +338,11 @@ def _add_export(sub, c):
     s.add_argument("--format", required=True, help=_one_of(registry.FORMATS))
     s.add_argument("--data", **c["data"])
     s.add_argument("--no-mobile-optimizer", action="store_true", help="ptl: save a frozen module, unoptimized")
-    s.add_argument("--no-xnnpack-rewrite", action="store_true",
-                   help="ptl: keep optimize_for_mobile's other passes but not its XNNPACK prepacked ops")
+    s.add_argument(
+        "--no-xnnpack-rewrite",
+        action="store_true",
+        help="ptl: keep optimize_for_mobile's other passes but not its XNNPACK prepacked ops",
+    )
     s.add_argument("--check-images", **_setting(Export, "check_images"))
     s.add_argument("--min-cosine", **_setting(Export, "min_cosine"))
     s.set_defaults(fn=_export)
@@ -285,8 +353,10 @@ def _add_evaluate(sub, c):
 
     s = sub.add_parser("evaluate", help="accuracy, or latency, size and memory, of an artifact (or the eager baseline)")
     measures = s.add_subparsers(dest="measure", required=True, parser_class=_Parser)
-    for measure, text in (("accuracy", "top-1/top-5 over the held-out split, on every core the job holds"),
-                          ("latency", "latency per image on the CPU, file size, and the artifact's memory")):
+    for measure, text in (
+        ("accuracy", "top-1/top-5 over the held-out split, on every core the job holds"),
+        ("latency", "latency per image on the CPU, file size, and the artifact's memory"),
+    ):
         m = measures.add_parser(measure, help=text)
         m.add_argument("--artifact", required=True, help="an exported .ptl/.pte, or a .safetensors model (eager baseline)")
         m.add_argument("--out", required=True)
@@ -325,18 +395,30 @@ def _add_tables(sub, c):
     s.set_defaults(fn=_summarize)
     s = sub.add_parser("costs", help="sum Snakemake's per-job benchmark files per stage (wall time, CPU, peak memory)")
     s.add_argument("benchmarks", nargs="+")
-    s.add_argument("--logs", nargs="*", default=None,
-                   help="each job's log, in the benchmark files' order: the CPU seconds its usage line records (pqv.common.usage)")
+    s.add_argument(
+        "--logs",
+        nargs="*",
+        default=None,
+        help="each job's log, in the benchmark files' order: the CPU seconds its usage line records (pqv.common.usage)",
+    )
     s.add_argument("--root", required=True, help="the benchmarks folder: its first sub-folder names the stage")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_costs)
     s = sub.add_parser("choose", help="print the fastest and the smallest artifact within an accuracy budget")
     where = s.add_mutually_exclusive_group()
     where.add_argument("--summary", default=None, help="the summary a run wrote (default results/summary.csv)")
-    where.add_argument("--configfile", nargs="+", default=None,
-                       help="the config files the run used (as given to snakemake): its results folder's summary")
-    s.add_argument("--max-accuracy-loss", type=float, default=None,
-                   help="top-1 points below the dense FP32 model (without it: the searches' choices only)")
+    where.add_argument(
+        "--configfile",
+        nargs="+",
+        default=None,
+        help="the config files the run used (as given to snakemake): its results folder's summary",
+    )
+    s.add_argument(
+        "--max-accuracy-loss",
+        type=float,
+        default=None,
+        help="top-1 points below the dense FP32 model (without it: the searches' choices only)",
+    )
     s.add_argument("--model", default=None, help="only this model id")
     s.set_defaults(fn=_choose)
     s = sub.add_parser("plot", help="draw the trade-off figures from the summary")
@@ -356,8 +438,12 @@ def _add_search(sub, c):
     r.add_argument("--settings", type=_json, default={}, help="the search section of the config, as JSON")
     r.add_argument("--prune", type=_json, default={}, help="round_to, heads, bottleneck of the prune section")
     r.add_argument("--previous", default=None, help="the previous round's file")
-    r.add_argument("--reference", nargs="*", default=[],
-                   help="the first round: accuracy files of the dense branch's FP32 files (the accuracy reference)")
+    r.add_argument(
+        "--reference",
+        nargs="*",
+        default=[],
+        help="the first round: accuracy files of the dense branch's FP32 files (the accuracy reference)",
+    )
     r.add_argument("--measured", nargs="*", default=[], help="accuracy and latency files of the probes")
     r.set_defaults(fn=_search)
     r = steps.add_parser("report", help="every probe as CSV, the curve, and the chosen artifact")
@@ -376,15 +462,27 @@ def _add_search(sub, c):
     r.set_defaults(fn=_search)
 
 
-STAGES = (_add_data, _add_model, _add_prune, _add_finetune, _add_quantize, _add_export, _add_evaluate, _add_profile,
-          _add_search, _add_tables)
+STAGES = (
+    _add_data,
+    _add_model,
+    _add_prune,
+    _add_finetune,
+    _add_quantize,
+    _add_export,
+    _add_evaluate,
+    _add_profile,
+    _add_search,
+    _add_tables,
+)
 
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pqv", description=__doc__.splitlines()[0])
-    p.add_argument("--log-usage", action="store_true",
-                   help="end stderr with one line of the CPU and wall seconds this process used "
-                        "(the workflow's jobs: pqv.common.usage)")
+    p.add_argument(
+        "--log-usage",
+        action="store_true",
+        help="end stderr with one line of the CPU and wall seconds this process used (the workflow's jobs: pqv.common.usage)",
+    )
     sub = p.add_subparsers(dest="stage", required=True)
     common = _common()
     for add in STAGES:

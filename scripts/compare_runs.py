@@ -4,6 +4,7 @@ size and accuracy. docs/ show such tables rendered from the runs' CSVs, not rety
 
     python scripts/compare_runs.py results/summary.csv results-other/summary.csv --labels before after
 """
+
 import argparse
 
 import pandas as pd
@@ -17,13 +18,17 @@ def table(first: str, second: str, labels: tuple[str, str]) -> list[str]:
     a, b = pd.read_csv(first), pd.read_csv(second)
     both = a.merge(b, on=KEYS, suffixes=("_a", "_b")).sort_values(["model", "ratio", "importance", "format", "precision"])
     x, y = labels
-    lines = [f"| branch | precision | format | params {x} / {y} | MACs {x} / {y} | top-1 % {x} | top-1 % {y} | Δ top-1 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| branch | precision | format | params {x} / {y} | MACs {x} / {y} | top-1 % {x} | top-1 % {y} | Δ top-1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in both.iterrows():
         branch, precision = summary_table.labels(r)
-        lines.append(f"| {branch} | {precision} | {r['format']} | {r['params_a'] / 1e6:.2f} M / {r['params_b'] / 1e6:.2f} M | "
-                     f"{r['macs_a'] / 1e6:.1f} M / {r['macs_b'] / 1e6:.1f} M | {r['top1_a']:.2f} | {r['top1_b']:.2f} | "
-                     f"{r['top1_b'] - r['top1_a']:+.2f} |")
+        lines.append(
+            f"| {branch} | {precision} | {r['format']} | {r['params_a'] / 1e6:.2f} M / {r['params_b'] / 1e6:.2f} M | "
+            f"{r['macs_a'] / 1e6:.1f} M / {r['macs_b'] / 1e6:.1f} M | {r['top1_a']:.2f} | {r['top1_b']:.2f} | "
+            f"{r['top1_b'] - r['top1_a']:+.2f} |"
+        )
     return lines
 
 

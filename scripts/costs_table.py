@@ -3,6 +3,7 @@ retyped; tests/test_docs.py renders docs/deit_b.md's again and compares).
 
     python scripts/costs_table.py docs/data/2026-12-04-deit_b/stage_costs.csv
 """
+
 import sys
 
 import pandas as pd

@@ -6,6 +6,7 @@
 python scripts/reruns_table.py          rewrite them in docs/configuring.md
 python scripts/reruns_table.py --check  exit 1 if the page is not current (tests/test_docs.py)
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,15 +17,30 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "configuring.md"
 DATA = REPO / "tests" / "data" / "reruns.yaml"
-ORDER = ["data_train", "data_eval", "model", "prune", "finetune", "keep_dense", "quantize", "export", "accuracy",
-         "latency", "profile", "summary", "plot", "stage_costs"]
+ORDER = [
+    "data_train",
+    "data_eval",
+    "model",
+    "prune",
+    "finetune",
+    "keep_dense",
+    "quantize",
+    "export",
+    "accuracy",
+    "latency",
+    "profile",
+    "summary",
+    "plot",
+    "stage_costs",
+]
 
 
 def measured() -> str:
     lines = ["| one change | why | jobs a dry run schedules |", "|---|---|---|"]
     for row in yaml.safe_load(DATA.read_text()):
-        change = ", ".join(f"`{k}: {yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}`"
-                           for k, v in row["set"].items())
+        change = ", ".join(
+            f"`{k}: {yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}`" for k, v in row["set"].items()
+        )
         jobs = ", ".join(f"{rule} {row['reruns'][rule]}" for rule in ORDER if rule in row["reruns"])
         total = sum(row["reruns"].values())
         lines.append(f"| {change} | {row['why']} | {f'{total}: {jobs}' if jobs else 'nothing'} |")

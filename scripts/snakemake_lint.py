@@ -18,29 +18,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # how a job starts and runs, not what it makes: on the command line, never in params (README, docs/configuring.md)
-_HOW = ("how a job runs, not what it makes: deliberately a module variable, not a param, so that changing it reruns "
-        "nothing; as {params.x} it would also change each rule's recorded code and rerun every job")
+_HOW = (
+    "how a job runs, not what it makes: deliberately a module variable, not a param, so that changing it reruns "
+    "nothing; as {params.x} it would also change each rule's recorded code and rerun every job"
+)
 
 # lint title (its "in line N" dropped) -> (why it stays, where: rule names or snakefile names, None: anywhere)
 ALLOWED: dict[str, tuple[str, set[str] | None]] = {
     "Shell command directly uses variable PQV from outside of the rule": (
-        "every rule calls the interpreter Snakemake runs under (common.smk); " + _HOW, None),
+        "every rule calls the interpreter Snakemake runs under (common.smk); " + _HOW,
+        None,
+    ),
     "Shell command directly uses variable FINETUNE_PQV from outside of the rule": (
-        "one process, torchrun or finetune.launcher (finetune.smk); " + _HOW, {"finetune"}),
+        "one process, torchrun or finetune.launcher (finetune.smk); " + _HOW,
+        {"finetune"},
+    ),
     "Shell command directly uses variable DEVICE from outside of the rule": ("the device option; " + _HOW, None),
     "Shell command directly uses variable WORKERS from outside of the rule": ("dataset.workers; " + _HOW, None),
     "Specify a conda environment or container for each rule.": (
         "rules run the interpreter Snakemake runs under (the pinned venv, or envs/pqv.yaml activated around "
-        "snakemake on a cluster); a conda: per rule would add a software-stack record to every job and rerun it", None),
+        "snakemake on a cluster); a conda: per rule would add a software-stack record to every job and rerun it",
+        None,
+    ),
     "Mixed rules and functions in same snakefile.": (
         "each rule file keeps the input functions of its own rules beside them; common.smk holds the shared ones",
-        {"data.smk", "evaluate.smk", "finetune.smk", "model.smk", "search.smk"}),
+        {"data.smk", "evaluate.smk", "finetune.smk", "model.smk", "search.smk"},
+    ),
     "Environment variable PATH used but not asserted with envvars directive.": (
         "common.smk puts the venv's bin/ (ExecuTorch's flatc) first on every job's PATH: it sets PATH, it does not need it",
-        {"common.smk"}),
+        {"common.smk"},
+    ),
     "Param outdir is a prefix of input or output file but hardcoded": (
         "plot's outdir, the folder pqv plot writes its figures to; a param derived from output is recorded "
-        "differently and would rerun plot in every existing results folder", {"plot"}),
+        "differently and would rerun plot in every existing results folder",
+        {"plot"},
+    ),
 }
 
 HEADER = re.compile(r"^Lints for (?:snakefile (?P<file>\S+)|rule (?P<rule>\S+) \(line \d+, \S+\)):$")
@@ -66,8 +78,9 @@ def allowed(where: str, title: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--cores", "1", *argv], cwd=ROOT,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--cores", "1", *argv], cwd=ROOT, capture_output=True, text=True
+    )
     text = run.stdout + run.stderr
     found = lints(text)
     if run.returncode not in (0, 1) or (run.returncode == 1 and not found):
@@ -79,8 +92,11 @@ def main(argv: list[str]) -> int:
         print(f"{where}: {title}")
     kept = len(found) - len(new)
     if new:
-        print(f"snakemake --lint: {len(new)} lint(s) not kept on purpose (fix them, or add them to ALLOWED in "
-              f"{Path(__file__).relative_to(ROOT)} with a reason); {kept} kept", file=sys.stderr)
+        print(
+            f"snakemake --lint: {len(new)} lint(s) not kept on purpose (fix them, or add them to ALLOWED in "
+            f"{Path(__file__).relative_to(ROOT)} with a reason); {kept} kept",
+            file=sys.stderr,
+        )
         return 1
     print(f"snakemake --lint: no lint but the {kept} kept on purpose (scripts/snakemake_lint.py)")
     return 0

@@ -11,6 +11,7 @@ stage has a bumped version and a regenerated snapshot.
 python scripts/stage_defaults.py          rewrite tests/data/stage_defaults.json
 python scripts/stage_defaults.py --check  exit 1 with what changed and what to do (tests/test_reruns.py)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,8 +27,12 @@ COMMAND = "python scripts/stage_defaults.py"
 # jobs' own, pqv.plan.manifest.FORMAT and IMAGE_EXTENSIONS, are not here: a manifest of another layout is
 # rebuilt and another listing changes the split's stamp, so they rerun what they change by themselves.)
 CONSTANTS = {
-    "quantize": ["pqv.common.datasets.CALIBRATION_SEED", "pqv.stages.quantize.INT4_GROUP", "pqv.stages.quantize.PROGRAM_BATCH",
-                 "pqv.common.ort.OPSET"],
+    "quantize": [
+        "pqv.common.datasets.CALIBRATION_SEED",
+        "pqv.stages.quantize.INT4_GROUP",
+        "pqv.stages.quantize.PROGRAM_BATCH",
+        "pqv.common.ort.OPSET",
+    ],
     "export": ["pqv.common.datasets.CALIBRATION_SEED", "pqv.stages.export.COMPACT_STORAGE"],
     "search_round": ["pqv.plan.search.DIGITS"],
 }
@@ -55,8 +60,11 @@ def current() -> dict:
     out = {}
     for stage in reruns.STAGES:
         read = {key.name: _json(key.default) for key in reruns.keys() if any(s == stage for s, _ in key.reads)}
-        out[stage] = {"version": reruns.VERSIONS[stage], "defaults": read,
-                      "constants": {name: _constant(name) for name in CONSTANTS.get(stage, [])}}
+        out[stage] = {
+            "version": reruns.VERSIONS[stage],
+            "defaults": read,
+            "constants": {name: _constant(name) for name in CONSTANTS.get(stage, [])},
+        }
     return out
 
 
@@ -80,12 +88,17 @@ def problems(snapshot: dict, now: dict) -> list[str]:
             continue
         changes = _changes(old, new)
         if changes and new["version"] == old["version"]:
-            out.append(f"stage {stage}'s defaults changed ({'; '.join(changes)}), which reruns nothing by itself: bump "
-                       f"its version in pqv/plan/reruns.py VERSIONS (now {new['version']}) and run `{COMMAND}` to update "
-                       f"the snapshot")
+            out.append(
+                f"stage {stage}'s defaults changed ({'; '.join(changes)}), which reruns nothing by itself: bump "
+                f"its version in pqv/plan/reruns.py VERSIONS (now {new['version']}) and run `{COMMAND}` to update "
+                f"the snapshot"
+            )
         elif changes or new["version"] != old["version"]:
-            out.append(f"stage {stage}'s version is {new['version']}, the snapshot's {old['version']}"
-                       + (f" ({'; '.join(changes)})" if changes else "") + f": run `{COMMAND}` to update the snapshot")
+            out.append(
+                f"stage {stage}'s version is {new['version']}, the snapshot's {old['version']}"
+                + (f" ({'; '.join(changes)})" if changes else "")
+                + f": run `{COMMAND}` to update the snapshot"
+            )
     return out
 
 

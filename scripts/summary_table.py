@@ -4,6 +4,7 @@ per artifact, the eager baseline first in each branch.
 
     python scripts/summary_table.py results/summary.csv
 """
+
 import sys
 
 import pandas as pd
@@ -25,19 +26,22 @@ def table(path: str) -> list[str]:
     t = t.assign(order=t["format"].map(FORMAT_ORDER)).sort_values(["model", "ratio", "importance", "order", "precision"])
     several = t["model"].nunique() > 1
     header = "| branch | precision | format | top-1 % | latency ms (min–max) | size MB | params | MACs |"
-    lines = [("| model " if several else "") + header,
-             ("|---" if several else "") + "|---|---|---|---|---|---|---|---|"]
+    lines = [("| model " if several else "") + header, ("|---" if several else "") + "|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
         branch, precision = labels(r)
         status = "" if Status.shippable(r["status"]) else f" ({Status.word(r['status'])})"
         status += " (without PQV)" if r.get("without_pqv") in (True,) else ""  # the bar (evaluate.without_pqv); NaN: an older CSV
-        lines.append(("| " + r["model"] + " " if several else "") +
-                     f"| {branch} | {precision} | {r['format']}{status} | {r['top1']:.2f} | "
-                     f"{r['latency_ms_median']:.2f} ({r['latency_ms_min']:.2f}–{r['latency_ms_max']:.2f}) | "
-                     f"{r['size_mb']:.2f} | {r['params'] / 1e3:.0f} k | {r['macs'] / 1e6:.1f} M |")
+        lines.append(
+            ("| " + r["model"] + " " if several else "") + f"| {branch} | {precision} | {r['format']}{status} | {r['top1']:.2f} | "
+            f"{r['latency_ms_median']:.2f} ({r['latency_ms_min']:.2f}–{r['latency_ms_max']:.2f}) | "
+            f"{r['size_mb']:.2f} | {r['params'] / 1e3:.0f} k | {r['macs'] / 1e6:.1f} M |"
+        )
     first = t.iloc[0]
-    return lines + ["", f"{first['cpu']}, torch {first['torch']}; latency: batch {first['batch_size']}, "
-                        f"{first['threads']} thread(s), median of {first['runs']} after {first['warmup']} warm-ups."]
+    return lines + [
+        "",
+        f"{first['cpu']}, torch {first['torch']}; latency: batch {first['batch_size']}, "
+        f"{first['threads']} thread(s), median of {first['runs']} after {first['warmup']} warm-ups.",
+    ]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny timm ViTs on the bundled digits, made once per session."""
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,8 @@ def _remove_manifests():
     yield
     for path in _MANIFESTS.values():
         shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
 TINY_KWARGS = {"img_size": 8, "patch_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 3, "in_chans": 1}
 TIMM_NAME = "vit_tiny_patch16_224"
 

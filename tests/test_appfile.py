@@ -3,6 +3,7 @@ scores the file with (pqv.common.datasets: timm's evaluation transform), on phot
 matters: non-uniform (gradients and shapes), EXIF-turned, of other aspect ratios than the model's
 input, at 224 px. (The workflow's app-file test uses uniform 20x20 images: resize, crop,
 interpolation and orientation are all no-ops there.)"""
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,12 @@ def follow(path: str, steps: list[dict]) -> np.ndarray:
     """A photo through an app file's steps, with PIL and numpy alone (what an app does)."""
     from PIL import Image, ImageOps
 
-    resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-                "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+    resample = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
+    }
     im = Image.open(path)
     im.load()
     x = None
@@ -97,16 +102,34 @@ def follow(path: str, steps: list[dict]) -> np.ndarray:
     return x.transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("data_config", [
-    {"input_size": [3, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic",  # DeiT's
-     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-    {"input_size": [3, 224, 160], "crop_pct": 0.9, "interpolation": "bilinear",  # a non-square model
-     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-    {"input_size": [3, 160, 224], "crop_pct": 1.0, "interpolation": "bicubic",
-     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-    {"input_size": [1, 224, 224], "crop_pct": 0.95, "interpolation": "bicubic",  # a gray model: convert("L")
-     "mean": [0.45], "std": [0.25]},
-], ids=["deit-224", "224x160", "160x224-crop1", "gray-224"])
+@pytest.mark.parametrize(
+    "data_config",
+    [
+        {
+            "input_size": [3, 224, 224],
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",  # DeiT's
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+        {
+            "input_size": [3, 224, 160],
+            "crop_pct": 0.9,
+            "interpolation": "bilinear",  # a non-square model
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+        },
+        {"input_size": [3, 160, 224], "crop_pct": 1.0, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        {
+            "input_size": [1, 224, 224],
+            "crop_pct": 0.95,
+            "interpolation": "bicubic",  # a gray model: convert("L")
+            "mean": [0.45],
+            "std": [0.25],
+        },
+    ],
+    ids=["deit-224", "224x160", "160x224-crop1", "gray-224"],
+)
 def test_the_app_files_steps_give_the_tensor_pqv_scores_the_file_with(photos, data_config):
     app = appfile.describe(data_config, photos, "model.ptl", "ptl")
     assert app["input"]["shape"] == [1, *data_config["input_size"]]
@@ -123,8 +146,12 @@ def test_the_app_files_steps_give_the_tensor_pqv_scores_the_file_with(photos, da
 def test_the_app_file_says_how_pil_resizes_and_converts_to_gray():
     """What an app on another image library needs to match PIL: its resize antialiases (the filter
     widens with the reduction), and convert("L") is ITU-R 601-2 luma."""
-    app = appfile.describe({"input_size": [1, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
-                            "mean": [0.5], "std": [0.5]}, {"classes": ["a", "b"]}, "model.ptl", "ptl")
+    app = appfile.describe(
+        {"input_size": [1, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5], "std": [0.5]},
+        {"classes": ["a", "b"]},
+        "model.ptl",
+        "ptl",
+    )
     steps = {s["op"]: s for s in app["preprocess"]}
     assert "antialias" in steps["resize_shorter_side"]["why"]
     assert "L = R * 299/1000 + G * 587/1000 + B * 114/1000" in steps["convert"]["why"]

@@ -1,5 +1,6 @@
 """bench/latency.py's artifact cache is keyed by everything that makes a file: another --model,
 --ratio, --round-to, recipe, calibration set or trained model never reuses an earlier run's file."""
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -38,8 +39,9 @@ def test_artifact_paths_differ_by_recipe_and_calibration(latency, tmp_path):
     digits = {"dataset": {"name": "digits"}, "fingerprint": "d1"}
     paths = {latency.artifact_path(tmp_path, latency.RECIPES[n], digits, 128) for n in names}
     # rows that differ only in threads or source model share a file; every other pair differs
-    distinct = {(r.precision, r.engine, r.fmt, tuple(r.options.items()), r.layers, r.merge_r)
-                for r in (latency.RECIPES[n] for n in names)}
+    distinct = {
+        (r.precision, r.engine, r.fmt, tuple(r.options.items()), r.layers, r.merge_r) for r in (latency.RECIPES[n] for n in names)
+    }
     assert len(paths) == len(distinct)
     static = latency.RECIPES["pte int8_static"]
     dynamic = latency.RECIPES["pte int8_dynamic"]
@@ -70,8 +72,10 @@ def test_trained_artifacts_are_keyed_by_the_file_content(latency, tmp_path):
 def test_pte_files_are_keyed_by_the_layers_code(latency, tmp_path):
     path = latency.artifact_path(tmp_path, latency.RECIPES["pte int8_dynamic"], {"name": "digits"}, 128)
     assert latency.layers_fingerprint() in path.name
-    assert latency.layers_fingerprint() not in latency.artifact_path(
-        tmp_path, latency.RECIPES["paper recipe"], {"name": "digits"}, 128).name  # a .ptl does not use the twins
+    assert (
+        latency.layers_fingerprint()
+        not in latency.artifact_path(tmp_path, latency.RECIPES["paper recipe"], {"name": "digits"}, 128).name
+    )  # a .ptl does not use the twins
 
 
 @pytest.mark.parametrize("kind", ["timm", "pooled-mean", "portable-layernorm", "fp16-attention"])
@@ -140,23 +144,42 @@ def test_hosts_split_each_hosts_time_into_parts_that_add_up(tmp_path):
 
     hosts = _bench_module("hosts")
     for cpu, scale in (("host-a", 1.0), ("host-b", 2.0)):
-        pd.DataFrame([{"row": r, "format": fmt, "threads": 2, "note": note, "latency_ms_median": ms * scale,
-                       "speedup_vs_ort": ort, "speedup_vs_paper": 2.0, "speedup_vs_eager_dense": 4.0, "cpu": cpu,
-                       "cpu_features": "AVX-512"}
-                      for r, fmt, ms, ort, note in (
-                          ("pte int8_dynamic", "pte", 50.0, 1.1, ""), ("pte int8_dynamic round_to=64", "pte", 40.0, 1.3, ""),
-                          ("onnxruntime int8_dynamic", "onnx", 52.0, 1.0, ""),
-                          ("pte int8_dynamic fp16 attention", "pte", 30.0, 1.7, "lever, not a workflow recipe"),
-                          ("eager fp32 dense", "eager", 20.0, 2.6, ""))]
-                     ).to_csv(tmp_path / f"latency-2026-11-30-{cpu}.csv", index=False)
-        pd.DataFrame([{"row": r, "latency_ms_median": ms * scale, "x_linears_only": x, "widths": w}
-                      for r, ms, x, w in (("whole model (pte int8_dynamic)", 50.0, 1.25, "696/58/2784"),
-                                          ("its Linear layers and attention", 45.0, 1.1, "696/58/2784"),
-                                          ("its Linear layers only", 40.0, 1.0, "696/58/2784"),
-                                          ("whole model (pte int8_dynamic, round_to=64)", 40.0, 1.14, "640/64/2752"),
-                                          ("its Linear layers and attention, round_to=64", 37.0, 1.1, "640/64/2752"),
-                                          ("its Linear layers only, round_to=64", 35.0, 1.0, "640/64/2752"))]
-                     ).to_csv(tmp_path / f"gemm_floor-2026-11-30-{cpu}.csv", index=False)
+        pd.DataFrame(
+            [
+                {
+                    "row": r,
+                    "format": fmt,
+                    "threads": 2,
+                    "note": note,
+                    "latency_ms_median": ms * scale,
+                    "speedup_vs_ort": ort,
+                    "speedup_vs_paper": 2.0,
+                    "speedup_vs_eager_dense": 4.0,
+                    "cpu": cpu,
+                    "cpu_features": "AVX-512",
+                }
+                for r, fmt, ms, ort, note in (
+                    ("pte int8_dynamic", "pte", 50.0, 1.1, ""),
+                    ("pte int8_dynamic round_to=64", "pte", 40.0, 1.3, ""),
+                    ("onnxruntime int8_dynamic", "onnx", 52.0, 1.0, ""),
+                    ("pte int8_dynamic fp16 attention", "pte", 30.0, 1.7, "lever, not a workflow recipe"),
+                    ("eager fp32 dense", "eager", 20.0, 2.6, ""),
+                )
+            ]
+        ).to_csv(tmp_path / f"latency-2026-11-30-{cpu}.csv", index=False)
+        pd.DataFrame(
+            [
+                {"row": r, "latency_ms_median": ms * scale, "x_linears_only": x, "widths": w}
+                for r, ms, x, w in (
+                    ("whole model (pte int8_dynamic)", 50.0, 1.25, "696/58/2784"),
+                    ("its Linear layers and attention", 45.0, 1.1, "696/58/2784"),
+                    ("its Linear layers only", 40.0, 1.0, "696/58/2784"),
+                    ("whole model (pte int8_dynamic, round_to=64)", 40.0, 1.14, "640/64/2752"),
+                    ("its Linear layers and attention, round_to=64", 37.0, 1.1, "640/64/2752"),
+                    ("its Linear layers only, round_to=64", 35.0, 1.0, "640/64/2752"),
+                )
+            ]
+        ).to_csv(tmp_path / f"gemm_floor-2026-11-30-{cpu}.csv", index=False)
     paths = [str(p) for p in tmp_path.glob("*.csv")]
     table = hosts.render(paths)
     assert "| pte int8_dynamic | 50.0 ms · ×1.10 ORT" in table and "| 100.0 ms · ×1.10 ORT" in table
@@ -166,7 +189,11 @@ def test_hosts_split_each_hosts_time_into_parts_that_add_up(tmp_path):
     assert "| fastest file the workflow ships here | pte int8_dynamic round_to=64: 40.0 ms, ×1.30 ORT |" in table
     split = hosts.split(paths)
     default = [line.split(" | ")[2:] for line in split.splitlines() if line.startswith("| PQV .pte, workflow default (696/58/2784)")]
-    assert default == [["50.0 ms (100%)", "100.0 ms (100%) |"], ["40.0 ms (80%)", "80.0 ms (80%) |"],
-                       ["10.0 ms (20%)", "20.0 ms (20%) |"], ["5.0 ms (10%)", "10.0 ms (10%) |"]]
+    assert default == [
+        ["50.0 ms (100%)", "100.0 ms (100%) |"],
+        ["40.0 ms (80%)", "80.0 ms (80%) |"],
+        ["10.0 ms (20%)", "20.0 ms (20%) |"],
+        ["5.0 ms (10%)", "10.0 ms (10%) |"],
+    ]
     assert "| PQV .pte, round_to: 64 (640/64/2752) | int8 Linear layers alone | 35.0 ms (88%) |" in split
     assert "ONNX Runtime" not in split  # these runs timed no ONNX Runtime programs

@@ -1,6 +1,7 @@
 """pqv.plan.config: the config described once; every config mistake is one line naming the key (and the
 closest valid one), found before any job runs; the schema, the reference and the defaults the
 stages and the CLI use all come from the description."""
+
 from __future__ import annotations
 
 import copy
@@ -35,22 +36,29 @@ def error(change: dict) -> str:
     return text
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"prun": {"ratios": [0.1]}}, "unknown key 'prun' (did you mean 'prune'?) (fix: rename it to 'prune')"),
-    ({"finetune": {"lrr": 1e-3}}, "unknown key 'finetune.lrr' (did you mean 'lr'?)"),
-    ({"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"epoch": 1}}]},
-     "unknown key 'models[0].train.epoch' (did you mean 'epochs'?)"),
-    ({"quantize": {"precisions": ["int8_dynamc"]}},
-     "quantize.precisions[0] is 'int8_dynamc', not a valid value (did you mean 'int8_dynamic'?) "
-     "(fix: use one of fp32, fp16, int8_dynamic, int8_static, int4_weight)"),
-    ({"prune": {"importances": ["tayler"]}}, "(did you mean 'taylor'?)"),
-    ({"prune": {"ratios": [1.5]}}, "prune.ratios[0]: 1.5 is not < 1.0 (fix: use a value < 1.0)"),
-    ({"dataset": {"max_train": "many"}}, "dataset.max_train: Input should be a valid integer"),
-    ({"models": [{"id": "my model", "timm_name": "vit_tiny_patch16_224"}]}, "models[0].id: 'my model' is not a valid value"),
-    ({"models": []}, "models: needs at least 1 item(s)"),
-    ({"dataset": {"name": "imagefloder"}}, "(did you mean 'imagefolder'?)"),
-    ({"search": [1]}, "search: should be a mapping of keys (got [1]) (fix: write it as `search: {key: value, ...}`"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"prun": {"ratios": [0.1]}}, "unknown key 'prun' (did you mean 'prune'?) (fix: rename it to 'prune')"),
+        ({"finetune": {"lrr": 1e-3}}, "unknown key 'finetune.lrr' (did you mean 'lr'?)"),
+        (
+            {"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"epoch": 1}}]},
+            "unknown key 'models[0].train.epoch' (did you mean 'epochs'?)",
+        ),
+        (
+            {"quantize": {"precisions": ["int8_dynamc"]}},
+            "quantize.precisions[0] is 'int8_dynamc', not a valid value (did you mean 'int8_dynamic'?) "
+            "(fix: use one of fp32, fp16, int8_dynamic, int8_static, int4_weight)",
+        ),
+        ({"prune": {"importances": ["tayler"]}}, "(did you mean 'taylor'?)"),
+        ({"prune": {"ratios": [1.5]}}, "prune.ratios[0]: 1.5 is not < 1.0 (fix: use a value < 1.0)"),
+        ({"dataset": {"max_train": "many"}}, "dataset.max_train: Input should be a valid integer"),
+        ({"models": [{"id": "my model", "timm_name": "vit_tiny_patch16_224"}]}, "models[0].id: 'my model' is not a valid value"),
+        ({"models": []}, "models: needs at least 1 item(s)"),
+        ({"dataset": {"name": "imagefloder"}}, "(did you mean 'imagefolder'?)"),
+        ({"search": [1]}, "search: should be a mapping of keys (got [1]) (fix: write it as `search: {key: value, ...}`"),
+    ],
+)
 def test_typos_and_bad_values_name_the_key_and_the_closest_valid_one(change, expected):
     assert expected in error(change)
 
@@ -61,8 +69,9 @@ def test_a_typo_is_one_line_not_the_schema():
 
 
 def test_defaults_are_filled_from_the_description():
-    config = C.check({"dataset": {"name": "digits"}, "models": [{"id": "m", "timm_name": "vit_tiny_patch16_224",
-                                                                  "train": {"epochs": 1}}]})
+    config = C.check(
+        {"dataset": {"name": "digits"}, "models": [{"id": "m", "timm_name": "vit_tiny_patch16_224", "train": {"epochs": 1}}]}
+    )
     assert config["quantize"]["engines"] == ["x86"] and config["prune"]["scope"] == "uniform"
     assert config["finetune"]["opt"] == "adamw" and config["finetune"]["distill"]["alpha"] == 0.5
     assert config["models"][0]["weights"] == "hub" and config["models"][0]["train"]["lr"] == 1.5e-4
@@ -84,30 +93,51 @@ def test_the_default_profile_selector_without_a_match_says_nothing(caplog, capsy
     assert sweep.profiled(config) == []
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86", "xnnpack"]}},
-     "quantize.engines lists 'xnnpack' but export.formats ['ptl'] has no format that runs it (fix: add pte"),
-    ({"quantize": {"precisions": ["int4_weight"]}},
-     "quantize.precisions lists 'int4_weight' but export.formats ['ptl'] cannot carry it (fix: add pte"),
-    ({"quantize": {"precisions": ["int8_dynamic"], "engines": ["xnnpack"]}, "export": {"formats": ["ptl", "pte"]},
-      "profile": {"artifacts": []}}, None),
-    ({"profile": {"artifacts": [{"importance": "tayler"}]}},
-     "profile.artifacts[0] asks for importance 'tayler', which this sweep does not make (did you mean 'taylor'?)"),
-    ({"profile": {"artifacts": [{"ratio": 0.3, "precision": "fp32"}]}}, "asks for ratio '0.3'"),
-    ({"profile": {"artifacts": [{"importance": "dense", "ratio": 0.5}]}}, "each value exists, not together"),
-    ({"prune": {"head_ratio": 0.5}}, "prune.head_ratio 0.5 applies to whole-head pruning only, but prune.heads is 'dims'"),
-    ({"finetune": {"mixup": 0.8, "batch_size": 33}}, "finetune: mixup/cutmix need an even batch_size, got 33"),
-    ({"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"cutmix": 1.0, "batch_size": 7}}]},
-     "models[0].train: mixup/cutmix need an even batch_size, got 7"),
-    ({"finetune": {"sched": "cosin"}}, "finetune.sched is 'cosin', not a valid value (did you mean 'cosine'?)"),
-    ({"finetune": {"opt": "adamww"}}, "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
-    ({"dataset": {"name": "imagefolder"}}, "dataset.root is required for imagefolder data"),
-    ({"search": {"enabled": True, "lo": 0.6, "hi": 0.3}}, "search.lo 0.6 is not below search.hi 0.3 (fix: set lo < hi)"),
-    ({"search": {"enabled": True, "resolution": 0.95}},
-     "search.resolution 0.95 leaves no ratio to probe from search.lo 0 to search.hi 0.9 (fix: use a finer"),
-    ({"search": {"enabled": True, "artifact": {"precision": "int8_static"}}},
-     "search.artifact int8_static x86 .ptl is not an artifact of this sweep"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            {"quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86", "xnnpack"]}},
+            "quantize.engines lists 'xnnpack' but export.formats ['ptl'] has no format that runs it (fix: add pte",
+        ),
+        (
+            {"quantize": {"precisions": ["int4_weight"]}},
+            "quantize.precisions lists 'int4_weight' but export.formats ['ptl'] cannot carry it (fix: add pte",
+        ),
+        (
+            {
+                "quantize": {"precisions": ["int8_dynamic"], "engines": ["xnnpack"]},
+                "export": {"formats": ["ptl", "pte"]},
+                "profile": {"artifacts": []},
+            },
+            None,
+        ),
+        (
+            {"profile": {"artifacts": [{"importance": "tayler"}]}},
+            "profile.artifacts[0] asks for importance 'tayler', which this sweep does not make (did you mean 'taylor'?)",
+        ),
+        ({"profile": {"artifacts": [{"ratio": 0.3, "precision": "fp32"}]}}, "asks for ratio '0.3'"),
+        ({"profile": {"artifacts": [{"importance": "dense", "ratio": 0.5}]}}, "each value exists, not together"),
+        ({"prune": {"head_ratio": 0.5}}, "prune.head_ratio 0.5 applies to whole-head pruning only, but prune.heads is 'dims'"),
+        ({"finetune": {"mixup": 0.8, "batch_size": 33}}, "finetune: mixup/cutmix need an even batch_size, got 33"),
+        (
+            {"models": [{"id": "m", "timm_name": "x", "weights": "train", "train": {"cutmix": 1.0, "batch_size": 7}}]},
+            "models[0].train: mixup/cutmix need an even batch_size, got 7",
+        ),
+        ({"finetune": {"sched": "cosin"}}, "finetune.sched is 'cosin', not a valid value (did you mean 'cosine'?)"),
+        ({"finetune": {"opt": "adamww"}}, "finetune.opt: unknown timm optimizer 'adamww' (did you mean 'adamw'?)"),
+        ({"dataset": {"name": "imagefolder"}}, "dataset.root is required for imagefolder data"),
+        ({"search": {"enabled": True, "lo": 0.6, "hi": 0.3}}, "search.lo 0.6 is not below search.hi 0.3 (fix: set lo < hi)"),
+        (
+            {"search": {"enabled": True, "resolution": 0.95}},
+            "search.resolution 0.95 leaves no ratio to probe from search.lo 0 to search.hi 0.9 (fix: use a finer",
+        ),
+        (
+            {"search": {"enabled": True, "artifact": {"precision": "int8_static"}}},
+            "search.artifact int8_static x86 .ptl is not an artifact of this sweep",
+        ),
+    ],
+)
 def test_mistakes_that_would_surface_after_upstream_jobs_are_config_errors(change, expected):
     if expected is None:
         C.check(merged(change), default=DEFAULT)
@@ -122,8 +152,7 @@ def test_timm_accepts_every_listed_scheduler_and_the_default_optimizer():
 
     optimizer = create_optimizer_v2(torch.nn.Linear(2, 2), opt=C.default(C.HParams, "opt"), lr=0.1)
     for name in T.SCHEDULERS:
-        create_scheduler_v2(optimizer, sched=name, num_epochs=10, warmup_epochs=1, updates_per_epoch=10,
-                            step_on_epochs=False)
+        create_scheduler_v2(optimizer, sched=name, num_epochs=10, warmup_epochs=1, updates_per_epoch=10, step_on_epochs=False)
     with pytest.raises(ValueError):
         create_scheduler_v2(optimizer, sched="cosin", num_epochs=2, updates_per_epoch=1)
     C.hparams({"opt": "lookahead_sgd"})  # timm's lookahead_ prefix is valid
@@ -170,8 +199,11 @@ def test_timm_model_names_are_listed_once_per_timm_version(tmp_path, monkeypatch
 def test_an_unknown_timm_model_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PQV_CACHE", str(tmp_path))
     model = {"id": "m", "timm_name": "deit_bse_patch16_224", "weights": "train"}
-    with pytest.raises(PQVError, match=r"models\[0\]\.timm_name: unknown timm model 'deit_bse_patch16_224' "
-                                       r"\(did you mean 'deit_base_patch16_224'\?\)"):
+    with pytest.raises(
+        PQVError,
+        match=r"models\[0\]\.timm_name: unknown timm model 'deit_bse_patch16_224' "
+        r"\(did you mean 'deit_base_patch16_224'\?\)",
+    ):
         C.check(merged({"models": [model]}))
     C.check(merged({"models": [{**model, "timm_name": "deit_base_patch16_224.fb_in1k"}]}))  # a pretrained tag
 
@@ -180,10 +212,17 @@ def test_a_typo_in_a_models_kwargs_or_data_config_is_a_config_error(tmp_path, mo
     """(issue 43) Found before any job, not as a TypeError traceback in the model job: timm builds
     the model on the meta device once per timm version, model and kwargs (cached)."""
     monkeypatch.setenv("PQV_CACHE", str(tmp_path))
-    model = {"id": "m", "timm_name": "vit_tiny_patch16_224", "weights": "train",
-             "kwargs": {"img_sise": 32, "patch_size": 4, "in_chans": 1}}
-    with pytest.raises(PQVError, match=r"models\[0\]\.kwargs: timm's vit_tiny_patch16_224 takes no keyword 'img_sise' "
-                                       r"\(did you mean 'img_size'\?\) \(fix: use a keyword its model class takes, e\.g\. img_size"):
+    model = {
+        "id": "m",
+        "timm_name": "vit_tiny_patch16_224",
+        "weights": "train",
+        "kwargs": {"img_sise": 32, "patch_size": 4, "in_chans": 1},
+    }
+    with pytest.raises(
+        PQVError,
+        match=r"models\[0\]\.kwargs: timm's vit_tiny_patch16_224 takes no keyword 'img_sise' "
+        r"\(did you mean 'img_size'\?\) \(fix: use a keyword its model class takes, e\.g\. img_size",
+    ):
         C.check(merged({"models": [model]}))
     assert "vit_tiny_patch16_224" in next(tmp_path.glob("timm-*-kwargs.json")).read_text()  # cached
     good = {**model, "kwargs": {"img_size": 32, "patch_size": 4, "in_chans": 1}}
@@ -203,8 +242,10 @@ def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
     bad.write_text("dataset:\n  name: digits\nprune:\n\tratios: [0.5]\n")
     done = subprocess.run([sys.executable, "-m", "pqv.plan.config", "check", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"pqv config: error: {bad}:4:1: not valid YAML: found character '\\t' that cannot "
-                                   "start any token (fix: indent with spaces, not tabs)")
+    assert done.stderr.strip() == (
+        f"pqv config: error: {bad}:4:1: not valid YAML: found character '\\t' that cannot "
+        "start any token (fix: indent with spaces, not tabs)"
+    )
     good = tmp_path / "good.yaml"
     good.write_text("prune:\n  ratios: [0.0, 0.5]\n")
     assert C.check_files([str(good)])["prune"]["ratios"] == [0.0, 0.5]
@@ -215,5 +256,6 @@ def test_a_tab_in_a_config_file_names_the_file_and_the_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pqv.plan.config", "check", str(missing)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == (
         f"pqv config: error: data folder {photos / 'train'} does not exist (fix: check dataset.root and "
-        "dataset.train_dir in the config)")
+        "dataset.train_dir in the config)"
+    )
     assert C.check_files([str(good)])["prune"]["importances"] == DEFAULT["prune"]["importances"]  # merged, as Snakemake does

@@ -3,6 +3,7 @@
 ImageFolder trees as people keep them: hidden folders, splits with different classes, 16-bit
 images, unreadable files; and the samples every stage draws, which must cover every class (trees
 are sorted by class, so "the first N images" of CIFAR-10 or ImageNet are all class 0)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ from pqv.plan.errors import PQVError
 from pqv.stages import data
 
 CLASSES = ["airplane", "bird", "cat", "deer", "dog", "frog"]
-DATA_CONFIG = {"input_size": [3, 16, 16], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-               "interpolation": "bilinear", "crop_pct": 1.0}
+DATA_CONFIG = {
+    "input_size": [3, 16, 16],
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
 
 
 def _jpeg(path, colour):
@@ -48,6 +54,7 @@ def imagefolder(tmp_path_factory):
 
 
 # ---- the manifest: one class index, hidden entries, missing classes --------------------------
+
 
 def test_a_hidden_folder_is_neither_a_class_nor_an_image(tmp_path):
     """Row 1 of issue 19: `.ipynb_checkpoints/` inside train/ became class 0, shifting every label."""
@@ -85,8 +92,11 @@ def test_the_data_stage_warns_in_its_log_and_writes_the_manifest(tmp_path):
     spec = tree(tmp_path / "d", ["x", "y"], per_class=1, splits=("train",))
     tree(tmp_path / "d", ["x"], per_class=1, splits=("val",))
     out = tmp_path / "results" / "data" / "manifest.json"
-    result = subprocess.run([sys.executable, "-m", "pqv", "data", "--spec", json.dumps(spec), "--out", str(out),
-                             "--threads", "2"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pqv", "data", "--spec", json.dumps(spec), "--out", str(out), "--threads", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "WARNING" in result.stderr and "cannot be scored: y" in result.stderr
     manifest = json.loads(out.read_text())
@@ -107,10 +117,10 @@ def test_every_unreadable_image_and_empty_class_in_one_line_and_no_manifest(tmp_
     assert "dog/0001.jpg (UnidentifiedImageError" in text and "notes.txt" not in text and "\n" not in text
     (tmp_path / "d" / "train" / "empty").mkdir()
     out = tmp_path / "out" / "manifest.json"
-    result = subprocess.run([sys.executable, "-m", "pqv", "data", "--spec", json.dumps(spec), "--out", str(out)],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
-        "pqv data: error: 1 empty class folder(s) in ")
+    result = subprocess.run(
+        [sys.executable, "-m", "pqv", "data", "--spec", json.dumps(spec), "--out", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("pqv data: error: 1 empty class folder(s) in ")
     assert "train/empty" in result.stderr and not out.exists()
 
 
@@ -125,6 +135,7 @@ def test_a_subset_is_drawn_once_in_the_manifest_and_decoded_alone(tmp_path, monk
 
 
 # ---- images that decode to the wrong thing -----------------------------------------------------
+
 
 def _gray16(path, level, fmt):
     from PIL import Image
@@ -167,12 +178,17 @@ def test_a_model_learns_classes_that_differ_only_in_16_bit_level(sixteen_bit):
 
     m = tiny_vit(in_chans=3, img_size=8, num_classes=2)
     dc = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
-    finetune.train(m, sixteen_bit, dc, {"epochs": 6, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0,
-                                        "warmup_epochs": 0, "hflip": 0.0, "color_jitter": None})
+    finetune.train(
+        m,
+        sixteen_bit,
+        dc,
+        {"epochs": 6, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0, "warmup_epochs": 0, "hflip": 0.0, "color_jitter": None},
+    )
     assert held_out_top1(m, dc, sixteen_bit) == 100.0
 
 
 # ---- noticing a change without walking the tree ---------------------------------------------
+
 
 def stamps(spec) -> dict:
     return {split: manifests.stamp(spec, split) for split in manifests.SPLITS}
@@ -241,6 +257,7 @@ def test_estimate_counts_class_folders_and_lists_only_a_few(tmp_path):
 
 
 # ---- samples every stage draws ---------------------------------------------------------------
+
 
 def classes_of(manifest, images_by_sample, split="eval"):
     """Class of each sampled image, found by matching it against the split's images."""
@@ -358,12 +375,10 @@ def _pattern_set(root: Path, mode: str, n: int = 6) -> dict:
 def test_photos_are_converted_to_the_models_channels(tmp_path, chans, mode):
     """Issue 31: RGB photos for a one-channel model (in_chans: 1) and gray photos for an RGB model."""
     manifest = _pattern_set(tmp_path, mode, n=1)
-    dc = {"input_size": [chans, 16, 16], "mean": [0.5] * chans, "std": [0.5] * chans, "crop_pct": 1.0,
-          "interpolation": "bilinear"}
+    dc = {"input_size": [chans, 16, 16], "mean": [0.5] * chans, "std": [0.5] * chans, "crop_pct": 1.0, "interpolation": "bilinear"}
     for training in (False, True):
         x, _ = datasets.dataset(manifest, "train", dc, training=training)[0]
         assert x.shape == (chans, 16, 16)
-
 
 
 def test_the_digits_are_read_as_scikit_learn_loads_them():
@@ -400,8 +415,12 @@ def test_very_large_images_are_named_in_one_line_and_counted_in_the_jobs_memory(
     assert line.startswith("1 image(s) larger than 1 megapixels: ") and "train/a/scan.png (2 MP)" in line
     assert "downscale them once" in line and manifest["largest_pixels"] == 2_000_000
 
-    cfg = pqv_config.filled({**pqv_config.load_yaml(Path(__file__).parents[1] / "config/config.yaml"),
-                             "dataset": {"name": "imagefolder", "root": str(tmp_path), "workers": 2}})
+    cfg = pqv_config.filled(
+        {
+            **pqv_config.load_yaml(Path(__file__).parents[1] / "config/config.yaml"),
+            "dataset": {"name": "imagefolder", "root": str(tmp_path), "workers": 2},
+        }
+    )
     plain = resources.Work(300, 100, 1e9, 5e6)
     huge = resources.Work(300, 100, 1e9, 5e6, largest_pixels=144e6)  # the issue's 12,000 x 12,000 PNG
     for stage, processes in (("finetune", 3), ("accuracy", 3), ("export", 1)):  # the main process and 2 workers
@@ -421,8 +440,13 @@ def test_a_gray_photo_set_learns_what_its_rgb_twin_learns(tmp_path):
     from pqv.stages import finetune
     from pqv.stages.evaluate import accuracy_on
 
-    dc = {"input_size": [3, 16, 16], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 1.0,
-          "interpolation": "bicubic"}
+    dc = {
+        "input_size": [3, 16, 16],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+    }
     learned = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -430,8 +454,9 @@ def test_a_gray_photo_set_learns_what_its_rgb_twin_learns(tmp_path):
         for mode in ("RGB", "L"):
             manifest = _pattern_set(tmp_path / mode, mode, n=8)
             torch.manual_seed(0)
-            model = arch.create("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=16, patch_size=4,
-                                embed_dim=48, depth=2, num_heads=3)
+            model = arch.create(
+                "vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=3
+            )
             history = finetune.train(model, manifest, dc, {"epochs": 60, "lr": 2e-3, "batch_size": 8})["history"]
             top1 = accuracy_on(model, datasets.loader(manifest, "eval", dc, 64), torch.device("cpu"))[0]
             learned[mode] = ([row["train_loss"] for row in history], top1)
@@ -447,12 +472,17 @@ def test_a_symbolic_link_loop_is_one_line_naming_the_link(tmp_path, where):
     The stamp and the data job stop with one line naming the link and the fix."""
     spec = tree(tmp_path, CLASSES[:2], per_class=2)
     link = tmp_path / where
-    target = {"train/bird/again": tmp_path / "train" / "bird", "train/bird/deeper/up": tmp_path / "train",
-              "train/cat": tmp_path / "train"}[where]
+    target = {
+        "train/bird/again": tmp_path / "train" / "bird",
+        "train/bird/deeper/up": tmp_path / "train",
+        "train/cat": tmp_path / "train",
+    }[where]
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(target, target_is_directory=True)
-    message = rf"symbolic link loop in the data tree: {link} links to {target}, so .* a folder above it " \
-              rf"\(fix: remove the link {link}, or point it at a folder outside the data tree\)"
+    message = (
+        rf"symbolic link loop in the data tree: {link} links to {target}, so .* a folder above it "
+        rf"\(fix: remove the link {link}, or point it at a folder outside the data tree\)"
+    )
     with pytest.raises(PQVError, match=message):
         manifests.stamp(spec, "train")
     with pytest.raises(PQVError, match=message):

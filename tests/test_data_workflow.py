@@ -2,6 +2,7 @@
 `.ipynb_checkpoints/` folder inside train/, a val/ that lacks one class, notes beside the images.
 
 One run of a tiny sweep; then what Snakemake schedules after each kind of change to the tree."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,24 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 def config(root) -> dict:
     return {
         "dataset": {"name": "imagefolder", "root": str(root)},
-        "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": "train",
-                    "kwargs": {**TINY_KWARGS, "in_chans": 3}, "data_config": {"crop_pct": 1.0},
-                    "train": {"epochs": 4, "lr": 3e-3, "batch_size": 8, "smoothing": 0.0, "warmup_epochs": 0,
-                              "hflip": 0.0, "color_jitter": None}}],
+        "models": [
+            {
+                "id": "tiny",
+                "timm_name": TIMM_NAME,
+                "weights": "train",
+                "kwargs": {**TINY_KWARGS, "in_chans": 3},
+                "data_config": {"crop_pct": 1.0},
+                "train": {
+                    "epochs": 4,
+                    "lr": 3e-3,
+                    "batch_size": 8,
+                    "smoothing": 0.0,
+                    "warmup_epochs": 0,
+                    "hflip": 0.0,
+                    "color_jitter": None,
+                },
+            }
+        ],
         "prune": {"importances": ["l2"], "ratios": [0.0, 0.5]},
         "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 8, "warmup_epochs": 0},
         "quantize": {"precisions": ["fp32"]},
@@ -53,11 +68,30 @@ def make_tree(root):
 def audited_run(workdir: Path, cfg: dict, audit: Path) -> subprocess.CompletedProcess:
     """The workflow with every folder listing under the data root logged (bench/audit)."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "bench" / "audit"), "PQV_AUDIT_ROOT": cfg["dataset"]["root"],
-           "PQV_AUDIT_LOG": str(audit)}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2"],
-                          capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "bench" / "audit"),
+        "PQV_AUDIT_ROOT": cfg["dataset"]["root"],
+        "PQV_AUDIT_LOG": str(audit),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")

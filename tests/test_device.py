@@ -1,4 +1,5 @@
 """One device rule for every stage: CUDA where it exists unless the config says cpu (injected here)."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,16 @@ from pqv.common import device, distributed
 from pqv.plan.errors import PQVError
 
 
-@pytest.mark.parametrize("preference, cuda, expected", [
-    ("auto", True, "cuda"), ("auto", False, "cpu"), ("cpu", True, "cpu"), ("cpu", False, "cpu"), ("cuda", True, "cuda"),
-])
+@pytest.mark.parametrize(
+    "preference, cuda, expected",
+    [
+        ("auto", True, "cuda"),
+        ("auto", False, "cpu"),
+        ("cpu", True, "cpu"),
+        ("cpu", False, "cpu"),
+        ("cuda", True, "cuda"),
+    ],
+)
 def test_resolve(preference, cuda, expected):
     assert device.resolve(preference, cuda_available=cuda).type == expected
 

@@ -1,4 +1,5 @@
 """A distilled DeiT (two classifier heads) through prune -> finetune -> quantize -> export -> evaluate."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """The README and docs/ say only what works: every config snippet is a valid config, every `pqv`
 command parses, every snakemake option, profile, config file and script they name exists, and
 every `section.key` they mention is a key of the config."""
+
 from __future__ import annotations
 
 import importlib
@@ -123,8 +124,9 @@ def test_the_round_to_comparison_is_the_two_runs_csvs(monkeypatch):
     compare_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare_runs)
     folder = REPO / "docs/data/cifar10-wide"
-    lines = compare_runs.table(str(folder / "summary-2026-11-30.csv"), str(folder / "summary-round_to64-2026-11-30.csv"),
-                               ("default", "round_to 64"))
+    lines = compare_runs.table(
+        str(folder / "summary-2026-11-30.csv"), str(folder / "summary-round_to64-2026-11-30.csv"), ("default", "round_to 64")
+    )
     assert "\n".join(lines) in (REPO / "docs/cifar10.md").read_text(), "render it again: python scripts/compare_runs.py ..."
     assert len(lines) == 2 + 9  # every artifact both runs made
 
@@ -140,8 +142,9 @@ def test_the_search_noise_table_is_the_benchs_csv():
     spec = importlib.util.spec_from_file_location("search_noise", REPO / "bench/search_noise.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.table(bench.read(REPO / "docs/data/search-noise.csv")) in (REPO / "docs/search.md").read_text(), \
+    assert bench.table(bench.read(REPO / "docs/data/search-noise.csv")) in (REPO / "docs/search.md").read_text(), (
         "render it again: python bench/search_noise.py"
+    )
 
 
 def test_the_paper_sweeps_cluster_table_is_the_benchs_csv():
@@ -156,8 +159,9 @@ def test_the_import_cost_table_is_the_benchs_csv():
     spec = importlib.util.spec_from_file_location("import_cost", REPO / "bench/import_cost.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.markdown(REPO / "docs/data/import_cost-2026-12-03.csv") in (REPO / "docs/default-run.md").read_text(), \
+    assert bench.markdown(REPO / "docs/data/import_cost-2026-12-03.csv") in (REPO / "docs/default-run.md").read_text(), (
         "render it again: python bench/import_cost.py"
+    )
 
 
 @pytest.mark.parametrize("run_folder", ["2026-12-04-deit_b", "2026-12-04-deit_b-full"])
@@ -174,8 +178,9 @@ def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs(run_folder):
     run = REPO / "docs/data" / run_folder
     benchmarks = sorted((run / "benchmarks").rglob("*.tsv"))
     # each benchmark file's log, as the rules name them (pqv.plan.jobs)
-    logs = [str(run / "job-logs" / jobs.log_name(*jobs.of_benchmark(str(path.relative_to(run / "benchmarks")))))
-            for path in benchmarks]
+    logs = [
+        str(run / "job-logs" / jobs.log_name(*jobs.of_benchmark(str(path.relative_to(run / "benchmarks"))))) for path in benchmarks
+    ]
     assert all(Path(log).is_file() for log in logs), [log for log in logs if not Path(log).is_file()]
     again = summary.stage_costs([str(p) for p in benchmarks], str(run / "benchmarks"), logs).set_index("stage")
     written = pd.read_csv(run / "stage_costs.csv").set_index("stage")

@@ -1,6 +1,7 @@
 """Every mistake a user can make is one line `pqv <stage>: error: ... (fix: ...)`, exit status 2,
 before work is wasted, and nothing is written: damaged artifacts, a diverging finetune, an offline
 hub, config mistakes in the workflow."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ SMALL = {"name": "digits", "max_train": 64, "max_eval": 32}
 
 
 def pqv(*args, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "pqv", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pqv", *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 PROGRESS = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO |\d+%\|")  # log lines, progress bars
@@ -54,6 +56,7 @@ def nothing_in(folder: Path) -> bool:
 
 
 # ---- damaged artifacts ----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def artifacts(saved_tiny, tmp_path_factory):
@@ -90,8 +93,13 @@ def test_model_file_with_a_cut_architecture_header(artifacts, tmp_path):
     save_file(load_file(str(artifacts["model"])), str(bad), metadata={store.ARCH_KEY: arch_json[: len(arch_json) // 2]})
     out = tmp_path / "out" / "q.ts"
     result = pqv("quantize", "--model", bad, "--out", out, "--precision", "fp32", "--engine", "none")
-    one_line(result, "quantize", f"corrupt model file {bad}: its architecture header is cut",
-             "remake it with the finetune stage", f"snakemake --forcerun {bad}")
+    one_line(
+        result,
+        "quantize",
+        f"corrupt model file {bad}: its architecture header is cut",
+        "remake it with the finetune stage",
+        f"snakemake --forcerun {bad}",
+    )
     assert nothing_in(out.parent)
 
 
@@ -107,24 +115,33 @@ def test_model_file_missing_a_tensor(artifacts, tmp_path):
     save_file(state, str(bad), metadata=meta)
     out = tmp_path / "out" / "f.safetensors"
     result = pqv("finetune", "--model", bad, "--out", out, "--data", manifest_file(SMALL), "--metrics", tmp_path / "out" / "m.csv")
-    one_line(result, "finetune", f"model file {bad} does not fit its architecture", "blocks.0.attn.qkv.weight",
-             "remake it with the prune stage")
+    one_line(
+        result,
+        "finetune",
+        f"model file {bad} does not fit its architecture",
+        "blocks.0.attn.qkv.weight",
+        "remake it with the prune stage",
+    )
     assert nothing_in(out.parent)
 
 
-@pytest.mark.parametrize("sidecar, problem", [
-    ([1, 2], "holds a JSON list, not an object"),
-    ({"stage": "quantize", "engine": "none"}, "lacks precision, data_config"),
-    ({"stage": "quantize", "precision": "fp32", "engine": "none", "data_config": {"input_size": 8}},
-     "has no valid data_config.input_size"),
-    ('{"stage": "quantize", "prec', "corrupt JSON in"),
-])
+@pytest.mark.parametrize(
+    "sidecar, problem",
+    [
+        ([1, 2], "holds a JSON list, not an object"),
+        ({"stage": "quantize", "engine": "none"}, "lacks precision, data_config"),
+        (
+            {"stage": "quantize", "precision": "fp32", "engine": "none", "data_config": {"input_size": 8}},
+            "has no valid data_config.input_size",
+        ),
+        ('{"stage": "quantize", "prec', "corrupt JSON in"),
+    ],
+)
 def test_sidecar_with_the_wrong_structure(artifacts, tmp_path, sidecar, problem):
     src = _copy(artifacts["ts"], tmp_path / "q" / "fp32-none.ts")
     fileio.sidecar_path(src).write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
     out = tmp_path / "out" / "fp32-none.ptl"
-    result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl",
-                 "--data", manifest_file())
+    result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", "ptl", "--data", manifest_file())
     one_line(result, "export", problem, f"snakemake --forcerun {src}", "remake it with the quantize stage")
     assert nothing_in(out.parent)
 
@@ -134,8 +151,7 @@ def test_truncated_quantized_program(artifacts, tmp_path, kind):
     fmt = {"ts": "ptl", "pt2": "pte"}[kind]
     src = _copy(artifacts[kind], tmp_path / "q" / f"fp32-none.{kind}", cut=4000)
     out = tmp_path / "out" / f"fp32-none.{fmt}"
-    result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", fmt,
-                 "--data", manifest_file())
+    result = pqv("export", "--src", src, "--parent", artifacts["model"], "--out", out, "--format", fmt, "--data", manifest_file())
     one_line(result, "export", f"corrupt .{kind} file {src}", "remake it with the quantize stage")
     assert nothing_in(out.parent)
 
@@ -165,13 +181,25 @@ def test_a_damaged_program_that_keeps_its_length_is_caught_by_its_checksums(arti
 
 # ---- training, hub, permissions, resume ------------------------------------------------------
 
+
 def test_a_diverging_finetune_is_a_failed_branch_with_its_reason(saved_tiny, tmp_path):
     """A result of the branch's settings, not a crash (issue 29): one sweep or search goes on; the
     pruned model is kept unfinetuned, flagged, and every file made from it says why."""
     out = tmp_path / "out" / "finetuned.safetensors"
     hparams = {"epochs": 2, "lr": 1e30, "warmup_epochs": 0, "batch_size": 32, "smoothing": 0.0}
-    result = pqv("finetune", "--model", saved_tiny, "--out", out, "--data", manifest_file(SMALL),
-                 "--hparams", json.dumps(hparams), "--metrics", out.parent / "m.csv")
+    result = pqv(
+        "finetune",
+        "--model",
+        saved_tiny,
+        "--out",
+        out,
+        "--data",
+        manifest_file(SMALL),
+        "--hparams",
+        json.dumps(hparams),
+        "--metrics",
+        out.parent / "m.csv",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "FAILED: training diverged at epoch 1" in result.stderr and "lower lr (now 1e+30)" in result.stderr
     side = fileio.read_sidecar(out)
@@ -181,15 +209,32 @@ def test_a_diverging_finetune_is_a_failed_branch_with_its_reason(saved_tiny, tmp
     assert not (tmp_path / "out" / "finetuned.safetensors.ckpt").exists()
 
 
-@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
-                         ids=["offline-mode", "unreachable-endpoint"])
+@pytest.mark.parametrize(
+    "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}], ids=["offline-mode", "unreachable-endpoint"]
+)
 def test_hub_weights_without_network_fail_fast_with_how_to_predownload(tmp_path, env):
     out = tmp_path / "out" / "model.safetensors"
     cfg = {"id": "d", "timm_name": "deit_tiny_patch16_224", "weights": "hub"}
-    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", manifest_file(), "--out", out,
-                 "--metrics", out.parent / "m.csv", env={"HF_HOME": str(tmp_path / "hf"), **env})
-    one_line(result, "model", "the hub is out of reach (offline)", "'deit_tiny_patch16_224' are not in the local cache",
-             "timm.create_model('deit_tiny_patch16_224', pretrained=True)", "set weights to a local file")
+    result = pqv(
+        "model",
+        "--model-cfg",
+        json.dumps(cfg),
+        "--data",
+        manifest_file(),
+        "--out",
+        out,
+        "--metrics",
+        out.parent / "m.csv",
+        env={"HF_HOME": str(tmp_path / "hf"), **env},
+    )
+    one_line(
+        result,
+        "model",
+        "the hub is out of reach (offline)",
+        "'deit_tiny_patch16_224' are not in the local cache",
+        "timm.create_model('deit_tiny_patch16_224', pretrained=True)",
+        "set weights to a local file",
+    )
     assert nothing_in(out.parent)
 
 
@@ -228,17 +273,16 @@ def test_unknown_timm_name_suggests_the_closest_names(tmp_path):
     assert "unknown timm model 'deit_bse_patch16_224' (did you mean 'deit_base_patch16_224'?)" in str(e.value)
     out = tmp_path / "out" / "model.safetensors"
     cfg = {"id": "d", "timm_name": "deit_bse_patch16_224", "weights": "train"}
-    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", manifest_file(), "--out", out,
-                 "--metrics", out.parent / "m.csv")
+    result = pqv("model", "--model-cfg", json.dumps(cfg), "--data", manifest_file(), "--out", out, "--metrics", out.parent / "m.csv")
     one_line(result, "model", "(did you mean 'deit_base_patch16_224'?)", "(fix: use deit_base_patch16_224 or ")
     assert nothing_in(out.parent)
 
 
 # ---- the workflow: config mistakes stop before any job ------------------------------------------
 
+
 def _workflow_error(tmp_path, change: dict, *fragments: str) -> None:
-    config = {**TINY_CONFIG, **{k: {**TINY_CONFIG.get(k, {}), **v} if isinstance(v, dict) else v
-                                for k, v in change.items()}}
+    config = {**TINY_CONFIG, **{k: {**TINY_CONFIG.get(k, {}), **v} if isinstance(v, dict) else v for k, v in change.items()}}
     result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -257,8 +301,12 @@ def test_a_run_whose_data_folder_is_missing_stops_before_any_job(tmp_path):
     """A dry run plans it (the data may live elsewhere); a run stops with one line before its first job."""
     config = {**TINY_CONFIG, "dataset": {"name": "imagefolder", "root": str(tmp_path / "photos")}}
     assert snakemake(tmp_path, "-n", config=config).returncode == 0
-    _stops_before_any_job(tmp_path, config, f"pqv config: error: data folder {tmp_path / 'photos' / 'train'} does not "
-                          "exist (fix: check dataset.root and dataset.train_dir in the config)")
+    _stops_before_any_job(
+        tmp_path,
+        config,
+        f"pqv config: error: data folder {tmp_path / 'photos' / 'train'} does not "
+        "exist (fix: check dataset.root and dataset.train_dir in the config)",
+    )
 
 
 def _stops_before_any_job(tmp_path, config: dict, line: str) -> None:
@@ -280,30 +328,47 @@ def test_an_evaluation_class_the_training_split_lacks_stops_the_run_before_any_j
             (tmp_path / "photos" / split / c).mkdir(parents=True)
             Image.new("L", (8, 8), 40 * len(c)).save(tmp_path / "photos" / split / c / "0.png")
     config = {**TINY_CONFIG, "dataset": {"name": "imagefolder", "root": str(tmp_path / "photos")}}
-    _stops_before_any_job(tmp_path, config, f"pqv config: error: the evaluation split {tmp_path / 'photos' / 'val'} has "
-                          "class(es) the training split lacks: c (the model has no output for them)")
+    _stops_before_any_job(
+        tmp_path,
+        config,
+        f"pqv config: error: the evaluation split {tmp_path / 'photos' / 'val'} has "
+        "class(es) the training split lacks: c (the model has no output for them)",
+    )
 
 
-@pytest.mark.parametrize("change, fragments", [
-    ({"prun": {"ratios": [0.25]}}, ["unknown key 'prun' (did you mean 'prune'?)", "(fix: rename it to 'prune')"]),
-    ({"quantize": {"precisions": ["int8_dynamc"]}}, ["did you mean 'int8_dynamic'?"]),
-    ({"profile": {"artifacts": [{"importance": "tayler"}]}}, ["asks for importance 'tayler'", "did you mean 'taylor'?"]),
-    ({"finetune": {"opt": "adamww"}}, ["finetune.opt: unknown timm optimizer 'adamww'"]),
-    ({"finetune": {"sched": "cosin"}}, ["finetune.sched is 'cosin', not a valid value"]),
-    ({"prune": {"heads": "dims", "head_ratio": 0.5}}, ["applies to whole-head pruning only"]),
-    ({"finetune": {"mixup": 0.8, "batch_size": 63}}, ["mixup/cutmix need an even batch_size, got 63"]),
-    ({"quantize": {"engines": ["x86", "xnnpack"]}}, ["quantize.engines lists 'xnnpack'", "add pte to export.formats"]),
-    ({"models": [{**TINY_CONFIG["models"][0], "timm_name": "vit_tiny_patch16_22"}]},
-     ["models[0].timm_name: unknown timm model 'vit_tiny_patch16_22'", "did you mean 'vit_tiny_patch16_224'?"]),
-    # two models with one id: the second silently replaced the first
-    ({"models": [TINY_CONFIG["models"][0], {**TINY_CONFIG["models"][0], "timm_name": "deit_tiny_patch16_224"}]},
-     ["models[1].id 'tiny' is also models[0].id", "give every model its own id"]),
-    # a results folder nobody can write (root included): the first job failed with a traceback
-    ({"results": "/sys/pqv-results"}, ["the results folder /sys/pqv-results cannot be written", "set results: to a folder"]),
-    # a .pte operator profile without ExecuTorch's event tracer: it stopped the sweep after 36 jobs
-    ({"export": {"formats": ["pte"]}, "quantize": {"precisions": ["fp32"], "engines": ["xnnpack"]},
-      "profile": {"artifacts": [{"format": "pte"}]}}, ["selects .pte files", "bash envs/etdump.sh"]),
-])
+@pytest.mark.parametrize(
+    "change, fragments",
+    [
+        ({"prun": {"ratios": [0.25]}}, ["unknown key 'prun' (did you mean 'prune'?)", "(fix: rename it to 'prune')"]),
+        ({"quantize": {"precisions": ["int8_dynamc"]}}, ["did you mean 'int8_dynamic'?"]),
+        ({"profile": {"artifacts": [{"importance": "tayler"}]}}, ["asks for importance 'tayler'", "did you mean 'taylor'?"]),
+        ({"finetune": {"opt": "adamww"}}, ["finetune.opt: unknown timm optimizer 'adamww'"]),
+        ({"finetune": {"sched": "cosin"}}, ["finetune.sched is 'cosin', not a valid value"]),
+        ({"prune": {"heads": "dims", "head_ratio": 0.5}}, ["applies to whole-head pruning only"]),
+        ({"finetune": {"mixup": 0.8, "batch_size": 63}}, ["mixup/cutmix need an even batch_size, got 63"]),
+        ({"quantize": {"engines": ["x86", "xnnpack"]}}, ["quantize.engines lists 'xnnpack'", "add pte to export.formats"]),
+        (
+            {"models": [{**TINY_CONFIG["models"][0], "timm_name": "vit_tiny_patch16_22"}]},
+            ["models[0].timm_name: unknown timm model 'vit_tiny_patch16_22'", "did you mean 'vit_tiny_patch16_224'?"],
+        ),
+        # two models with one id: the second silently replaced the first
+        (
+            {"models": [TINY_CONFIG["models"][0], {**TINY_CONFIG["models"][0], "timm_name": "deit_tiny_patch16_224"}]},
+            ["models[1].id 'tiny' is also models[0].id", "give every model its own id"],
+        ),
+        # a results folder nobody can write (root included): the first job failed with a traceback
+        ({"results": "/sys/pqv-results"}, ["the results folder /sys/pqv-results cannot be written", "set results: to a folder"]),
+        # a .pte operator profile without ExecuTorch's event tracer: it stopped the sweep after 36 jobs
+        (
+            {
+                "export": {"formats": ["pte"]},
+                "quantize": {"precisions": ["fp32"], "engines": ["xnnpack"]},
+                "profile": {"artifacts": [{"format": "pte"}]},
+            },
+            ["selects .pte files", "bash envs/etdump.sh"],
+        ),
+    ],
+)
 def test_config_mistakes_are_one_line_before_any_job(tmp_path, change, fragments, monkeypatch):
     # whatever this machine has installed (envs/etdump.sh), the run sees no event tracer
     monkeypatch.setenv("PQV_ETDUMP_PYTHON", str(tmp_path / "no-such-python"))
@@ -323,6 +388,7 @@ def test_a_float_only_sweep_plans_with_the_default_engines(tmp_path, precisions)
 
 
 # ---- issue 20: mistakes that reached the user as something else -------------------------------
+
 
 def test_a_results_path_with_a_space_is_quoted_in_every_command(tmp_path):
     """Every rule's command keeps a path with a space whole (it split into `unrecognized arguments`),
@@ -417,9 +483,14 @@ def test_choose_finds_a_runs_summary_from_the_runs_own_config_files(tmp_path):
     from the files the run used; the missing-summary line names both ways."""
     config = tmp_path / "my.yaml"
     config.write_text("results: my-results\n")
-    missing = subprocess.run([sys.executable, "-m", "pqv", "choose", "--max-accuracy-loss", "1"], capture_output=True,
-                             text=True, cwd=tmp_path)
+    missing = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--max-accuracy-loss", "1"], capture_output=True, text=True, cwd=tmp_path
+    )
     one_line(missing, "choose", "no summary at results/summary.csv", "--configfile")
-    found = subprocess.run([sys.executable, "-m", "pqv", "choose", "--configfile", str(config), "--max-accuracy-loss", "1"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    found = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--configfile", str(config), "--max-accuracy-loss", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     one_line(found, "choose", "no summary at my-results/summary.csv", "--summary FOLDER/summary.csv")

@@ -36,20 +36,19 @@ def test_latency_reports_ordered_statistics_of_the_requested_calls():
 
 
 def test_pareto_front_keeps_only_unbeaten_artifacts():
-    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0, 1.5], "top1": [80.0, 90.0, 85.0, 79.0],
-                          "status": "verified"})
+    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0, 1.5], "top1": [80.0, 90.0, 85.0, 79.0], "status": "verified"})
     front = plot.pareto_front(table)
     assert sorted(front.index) == [0, 1]
 
 
 def test_rejected_artifacts_never_make_the_pareto_front():
-    table = pd.DataFrame({"latency_ms_median": [1.0, 2.0, 3.0], "top1": [95.0, 90.0, 92.0],
-                          "status": ["rejected", "verified", "verified"]})
+    table = pd.DataFrame(
+        {"latency_ms_median": [1.0, 2.0, 3.0], "top1": [95.0, 90.0, 92.0], "status": ["rejected", "verified", "verified"]}
+    )
     assert sorted(plot.pareto_front(table).index) == [1, 2]
 
 
-def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_threads(saved_tiny, tmp_path,
-                                                                                          monkeypatch):
+def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_threads(saved_tiny, tmp_path, monkeypatch):
     """Two jobs: a .pte's accuracy pass runs on an XNNPACK pool as wide as the job's cores (its
     DataLoader workers decode beside it); its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
@@ -68,8 +67,14 @@ def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_t
     pools = {}
     for name in ("latency", "accuracy"):  # the XNNPACK pool's width when each pass starts
         real = getattr(evaluate, name)
-        monkeypatch.setattr(evaluate, name, lambda *a, _real=real, _name=name, **k: (
-            pools.setdefault(_name, portable_lib._threadpool_get_thread_count()), _real(*a, **k))[1])
+        monkeypatch.setattr(
+            evaluate,
+            name,
+            lambda *a, _real=real, _name=name, **k: (
+                pools.setdefault(_name, portable_lib._threadpool_get_thread_count()),
+                _real(*a, **k),
+            )[1],
+        )
     try:
         timed = evaluate.run_latency(str(pte), str(tmp_path / "l.json"), DIGITS, {}, threads=1, warmup=1, runs=2)
         scored = evaluate.run_accuracy(str(pte), str(tmp_path / "a.json"), DIGITS, {}, threads=2)
@@ -101,9 +106,25 @@ def test_memory_is_the_artifacts_not_the_data_sets(saved_tiny, tmp_path):
     for name, times in (("small", 1), ("large", 200)):
         manifest = {**DIGITS, "splits": {s: {**v, "items": v["items"] * times} for s, v in DIGITS["splits"].items()}}
         (tmp_path / f"{name}.json").write_text(json.dumps(manifest))
-        done = subprocess.run([sys.executable, "-m", "pqv", "evaluate", "latency", "--artifact", str(ptl), "--out",
-                               str(tmp_path / f"{name}.out.json"), "--data", str(tmp_path / f"{name}.json"), "--runs", "2"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pqv",
+                "evaluate",
+                "latency",
+                "--artifact",
+                str(ptl),
+                "--out",
+                str(tmp_path / f"{name}.out.json"),
+                "--data",
+                str(tmp_path / f"{name}.json"),
+                "--runs",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         figures[name] = json.loads((tmp_path / f"{name}.out.json").read_text())
     assert figures["large"]["peak_rss_mb"] == pytest.approx(figures["small"]["peak_rss_mb"], rel=0.03)

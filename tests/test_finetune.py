@@ -1,4 +1,5 @@
 """Finetune: recovery after pruning, exact resume after a kill, DDP = one process, distillation, wiring."""
+
 from __future__ import annotations
 
 import copy
@@ -133,8 +134,23 @@ def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, 
     hp = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
 
     def pqv(number):
-        return cli.main(["finetune", "--model", str(src), "--out", str(out), "--data", manifest_file(SMALL),
-                         "--hparams", json.dumps(hp), "--metrics", str(out.parent / "m.csv"), "--attempt", str(number)])
+        return cli.main(
+            [
+                "finetune",
+                "--model",
+                str(src),
+                "--out",
+                str(out),
+                "--data",
+                manifest_file(SMALL),
+                "--hparams",
+                json.dumps(hp),
+                "--metrics",
+                str(out.parent / "m.csv"),
+                "--attempt",
+                str(number),
+            ]
+        )
 
     real, runs = finetune.run, []
 
@@ -151,8 +167,10 @@ def test_a_retry_runs_again_only_after_a_time_limit_stop(tmp_path, monkeypatch, 
     capsys.readouterr()
     assert pqv(2) == 2 and len(runs) == 1  # the retry does not train again ...
     (line,) = capsys.readouterr().err.strip().splitlines()  # ... and says why in one line
-    assert line == ("pqv finetune: error: not run again: attempt 1 failed for a reason other than its time limit, "
-                    "which a retry cannot fix: ZeroDivisionError: division by zero")
+    assert line == (
+        "pqv finetune: error: not run again: attempt 1 failed for a reason other than its time limit, "
+        "which a retry cannot fix: ZeroDivisionError: division by zero"
+    )
 
     monkeypatch.setattr(finetune, "run", real)  # fixed; a new Snakemake run starts at attempt 1
     calls = iter(range(10_000))
@@ -197,9 +215,28 @@ def test_two_ddp_processes_match_one_process_with_the_same_global_batch(tmp_path
     src = _save(tmp_path / "pruned.safetensors")
     hp = {"epochs": 2, "lr": 1e-3, "warmup_epochs": 1}
     ddp = tmp_path / "ddp" / "finetuned.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pqv",
-           "finetune", "--model", str(src), "--out", str(ddp), "--data", manifest_file(SMALL),
-           "--hparams", json.dumps({**hp, "batch_size": 16}), "--metrics", str(ddp.parent / "m.csv"), "--threads", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pqv",
+        "finetune",
+        "--model",
+        str(src),
+        "--out",
+        str(ddp),
+        "--data",
+        manifest_file(SMALL),
+        "--hparams",
+        json.dumps({**hp, "batch_size": 16}),
+        "--metrics",
+        str(ddp.parent / "m.csv"),
+        "--threads",
+        "4",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -241,9 +278,28 @@ def test_two_ddp_processes_stopped_mid_epoch_resume_each_with_its_own_state(tmp_
     manifest = manifest_file(SMALL)
 
     def attempt(out: Path, stop_at: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               str(stop_at), "finetune", "--model", str(src), "--out", str(out), "--data", manifest,
-               "--hparams", json.dumps(hp), "--metrics", str(out.parent / "m.csv"), "--threads", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(stop_at),
+            "finetune",
+            "--model",
+            str(src),
+            "--out",
+            str(out),
+            "--data",
+            manifest,
+            "--hparams",
+            json.dumps(hp),
+            "--metrics",
+            str(out.parent / "m.csv"),
+            "--threads",
+            "2",
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
     whole = tmp_path / "whole" / "finetuned.safetensors"
@@ -251,8 +307,7 @@ def test_two_ddp_processes_stopped_mid_epoch_resume_each_with_its_own_state(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "stopped" / "finetuned.safetensors"
     proc = attempt(out, 2)  # 6 steps of 2 x 16 per epoch: stops after step 3 of epoch 1
-    assert proc.returncode != 0 and "stopped before the job's time limit after 3 of 12 steps" in proc.stderr, \
-        proc.stderr[-3000:]
+    assert proc.returncode != 0 and "stopped before the job's time limit after 3 of 12 steps" in proc.stderr, proc.stderr[-3000:]
     (ckpt,) = Path(checkpoint.checkpoint_dir(out)).iterdir()
     assert ckpt.name == "epoch-0000-step-00000003"
     state = torch.load(ckpt / "state.pt", weights_only=True)  # no pickle: every rank's state in it
@@ -283,18 +338,24 @@ def test_distillation_from_the_parent(tmp_path):
     assert fileio.read_sidecar(out)["teacher"] == str(teacher)
 
 
-@pytest.mark.parametrize("cores, workers, processes, torch_threads", [
-    (2, 2, 1, 2), (2, 0, 1, 2), (8, 4, 1, 8), (16, 2, 4, 4), (8, 2, 2, 4), (1, 4, 2, 1)])
-def test_torch_takes_every_core_the_job_holds_and_workers_do_not_subtract(tmp_path, cores, workers, processes,
-                                                                           torch_threads):
+@pytest.mark.parametrize(
+    "cores, workers, processes, torch_threads", [(2, 2, 1, 2), (2, 0, 1, 2), (8, 4, 1, 8), (16, 2, 4, 4), (8, 2, 2, 4), (1, 4, 2, 1)]
+)
+def test_torch_takes_every_core_the_job_holds_and_workers_do_not_subtract(tmp_path, cores, workers, processes, torch_threads):
     """The threads a finetune process really runs with, for (job cores, DataLoader workers,
     torchrun processes on the node): its share of the cores, whatever the workers."""
     src = _save(tmp_path / "pruned.safetensors")
     m, arch = store.load_model(src)
     os.environ["LOCAL_WORLD_SIZE"] = str(processes)  # as torchrun sets it for each of its processes
     try:
-        result = finetune.train(m, data.scan({**SMALL, "max_train": 64}), arch["data_config"],
-                                {"epochs": 1, "batch_size": 32}, threads=cores, workers=workers)
+        result = finetune.train(
+            m,
+            data.scan({**SMALL, "max_train": 64}),
+            arch["data_config"],
+            {"epochs": 1, "batch_size": 32},
+            threads=cores,
+            workers=workers,
+        )
     finally:
         del os.environ["LOCAL_WORLD_SIZE"]
     assert result["threads_per_process"] == torch_threads
@@ -355,8 +416,16 @@ def test_any_worker_count_gives_the_same_weights_and_resumes_to_them(tmp_path, m
     src = tmp_path / "pruned.safetensors"
     store.save_model(m, src, describe(m, "vit_tiny_patch16_224", kwargs, pqv_model.data_config_of(m)))
     store.write_sidecar(src, "prune", params=1, macs=1)
-    hp = {"epochs": 2, "lr": 1e-3, "batch_size": 4, "mixup": 0.8, "cutmix": 1.0, "warmup_epochs": 0,
-          "auto_augment": "rand-m9-n2-inc1", "reprob": 0.5}
+    hp = {
+        "epochs": 2,
+        "lr": 1e-3,
+        "batch_size": 4,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "warmup_epochs": 0,
+        "auto_augment": "rand-m9-n2-inc1",
+        "reprob": 0.5,
+    }
 
     def finetuned(name: str, workers: int) -> dict:
         out = tmp_path / name / "finetuned.safetensors"
@@ -403,7 +472,10 @@ def test_the_attempt_is_read_from_the_snakemake_job_process_above():
     child = "from pqv.common import timelimit; print(timelimit.snakemake_attempt())"
     parent = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {child!r}]))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for args, expected in ((["-m", "snakemake", "--jobs", "1", "--attempt", "3"], "3"), (["-m", "snakemake"], "None"),
-                           (["--attempt", "2"], "None")):  # not Snakemake's
+    for args, expected in (
+        (["-m", "snakemake", "--jobs", "1", "--attempt", "3"], "3"),
+        (["-m", "snakemake"], "None"),
+        (["--attempt", "2"], "None"),
+    ):  # not Snakemake's
         proc = subprocess.run([sys.executable, "-c", parent, *args], capture_output=True, text=True, env=env, timeout=120)
         assert proc.stdout.strip() == expected, proc.stderr[-2000:]

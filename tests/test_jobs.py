@@ -1,5 +1,6 @@
 """pqv.plan.jobs: the job graph stated once (each rule's job, the file it makes, its log and its
 benchmark file) is what Snakemake plans, what pqv.plan.sweep names, and what `pqv costs` is handed."""
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,11 @@ def test_each_rules_job_names_its_log_and_benchmark_file():
     assert jobs.benchmark("r", "keep_dense", wc) == "r/benchmarks/keep_dense/m/l2_0.5.tsv"
     assert jobs.made("r", "quantize", {**wc, "ir": "ts"}) == "r/m/l2_0.5/quantized/int8_dynamic-x86-tome2.ts"
     # a rule with one job per run
-    assert (jobs.made("r", "summary"), jobs.log("r", "summary"), jobs.benchmark("r", "summary")) == \
-        ("r/summary.csv", "r/logs/summary.log", "r/benchmarks/summary.tsv")
+    assert (jobs.made("r", "summary"), jobs.log("r", "summary"), jobs.benchmark("r", "summary")) == (
+        "r/summary.csv",
+        "r/logs/summary.log",
+        "r/benchmarks/summary.tsv",
+    )
     with pytest.raises(ValueError, match="no benchmark file"):
         jobs.benchmark("r", "stage_costs")
     # patterns, for the rules
@@ -33,8 +37,11 @@ def test_each_rules_job_names_its_log_and_benchmark_file():
 
 
 def test_a_benchmark_file_names_its_rule_and_job_and_so_its_log():
-    for rule, name in [("prune", "prune/m/l2_0.5.tsv"), ("data_train", "data_train.tsv"),
-                       ("accuracy", "accuracy/m/dense_0/fp32-none.eager.tsv")]:
+    for rule, name in [
+        ("prune", "prune/m/l2_0.5.tsv"),
+        ("data_train", "data_train.tsv"),
+        ("accuracy", "accuracy/m/dense_0/fp32-none.eager.tsv"),
+    ]:
         found, job = jobs.of_benchmark(name)
         assert found == rule and jobs.benchmark_name(rule, job) == name
     assert jobs.log_name(*jobs.of_benchmark("latency/m/dense_0/fp32-none.ptl.tsv")) == "evaluate/m/dense_0/fp32-none.ptl.latency.log"
@@ -60,8 +67,15 @@ def _planned(text: str) -> list[dict]:
             continue
         fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
         wc = dict(kv.split("=", 1) for kv in fields["wildcards"].split(", ")) if "wildcards" in fields else {}
-        out.append({"rule": head[1], "wildcards": wc, "output": fields.get("output", "").split(", ")[0],
-                    "log": fields.get("log"), "benchmark": fields.get("benchmark")})
+        out.append(
+            {
+                "rule": head[1],
+                "wildcards": wc,
+                "output": fields.get("output", "").split(", ")[0],
+                "log": fields.get("log"),
+                "benchmark": fields.get("benchmark"),
+            }
+        )
     return out
 
 
@@ -71,8 +85,22 @@ def test_snakemakes_plan_takes_every_file_log_and_benchmark_from_the_table(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     planned = _planned(done.stdout)
     rules = {job["rule"] for job in planned}
-    assert rules >= {"data_train", "model", "prune", "finetune", "keep_dense", "quantize", "export", "accuracy", "latency",
-                     "profile", "summary", "plot", "stage_costs", "search_round"}, rules
+    assert rules >= {
+        "data_train",
+        "model",
+        "prune",
+        "finetune",
+        "keep_dense",
+        "quantize",
+        "export",
+        "accuracy",
+        "latency",
+        "profile",
+        "summary",
+        "plot",
+        "stage_costs",
+        "search_round",
+    }, rules
     for job in planned:
         rule, wc = job["rule"], job["wildcards"]
         if rule == "all":

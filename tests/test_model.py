@@ -18,8 +18,13 @@ def test_trained_demo_model_beats_chance_by_a_wide_margin(trained_tiny):
 
 
 def test_model_stage_trains_and_saves_a_reloadable_model(tmp_path):
-    cfg = {"id": "t", "timm_name": TIMM_NAME, "weights": "train", "kwargs": TINY_KWARGS,
-           "train": {"epochs": 2, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0}}
+    cfg = {
+        "id": "t",
+        "timm_name": TIMM_NAME,
+        "weights": "train",
+        "kwargs": TINY_KWARGS,
+        "train": {"epochs": 2, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0},
+    }
     out = tmp_path / "model.safetensors"
     only_train = {**DIGITS, "splits": {"train": DIGITS["splits"]["train"]}}  # the model job reads no other split
     model.run(cfg, only_train, str(out), str(tmp_path / "train.csv"))

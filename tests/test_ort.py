@@ -4,6 +4,7 @@ checked, timed, profiled and described for an app like every PQV file.
 Agreement with the parent for every precision and format is in test_quantize_export.py (its
 targets come from the registry); here: what the programs contain, the runtime's own measurements,
 and the errors of a missing runtime or a cut file."""
+
 import json
 import subprocess
 import sys
@@ -69,8 +70,14 @@ def test_the_static_program_is_qdq_with_per_channel_weights(files):
     ops = Counter(node.op_type for node in graph.node)
     weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     # a weight's DequantizeLinear has one scale per output channel; an activation's one scale
-    per_channel = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
-                   and weights[n.input[0]].dtype == "int8" and weights[n.input[1]].size > 1]
+    per_channel = [
+        n
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in weights
+        and weights[n.input[0]].dtype == "int8"
+        and weights[n.input[1]].size > 1
+    ]
     assert len(per_channel) == LINEARS
     assert ops["QuantizeLinear"] >= LINEARS  # each Linear's input, calibrated
     assert ops["MatMul"] + ops["FusedMatMul"] == ATTENTION_MATMULS  # fed by no DequantizeLinear: float
@@ -92,9 +99,29 @@ def test_latency_and_accuracy_jobs_measure_it_in_onnx_runtime(saved_tiny, files,
     manifest = tmp_path / "digits.json"
     manifest.write_text(json.dumps(DIGITS))
     out = tmp_path / "latency.json"
-    done = subprocess.run([sys.executable, "-m", "pqv", "evaluate", "latency", "--artifact", str(files["ort"]), "--out",
-                           str(out), "--data", str(manifest), "--runs", "3", "--warmup", "1", "--threads", "1"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pqv",
+            "evaluate",
+            "latency",
+            "--artifact",
+            str(files["ort"]),
+            "--out",
+            str(out),
+            "--data",
+            str(manifest),
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     latency = json.loads(out.read_text())
     assert latency["runtime"].startswith("onnxruntime ") and latency["latency_ms_median"] > 0
@@ -124,9 +151,17 @@ def test_its_app_file_names_the_tensors_session_run_takes(files):
 
 
 def test_onnx_and_ort_files_of_a_branch_share_one_quantize_job():
-    config = C.check(merged({"quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86", "mlas"]},
-                             "export": {"formats": ["ptl", "onnx", "ort"]}, "profile": {"artifacts": []},
-                             "evaluate": {"without_pqv": False}}), default=DEFAULT)
+    config = C.check(
+        merged(
+            {
+                "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86", "mlas"]},
+                "export": {"formats": ["ptl", "onnx", "ort"]},
+                "profile": {"artifacts": []},
+                "evaluate": {"without_pqv": False},
+            }
+        ),
+        default=DEFAULT,
+    )
     programs = Counter(wc["ir"] for rule, wc in sweep.jobs(config) if rule == "quantize")
     exports = Counter(wc["format"] for rule, wc in sweep.jobs(config) if rule == "export")
     branches = len(sweep.branches(config))
@@ -139,8 +174,11 @@ def test_a_config_asking_for_onnx_runtime_without_it_is_one_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(PQVError, match=r"export.formats lists 'ort', whose runtime needs onnxruntime, not installed here "
-                                       r"\(fix: pip install -e \"\.\[onnx\]\""):
+    with pytest.raises(
+        PQVError,
+        match=r"export.formats lists 'ort', whose runtime needs onnxruntime, not installed here "
+        r"\(fix: pip install -e \"\.\[onnx\]\"",
+    ):
         C.check(merged({"quantize": {"engines": ["mlas"]}, "export": {"formats": ["ort"]}}), default=DEFAULT)
     assert "mlas" not in quantize.available_engines()
 
@@ -171,8 +209,11 @@ def _weight_scales(path) -> list[int]:
 
     graph = onnx.load_model(str(path)).graph
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    return sorted(values[name[: -len("_quantized")] + "_scale"].size for name in values
-                  if name.endswith("_quantized") and values[name].dtype == "int8")
+    return sorted(
+        values[name[: -len("_quantized")] + "_scale"].size
+        for name in values
+        if name.endswith("_quantized") and values[name].dtype == "int8"
+    )
 
 
 def test_each_onnx_runtime_recipe_builds_the_program_it_names(saved_tiny, tmp_path):
@@ -197,15 +238,27 @@ def test_each_onnx_runtime_recipe_builds_the_program_it_names(saved_tiny, tmp_pa
 def test_a_recipe_of_one_precision_only_is_refused_for_another():
     with pytest.raises(PQVError, match="engine 'mlas_qop' makes int8_static files, not int8_dynamic"):
         quantize.check("int8_dynamic", "mlas_qop", "onnx")
-    config = C.check(merged({"quantize": {"precisions": ["int8_dynamic", "int8_static"], "engines": ["mlas", "mlas_qop"]},
-                             "export": {"formats": ["onnx"]}, "profile": {"artifacts": []}}), default=DEFAULT)
+    config = C.check(
+        merged(
+            {
+                "quantize": {"precisions": ["int8_dynamic", "int8_static"], "engines": ["mlas", "mlas_qop"]},
+                "export": {"formats": ["onnx"]},
+                "profile": {"artifacts": []},
+            }
+        ),
+        default=DEFAULT,
+    )
     made = {(a["precision"], a["engine"]) for a in sweep.artifacts(config) if a["format"] == "onnx"}
     assert ("int8_static", "mlas_qop") in made and ("int8_dynamic", "mlas_qop") not in made
-    with pytest.raises(PQVError,
-                       match="quantize.engines lists 'mlas_qop' but no quantized precision in quantize.precisions runs on it "
-                             r"\(fix: drop 'mlas_qop' or add int8_static to quantize.precisions\)"):
-        C.check(merged({"quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas", "mlas_qop"]},
-                        "export": {"formats": ["onnx"]}}), default=DEFAULT)
+    with pytest.raises(
+        PQVError,
+        match="quantize.engines lists 'mlas_qop' but no quantized precision in quantize.precisions runs on it "
+        r"\(fix: drop 'mlas_qop' or add int8_static to quantize.precisions\)",
+    ):
+        C.check(
+            merged({"quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas", "mlas_qop"]}, "export": {"formats": ["onnx"]}}),
+            default=DEFAULT,
+        )
 
 
 def test_the_file_without_pqv_joins_each_models_sweep_once():
@@ -213,8 +266,16 @@ def test_the_file_without_pqv_joins_each_models_sweep_once():
     bars = [a for a in sweep.artifacts(config) if sweep.is_without_pqv(a)]
     assert bars == [{"model": m["id"], **registry.WITHOUT_PQV} for m in config["models"]]
     # already in the grid: the same file, not a second one
-    config = C.check(merged({"quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas_plain"]},
-                             "export": {"formats": ["onnx"]}, "profile": {"artifacts": []}}), default=DEFAULT)
+    config = C.check(
+        merged(
+            {
+                "quantize": {"precisions": ["int8_dynamic"], "engines": ["mlas_plain"]},
+                "export": {"formats": ["onnx"]},
+                "profile": {"artifacts": []},
+            }
+        ),
+        default=DEFAULT,
+    )
     assert len([a for a in sweep.artifacts(config) if sweep.is_without_pqv(a)]) == len(config["models"])
     off = C.check(merged({"evaluate": {"without_pqv": False}, "profile": {"artifacts": []}}), default=DEFAULT)
     assert not any(sweep.is_without_pqv(a) for a in sweep.artifacts(off))
@@ -225,6 +286,9 @@ def test_the_file_without_pqv_without_onnx_runtime_is_one_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(PQVError, match=r"evaluate.without_pqv is on, whose runtime needs onnxruntime, not installed here "
-                                       r"\(fix: .*set evaluate.without_pqv: false"):
+    with pytest.raises(
+        PQVError,
+        match=r"evaluate.without_pqv is on, whose runtime needs onnxruntime, not installed here "
+        r"\(fix: .*set evaluate.without_pqv: false",
+    ):
         C.check(merged({}), default=DEFAULT)

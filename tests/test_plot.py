@@ -1,5 +1,6 @@
 """Every figure draws any sweep: several models, importances, engines and formats, rejected rows,
 and a model that has only some of the formats (issue 20: a four-model sweep crashed in `plot`)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,9 +12,15 @@ import pytest
 from pqv.plan import registry
 from pqv.stages import plot
 
-RECIPES = [("fp32", "none", "eager"), ("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"),
-           ("int8_dynamic", "onednn", "ptl"), ("int8_static", "x86", "ptl"), ("fp32", "none", "pte"),
-           ("int8_dynamic", "xnnpack", "pte")]
+RECIPES = [
+    ("fp32", "none", "eager"),
+    ("fp32", "none", "ptl"),
+    ("int8_dynamic", "x86", "ptl"),
+    ("int8_dynamic", "onednn", "ptl"),
+    ("int8_static", "x86", "ptl"),
+    ("fp32", "none", "pte"),
+    ("int8_dynamic", "xnnpack", "pte"),
+]
 BRANCHES = [("dense", 0.0)] + [(i, r) for i in ("taylor", "l2", "hessian") for r in (0.25, 0.5)]
 
 
@@ -24,13 +31,28 @@ def summary(models, recipes=RECIPES, branches=BRANCHES) -> pd.DataFrame:
         for importance, ratio in branches:
             for j, (precision, engine, fmt) in enumerate(own):
                 bad = precision == "int8_static" and ratio == 0.5
-                rows.append({
-                    "model": model, "importance": importance, "ratio": ratio, "precision": precision,
-                    "engine": engine, "format": fmt, "status": "rejected" if bad else "verified",
-                    "reason": "cosine below 0.98" if bad else "", "top1": 90 - 30 * ratio - j * 0.1 - k,
-                    "latency_ms_median": 10 * (1 - ratio) + j, "latency_ms_min": 9 * (1 - ratio) + j,
-                    "latency_ms_max": 12 * (1 - ratio) + j, "size_mb": 5 * (1 - ratio), "peak_rss_mb": 500 + j,
-                    "threads": 1, "params": 1e6, "macs": 1e8, "artifact": f"{model}/{importance}_{ratio}/{j}"})
+                rows.append(
+                    {
+                        "model": model,
+                        "importance": importance,
+                        "ratio": ratio,
+                        "precision": precision,
+                        "engine": engine,
+                        "format": fmt,
+                        "status": "rejected" if bad else "verified",
+                        "reason": "cosine below 0.98" if bad else "",
+                        "top1": 90 - 30 * ratio - j * 0.1 - k,
+                        "latency_ms_median": 10 * (1 - ratio) + j,
+                        "latency_ms_min": 9 * (1 - ratio) + j,
+                        "latency_ms_max": 12 * (1 - ratio) + j,
+                        "size_mb": 5 * (1 - ratio),
+                        "peak_rss_mb": 500 + j,
+                        "threads": 1,
+                        "params": 1e6,
+                        "macs": 1e8,
+                        "artifact": f"{model}/{importance}_{ratio}/{j}",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -64,8 +86,11 @@ def test_a_sweep_without_quantized_or_pruned_rows_still_draws(tmp_path):
 def test_pqv_plot_draws_a_two_model_summary(tmp_path):
     path = tmp_path / "summary.csv"
     summary(["deit3", "vit_reg"]).to_csv(path, index=False)
-    result = subprocess.run([sys.executable, "-m", "pqv", "plot", "--summary", str(path), "--outdir",
-                             str(tmp_path / "figures")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pqv", "plot", "--summary", str(path), "--outdir", str(tmp_path / "figures")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "figures").glob("*.png"))) == len(plot.FIGURES)
 
@@ -84,8 +109,12 @@ def test_each_figure_shows_what_it_says(tmp_path):
     memory = fig2.axes[2]
     assert "adds" in memory.get_title() and memory.get_ylabel() == "added RSS (MB)"
     plotted = {tuple(line.get_ydata()) for line in memory.get_lines()}
-    taylor = table[(table["importance"].isin(["taylor", "dense"])) & (table["format"] == "ptl")
-                   & (table["engine"] == "x86") & (table["precision"] == "int8_dynamic")].sort_values("ratio")
+    taylor = table[
+        (table["importance"].isin(["taylor", "dense"]))
+        & (table["format"] == "ptl")
+        & (table["engine"] == "x86")
+        & (table["precision"] == "int8_dynamic")
+    ].sort_values("ratio")
     assert tuple(taylor["rss_model_mb"]) in plotted and tuple(taylor["peak_rss_mb"]) not in plotted
     assert memory.get_xlabel() == "pruning ratio (taylor importance; hessian, l2: Fig. 5)"
     pareto = plot.FIGURES["pareto_accuracy_latency"](table)

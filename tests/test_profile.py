@@ -4,6 +4,7 @@
 tracer, so those tests need the side environment of envs/etdump.sh (executorch 1.5.1) and are
 skipped, with the command that makes it, where it is missing.
 """
+
 import os
 import subprocess
 import sys
@@ -43,9 +44,29 @@ def pte(saved_tiny, tmp_path_factory):
 
 def _profile(artifact, tmp_path, env=None, runs=5):
     csv, png = tmp_path / "p.csv", tmp_path / "p.png"
-    done = subprocess.run([sys.executable, "-m", "pqv.cli", "profile", "--artifact", str(artifact), "--out-csv", str(csv),
-                           "--out-png", str(png), "--threads", "1", "--warmup", "2", "--runs", str(runs)],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pqv.cli",
+            "profile",
+            "--artifact",
+            str(artifact),
+            "--out-csv",
+            str(csv),
+            "--out-png",
+            str(png),
+            "--threads",
+            "1",
+            "--warmup",
+            "2",
+            "--runs",
+            str(runs),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     return done, csv, png
 
 
@@ -116,7 +137,6 @@ def test_missing_tracer_python_is_a_one_line_error(pte, tmp_path):
 
 def test_every_exported_format_has_a_profiler():
     assert set(profiling.PROFILERS) == set(export.FORMATS)
-
 
 
 def test_recorded_etdump_reads_as_the_operator_table():

@@ -1,4 +1,5 @@
 """The workflow profile (profiles/default/, which Snakemake loads by itself) and the shipped profiles."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,9 +17,26 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """The README's plain command (`snakemake --cores 2`), run from another folder."""
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(MISSING))
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--cores", "2", "--configfile", str(tmp_path / "my.yaml"), *args, "--", "results/m/model.safetensors"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--cores",
+            "2",
+            "--configfile",
+            str(tmp_path / "my.yaml"),
+            *args,
+            "--",
+            "results/m/model.safetensors",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
 
 

@@ -123,9 +123,9 @@ def _zero_half_of_mlp(m):
     for block in m.blocks:
         mlp, hidden = block.mlp, block.mlp.fc1.out_features
         with torch.no_grad():
-            mlp.fc1.weight[hidden // 2:] = 0
-            mlp.fc1.bias[hidden // 2:] = 0
-            mlp.fc2.weight[:, hidden // 2:] = 0
+            mlp.fc1.weight[hidden // 2 :] = 0
+            mlp.fc1.bias[hidden // 2 :] = 0
+            mlp.fc2.weight[:, hidden // 2 :] = 0
 
 
 def _zero_half_of_head_dims(m):
@@ -164,8 +164,7 @@ def test_removing_zero_channels_preserves_the_function(heads, fused):
     x = torch.randn(4, 1, 8, 8)
     ref = m(x)
     # The embedding width is kept (bottleneck): LayerNorm statistics over it are not removable.
-    pruned = prune.prune(m, "l1", 0.5, EXAMPLE, heads=heads, head_ratio=0.3 if heads == "whole" else None,
-                         bottleneck=True)
+    pruned = prune.prune(m, "l1", 0.5, EXAMPLE, heads=heads, head_ratio=0.3 if heads == "whole" else None, bottleneck=True)
     expected = (3, 8) if heads == "dims" else (2, 16)
     assert all((a.num_heads, a.head_dim) == expected for a in arch.attention_blocks(pruned))
     assert all(b.mlp.fc1.out_features == 96 for b in pruned.blocks)
@@ -230,8 +229,13 @@ def test_hessian_per_image_passes_match_per_sample_backward_of_a_batch():
 
 @pytest.mark.parametrize(
     "importance, scope, heads",
-    [("taylor", "uniform", "dims"), ("hessian", "uniform", "whole"), ("taylor", "global", "whole"),
-     ("random", "uniform", "whole"), ("random", "global", "dims")],
+    [
+        ("taylor", "uniform", "dims"),
+        ("hessian", "uniform", "whole"),
+        ("taylor", "global", "whole"),
+        ("random", "uniform", "whole"),
+        ("random", "global", "dims"),
+    ],
 )
 def test_pruning_is_deterministic(importance, scope, heads):
     a, b = tiny_vit(), tiny_vit()
@@ -307,6 +311,7 @@ def test_qk_norm_attention_is_rejected():
 
 # ---- the CLI: options wired through, and user errors as one line, exit 2, no file ----
 
+
 def _pqv(*args):
     return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True)
 
@@ -321,13 +326,41 @@ def tiny_file(tmp_path):
 
 def test_cli_prune_passes_every_option(tiny_file, tmp_path):
     out = tmp_path / "out" / "pruned.safetensors"
-    result = _pqv("prune", "--model", str(tiny_file), "--out", str(out), "--importance", "taylor", "--ratio", "0.5",
-                  "--data", manifest_file(), "--calibration-batches", "1", "--batch-size", "8",
-                  "--scope", "global", "--heads", "whole", "--head-ratio", "0.3", "--bottleneck", "--round-to", "2")
+    result = _pqv(
+        "prune",
+        "--model",
+        str(tiny_file),
+        "--out",
+        str(out),
+        "--importance",
+        "taylor",
+        "--ratio",
+        "0.5",
+        "--data",
+        manifest_file(),
+        "--calibration-batches",
+        "1",
+        "--batch-size",
+        "8",
+        "--scope",
+        "global",
+        "--heads",
+        "whole",
+        "--head-ratio",
+        "0.3",
+        "--bottleneck",
+        "--round-to",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     side = fileio.read_sidecar(out)
     assert (side["scope"], side["heads"], side["head_ratio"], side["bottleneck"], side["round_to"]) == (
-        "global", "whole", 0.3, True, 2)
+        "global",
+        "whole",
+        0.3,
+        True,
+        2,
+    )
     assert side["params"] < side["params_before"] and side["macs"] < side["macs_before"]
     m, a = store.load_model(out)
     assert m.embed_dim == 48 and [g["head_dim"] for g in a["attention"]] == [16, 16]
@@ -358,8 +391,7 @@ def test_cli_user_errors_are_one_line_and_leave_no_file(tiny_file, tmp_path, arg
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
 
 
-@pytest.mark.parametrize("ratio, options", [(0.999, {}), (0.99, {}), (0.97, {}), (0.9, {"round_to": 8}),
-                                            (0.9, {"scope": "global"})])
+@pytest.mark.parametrize("ratio, options", [(0.999, {}), (0.99, {}), (0.97, {}), (0.9, {"round_to": 8}), (0.9, {"scope": "global"})])
 def test_a_ratio_out_of_torch_prunings_reach_is_an_error_not_a_dense_model(ratio, options):
     """Near 1, Torch-Pruning leaves groups whole (0.999 gave the dense shapes): the label would lie."""
     with pytest.raises(PQVError, match=f"pruning ratio {ratio:g} is out of Torch-Pruning's reach.*use a ratio of at most"):
@@ -379,8 +411,11 @@ def test_a_pruned_model_is_as_narrow_as_its_ratio(options):
 
 def test_the_prune_stage_refuses_an_unreachable_ratio_in_one_line_and_writes_nothing(tiny_file, tmp_path):
     out = tmp_path / "out" / "pruned.safetensors"
-    result = subprocess.run([sys.executable, "-m", "pqv", "prune", "--model", str(tiny_file), "--out", str(out),
-                             "--importance", "l2", "--ratio", "0.999"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pqv", "prune", "--model", str(tiny_file), "--out", str(out), "--importance", "l2", "--ratio", "0.999"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("pqv prune: error: pruning ratio 0.999 is out of")
     assert not out.exists()

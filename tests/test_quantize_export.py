@@ -32,8 +32,10 @@ def _reference(saved, n=64):
         return x, m(x)
 
 
-@pytest.mark.parametrize("fmt, options", [("ptl", {}), ("ptl", {"mobile_optimizer": False}),
-                                          ("ptl", {"xnnpack_rewrite": False}), ("pte", {}), ("onnx", {}), ("ort", {})])
+@pytest.mark.parametrize(
+    "fmt, options",
+    [("ptl", {}), ("ptl", {"mobile_optimizer": False}), ("ptl", {"xnnpack_rewrite": False}), ("pte", {}), ("onnx", {}), ("ort", {})],
+)
 def test_fp32_artifact_matches_its_eager_parent(saved_tiny, tmp_path, fmt, options):
     out, fidelity = _export(saved_tiny, tmp_path, "fp32", "none", fmt, **options)
     x, ref = _reference(saved_tiny)
@@ -54,9 +56,11 @@ def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
 
 # every quantized recipe in its format; ORT Mobile's .ort converts whatever .onnx program a recipe
 # made the same way, so one recipe stands for the rest there (CI time)
-QUANTIZED_TARGETS = [c for c in registry.combinations(list(registry.PRECISIONS), quantize.available_engines(),
-                                                     list(registry.FORMATS)) if c[1] != "none"
-                     and (c[2] != "ort" or c[1] == "mlas")]
+QUANTIZED_TARGETS = [
+    c
+    for c in registry.combinations(list(registry.PRECISIONS), quantize.available_engines(), list(registry.FORMATS))
+    if c[1] != "none" and (c[2] != "ort" or c[1] == "mlas")
+]
 
 
 @pytest.mark.parametrize("precision, engine, fmt", QUANTIZED_TARGETS)
@@ -121,13 +125,16 @@ def test_x86_lite_files_store_each_int8_weight_once_and_compute_the_same(saved_t
 
 # The recipes bench/latency.py finds fastest for DeiT-B (docs/latency.md): speed must not cost
 # fidelity, so each keeps >= 99 % top-1 agreement with its trained FP32 parent on every held-out image.
-FAST_RECIPES = [("int8_dynamic", "xnnpack", "pte", {}), ("int8_static", "xnnpack", "pte", {}),
-                ("int8_dynamic", "onednn", "ptl", {}), ("int8_dynamic", "x86", "ptl", {"xnnpack_rewrite": False})]
+FAST_RECIPES = [
+    ("int8_dynamic", "xnnpack", "pte", {}),
+    ("int8_static", "xnnpack", "pte", {}),
+    ("int8_dynamic", "onednn", "ptl", {}),
+    ("int8_dynamic", "x86", "ptl", {"xnnpack_rewrite": False}),
+]
 
 
 @pytest.mark.parametrize("precision, engine, fmt, options", FAST_RECIPES)
-def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(saved_tiny, tmp_path, precision,
-                                                                                  engine, fmt, options):
+def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(saved_tiny, tmp_path, precision, engine, fmt, options):
     if engine not in quantize.available_engines():
         pytest.skip(f"engine {engine} not in this build")
     out, _ = _export(saved_tiny, tmp_path, precision, engine, fmt, **options)
@@ -152,20 +159,23 @@ def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_ti
     assert fileio.read_sidecar(ok)["status"] == "verified" and fileio.read_sidecar(ok)["reason"] == ""
 
 
-@pytest.mark.parametrize("fidelity", [
-    {"max_abs_diff": float("nan"), "cosine_min": float("nan"), "top1_agreement": 0.1},
-    {"max_abs_diff": 0.0, "cosine_min": 1.0, "top1_agreement": 1.0, "finite": False},
-])
+@pytest.mark.parametrize(
+    "fidelity",
+    [
+        {"max_abs_diff": float("nan"), "cosine_min": float("nan"), "top1_agreement": 0.1},
+        {"max_abs_diff": 0.0, "cosine_min": 1.0, "top1_agreement": 1.0, "finite": False},
+    ],
+)
 def test_garbage_outputs_fail_the_check(fidelity):
     """NaN compared with a bound is false either way: the check must not pass it."""
-    assert "non-finite" in export.verdict("int8_dynamic", fidelity, 0.98) or "cosine" in export.verdict(
-        "int8_dynamic", fidelity, 0.98)
+    assert "non-finite" in export.verdict("int8_dynamic", fidelity, 0.98) or "cosine" in export.verdict("int8_dynamic", fidelity, 0.98)
     assert export.verdict("fp32", fidelity, 0.98) is not None
 
 
 def _broken_runtime(monkeypatch, change):
     """The ptl runtime, but its outputs changed by `change` (a broken exporter or layer rewrite)."""
     real = export.FORMATS["ptl"]
+
     def load(path):
         loaded = real.load(path)
         return lambda x: change(loaded(x))
@@ -173,8 +183,7 @@ def _broken_runtime(monkeypatch, change):
     monkeypatch.setitem(export.FORMATS, "ptl", export.Format(real.export, load))
 
 
-def test_an_fp32_artifact_that_changed_the_function_is_a_failed_file_never_verified(saved_tiny, tmp_path, monkeypatch,
-                                                                                    caplog):
+def test_an_fp32_artifact_that_changed_the_function_is_a_failed_file_never_verified(saved_tiny, tmp_path, monkeypatch, caplog):
     """A bug of the exporter for this model, said loudly; the branch's row says failed (issue 29: one
     such file must not stop a sweep or a search)."""
     _broken_runtime(monkeypatch, lambda y: y + 1e-2)
@@ -223,8 +232,13 @@ def _recording_train_draws(monkeypatch) -> list[set[int]]:
             self.seen.add(int(i))
             return self.inner[i]
 
-    monkeypatch.setattr(datasets, "dataset", lambda manifest, split, *a, **k: (
-        Recording(real(manifest, split, *a, **k)) if split == "train" else real(manifest, split, *a, **k)))
+    monkeypatch.setattr(
+        datasets,
+        "dataset",
+        lambda manifest, split, *a, **k: (
+            Recording(real(manifest, split, *a, **k)) if split == "train" else real(manifest, split, *a, **k)
+        ),
+    )
     return draws
 
 
@@ -238,13 +252,17 @@ def _with_train_images(n: int) -> dict:
     return small
 
 
-@pytest.mark.parametrize("train_images, calibration, check, checked", [
-    (None, 128, 64, 64),  # the workflow's defaults on the digits: 1,437 training images
-    (300, 64, 64, 64),
-    (30, 16, 64, 14),  # too small to hold both: the check takes what calibration left, and says how many
-])
+@pytest.mark.parametrize(
+    "train_images, calibration, check, checked",
+    [
+        (None, 128, 64, 64),  # the workflow's defaults on the digits: 1,437 training images
+        (300, 64, 64, 64),
+        (30, 16, 64, 14),  # too small to hold both: the check takes what calibration left, and says how many
+    ],
+)
 def test_the_export_check_of_an_int8_static_file_scores_no_image_it_was_calibrated_on(
-        saved_tiny, tmp_path, monkeypatch, train_images, calibration, check, checked):
+    saved_tiny, tmp_path, monkeypatch, train_images, calibration, check, checked
+):
     """Issue 40 item 5a: the check drew with another seed than calibration, and the two overlapped (4
     of 64 on the digits, 24 of 64 on a 300-image set, all of them on a 30-image set): a check on
     images the file was calibrated on is optimistic."""
@@ -260,8 +278,12 @@ def test_the_export_check_of_an_int8_static_file_scores_no_image_it_was_calibrat
     assert not calibrated & scored
     meta = fileio.read_sidecar(out)
     assert meta["check_images"] == checked
-    assert meta["check_sample"] == {"split": "train", "images": checked, "calibration_images": calibration,
-                                    "disjoint_from_calibration": True}
+    assert meta["check_sample"] == {
+        "split": "train",
+        "images": checked,
+        "calibration_images": calibration,
+        "disjoint_from_calibration": True,
+    }
 
 
 def test_a_split_that_calibration_used_up_leaves_no_check_and_says_so(saved_tiny, tmp_path):

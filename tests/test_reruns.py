@@ -1,6 +1,7 @@
 """What a job's params hold (pqv.plan.reruns): a file the config names is read by its content, not its path.
 
 tests/test_workflow.py checks what Snakemake then schedules; these check the pieces without it."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from .conftest import TIMM_NAME, TINY_KWARGS
 
 
 def config_with(weights: str) -> dict:
-    return filled({"dataset": {"name": "digits"},
-                   "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": weights, "kwargs": TINY_KWARGS}]})
+    return filled(
+        {"dataset": {"name": "digits"}, "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": weights, "kwargs": TINY_KWARGS}]}
+    )
 
 
 def model_cfg(options: str) -> dict:
@@ -47,8 +49,9 @@ def test_a_weights_file_is_in_the_model_jobs_settings_by_its_sha256_and_its_path
     assert str(weights) not in options and "w.safetensors" not in options
     assert reruns.files("model", config, {"model": "tiny"}) == {"--weights": str(weights)}
     # no other stage reads it
-    assert all(not reruns.files(stage, config, {"model": "tiny", "importance": "l2", "ratio": "0.5"})
-               for stage in ("prune", "finetune"))
+    assert all(
+        not reruns.files(stage, config, {"model": "tiny", "importance": "l2", "ratio": "0.5"}) for stage in ("prune", "finetune")
+    )
 
 
 @pytest.mark.parametrize("weights, in_settings", [("train", "train"), ("hub", None)])
@@ -79,7 +82,7 @@ def test_a_file_is_hashed_once_while_its_size_and_time_stay(weights):
     cache: dict = {}
     stamp = reruns.file_stamp(str(weights), cache)
     cache = json.loads(json.dumps(cache))  # as a job process reads it back (pqv.plan.resources.shared_plan)
-    (key, (size, mtime_ns, kept)), = cache.items()
+    ((key, (size, mtime_ns, kept)),) = cache.items()
     assert (key, kept) == (f"file {weights}", stamp)
     cache[key][2] = "sha256:kept"  # a stamp the file does not have: found by size and time, not hashed again
     assert reruns.file_stamp(str(weights), cache) == "sha256:kept"
@@ -107,14 +110,33 @@ def test_a_model_job_refuses_a_file_replaced_after_its_run_was_planned(weights, 
     missing = str(tmp_path / "missing.safetensors")  # left to the model stage's own error
     assert model.planned_weights(missing, planned) == missing
     cfg = {"id": "tiny", "timm_name": TIMM_NAME, "weights": planned, "kwargs": TINY_KWARGS}
-    result = subprocess.run([sys.executable, "-m", "pqv", "model", "--model-cfg", json.dumps(cfg), "--weights", str(weights),
-                             "--data", "unused.json", "--out", str(tmp_path / "m.safetensors"), "--metrics",
-                             str(tmp_path / "m.csv")], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pqv",
+            "model",
+            "--model-cfg",
+            json.dumps(cfg),
+            "--weights",
+            str(weights),
+            "--data",
+            "unused.json",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--metrics",
+            str(tmp_path / "m.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "changed after this run was planned" in result.stderr, result.stderr
     assert not (tmp_path / "m.safetensors").exists()
 
 
 # ---- the dataset keys a data job reads (issue 40, item 3) ----------------------------------------
+
 
 def data_config(**dataset) -> dict:
     return filled({"dataset": dataset, "models": [{"id": "tiny", "timm_name": TIMM_NAME}]})
@@ -128,8 +150,9 @@ def test_the_digits_read_no_folder_keys():
     plain, foldered = data_config(name="digits"), data_config(name="digits", root="/elsewhere", train_dir="t", eval_dir="v")
     for stage, split in (("data_train", "train"), ("data_eval", "eval")):
         assert reruns.options(stage, foldered, {}) == reruns.options(stage, plain, {})
-        assert manifests.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == \
-            manifests.stamp(reruns.section_read(stage, plain, {}, "dataset"), split)
+        assert manifests.stamp(reruns.section_read(stage, foldered, {}, "dataset"), split) == manifests.stamp(
+            reruns.section_read(stage, plain, {}, "dataset"), split
+        )
     # under imagefolder they are read
     assert '"root": "/a"' in reruns.options("data_train", data_config(name="imagefolder", root="/a"), {})
 
@@ -160,6 +183,7 @@ def test_split_seed_is_read_where_images_are_drawn(tmp_path):
 
 # ---- a default changed in code: its stage's version goes with it ----------------------------------
 
+
 def _stage_defaults():
     import importlib.util
     from pathlib import Path
@@ -184,8 +208,9 @@ def test_every_stages_defaults_are_those_of_its_version():
 def test_a_changed_default_asks_for_a_bumped_version_then_for_the_snapshot(monkeypatch):
     module = _stage_defaults()
     snapshot = module.current()
-    changed = tuple(reruns.Key(k.path, k.name, k.reads, k.kind, k.sweep, 3e-4) if k.name == "finetune.lr" else k
-                    for k in reruns.keys())  # as if pqv/plan/config.py's default of finetune.lr were 3e-4
+    changed = tuple(
+        reruns.Key(k.path, k.name, k.reads, k.kind, k.sweep, 3e-4) if k.name == "finetune.lr" else k for k in reruns.keys()
+    )  # as if pqv/plan/config.py's default of finetune.lr were 3e-4
     monkeypatch.setattr(reruns, "keys", lambda: changed)
     (line,) = module.problems(snapshot, module.current())
     assert line.startswith("stage finetune's defaults changed (finetune.lr: 0.00015 -> 0.0003)")

@@ -1,4 +1,5 @@
 """What each job asks a cluster for follows the data and the model (pqv/plan/resources.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -37,10 +38,18 @@ def test_macs_of_a_timm_vit_are_estimated_from_its_name_and_kwargs():
 
 
 def test_a_small_photo_set_asks_for_minutes_and_imagenet_for_hours():
-    tiny = config(dataset={"name": "imagefolder", "root": "/photos"}, models=[{"id": "t", **DEIT_TINY, "weights": "hub"}],
-                  finetune={"epochs": 10}, device="cpu")
-    big = config(dataset={"name": "imagefolder", "root": "/imagenet"}, models=[{"id": "b", **DEIT_B, "weights": "hub"}],
-                 finetune={"epochs": 60}, device="cpu")
+    tiny = config(
+        dataset={"name": "imagefolder", "root": "/photos"},
+        models=[{"id": "t", **DEIT_TINY, "weights": "hub"}],
+        finetune={"epochs": 10},
+        device="cpu",
+    )
+    big = config(
+        dataset={"name": "imagefolder", "root": "/imagenet"},
+        models=[{"id": "b", **DEIT_B, "weights": "hub"}],
+        finetune={"epochs": 60},
+        device="cpu",
+    )
     for stage in STAGES:
         small = resources.of(stage, tiny, PHOTOS, "taylor", 0.25, 398)
         large = resources.of(stage, big, IMAGENET, "taylor", 0.25, 1_331_167)
@@ -65,8 +74,9 @@ def test_wall_time_follows_images_epochs_and_model_size():
         assert resources.runtime(stage, cfg, IMAGENET) > resources.runtime(stage, cfg, half) >= resources.MIN_RUNTIME
         assert resources.runtime(stage, cfg, IMAGENET) > resources.runtime(stage, cfg, smaller)
     # twice the finetune processes on CPUs: twice the cores, half the wall time
-    one, two = (resources.runtime("finetune", config(device="cpu", finetune={"nproc": n}), IMAGENET) - resources.MIN_RUNTIME
-                for n in (1, 2))
+    one, two = (
+        resources.runtime("finetune", config(device="cpu", finetune={"nproc": n}), IMAGENET) - resources.MIN_RUNTIME for n in (1, 2)
+    )
     assert abs(one - 2 * two) <= 2
 
 
@@ -76,8 +86,11 @@ def test_gpus_follow_device_nproc_and_importance():
     assert resources.gpus("model", cfg) == 1 and resources.gpus("accuracy", cfg, fmt="eager") == 1
     assert resources.gpus("prune", cfg, "taylor", 0.25) == 1 and resources.gpus("prune", cfg, "hessian", 0.5) == 1
     assert resources.gpus("prune", cfg, "l2", 0.25) == 0 and resources.gpus("prune", cfg, "taylor", 0.0) == 0
-    assert all(resources.gpus(s, cfg, fmt=f) == 0 for s in ("data", "quantize", "export", "accuracy", "latency", "profile")
-               for f in ("ptl", "pte"))
+    assert all(
+        resources.gpus(s, cfg, fmt=f) == 0
+        for s in ("data", "quantize", "export", "accuracy", "latency", "profile")
+        for f in ("ptl", "pte")
+    )
     assert resources.gpus("latency", cfg, fmt="eager") == 0  # latency is timed on the CPU
     cpu = config(device="cpu", finetune={"nproc": 4})
     assert all(resources.gpus(s, cpu, "taylor", 0.5, "eager") == 0 for s in STAGES)
@@ -108,14 +121,18 @@ def test_only_latency_jobs_ask_for_the_node_to_themselves():
     assert resources.of("latency", cfg, IMAGENET)["runtime"] <= 15 < resources.of("accuracy", cfg, IMAGENET)["runtime"]
 
 
-@pytest.mark.parametrize("sinfo, partition, gpus, minutes", [
-    ("pqv* infinite (null)\ngpu 2-00:00:00 gpu:a100:4", None, False, None),
-    ("pqv* infinite (null)\ngpu 2-00:00:00 gpu:a100:4", "gpu", True, 2880),
-    ("main* 1-00:00:00 gpu:h100:8,shard:2", None, True, 1440),
-    ("short 1:00 (null)\nshort 30:00 (null)", "short", False, 1),  # a partition over two node sets: the tighter
-    ("main* 4:00:00 (null)", "other", None, None), ("", None, None, None)])
-def test_slurm_partitions_say_whether_they_have_gpus_and_their_time_limit(tmp_path, monkeypatch, sinfo, partition,
-                                                                           gpus, minutes):
+@pytest.mark.parametrize(
+    "sinfo, partition, gpus, minutes",
+    [
+        ("pqv* infinite (null)\ngpu 2-00:00:00 gpu:a100:4", None, False, None),
+        ("pqv* infinite (null)\ngpu 2-00:00:00 gpu:a100:4", "gpu", True, 2880),
+        ("main* 1-00:00:00 gpu:h100:8,shard:2", None, True, 1440),
+        ("short 1:00 (null)\nshort 30:00 (null)", "short", False, 1),  # a partition over two node sets: the tighter
+        ("main* 4:00:00 (null)", "other", None, None),
+        ("", None, None, None),
+    ],
+)
+def test_slurm_partitions_say_whether_they_have_gpus_and_their_time_limit(tmp_path, monkeypatch, sinfo, partition, gpus, minutes):
     fake = tmp_path / "sinfo"
     fake.write_text(f"#!/bin/bash\nprintf '{sinfo}\\n'\n")
     fake.chmod(0o755)
@@ -124,8 +141,19 @@ def test_slurm_partitions_say_whether_they_have_gpus_and_their_time_limit(tmp_pa
     assert (found.has_gpus, found.max_minutes) == (gpus, minutes)
 
 
-@pytest.mark.parametrize("text, seconds", [("infinite", None), ("UNLIMITED", None), ("30", 1800), ("5:00", 300),
-                                           ("2:00:00", 7200), ("1-12:00:00", 129600), ("1-12", 129600), ("x", None)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("infinite", None),
+        ("UNLIMITED", None),
+        ("30", 1800),
+        ("5:00", 300),
+        ("2:00:00", 7200),
+        ("1-12:00:00", 129600),
+        ("1-12", 129600),
+        ("x", None),
+    ],
+)
 def test_slurm_times_are_read_in_every_form_sinfo_and_squeue_print(text, seconds):
     assert resources.slurm_seconds(text) == seconds
 
@@ -173,9 +201,25 @@ def test_on_one_machine_without_a_gpu_no_job_asks_for_one(tmp_path):
     from .test_workflow import TINY_CONFIG
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    plan = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                           str(tmp_path), "--configfile", str(tmp_path / "c.yaml"), "--cores", "2", "-n"],
-                          capture_output=True, text=True, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    plan = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "c.yaml"),
+            "--cores",
+            "2",
+            "-n",
+        ],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert plan.returncode == 0 and "rule finetune:" in plan.stdout, plan.stderr[-2000:]
     assert "gpu=1" not in plan.stdout and "gpu=2" not in plan.stdout
 

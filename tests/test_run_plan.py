@@ -1,6 +1,7 @@
 """pqv.plan.run_plan: what one Snakemake invocation plans with (the machine check, the shared plan)
 and each rule's threads and resources in it, as plain functions of the config, the invocation's
 facts (pqv.plan.snakemake_api.Facts), a job's wildcards and its input files: no Snakemake run."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ def paper(**sections) -> dict:
 
 
 def plan(cfg: dict, facts: Facts = LOCAL, images: dict | None = None, **shared) -> run_plan.Plan:
-    shared = {"device": cfg["device"], "partition": None, "max_minutes": None, "images": images or {"train": 1437, "eval": 360},
-              **shared}
+    shared = {
+        "device": cfg["device"],
+        "partition": None,
+        "max_minutes": None,
+        "images": images or {"train": 1437, "eval": 360},
+        **shared,
+    }
     return run_plan.plan_of(cfg, facts, shared)
 
 
@@ -52,6 +58,7 @@ def _own_shared_plan(monkeypatch):
 
 
 # ---- the machine check ------------------------------------------------------------------------
+
 
 def test_a_local_run_asking_for_more_than_the_machine_has_is_one_line():
     cfg = config(evaluate={"threads": 1})
@@ -86,6 +93,7 @@ def test_a_results_folder_that_cannot_be_written_is_one_line_and_a_new_one_is_fi
 
 
 # ---- the shared plan --------------------------------------------------------------------------
+
 
 def test_a_local_plan_reads_the_manifests_once_made_and_asks_no_gpu_where_there_is_none(tmp_path, monkeypatch):
     monkeypatch.setattr(resources, "machine_has_gpus", lambda: False)
@@ -125,16 +133,29 @@ def test_a_cluster_plan_asks_sinfo_once_and_its_jobs_read_it_back(tmp_path, monk
 
 
 def _manifest(split: str, images: int, largest: int = 0) -> dict:
-    return {"format": 1, "classes": ["a"], "fingerprint": "f", "largest_pixels": largest,
-            "splits": {split: {"folder": f"/data/{split}", "items": [], "images": images, "counts": {}}}}
+    return {
+        "format": 1,
+        "classes": ["a"],
+        "fingerprint": "f",
+        "largest_pixels": largest,
+        "splits": {split: {"folder": f"/data/{split}", "items": [], "images": images, "counts": {}}},
+    }
 
 
 # ---- threads ----------------------------------------------------------------------------------
 
+
 def test_locally_heavy_and_timing_stages_take_every_core_and_the_rest_one():
     p = plan(config(), Facts(cores=6))
-    assert {s: run_plan.threads(p, s) for s in ("data", "finetune", "accuracy", "latency", "profile", "quantize", "export")} == \
-        {"data": 6, "finetune": 6, "accuracy": 6, "latency": 6, "profile": 6, "quantize": 1, "export": 1}
+    assert {s: run_plan.threads(p, s) for s in ("data", "finetune", "accuracy", "latency", "profile", "quantize", "export")} == {
+        "data": 6,
+        "finetune": 6,
+        "accuracy": 6,
+        "latency": 6,
+        "profile": 6,
+        "quantize": 1,
+        "export": 1,
+    }
     assert run_plan.threads_follow_wildcards(p, "prune") and run_plan.threads_follow_wildcards(p, "model")
     assert run_plan.threads(p, "prune", {"importance": "taylor", "ratio": "0.25"}) == 6  # gradients: calibration batches
     assert run_plan.threads(p, "prune", {"importance": "l2", "ratio": "0.25"}) == 1
@@ -157,6 +178,7 @@ def test_on_a_cluster_threads_follow_the_data_sets_size_not_the_cores():
 
 # ---- resources --------------------------------------------------------------------------------
 
+
 def test_a_jobs_resources_follow_its_manifest_and_its_input_models_sidecar(tmp_path):
     cfg = config(device="cpu")
     p = plan(cfg, CLUSTER, images=IMAGENET)
@@ -177,8 +199,9 @@ def test_a_jobs_resources_follow_its_manifest_and_its_input_models_sidecar(tmp_p
     assert run_plan.job_work(p, "quantize", wc, None, str(sidecar)) == Work(0, 0, *estimated, "digits")
     # each data job reads its own split; neither has a model
     assert run_plan.job_work(p, "data_eval", {}) == Work(0, IMAGENET["eval"], 0, 0, "digits")
-    assert run_plan.job_resources(p, "data_train", {}) == resources.of("data", p.config, Work(IMAGENET["train"], 0, 0, 0, "digits"),
-                                                                      planned_images=sum(IMAGENET.values()))
+    assert run_plan.job_resources(p, "data_train", {}) == resources.of(
+        "data", p.config, Work(IMAGENET["train"], 0, 0, 0, "digits"), planned_images=sum(IMAGENET.values())
+    )
 
 
 def test_a_timing_rule_adds_exclusive_to_the_sites_own_slurm_extra_and_gpus_follow_the_wildcards():
@@ -205,6 +228,7 @@ def test_the_partitions_limit_caps_every_jobs_wall_time():
 
 # ---- a finetune over several jobs -------------------------------------------------------------
 
+
 def test_a_finetune_spans_jobs_on_a_partitions_limit_or_the_users_own_runtime():
     cfg = paper()  # device auto, 4 GPUs per finetune: DeiT-B on ImageNet takes a day or so
     day = plan(cfg, CLUSTER, images=IMAGENET, partition="gpu", max_minutes=1440)
@@ -215,15 +239,19 @@ def test_a_finetune_spans_jobs_on_a_partitions_limit_or_the_users_own_runtime():
     assert run_plan.finetune_jobs(half, Facts(nodes=1, remote=True)) == 1
     assert run_plan.finetune_jobs(plan(cfg, CLUSTER, images=IMAGENET), CLUSTER) == 1
     # --set-resources finetune:runtime=M: the finetune spans its budget in jobs of M minutes
-    longest = max(resources.runtime("finetune", cfg, Work(IMAGENET["train"], 0, *resources.estimate_macs(m), "imagefolder"))
-                  for m in cfg["models"])
+    longest = max(
+        resources.runtime("finetune", cfg, Work(IMAGENET["train"], 0, *resources.estimate_macs(m), "imagefolder"))
+        for m in cfg["models"]
+    )
     user = Facts(nodes=100, set_resources={"finetune": {"runtime": 300}})
     assert run_plan.finetune_jobs(half, user) == math.ceil(longest / 300) > 2
     # more than the partition gives: one line, before any job
     with pytest.raises(PQVError) as e:
         run_plan.finetune_jobs(half, Facts(nodes=100, set_resources={"finetune": {"runtime": 3000}}))
-    assert str(e.value) == ("--set-resources finetune:runtime=3000 exceeds partition gpu's limit of 720 minutes "
-                            "(fix: runtime <= 720, or another partition)")
+    assert str(e.value) == (
+        "--set-resources finetune:runtime=3000 exceeds partition gpu's limit of 720 minutes "
+        "(fix: runtime <= 720, or another partition)"
+    )
     # an expression Snakemake computes for each job is the user's own time: not checked here
     assert run_plan.finetune_jobs(half, Facts(nodes=100, set_resources={"finetune": {"runtime": "attempt*600"}})) == 1
 

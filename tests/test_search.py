@@ -1,4 +1,5 @@
 """The search rule on synthetic accuracy curves: its answer and how many probes it takes."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def test_a_clear_failure_below_a_pass_bounds_the_answer_and_a_weak_one_does_not(
 
 def _curve(answer: float, fluke: float | None = None):
     """Verdicts of a monotone curve whose last pass is `answer`; at `fluke` a WEAK failure."""
-    return lambda r: search.WEAK if fluke is not None and abs(r - fluke) < 1e-9 else (
-        search.PASS if r <= answer + 1e-9 else search.FAIL)
+    return lambda r: (
+        search.WEAK if fluke is not None and abs(r - fluke) < 1e-9 else (search.PASS if r <= answer + 1e-9 else search.FAIL)
+    )
 
 
 @pytest.mark.parametrize("answer, fluke", [(0.6, 0.5), (0.6, 0.45), (0.3, 0.25), (0.85, 0.45)])
@@ -107,14 +109,34 @@ def test_the_probe_budget_is_kept():
 
 def _measured(tmp_path, ratio, top1, status="verified", name=None):
     path = tmp_path / (name or f"m{ratio}.json")
-    path.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": ratio, "precision": "int8_dynamic",
-                                "engine": "x86", "format": "ptl", "top1": top1, "status": status,
-                                "latency_ms_median": 1.0 - ratio, "size_mb": 1.0}))
+    path.write_text(
+        json.dumps(
+            {
+                "model": "m",
+                "importance": "l2",
+                "ratio": ratio,
+                "precision": "int8_dynamic",
+                "engine": "x86",
+                "format": "ptl",
+                "top1": top1,
+                "status": status,
+                "latency_ms_median": 1.0 - ratio,
+                "size_mb": 1.0,
+            }
+        )
+    )
     return str(path)
 
 
-SETTINGS = {"budget": 1.0, "lo": 0.0, "hi": 0.9, "resolution": 0.05, "parallel": 1, "max_probes": 8,
-            "artifact": {"precision": "int8_dynamic", "engine": "x86", "format": "ptl"}}
+SETTINGS = {
+    "budget": 1.0,
+    "lo": 0.0,
+    "hi": 0.9,
+    "resolution": 0.05,
+    "parallel": 1,
+    "max_probes": 8,
+    "artifact": {"precision": "int8_dynamic", "engine": "x86", "format": "ptl"},
+}
 
 
 @pytest.fixture
@@ -130,56 +152,108 @@ def _reference(tmp_path, top1=95.0):
     out = []
     for fmt, value in (("eager", top1), ("ptl", top1 - 0.3)):
         path = tmp_path / f"dense-fp32-{fmt}.json"
-        path.write_text(json.dumps({"model": "m", "importance": "dense", "ratio": 0.0, "precision": "fp32", "engine": "none",
-                                    "format": fmt, "top1": value, "status": "verified"}))
+        path.write_text(
+            json.dumps(
+                {
+                    "model": "m",
+                    "importance": "dense",
+                    "ratio": 0.0,
+                    "precision": "fp32",
+                    "engine": "none",
+                    "format": fmt,
+                    "top1": value,
+                    "status": "verified",
+                }
+            )
+        )
         out.append(str(path))
     return out
 
 
 def test_a_round_reads_its_probes_and_asks_for_the_next(tmp_path, model_sidecar):
-    first = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)],
-                             references=_reference(tmp_path))
+    first = search.run_round(
+        str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)], references=_reference(tmp_path)
+    )
     assert first["next"] == [0.5] and not first["done"] and first["reach"]["ratio"] == pytest.approx(1 - 1 / 32)
-    second = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {},
-                              [_measured(tmp_path, 0.5, 93.0)], previous=str(tmp_path / "r0.json"))
+    second = search.run_round(
+        str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.5, 93.0)], previous=str(tmp_path / "r0.json")
+    )
     assert [p["passed"] for p in second["probes"]] == [True, False] and second["next"] == [0.25]
 
 
 def test_a_budget_the_dense_artifact_fails_is_one_line(tmp_path, model_sidecar):
-    with pytest.raises(PQVError, match=r"search budget 1 top-1 points: even the unpruned int8_dynamic .ptl artifact "
-                                       r"fails it \(top-1 93.50 is 1.50 points below the dense FP32 model's 95.00\)"):
-        search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 93.5)],
-                         references=_reference(tmp_path))
+    with pytest.raises(
+        PQVError,
+        match=r"search budget 1 top-1 points: even the unpruned int8_dynamic .ptl artifact "
+        r"fails it \(top-1 93.50 is 1.50 points below the dense FP32 model's 95.00\)",
+    ):
+        search.run_round(
+            str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 93.5)], references=_reference(tmp_path)
+        )
     assert not (tmp_path / "r0.json").exists()
 
 
 def test_round_to_and_torch_prunings_reach_bound_the_grid(tmp_path, model_sidecar):
     settings = {**SETTINGS, "hi": 0.99}
-    state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, settings, {"round_to": 16},
-                             [_measured(tmp_path, 0.0, 95.0)], references=_reference(tmp_path))
+    state = search.run_round(
+        str(tmp_path / "r0.json"),
+        model_sidecar,
+        settings,
+        {"round_to": 16},
+        [_measured(tmp_path, 0.0, 95.0)],
+        references=_reference(tmp_path),
+    )
     assert state["grid"] == [0.0, 0.166667, 0.333333, 0.5]  # head_dim 32 in multiples of 16: at most 0.5
 
 
-@pytest.mark.parametrize("settings, prune", [({"lo": 0.97, "hi": 0.99}, {}),  # above what Torch-Pruning reaches
-                                             ({"lo": 0.6, "hi": 0.9}, {"round_to": 16})])  # round_to stops at 0.5
+@pytest.mark.parametrize(
+    "settings, prune",
+    [
+        ({"lo": 0.97, "hi": 0.99}, {}),  # above what Torch-Pruning reaches
+        ({"lo": 0.6, "hi": 0.9}, {"round_to": 16}),
+    ],
+)  # round_to stops at 0.5
 def test_a_search_with_nothing_to_probe_is_one_line_not_an_answer_of_zero(tmp_path, model_sidecar, settings, prune):
-    with pytest.raises(PQVError, match=r"the search has no ratio to probe: from search.lo .* cut at 0.9688 \(the most "
-                                       r"Torch-Pruning can prune this model: its blocks.0.head_dim group is 32 wide\)"
-                       if not prune else r"the search has no ratio to probe: .* in steps of prune.round_to 16"):
-        search.run_round(str(tmp_path / "r0.json"), model_sidecar, {**SETTINGS, **settings}, prune,
-                         [_measured(tmp_path, 0.0, 95.0)], references=_reference(tmp_path))
+    with pytest.raises(
+        PQVError,
+        match=r"the search has no ratio to probe: from search.lo .* cut at 0.9688 \(the most "
+        r"Torch-Pruning can prune this model: its blocks.0.head_dim group is 32 wide\)"
+        if not prune
+        else r"the search has no ratio to probe: .* in steps of prune.round_to 16",
+    ):
+        search.run_round(
+            str(tmp_path / "r0.json"),
+            model_sidecar,
+            {**SETTINGS, **settings},
+            prune,
+            [_measured(tmp_path, 0.0, 95.0)],
+            references=_reference(tmp_path),
+        )
     assert not (tmp_path / "r0.json").exists()
 
 
 def test_a_failed_probe_is_information_and_the_search_goes_on(tmp_path, model_sidecar):
-    search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 95.0)],
-                     references=_reference(tmp_path))
+    search.run_round(
+        str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 95.0)], references=_reference(tmp_path)
+    )
     broken = tmp_path / "broken.json"
     reason = "max |artifact - parent| 0.01 > 0.0001: exporting to .ptl changed the model's function"
-    broken.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": 0.5, "precision": "int8_dynamic",
-                                  "engine": "x86", "format": "ptl", "top1": 95.0, "status": "failed", "reason": reason}))
-    state = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [str(broken)],
-                             previous=str(tmp_path / "r0.json"))
+    broken.write_text(
+        json.dumps(
+            {
+                "model": "m",
+                "importance": "l2",
+                "ratio": 0.5,
+                "precision": "int8_dynamic",
+                "engine": "x86",
+                "format": "ptl",
+                "top1": 95.0,
+                "status": "failed",
+                "reason": reason,
+            }
+        )
+    )
+    state = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [str(broken)], previous=str(tmp_path / "r0.json"))
     probe = [p for p in state["probes"] if p["ratio"] == 0.5][0]
     assert probe["verdict"] == search.FAIL and probe["reason"] == reason
     assert state["next"] == [0.25] and not state["done"]  # bisection goes on below it
@@ -187,12 +261,25 @@ def test_a_failed_probe_is_information_and_the_search_goes_on(tmp_path, model_si
 
 def test_a_probe_without_a_status_fails(tmp_path, model_sidecar):
     missing = tmp_path / "no-status.json"
-    missing.write_text(json.dumps({"model": "m", "importance": "l2", "ratio": 0.5, "precision": "int8_dynamic",
-                                   "engine": "x86", "format": "ptl", "top1": 95.0}))
-    search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 95.0)],
-                     references=_reference(tmp_path))
-    state = search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [str(missing)],
-                             previous=str(tmp_path / "r0.json"))
+    missing.write_text(
+        json.dumps(
+            {
+                "model": "m",
+                "importance": "l2",
+                "ratio": 0.5,
+                "precision": "int8_dynamic",
+                "engine": "x86",
+                "format": "ptl",
+                "top1": 95.0,
+            }
+        )
+    )
+    search.run_round(
+        str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 95.0)], references=_reference(tmp_path)
+    )
+    state = search.run_round(
+        str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [str(missing)], previous=str(tmp_path / "r0.json")
+    )
     probe = [p for p in state["probes"] if p["ratio"] == 0.5][0]
     assert not probe["passed"] and probe["status"] == "missing"
 
@@ -203,15 +290,20 @@ def test_the_search_and_choose_measure_loss_from_one_reference(tmp_path, model_s
 
     from pqv.stages import choose
 
-    state = search.run_round(str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)],
-                             references=_reference(tmp_path))
-    summary = pd.DataFrame([json.loads(open(p).read()) for p in _reference(tmp_path)] +
-                           [{**json.loads(open(_measured(tmp_path, 0.0, 94.5)).read()), "importance": "dense"}])
+    state = search.run_round(
+        str(tmp_path / "r0.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)], references=_reference(tmp_path)
+    )
+    summary = pd.DataFrame(
+        [json.loads(open(p).read()) for p in _reference(tmp_path)]
+        + [{**json.loads(open(_measured(tmp_path, 0.0, 94.5)).read()), "importance": "dense"}]
+    )
     picked = choose.candidates(summary, 1.0)
     assert state["reference_top1"] == 95.0 == picked["reference_top1"].iloc[0]
-    assert search.REFERENCE in capsys_text(lambda: search.run_round(str(tmp_path / "r0b.json"), model_sidecar, SETTINGS,
-                                                                    {}, [_measured(tmp_path, 0.0, 94.5)],
-                                                                    references=_reference(tmp_path)))
+    assert search.REFERENCE in capsys_text(
+        lambda: search.run_round(
+            str(tmp_path / "r0b.json"), model_sidecar, SETTINGS, {}, [_measured(tmp_path, 0.0, 94.5)], references=_reference(tmp_path)
+        )
+    )
 
 
 def capsys_text(call) -> str:
@@ -225,8 +317,14 @@ def capsys_text(call) -> str:
 
 
 def test_widths_fit_one_cell():
-    widths = {"embed": 72, "blocks.0.mlp": 288, "blocks.1.mlp": 256, "blocks.0.head_dim": 24, "blocks.1.head_dim": 24,
-              "blocks.0.heads": 3}
+    widths = {
+        "embed": 72,
+        "blocks.0.mlp": 288,
+        "blocks.1.mlp": 256,
+        "blocks.0.head_dim": 24,
+        "blocks.1.head_dim": 24,
+        "blocks.0.heads": 3,
+    }
     for order in (widths, dict(sorted(widths.items()))):  # as a sidecar stores them: keys sorted
         assert search.widths_text(order) == "embed 72, mlp 256-288, head_dim 24, heads 3"
 
@@ -245,8 +343,16 @@ def test_two_searches_that_choose_one_file_both_mark_it(tmp_path):
 def test_choose_prints_a_searchs_choice_without_a_budget_of_its_own(tmp_path, capsys):
     from pqv.stages import choose
 
-    rows = [{**json.loads(open(_measured(tmp_path, r, 95.0 - 10 * r)).read()), "precision": "fp32", "engine": "none",
-             "artifact": f"results/m/l2_{r:g}/export/fp32-none.ptl", "search": ""} for r in (0.0, 0.5)]
+    rows = [
+        {
+            **json.loads(open(_measured(tmp_path, r, 95.0 - 10 * r)).read()),
+            "precision": "fp32",
+            "engine": "none",
+            "artifact": f"results/m/l2_{r:g}/export/fp32-none.ptl",
+            "search": "",
+        }
+        for r in (0.0, 0.5)
+    ]
     rows[1]["search"] = "chosen by the l2 search (budget 5)"
     pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
     choose.run(str(tmp_path / "summary.csv"), None)
@@ -266,8 +372,9 @@ def test_evenly_spaced_picks_already_probed_give_way_to_other_open_points():
     nxt = search.next_probes(POINTS, results, parallel=2, max_probes=8)
     assert len(nxt) == 2 and all(0 < r < 0.3 and r not in results for r in nxt), nxt
     curve = {0.1: search.WEAK, 0.2: search.WEAK, 0.3: search.FAIL, 0.65: search.PASS}
-    answer, rounds = search.simulate(lambda r: curve.get(r, search.PASS if r < 0.3 else search.FAIL), POINTS,
-                                     parallel=2, max_probes=99)
+    answer, rounds = search.simulate(
+        lambda r: curve.get(r, search.PASS if r < 0.3 else search.FAIL), POINTS, parallel=2, max_probes=99
+    )
     assert rounds[:2] == [[0.3, 0.65], [0.1, 0.2]]  # the state above, reached by the rule itself
     assert answer == 0.25
 
@@ -304,7 +411,6 @@ def test_a_damaged_round_file_is_one_line_naming_it_and_the_fix(tmp_path, model_
         search.run_round(str(tmp_path / "r1.json"), model_sidecar, SETTINGS, {}, [], previous=str(damaged))
 
 
-
 def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
     """(issue 43) Latency on a second axis crossed the budget line and read as accuracy; a marker at
     100 % sat on the frame; the legend hid error bars."""
@@ -312,9 +418,18 @@ def test_the_search_figure_keeps_latency_off_the_accuracy_panel():
 
     from pqv.stages import search as search_report
 
-    table = pd.DataFrame({"ratio": [0.0, 0.25, 0.5, 0.75], "top1": [100.0, 99.0, 97.0, 80.0], "top1_se": [0.0, 0.5, 0.8, 2.0],
-                          "status": ["verified"] * 4, "passed": [True, True, True, False], "uncertain": [False] * 4,
-                          "reason": [""] * 4, "latency_ms_median": [4.0, 3.0, 2.0, 1.0]})
+    table = pd.DataFrame(
+        {
+            "ratio": [0.0, 0.25, 0.5, 0.75],
+            "top1": [100.0, 99.0, 97.0, 80.0],
+            "top1_se": [0.0, 0.5, 0.8, 2.0],
+            "status": ["verified"] * 4,
+            "passed": [True, True, True, False],
+            "uncertain": [False] * 4,
+            "reason": [""] * 4,
+            "latency_ms_median": [4.0, 3.0, 2.0, 1.0],
+        }
+    )
     final = {"reference_top1": 100.0, "budget": 3.5, "answer": 0.5}
     chosen = {"model": "m", "importance": "l2", "precision": "int8_dynamic", "engine": "x86", "format": "ptl", "ratio": 0.5}
     fig = search_report.figure(table, final, chosen)
@@ -332,7 +447,8 @@ def test_the_reports_lines_count_probes_as_probes_and_print_no_negative_zero():
     from pqv.stages import search as search_report
 
     probe = {"status": "verified", "passed": True, "verdict": "pass", "top1_se": 0.5, "uncertain": False}
-    lines = search_report.probe_lines([{**probe, "ratio": 0.0, "top1": 95.0, "loss": 0.0},
-                                       {**probe, "ratio": 0.5, "top1": 95.0, "loss": 0.001}], 1.0)
+    lines = search_report.probe_lines(
+        [{**probe, "ratio": 0.0, "top1": 95.0, "loss": 0.0}, {**probe, "ratio": 0.5, "top1": 95.0, "loss": 0.001}], 1.0
+    )
     assert lines[0].startswith("dense 0 (the start, not a probe): top-1 95.00")
     assert lines[1].startswith("probe 0.5: top-1 95.00 ± 0.50 (+0.00 points), within the budget of 1")

@@ -1,6 +1,7 @@
 """A tiny accuracy-budget search through Snakemake: checkpoints, probes that are the grid's own
 branches, a rerun that schedules nothing, and a looser budget that reuses every probe. (A budget
 that even the dense file fails is tests/test_search.py's: one line from the round, before any probe.)"""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,24 @@ import pytest
 
 from .test_workflow import TINY_CONFIG, scheduled, snakemake
 
-SEARCH = {"enabled": True, "budget": 2.0, "artifact": {"precision": "fp32", "engine": "none", "format": "ptl"},
-          "lo": 0.0, "hi": 0.75, "resolution": 0.25, "max_probes": 3, "parallel": 1}
-CONFIG = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
-          "quantize": {"precisions": ["fp32"], "engines": ["x86"]}, "profile": {"artifacts": []},
-          "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}, "search": SEARCH}
+SEARCH = {
+    "enabled": True,
+    "budget": 2.0,
+    "artifact": {"precision": "fp32", "engine": "none", "format": "ptl"},
+    "lo": 0.0,
+    "hi": 0.75,
+    "resolution": 0.25,
+    "max_probes": 3,
+    "parallel": 1,
+}
+CONFIG = {
+    **TINY_CONFIG,
+    "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
+    "quantize": {"precisions": ["fp32"], "engines": ["x86"]},
+    "profile": {"artifacts": []},
+    "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False},
+    "search": SEARCH,
+}
 
 
 def ran(result) -> Counter:
@@ -85,8 +99,11 @@ def test_a_search_whose_probe_diverges_still_answers(searched, tmp_path):
     changed learning rate reruns the probe's finetune."""
     work = tmp_path / "work"
     shutil.copytree(searched[0], work, symlinks=True)
-    config = {**CONFIG, "finetune": {**CONFIG["finetune"], "lr": 1e30, "warmup_epochs": 0},
-              "search": {**SEARCH, "hi": 0.5, "resolution": 0.5}}  # one probe: 0.5
+    config = {
+        **CONFIG,
+        "finetune": {**CONFIG["finetune"], "lr": 1e30, "warmup_epochs": 0},
+        "search": {**SEARCH, "hi": 0.5, "resolution": 0.5},
+    }  # one probe: 0.5
     result = snakemake(work, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     probes = pd.read_csv(work / "results/search/tiny/l2.csv").set_index("ratio")
@@ -120,8 +137,9 @@ def test_a_probe_an_interrupted_run_left_unrecorded_is_made_again(searched):
     probes = pd.read_csv(workdir / "results/search/tiny/l2.csv")
     ratio = probes["ratio"].tolist()[1]  # the first probe, asked for by round 0
     branch = f"results/tiny/l2_{ratio:g}"
-    _interrupt_after_writing(workdir, [f"{branch}/finetuned.safetensors", f"{branch}/finetuned.safetensors.json",
-                                       f"{branch}/finetune_metrics.csv"])
+    _interrupt_after_writing(
+        workdir, [f"{branch}/finetuned.safetensors", f"{branch}/finetuned.safetensors.json", f"{branch}/finetune_metrics.csv"]
+    )
     plan = snakemake(workdir, "-n", "-p", config=CONFIG)
     assert finetuned(plan) == {f"{ratio:g}"}, plan.stdout[-3000:]
     resumed = snakemake(workdir, config=CONFIG)
@@ -177,11 +195,15 @@ def test_the_search_chooses_across_ratio_and_merged_tokens(searched, tmp_path):
     assert "chosen by the l2 search merging 2 tokens per block (budget 2)" in set(marked["search"])
     probes = pd.read_csv(work / "results/search/tiny/l2-tome2.csv")
     assert probes["ratio"].tolist()[0] == 0.0 and len(probes) >= 2
-    chosen = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"),
-                             "--max-accuracy-loss", "2"], capture_output=True, text=True)
+    chosen = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"), "--max-accuracy-loss", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert chosen.returncode == 0, chosen.stderr
-    within = summary[(summary["status"] == "verified") & (summary["format"] != "eager")
-                     & (summary["top1"] >= merged["reference_top1"] - 2)]
+    within = summary[
+        (summary["status"] == "verified") & (summary["format"] != "eager") & (summary["top1"] >= merged["reference_top1"] - 2)
+    ]
     fastest = within.sort_values(["latency_ms_median", "size_mb"]).iloc[0]
     assert str(fastest["artifact"]) in chosen.stdout.split("smallest")[0]
     assert set(within["merge_r"]) <= {0, 2}

@@ -2,6 +2,7 @@
 against stand-ins of every SLURM command it runs (sbatch records what it was asked), so these tests
 pass the same on a machine without SLURM (.ci/run runs them again with its real commands hidden).
 (tests/test_slurm_cluster.py runs the workflow on a real SLURM cluster.)"""
+
 from __future__ import annotations
 
 import os
@@ -28,12 +29,18 @@ FAKE = {
 BRANCH = "results/demo_vit/{}"
 # stand-in inputs, so that each target's own job is the one submitted: finetune taylor_0.25,
 # prune taylor_0.5 / l2_0.5, evaluate l2_0.25
-INPUTS = ["model.safetensors", "model.safetensors.json", "taylor_0.25/pruned.safetensors",
-          "taylor_0.25/pruned.safetensors.json"] + [
-    f"l2_0.25/{name}" for name in ("pruned.safetensors", "pruned.safetensors.json", "finetuned.safetensors",
-                                   "finetuned.safetensors.json", "export/int8_dynamic-x86.ptl",
-                                   "export/int8_dynamic-x86.ptl.app.json",
-                                   "export/int8_dynamic-x86.ptl.json")]
+INPUTS = ["model.safetensors", "model.safetensors.json", "taylor_0.25/pruned.safetensors", "taylor_0.25/pruned.safetensors.json"] + [
+    f"l2_0.25/{name}"
+    for name in (
+        "pruned.safetensors",
+        "pruned.safetensors.json",
+        "finetuned.safetensors",
+        "finetuned.safetensors.json",
+        "export/int8_dynamic-x86.ptl",
+        "export/int8_dynamic-x86.ptl.app.json",
+        "export/int8_dynamic-x86.ptl.json",
+    )
+]
 
 
 @pytest.fixture
@@ -64,11 +71,32 @@ def submit(tmp_path):
         (work / "site.yaml").write_text(yaml.safe_dump(config))
         log.unlink(missing_ok=True)
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-             "--profile", str(REPO / "profiles/slurm"), "--configfile", str(work / "site.yaml"),
-             "--slurm-init-seconds-before-status-checks", "1",
-             "--default-resources", "slurm_account=acct", "slurm_partition=part", *site, *args, "--", *targets],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--directory",
+                str(work),
+                "--profile",
+                str(REPO / "profiles/slurm"),
+                "--configfile",
+                str(work / "site.yaml"),
+                "--slurm-init-seconds-before-status-checks",
+                "1",
+                "--default-resources",
+                "slurm_account=acct",
+                "slurm_partition=part",
+                *site,
+                *args,
+                "--",
+                *targets,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert log.exists(), result.stderr[-3000:]
         calls = {}
@@ -133,8 +161,7 @@ def test_every_rule_asks_for_its_own_resources_with_partition_and_account_named(
 
 
 def test_one_override_keeps_the_other_values_and_device_cpu_asks_for_no_gpu(submit):
-    jobs = submit({"device": "cpu", "finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR],
-                  "--set-resources", "finetune:runtime=77")
+    jobs = submit({"device": "cpu", "finetune": {"nproc": 2}}, [FINETUNE, PRUNE_TAYLOR], "--set-resources", "finetune:runtime=77")
     finetune = jobs["rule_finetune_taylor_0.25"]
     want = expected("finetune", {"device": "cpu", "finetune": {"nproc": 2}}, (1437, 0))
     assert " -t 77 " in finetune and f" --mem {want['mem_mb']} " in finetune and " --cpus-per-task=4 " in finetune

@@ -4,6 +4,7 @@ tiny config goes through profiles/slurm with the README's command.
 
 Runs where the cluster runs (.ci/run starts it) or can be started (root and the packages);
 skipped elsewhere. tests/test_slurm.py checks the submissions against stand-in commands."""
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,14 @@ DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch")
 # jobs), one precision: every kind of cluster job, one of each (each job pays SLURM's and Python's start-up).
 # The base model trains one epoch: every job but the finetune must fit the `short` partition's minute
 # on a busy machine.
-CONFIG = {**TINY_CONFIG, "models": [{**TINY_CONFIG["models"][0], "train": {**TINY_CONFIG["models"][0]["train"], "epochs": 1}}],
-          "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.5]},
-          "quantize": {"precisions": ["int8_dynamic"], "engines": ["x86"]}, "profile": {"artifacts": []},
-          "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
+CONFIG = {
+    **TINY_CONFIG,
+    "models": [{**TINY_CONFIG["models"][0], "train": {**TINY_CONFIG["models"][0]["train"], "epochs": 1}}],
+    "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.5]},
+    "quantize": {"precisions": ["int8_dynamic"], "engines": ["x86"]},
+    "profile": {"artifacts": []},
+    "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False},
+}
 # What a user adds to the README's command: their partition and account (this cluster's).
 SITE = ["--default-resources", "slurm_partition=pqv", "slurm_account=root"]
 FAST = ["--slurm-init-seconds-before-status-checks", "5"]  # the plugin's first status check (default 40 s)
@@ -53,8 +58,10 @@ def cluster():
             pytest.skip(f"{conf} belongs to another SLURM set-up: not starting a test cluster over it")
         missing = [d for d in DAEMONS if shutil.which(d) is None]
         if missing:
-            pytest.skip(f"no SLURM cluster: {', '.join(missing)} not installed (apt-get install slurm-wlm munge "
-                        "slurmdbd mariadb-server, or run .ci/run, which installs them and starts the cluster)")
+            pytest.skip(
+                f"no SLURM cluster: {', '.join(missing)} not installed (apt-get install slurm-wlm munge "
+                "slurmdbd mariadb-server, or run .ci/run, which installs them and starts the cluster)"
+            )
         subprocess.run([str(SCRIPT), "start"], env=env, check=True, capture_output=True)
         started = True
     yield env
@@ -62,14 +69,36 @@ def cluster():
         subprocess.run([str(SCRIPT), "stop"], env=env, check=True, capture_output=True)
 
 
-def snakemake(env: dict, workdir: Path, config: dict, *args: str, timeout: int = 1200, site: list[str] = SITE,
-              ) -> subprocess.CompletedProcess:
+def snakemake(
+    env: dict,
+    workdir: Path,
+    config: dict,
+    *args: str,
+    timeout: int = 1200,
+    site: list[str] = SITE,
+) -> subprocess.CompletedProcess:
     """The README's cluster command, in `workdir`."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--profile", str(REPO / "profiles/slurm"), "--configfile", str(workdir / "config.yaml"), *site, *args],
-        capture_output=True, text=True, env=env, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--profile",
+            str(REPO / "profiles/slurm"),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            *site,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -79,8 +108,9 @@ def submitted(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def sacct_states(env: dict, jobs: list[str]) -> Counter:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ",".join(jobs)], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", ",".join(jobs)], env=env, capture_output=True, text=True, check=True
+    ).stdout
     return Counter(out.split())
 
 
@@ -135,18 +165,57 @@ def test_tiny_workflow_runs_on_a_partition_shorter_than_its_finetune_and_a_rerun
     # the uninterrupted run of the same seed on this machine, beside the cluster's at the lowest
     # priority on one thread: it uses the time the cluster's jobs leave idle
     run = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-         "--profile", str(REPO / "profiles/slurm"), "--configfile", str(work / "config.yaml"), *site, *FAST],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--profile",
+            str(REPO / "profiles/slurm"),
+            "--configfile",
+            str(work / "config.yaml"),
+            *site,
+            *FAST,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     pruned = work / "results/tiny/l2_0.5/pruned.safetensors"
     while run.poll() is None and not (pruned.exists() and Path(f"{pruned}.json").exists()):
         time.sleep(2)
     reference = tmp_path / "reference/finetuned.safetensors"
     whole = subprocess.Popen(
-        ["nice", "-n", "19", sys.executable, "-m", "pqv", "finetune", "--model", str(pruned), "--out", str(reference), "--data",
-         str(work / "results/data/train.json"), "--hparams", json.dumps(config["finetune"]), "--metrics",
-         str(reference.parent / "metrics.csv"), "--threads", "1"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, env=env)
+        [
+            "nice",
+            "-n",
+            "19",
+            sys.executable,
+            "-m",
+            "pqv",
+            "finetune",
+            "--model",
+            str(pruned),
+            "--out",
+            str(reference),
+            "--data",
+            str(work / "results/data/train.json"),
+            "--hparams",
+            json.dumps(config["finetune"]),
+            "--metrics",
+            str(reference.parent / "metrics.csv"),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     out, _ = run.communicate(timeout=1500)
     assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
     assert run.returncode == 0, out[-4000:]

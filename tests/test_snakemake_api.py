@@ -2,6 +2,7 @@
 Snakemake: its real settings objects as its command line makes them, and tiny Snakefiles run by it
 (a dry run each, a second or so). Checked against Snakemake 9.27.1, the version pyproject.toml pins;
 run these first when Snakemake is upgraded."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def snakemake(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
 
     def run(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "snakemake", "--quiet", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--quiet", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads((tmp_path / "facts.json").read_text())
 
@@ -68,9 +70,19 @@ def test_the_snakemake_version_is_the_one_checked():
 
 
 def test_a_local_runs_cores_memory_and_site_settings(snakemake):
-    facts = snakemake("-n", "--cores", "2", "--resources", "mem_mb=1500",
-                      "--default-resources", "slurm_partition=gpu", "slurm_extra='--qos=high'",
-                      "--set-resources", "finetune:runtime=5h", "latency:runtime=attempt*10")
+    facts = snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--resources",
+        "mem_mb=1500",
+        "--default-resources",
+        "slurm_partition=gpu",
+        "slurm_extra='--qos=high'",
+        "--set-resources",
+        "finetune:runtime=5h",
+        "latency:runtime=attempt*10",
+    )
     assert facts["cores"] == 2 and facts["nodes"] is None and facts["remote"] is False
     assert facts["mem_mb"] == 1500
     # a default resource is an expression: a quoted string is its text, a bare word as given
@@ -113,15 +125,23 @@ def test_settings_given_through_snakemakes_python_api_read_the_same():
     from snakemake.settings.types import ResourceSettings
 
     cli = ResourceSettings(
-        cores=4, nodes=None, resources=Resources.parse(["mem_mb=2000"], allow_expressions=False),
+        cores=4,
+        nodes=None,
+        resources=Resources.parse(["mem_mb=2000"], allow_expressions=False),
         overwrite_resources=parse_set_resources(["finetune:runtime=600"]),
-        default_resources=Resources.parser_factory(defaults="full", allow_expressions=True)(["slurm_account=acct"]))
+        default_resources=Resources.parser_factory(defaults="full", allow_expressions=True)(["slurm_account=acct"]),
+    )
     facts = snakemake_api.facts(SimpleNamespace(resource_settings=cli, remote_exec=False))
     assert (facts.cores, facts.nodes, facts.mem_mb, facts.remote) == (4, None, 2000, False)
     assert facts.default_resources["slurm_account"] == "acct" and facts.set_resources == {"finetune": {"runtime": 600}}
 
-    plain = ResourceSettings(cores=None, nodes=8, resources={"mem_mb": 1000}, overwrite_resources={"finetune": {"runtime": 90}},
-                             default_resources={"slurm_partition": "cpu"})
+    plain = ResourceSettings(
+        cores=None,
+        nodes=8,
+        resources={"mem_mb": 1000},
+        overwrite_resources={"finetune": {"runtime": 90}},
+        default_resources={"slurm_partition": "cpu"},
+    )
     facts = snakemake_api.facts(SimpleNamespace(resource_settings=plain, remote_exec=False))
     assert (facts.cores, facts.nodes, facts.mem_mb) == (None, 8, 1000) and facts.on_cluster
     assert facts.default_resources == {"slurm_partition": "cpu"} and facts.set_resources == {"finetune": {"runtime": 90}}

@@ -2,6 +2,7 @@
 stage that judges one: a file without a status is never shippable, in `pqv choose`, the accuracy
 job's record, the search and the figures alike; and no status word is typed outside the registry.
 `pqv choose` names an app file only where it is."""
+
 from __future__ import annotations
 
 import json
@@ -21,33 +22,59 @@ REPO = Path(__file__).resolve().parents[1]
 NaN = float("nan")
 
 
-@pytest.mark.parametrize("value, shippable", [
-    ("verified", True), (Status.VERIFIED, True), ("rejected", False), (Status.FAILED, False),
-    (None, False), (NaN, False), ("", False), (NO_STATUS, False)])
+@pytest.mark.parametrize(
+    "value, shippable",
+    [
+        ("verified", True),
+        (Status.VERIFIED, True),
+        ("rejected", False),
+        (Status.FAILED, False),
+        (None, False),
+        (NaN, False),
+        ("", False),
+        (NO_STATUS, False),
+    ],
+)
 def test_verified_alone_is_shippable_and_no_status_never_is(value, shippable):
     assert Status.shippable(value) is shippable
 
 
 def test_no_status_word_is_typed_outside_the_registry():
     words = "|".join(s.value for s in Status) + f"|{NO_STATUS}"
-    typed = {str(path.relative_to(REPO)): re.findall(rf"""["']({words})["']""", path.read_text())
-             for path in (REPO / "pqv").glob("*.py") if path.name not in ("registry.py", "config_errors.py")}
+    typed = {
+        str(path.relative_to(REPO)): re.findall(rf"""["']({words})["']""", path.read_text())
+        for path in (REPO / "pqv").glob("*.py")
+        if path.name not in ("registry.py", "config_errors.py")
+    }
     # config_errors.py: "missing" there is pydantic's kind of error, not a status
     assert {path: found for path, found in typed.items() if found} == {}
 
 
 def _row(ratio, fmt, top1, latency, status, importance="l2", precision="int8_dynamic"):
-    return {"model": "m", "importance": importance, "ratio": ratio, "precision": precision,
-            "engine": "none" if precision == "fp32" else "x86", "format": fmt, "top1": top1,
-            "latency_ms_median": latency, "size_mb": 1.0 + latency, "status": status,
-            "artifact": f"results/m/{importance}_{ratio:g}/export/{precision}.{fmt}"}
+    return {
+        "model": "m",
+        "importance": importance,
+        "ratio": ratio,
+        "precision": precision,
+        "engine": "none" if precision == "fp32" else "x86",
+        "format": fmt,
+        "top1": top1,
+        "latency_ms_median": latency,
+        "size_mb": 1.0 + latency,
+        "status": status,
+        "artifact": f"results/m/{importance}_{ratio:g}/export/{precision}.{fmt}",
+    }
 
 
 def test_choose_never_picks_a_file_without_a_status():
-    table = pd.DataFrame([_row(0.0, "eager", 95.0, 3.0, "verified", "dense", "fp32"),
-                          _row(0.0, "ptl", 95.0, 1.0, "verified", "dense", "fp32"),
-                          _row(0.5, "ptl", 94.8, 0.2, NaN),  # the fastest, never checked
-                          _row(0.5, "pte", 94.8, 0.5, "verified")])
+    table = pd.DataFrame(
+        [
+            _row(0.0, "eager", 95.0, 3.0, "verified", "dense", "fp32"),
+            _row(0.0, "ptl", 95.0, 1.0, "verified", "dense", "fp32"),
+            _row(0.5, "ptl", 94.8, 0.2, NaN),  # the fastest, never checked
+            _row(0.5, "pte", 94.8, 0.5, "verified"),
+        ]
+    )
     picks = choose.choose(table, 1.0)
     assert picks["fastest"]["format"] == "pte" and Status.shippable(picks["smallest"]["status"])
     assert len(choose.candidates(table, 1.0)) == 2

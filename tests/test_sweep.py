@@ -1,4 +1,5 @@
 """pqv.plan.sweep: the one enumeration of what a config makes; Snakemake's plan agrees with it."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -16,8 +17,20 @@ def test_branches_artifacts_and_measurements():
     assert {a["format"] for a in sweep.eager_baselines(config)} == {registry.EAGER}
     assert [a["importance"] for a in sweep.profiled(config)] == ["l2"]
     jobs = Counter(rule for rule, _ in sweep.jobs(config))
-    assert jobs == Counter(data_train=1, data_eval=1, summary=1, model=1, prune=3, keep_dense=1, finetune=2, quantize=6, export=6,
-                           accuracy=9, latency=9, profile=1)
+    assert jobs == Counter(
+        data_train=1,
+        data_eval=1,
+        summary=1,
+        model=1,
+        prune=3,
+        keep_dense=1,
+        finetune=2,
+        quantize=6,
+        export=6,
+        accuracy=9,
+        latency=9,
+        profile=1,
+    )
 
 
 def test_snakemakes_plan_is_the_sweeps_jobs(tmp_path):

@@ -1,6 +1,7 @@
 """Token merging (pqv.common.tome): the static schedule, prefix tokens, the exactness that size-weighted
 averaging with proportional attention guarantees, pruned models, and the mobile files of a merging
 model made by the project's own quantize and export functions."""
+
 import copy
 
 import pytest
@@ -45,13 +46,16 @@ def test_merging_adds_no_parameter_and_keeps_every_state_dict_key():
         torch.testing.assert_close(merged(IMAGES), plain(IMAGES), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("r, tokens, prefix, depth, expected", [
-    (4, 17, 1, 2, [4, 4]),
-    (100, 17, 1, 3, [8, 4, 2]),  # at most half the patch tokens entering each block
-    ([2, 0, 5], 18, 2, 3, [2, 0, 5]),
-    ([9, 9], 19, 2, 2, [8, 4]),  # an odd count: 17 patches, 8 of them in B
-    (8, 197, 1, 12, [8] * 12),  # DeiT-B at r = 8: 197 -> 101 tokens
-])
+@pytest.mark.parametrize(
+    "r, tokens, prefix, depth, expected",
+    [
+        (4, 17, 1, 2, [4, 4]),
+        (100, 17, 1, 3, [8, 4, 2]),  # at most half the patch tokens entering each block
+        ([2, 0, 5], 18, 2, 3, [2, 0, 5]),
+        ([9, 9], 19, 2, 2, [8, 4]),  # an odd count: 17 patches, 8 of them in B
+        (8, 197, 1, 12, [8] * 12),  # DeiT-B at r = 8: 197 -> 101 tokens
+    ],
+)
 def test_schedule_is_static_and_merges_at_most_half_the_patches(r, tokens, prefix, depth, expected):
     assert tome.schedule(r, tokens, prefix, depth) == expected
 
@@ -114,7 +118,7 @@ def test_merge_is_bipartite_soft_matching_with_size_weighted_averages(tokens, pr
         torch.testing.assert_close(size[image], expected_size)
     assert torch.equal(out[:, :prefix], x[:, :prefix])  # prefix tokens: first, in their order, untouched
     # a second merge carries the sizes: the sizes still sum to the patches, the size-weighted sum is kept
-    again, size_again = tome.merge(out, size, metric[:, :tokens - r - prefix], 1, prefix, tokens - r)
+    again, size_again = tome.merge(out, size, metric[:, : tokens - r - prefix], 1, prefix, tokens - r)
     assert torch.equal(size_again.sum(dim=1), torch.full((2, 1), float(tokens)))
     torch.testing.assert_close((again * size_again).sum(dim=1), x.sum(dim=1))
 
@@ -164,8 +168,8 @@ def _identical_pairs(model, pairs=PAIRS):
         for i in pairs:
             model.pos_embed[:, first + 2 * i + 1] = model.pos_embed[:, first + 2 * i]
             row, col = divmod(2 * i, cols)
-            patch = images[..., row * ph:(row + 1) * ph, col * pw:(col + 1) * pw]
-            images[..., row * ph:(row + 1) * ph, (col + 1) * pw:(col + 2) * pw] = patch
+            patch = images[..., row * ph : (row + 1) * ph, col * pw : (col + 1) * pw]
+            images[..., row * ph : (row + 1) * ph, (col + 1) * pw : (col + 2) * pw] = patch
     return images
 
 
@@ -218,8 +222,14 @@ def test_attention_other_than_plain_is_one_clear_error():
 
 # ---- the mobile files of a merging model -------------------------------------------------------------
 
-FILES = [("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"), ("fp32", "none", "pte"),
-         ("int8_dynamic", "xnnpack", "pte"), ("fp32", "none", "onnx"), ("int8_dynamic", "mlas_plain", "onnx")]
+FILES = [
+    ("fp32", "none", "ptl"),
+    ("int8_dynamic", "x86", "ptl"),
+    ("fp32", "none", "pte"),
+    ("int8_dynamic", "xnnpack", "pte"),
+    ("fp32", "none", "onnx"),
+    ("int8_dynamic", "mlas_plain", "onnx"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +284,24 @@ def test_the_pte_keeps_the_merge_matmuls_delegated_and_splits_once_per_merging_b
     merging = sum(r > 0 for r in tome.merged_per_block(model))
     assert merging == 2 and len(plan.delegates) == 2 + merging
     assert not portable & {"aten::bmm", "aten::mm", "aten::linear", "aten::addmm", "aten::_softmax", "aten::sort"}, portable
-    assert portable <= {"aten::add", "aten::alias_copy", "aten::arange", "aten::bitwise_and", "aten::bitwise_or",
-                        "aten::cat", "aten::eq", "aten::expand_copy", "aten::full", "aten::gt", "aten::lt", "aten::max",
-                        "aten::select_copy", "aten::squeeze_copy", "aten::sum", "aten::unsqueeze_copy", "aten::where",
-                        "dim_order_ops::_to_dim_order_copy", "aten::view_copy"}, portable
+    assert portable <= {
+        "aten::add",
+        "aten::alias_copy",
+        "aten::arange",
+        "aten::bitwise_and",
+        "aten::bitwise_or",
+        "aten::cat",
+        "aten::eq",
+        "aten::expand_copy",
+        "aten::full",
+        "aten::gt",
+        "aten::lt",
+        "aten::max",
+        "aten::select_copy",
+        "aten::squeeze_copy",
+        "aten::sum",
+        "aten::unsqueeze_copy",
+        "aten::where",
+        "dim_order_ops::_to_dim_order_copy",
+        "aten::view_copy",
+    }, portable

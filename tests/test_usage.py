@@ -1,4 +1,5 @@
 """A job's own count of what it used (pqv.common.usage), and stage_costs taking its CPU seconds from it."""
+
 import json
 import subprocess
 import sys
@@ -24,8 +25,9 @@ def test_the_count_includes_children_that_ran_and_ended():
 
 def test_the_count_includes_children_still_running():
     """A live worker's CPU seconds are counted too (not yet in the kernel's reaped-children total)."""
-    child = subprocess.Popen([sys.executable, "-c", BUSY + "\nimport sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", BUSY + "\nimport sys; sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         spent = float(child.stdout.readline())
         live = usage._live_children_cpu_s()
@@ -37,13 +39,22 @@ def test_the_count_includes_children_still_running():
 def test_the_cli_ends_its_log_with_one_usage_line_and_only_when_asked(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b/model.tsv").write_text(HEADER + "10.0\t0:00:10\t100\t200\t50\t60\t0\t0\t50\t5.0\n")
-    args = [sys.executable, "-m", "pqv", "costs", str(tmp_path / "b/model.tsv"), "--root", str(tmp_path / "b"),
-            "--out", str(tmp_path / "costs.csv")]
+    args = [
+        sys.executable,
+        "-m",
+        "pqv",
+        "costs",
+        str(tmp_path / "b/model.tsv"),
+        "--root",
+        str(tmp_path / "b"),
+        "--out",
+        str(tmp_path / "costs.csv"),
+    ]
     quiet = subprocess.run(args, capture_output=True, text=True, check=True)
     assert usage.PREFIX not in quiet.stderr
     logged = subprocess.run(args[:3] + ["--log-usage"] + args[3:], capture_output=True, text=True, check=True)
     last = logged.stderr.strip().splitlines()[-1]
-    assert last.startswith(usage.PREFIX) and json.loads(last[len(usage.PREFIX):])["cpu_s"] > 0
+    assert last.startswith(usage.PREFIX) and json.loads(last[len(usage.PREFIX) :])["cpu_s"] > 0
 
 
 def test_stage_costs_take_each_jobs_cpu_seconds_from_its_log(tmp_path):
@@ -57,8 +68,10 @@ def test_stage_costs_take_each_jobs_cpu_seconds_from_its_log(tmp_path):
         (root / f"{job}.tsv").write_text(HEADER + f"10.0\t0:00:10\t100\t200\t50\t60\t0\t0\t50\t{cpu}\n")
     logs = tmp_path / "logs"
     logs.mkdir()
+
     def line(cpu):
         return usage.PREFIX + json.dumps({"wall_s": 9.5, "cpu_s": cpu, "mean_load": cpu / 9.5, "max_rss_mb": 1})
+
     (logs / "model.log").write_text("progress\n" + line(18.0) + "\n")
     (logs / "finetune.log").write_text(line(19.0) + "\nrank 1 says\n" + line(17.0) + "\n")
     (logs / "prune.log").write_text("cut off before its end\n")
@@ -67,8 +80,9 @@ def test_stage_costs_take_each_jobs_cpu_seconds_from_its_log(tmp_path):
     table = summary.stage_costs(paths, str(root), [str(logs / f"{j.split('/')[0]}.log") for j in jobs])
     table = table.set_index("stage")
     assert table["cpu_s"].to_dict() == {"model": 18.0, "finetune": 36.0, "prune": 4.0, "keep_dense": 5.0, "total": 63.0}
-    assert table["mean_load"].to_dict() == pytest.approx({"model": 1.8, "finetune": 3.6, "prune": 0.4, "keep_dense": 0.5,
-                                                         "total": 63 / 40})
+    assert table["mean_load"].to_dict() == pytest.approx(
+        {"model": 1.8, "finetune": 3.6, "prune": 0.4, "keep_dense": 0.5, "total": 63 / 40}
+    )
     assert table["cpu_from_log"].to_dict() == {"model": 1, "finetune": 1, "prune": 0, "keep_dense": 1, "total": 3}
     with pytest.raises(PQVError, match="2 logs for 4 benchmark files"):
         summary.stage_costs(paths, str(root), [str(logs / "model.log")] * 2)

@@ -1,4 +1,5 @@
 """The Snakemake DAG end to end on a tiny config, in a temporary folder."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_CONFIG = {
     "dataset": {"name": "digits"},
-    "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": "train", "kwargs": TINY_KWARGS,
-                "train": {"epochs": 3, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0}}],
+    "models": [
+        {
+            "id": "tiny",
+            "timm_name": TIMM_NAME,
+            "weights": "train",
+            "kwargs": TINY_KWARGS,
+            "train": {"epochs": 3, "lr": 3e-3, "batch_size": 64, "smoothing": 0.0},
+        }
+    ],
     "prune": {"importances": ["l2", "taylor"], "ratios": [0.0, 0.5], "calibration_batches": 2},
     "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64},
     "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["x86"]},
@@ -34,16 +42,27 @@ TINY_CONFIG = {
 def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config or TINY_CONFIG))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def pqv_commands(result: subprocess.CompletedProcess) -> list[str]:
     """The pqv command lines of a `-n -p` plan, as `... -m pqv <stage> ...` (without the workflow's
     --log-usage flag, which every job gets)."""
-    return [line.strip().replace(" -m pqv --log-usage ", " -m pqv ") for line in result.stdout.splitlines()
-            if " -m pqv " in line]
+    return [line.strip().replace(" -m pqv --log-usage ", " -m pqv ") for line in result.stdout.splitlines() if " -m pqv " in line]
 
 
 def scheduled(result: subprocess.CompletedProcess) -> Counter:
@@ -69,8 +88,23 @@ def test_dry_run_lists_every_stage_of_the_sweep(tmp_path):
     jobs = scheduled(snakemake(tmp_path, "-n"))
     # 3 branches (dense, l2 0.5, taylor 0.5) x 2 precisions, plus each branch's eager baseline; the
     # dense branch is passed through, not finetuned (finetune.dense: false)
-    assert jobs == Counter(data_train=1, data_eval=1, model=1, prune=3, finetune=2, keep_dense=1, quantize=6, export=6,
-                           accuracy=9, latency=9, profile=1, summary=1, stage_costs=1, plot=1, all=1)
+    assert jobs == Counter(
+        data_train=1,
+        data_eval=1,
+        model=1,
+        prune=3,
+        finetune=2,
+        keep_dense=1,
+        quantize=6,
+        export=6,
+        accuracy=9,
+        latency=9,
+        profile=1,
+        summary=1,
+        stage_costs=1,
+        plot=1,
+        all=1,
+    )
 
 
 def test_finetuning_the_dense_branch_is_opt_in(tmp_path):
@@ -90,8 +124,18 @@ def test_device_is_passed_to_every_gradient_and_accuracy_job_and_reruns_nothing(
 def test_shipped_configs_plan_their_sweeps(tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text("dataset: {root: /placeholder/imagenet}\n")
-    base = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-            "--cores", "2"]
+    base = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+    ]
     default = subprocess.run(base, capture_output=True, text=True)
     # 10 files, 5 eager baselines and the file without PQV (evaluate.without_pqv: ONNX Runtime's plain int8 of the dense model)
     assert scheduled(default)["latency"] == scheduled(default)["accuracy"] == 10 + 5 + 1
@@ -105,10 +149,24 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
     deit_b = subprocess.run(base + ["--configfile", str(REPO / "config/deit_b.yaml")], capture_output=True, text=True)
     # dense (passed through) + taylor 0.09375: fp32/int8 x86 .ptl, fp32/int8 xnnpack .pte, each evaluated; the file
     # without PQV
-    assert scheduled(deit_b) == Counter(data_train=1, data_eval=1, model=1, prune=2, finetune=1, keep_dense=1, quantize=9,
-                                        export=9, accuracy=11, latency=11, profile=1, summary=1, stage_costs=1, plot=1,
-                                        all=1), \
-        deit_b.stderr[-2000:]
+    assert scheduled(deit_b) == Counter(
+        data_train=1,
+        data_eval=1,
+        model=1,
+        prune=2,
+        finetune=1,
+        keep_dense=1,
+        quantize=9,
+        export=9,
+        accuracy=11,
+        latency=11,
+        profile=1,
+        summary=1,
+        stage_costs=1,
+        plot=1,
+        all=1,
+    ), deit_b.stderr[-2000:]
+
     # a model job that trains its base model holds every core; one that only reads a weights file, one
     def model_threads(result):
         block = re.search(r"^rule model:\n(.*?)\n    resources:", result.stdout + result.stderr, re.S | re.M).group(1)
@@ -127,18 +185,34 @@ def test_shipped_configs_plan_their_sweeps(tmp_path):
 def test_workflow_writes_summary_figures_profile_and_logs(finished):
     summary = pd.read_csv(finished / "results/summary.csv")
     got = set(zip(summary["importance"], summary["ratio"], summary["precision"], summary["engine"], summary["format"]))
-    assert got == {(imp, r, p, e, f) for imp, r in [("dense", 0.0), ("l2", 0.5), ("taylor", 0.5)]
-                   for p, e, f in [("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"), ("fp32", "none", "eager")]}
-    required = ["model", "importance", "ratio", "precision", "engine", "format", "top1", "top5",
-                "latency_ms_median", "latency_ms_min", "latency_ms_max", "size_mb", "params", "macs"]
+    assert got == {
+        (imp, r, p, e, f)
+        for imp, r in [("dense", 0.0), ("l2", 0.5), ("taylor", 0.5)]
+        for p, e, f in [("fp32", "none", "ptl"), ("int8_dynamic", "x86", "ptl"), ("fp32", "none", "eager")]
+    }
+    required = [
+        "model",
+        "importance",
+        "ratio",
+        "precision",
+        "engine",
+        "format",
+        "top1",
+        "top5",
+        "latency_ms_median",
+        "latency_ms_min",
+        "latency_ms_max",
+        "size_mb",
+        "params",
+        "macs",
+    ]
     assert not summary[required].isna().any().any()
     assert (summary["latency_ms_min"] <= summary["latency_ms_median"]).all()
     assert (summary["latency_ms_median"] <= summary["latency_ms_max"]).all()
     assert (summary["top1"] > 10).all()  # above chance on held-out digits
     dense = summary[summary["ratio"] == 0]["params"].iloc[0]
     assert (summary[summary["ratio"] > 0]["params"] < dense).all()
-    for name in ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines",
-                 "pareto_accuracy_latency"]:
+    for name in ["fig2_latency_memory", "fig4_accuracy", "fig5_importance", "fig6_models", "fig7_engines", "pareto_accuracy_latency"]:
         png = finished / f"results/figures/{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     profile = pd.read_csv(finished / "results/profile/tiny/l2_0.5/int8_dynamic-x86.ptl.csv")
@@ -156,8 +230,20 @@ def test_workflow_writes_summary_figures_profile_and_logs(finished):
 
 def test_stage_costs_sum_every_jobs_benchmark(finished):
     costs = pd.read_csv(finished / "results/stage_costs.csv").set_index("stage")
-    jobs = {"data_train": 1, "data_eval": 1, "model": 1, "prune": 3, "finetune": 2, "keep_dense": 1, "quantize": 6, "export": 6,
-            "accuracy": 9, "latency": 9, "profile": 1, "summary": 1}
+    jobs = {
+        "data_train": 1,
+        "data_eval": 1,
+        "model": 1,
+        "prune": 3,
+        "finetune": 2,
+        "keep_dense": 1,
+        "quantize": 6,
+        "export": 6,
+        "accuracy": 9,
+        "latency": 9,
+        "profile": 1,
+        "summary": 1,
+    }
     assert costs["jobs"].drop("total").to_dict() == jobs
     assert costs.loc["total", "jobs"] == sum(jobs.values())
     assert (costs["wall_s"] > 0).all() and (costs["max_rss_mb"] > 0).all()
@@ -172,10 +258,14 @@ def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
     """An impossible cosine gate rejects every int8 file: the sweep still completes, the rows say why.
     The files are ONNX Runtime's ORT Mobile format: a format of the workflow like any other, from
     the quantize job's .onnx program to `pqv choose`."""
-    config = {**TINY_CONFIG, "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
-              "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["mlas"]},
-              "export": {"formats": ["ort"], "min_cosine": 1.0}, "profile": {"artifacts": []},
-              "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False}}
+    config = {
+        **TINY_CONFIG,
+        "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
+        "quantize": {"precisions": ["fp32", "int8_dynamic"], "engines": ["mlas"]},
+        "export": {"formats": ["ort"], "min_cosine": 1.0},
+        "profile": {"artifacts": []},
+        "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False},
+    }
     result = snakemake(tmp_path, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "results/summary.csv")
@@ -185,8 +275,11 @@ def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
     assert set(int8["status"]) == {"rejected"} and int8["reason"].str.contains("cosine similarity").all()
     assert set(summary[summary["precision"] == "fp32"]["status"]) == {"verified"}
     assert (tmp_path / "results/figures/pareto_accuracy_latency.png").exists()
-    chosen = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(tmp_path / "results/summary.csv"),
-                             "--max-accuracy-loss", "100"], capture_output=True, text=True)
+    chosen = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--summary", str(tmp_path / "results/summary.csv"), "--max-accuracy-loss", "100"],
+        capture_output=True,
+        text=True,
+    )
     assert chosen.returncode == 0 and "int8_dynamic" not in chosen.stdout
 
 
@@ -199,8 +292,9 @@ def test_adding_a_ratio_schedules_only_the_new_branch(finished):
     jobs = scheduled(snakemake(finished, "-n", config=config))
     # two new branches (l2 0.25, taylor 0.25), each 2 precisions; the l2 int8 one matches the profile
     # selector; then the aggregates
-    assert jobs == Counter(prune=2, finetune=2, quantize=4, export=4, accuracy=6, latency=6,
-                           profile=1, summary=1, stage_costs=1, plot=1, all=1)
+    assert jobs == Counter(
+        prune=2, finetune=2, quantize=4, export=4, accuracy=6, latency=6, profile=1, summary=1, stage_costs=1, plot=1, all=1
+    )
 
 
 def test_changing_one_engine_reruns_only_that_engines_jobs(finished):
@@ -214,8 +308,7 @@ def test_changing_a_finetune_setting_reruns_finetune_and_below_only(finished):
     config = {**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "lr": 2e-3}}
     jobs = scheduled(snakemake(finished, "-n", config=config))
     # the two pruned branches; the dense one is not finetuned
-    assert jobs == Counter(finetune=2, quantize=4, export=4, accuracy=6, latency=6, profile=1,
-                           summary=1, stage_costs=1, plot=1, all=1)
+    assert jobs == Counter(finetune=2, quantize=4, export=4, accuracy=6, latency=6, profile=1, summary=1, stage_costs=1, plot=1, all=1)
 
 
 def test_the_printed_fix_for_a_damaged_artifact_works(finished):
@@ -228,14 +321,30 @@ def test_the_printed_fix_for_a_damaged_artifact_works(finished):
     kept = {f: (f.read_bytes(), os.stat(f)) for f in (ptl, sidecar)}
     try:
         ptl.write_bytes(kept[ptl][0][:-100])
-        result = subprocess.run([sys.executable, "-m", "pqv", "evaluate", "latency", "--artifact", rel, "--out",
-                                 "m.json", "--data", "results/data/train.json"], capture_output=True, text=True,
-                                cwd=finished)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pqv",
+                "evaluate",
+                "latency",
+                "--artifact",
+                rel,
+                "--out",
+                "m.json",
+                "--data",
+                "results/data/train.json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=finished,
+        )
         one_line(result, "evaluate", f"corrupt .ptl file {rel}", f"snakemake --forcerun {rel}")
         ptl.unlink()
         sidecar.unlink()
-        assert scheduled(snakemake(finished, "-n")) == Counter(export=1, accuracy=1, latency=1, summary=1, plot=1,
-                                                               stage_costs=1, all=1)
+        assert scheduled(snakemake(finished, "-n")) == Counter(
+            export=1, accuracy=1, latency=1, summary=1, plot=1, stage_costs=1, all=1
+        )
         command = result.stderr.split("`snakemake ")[1].split("`")[0].split()  # the printed fix, as written
         plan = scheduled(snakemake(finished, "-n", *command))
         assert plan["export"] == 1 and plan["accuracy"] == plan["latency"] == 1 and plan["summary"] == 1
@@ -253,8 +362,9 @@ def test_a_run_stopped_inside_a_job_being_made_again_remakes_it_and_only_its_bra
     kept = (finetuned.read_bytes(), os.stat(finetuned))
     try:
         finetuned.unlink()
-        assert scheduled(snakemake(finished, "-n")) == Counter(finetune=1, quantize=2, export=2, accuracy=3, latency=3,
-                                                               summary=1, plot=1, stage_costs=1, all=1)
+        assert scheduled(snakemake(finished, "-n")) == Counter(
+            finetune=1, quantize=2, export=2, accuracy=3, latency=3, summary=1, plot=1, stage_costs=1, all=1
+        )
     finally:
         finetuned.write_bytes(kept[0])
         os.utime(finetuned, ns=(kept[1].st_atime_ns, kept[1].st_mtime_ns))
@@ -262,16 +372,22 @@ def test_a_run_stopped_inside_a_job_being_made_again_remakes_it_and_only_its_bra
 
 
 def test_choose_picks_the_fastest_artifact_within_the_budget(finished):
-    result = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"),
-                             "--max-accuracy-loss", "100"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"), "--max-accuracy-loss", "100"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     summary = pd.read_csv(finished / "results/summary.csv")
     shipped = summary[summary["format"] != "eager"]
     fastest = shipped.sort_values(["latency_ms_median", "size_mb"]).iloc[0]
     assert "fastest within 100 top-1 points" in result.stdout
     assert str(fastest["artifact"]) in result.stdout.split("smallest")[0]
-    impossible = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"),
-                                 "--max-accuracy-loss", "-1"], capture_output=True, text=True)
+    impossible = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--summary", str(finished / "results/summary.csv"), "--max-accuracy-loss", "-1"],
+        capture_output=True,
+        text=True,
+    )
     assert impossible.returncode == 2 and "--max-accuracy-loss -1 is negative" in impossible.stderr
     assert len(impossible.stderr.strip().splitlines()) == 1
 
@@ -292,11 +408,19 @@ def test_the_file_without_pqv_is_a_row_of_its_own_and_every_pick_is_compared_wit
     assert len(bar) == 1
     row = bar.iloc[0]
     assert (row["importance"], row["ratio"], row["precision"], row["engine"], row["format"]) == (
-        "dense", 0, "int8_dynamic", "mlas_plain", "onnx")
+        "dense",
+        0,
+        "int8_dynamic",
+        "mlas_plain",
+        "onnx",
+    )
     assert row["status"] == "verified" and row["top1"] > 15 and row["runtime"].startswith("onnxruntime ")
     assert row["artifact"].endswith("results/tiny/dense_0/export/int8_dynamic-mlas_plain.onnx")
-    chosen = subprocess.run([sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"),
-                             "--max-accuracy-loss", "100"], capture_output=True, text=True)
+    chosen = subprocess.run(
+        [sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"), "--max-accuracy-loss", "100"],
+        capture_output=True,
+        text=True,
+    )
     assert chosen.returncode == 0, chosen.stderr
     fastest = summary[summary["format"] != "eager"].sort_values(["latency_ms_median", "size_mb"]).iloc[0]
     line = next(x for x in chosen.stdout.splitlines() if x.strip().startswith("without PQV"))
@@ -360,8 +484,7 @@ def expected(row: dict) -> Counter:
 
 def test_the_rerun_table_has_a_change_in_every_section():
     sections = {key.split(".")[0].split("[")[0] for row in RERUNS for key in row["set"]}
-    assert sections >= {"dataset", "models", "prune", "finetune", "quantize", "export", "evaluate", "profile", "search",
-                        "device"}
+    assert sections >= {"dataset", "models", "prune", "finetune", "quantize", "export", "evaluate", "profile", "search", "device"}
     assert len(RERUNS) >= 15
 
 
@@ -375,12 +498,31 @@ def test_a_stage_whose_code_changed_reruns_with_what_is_made_from_it(finished):
     is made from its outputs rerun, nothing else."""
     cfg = finished / "config.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CONFIG))
-    upgraded = ("import sys; from pqv.plan import reruns; reruns.VERSIONS['quantize'] += 1; from snakemake.cli import main; "
-                "sys.argv[0] = 'snakemake'; main(sys.argv[1:])")
-    result = subprocess.run([sys.executable, "-c", upgraded, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                             str(finished), "--configfile", str(cfg), "--cores", "2"], capture_output=True, text=True)
-    assert scheduled(result) == Counter(quantize=6, export=6, accuracy=6, latency=6, profile=1, summary=1, plot=1,
-                                        stage_costs=1, all=1), result.stderr[-2000:]
+    upgraded = (
+        "import sys; from pqv.plan import reruns; reruns.VERSIONS['quantize'] += 1; from snakemake.cli import main; "
+        "sys.argv[0] = 'snakemake'; main(sys.argv[1:])"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            upgraded,
+            "-n",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(finished),
+            "--configfile",
+            str(cfg),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert scheduled(result) == Counter(
+        quantize=6, export=6, accuracy=6, latency=6, profile=1, summary=1, plot=1, stage_costs=1, all=1
+    ), result.stderr[-2000:]
     assert scheduled(snakemake(finished, "-n")) == Counter()
 
 
@@ -401,18 +543,32 @@ def test_a_replaced_weights_file_reruns_what_is_made_from_it_and_the_same_bytes_
     write(weights, seed=0)
     workdir = tmp_path / "run"
     workdir.mkdir()
-    config = {**TINY_CONFIG, "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": str(weights),
-                                         "kwargs": TINY_KWARGS}],
-              "prune": {**TINY_CONFIG["prune"], "importances": ["l2"]},
-              "quantize": {"precisions": ["fp32"], "engines": ["x86"]}, "profile": {"artifacts": []}}
+    config = {
+        **TINY_CONFIG,
+        "models": [{"id": "tiny", "timm_name": TIMM_NAME, "weights": str(weights), "kwargs": TINY_KWARGS}],
+        "prune": {**TINY_CONFIG["prune"], "importances": ["l2"]},
+        "quantize": {"precisions": ["fp32"], "engines": ["x86"]},
+        "profile": {"artifacts": []},
+    }
     planned = scheduled(snakemake(workdir, "-n", config=config))
     result = snakemake(workdir, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert scheduled(snakemake(workdir, "-n", config=config)) == Counter()
     # every job of this sweep but the data set's is made from the model
     made_from_model = planned - Counter(data_train=1, data_eval=1)
-    assert {"model", "prune", "finetune", "keep_dense", "quantize", "export", "accuracy", "latency", "summary", "plot",
-            "stage_costs"} <= set(made_from_model) and made_from_model["prune"] == 2
+    assert {
+        "model",
+        "prune",
+        "finetune",
+        "keep_dense",
+        "quantize",
+        "export",
+        "accuracy",
+        "latency",
+        "summary",
+        "plot",
+        "stage_costs",
+    } <= set(made_from_model) and made_from_model["prune"] == 2
     original = weights.read_bytes()
     write(weights, seed=1)  # retrained
     assert len(weights.read_bytes()) == len(original) and weights.read_bytes() != original

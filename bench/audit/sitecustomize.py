@@ -3,6 +3,7 @@
 Put this folder on PYTHONPATH and set PQV_AUDIT_ROOT (the tree) and PQV_AUDIT_LOG (a file): each
 os.scandir / os.listdir of a folder under the root appends "<pid> <program:first argument> <folder>" to the log.
 os.walk, glob and pathlib list folders through these two, so every listing is seen."""
+
 import os
 import sys
 
@@ -21,8 +22,11 @@ if _root and _log:
         path = os.path.realpath(os.fsdecode(path))
         if path == _root or path.startswith(_root + os.sep):
             # "pqv:data" for `python -m pqv data ...`, "snakemake:--snakefile" for Snakemake itself
-            program = os.path.basename(os.path.dirname(sys.argv[0])) if sys.argv[0].endswith("__main__.py") else \
-                os.path.basename(sys.argv[0])
+            program = (
+                os.path.basename(os.path.dirname(sys.argv[0]))
+                if sys.argv[0].endswith("__main__.py")
+                else os.path.basename(sys.argv[0])
+            )
             command = [a for a in sys.argv[1:] if a != "--log-usage"]  # the workflow's flag, not a stage
             who = f"{program}:{command[0] if command else ''}"
             with open(_log, "a") as f:

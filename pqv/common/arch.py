@@ -5,6 +5,7 @@ per-block attention geometry and the input preprocessing. Pruned widths are not 
 read from the tensor shapes in the safetensors file, and modules are resized to match before the
 weights are loaded with `strict=True`.
 """
+
 from __future__ import annotations
 
 import torch

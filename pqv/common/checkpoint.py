@@ -3,6 +3,7 @@ after every epoch or at a stop mid-epoch, every random generator's state, and th
 latest. Kept apart from the loop (pqv.stages.finetune) so that what a checkpoint holds, and that
 torch.load(weights_only=True) reads all of it, is one module's business.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,12 @@ class Position:
 def rng_state() -> dict:
     """Every generator the training loop draws from, as tensors and numbers (weights_only loads it)."""
     np_state = np.random.get_state()
-    out = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-           "numpy_rest": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
-           "python": [int(v) for v in random.getstate()[1]]}
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_rest": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [int(v) for v in random.getstate()[1]],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -59,8 +63,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optimizer, scheduler, scaler,
-                    history: list[dict], mid: Position | None = None) -> None:
+def save_checkpoint(
+    ckpt_dir: str,
+    epoch: int,
+    key: str,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    history: list[dict],
+    mid: Position | None = None,
+) -> None:
     """Write `ckpt_dir/epoch-NNNN/` (after `epoch` whole epochs) or, stopped mid-epoch,
     `epoch-NNNN-step-NNNNNNNN/` (weights.safetensors + state.pt) atomically, then drop older ones.
 
@@ -74,8 +87,15 @@ def save_checkpoint(ckpt_dir: str, epoch: int, key: str, model: nn.Module, optim
     root = Path(ckpt_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".epoch-", suffix=".part", dir=root))
-    state = {"epoch": epoch, "key": key, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "history": history, "stops": mid.stops if mid is not None else []}
+    state = {
+        "epoch": epoch,
+        "key": key,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "history": history,
+        "stops": mid.stops if mid is not None else [],
+    }
     name = f"epoch-{epoch:04d}"
     if mid is not None and mid.step:  # each rank's own loss so far and generators, rank by rank
         state.update(step=mid.step, ranks=mid.ranks or [{"partial": mid.partial, "rng": mid.rng}])
@@ -120,5 +140,4 @@ def resume(ckpt_dir: str, key: str, model: nn.Module, parts: dict, rank: int) ->
     # Mid-epoch, each rank resumes with its own generators and loss so far (a checkpoint of one
     # process, or of before issue 40, holds rank 0's alone at the top level).
     own = state["ranks"][rank] if state.get("ranks") else {"partial": state.get("partial"), "rng": state.get("rng")}
-    return state["history"], Position(state["epoch"], state.get("step", 0), own.get("partial"), own.get("rng"),
-                                      state.get("stops", []))
+    return state["history"], Position(state["epoch"], state.get("step", 0), own.get("partial"), own.get("rng"), state.get("stops", []))

@@ -6,6 +6,7 @@ inputs with the same labels. `manifest` is the manifest (a dict) or the path of 
 here lists a folder. `data_config` is the model's timm preprocessing (input_size, mean, std,
 interpolation, crop_pct).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,7 @@ def digits_pixels():
         return np.loadtxt(f, delimiter=",")[:, :-1]
 
 
-def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None,
-            seed: int = 0) -> Dataset:
+def _digits(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None, seed: int = 0) -> Dataset:
     """The manifest's digits (indices into scikit-learn's 8x8 images), upsampled to the model's input."""
     x = digits_pixels()
     items = manifests.split_of(manifest, split)["items"]
@@ -115,8 +115,10 @@ class ManifestImages(Dataset):
 
     def __init__(self, manifest: dict, split: str, transform=None, channels: int = 3, seed: int | None = None):
         if channels not in CHANNEL_MODES:
-            raise PQVError(f"the model reads {channels}-channel images; photos convert to 1 (gray) or 3 (RGB) channels",
-                           "set the model's in_chans to 1 or 3 (models[].kwargs)")
+            raise PQVError(
+                f"the model reads {channels}-channel images; photos convert to 1 (gray) or 3 (RGB) channels",
+                "set the model's in_chans to 1 or 3 (models[].kwargs)",
+            )
         self.mode = CHANNEL_MODES[channels]
         chosen = manifests.split_of(manifest, split)
         folder = Path(chosen["folder"])
@@ -141,8 +143,7 @@ class ManifestImages(Dataset):
             return self.transform(image), label
 
 
-def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None,
-                 seed: int = 0) -> Dataset:
+def _imagefolder(manifest: dict, split: str, data_config: dict, training: bool, augment: dict | None = None, seed: int = 0) -> Dataset:
     """The manifest's files with timm's transforms for the model. `augment` holds timm
     create_transform options for training (auto_augment, re_prob, color_jitter, hflip), drawn per
     image from `seed` (ManifestImages)."""
@@ -167,8 +168,7 @@ def num_classes(manifest) -> int:
     return len(manifests.of(manifest)["classes"])
 
 
-def dataset(manifest, split: str, data_config: dict, training: bool = False, augment: dict | None = None,
-            seed: int = 0) -> Dataset:
+def dataset(manifest, split: str, data_config: dict, training: bool = False, augment: dict | None = None, seed: int = 0) -> Dataset:
     """One split's images; `seed`: the run's, from which training draws each image's augmentation."""
     manifest = manifests.of(manifest)
     return DATASETS[manifest["dataset"]["name"]](manifest, split, data_config, training, augment, seed)
@@ -192,8 +192,18 @@ class _ResumableSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
-def loader(manifest, split: str, data_config: dict, batch_size: int, training: bool = False, seed: int = 0,
-           rank: int = 0, world_size: int = 1, augment: dict | None = None, workers: int = 0):
+def loader(
+    manifest,
+    split: str,
+    data_config: dict,
+    batch_size: int,
+    training: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    augment: dict | None = None,
+    workers: int = 0,
+):
     """A DataLoader; with world_size > 1 each rank gets its own shard (`batch_size` is per rank).
 
     Training shuffles through a DistributedSampler even in one process: its order depends only on
@@ -283,8 +293,9 @@ def sample_after(manifest, data_config: dict, skip: int, n: int, split: str, see
     return torch.stack([ds[i][0] for i in idx])
 
 
-def calibration_batches(manifest, data_config: dict, batches: int, batch_size: int, seed: int = 0,
-                        split: str = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def calibration_batches(
+    manifest, data_config: dict, batches: int, batch_size: int, seed: int = 0, split: str = "train"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`batches` batches of a class-balanced sample, shuffled (seeded) so every batch mixes classes:
     the gradient statistics of Taylor/Hessian importance see the whole label space."""
     images, labels = sample(manifest, data_config, batches * batch_size, split, seed)

@@ -3,6 +3,7 @@
 Gradients and accuracy passes go to CUDA when it is there, unless the config says `device: cpu`;
 latency is always measured on the CPU, in the artifact's own runtime (evaluate, profile).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,6 +29,8 @@ def resolve(preference: str = "auto", cuda_available: bool | None = None) -> tor
     if preference == "cpu" or (preference == "auto" and not available):
         return torch.device("cpu")
     if not available:
-        raise PQVError("device 'cuda' was asked for but this machine has no CUDA GPU",
-                       "set device: auto (or cpu) in the config, or run on a GPU node")
+        raise PQVError(
+            "device 'cuda' was asked for but this machine has no CUDA GPU",
+            "set device: auto (or cpu) in the config, or run on a GPU node",
+        )
     return torch.device("cuda", 0)

@@ -3,6 +3,7 @@ where this process sits in it (`Dist`), and every rank's own state gathered for 
 Apart from the loop, because the time limit's check (pqv.common.timelimit) needs a rank too, and
 every rank must answer it alike.
 """
+
 from __future__ import annotations
 
 import io
@@ -65,8 +66,10 @@ def rank_states(mine: dict, ctx: Dist) -> list[dict]:
     sizes = [torch.zeros_like(size) for _ in range(ctx.world)]
     dist.all_gather(sizes, size)
     padded = torch.zeros(int(max(n.item() for n in sizes)), dtype=torch.uint8, device=ctx.device)
-    padded[:data.numel()] = data
+    padded[: data.numel()] = data
     gathered = [torch.zeros_like(padded) for _ in range(ctx.world)]
     dist.all_gather(gathered, padded)
-    return [torch.load(io.BytesIO(g[:int(n.item())].cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
-            for g, n in zip(gathered, sizes)]
+    return [
+        torch.load(io.BytesIO(g[: int(n.item())].cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
+        for g, n in zip(gathered, sizes)
+    ]

@@ -9,6 +9,7 @@ function (to float rounding) with matrix-vector means, rsqrt, slices and 3-D `bm
 delegated graph (5-18 % faster at int8 on DeiT-B; with the fixed batch-1 export, 1.7x: see
 docs/latency.md). They share the original parameters; nothing is copied or retrained.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,7 @@ class MeanLayerNorm(nn.Module):
         super().__init__()
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
         width, like = norm.normalized_shape[0], norm.weight if norm.weight is not None else torch.empty(0)
-        self.register_buffer("row_mean", torch.full((1, width), 1.0 / width, dtype=like.dtype, device=like.device),
-                             persistent=False)
+        self.register_buffer("row_mean", torch.full((1, width), 1.0 / width, dtype=like.dtype, device=like.device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centered = x - F.linear(x, self.row_mean)
@@ -60,7 +60,7 @@ def attend(qkv: torch.Tensor, heads: int, head_dim: int, scale: float) -> torch.
     the heads side by side (B, N, H*D): slices and 3-D `bmm`, which XNNPACK runs."""
     B, N, _ = qkv.shape
     H, D = heads, head_dim
-    q, k, v = qkv[..., :H * D], qkv[..., H * D:2 * H * D], qkv[..., 2 * H * D:]
+    q, k, v = qkv[..., : H * D], qkv[..., H * D : 2 * H * D], qkv[..., 2 * H * D :]
     q = q.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D) * scale
     k = k.reshape(B, N, H, D).permute(0, 2, 3, 1).reshape(B * H, D, N)
     v = v.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D)
@@ -70,8 +70,10 @@ def attend(qkv: torch.Tensor, heads: int, head_dim: int, scale: float) -> torch.
 
 def _plain_attention(attn: nn.Module) -> bool:
     """Only the plain form BmmAttention reproduces: no qk-norm, no post-attention norm, no gate."""
-    return all(isinstance(getattr(attn, name, nn.Identity()), nn.Identity) for name in ("q_norm", "k_norm", "norm")) \
+    return (
+        all(isinstance(getattr(attn, name, nn.Identity()), nn.Identity) for name in ("q_norm", "k_norm", "norm"))
         and getattr(attn, "gate", None) is None
+    )
 
 
 def for_xnnpack(model: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ timed like every file, and `pqv choose` and the search ship the winner. The quan
 `.onnx` program; the export stage ships it as `.onnx` or converts it with ORT's own converter to
 `.ort`, and loads either back in an InferenceSession to check it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,10 @@ def available() -> bool:
 
 def require(what: str) -> None:
     if not available():
-        raise PQVError(f"{what} needs ONNX Runtime (onnxruntime, onnx), which is not installed here",
-                       f"{INSTALL}, or drop the onnx and ort formats")
+        raise PQVError(
+            f"{what} needs ONNX Runtime (onnxruntime, onnx), which is not installed here",
+            f"{INSTALL}, or drop the onnx and ort formats",
+        )
 
 
 def version() -> str:
@@ -61,6 +64,7 @@ def version() -> str:
 
 # ---- building the program ------------------------------------------------------------------------
 
+
 def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     from . import arch
 
@@ -68,8 +72,9 @@ def _export_fp32(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     for attn in arch.attention_blocks(model):
         attn.fused_attn = False  # explicit q @ k^T and softmax: MatMul nodes, not an opaque SDPA
     with warnings_quiet():
-        torch.onnx.export(model, (example[:1],), str(out), input_names=[INPUT], output_names=[OUTPUT],
-                          opset_version=OPSET, dynamo=False)  # no dynamic axes: a static batch of one
+        torch.onnx.export(
+            model, (example[:1],), str(out), input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=False
+        )  # no dynamic axes: a static batch of one
 
 
 def _optimize(src: Path, out: Path) -> dict:
@@ -108,25 +113,38 @@ def _fp32(src: Path, out: Path, calibration, recipe: dict) -> None:
 def _int8_dynamic(src: Path, out: Path, calibration, recipe: dict) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(out), per_channel=recipe["per_channel"], weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(
+        str(src),
+        str(out),
+        per_channel=recipe["per_channel"],
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        extra_options={"MatMulConstBOnly": True},
+    )
 
 
 def _int8_static(src: Path, out: Path, calibration, recipe: dict) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(str(src), str(out), _Calibration(calibration),
-                    quant_format=QuantFormat.QDQ if recipe["qdq"] else QuantFormat.QOperator, per_channel=recipe["per_channel"],
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                    calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
+    quantize_static(
+        str(src),
+        str(out),
+        _Calibration(calibration),
+        quant_format=QuantFormat.QDQ if recipe["qdq"] else QuantFormat.QOperator,
+        per_channel=recipe["per_channel"],
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"MatMulConstBOnly": True},
+    )
 
 
 PRECISIONS = {"fp32": _fp32, "int8_dynamic": _int8_dynamic, "int8_static": _int8_static}
 FP32_RECIPE = "mlas"  # an FP32 file has no quantization recipe (engine none): ORT's documented graph
 
 
-def build(model: nn.Module, precision: str, example: torch.Tensor, calibration: list[torch.Tensor] | None,
-          recipe: str = FP32_RECIPE):
+def build(model: nn.Module, precision: str, example: torch.Tensor, calibration: list[torch.Tensor] | None, recipe: str = FP32_RECIPE):
     """The `.onnx` program (an onnx.ModelProto) of `model` at `precision`, by one of ORT_RECIPES."""
     require("an .onnx program")
     import onnx
@@ -148,6 +166,7 @@ def build(model: nn.Module, precision: str, example: torch.Tensor, calibration: 
 
 
 # ---- the two formats --------------------------------------------------------------------------------
+
 
 def write_onnx(src: str, out: str) -> None:
     """`.onnx`: the program as built; ONNX Runtime optimizes it for the device when it loads it."""
@@ -186,8 +205,9 @@ class Session:
         import onnxruntime as ort
 
         try:
-            self.session = ort.InferenceSession(str(path), options or session_options(ort_format=ort_format),
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), options or session_options(ort_format=ort_format), providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # ORT's own exception types: the runtime's error, as every runtime's is (export.load)
             raise RuntimeError(str(e)) from None
         meta = self.session.get_inputs()[0]
@@ -206,10 +226,12 @@ def session_facts(session: Session) -> str:
         spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
     except Exception:  # not set: ORT's default, spinning on
         spinning = "1 (default)"
-    return (f"intra_op_num_threads={options.intra_op_num_threads}, inter_op_num_threads={options.inter_op_num_threads}, "
-            f"graph_optimization_level={options.graph_optimization_level.name}, "
-            f"execution_mode={options.execution_mode.name}, intra_op.allow_spinning={spinning}, "
-            f"providers={'/'.join(session.session.get_providers())}")
+    return (
+        f"intra_op_num_threads={options.intra_op_num_threads}, inter_op_num_threads={options.inter_op_num_threads}, "
+        f"graph_optimization_level={options.graph_optimization_level.name}, "
+        f"execution_mode={options.execution_mode.name}, intra_op.allow_spinning={spinning}, "
+        f"providers={'/'.join(session.session.get_providers())}"
+    )
 
 
 def load_onnx(path: str) -> Session:
@@ -221,6 +243,7 @@ def load_ort(path: str) -> Session:
 
 
 # ---- per-operator profile: ONNX Runtime's own profiler ----------------------------------------------
+
 
 def profile_rows(path: str, ort_format: bool, example: torch.Tensor, warmup: int, runs: int) -> list[dict]:
     """Rows of the profile table from ORT's profiler: each operator type's kernel time over the
@@ -245,8 +268,14 @@ def profile_rows(path: str, ort_format: bool, example: torch.Tensor, warmup: int
         counts[op] = counts.get(op, 0) + 1
     rows = [{"operator": op, "self_cpu_ms": t, "total_cpu_ms": t, "calls": counts[op] // runs} for op, t in totals.items()]
     around = sum(e["dur"] for e in calls) / 1e3 / runs - sum(totals.values())
-    rows.append({"operator": "runtime around kernels (model_run minus kernels)", "self_cpu_ms": max(around, 0.0),
-                 "total_cpu_ms": max(around, 0.0), "calls": 1})
+    rows.append(
+        {
+            "operator": "runtime around kernels (model_run minus kernels)",
+            "self_cpu_ms": max(around, 0.0),
+            "total_cpu_ms": max(around, 0.0),
+            "calls": 1,
+        }
+    )
     return rows
 
 

@@ -4,6 +4,7 @@ In a terminal tqdm redraws one line. Snakemake sends a job's stderr to its log f
 redraws would pile up as carriage returns on one line: there each update is its own line, at most
 every 30 s, so rate and ETA stay readable (`tail -f results/logs/...`) without flooding the file.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,9 +27,19 @@ class _Lines:
         self.stream.flush()
 
 
-def progress(iterable=None, desc: str | None = None, total: int | None = None, unit: str = "it",
-             disable: bool = False, **kwargs) -> tqdm:
+def progress(
+    iterable=None, desc: str | None = None, total: int | None = None, unit: str = "it", disable: bool = False, **kwargs
+) -> tqdm:
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=interactive,
-                mininterval=0.5 if interactive else 30.0, file=sys.stderr if interactive else _Lines(sys.stderr),
-                ascii=None if interactive else True, **kwargs)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=disable,
+        dynamic_ncols=interactive,
+        mininterval=0.5 if interactive else 30.0,
+        file=sys.stderr if interactive else _Lines(sys.stderr),
+        ascii=None if interactive else True,
+        **kwargs,
+    )

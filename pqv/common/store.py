@@ -5,6 +5,7 @@ A model file is a safetensors file whose header metadata carries the JSON archit
 description (`pqv.common.arch`), so one file is enough to rebuild the module in a fresh process.
 JSON files, sidecars and atomic writes are `pqv.plan.fileio`.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ stop itself (`TimeLimit`, exit status 75), and Snakemake's retries, of which onl
 a stop run again (`attempt`). Apart from the loop (pqv.stages.finetune): these are the cluster's
 and Snakemake's rules, not training's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,10 @@ def attempt(out: str, number: int | None, work):
     marker = Path(failure_marker(out))
     first = os.environ.get("RANK", "0") == "0"  # under torchrun, one process clears the marker
     if number is not None and number > 1 and marker.exists():
-        raise PQVError(f"not run again: attempt {number - 1} failed for a reason other than its time limit, which "
-                       f"a retry cannot fix: {marker.read_text().strip()}")
+        raise PQVError(
+            f"not run again: attempt {number - 1} failed for a reason other than its time limit, which "
+            f"a retry cannot fix: {marker.read_text().strip()}"
+        )
     if first:
         marker.unlink(missing_ok=True)
     try:

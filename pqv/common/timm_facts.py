@@ -5,6 +5,7 @@ The plan (pqv.plan.config) never imports timm or torch, not even lazily: it runs
 child process, `python -m pqv.common.timm_facts FACT [JSON args]`, once per timm version and
 question, and keeps the answer (printed as JSON) in $PQV_CACHE.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -63,8 +64,13 @@ def refused_kwarg(timm_name: str, kwargs: dict) -> str | None:
     return None
 
 
-FACTS = {"models": models, "data-config-keys": data_config_keys, "optimizers": optimizers,
-         "model-kwargs": model_kwargs, "refused-kwarg": refused_kwarg}
+FACTS = {
+    "models": models,
+    "data-config-keys": data_config_keys,
+    "optimizers": optimizers,
+    "model-kwargs": model_kwargs,
+    "refused-kwarg": refused_kwarg,
+}
 
 
 def main(argv: list[str]) -> None:

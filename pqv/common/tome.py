@@ -30,6 +30,7 @@ same Block modules under the same names: state-dict keys (`blocks.0.attn.qkv.wei
 parameters are unchanged, a checkpoint loads into either, and nothing is monkey-patched. Dropouts
 of attention (attn_drop, proj_drop) are not applied: merging is for inference and export.
 """
+
 from collections.abc import Sequence
 
 import torch
@@ -50,8 +51,10 @@ def schedule(r: int | Sequence[int], tokens: int, prefix_tokens: int, depth: int
     returned is what the model will do, and every later token count follows from it statically."""
     per_block = [int(r)] * depth if isinstance(r, int) else [int(v) for v in r]
     if len(per_block) != depth:
-        raise PQVError(f"token merging schedule has {len(per_block)} entries for a model of {depth} blocks",
-                       f"give one r per block ({depth}) or a single int")
+        raise PQVError(
+            f"token merging schedule has {len(per_block)} entries for a model of {depth} blocks",
+            f"give one r per block ({depth}) or a single int",
+        )
     if any(v < 0 for v in per_block):
         raise PQVError(f"token merging r must be >= 0, got {list(per_block)}", "use r = 0 (no merging) or more")
     patches, out = tokens - prefix_tokens, []
@@ -76,20 +79,28 @@ def apply(model: nn.Module, r: int | Sequence[int]) -> nn.Module:
         blocks = nn.Sequential(*blocks)
     name = _name(model)
     if not isinstance(blocks, nn.Sequential) or not hasattr(model, "patch_embed"):
-        raise PQVError(f"token merging needs a timm VisionTransformer (model.blocks, model.patch_embed); {name} has none",
-                       "use a timm ViT (vit_*, deit_*, deit3_*), or r = 0")
+        raise PQVError(
+            f"token merging needs a timm VisionTransformer (model.blocks, model.patch_embed); {name} has none",
+            "use a timm ViT (vit_*, deit_*, deit3_*), or r = 0",
+        )
     if getattr(model, "dynamic_img_size", False):
-        raise PQVError(f"token merging fixes every token count, but {name} takes any image size (dynamic_img_size)",
-                       "create the model with dynamic_img_size=False, or use r = 0")
+        raise PQVError(
+            f"token merging fixes every token count, but {name} takes any image size (dynamic_img_size)",
+            "create the model with dynamic_img_size=False, or use r = 0",
+        )
     from timm.models.vision_transformer import Block
 
     for i, block in enumerate(blocks):
         if type(block) is not Block:
-            raise PQVError(f"token merging supports timm's pre-norm Block; {name} block {i} is {type(block).__name__}",
-                           "use a ViT of plain Blocks, or r = 0")
+            raise PQVError(
+                f"token merging supports timm's pre-norm Block; {name} block {i} is {type(block).__name__}",
+                "use a ViT of plain Blocks, or r = 0",
+            )
         if not _plain_attention(block.attn) or not all(hasattr(block.attn, a) for a in ATTENTION_ATTRIBUTES):
-            raise PQVError(f"token merging supports plain attention only; {name} block {i} has q/k norm, a post-attention "
-                           "norm or a gate", "use a model without qk_norm/scale_attn_norm/gated attention, or r = 0")
+            raise PQVError(
+                f"token merging supports plain attention only; {name} block {i} has q/k norm, a post-attention norm or a gate",
+                "use a model without qk_norm/scale_attn_norm/gated attention, or r = 0",
+            )
     prefix = int(model.num_prefix_tokens)
     tokens = prefix + int(model.patch_embed.num_patches)
     per_block = schedule(r, tokens, prefix, len(blocks))
@@ -164,7 +175,7 @@ def attend(qkv: torch.Tensor, heads: int, head_dim: int, scale: float, bias: tor
     over a (B, H*N, N) view of the logits, a broadcast XNNPACK runs, instead of expanding it per head."""
     B, N, _ = qkv.shape
     H, D = heads, head_dim
-    q, k, v = qkv[..., :H * D], qkv[..., H * D:2 * H * D], qkv[..., 2 * H * D:]
+    q, k, v = qkv[..., : H * D], qkv[..., H * D : 2 * H * D], qkv[..., 2 * H * D :]
     q = q.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D) * scale
     k = k.reshape(B, N, H, D).permute(0, 2, 3, 1).reshape(B * H, D, N)
     v = v.reshape(B, N, H, D).permute(0, 2, 1, 3).reshape(B * H, N, D)
@@ -180,16 +191,17 @@ def key_metric(qkv: torch.Tensor, heads: int, head_dim: int, prefix_tokens: int)
     instead of 1: a constant factor, which changes no ranking): (B, patches, head_dim). Summed from
     per-head slices and normalized with a 4-D mean, ops XNNPACK runs."""
     H, D = heads, head_dim
-    keys = qkv[:, prefix_tokens:, H * D:H * D + D]
+    keys = qkv[:, prefix_tokens:, H * D : H * D + D]
     for h in range(1, H):
-        keys = keys + qkv[:, prefix_tokens:, (H + h) * D:(H + h + 1) * D]
+        keys = keys + qkv[:, prefix_tokens:, (H + h) * D : (H + h + 1) * D]
     B, T, _ = keys.shape
     square = (keys * keys).reshape(B, T, 1, D).mean(dim=[2, 3], keepdim=True).reshape(B, T, 1)
     return keys * torch.rsqrt(square + 1e-6)  # finite for an all-zero key, and representable in FP16
 
 
-def merge(x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int, prefix_tokens: int,
-          tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def merge(
+    x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int, prefix_tokens: int, tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bipartite soft matching of the `tokens` - `prefix_tokens` patch tokens of x (B, tokens, C),
     given their `metric` as vectors of one length (B, patches, c) (`key_metric`), whose dot products
     are then cosine similarities: A = the even patches, B = the odd ones; the r A tokens whose best
@@ -253,5 +265,5 @@ def _alternate(metric: torch.Tensor, patches: int) -> tuple[torch.Tensor, torch.
     if patches % 2 == 0:  # no slice that keeps everything: its alias_copy would split the delegated graph
         pairs = metric.reshape(B, n_b, 2 * C)
         return pairs[..., :C], pairs[..., C:]
-    pairs = metric[:, :2 * n_b].reshape(B, n_b, 2 * C)
-    return torch.cat([pairs[..., :C], metric[:, 2 * n_b:]], dim=1), pairs[..., C:]
+    pairs = metric[:, : 2 * n_b].reshape(B, n_b, 2 * C)
+    return torch.cat([pairs[..., :C], metric[:, 2 * n_b :]], dim=1), pairs[..., C:]

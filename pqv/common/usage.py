@@ -10,6 +10,7 @@ sample what came after it) and Snakemake's wall time.
 Torch-free, and Linux's /proc where there is one (elsewhere: the counts of this process and its
 reaped children, timed from when pqv's CLI was imported).
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,12 @@ def measure() -> dict:
     cpu = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + live
     wall = _wall_s()
     rss_kb = own.ru_maxrss / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, kB elsewhere
-    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "mean_load": round(cpu / wall, 3) if wall > 0 else None,
-            "max_rss_mb": round(rss_kb / 1024, 1)}
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "mean_load": round(cpu / wall, 3) if wall > 0 else None,
+        "max_rss_mb": round(rss_kb / 1024, 1),
+    }
 
 
 def report(stream=sys.stderr) -> None:
@@ -86,10 +91,9 @@ def read(log: str | Path) -> dict | None:
     records = []
     for line in lines:
         try:
-            records.append(json.loads(line[len(PREFIX):]))
+            records.append(json.loads(line[len(PREFIX) :]))
         except json.JSONDecodeError:
             continue
     if not records:
         return None
-    return {"cpu_s": sum(r["cpu_s"] for r in records), "wall_s": max(r["wall_s"] for r in records),
-            "processes": len(records)}
+    return {"cpu_s": sum(r["cpu_s"] for r in records), "wall_s": max(r["wall_s"] for r in records), "processes": len(records)}

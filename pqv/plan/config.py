@@ -16,6 +16,7 @@ optimizer name other than the default, and once per timm version to list its mod
 preprocessing keys, and once per model and kwargs to build it on the meta device; each answer is
 then read from `$PQV_CACHE`, default `~/.cache/pqv`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,6 +69,7 @@ class Section(BaseModel):
 
 # ---- the description ----------------------------------------------------------------------------
 
+
 class HParams(Section):
     """Training hyper-parameters (models[].train; the finetune section adds launch and distill keys)."""
 
@@ -86,117 +88,180 @@ class HParams(Section):
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of mixing a batch")
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix instead of Mixup when both are on")
     mixup_mode: Literal["batch", "pair", "elem"] = Field("batch", description="timm Mixup: one mix per batch, per pair or per element")
-    auto_augment: str | None = Field(None, description="timm auto-augment policy for ImageFolder training, e.g. rand-m9-mstd0.5-inc1 (DeiT)")
+    auto_augment: str | None = Field(
+        None, description="timm auto-augment policy for ImageFolder training, e.g. rand-m9-mstd0.5-inc1 (DeiT)"
+    )
     reprob: float = Field(0.0, ge=0, le=1, description="random erasing probability, ImageFolder training (DeiT: 0.25)")
     color_jitter: float | None = Field(0.4, ge=0, description="ImageFolder training colour jitter")
     hflip: float = Field(0.5, ge=0, le=1, description="ImageFolder training horizontal flip probability")
     clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this")
-    amp: bool = Field(True, description="mixed precision where the job runs on CUDA: autocast to amp_dtype, with a "
-                                        "GradScaler for float16 (it skips a step whose gradients overflow); on a CPU "
-                                        "it does nothing, training stays FP32 (a change still reruns the job)")
+    amp: bool = Field(
+        True,
+        description="mixed precision where the job runs on CUDA: autocast to amp_dtype, with a "
+        "GradScaler for float16 (it skips a step whose gradients overflow); on a CPU "
+        "it does nothing, training stays FP32 (a change still reruns the job)",
+    )
     amp_dtype: Literal["float16", "bfloat16"] = Field("float16", description="autocast type on CUDA")
     seed: int = Field(0, description="model init, data order and augmentation are seeded from (seed, epoch, rank)")
 
     def check(self, where: str) -> None:
         """What a training loop would reject only once it starts: Mixup's even batch, timm's optimizer."""
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
-            raise PQVError(f"{where}: mixup/cutmix need an even batch_size, got {self.batch_size}",
-                           f"set {where}.batch_size to {self.batch_size + 1} or {self.batch_size - 1}")
+            raise PQVError(
+                f"{where}: mixup/cutmix need an even batch_size, got {self.batch_size}",
+                f"set {where}.batch_size to {self.batch_size + 1} or {self.batch_size - 1}",
+            )
         if self.opt != HParams.model_fields["opt"].default:
             names = optimizers()
             parts = self.opt.lower().split("_")  # timm accepts a 'lookahead_' prefix
             if parts[-1] not in names or (len(parts) > 1 and parts[0] != "lookahead") or len(parts) > 2:
-                raise PQVError(f"{where}.opt: unknown timm optimizer '{self.opt}'{_close(self.opt, names)}",
-                               "use a name from timm.optim.list_optimizers(), e.g. adamw, sgd, lamb")
+                raise PQVError(
+                    f"{where}.opt: unknown timm optimizer '{self.opt}'{_close(self.opt, names)}",
+                    "use a name from timm.optim.list_optimizers(), e.g. adamw, sgd, lamb",
+                )
 
 
 class Distill(Section):
     """Knowledge distillation from the unpruned parent (results/{model}/model.safetensors)."""
 
-    enabled: bool = setting(False, description="add the distillation loss to the finetune loss", reads='finetune')
-    alpha: float = setting(0.5, ge=0, le=1, description="weight of the distillation loss", reads='finetune:distilling')
-    temperature: float = setting(1.0, gt=0, description="softmax temperature of both models", reads='finetune:distilling')
+    enabled: bool = setting(False, description="add the distillation loss to the finetune loss", reads="finetune")
+    alpha: float = setting(0.5, ge=0, le=1, description="weight of the distillation loss", reads="finetune:distilling")
+    temperature: float = setting(1.0, gt=0, description="softmax temperature of both models", reads="finetune:distilling")
 
 
 class Finetune(HParams):
     """The finetune stage: the training hyper-parameters plus how the job is launched and whether to
     distill from the unpruned parent. Paper: adamw, lr 1.5e-4, batch 64, 60 epochs, 4 GPUs."""
 
-    dense: bool = setting(False, description="also finetune the dense branch (ratio 0); false passes the starting model "
-                                           "through unchanged, as the paper compares pruned models with the pretrained one", reads='sweep')
-    nproc: int = setting(1, ge=1, description="processes (one per GPU) the rule starts with `torchrun --standalone "
-                                            "--nproc_per_node`; 1 = a plain process. batch_size is per process", reads='finetune')
-    launcher: str | None = setting(None, description="command prefix that replaces the default launch, followed by "
-                                                      "`-m pqv finetune ...`, e.g. a multi-node torchrun", reads='none')
+    dense: bool = setting(
+        False,
+        description="also finetune the dense branch (ratio 0); false passes the starting model "
+        "through unchanged, as the paper compares pruned models with the pretrained one",
+        reads="sweep",
+    )
+    nproc: int = setting(
+        1,
+        ge=1,
+        description="processes (one per GPU) the rule starts with `torchrun --standalone "
+        "--nproc_per_node`; 1 = a plain process. batch_size is per process",
+        reads="finetune",
+    )
+    launcher: str | None = setting(
+        None,
+        description="command prefix that replaces the default launch, followed by `-m pqv finetune ...`, e.g. a multi-node torchrun",
+        reads="none",
+    )
     distill: Distill = Field(default_factory=Distill, description="knowledge distillation from the unpruned parent")
 
 
 class Dataset(Section):
     """The images, read once per split by the data jobs into results/data/train.json and eval.json (docs/data.md)."""
 
-    name: Literal["digits", "imagefolder"] = setting(description="digits: scikit-learn's bundled 8x8 digits; "
-                                                               "imagefolder: root/<train_dir or eval_dir>/<class>/*", reads='data_train data_eval')
-    root: str | None = setting(None, description="ImageFolder root holding train_dir and eval_dir",
-                                  reads='data_train:imagefolder data_eval:imagefolder')
-    train_dir: str = setting("train", description="the training split's folder under root", reads='data_train:imagefolder')
-    eval_dir: str = setting("val", description="the evaluation split's folder under root", reads='data_eval:imagefolder')
-    max_train: int | None = setting(None, ge=1, description="use a fixed random subset of the training split", reads='data_train')
-    max_eval: int | None = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads='data_eval')
-    workers: int = setting(0, ge=0, description="DataLoader worker processes of the jobs that read whole splits (reruns "
-                                              "nothing, changes nothing: each training image's augmentation is seeded "
-                                              "from (seed, epoch, its index), whichever process loads it)", reads='none')
-    split_seed: int = setting(0, description="seed of the digits train/eval split and of the max_train/max_eval subsets",
-                              reads='data_train:drawn_train data_eval:drawn_eval')
+    name: Literal["digits", "imagefolder"] = setting(
+        description="digits: scikit-learn's bundled 8x8 digits; imagefolder: root/<train_dir or eval_dir>/<class>/*",
+        reads="data_train data_eval",
+    )
+    root: str | None = setting(
+        None, description="ImageFolder root holding train_dir and eval_dir", reads="data_train:imagefolder data_eval:imagefolder"
+    )
+    train_dir: str = setting("train", description="the training split's folder under root", reads="data_train:imagefolder")
+    eval_dir: str = setting("val", description="the evaluation split's folder under root", reads="data_eval:imagefolder")
+    max_train: int | None = setting(None, ge=1, description="use a fixed random subset of the training split", reads="data_train")
+    max_eval: int | None = setting(None, ge=1, description="use a fixed random subset of the evaluation split", reads="data_eval")
+    workers: int = setting(
+        0,
+        ge=0,
+        description="DataLoader worker processes of the jobs that read whole splits (reruns "
+        "nothing, changes nothing: each training image's augmentation is seeded "
+        "from (seed, epoch, its index), whichever process loads it)",
+        reads="none",
+    )
+    split_seed: int = setting(
+        0,
+        description="seed of the digits train/eval split and of the max_train/max_eval subsets",
+        reads="data_train:drawn_train data_eval:drawn_eval",
+    )
 
 
 class Model(Section):
     """One starting model."""
 
-    id: str = setting(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name used in result paths (letters, digits, . _ -)", reads='sweep model')
-    timm_name: str = setting(description="a timm model name, e.g. deit_base_patch16_224", reads='model')
-    weights: str = setting("hub", description="hub (timm pretrained), train (train here on the dataset), or a local weights file", reads='model')
-    kwargs: dict = setting(default_factory=dict, description="extra timm.create_model keyword arguments", reads='model')
-    data_config: dict = setting(default_factory=dict, description="overrides of the model's timm preprocessing (mean, std, ...)", reads='model')
-    seed: int = setting(0, description="seed of the model's initialisation when weights is train", reads='model:trained')
-    train: HParams = setting(default_factory=HParams, description="training settings when weights is train", reads='model:trained')
+    id: str = setting(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="name used in result paths (letters, digits, . _ -)", reads="sweep model"
+    )
+    timm_name: str = setting(description="a timm model name, e.g. deit_base_patch16_224", reads="model")
+    weights: str = setting(
+        "hub", description="hub (timm pretrained), train (train here on the dataset), or a local weights file", reads="model"
+    )
+    kwargs: dict = setting(default_factory=dict, description="extra timm.create_model keyword arguments", reads="model")
+    data_config: dict = setting(
+        default_factory=dict, description="overrides of the model's timm preprocessing (mean, std, ...)", reads="model"
+    )
+    seed: int = setting(0, description="seed of the model's initialisation when weights is train", reads="model:trained")
+    train: HParams = setting(default_factory=HParams, description="training settings when weights is train", reads="model:trained")
 
 
 class Prune(Section):
     """Structural pruning with Torch-Pruning (docs/pruning.md)."""
 
-    importances: list[Importance] = setting(["taylor"], min_length=1, description="importance criteria, one branch each per ratio", reads='sweep')
+    importances: list[Importance] = setting(
+        ["taylor"], min_length=1, description="importance criteria, one branch each per ratio", reads="sweep"
+    )
     ratios: list[Annotated[float, Field(ge=0, lt=1)]] = setting(
-        [0.0, 0.25], min_length=1, description="fraction of channels removed per layer (Torch-Pruning's pruning_ratio); "
-                                               "0 is the dense branch", reads='sweep')
-    calibration_batches: int = setting(4, ge=0, description="batches of gradients for taylor/hessian", reads='prune:gradient')
-    batch_size: int = setting(32, ge=1, description="images per calibration batch", reads='prune:gradient')
-    round_to: int | None = setting(None, ge=1, description="keep channel counts multiples of this", reads='prune:pruned search_round')
-    scope: choice(registry.SCOPES) = setting("uniform", description="uniform: the same ratio in every layer; "
-                                                                  "global: one ranking across layers", reads='prune:pruned')
-    heads: choice(registry.HEAD_MODES) = setting("dims", description="dims: remove dimensions inside every head "
-                                                                   "(softmax scale compensated); whole: remove whole heads", reads='prune:pruned search_round')
-    head_ratio: float | None = setting(None, ge=0, lt=1, description="fraction of heads removed per block (rounded up) "
-                                                                      "when heads is whole; null: the branch's ratio", reads='prune:pruned')
-    bottleneck: bool = setting(False, description="keep the embedding width; prune only MLP hidden units and attention", reads='prune:pruned search_round')
-    seed: int = setting(0, description="seed of the pruner's randomness and of its calibration sample", reads='prune:seeded')
+        [0.0, 0.25],
+        min_length=1,
+        description="fraction of channels removed per layer (Torch-Pruning's pruning_ratio); 0 is the dense branch",
+        reads="sweep",
+    )
+    calibration_batches: int = setting(4, ge=0, description="batches of gradients for taylor/hessian", reads="prune:gradient")
+    batch_size: int = setting(32, ge=1, description="images per calibration batch", reads="prune:gradient")
+    round_to: int | None = setting(None, ge=1, description="keep channel counts multiples of this", reads="prune:pruned search_round")
+    scope: choice(registry.SCOPES) = setting(
+        "uniform", description="uniform: the same ratio in every layer; global: one ranking across layers", reads="prune:pruned"
+    )
+    heads: choice(registry.HEAD_MODES) = setting(
+        "dims",
+        description="dims: remove dimensions inside every head (softmax scale compensated); whole: remove whole heads",
+        reads="prune:pruned search_round",
+    )
+    head_ratio: float | None = setting(
+        None,
+        ge=0,
+        lt=1,
+        description="fraction of heads removed per block (rounded up) when heads is whole; null: the branch's ratio",
+        reads="prune:pruned",
+    )
+    bottleneck: bool = setting(
+        False, description="keep the embedding width; prune only MLP hidden units and attention", reads="prune:pruned search_round"
+    )
+    seed: int = setting(0, description="seed of the pruner's randomness and of its calibration sample", reads="prune:seeded")
 
     def check(self) -> None:
         if self.head_ratio is not None and self.heads != "whole":
-            raise PQVError(f"prune.head_ratio {self.head_ratio} applies to whole-head pruning only, but prune.heads is "
-                           f"'{self.heads}'", "set prune.heads: whole, or drop prune.head_ratio")
+            raise PQVError(
+                f"prune.head_ratio {self.head_ratio} applies to whole-head pruning only, but prune.heads is '{self.heads}'",
+                "set prune.heads: whole, or drop prune.head_ratio",
+            )
 
 
 class Quantize(Section):
     """One artifact per precision x engine x format that can carry it."""
 
-    precisions: list[Precision] = setting(["fp32", "int8_dynamic"], min_length=1,
-                                        description="int8_static: post-training, Linear layers, calibrated; "
-                                                    "int4_weight: int4 weights + int8 dynamic activations (pte only)", reads='sweep')
-    engines: list[Engine] = setting(["x86"], min_length=1,
-                                  description="quantized engines for integer precisions (float precisions use engine none); "
-                                              + ", ".join(f"{'/'.join(f['engines'])} run in {name}" for name, f in registry.FORMATS.items()),
-                                  reads='sweep')
-    calibration_images: int = setting(128, ge=1, description="training images that calibrate int8_static", reads='quantize:calibrated')
+    precisions: list[Precision] = setting(
+        ["fp32", "int8_dynamic"],
+        min_length=1,
+        description="int8_static: post-training, Linear layers, calibrated; "
+        "int4_weight: int4 weights + int8 dynamic activations (pte only)",
+        reads="sweep",
+    )
+    engines: list[Engine] = setting(
+        ["x86"],
+        min_length=1,
+        description="quantized engines for integer precisions (float precisions use engine none); "
+        + ", ".join(f"{'/'.join(f['engines'])} run in {name}" for name, f in registry.FORMATS.items()),
+        reads="sweep",
+    )
+    calibration_images: int = setting(128, ge=1, description="training images that calibrate int8_static", reads="quantize:calibrated")
 
 
 class Merge(Section):
@@ -204,33 +269,55 @@ class Merge(Section):
     applied to every branch's finetuned model when it is quantized (off the shelf: no training)."""
 
     r: list[Annotated[int, Field(ge=0)]] = setting(
-        [0], min_length=1, description="tokens merged in each block, one file of every recipe per value "
-                                       "(capped at half the patch tokens entering a block); 0: no merging", reads='sweep')
+        [0],
+        min_length=1,
+        description="tokens merged in each block, one file of every recipe per value "
+        "(capped at half the patch tokens entering a block); 0: no merging",
+        reads="sweep",
+    )
 
 
 class Export(Section):
     """Mobile files, each loaded back in its runtime and compared with its eager FP32 parent."""
 
-    formats: list[Format] = setting(["ptl"], min_length=1, description="; ".join(
-        f"{name}: {f['help']}" + (f" (needs the `{f['needs']}` extra)" if f.get("needs") else "")
-        for name, f in registry.FORMATS.items()), reads='sweep')
-    mobile_optimizer: bool = setting(True, description="run optimize_for_mobile before saving the Lite model", reads='export:ptl')
-    xnnpack_rewrite: bool = setting(True, description="let optimize_for_mobile rewrite float Linear/Conv to XNNPACK "
-                                                    "prepacked ops (the paper's path; ~3x slower than eager FP32 on x86)", reads='export:ptl')
-    check_images: int = setting(64, ge=1, description="held-out images compared against the FP32 parent", reads='export')
-    min_cosine: float = setting(0.98, ge=0, le=1, description="least cosine similarity of a lossy artifact's logits to its parent's", reads='export:lossy')
+    formats: list[Format] = setting(
+        ["ptl"],
+        min_length=1,
+        description="; ".join(
+            f"{name}: {f['help']}" + (f" (needs the `{f['needs']}` extra)" if f.get("needs") else "")
+            for name, f in registry.FORMATS.items()
+        ),
+        reads="sweep",
+    )
+    mobile_optimizer: bool = setting(True, description="run optimize_for_mobile before saving the Lite model", reads="export:ptl")
+    xnnpack_rewrite: bool = setting(
+        True,
+        description="let optimize_for_mobile rewrite float Linear/Conv to XNNPACK "
+        "prepacked ops (the paper's path; ~3x slower than eager FP32 on x86)",
+        reads="export:ptl",
+    )
+    check_images: int = setting(64, ge=1, description="held-out images compared against the FP32 parent", reads="export")
+    min_cosine: float = setting(
+        0.98, ge=0, le=1, description="least cosine similarity of a lossy artifact's logits to its parent's", reads="export:lossy"
+    )
 
 
 class Evaluate(Section):
     """Latency per image on the CPU; the accuracy pass uses every core its job holds."""
 
-    threads: int = setting(2, ge=1, description="torch (and XNNPACK) threads while timing latency", reads='latency profile search_report')
-    warmup: int = setting(5, ge=0, description="untimed calls before the timed ones", reads='latency search_report')
-    runs: int = setting(20, ge=1, description="timed calls: median, min, max, p90", reads='latency search_report')
-    batch_size: int = setting(1, ge=1, description="images per timed call", reads='latency')
-    eager_baseline: bool = setting(True, description="also measure each branch's eager FP32 model (format eager)", reads='sweep')
-    without_pqv: bool = setting(True, description="also build, check and measure the file a user gets without PQV, the bar "
-                                                  f"each pick is compared with: {registry.WITHOUT_PQV_HELP}", reads='sweep')
+    threads: int = setting(
+        2, ge=1, description="torch (and XNNPACK) threads while timing latency", reads="latency profile search_report"
+    )
+    warmup: int = setting(5, ge=0, description="untimed calls before the timed ones", reads="latency search_report")
+    runs: int = setting(20, ge=1, description="timed calls: median, min, max, p90", reads="latency search_report")
+    batch_size: int = setting(1, ge=1, description="images per timed call", reads="latency")
+    eager_baseline: bool = setting(True, description="also measure each branch's eager FP32 model (format eager)", reads="sweep")
+    without_pqv: bool = setting(
+        True,
+        description="also build, check and measure the file a user gets without PQV, the bar "
+        f"each pick is compared with: {registry.WITHOUT_PQV_HELP}",
+        reads="sweep",
+    )
 
 
 class Selector(Section):
@@ -248,10 +335,13 @@ class Selector(Section):
 class Profile(Section):
     """Per-operator time tables (the paper's Fig. 3)."""
 
-    artifacts: list[Selector] = setting(default_factory=list, description="selectors; every artifact matching all keys "
-                                                                        "given in one selector is profiled", reads='sweep')
-    warmup: int = setting(3, ge=0, description="untimed calls before the profiled ones", reads='profile')
-    runs: int = setting(10, ge=1, description="profiled calls, averaged per inference", reads='profile')
+    artifacts: list[Selector] = setting(
+        default_factory=list,
+        description="selectors; every artifact matching all keys given in one selector is profiled",
+        reads="sweep",
+    )
+    warmup: int = setting(3, ge=0, description="untimed calls before the profiled ones", reads="profile")
+    runs: int = setting(10, ge=1, description="profiled calls, averaged per inference", reads="profile")
 
 
 class Judged(Section):
@@ -267,14 +357,29 @@ class Search(Section):
     ratio whose shipped artifact stays within the budget of the dense FP32 model's top-1, and the
     fastest file at that ratio, by bisection instead of the grid."""
 
-    enabled: bool = setting(False, description="run the search (its probes are the sweep's own branches, cached with them)", reads='sweep')
-    budget: float = setting(1.0, ge=0, description="top-1 points the shipped file may lose against the dense FP32 model", reads='search_round search_report')
-    artifact: Judged = setting(default_factory=Judged, description="the file each probe is judged by", reads='sweep search_round')
-    lo: float = setting(0.0, ge=0, lt=1, description="the smallest ratio probed (above the dense branch)", reads='search_round')
-    hi: float = setting(0.9, gt=0, lt=1, description="the largest ratio probed (cut at what Torch-Pruning can reach)", reads='search_round')
-    resolution: float = setting(0.05, gt=0, lt=1, description="the grid step; snapped to what prune.round_to can express", reads='search_round')
-    max_probes: int = setting(8, ge=1, description="at most this many probes (finetunes) per model and importance", reads='search_round')
-    parallel: int = setting(1, ge=1, description="probes per round: a round narrows the interval parallel+1-fold", reads='search_round')
+    enabled: bool = setting(
+        False, description="run the search (its probes are the sweep's own branches, cached with them)", reads="sweep"
+    )
+    budget: float = setting(
+        1.0,
+        ge=0,
+        description="top-1 points the shipped file may lose against the dense FP32 model",
+        reads="search_round search_report",
+    )
+    artifact: Judged = setting(default_factory=Judged, description="the file each probe is judged by", reads="sweep search_round")
+    lo: float = setting(0.0, ge=0, lt=1, description="the smallest ratio probed (above the dense branch)", reads="search_round")
+    hi: float = setting(
+        0.9, gt=0, lt=1, description="the largest ratio probed (cut at what Torch-Pruning can reach)", reads="search_round"
+    )
+    resolution: float = setting(
+        0.05, gt=0, lt=1, description="the grid step; snapped to what prune.round_to can express", reads="search_round"
+    )
+    max_probes: int = setting(
+        8, ge=1, description="at most this many probes (finetunes) per model and importance", reads="search_round"
+    )
+    parallel: int = setting(
+        1, ge=1, description="probes per round: a round narrows the interval parallel+1-fold", reads="search_round"
+    )
 
     def check(self, config: Config) -> None:
         if not self.enabled:
@@ -284,29 +389,37 @@ class Search(Section):
         from .search import grid
 
         if not [r for r in grid(0.0, self.hi, self.resolution) if r >= self.lo and r > 0]:
-            raise PQVError(f"search.resolution {self.resolution:g} leaves no ratio to probe from search.lo {self.lo:g} "
-                           f"to search.hi {self.hi:g}", "use a finer search.resolution")
+            raise PQVError(
+                f"search.resolution {self.resolution:g} leaves no ratio to probe from search.lo {self.lo:g} to search.hi {self.hi:g}",
+                "use a finer search.resolution",
+            )
         judged = (self.artifact.precision, self.artifact.engine, self.artifact.format)
         made = sweep.combinations(config.model_dump())
         if judged not in made:
-            raise PQVError(f"search.artifact {self.artifact.precision} {self.artifact.engine} .{self.artifact.format} is "
-                           "not an artifact of this sweep", f"use one of {', '.join(' '.join(c) for c in made)}, or "
-                           "add it to quantize and export")
+            raise PQVError(
+                f"search.artifact {self.artifact.precision} {self.artifact.engine} .{self.artifact.format} is "
+                "not an artifact of this sweep",
+                f"use one of {', '.join(' '.join(c) for c in made)}, or add it to quantize and export",
+            )
 
 
 class Config(Section):
     """PQV workflow configuration."""
 
-    results: str = setting("results", description="folder for every artifact the workflow makes", reads='none')
-    device: choice(registry.DEVICES) = setting("auto", description="where gradients and eager accuracy passes run: "
-                                                                 "auto = CUDA when the job's machine has it (on SLURM, "
-                                                                 "only if the partition has GPUs). Latency is always the CPU's. "
-                                                                 "What a job makes differs only by float rounding (finetune.amp "
-                                                                 "decides whether CUDA autocasts)", reads='none')
+    results: str = setting("results", description="folder for every artifact the workflow makes", reads="none")
+    device: choice(registry.DEVICES) = setting(
+        "auto",
+        description="where gradients and eager accuracy passes run: "
+        "auto = CUDA when the job's machine has it (on SLURM, "
+        "only if the partition has GPUs). Latency is always the CPU's. "
+        "What a job makes differs only by float rounding (finetune.amp "
+        "decides whether CUDA autocasts)",
+        reads="none",
+    )
     dataset: Dataset = Field(description="the images (docs/data.md)")
     models: list[Model] = Field(min_length=1, description="the starting models, one sweep each")
     prune: Prune = Field(default_factory=Prune, description="one branch per importance x ratio")
-    finetune: Finetune = setting(default_factory=Finetune, description="recovering the pruned models' accuracy", reads='finetune')
+    finetune: Finetune = setting(default_factory=Finetune, description="recovering the pruned models' accuracy", reads="finetune")
     quantize: Quantize = Field(default_factory=Quantize, description="precisions and engines of every branch")
     merge: Merge = Field(default_factory=Merge, description="token merging (ToMe), off by default")
     export: Export = Field(default_factory=Export, description="mobile formats and the check of every file against its parent")
@@ -327,9 +440,10 @@ class Config(Section):
 
     def _check_dataset(self) -> None:
         if self.dataset.name == "imagefolder" and not self.dataset.root:
-            raise PQVError("dataset.root is required for imagefolder data",
-                           "add a file with `dataset: {root: /path/to/data}` after the config, "
-                           "e.g. --configfile config/paper.yaml site.yaml")
+            raise PQVError(
+                "dataset.root is required for imagefolder data",
+                "add a file with `dataset: {root: /path/to/data}` after the config, e.g. --configfile config/paper.yaml site.yaml",
+            )
 
     def _check_sweep(self) -> None:
         """Each listed precision and engine must produce an artifact in a listed format; an engine
@@ -343,20 +457,26 @@ class Config(Section):
             missing = [m for m in registry.EXTRAS.get(extra, ()) if importlib.util.find_spec(m) is None]
             if missing:
                 drop = f"drop '{fmt}' from export.formats" if fmt in formats else "set evaluate.without_pqv: false"
-                raise PQVError(f"{why}, whose runtime needs {', '.join(missing)}, not installed here",
-                               f'pip install -e ".[{extra}]" (or {drop})')
+                raise PQVError(
+                    f"{why}, whose runtime needs {', '.join(missing)}, not installed here", f'pip install -e ".[{extra}]" (or {drop})'
+                )
         made = sweep.combinations(self.model_dump())
         for precision in q.precisions:
             if any(p == precision for p, _, _ in made):
                 continue
             carriers = list(registry.PRECISIONS[precision]["formats"])
             if any(f in formats for f in carriers):  # its format is listed, its engines are not
-                engines = sorted({e for f in carriers if f in formats for e in registry.FORMATS[f]["engines"]
-                                  if registry.runs(e, precision)})
-                raise PQVError(f"quantize.precisions lists '{precision}' but no quantize.engines entry runs it "
-                               f"in export.formats {formats}", f"add one of {', '.join(engines)} to quantize.engines")
-            raise PQVError(f"quantize.precisions lists '{precision}' but export.formats {formats} cannot carry it",
-                           f"add {' or '.join(carriers)} to export.formats, or drop '{precision}'")
+                engines = sorted(
+                    {e for f in carriers if f in formats for e in registry.FORMATS[f]["engines"] if registry.runs(e, precision)}
+                )
+                raise PQVError(
+                    f"quantize.precisions lists '{precision}' but no quantize.engines entry runs it in export.formats {formats}",
+                    f"add one of {', '.join(engines)} to quantize.engines",
+                )
+            raise PQVError(
+                f"quantize.precisions lists '{precision}' but export.formats {formats} cannot carry it",
+                f"add {' or '.join(carriers)} to export.formats, or drop '{precision}'",
+            )
         if len(set(self.merge.r)) < len(self.merge.r):
             twice = sorted({r for r in self.merge.r if self.merge.r.count(r) > 1})
             raise PQVError(f"merge.r lists {', '.join(map(str, twice))} more than once", "list each r once")
@@ -367,14 +487,25 @@ class Config(Section):
             if any(e == engine for _, e, _ in made):
                 continue
             runs_it = [f for f, d in registry.FORMATS.items() if engine in d["engines"]]
-            takers = [p for p in quantized if registry.runs(engine, p) and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
+            takers = [
+                p for p in quantized if registry.runs(engine, p) and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)
+            ]
             if not takers:
-                wanted = [p for p in registry.PRECISIONS if registry.PRECISIONS[p]["quantized"] and registry.runs(engine, p)
-                          and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)]
-                raise PQVError(f"quantize.engines lists '{engine}' but no quantized precision in quantize.precisions "
-                               f"runs on it", f"drop '{engine}' or add {' or '.join(wanted)} to quantize.precisions")
-            raise PQVError(f"quantize.engines lists '{engine}' but export.formats {formats} has no format that runs it",
-                           f"add {' or '.join(runs_it)} to export.formats, or drop '{engine}'")
+                wanted = [
+                    p
+                    for p in registry.PRECISIONS
+                    if registry.PRECISIONS[p]["quantized"]
+                    and registry.runs(engine, p)
+                    and any(f in registry.PRECISIONS[p]["formats"] for f in runs_it)
+                ]
+                raise PQVError(
+                    f"quantize.engines lists '{engine}' but no quantized precision in quantize.precisions runs on it",
+                    f"drop '{engine}' or add {' or '.join(wanted)} to quantize.precisions",
+                )
+            raise PQVError(
+                f"quantize.engines lists '{engine}' but export.formats {formats} has no format that runs it",
+                f"add {' or '.join(runs_it)} to export.formats, or drop '{engine}'",
+            )
 
     def _check_training(self) -> None:
         self.finetune.check("finetune")
@@ -387,8 +518,10 @@ class Config(Section):
         seen: dict[str, int] = {}
         for i, m in enumerate(self.models):
             if m.id in seen:
-                raise PQVError(f"models[{i}].id '{m.id}' is also models[{seen[m.id]}].id: the second would "
-                               "silently replace the first", "give every model its own id")
+                raise PQVError(
+                    f"models[{i}].id '{m.id}' is also models[{seen[m.id]}].id: the second would silently replace the first",
+                    "give every model its own id",
+                )
             seen[m.id] = i
         known = timm_models()
         for i, m in enumerate(self.models):
@@ -397,13 +530,16 @@ class Config(Section):
             keys = timm_data_config_keys()
             for key in m.data_config:
                 if key not in keys:
-                    raise PQVError(f"models[{i}].data_config: unknown key '{key}'{_close(key, keys)}",
-                                   f"use one of {', '.join(keys)} (timm's preprocessing)")
+                    raise PQVError(
+                        f"models[{i}].data_config: unknown key '{key}'{_close(key, keys)}",
+                        f"use one of {', '.join(keys)} (timm's preprocessing)",
+                    )
             if m.kwargs and (refused := timm_refused_kwarg(m.timm_name, m.kwargs)):
                 accepted = timm_model_kwargs(m.timm_name)
-                raise PQVError(f"models[{i}].kwargs: timm's {m.timm_name} takes no keyword '{refused}'"
-                               f"{_close(refused, accepted)}", f"use a keyword its model class takes, e.g. "
-                               f"{', '.join(accepted[:8])}{', ...' if len(accepted) > 8 else ''}")
+                raise PQVError(
+                    f"models[{i}].kwargs: timm's {m.timm_name} takes no keyword '{refused}'{_close(refused, accepted)}",
+                    f"use a keyword its model class takes, e.g. {', '.join(accepted[:8])}{', ...' if len(accepted) > 8 else ''}",
+                )
 
     def _check_profile(self, suggested: list) -> None:
         """A profile selector the user wrote that matches nothing would be found only after the sweep
@@ -418,24 +554,31 @@ class Config(Section):
                 wanted = sweep.ratio_name(value) if key == "ratio" else str(value)
                 present = sorted({a[key] for a in made})
                 if wanted not in present:
-                    raise PQVError(f"profile.artifacts[{i}] asks for {key} '{value}', which this sweep does not make"
-                                   f"{_close(wanted, present)}", f"use one of {', '.join(present)} or drop the selector")
-            raise PQVError(f"profile.artifacts[{i}] {given} matches no artifact of this sweep "
-                           "(each value exists, not together)", "check the combination against quantize and export")
+                    raise PQVError(
+                        f"profile.artifacts[{i}] asks for {key} '{value}', which this sweep does not make{_close(wanted, present)}",
+                        f"use one of {', '.join(present)} or drop the selector",
+                    )
+            raise PQVError(
+                f"profile.artifacts[{i}] {given} matches no artifact of this sweep (each value exists, not together)",
+                "check the combination against quantize and export",
+            )
 
     def _check_profile_runtime(self) -> None:
         """A .pte operator profile needs ExecuTorch's event tracer, which the project's executorch
         wheel lacks: say so before any job, not after the sweep."""
         if any(a["format"] == "pte" for a in sweep.profiled(self.model_dump())) and tracer_python() is None:
             given = os.environ.get(ETDUMP_PYTHON_ENV)
-            raise PQVError("profile.artifacts selects .pte files, whose operator profile needs ExecuTorch's event "
-                           "tracer, which this environment's executorch lacks"
-                           + (f" (${ETDUMP_PYTHON_ENV} names {given}, which is not a Python here)" if given else ""),
-                           f"run `bash envs/etdump.sh` once (a side environment with the executorch 1.5.1 runtime), "
-                           f"set {ETDUMP_PYTHON_ENV} to a Python that has it, or profile .ptl files")
+            raise PQVError(
+                "profile.artifacts selects .pte files, whose operator profile needs ExecuTorch's event "
+                "tracer, which this environment's executorch lacks"
+                + (f" (${ETDUMP_PYTHON_ENV} names {given}, which is not a Python here)" if given else ""),
+                f"run `bash envs/etdump.sh` once (a side environment with the executorch 1.5.1 runtime), "
+                f"set {ETDUMP_PYTHON_ENV} to a Python that has it, or profile .ptl files",
+            )
 
 
 # ---- checking a config ------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def reported(stage: str = "config"):
@@ -465,13 +608,15 @@ def load_yaml(path: str | Path) -> dict:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = " ".join(str(getattr(e, "problem", "") or e).split())
         tab = "\t" in Path(path).read_text().splitlines()[mark.line] if mark else False
-        raise PQVError(f"{where}: not valid YAML: {problem}",
-                       "indent with spaces, not tabs" if tab else "fix the YAML at that line") from None
+        raise PQVError(
+            f"{where}: not valid YAML: {problem}", "indent with spaces, not tabs" if tab else "fix the YAML at that line"
+        ) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise PQVError(f"{path} holds a YAML {type(loaded).__name__}, not a mapping of config keys",
-                       "write `key: value` lines (docs/config.md)")
+        raise PQVError(
+            f"{path} holds a YAML {type(loaded).__name__}, not a mapping of config keys", "write `key: value` lines (docs/config.md)"
+        )
     return loaded
 
 
@@ -548,6 +693,7 @@ def default(section: type[BaseModel], key: str):
 
 # ---- what the checks look up ---------------------------------------------------------------------
 
+
 def tracer_python() -> str | None:
     """A Python whose ExecuTorch runtime has the event tracer (for .pte operator profiles):
     $PQV_ETDUMP_PYTHON, else the side environment of envs/etdump.sh; None when the one that would
@@ -564,12 +710,15 @@ def _ask_timm(fact: str, *args) -> Any:
     import json
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "pqv.common.timm_facts", fact, *(json.dumps(a) for a in args)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pqv.common.timm_facts", fact, *(json.dumps(a) for a in args)], capture_output=True, text=True
+    )
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PQVError(f"asking the installed timm for its {fact} failed: {last}",
-                       "check the installation: `python -c 'import timm'` in the environment that runs snakemake")
+        raise PQVError(
+            f"asking the installed timm for its {fact} failed: {last}",
+            "check the installation: `python -c 'import timm'` in the environment that runs snakemake",
+        )
     return json.loads(done.stdout)
 
 

@@ -4,6 +4,7 @@
 python -m pqv.plan.config_docs (or python -m pqv.plan.config) rewrites both; tests/test_config.py checks
 they are current.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ def schema() -> dict:
 def _type_name(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:  # a constrained item: its type and its bounds
-        bounds = [f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}" for m in args[1].metadata
-                  if type(m).__name__ in BOUND_SIGNS] if hasattr(args[1], "metadata") else []
+        bounds = (
+            [
+                f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}"
+                for m in args[1].metadata
+                if type(m).__name__ in BOUND_SIGNS
+            ]
+            if hasattr(args[1], "metadata")
+            else []
+        )
         return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
@@ -46,9 +54,13 @@ BOUND_SIGNS = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}
 
 def reference() -> str:
     """docs/config.md: every key with its type, default and meaning, from the models."""
-    lines = ["# Configuration reference", "",
-             "Generated from `pqv/plan/config.py` by `python -m pqv.plan.config` (tests/test_config.py checks it is current).",
-             "A config file lists only what it changes; the embedded default is `config/config.yaml`.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `pqv/plan/config.py` by `python -m pqv.plan.config` (tests/test_config.py checks it is current).",
+        "A config file lists only what it changes; the embedded default is `config/config.yaml`.",
+        "",
+    ]
 
     def section(model: type[BaseModel], path: str) -> None:
         title = path or "top level"
@@ -63,13 +75,19 @@ def reference() -> str:
             annotation = field.annotation
             inner = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
             sub = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else (inner[0] if inner else None)
-            default_value = "required" if field.is_required() else json.dumps(field.get_default(call_default_factory=True),
-                                                                              default=lambda o: o.model_dump())
+            default_value = (
+                "required"
+                if field.is_required()
+                else json.dumps(field.get_default(call_default_factory=True), default=lambda o: o.model_dump())
+            )
             if sub is not None:
                 nested.append((sub, key + ("[]" if typing.get_origin(annotation) is list else "")))
                 default_value = "see below" if not field.is_required() else "required"
-            bounds = ", ".join(f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}"
-                               for m in field.metadata if type(m).__name__ in BOUND_SIGNS)
+            bounds = ", ".join(
+                f"{BOUND_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}"
+                for m in field.metadata
+                if type(m).__name__ in BOUND_SIGNS
+            )
             meaning = " ".join((field.description or "").split()).replace("|", "\\|")
             lines.append(f"| `{key}` | {_type_name(annotation)}{f' ({bounds})' if bounds else ''} | `{default_value}` | {meaning} |")
         lines.append("")

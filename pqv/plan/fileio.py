@@ -5,6 +5,7 @@ Every artifact `X` gets a sidecar `X.json` that says what produced it (written b
 `pqv.common.store.write_sidecar`, which adds the versions of the stack). Torch-free: the planning
 side (the search's state, the data manifests) reads and writes through here too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,11 @@ def atomic_path(path: str | os.PathLike, need_bytes: int = 0):
     if need_bytes:
         free = shutil.disk_usage(path.parent).free
         if free < need_bytes + SPACE_MARGIN:
-            raise PQVError(f"not enough disk space for {path}: {free / 2**20:.0f} MB free on its disk, about "
-                           f"{(need_bytes + SPACE_MARGIN) / 2**20:.0f} MB needed",
-                           "free space there, or set results: to a folder on a larger disk")
+            raise PQVError(
+                f"not enough disk space for {path}: {free / 2**20:.0f} MB free on its disk, about "
+                f"{(need_bytes + SPACE_MARGIN) / 2**20:.0f} MB needed",
+                "free space there, or set results: to a folder on a larger disk",
+            )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
@@ -51,8 +54,10 @@ def atomic_path(path: str | os.PathLike, need_bytes: int = 0):
         os.replace(tmp, path)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise PQVError(f"the disk holding {path.parent} is full (writing {path.name})",
-                           "free space there, or set results: to a folder on a larger disk") from None
+            raise PQVError(
+                f"the disk holding {path.parent} is full (writing {path.name})",
+                "free space there, or set results: to a folder on a larger disk",
+            ) from None
         raise
     finally:
         if os.path.exists(tmp):
@@ -118,8 +123,14 @@ def read_sidecar(artifact: str | os.PathLike) -> dict:
 
 
 # The stage that writes a file, by the names the workflow gives them (when its sidecar cannot say).
-STAGE_BY_NAME = {"train.json": "data", "eval.json": "data", "manifest.json": "data", "model.safetensors": "model",
-                 "pruned.safetensors": "prune", "finetuned.safetensors": "finetune"}
+STAGE_BY_NAME = {
+    "train.json": "data",
+    "eval.json": "data",
+    "manifest.json": "data",
+    "model.safetensors": "model",
+    "pruned.safetensors": "prune",
+    "finetuned.safetensors": "finetune",
+}
 STAGE_BY_SUFFIX = {".ts": "quantize", ".pt2": "quantize", ".ptl": "export", ".pte": "export", ".ort": "export"}
 
 
@@ -142,8 +153,11 @@ def corrupt(path: str | os.PathLike, problem: str) -> PQVError:
     it and everything that depends on it, without the user deleting anything."""
     stage = stage_of(path)
     what = f"the {stage} stage" if stage else "the pqv stage that made it"
-    return PQVError(problem, f"remake it with {what}: `snakemake --forcerun {shlex.quote(str(path))}` (with your "
-                             "usual options) reruns its job and every job that depends on it")
+    return PQVError(
+        problem,
+        f"remake it with {what}: `snakemake --forcerun {shlex.quote(str(path))}` (with your "
+        "usual options) reruns its job and every job that depends on it",
+    )
 
 
 def _jsonable(obj):

@@ -8,6 +8,7 @@ folder (config `results`): logs under <results>/logs, benchmark files under <res
 
 Torch-free; no Snakemake object: patterns are plain `str.format` text.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

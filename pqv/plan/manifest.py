@@ -10,6 +10,7 @@ removed, renamed or replaced, and for nothing else (a `.DS_Store`, a `chmod`).
 
 Torch-free and image-free (no PIL): the Snakefile imports it on every run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,6 @@ HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 SHOWN = 5  # unreadable files named in the error line; the log lists all of them
 # The keys of the dataset section that say what the data set is (not how it is loaded).
 SPEC_KEYS = tuple(k for k in Dataset.model_fields if k != "workers")
-
 
 
 def hidden(name: str) -> bool:
@@ -66,14 +66,19 @@ def images_in(folder: Path, above: tuple = ()) -> list[str]:
 
 # ---- what the Snakefile asks on every run: cheap, no walk ------------------------------------
 
+
 def stamp(spec: dict, split: str) -> str:
     """A short hash of what a split's manifest is made from: its keys of the dataset section and,
     for ImageFolder, every image file under its class folders (links followed, as the data job
     reads them) by name, size and modification time. Adding, removing, renaming or replacing an
     image changes it; a hidden file (`.DS_Store`), a non-image file (`Thumbs.db`), a permission
     change or a copy re-extracted with the same files does not."""
-    keys = [k for k in SPEC_KEYS if k not in {f"{other}_dir" for other in SPLITS if other != split}
-            and k not in {f"max_{other}" for other in SPLITS if other != split}]
+    keys = [
+        k
+        for k in SPEC_KEYS
+        if k not in {f"{other}_dir" for other in SPLITS if other != split}
+        and k not in {f"max_{other}" for other in SPLITS if other != split}
+    ]
     parts = [split, json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)]
     if spec["name"] == "imagefolder":
         folder = split_folder(spec, split)
@@ -94,9 +99,11 @@ def _enter(folder: Path, above: tuple) -> tuple:
     key = (st.st_dev, st.st_ino)
     if key in above:
         link = next((p for p in (folder, *folder.parents) if p.is_symlink()), folder)
-        raise PQVError(f"symbolic link loop in the data tree: {link} links to {os.path.realpath(link)}, so "
-                       f"{folder} is {os.path.realpath(folder)}, a folder above it",
-                       f"remove the link {link}, or point it at a folder outside the data tree")
+        raise PQVError(
+            f"symbolic link loop in the data tree: {link} links to {os.path.realpath(link)}, so "
+            f"{folder} is {os.path.realpath(folder)}, a folder above it",
+            f"remove the link {link}, or point it at a folder outside the data tree",
+        )
     return (*above, key)
 
 
@@ -157,9 +164,11 @@ def check_folders(spec: dict) -> None:
 def check_classes(spec: dict, classes: list[str], eval_classes) -> None:
     extra = [c for c in eval_classes if c not in classes]
     if extra:
-        raise PQVError(f"the evaluation split {split_folder(spec, 'eval')} has class(es) the training split lacks: "
-                       f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''} (the model has no output for them)",
-                       "add them to the training split, or remove them from the evaluation split")
+        raise PQVError(
+            f"the evaluation split {split_folder(spec, 'eval')} has class(es) the training split lacks: "
+            f"{', '.join(extra[:SHOWN])}{' ...' if len(extra) > SHOWN else ''} (the model has no output for them)",
+            "add them to the training split, or remove them from the evaluation split",
+        )
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -168,8 +177,9 @@ def read(path: str | os.PathLike) -> dict:
 
     manifest = read_json(path, path)
     if manifest.get("format") != FORMAT or not {"classes", "splits", "fingerprint"} <= set(manifest):
-        raise PQVError(f"{path} is not a PQV data manifest (format {FORMAT})",
-                       f"delete it and run `snakemake --forcerun {path}` (or `pqv data`)")
+        raise PQVError(
+            f"{path} is not a PQV data manifest (format {FORMAT})", f"delete it and run `snakemake --forcerun {path}` (or `pqv data`)"
+        )
     manifest["path"] = str(path)
     return manifest
 
@@ -178,8 +188,10 @@ def split_of(manifest: dict, split: str) -> dict:
     """One split of a manifest; a manifest of the other split is a one-line error."""
     if split not in manifest["splits"]:
         where = manifest.get("path", "the data manifest")
-        raise PQVError(f"{where} holds the {'/'.join(manifest['splits'])} split, not the {split} split this stage reads",
-                       f"give the {split} split's manifest (results/data/{split}.json)")
+        raise PQVError(
+            f"{where} holds the {'/'.join(manifest['splits'])} split, not the {split} split this stage reads",
+            f"give the {split} split's manifest (results/data/{split}.json)",
+        )
     return manifest["splits"][split]
 
 

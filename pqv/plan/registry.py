@@ -6,6 +6,7 @@ choices from here, so do the CLI's --help, the Snakefile's sweep (pqv.plan.sweep
 implement each entry. Adding a precision, an importance or an engine is an entry here plus its
 implementation and test.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -53,27 +54,51 @@ NO_STATUS = "missing"  # what a file without a status is called (a probe, a summ
 # QuantizeLinear/DequantizeLinear pairs (else QOperator's QLinearMatMul); precisions: where a
 # recipe differs from another at all (QDQ vs QOperator only exists for static int8).
 ORT_RECIPES = {
-    "mlas": {"optimize": True, "per_channel": True, "qdq": True,
-             "help": "ORT's documented ViT recipe: transformer optimizer, pre-processing, per-channel int8 weights, QDQ"},
-    "mlas_plain": {"optimize": False, "per_channel": True, "qdq": True,
-                   "help": "torch.onnx.export, then ORT's quantizer with per-channel weights, nothing else"},
+    "mlas": {
+        "optimize": True,
+        "per_channel": True,
+        "qdq": True,
+        "help": "ORT's documented ViT recipe: transformer optimizer, pre-processing, per-channel int8 weights, QDQ",
+    },
+    "mlas_plain": {
+        "optimize": False,
+        "per_channel": True,
+        "qdq": True,
+        "help": "torch.onnx.export, then ORT's quantizer with per-channel weights, nothing else",
+    },
     "mlas_tensor": {"optimize": True, "per_channel": False, "qdq": True, "help": "the documented recipe, per-tensor int8 weights"},
     "mlas_plain_tensor": {"optimize": False, "per_channel": False, "qdq": True, "help": "the plain recipe, per-tensor int8 weights"},
-    "mlas_qop": {"optimize": True, "per_channel": True, "qdq": False, "precisions": ("int8_static",),
-                 "help": "the documented recipe, static int8 in QOperator format (QLinearMatMul)"},
+    "mlas_qop": {
+        "optimize": True,
+        "per_channel": True,
+        "qdq": False,
+        "precisions": ("int8_static",),
+        "help": "the documented recipe, static int8 in QOperator format (QLinearMatMul)",
+    },
 }
 
 # Mobile formats: the intermediate representation the quantize stage writes for them, and the
 # quantized engines whose kernels their runtime has.
 FORMATS = {
-    "ptl": {"ir": "ts", "engines": ("x86", "fbgemm", "qnnpack", "onednn"),
-            "help": "TorchScript Lite Interpreter (the paper's format)"},
+    "ptl": {
+        "ir": "ts",
+        "engines": ("x86", "fbgemm", "qnnpack", "onednn"),
+        "help": "TorchScript Lite Interpreter (the paper's format)",
+    },
     "pte": {"ir": "pt2", "engines": ("xnnpack",), "help": "ExecuTorch with the XNNPACK delegate"},
     # ONNX Runtime (pqv/common/ort.py), the runtime a user would pick instead; its engines are its recipes
-    "onnx": {"ir": "onnx", "engines": tuple(ORT_RECIPES), "needs": "onnx",
-             "help": "ONNX Runtime, CPU provider (MLAS kernels), one file per recipe (ORT_RECIPES)"},
-    "ort": {"ir": "onnx", "engines": tuple(ORT_RECIPES), "needs": "onnx",
-            "help": "ORT Mobile's format (ONNX Runtime's mobile packages), one file per recipe (ORT_RECIPES)"},
+    "onnx": {
+        "ir": "onnx",
+        "engines": tuple(ORT_RECIPES),
+        "needs": "onnx",
+        "help": "ONNX Runtime, CPU provider (MLAS kernels), one file per recipe (ORT_RECIPES)",
+    },
+    "ort": {
+        "ir": "onnx",
+        "engines": tuple(ORT_RECIPES),
+        "needs": "onnx",
+        "help": "ORT Mobile's format (ONNX Runtime's mobile packages), one file per recipe (ORT_RECIPES)",
+    },
 }
 
 # The bar a user sets: the file they get without PQV, ONNX Runtime's plain int8 of the dense model

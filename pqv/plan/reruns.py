@@ -22,6 +22,7 @@ and what is made from its outputs, nothing else (docs/configuring.md).
 
 Torch-free: the Snakefile imports it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,20 @@ from . import registry, sweep
 from .errors import PQVError
 
 # The stages whose jobs read settings (a rule each); `sweep` and `none` are the other two words.
-STAGES = ("data_train", "data_eval", "model", "prune", "finetune", "quantize", "export", "accuracy", "latency",
-          "profile", "search_round", "search_report")
+STAGES = (
+    "data_train",
+    "data_eval",
+    "model",
+    "prune",
+    "finetune",
+    "quantize",
+    "export",
+    "accuracy",
+    "latency",
+    "profile",
+    "search_round",
+    "search_report",
+)
 SWEEP = "sweep"  # the key decides which jobs exist, not what one job makes
 NONE = "none"  # how a job runs (threads, workers, device, launcher): changes no result
 
@@ -65,14 +78,18 @@ def _drawn(config: dict, split: str) -> bool:
 # Conditions on a job (its wildcards, and the config) under which a stage's job reads a key.
 CONDITIONS = {
     "pruned": ("a pruned branch (ratio > 0)", lambda config, wc: _pruned(wc)),
-    "gradient": ("a pruned branch of an importance that reads calibration batches (" +
-                 ", ".join(registry.GRADIENT_IMPORTANCES) + ")",
-                 lambda config, wc: _pruned(wc) and wc["importance"] in registry.GRADIENT_IMPORTANCES),
-    "seeded": ("a pruned branch of an importance with randomness (" + ", ".join(registry.SEEDED_IMPORTANCES) + ")",
-               lambda config, wc: _pruned(wc) and wc["importance"] in registry.SEEDED_IMPORTANCES),
-    "calibrated": ("a precision calibrated on images (" + ", ".join(
-        p for p, d in registry.PRECISIONS.items() if d["calibrated"]) + ")",
-                   lambda config, wc: registry.PRECISIONS[wc["precision"]]["calibrated"]),
+    "gradient": (
+        "a pruned branch of an importance that reads calibration batches (" + ", ".join(registry.GRADIENT_IMPORTANCES) + ")",
+        lambda config, wc: _pruned(wc) and wc["importance"] in registry.GRADIENT_IMPORTANCES,
+    ),
+    "seeded": (
+        "a pruned branch of an importance with randomness (" + ", ".join(registry.SEEDED_IMPORTANCES) + ")",
+        lambda config, wc: _pruned(wc) and wc["importance"] in registry.SEEDED_IMPORTANCES,
+    ),
+    "calibrated": (
+        "a precision calibrated on images (" + ", ".join(p for p, d in registry.PRECISIONS.items() if d["calibrated"]) + ")",
+        lambda config, wc: registry.PRECISIONS[wc["precision"]]["calibrated"],
+    ),
     "lossy": ("a lossy precision (judged by cosine)", lambda config, wc: registry.PRECISIONS[wc["precision"]]["lossy"]),
     "ptl": (".ptl files", lambda config, wc: wc["format"] == "ptl"),
     "trained": ("a model with weights: train", lambda config, wc: _model_entry(config, wc)["weights"] == "train"),
@@ -137,8 +154,10 @@ def _parse(words: str, where: str) -> tuple[tuple[tuple[str, str | None], ...], 
         elif word == NONE:
             none = True
         elif stage not in STAGES or (condition and condition not in CONDITIONS):
-            raise PQVError(f"pqv.plan.config: {where} declares reads '{word}', which names no stage or condition",
-                           f"use {', '.join(STAGES)}, {SWEEP} or {NONE}, with a condition of {', '.join(CONDITIONS)}")
+            raise PQVError(
+                f"pqv.plan.config: {where} declares reads '{word}', which names no stage or condition",
+                f"use {', '.join(STAGES)}, {SWEEP} or {NONE}, with a condition of {', '.join(CONDITIONS)}",
+            )
         else:
             reads.append((stage, condition or None))
     if none and (reads or sweep):
@@ -190,8 +209,11 @@ def _value(config: dict, key: Key, wc):
 def launch_keys() -> tuple[str, ...]:
     """The finetune section's keys that its jobs do not read (how a job starts, which branches
     train): a checkpoint made under other values of these is still resumed."""
-    return tuple(k.path[1] for k in keys() if k.path[0] == "finetune" and len(k.path) == 2
-                 and not any(stage == "finetune" for stage, _ in k.reads))
+    return tuple(
+        k.path[1]
+        for k in keys()
+        if k.path[0] == "finetune" and len(k.path) == 2 and not any(stage == "finetune" for stage, _ in k.reads)
+    )
 
 
 def _read(stage: str, config: dict, wc):
@@ -209,8 +231,11 @@ def settings(stage: str, config: dict, wc, stamps: dict | None = None) -> dict[t
     its default (the command fills in its defaults from pqv.plan.config): so a key added in a later
     version, at its default, changes no job's params and reruns nothing. A key that names a file
     has the file's `file_stamp` for its value (`stamps`: its cache), not the path (`files`)."""
-    return {key.path: file_stamp(value, stamps) if _names_file(key, value) else value
-            for key, value in _read(stage, config, wc) if key.default is PydanticUndefined or value != key.default}
+    return {
+        key.path: file_stamp(value, stamps) if _names_file(key, value) else value
+        for key, value in _read(stage, config, wc)
+        if key.default is PydanticUndefined or value != key.default
+    }
 
 
 def section_read(stage: str, config: dict, wc, section: str) -> dict:
@@ -218,8 +243,11 @@ def section_read(stage: str, config: dict, wc, section: str) -> dict:
     at their defaults. What a stamp of the job hashes besides its files (pqv.plan.manifest.stamp hashes the
     dataset section), so a key the job does not read (dataset.root of the digits) changes no stamp."""
     read = {key.path[1]: value for key, value in _read(stage, config, wc) if key.path[0] == section}
-    return {key.path[1]: read.get(key.path[1], key.default) for key in keys()
-            if key.path[0] == section and len(key.path) == 2 and (key.path[1] in read or key.default is not PydanticUndefined)}
+    return {
+        key.path[1]: read.get(key.path[1], key.default)
+        for key in keys()
+        if key.path[0] == section and len(key.path) == 2 and (key.path[1] in read or key.default is not PydanticUndefined)
+    }
 
 
 def files(stage: str, config: dict, wc) -> dict[str, str]:
@@ -295,8 +323,12 @@ def table() -> str:
     for key in keys():
         parent, leaf = key.name.rpartition(".")[0], key.name.rpartition(".")[2]
         last = rows[-1] if rows else None
-        if last and last[0] == parent and (last[2].reads, last[2].sweep, last[2].kind, last[2].path in FILE_KEYS) == \
-                (key.reads, key.sweep, key.kind, key.path in FILE_KEYS):
+        if (
+            last
+            and last[0] == parent
+            and (last[2].reads, last[2].sweep, last[2].kind, last[2].path in FILE_KEYS)
+            == (key.reads, key.sweep, key.kind, key.path in FILE_KEYS)
+        ):
             last[1].append(leaf)
         else:
             rows.append((parent, [leaf], key))

@@ -15,6 +15,7 @@ are computed again from the manifest just before each job starts (a resource tha
 not yet made is "to be determined" until then).
 Torch-free: the Snakefile imports it on every run.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,15 @@ RESUMABLE = ("finetune",)
 LONGEST_SPAN_H = 7 * 24
 
 # timm's ViT sizes: (embed width, depth); a name's size word picks one, kwargs override it.
-VIT_SIZES = {"tiny": (192, 12), "small": (384, 12), "medium": (512, 12), "base": (768, 12),
-             "large": (1024, 24), "huge": (1280, 32), "giant": (1408, 40)}
+VIT_SIZES = {
+    "tiny": (192, 12),
+    "small": (384, 12),
+    "medium": (512, 12),
+    "base": (768, 12),
+    "large": (1024, 24),
+    "huge": (1280, 32),
+    "giant": (1408, 40),
+}
 
 
 @dataclass(frozen=True)
@@ -319,15 +327,26 @@ def mem_mb(stage: str, config: dict, work: Work, fmt: str = "") -> int:
     return math.ceil(per_process * (config["finetune"]["nproc"] if stage == "finetune" else 1))
 
 
-def of(stage: str, config: dict, work: Work, importance: str = "", ratio: float = 0.0,
-       planned_images: int | None = None, fmt: str = "", max_minutes: int | None = None) -> dict:
+def of(
+    stage: str,
+    config: dict,
+    work: Work,
+    importance: str = "",
+    ratio: float = 0.0,
+    planned_images: int | None = None,
+    fmt: str = "",
+    max_minutes: int | None = None,
+) -> dict:
     """Every resource of one job (what a rule's `resources:` gives Snakemake), its wall time capped
     at the partition's limit (`max_minutes`; `fit` has checked that the job can live with it). Jobs
     that time latency add `slurm_extra: --exclusive`: on a cluster the node would otherwise be shared."""
     cores = threads(stage, config, planned_images)
     minutes = runtime(stage, config, work, importance, cores, fmt)
-    out = {"mem_mb": mem_mb(stage, config, work, fmt), "runtime": min(minutes, max_minutes or minutes),
-           "gpu": gpus(stage, config, importance, ratio, fmt)}
+    out = {
+        "mem_mb": mem_mb(stage, config, work, fmt),
+        "runtime": min(minutes, max_minutes or minutes),
+        "gpu": gpus(stage, config, importance, ratio, fmt),
+    }
     if stage in TIMING_STAGES:
         out["slurm_extra"] = "--exclusive"
     return out
@@ -346,16 +365,21 @@ def fit(stage: str, minutes: int, partition: Partition, what: str, device: str) 
         return 1
     where = f"partition {partition.name}'s limit of {limit / 60:g} h"
     expected = (minutes - MIN_RUNTIME) / MARGIN
-    fix = (f"run it where it is shorter (device: cuda on a partition with GPUs), on a partition with a longer limit, "
-           f"or set the time yourself (--set-resources {stage}:runtime=MINUTES)")
+    fix = (
+        f"run it where it is shorter (device: cuda on a partition with GPUs), on a partition with a longer limit, "
+        f"or set the time yourself (--set-resources {stage}:runtime=MINUTES)"
+    )
     if stage not in RESUMABLE:
         if expected > limit:
             raise PQVError(f"{what} needs about {expected / 60:,.1f} h on {device}, more than {where}, and cannot resume", fix)
         return 1
     if minutes > LONGEST_SPAN_H * 60:
         jobs = math.ceil(minutes / limit)
-        raise PQVError(f"{what} asks for {minutes / 60:,.0f} h on {device} ({jobs} jobs at {where}), more than the "
-                       f"{LONGEST_SPAN_H // 24} days PQV will span", fix)
+        raise PQVError(
+            f"{what} asks for {minutes / 60:,.0f} h on {device} ({jobs} jobs at {where}), more than the "
+            f"{LONGEST_SPAN_H // 24} days PQV will span",
+            fix,
+        )
     return math.ceil(minutes / limit)
 
 

@@ -15,6 +15,7 @@ cores, --jobs, remote, --resources, --default-resources, --set-resources), and c
 Plain functions of the config, the facts, a job's wildcards and input paths: no Snakemake object.
 Torch-free.
 """
+
 from __future__ import annotations
 
 import functools
@@ -196,8 +197,16 @@ def job_work(plan: Plan, stage: str, wildcards: dict, data: str | None = None, s
 def job_resources(plan: Plan, stage: str, wildcards: dict, data: str | None = None, sidecar: str | None = None) -> dict:
     """Every resource of one job (pqv.plan.resources.of), from its input files (job_work)."""
     wc = wildcards
-    return RES.of(budgeted(stage), plan.config, job_work(plan, stage, wc, data, sidecar), wc.get("importance", ""),
-                  wc.get("ratio", 0), plan.planned_images, wc.get("format", wc.get("ir", "")), plan.max_minutes)
+    return RES.of(
+        budgeted(stage),
+        plan.config,
+        job_work(plan, stage, wc, data, sidecar),
+        wc.get("importance", ""),
+        wc.get("ratio", 0),
+        plan.planned_images,
+        wc.get("format", wc.get("ir", "")),
+        plan.max_minutes,
+    )
 
 
 def _names(plan: Plan, stage: str) -> dict:

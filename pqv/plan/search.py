@@ -20,6 +20,7 @@ The report, which imports torch to time the candidates at the answer, is pqv.sta
 
 Torch-free: the Snakefile imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ DIGITS = 6  # ratios are rounded to this many decimals: they name the branches' 
 
 # ---- what Torch-Pruning can reach (shared with pqv.stages.prune.check_widths) ----------------------------
 
+
 def groups(widths: dict[str, int], heads: str = "dims", bottleneck: bool = False) -> list[str]:
     """The width groups a ratio prunes: the embedding (unless bottleneck), each MLP, and each block's
     head dims (heads dims) or heads (heads whole)."""
@@ -53,6 +55,7 @@ def reach(widths: dict[str, int], round_to: int | None = None, heads: str = "dim
 
 
 # ---- the grid and the rule ------------------------------------------------------------------------
+
 
 def grid(lo: float, hi: float, resolution: float, embed: int | None = None, round_to: int | None = None) -> list[float]:
     """The ratios a search may probe, from lo up to hi. With round_to, only ratios that keep the
@@ -163,8 +166,24 @@ def standard_error(top1: float, images: int | None) -> float:
 # ---- one round of the workflow's search -------------------------------------------------------------
 
 # The columns of a search's CSV, in order (pqv.stages.search).
-COLUMNS = ["ratio", "passed", "verdict", "uncertain", "top1", "top1_se", "loss", "top1_agreement", "latency_ms_median",
-           "size_mb", "params", "macs", "widths", "status", "reason", "answer"]
+COLUMNS = [
+    "ratio",
+    "passed",
+    "verdict",
+    "uncertain",
+    "top1",
+    "top1_se",
+    "loss",
+    "top1_agreement",
+    "latency_ms_median",
+    "size_mb",
+    "params",
+    "macs",
+    "widths",
+    "status",
+    "reason",
+    "answer",
+]
 
 
 def merges_tokens(row) -> bool:
@@ -176,8 +195,11 @@ def merges_tokens(row) -> bool:
 
 def reference_top1(rows) -> float | None:
     """REFERENCE, of one model's measured rows (accuracy files or summary rows); None if it has none."""
-    tops = [float(r["top1"]) for r in rows if float(r["ratio"]) == 0 and r["precision"] == "fp32"
-            and not merges_tokens(r) and Status.shippable(r.get("status"))]
+    tops = [
+        float(r["top1"])
+        for r in rows
+        if float(r["ratio"]) == 0 and r["precision"] == "fp32" and not merges_tokens(r) and Status.shippable(r.get("status"))
+    ]
     return max(tops) if tops else None
 
 
@@ -194,13 +216,23 @@ def judge(measured: dict, reference_top1: float, budget: float) -> dict:
         result = PASS
     else:
         result = WEAK if line - top1 < se else FAIL
-    return {"ratio": float(measured["ratio"]), "passed": result == PASS, "verdict": result,
-            "uncertain": shippable and abs(top1 - line) < se, "top1": top1, "top1_se": se,
-            "loss": reference_top1 - top1, "top1_agreement": measured.get("top1_agreement"),
-            "latency_ms_median": measured.get("latency_ms_median"), "size_mb": measured.get("size_mb"),
-            "params": measured.get("params"), "macs": measured.get("macs"),
-            "widths": widths_text(measured.get("widths") or {}), "status": status,
-            "reason": measured.get("reason") or ("" if shippable else f"status {status}")}
+    return {
+        "ratio": float(measured["ratio"]),
+        "passed": result == PASS,
+        "verdict": result,
+        "uncertain": shippable and abs(top1 - line) < se,
+        "top1": top1,
+        "top1_se": se,
+        "loss": reference_top1 - top1,
+        "top1_agreement": measured.get("top1_agreement"),
+        "latency_ms_median": measured.get("latency_ms_median"),
+        "size_mb": measured.get("size_mb"),
+        "params": measured.get("params"),
+        "macs": measured.get("macs"),
+        "widths": widths_text(measured.get("widths") or {}),
+        "status": status,
+        "reason": measured.get("reason") or ("" if shippable else f"status {status}"),
+    }
 
 
 def describe_probe(p: dict, budget: float) -> str:
@@ -210,8 +242,9 @@ def describe_probe(p: dict, budget: float) -> str:
     where = "within" if p["passed"] else ("outside, by less than its standard error," if p["verdict"] == WEAK else "outside")
     se = f" ± {p['top1_se']:.2f}" if p.get("top1_se") == p.get("top1_se") else ""  # NaN: no image count
     points = round(-p["loss"], 2) + 0.0  # + 0.0: a loss that rounds to zero prints +0.00, not -0.00
-    return (f"top-1 {p['top1']:.2f}{se} ({points:+.2f} points), {where} the budget of {budget:g}"
-            + (" (uncertain: within one standard error of the line)" if p.get("uncertain") else ""))
+    return f"top-1 {p['top1']:.2f}{se} ({points:+.2f} points), {where} the budget of {budget:g}" + (
+        " (uncertain: within one standard error of the line)" if p.get("uncertain") else ""
+    )
 
 
 def widths_text(widths: dict[str, int]) -> str:
@@ -223,8 +256,15 @@ def widths_text(widths: dict[str, int]) -> str:
     return ", ".join(f"{k} {min(v)}" if min(v) == max(v) else f"{k} {min(v)}-{max(v)}" for k, v in kinds.items() if v)
 
 
-def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict, measured: list[str],
-              previous: str | None = None, references: list[str] = ()) -> dict:
+def run_round(
+    out: str,
+    model_sidecar: str,
+    settings: dict,
+    prune_settings: dict,
+    measured: list[str],
+    previous: str | None = None,
+    references: list[str] = (),
+) -> dict:
     """CLI entry: read the probes measured so far (accuracy and latency files of the judged artifact),
     decide the next ones, write the round's state. The first round reads the reference (REFERENCE)
     from `references`, the dense branch's FP32 accuracy files; later rounds carry it."""
@@ -234,8 +274,10 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
     state = read_state(previous) if previous else {"probes": [], "round": -1}
     reference = state.get("reference_top1") if previous else reference_top1(read_json(p) for p in references)
     if reference is None:
-        raise PQVError("the search has no accuracy reference: no verified dense FP32 file was measured",
-                       "keep fp32 in quantize.precisions (the search measures the dense branch's FP32 files)")
+        raise PQVError(
+            "the search has no accuracy reference: no verified dense FP32 file was measured",
+            "keep fp32 in quantize.precisions (the search measures the dense branch's FP32 files)",
+        )
     records = {}
     for path in measured:
         row = read_json(path)
@@ -246,37 +288,57 @@ def run_round(out: str, model_sidecar: str, settings: dict, prune_settings: dict
         probes[ratio] = judge(row, reference, settings["budget"])
     dense = probes.get(0.0)
     if dense is None or not dense["passed"]:
-        why = f"its file is {dense['status']}: {dense['reason']}" if dense and not Status.shippable(dense["status"]) else (
-            f"top-1 {dense['top1']:.2f} is {dense['loss']:.2f} points below the dense FP32 model's {reference:.2f}" if dense
-            else "it was not measured")
-        raise PQVError(f"search budget {settings['budget']:g} top-1 points: even the unpruned "
-                       f"{settings['artifact']['precision']} .{settings['artifact']['format']} artifact fails it ({why})",
-                       "allow a larger search.budget, or judge another search.artifact (e.g. fp32)")
+        why = (
+            f"its file is {dense['status']}: {dense['reason']}"
+            if dense and not Status.shippable(dense["status"])
+            else (
+                f"top-1 {dense['top1']:.2f} is {dense['loss']:.2f} points below the dense FP32 model's {reference:.2f}"
+                if dense
+                else "it was not measured"
+            )
+        )
+        raise PQVError(
+            f"search budget {settings['budget']:g} top-1 points: even the unpruned "
+            f"{settings['artifact']['precision']} .{settings['artifact']['format']} artifact fails it ({why})",
+            "allow a larger search.budget, or judge another search.artifact (e.g. fp32)",
+        )
     widths = base["widths"]
-    top, narrowest = reach(widths, prune_settings.get("round_to"), prune_settings.get("heads", "dims"),
-                           prune_settings.get("bottleneck", False))
+    top, narrowest = reach(
+        widths, prune_settings.get("round_to"), prune_settings.get("heads", "dims"), prune_settings.get("bottleneck", False)
+    )
     hi = min(settings["hi"], round(math.floor(top * 10**DIGITS) / 10**DIGITS, DIGITS))
     points = grid(0.0, hi, settings["resolution"], widths.get("embed"), prune_settings.get("round_to"))
     points = [0.0] + [p for p in points if p >= settings["lo"] and p > 0]
     if len(points) == 1:
         snapped = f", in steps of prune.round_to {prune_settings['round_to']}" if prune_settings.get("round_to") else ""
-        raise PQVError(f"the search has no ratio to probe: from search.lo {settings['lo']:g} to search.hi "
-                       f"{settings['hi']:g} in steps of {settings['resolution']:g}{snapped}, cut at {top:.4g} "
-                       f"(the most Torch-Pruning can prune this model: its {narrowest} group is {widths[narrowest]} wide)",
-                       f"lower search.lo below {top:.4g}, or search.resolution")
+        raise PQVError(
+            f"the search has no ratio to probe: from search.lo {settings['lo']:g} to search.hi "
+            f"{settings['hi']:g} in steps of {settings['resolution']:g}{snapped}, cut at {top:.4g} "
+            f"(the most Torch-Pruning can prune this model: its {narrowest} group is {widths[narrowest]} wide)",
+            f"lower search.lo below {top:.4g}, or search.resolution",
+        )
     results = {r: p["verdict"] for r, p in probes.items()}
     nxt = next_probes(points, results, settings["parallel"], settings["max_probes"])
     a, b = interval(points, results)
-    new = {"round": state["round"] + 1, "reference_top1": reference, "budget": settings["budget"], "grid": points,
-           "reach": {"ratio": top, "narrowest": narrowest}, "probes": sorted(probes.values(), key=lambda p: p["ratio"]),
-           "answer": points[a], "open": [points[a], points[b] if b < len(points) else None], "next": nxt,
-           "done": not nxt}
+    new = {
+        "round": state["round"] + 1,
+        "reference_top1": reference,
+        "budget": settings["budget"],
+        "grid": points,
+        "reach": {"ratio": top, "narrowest": narrowest},
+        "probes": sorted(probes.values(), key=lambda p: p["ratio"]),
+        "answer": points[a],
+        "open": [points[a], points[b] if b < len(points) else None],
+        "next": nxt,
+        "done": not nxt,
+    }
     write_json(out, new)
     for p in new["probes"]:
         print(f"probe {p['ratio']:g}: " + describe_probe(p, settings["budget"]))
     print(f"reference: {reference:.2f} % ({REFERENCE})")
-    print(f"round {new['round']}: answer so far {new['answer']:g}; "
-          + (f"next: {', '.join(f'{r:g}' for r in nxt)}" if nxt else "done"))
+    print(
+        f"round {new['round']}: answer so far {new['answer']:g}; " + (f"next: {', '.join(f'{r:g}' for r in nxt)}" if nxt else "done")
+    )
     return new
 
 
@@ -291,11 +353,16 @@ def read_state(path: str | Path) -> dict:
     if why is None:
         missing = [k for k in ("round", "probes", "answer", "next", "done") if k not in state]
         why = f"it lacks {', '.join(missing)}" if missing else None
-        if why is None and not (isinstance(state["next"], list) and isinstance(state["probes"], list)
-                                and all(isinstance(p, dict) and "ratio" in p for p in state["probes"])):
+        if why is None and not (
+            isinstance(state["next"], list)
+            and isinstance(state["probes"], list)
+            and all(isinstance(p, dict) and "ratio" in p for p in state["probes"])
+        ):
             why = "its next or probes are not lists of probes"
     if why is not None:
-        raise PQVError(f"damaged search state {path} ({why})",
-                       f"delete it (rm {path}) and run again: the search's results are kept, and a change that needs "
-                       "the round (another budget) makes it again from its probes, which are kept too")
+        raise PQVError(
+            f"damaged search state {path} ({why})",
+            f"delete it (rm {path}) and run again: the search's results are kept, and a change that needs "
+            "the round (another budget) makes it again from its probes, which are kept too",
+        )
     return state

@@ -25,6 +25,7 @@ persistence package appeared; before it default resources were a DefaultResource
 
 Torch-free; Snakemake is imported only inside the functions that need its classes.
 """
+
 from __future__ import annotations
 
 import ast
@@ -92,8 +93,10 @@ def facts(workflow: Any) -> Facts:
         remote=bool(workflow.remote_exec),
         mem_mb=_value(_resources(settings.resources).get("mem_mb")),
         default_resources={name: text for name, value in defaults.items() if (text := _text(_raw(value))) is not None},
-        set_resources={rule: {name: _raw(value) for name, value in _resources(mapping).items()}
-                       for rule, mapping in (settings.overwrite_resources or {}).items()},
+        set_resources={
+            rule: {name: _raw(value) for name, value in _resources(mapping).items()}
+            for rule, mapping in (settings.overwrite_resources or {}).items()
+        },
     )
 
 

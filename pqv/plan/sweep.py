@@ -4,6 +4,7 @@ the config checks ask the same functions what the sweep makes.
 
 Torch-free; works on a config dict with its defaults filled in (pqv.plan.config.check).
 """
+
 from __future__ import annotations
 
 from . import jobs as job_graph
@@ -55,9 +56,13 @@ def merges(config: dict) -> list[str]:
 def artifacts(config: dict) -> list[dict]:
     """Every final artifact, as wildcard dicts (model, importance, ratio, precision, engine, merge,
     format), each model's file without PQV (evaluate.without_pqv) included once."""
-    out = [dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, merge=merge, format=f)
-           for m in config["models"] for imp, ratio in branches(config) for p, e, f in combinations(config)
-           for merge in merges(config)]
+    out = [
+        dict(model=m["id"], importance=imp, ratio=ratio, precision=p, engine=e, merge=merge, format=f)
+        for m in config["models"]
+        for imp, ratio in branches(config)
+        for p, e, f in combinations(config)
+        for merge in merges(config)
+    ]
     out += [bar for bar in without_pqv(config) if bar not in out]
     return out
 
@@ -72,16 +77,23 @@ def without_pqv(config: dict) -> list[dict]:
 def is_without_pqv(artifact: dict) -> bool:
     """Whether a file (its wildcards, or a summary row, which says merge_r) is the file without PQV."""
     unmerged = artifact.get("merge", "") == "" and not artifact.get("merge_r", 0)
-    return unmerged and float(artifact["ratio"]) == 0 and \
-        all(str(artifact[k]) == v for k, v in registry.WITHOUT_PQV.items() if k not in ("ratio", "merge"))
+    return (
+        unmerged
+        and float(artifact["ratio"]) == 0
+        and all(str(artifact[k]) == v for k, v in registry.WITHOUT_PQV.items() if k not in ("ratio", "merge"))
+    )
 
 
 def eager_baselines(config: dict) -> list[dict]:
     """Each branch's eager FP32 model, measured like an artifact (format EAGER), if configured."""
     if not config["evaluate"]["eager_baseline"]:
         return []
-    return [dict(model=m["id"], importance=imp, ratio=ratio, precision="fp32", engine=NO_ENGINE, merge=merge, format=EAGER)
-            for m in config["models"] for imp, ratio in branches(config) for merge in merges(config)]
+    return [
+        dict(model=m["id"], importance=imp, ratio=ratio, precision="fp32", engine=NO_ENGINE, merge=merge, format=EAGER)
+        for m in config["models"]
+        for imp, ratio in branches(config)
+        for merge in merges(config)
+    ]
 
 
 def measured(config: dict) -> list[dict]:

@@ -19,6 +19,7 @@ What the manifests guarantee, for ImageFolder trees as people keep them:
 
 What a changed image reruns: pqv.plan.manifest (`stamp`), which also reads the manifests.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,6 +58,7 @@ LARGE_PIXELS = 50_000_000
 
 
 # ---- the data job: one walk, every selected image decoded ------------------------------------
+
 
 def _subset(n: int, limit: int | None, seed: int) -> list[int]:
     """A fixed random subset of `n` items (all of them without a limit), in order."""
@@ -101,8 +103,10 @@ def _listing(spec: dict, splits: tuple[str, ...], classes: list[str] | None) -> 
         check_classes(spec, classes, found["eval"])
     empty = [f"{split}/{c}" for split in splits for c, files in found[split].items() if not files]
     if empty:
-        raise PQVError(f"{len(empty)} empty class folder(s) in {spec['root']}: {', '.join(empty[:SHOWN])}",
-                       "add images to the empty classes or remove those folders")
+        raise PQVError(
+            f"{len(empty)} empty class folder(s) in {spec['root']}: {', '.join(empty[:SHOWN])}",
+            "add images to the empty classes or remove those folders",
+        )
     return classes, found
 
 
@@ -125,8 +129,15 @@ def inspect(path: str | os.PathLike) -> dict:
                 if not np.isfinite(values).all():
                     return {"problem": "ValueError: non-finite pixel values"}
                 low, high = float(values.min()), float(values.max())
-        return {"sha256": hashlib.sha256(raw).hexdigest(), "mode": mode, "low": low, "high": high, "turned": turned,
-                "pixels": pixels, "problem": None}
+        return {
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "mode": mode,
+            "low": low,
+            "high": high,
+            "turned": turned,
+            "pixels": pixels,
+            "problem": None,
+        }
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", f"{type(e).__name__}: {e}")  # PIL names its buffer
         return {"problem": " ".join(text.split())}
@@ -161,34 +172,42 @@ def _imagefolder(spec: dict, threads: int, splits: tuple[str, ...], train: dict 
         modes[f["mode"]] = modes.get(f["mode"], 0) + 1
     turned = sum(bool(f.get("turned")) for f in facts)
     if turned:
-        log.info("%d image(s) carry an EXIF orientation: every stage reads them turned, as a photo viewer shows "
-                 "them (docs/data.md)", turned)
+        log.info(
+            "%d image(s) carry an EXIF orientation: every stage reads them turned, as a photo viewer shows them (docs/data.md)", turned
+        )
     # High-depth images are scaled by the training split's value range (like any statistic a model
     # is fitted with); an evaluation split on its own takes it from the training split's manifest.
     if "train" in splits:
-        deep = [f for f in facts[:len(paths["train"])] if f["low"] is not None]
+        deep = [f for f in facts[: len(paths["train"])] if f["low"] is not None]
         value_range = [min(f["low"] for f in deep), max(f["high"] for f in deep)] if deep else None
     else:
         value_range = (train or {}).get("value_range")
     hashes, start = {}, 0
     for split in splits:
-        hashes[split] = [f["sha256"] for f in facts[start:start + len(paths[split])]]
+        hashes[split] = [f["sha256"] for f in facts[start : start + len(paths[split])]]
         start += len(paths[split])
     warnings = []
     large = [(p, f["pixels"]) for p, f in zip(every, facts) if f["pixels"] > LARGE_PIXELS]
     if large:
         named = ", ".join(f"{p} ({n / 1e6:.0f} MP)" for p, n in large[:SHOWN]) + (" ..." if len(large) > SHOWN else "")
-        warnings.append(f"{len(large)} image(s) larger than {LARGE_PIXELS / 1e6:.0f} megapixels: {named}; each is "
-                        f"decoded at full size by every stage that reads it (about "
-                        f"{resources.decode_mb(max(n for _, n in large)):,.0f} MB for the largest, in every loader process, "
-                        f"which the jobs' memory requests include): downscale them once to save memory and time")
+        warnings.append(
+            f"{len(large)} image(s) larger than {LARGE_PIXELS / 1e6:.0f} megapixels: {named}; each is "
+            f"decoded at full size by every stage that reads it (about "
+            f"{resources.decode_mb(max(n for _, n in large)):,.0f} MB for the largest, in every loader process, "
+            f"which the jobs' memory requests include): downscale them once to save memory and time"
+        )
     if "eval" in splits:
         missing = [c for c in classes if not found["eval"].get(c)]
         if missing:
-            warnings.append(f"{len(missing)} training class(es) have no evaluation images and cannot be scored: "
-                            f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
-    return {**_finish(spec, classes, chosen, modes, value_range, hashes, warnings), "exif_turned": turned,
-            "largest_pixels": max((f["pixels"] for f in facts), default=0)}
+            warnings.append(
+                f"{len(missing)} training class(es) have no evaluation images and cannot be scored: "
+                f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}"
+            )
+    return {
+        **_finish(spec, classes, chosen, modes, value_range, hashes, warnings),
+        "exif_turned": turned,
+        "largest_pixels": max((f["pixels"] for f in facts), default=0),
+    }
 
 
 def _finish(spec, classes, splits, modes, value_range, hashes, warnings) -> dict:
@@ -202,8 +221,16 @@ def _finish(spec, classes, splits, modes, value_range, hashes, warnings) -> dict
         for digest in hashes[split]:
             h.update(digest.encode())
         splits[split] = {**splits[split], "images": len(items), "counts": counts}
-    return {"format": FORMAT, "dataset": {k: spec.get(k) for k in SPEC_KEYS}, "classes": classes, "splits": splits,
-            "modes": modes, "value_range": value_range, "warnings": warnings, "fingerprint": h.hexdigest()}
+    return {
+        "format": FORMAT,
+        "dataset": {k: spec.get(k) for k in SPEC_KEYS},
+        "classes": classes,
+        "splits": splits,
+        "modes": modes,
+        "value_range": value_range,
+        "warnings": warnings,
+        "fingerprint": h.hexdigest(),
+    }
 
 
 SOURCES = {"digits": lambda spec, threads, splits, train: _digits(spec, splits), "imagefolder": _imagefolder}
@@ -216,8 +243,9 @@ def scan(spec: dict, threads: int | None = None, split: str | None = None, train
     if spec.get("name") not in SOURCES:
         raise PQVError(f"unknown dataset '{spec.get('name')}'", f"use one of {', '.join(SOURCES)}")
     if split == "eval" and train is None and spec["name"] != "digits":
-        raise PQVError("the evaluation split alone needs the training split's manifest (its class index)",
-                       "give --train results/data/train.json")
+        raise PQVError(
+            "the evaluation split alone needs the training split's manifest (its class index)", "give --train results/data/train.json"
+        )
     splits = (split,) if split else SPLITS
     return SOURCES[spec["name"]](spec, threads or os.cpu_count() or 1, splits, train)
 

@@ -9,6 +9,7 @@ Memory is measured by the latency job before it reads any data: its process has 
 runtime, loads the artifact and runs one input, nothing else, so the figure is the artifact's,
 not the data set's.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,16 @@ EVAL_BATCH = 64  # accuracy batches (a .pte program runs them image by image: ex
 # The CPU features int8 and FP16 kernels depend on (the flags of /proc/cpuinfo that name them).
 # The flags the int8 and FP32 kernels choose by: a host without AVX-512 is named by AVX2 and FMA
 # (the most common x86 class), not left blank.
-CPU_FEATURES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
-                "avx512_bf16": "BF16", "avx512_fp16": "AVX-512 FP16", "amx_tile": "AMX"}
+CPU_FEATURES = {
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "BF16",
+    "avx512_fp16": "AVX-512 FP16",
+    "amx_tile": "AMX",
+}
 
 
 def machine() -> dict:
@@ -105,8 +114,14 @@ def machine() -> dict:
     except OSError:
         pass
     features = ", ".join(name for flag, name in CPU_FEATURES.items() if flag in flags)
-    return {"cpu": cpu, "cpu_features": features, "cores": os.cpu_count(), "node_exclusive": _slurm_node_exclusive(),
-            "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cpu_features": features,
+        "cores": os.cpu_count(),
+        "node_exclusive": _slurm_node_exclusive(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _slurm_node_exclusive() -> bool | None:
@@ -162,8 +177,13 @@ def _load(artifact: str, meta: dict):
 EAGER = registry.EAGER
 Status = registry.Status
 # The modules each runtime needs, imported before the memory baseline is read.
-RUNTIME_MODULES = {"ptl": ("torch.jit.mobile",), "pte": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
-                   "onnx": ("onnxruntime",), "ort": ("onnxruntime",), EAGER: ("timm",)}
+RUNTIME_MODULES = {
+    "ptl": ("torch.jit.mobile",),
+    "pte": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
+    "onnx": ("onnxruntime",),
+    "ort": ("onnxruntime",),
+    EAGER: ("timm",),
+}
 
 
 def describe(artifact: str, labels: dict | None = None) -> dict:
@@ -181,8 +201,14 @@ def describe(artifact: str, labels: dict | None = None) -> dict:
         status = Status.FAILED if meta.get("status") == Status.FAILED else Status.VERIFIED
         merge_r = int((labels or {}).get("merge_r") or 0)
         merged = {"merge_r": merge_r, "macs": None} if merge_r else {}  # not counted: see pqv.stages.quantize.run
-        return {**meta, "format": EAGER, "engine": registry.NO_ENGINE, "status": status,
-                "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0}, **merged}
+        return {
+            **meta,
+            "format": EAGER,
+            "engine": registry.NO_ENGINE,
+            "status": status,
+            "fidelity": {"cosine_min": 1.0, "top1_agreement": 1.0},
+            **merged,
+        }
     return meta
 
 
@@ -217,12 +243,23 @@ def memory(artifact: str, meta: dict) -> dict:
     module = _load(artifact, meta)
     with torch.no_grad():
         module(torch.zeros(1, *meta["data_config"]["input_size"]))
-    return {"rss_base_mb": base, "rss_model_mb": _rss_mb() - base,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "rss_base_mb": base,
+        "rss_model_mb": _rss_mb() - base,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
-def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, warmup: int, runs: int,
-                batch_size: int = default(Evaluate, "batch_size")) -> dict:
+def run_latency(
+    artifact: str,
+    out: str,
+    manifest,
+    labels: dict,
+    threads: int,
+    warmup: int,
+    runs: int,
+    batch_size: int = default(Evaluate, "batch_size"),
+) -> dict:
     """CLI entry: latency, size and memory of one artifact (or of the eager baseline), on the CPU with
     `threads` threads, on `batch_size` real training images drawn across classes. Memory comes
     first (`memory`), then the data; the artifact is loaded again for the timing, so the paper's
@@ -237,15 +274,25 @@ def run_latency(artifact: str, out: str, manifest, labels: dict, threads: int, w
     module = _load(artifact, meta)
     paper_ms = paper_method_ms(module, example)  # the first, cold call of the freshly loaded file
     timing = latency(module, example, warmup, runs)
-    metrics = {**labels, **timing, "latency_ms_paper_method": paper_ms, "size_mb": os.path.getsize(artifact) / 2**20,
-               **used, "threads": threads, "warmup": warmup, "runs": runs, "batch_size": batch_size,
-               "runtime": runtime_version(meta["format"]), **machine(), "artifact": str(artifact)}
+    metrics = {
+        **labels,
+        **timing,
+        "latency_ms_paper_method": paper_ms,
+        "size_mb": os.path.getsize(artifact) / 2**20,
+        **used,
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "batch_size": batch_size,
+        "runtime": runtime_version(meta["format"]),
+        **machine(),
+        "artifact": str(artifact),
+    }
     fileio.write_json(out, metrics)
     return metrics
 
 
-def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, workers: int = 0,
-                 device: str = "auto") -> dict:
+def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, workers: int = 0, device: str = "auto") -> dict:
     """CLI entry: top-1/top-5 of one artifact in its own runtime over the held-out split, on every
     core the job holds (`threads`; its DataLoader `workers` decode beside); the eager baseline on CUDA when the
     device rule gives it. A .pte (or ONNX Runtime file) runs image by image on a pool as wide."""
@@ -266,15 +313,25 @@ def run_accuracy(artifact: str, out: str, manifest, labels: dict, threads: int, 
         top1, top5 = accuracy(module, loader, desc)
     seconds = time.perf_counter() - started
     fidelity = meta["fidelity"]
-    metrics = {**labels, "top1": top1, "top5": top5,
-               "params": meta.get("params"), "macs": meta.get("macs"), "device": meta.get("device"),
-               "cosine_min": fidelity["cosine_min"], "top1_agreement": fidelity["top1_agreement"],
-               # an export sidecar without a status (from before export checks had one) is no verified file
-               "status": Status.word(meta.get("status")), "reason": meta.get("reason") or (
-                   "" if Status.shippable(meta.get("status")) else "its export sidecar has no status: export it again"),
-               "accuracy_threads": compute, "accuracy_workers": workers, "accuracy_device": str(where),
-               "accuracy_images_per_s": len(loader.dataset) / seconds, "images": len(loader.dataset),
-               "artifact": str(artifact)}
+    metrics = {
+        **labels,
+        "top1": top1,
+        "top5": top5,
+        "params": meta.get("params"),
+        "macs": meta.get("macs"),
+        "device": meta.get("device"),
+        "cosine_min": fidelity["cosine_min"],
+        "top1_agreement": fidelity["top1_agreement"],
+        # an export sidecar without a status (from before export checks had one) is no verified file
+        "status": Status.word(meta.get("status")),
+        "reason": meta.get("reason")
+        or ("" if Status.shippable(meta.get("status")) else "its export sidecar has no status: export it again"),
+        "accuracy_threads": compute,
+        "accuracy_workers": workers,
+        "accuracy_device": str(where),
+        "accuracy_images_per_s": len(loader.dataset) / seconds,
+        "images": len(loader.dataset),
+        "artifact": str(artifact),
+    }
     fileio.write_json(out, metrics)
     return metrics
-

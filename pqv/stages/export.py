@@ -6,6 +6,7 @@ fails the check is a result, not a crash: its file is written with `status: reje
 reason in its sidecar, so a sweep still completes; the summary, the figures and `pqv choose` keep
 it apart from verified artifacts. Errors (a crash, a bad file) still fail the job.
 """
+
 from __future__ import annotations
 
 import logging
@@ -169,11 +170,15 @@ def load(path: str, fmt: str, engine: str):
             made, here = _made_with(path), store.versions()
             changed = {k: v for k, v in made.items() if k in here and here[k] != v}
             if changed:  # not a damaged file: a file of another runtime version
-                raise PQVError(f"{fmt} runtime cannot load {path}, which was made with "
-                               + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (this machine has "
-                               + ", ".join(f"{k} {here[k]}" for k in changed) + f"): {why}",
-                               f"export it again with these versions (`snakemake --forcerun {path}`), or load "
-                               "it where those versions are installed") from None
+                raise PQVError(
+                    f"{fmt} runtime cannot load {path}, which was made with "
+                    + ", ".join(f"{k} {v}" for k, v in changed.items())
+                    + " (this machine has "
+                    + ", ".join(f"{k} {here[k]}" for k in changed)
+                    + f"): {why}",
+                    f"export it again with these versions (`snakemake --forcerun {path}`), or load "
+                    "it where those versions are installed",
+                ) from None
             raise fileio.corrupt(path, f"{fmt} runtime cannot load {path}: {why}") from None
 
 
@@ -214,9 +219,17 @@ def verdict(precision: str, fidelity: dict, min_cosine: float) -> str | None:
     return None
 
 
-def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimizer: bool = True,
-        xnnpack_rewrite: bool = True, check_images: int = default(Export, "check_images"),
-        min_cosine: float = default(Export, "min_cosine")) -> dict:
+def run(
+    src: str,
+    parent_model: str,
+    out: str,
+    fmt: str,
+    manifest,
+    mobile_optimizer: bool = True,
+    xnnpack_rewrite: bool = True,
+    check_images: int = default(Export, "check_images"),
+    min_cosine: float = default(Export, "min_cosine"),
+) -> dict:
     """CLI entry: export, load back, compare with the eager FP32 parent, then publish."""
     from ..common import store
 
@@ -225,8 +238,10 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
     precision, engine = meta["precision"], meta["engine"]
     check_format(fmt, engine)
     if meta.get("ir", "ts") != registry.ir_of(fmt):
-        raise PQVError(f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{registry.ir_of(fmt)}",
-                       f"quantize to a .{registry.ir_of(fmt)} file first")
+        raise PQVError(
+            f"{src} is a .{meta.get('ir', 'ts')} program; .{fmt} needs .{registry.ir_of(fmt)}",
+            f"quantize to a .{registry.ir_of(fmt)} file first",
+        )
     eager, arch = store.load_model(parent_model)
     merge_r = int(meta.get("merge_r") or 0)
     if merge_r:  # the file merges tokens (pqv.common.tome): its parent is the eager model merging the same
@@ -241,19 +256,38 @@ def run(src: str, parent_model: str, out: str, fmt: str, manifest, mobile_optimi
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript/Lite are deprecated upstream
         log.info("exporting %s to .%s", src, fmt)
         FORMATS[fmt].export(src, tmp, precision, {**options, "engine": engine})
-        log.info("checking it against its FP32 parent%s on %d training images",
-                 f" merging {merge_r} tokens per block" if merge_r else "", len(images))
+        log.info(
+            "checking it against its FP32 parent%s on %d training images",
+            f" merging {merge_r} tokens per block" if merge_r else "",
+            len(images),
+        )
         artifact = FORMATS[fmt].load(tmp)
         outputs = torch.cat([artifact(piece) for piece in progress(images.split(CHECK_CHUNK), desc="export check", unit="chunk")])
         fidelity = compare(outputs, reference)
         problem = verdict(precision, fidelity, min_cosine)
     status, reason = outcome(precision, fmt, problem, meta)
-    facts = {k: meta.get(k) for k in ("precision", "engine", "params", "macs", "data_config", "device", "merge_r",
-                                      "tokens_per_block") if k in meta or k not in ("merge_r", "tokens_per_block")}
+    facts = {
+        k: meta.get(k)
+        for k in ("precision", "engine", "params", "macs", "data_config", "device", "merge_r", "tokens_per_block")
+        if k in meta or k not in ("merge_r", "tokens_per_block")
+    }
     # what the check compared the file with, in words (a merged file: its parent merging the same tokens)
     compared = f"the eager FP32 parent{f' merging {merge_r} tokens per block (pqv.common.tome)' if merge_r else ''}"
-    store.write_sidecar(out, "export", parent=str(src), format=fmt, **options, check_images=len(images), compared_with=compared,
-                        check_sample=sample, fidelity=fidelity, status=status, reason=reason, min_cosine=min_cosine, **facts)
+    store.write_sidecar(
+        out,
+        "export",
+        parent=str(src),
+        format=fmt,
+        **options,
+        check_images=len(images),
+        compared_with=compared,
+        check_sample=sample,
+        fidelity=fidelity,
+        status=status,
+        reason=reason,
+        min_cosine=min_cosine,
+        **facts,
+    )
     # what an app needs to feed the file and read its outputs, without PQV (pqv.common.appfile)
     from ..common import appfile
 
@@ -269,18 +303,24 @@ def check_sample(manifest, data_config: dict, check_images: int, calibrated: int
     `calibrated` images calibration took, so the check never scores an image the file was
     calibrated on; a split too small for both is checked on what calibration left."""
 
-    images = datasets.sample_after(manifest, data_config, calibrated, check_images, split="train",
-                                   seed=datasets.CALIBRATION_SEED)
+    images = datasets.sample_after(manifest, data_config, calibrated, check_images, split="train", seed=datasets.CALIBRATION_SEED)
     if not len(images):
         total = len(manifests.split_of(manifests.of(manifest), "train")["items"])
-        raise PQVError(f"int8_static calibration took all {total} training images (quantize.calibration_images): none "
-                       "is left for the export check to score", f"set quantize.calibration_images below {total}, or add "
-                       "training images")
+        raise PQVError(
+            f"int8_static calibration took all {total} training images (quantize.calibration_images): none "
+            "is left for the export check to score",
+            f"set quantize.calibration_images below {total}, or add training images",
+        )
     if len(images) < check_images:
-        log.warning("the training split holds %d images after the %d that calibrated this file: the check scores "
-                    "those %d, not export.check_images %d", len(images), calibrated, len(images), check_images)
-    return images, {"split": "train", "images": len(images), "calibration_images": calibrated,
-                    "disjoint_from_calibration": True}
+        log.warning(
+            "the training split holds %d images after the %d that calibrated this file: the check scores "
+            "those %d, not export.check_images %d",
+            len(images),
+            calibrated,
+            len(images),
+            check_images,
+        )
+    return images, {"split": "train", "images": len(images), "calibration_images": calibrated, "disjoint_from_calibration": True}
 
 
 def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[Status, str]:
@@ -294,11 +334,14 @@ def outcome(precision: str, fmt: str, problem: str | None, meta: dict) -> tuple[
     if not problem:
         return Status.VERIFIED, ""
     if registry.PRECISIONS[precision]["lossy"]:
-        log.warning("REJECTED: %s (the file is kept with status '%s'; loosen export.min_cosine to accept it)", problem,
-                    Status.REJECTED)
+        log.warning(
+            "REJECTED: %s (the file is kept with status '%s'; loosen export.min_cosine to accept it)", problem, Status.REJECTED
+        )
         return Status.REJECTED, problem
-    reason = (f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer rewrites of "
-              f"pqv/common/layers.py, is wrong for this model; report it with this log, and drop {fmt} from export.formats "
-              "for this model meanwhile)")
+    reason = (
+        f"{problem}: exporting to .{fmt} changed the model's function (the exporter, or the layer rewrites of "
+        f"pqv/common/layers.py, is wrong for this model; report it with this log, and drop {fmt} from export.formats "
+        "for this model meanwhile)"
+    )
     log.error("FAILED: %s; the file is kept with status '%s' and is never chosen", reason, Status.FAILED)
     return Status.FAILED, reason

@@ -20,6 +20,7 @@ augmentation (pqv.common.datasets). This module adds what a long run on shared m
 The same loop trains the demo model from scratch in the model stage, so the "pretrained" starting
 point of the default workflow is made by exactly the code that finetunes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -74,8 +75,11 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> int:
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's soft-target loss: KL(teacher || student) at temperature T, scaled by T^2."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
-                    reduction="batchmean", log_target=True) * t * t
+    return (
+        F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), reduction="batchmean", log_target=True)
+        * t
+        * t
+    )
 
 
 def _loss_and_mixup(hp: dict, num_classes: int):
@@ -84,9 +88,15 @@ def _loss_and_mixup(hp: dict, num_classes: int):
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if hp["mixup"] > 0 or hp["cutmix"] > 0:
-        mixup = Mixup(mixup_alpha=hp["mixup"], cutmix_alpha=hp["cutmix"], prob=hp["mixup_prob"],
-                      switch_prob=hp["mixup_switch_prob"], mode=hp["mixup_mode"],
-                      label_smoothing=hp["smoothing"], num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=hp["mixup"],
+            cutmix_alpha=hp["cutmix"],
+            prob=hp["mixup_prob"],
+            switch_prob=hp["mixup_switch_prob"],
+            mode=hp["mixup_mode"],
+            label_smoothing=hp["smoothing"],
+            num_classes=num_classes,
+        )
         return SoftTargetCrossEntropy(), mixup
     if hp["smoothing"] > 0:
         return LabelSmoothingCrossEntropy(hp["smoothing"]), None
@@ -94,8 +104,7 @@ def _loss_and_mixup(hp: dict, num_classes: int):
 
 
 def _augment(hp: dict) -> dict:
-    return {"auto_augment": hp["auto_augment"], "re_prob": hp["reprob"], "color_jitter": hp["color_jitter"],
-            "hflip": hp["hflip"]}
+    return {"auto_augment": hp["auto_augment"], "re_prob": hp["reprob"], "color_jitter": hp["color_jitter"], "hflip": hp["hflip"]}
 
 
 @dataclass
@@ -160,8 +169,13 @@ def _setup(model: nn.Module, hp: dict, ctx: Dist, teacher: nn.Module | None, ste
     # The optimizer sees the unwrapped model: timm excludes norms/biases/tokens from weight decay by name.
     optimizer = create_optimizer_v2(model, opt=hp["opt"], lr=hp["lr"], weight_decay=hp["weight_decay"])
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=hp["sched"], num_epochs=hp["epochs"], warmup_epochs=hp["warmup_epochs"],
-        warmup_lr=hp["warmup_lr"], min_lr=hp["min_lr"], step_on_epochs=False,
+        optimizer,
+        sched=hp["sched"],
+        num_epochs=hp["epochs"],
+        warmup_epochs=hp["warmup_epochs"],
+        warmup_lr=hp["warmup_lr"],
+        min_lr=hp["min_lr"],
+        step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
     use_amp = hp["amp"] and ctx.device.type == "cuda"
@@ -180,8 +194,14 @@ def _resume(run: _Run, ckpt_dir: str | None, key: str, desc: str) -> tuple[list,
     history, where = found
     if run.ctx.main:  # Snakemake clears a job's log before each attempt: the earlier ones are told again
         for n, stop in enumerate(where.stops, 1):
-            log.info("%s: attempt %d (SLURM job %s) stopped before its time limit at epoch %d, step %d",
-                     desc, n, stop["job"] or "-", stop["epoch"] + 1, stop["step"])
+            log.info(
+                "%s: attempt %d (SLURM job %s) stopped before its time limit at epoch %d, step %d",
+                desc,
+                n,
+                stop["job"] or "-",
+                stop["epoch"] + 1,
+                stop["step"],
+            )
         at = f"epoch {where.epoch}" + (f", step {where.step}" if where.step else "")
         log.info("%s: resuming after %s from %s", desc, at, ckpt_dir)
     return history, where
@@ -191,8 +211,9 @@ class Diverged(PQVError):
     """The training loss stopped being finite: a result of the branch's settings, not a broken input."""
 
 
-def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: Position,
-           deadline: float | None = None) -> dict | Position:
+def _epoch(
+    run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: Position, deadline: float | None = None
+) -> dict | Position:
     """One epoch of training from `start` (its step and loss so far, when resumed mid-epoch): the
     history row (its mean training loss; the evaluation split is the accuracy jobs', so that a change
     to it never retrains), or the position reached when the deadline stopped it mid-epoch."""
@@ -221,20 +242,32 @@ def _epoch(run: _Run, loader, epoch: int, steps_per_epoch: int, bar, start: Posi
     loader.sampler.skip = 0
     if ctx.world > 1:
         dist.all_reduce(total)
-    row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(),
-           "lr": run.optimizer.param_groups[0]["lr"]}
+    row = {"epoch": epoch + 1, "train_loss": (total[0] / total[1].clamp(min=1)).item(), "lr": run.optimizer.param_groups[0]["lr"]}
     if not math.isfinite(row["train_loss"]):
         bar.close()  # its last line before the error, not after it
-        raise Diverged(f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
-                       f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs")
+        raise Diverged(
+            f"training diverged at epoch {epoch + 1}: the loss is {row['train_loss']}",
+            f"lower lr (now {hp['lr']:g}), set clip_grad, or add warmup_epochs",
+        )
     bar.set_postfix(epoch=f"{epoch + 1}/{hp['epochs']}", loss=f"{row['train_loss']:.3f}")
     return row
 
 
-def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_csv: str | None = None,
-          desc: str = "finetune", teacher: nn.Module | None = None, ckpt_dir: str | None = None,
-          resume_key: str = "", device: str = "auto", workers: int = 0, threads: int | None = None,
-          deadline: float | None = None) -> dict:
+def train(
+    model: nn.Module,
+    manifest,
+    data_config: dict,
+    hparams: dict,
+    metrics_csv: str | None = None,
+    desc: str = "finetune",
+    teacher: nn.Module | None = None,
+    ckpt_dir: str | None = None,
+    resume_key: str = "",
+    device: str = "auto",
+    workers: int = 0,
+    threads: int | None = None,
+    deadline: float | None = None,
+) -> dict:
     """Train `model` in place (it ends on the CPU, in eval mode) on the training split; return its
     history. Nothing here reads the evaluation split: the accuracy jobs score the result.
 
@@ -257,8 +290,18 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
         torch.set_num_threads(process_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     torch.manual_seed(hp["seed"])
     manifest = manifests.of(manifest)
-    loader = datasets.loader(manifest, "train", data_config, hp["batch_size"], training=True, seed=hp["seed"],
-                             rank=ctx.rank, world_size=ctx.world, augment=_augment(hp), workers=workers)
+    loader = datasets.loader(
+        manifest,
+        "train",
+        data_config,
+        hp["batch_size"],
+        training=True,
+        seed=hp["seed"],
+        rank=ctx.rank,
+        world_size=ctx.world,
+        augment=_augment(hp),
+        workers=workers,
+    )
     steps = len(loader)
     run = _setup(model, hp, ctx, teacher, steps)
     trained_by = {k: v for k, v in hp.items() if k not in launch_keys()}  # not how the job started
@@ -266,18 +309,25 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     history, start = _resume(run, ckpt_dir, key, desc)
     # One bar over every optimizer step of the run (an ImageNet epoch is thousands of steps), with
     # rate and ETA; the epoch and its metrics are in the postfix.
-    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start.epoch * steps + start.step,
-                   disable=not ctx.main)
+    bar = progress(desc=desc, unit="step", total=hp["epochs"] * steps, initial=start.epoch * steps + start.step, disable=not ctx.main)
     for epoch in range(start.epoch, hp["epochs"]):
-        row = _epoch(run, loader, epoch, steps, bar, start if epoch == start.epoch else Position(epoch, stops=start.stops),
-                     deadline)
+        row = _epoch(run, loader, epoch, steps, bar, start if epoch == start.epoch else Position(epoch, stops=start.stops), deadline)
         if isinstance(row, Position):  # the deadline: save where this attempt stopped, and leave
             bar.close()
             _stop(ckpt_dir, key, run, history, row, steps, hp["epochs"], ctx)
         history.append(row)
         if ckpt_dir and ctx.main:
-            checkpoint.save_checkpoint(ckpt_dir, epoch + 1, key, model, run.optimizer, run.scheduler, run.scaler,
-                                       history, Position(epoch + 1, stops=start.stops))
+            checkpoint.save_checkpoint(
+                ckpt_dir,
+                epoch + 1,
+                key,
+                model,
+                run.optimizer,
+                run.scheduler,
+                run.scaler,
+                history,
+                Position(epoch + 1, stops=start.stops),
+            )
         if epoch + 1 < hp["epochs"] and timelimit.out_of_time(deadline, 0.0, ctx):
             bar.close()
             _stop(ckpt_dir, key, run, history, Position(epoch + 1, stops=start.stops), steps, hp["epochs"], ctx)
@@ -285,16 +335,21 @@ def train(model: nn.Module, manifest, data_config: dict, hparams: dict, metrics_
     model.cpu().eval()
     if metrics_csv and ctx.main:
         write_history(history, metrics_csv)
-    return {"epochs": hp["epochs"], "hparams": hp,
-            "history": history, "world_size": ctx.world, "global_batch": hp["batch_size"] * ctx.world,
-            "resumed_after_epoch": start.epoch, "resumed_at_step": start.step,
-            "time_limit_stops": len(start.stops),
-            "device": describe(ctx.device, hp["amp_dtype"] if hp["amp"] and ctx.device.type == "cuda" else None),
-            "threads_per_process": torch.get_num_threads()}
+    return {
+        "epochs": hp["epochs"],
+        "hparams": hp,
+        "history": history,
+        "world_size": ctx.world,
+        "global_batch": hp["batch_size"] * ctx.world,
+        "resumed_after_epoch": start.epoch,
+        "resumed_at_step": start.step,
+        "time_limit_stops": len(start.stops),
+        "device": describe(ctx.device, hp["amp_dtype"] if hp["amp"] and ctx.device.type == "cuda" else None),
+        "threads_per_process": torch.get_num_threads(),
+    }
 
 
-def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: Position, steps: int, epochs: int,
-          ctx: Dist) -> None:
+def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: Position, steps: int, epochs: int, ctx: Dist) -> None:
     where.stops = [*where.stops, {"epoch": where.epoch, "step": where.step, "job": os.environ.get("SLURM_JOB_ID", "")}]
     if ckpt_dir and where.step:  # every rank takes part; rank 0 writes
         # Every rank's own mid-epoch state (its loss sum and sample count so far, unreduced, and its
@@ -302,13 +357,13 @@ def _stop(ckpt_dir: str | None, key: str, run: _Run, history: list, where: Posit
         # is summed over ranks at its end.
         where.ranks = distributed.rank_states({"partial": where.partial, "rng": where.rng}, ctx)
     if ckpt_dir and ctx.main:
-        checkpoint.save_checkpoint(ckpt_dir, where.epoch, key, run.model, run.optimizer, run.scheduler, run.scaler,
-                                   history, where)
+        checkpoint.save_checkpoint(ckpt_dir, where.epoch, key, run.model, run.optimizer, run.scheduler, run.scaler, history, where)
     done = where.epoch * steps + where.step
-    raise timelimit.TimeLimit(f"stopped before the job's time limit after {done} of {epochs * steps} steps (epoch "
-                              f"{where.epoch + 1}/{epochs}, step {where.step}/{steps}); the checkpoint is in {ckpt_dir}",
-                              "the next attempt resumes from it: Snakemake's retries of rule finetune start it, or run "
-                              "the same command again")
+    raise timelimit.TimeLimit(
+        f"stopped before the job's time limit after {done} of {epochs * steps} steps (epoch "
+        f"{where.epoch + 1}/{epochs}, step {where.step}/{steps}); the checkpoint is in {ckpt_dir}",
+        "the next attempt resumes from it: Snakemake's retries of rule finetune start it, or run the same command again",
+    )
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -331,8 +386,17 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, teacher: str | None = None,
-        device: str = "auto", workers: int = 0, threads: int | None = None) -> dict:
+def run(
+    model_path: str,
+    out: str,
+    manifest,
+    hparams: dict,
+    metrics_csv: str,
+    teacher: str | None = None,
+    device: str = "auto",
+    workers: int = 0,
+    threads: int | None = None,
+) -> dict:
     """CLI entry (also under torchrun): finetune a pruned model, save it with its architecture header.
 
     Resumes from `<out>.ckpt/` when a previous attempt left one; removes it after success. In a
@@ -350,25 +414,46 @@ def run(model_path: str, out: str, manifest, hparams: dict, metrics_csv: str, te
     try:
         # the data set is an input too: a checkpoint made on other data must not be resumed
         manifest = manifests.of(manifest)
-        resume_key = (_sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "")
-                      + manifest["fingerprint"])
+        resume_key = _sha256(model_path) + (_sha256(teacher) if teacher_model is not None else "") + manifest["fingerprint"]
         try:
-            result = train(model, manifest, arch["data_config"], hparams, metrics_csv=metrics_csv,
-                           desc=f"finetune {Path(out).parent.name}", teacher=teacher_model,
-                           ckpt_dir=checkpoint.checkpoint_dir(out), resume_key=resume_key, device=device, workers=workers,
-                           threads=threads, deadline=timelimit.job_deadline())
+            result = train(
+                model,
+                manifest,
+                arch["data_config"],
+                hparams,
+                metrics_csv=metrics_csv,
+                desc=f"finetune {Path(out).parent.name}",
+                teacher=teacher_model,
+                ckpt_dir=checkpoint.checkpoint_dir(out),
+                resume_key=resume_key,
+                device=device,
+                workers=workers,
+                threads=threads,
+                deadline=timelimit.job_deadline(),
+            )
         except Diverged as e:
             if ctx.main:
                 failed(model_path, out, metrics_csv, str(e), parent, arch)
             return {"status": Status.FAILED.value, "reason": str(e)}
         if ctx.main:
             store.save_model(model, out, arch)
-            store.write_sidecar(out, "finetune", parent=str(model_path), teacher=teacher,
-                             hparams=result["hparams"], world_size=result["world_size"],
-                             global_batch=result["global_batch"], resumed_after_epoch=result["resumed_after_epoch"],
-                             resumed_at_step=result["resumed_at_step"], time_limit_stops=result["time_limit_stops"],
-                             device=result["device"], threads_per_process=result["threads_per_process"],
-                             params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+            store.write_sidecar(
+                out,
+                "finetune",
+                parent=str(model_path),
+                teacher=teacher,
+                hparams=result["hparams"],
+                world_size=result["world_size"],
+                global_batch=result["global_batch"],
+                resumed_after_epoch=result["resumed_after_epoch"],
+                resumed_at_step=result["resumed_at_step"],
+                time_limit_stops=result["time_limit_stops"],
+                device=result["device"],
+                threads_per_process=result["threads_per_process"],
+                params=parent.get("params"),
+                macs=parent.get("macs"),
+                data_config=arch["data_config"],
+            )
             shutil.rmtree(checkpoint.checkpoint_dir(out), ignore_errors=True)
     finally:
         distributed.leave()
@@ -385,8 +470,17 @@ def failed(model_path: str, out: str, metrics_csv: str, reason: str, parent: dic
     model = store.load_model(model_path)[0]
     store.save_model(model, out, arch)
     write_history([], metrics_csv)
-    store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, status=Status.FAILED, reason=reason,
-                        params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+    store.write_sidecar(
+        out,
+        "finetune",
+        parent=str(model_path),
+        finetuned=False,
+        status=Status.FAILED,
+        reason=reason,
+        params=parent.get("params"),
+        macs=parent.get("macs"),
+        data_config=arch["data_config"],
+    )
     shutil.rmtree(checkpoint.checkpoint_dir(out), ignore_errors=True)
 
 
@@ -402,6 +496,14 @@ def keep(model_path: str, out: str, metrics_csv: str) -> dict:
     base = fileio.read_sidecar(parent["parent"]) if parent.get("parent") else parent
     store.save_model(model, out, arch)
     write_history([], metrics_csv)
-    store.write_sidecar(out, "finetune", parent=str(model_path), finetuned=False, device=base.get("device"),
-                        params=parent.get("params"), macs=parent.get("macs"), data_config=arch["data_config"])
+    store.write_sidecar(
+        out,
+        "finetune",
+        parent=str(model_path),
+        finetuned=False,
+        device=base.get("device"),
+        params=parent.get("params"),
+        macs=parent.get("macs"),
+        data_config=arch["data_config"],
+    )
     return {}

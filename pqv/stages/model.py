@@ -5,6 +5,7 @@
 trains the model on the configured data set with the finetune loop, which is how the default
 workflow gets a real starting model without internet.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,7 @@ def hub_offline() -> bool:
     if proxy and not urllib.request.proxy_bypass(url.hostname):
         url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=HUB_TIMEOUT_S).close()
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=HUB_TIMEOUT_S).close()
         return False
     except OSError:
         return True
@@ -100,8 +100,11 @@ def planned_weights(path: str, planned: str | None) -> str:
     if planned and planned.startswith("sha256:"):
         found = file_stamp(path)
         if found.startswith("sha256:") and found != planned:
-            raise PQVError(f"weights file {path} changed after this run was planned (its sha256 is now {found[7:19]}..., "
-                           f"planned {planned[7:19]}...)", "run snakemake again: it reruns the model and what is made from it")
+            raise PQVError(
+                f"weights file {path} changed after this run was planned (its sha256 is now {found[7:19]}..., "
+                f"planned {planned[7:19]}...)",
+                "run snakemake again: it reruns the model and what is made from it",
+            )
     return path
 
 
@@ -154,8 +157,9 @@ def create_base(model_cfg: dict, manifest) -> tuple[nn.Module, dict]:
     return model.eval(), {"timm_name": name, "weights": weights, "kwargs": kwargs}
 
 
-def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0,
-        threads: int | None = None) -> dict:
+def run(
+    model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "auto", workers: int = 0, threads: int | None = None
+) -> dict:
     """CLI entry: create (and, for weights: train, train) the base model and save it."""
     from ..common import store
     from ..plan import manifest as manifests
@@ -165,8 +169,17 @@ def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "au
     model, facts = create_base(model_cfg, manifest)
     dc = data_config_of(model, model_cfg.get("data_config"))
     if facts["weights"] == "train":
-        result = train(model, manifest, dc, model_cfg.get("train", {}), metrics_csv=metrics_csv, desc="train base model",
-                       device=device, workers=workers, threads=threads)
+        result = train(
+            model,
+            manifest,
+            dc,
+            model_cfg.get("train", {}),
+            metrics_csv=metrics_csv,
+            desc="train base model",
+            device=device,
+            workers=workers,
+            threads=threads,
+        )
         facts["device"] = result["device"]
     else:
         facts["device"] = f"pretrained ({weights_source(facts['weights'])})"
@@ -176,6 +189,7 @@ def run(model_cfg: dict, manifest, out: str, metrics_csv: str, device: str = "au
     from .prune import count_ops, widths
 
     macs, params = count_ops(model, torch.zeros(1, *dc["input_size"]))
-    store.write_sidecar(out, "model", **facts, data_config=dc, params=params, macs=macs,
-                        classes=len(manifest["classes"]), widths=widths(model))
+    store.write_sidecar(
+        out, "model", **facts, data_config=dc, params=params, macs=macs, classes=len(manifest["classes"]), widths=widths(model)
+    )
     return facts

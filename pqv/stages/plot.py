@@ -9,6 +9,7 @@ The dense model (ratio 0) is the shared starting point of every importance's cur
 Artifacts that failed their export check (`status: rejected`) are drawn with a red cross over
 their point (hatched bars) and never count on the Pareto front.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,8 +104,10 @@ def _title_row(ax, model: str, n_models: int, text: str) -> None:
 
 # What the memory panel plots: the memory the model adds to its runtime (the runtime's own import is
 # most of a process's RSS: 520 MB for a 0.23 MB file), or, in a summary from before that column, the peak.
-MEMORY = {"rss_model_mb": ("memory the model adds (RSS after load + 1 image, less the runtime's)", "added RSS (MB)"),
-          "peak_rss_mb": ("peak resident memory (runtime + load + 1 image)", "peak RSS (MB)")}
+MEMORY = {
+    "rss_model_mb": ("memory the model adds (RSS after load + 1 image, less the runtime's)", "added RSS (MB)"),
+    "peak_rss_mb": ("peak resident memory (runtime + load + 1 image)", "peak RSS (MB)"),
+}
 
 
 def _ratio_axis(table: pd.DataFrame, imp: str) -> str:
@@ -122,8 +125,7 @@ def latency_memory(table: pd.DataFrame):
     for model, sub, axes in rows:
         for label, g in _curves(sub, imp):
             err = [g["latency_ms_median"] - g["latency_ms_min"], g["latency_ms_max"] - g["latency_ms_median"]]
-            axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label,
-                             color=colour[label])
+            axes[0].errorbar(g["ratio"], g["latency_ms_median"], yerr=err, marker="o", capsize=3, label=label, color=colour[label])
             axes[1].plot(g["ratio"], g["size_mb"], marker="o", label=label, color=colour[label])
             axes[2].plot(g["ratio"], g[memory], marker="o", label=label, color=colour[label])
             for ax, y in zip(axes, ("latency_ms_median", "size_mb", memory)):
@@ -198,8 +200,9 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, series: str, value: str, fmt:
         for bar, is_bad in zip(bars, bad):
             if is_bad:  # a rejected recipe stays visible, struck through
                 bar.set(hatch="xx", edgecolor="red")
-        ax.bar_label(bars, labels=[("rejected " if b else "") + fmt.format(h) if h == h else "" for h, b in zip(heights, bad)],
-                     fontsize=7)
+        ax.bar_label(
+            bars, labels=[("rejected " if b else "") + fmt.format(h) if h == h else "" for h, b in zip(heights, bad)], fontsize=7
+        )
     ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(xs))], [str(v) for v in xs])
     ax.margins(y=0.15)
 
@@ -243,8 +246,11 @@ def engines(table: pd.DataFrame):
     if len(names) < 2:  # nothing to compare: say so rather than draw one engine as a comparison
         plt = _plt()
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        why = (f"one quantized engine configured ({names[0]}): nothing to compare\n(list more in quantize.engines)"
-               if names else "no quantized precision configured")
+        why = (
+            f"one quantized engine configured ({names[0]}): nothing to compare\n(list more in quantize.engines)"
+            if names
+            else "no quantized precision configured"
+        )
         for ax in axes:
             ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
@@ -294,21 +300,44 @@ def pareto(table: pd.DataFrame):
         colours.setdefault(key, f"C{len(colours) % 10}")
         recipe = _recipe_label(g.iloc[0])
         label = f"{model}: {recipe}" if several else recipe
-        ax.scatter(g["latency_ms_median"], g["top1"], label=label, s=30, color=colours[key],
-                   marker=MARKERS[models.index(model) % len(MARKERS)])
+        ax.scatter(
+            g["latency_ms_median"],
+            g["top1"],
+            label=label,
+            s=30,
+            color=colours[key],
+            marker=MARKERS[models.index(model) % len(MARKERS)],
+        )
         mark_rejected(ax, g, "latency_ms_median", "top1")
     if "without_pqv" in table:  # the bar each pick is compared with (evaluate.without_pqv)
         bar = table[table["without_pqv"].fillna(False).astype(bool)]
-        ax.scatter(bar["latency_ms_median"], bar["top1"], s=160, facecolors="none", edgecolors="k", linewidths=1.5,
-                   marker="s", label="without PQV: ONNX Runtime's plain int8 of the dense model", zorder=3)
+        ax.scatter(
+            bar["latency_ms_median"],
+            bar["top1"],
+            s=160,
+            facecolors="none",
+            edgecolors="k",
+            linewidths=1.5,
+            marker="s",
+            label="without PQV: ONNX Runtime's plain int8 of the dense model",
+            zorder=3,
+        )
     front = pareto_front(table).sort_values("latency_ms_median")
     ax.plot(front["latency_ms_median"], front["top1"], "k--", lw=1, label="Pareto front")
     for k, (_, r) in enumerate(front.iterrows()):  # each label names its file; neighbours alternate sides
         name = f"{r['model']} " if several else ""
-        ax.annotate(f"{name}{r['importance']} {r['ratio']:g} {_recipe_label(r)}", (r["latency_ms_median"], r["top1"]),
-                    fontsize=7, xytext=(4, -10 if k % 2 else 6), textcoords="offset points")
-    ax.set(xlabel="latency per image, median (ms)", ylabel="top-1 accuracy (%)",
-           title="Accuracy vs latency of every artifact\n(dashed: the Pareto front, where nothing is both faster and more accurate)")
+        ax.annotate(
+            f"{name}{r['importance']} {r['ratio']:g} {_recipe_label(r)}",
+            (r["latency_ms_median"], r["top1"]),
+            fontsize=7,
+            xytext=(4, -10 if k % 2 else 6),
+            textcoords="offset points",
+        )
+    ax.set(
+        xlabel="latency per image, median (ms)",
+        ylabel="top-1 accuracy (%)",
+        title="Accuracy vs latency of every artifact\n(dashed: the Pareto front, where nothing is both faster and more accurate)",
+    )
     ax.grid(alpha=0.3)
     _legend(ax, ncol=2 if len(ax.get_legend_handles_labels()[0]) > 16 else 1)
     return fig

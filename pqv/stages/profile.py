@@ -11,6 +11,7 @@ inference in ms, calls per inference, share of the self time):
   below), so it imports nothing but torch at the top;
 - onnx, ort: ONNX Runtime's own profiler (kernel time per node, summed by operator type).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def _finish(rows: list[dict]):
 
 # ---- ptl: torch.profiler ---------------------------------------------------------------------
 
+
 def profile_ops(fn, example: torch.Tensor, warmup: int, runs: int):
     """A table (pandas) of operators: self and total CPU time per call of the model, and calls."""
     from torch.profiler import ProfilerActivity, profile
@@ -49,15 +51,17 @@ def profile_ops(fn, example: torch.Tensor, warmup: int, runs: int):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(runs):
                 fn(example)
-    return _finish([
-        {
-            "operator": e.key,
-            "self_cpu_ms": e.self_cpu_time_total / 1e3 / runs,
-            "total_cpu_ms": e.cpu_time_total / 1e3 / runs,
-            "calls": e.count // runs,
-        }
-        for e in prof.key_averages()
-    ])
+    return _finish(
+        [
+            {
+                "operator": e.key,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3 / runs,
+                "total_cpu_ms": e.cpu_time_total / 1e3 / runs,
+                "calls": e.count // runs,
+            }
+            for e in prof.key_averages()
+        ]
+    )
 
 
 def _torch_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
@@ -85,8 +89,9 @@ def etdump_python() -> str:
     return os.environ.get(ETDUMP_PYTHON_ENV) or tracer_python() or sys.executable
 
 
-def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, python: str | None = None,
-                  example: torch.Tensor | None = None) -> str:
+def record_etdump(
+    pte: str, etdump: str, threads: int, warmup: int, runs: int, python: str | None = None, example: torch.Tensor | None = None
+) -> str:
     """Run `pte` warmup + runs times at batch 1 with ETDump on (in `python`, a subprocess) and write
     the dump to `etdump`; the runtime's ExecuTorch version. `example` (default zeros) is the input."""
     from ..plan.errors import PQVError
@@ -100,16 +105,20 @@ def record_etdump(pte: str, etdump: str, threads: int, warmup: int, runs: int, p
         done = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
         Path(inputs).unlink(missing_ok=True)
-        raise PQVError(f"cannot run {python} to profile {pte}: {e.strerror}",
-                       f"run `bash envs/etdump.sh`, or set {ETDUMP_PYTHON_ENV} to an existing Python") from None
+        raise PQVError(
+            f"cannot run {python} to profile {pte}: {e.strerror}",
+            f"run `bash envs/etdump.sh`, or set {ETDUMP_PYTHON_ENV} to an existing Python",
+        ) from None
     Path(inputs).unlink(missing_ok=True)
     if done.returncode != 0:
         raise RuntimeError(f"profiling {pte} in {python} failed:\n{done.stderr[-3000:]}")
     version = json.loads(done.stdout.strip().splitlines()[-1])["executorch"]
     if not Path(etdump).exists():
-        raise PQVError(f"the ExecuTorch runtime of {python} (executorch {version}) was built without its event "
-                       "tracer, so it cannot time a .pte by operator",
-                       f"run `bash envs/etdump.sh` (executorch 1.5.1, tracer compiled in) or set {ETDUMP_PYTHON_ENV}")
+        raise PQVError(
+            f"the ExecuTorch runtime of {python} (executorch {version}) was built without its event "
+            "tracer, so it cannot time a .pte by operator",
+            f"run `bash envs/etdump.sh` (executorch 1.5.1, tracer compiled in) or set {ETDUMP_PYTHON_ENV}",
+        )
     return version
 
 
@@ -146,13 +155,17 @@ def etdump_table(etdump: str, runs: int):
     remainders = {
         "portable operator dispatch (OPERATOR_CALL minus kernels)": totals.get(OPERATOR_CALL, 0.0) - sum(kernels.values()),
         "delegate entry (DELEGATE_CALL minus its timed operators)": totals.get(DELEGATE_CALL, 0.0) - sum(delegated.values()),
-        "runtime between calls (Method::execute minus calls)":
-            totals.get(EXECUTE, 0.0) - totals.get(OPERATOR_CALL, 0.0) - totals.get(DELEGATE_CALL, 0.0),
+        "runtime between calls (Method::execute minus calls)": totals.get(EXECUTE, 0.0)
+        - totals.get(OPERATOR_CALL, 0.0)
+        - totals.get(DELEGATE_CALL, 0.0),
     }
     remainder_calls = [calls.get(OPERATOR_CALL, 0), calls.get(DELEGATE_CALL, 0), calls.get(EXECUTE, 0)]
     rows = [{"operator": n, "self_cpu_ms": t, "total_cpu_ms": t, "calls": calls[n]} for n, t in {**kernels, **delegated}.items()]
-    rows += [{"operator": n, "self_cpu_ms": max(t, 0.0), "total_cpu_ms": max(t, 0.0), "calls": c}
-             for (n, t), c in zip(remainders.items(), remainder_calls) if c]
+    rows += [
+        {"operator": n, "self_cpu_ms": max(t, 0.0), "total_cpu_ms": max(t, 0.0), "calls": c}
+        for (n, t), c in zip(remainders.items(), remainder_calls)
+        if c
+    ]
     return _finish(rows)
 
 
@@ -165,6 +178,7 @@ def _etdump(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs:
 
 
 # ---- onnx, ort: ONNX Runtime's profiler ------------------------------------------------------------
+
 
 def _ort_profiler(artifact: str, meta: dict, example: torch.Tensor, warmup: int, runs: int):
     from ..common import ort

@@ -10,6 +10,7 @@ uses 1/sqrt(head_dim), so when head_dim shrinks the query projection is rescaled
 sqrt(new/old). That folds the correction into the weights instead of patching timm's classes.
 Whole-head pruning leaves head_dim, and so the temperature, unchanged.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,7 @@ def _check_ratio(name: str, ratio: float) -> None:
         raise PQVError(f"{name} {ratio} is outside [0, 1)", "use a ratio such as 0.09375, 0.25 or 0.5")
 
 
-def check_args(importance: str, ratio: float, scope: str = "uniform", heads: str = "dims",
-               head_ratio: float | None = None) -> None:
+def check_args(importance: str, ratio: float, scope: str = "uniform", heads: str = "dims", head_ratio: float | None = None) -> None:
     """Reject bad options before anything is loaded or written."""
     if scope not in registry.SCOPES:
         raise PQVError(f"unknown pruning scope '{scope}'", f"use one of {', '.join(registry.SCOPES)}")
@@ -126,8 +126,9 @@ def prune(
     if not blocks:
         raise PQVError("this model has no timm Attention blocks to prune", "use a timm ViT (deit_*, vit_*, deit3_*)")
     if any(not isinstance(a.q_norm, nn.Identity) for a in blocks):
-        raise PQVError("attention with qk_norm cannot be pruned (Torch-Pruning cannot split the per-head norm)",
-                       "use a ViT without qk_norm")
+        raise PQVError(
+            "attention with qk_norm cannot be pruned (Torch-Pruning cannot split the per-head norm)", "use a ViT without qk_norm"
+        )
     if ratio == 0.0:  # the dense branch, whatever the other options say
         return model
     head_ratio = ratio if head_ratio is None else head_ratio
@@ -138,8 +139,7 @@ def prune(
     if heads == "whole" and scope == "uniform":
         for attn in blocks:
             if math.ceil(head_ratio * attn.num_heads) >= attn.num_heads:
-                raise PQVError(f"head ratio {head_ratio} removes all {attn.num_heads} heads of a block",
-                               "use a smaller head_ratio")
+                raise PQVError(f"head ratio {head_ratio} removes all {attn.num_heads} heads of a block", "use a smaller head_ratio")
 
     device = torch.device(device)
     model.to(device)
@@ -156,13 +156,23 @@ def prune(
     model.zero_grad(set_to_none=True)
     model.cpu()
     _set_geometry(model, pruner, old_head_dims)
-    check_widths(before, widths(model), ratio, scope=scope, heads=heads, head_ratio=head_ratio, round_to=round_to,
-                 bottleneck=bottleneck)
+    check_widths(
+        before, widths(model), ratio, scope=scope, heads=heads, head_ratio=head_ratio, round_to=round_to, bottleneck=bottleneck
+    )
     return model.eval()
 
 
-def _pruner(model: nn.Module, imp, example: torch.Tensor, ratio: float, head_ratio: float, scope: str, heads: str,
-            round_to: int | None, bottleneck: bool):
+def _pruner(
+    model: nn.Module,
+    imp,
+    example: torch.Tensor,
+    ratio: float,
+    head_ratio: float,
+    scope: str,
+    heads: str,
+    round_to: int | None,
+    bottleneck: bool,
+):
     """Torch-Pruning's pruner over the model's dependency graph, every classifier head kept whole."""
     blocks = archmod.attention_blocks(model)
     prune_head_dims, prune_num_heads = registry.HEAD_MODES[heads]
@@ -213,9 +223,16 @@ def widths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def check_widths(before: dict[str, int], after: dict[str, int], ratio: float, scope: str = "uniform",
-                 heads: str = "dims", head_ratio: float | None = None, round_to: int | None = None,
-                 bottleneck: bool = False) -> None:
+def check_widths(
+    before: dict[str, int],
+    after: dict[str, int],
+    ratio: float,
+    scope: str = "uniform",
+    heads: str = "dims",
+    head_ratio: float | None = None,
+    round_to: int | None = None,
+    bottleneck: bool = False,
+) -> None:
     """A pruned model must be as narrow as its ratio says. Torch-Pruning leaves a group whole when
     the ratio would keep fewer than one channel (or fewer than `round_to`) of it, so near 1 a "99.9 %
     pruned" model can have every dense width: that is an error, never a result."""
@@ -235,12 +252,14 @@ def check_widths(before: dict[str, int], after: dict[str, int], ratio: float, sc
         return
     g = wide[0]
     reach, narrowest = reach_of(before, round_to, heads, bottleneck)
-    raise PQVError(f"pruning ratio {ratio:g} is out of Torch-Pruning's reach for this model: {g} kept {after[g]} of "
-                   f"{before[g]} where the ratio asks for about {max(target(g), 0):.0f}"
-                   f"{f' in multiples of {step}' if round_to else ''} "
-                   f"(it leaves a group whole when it would keep less than {'one channel' if step == 1 else f'{step} channels'})",
-                   f"use a ratio of at most {math.floor(reach * 1000) / 1000:g}, as the narrowest group, {narrowest}, has "
-                   f"{before[narrowest]} channels{', or a smaller prune.round_to' if round_to else ''}")
+    raise PQVError(
+        f"pruning ratio {ratio:g} is out of Torch-Pruning's reach for this model: {g} kept {after[g]} of "
+        f"{before[g]} where the ratio asks for about {max(target(g), 0):.0f}"
+        f"{f' in multiples of {step}' if round_to else ''} "
+        f"(it leaves a group whole when it would keep less than {'one channel' if step == 1 else f'{step} channels'})",
+        f"use a ratio of at most {math.floor(reach * 1000) / 1000:g}, as the narrowest group, {narrowest}, has "
+        f"{before[narrowest]} channels{', or a smaller prune.round_to' if round_to else ''}",
+    )
 
 
 def classifiers(model: nn.Module) -> list[nn.Module]:
@@ -304,10 +323,22 @@ def _accumulate_hessian(model: nn.Module, imp, calibration, device: torch.device
             imp.accumulate_grad(model)
 
 
-def run(model_path: str, out: str, importance: str, ratio: float, manifest, calibration_batches: int,
-        batch_size: int, round_to: int | None = None, scope: str = default(Prune, "scope"),
-        heads: str = default(Prune, "heads"), head_ratio: float | None = None, bottleneck: bool = False,
-        seed: int = default(Prune, "seed"), device: str = "auto") -> dict:
+def run(
+    model_path: str,
+    out: str,
+    importance: str,
+    ratio: float,
+    manifest,
+    calibration_batches: int,
+    batch_size: int,
+    round_to: int | None = None,
+    scope: str = default(Prune, "scope"),
+    heads: str = default(Prune, "heads"),
+    head_ratio: float | None = None,
+    bottleneck: bool = False,
+    seed: int = default(Prune, "seed"),
+    device: str = "auto",
+) -> dict:
     """CLI entry: load, prune, count, save (pickle-free)."""
     from ..common import store
     from ..common.device import resolve
@@ -322,19 +353,42 @@ def run(model_path: str, out: str, importance: str, ratio: float, manifest, cali
         if calibration_batches <= 0:
             raise PQVError(f"importance '{importance}' needs calibration data", "set prune.calibration_batches > 0")
         if manifest is None:
-            raise PQVError(f"importance '{importance}' needs the data set for its gradients",
-                           "give --data results/data/train.json (made by `pqv data`)")
+            raise PQVError(
+                f"importance '{importance}' needs the data set for its gradients",
+                "give --data results/data/train.json (made by `pqv data`)",
+            )
         calibration = datasets.calibration_batches(manifest, dc, calibration_batches, batch_size, seed=seed)
-    prune(model, importance, ratio, example, calibration, round_to=round_to, scope=scope, heads=heads,
-          head_ratio=head_ratio, bottleneck=bottleneck, seed=seed, device=resolve(device))
+    prune(
+        model,
+        importance,
+        ratio,
+        example,
+        calibration,
+        round_to=round_to,
+        scope=scope,
+        heads=heads,
+        head_ratio=head_ratio,
+        bottleneck=bottleneck,
+        seed=seed,
+        device=resolve(device),
+    )
     macs_after, params_after = count_ops(model, example)
     arch = archmod.describe(model, arch["timm_name"], arch["kwargs"], dc)
     store.save_model(model, out, arch)
     report = {
-        "importance": importance, "ratio": ratio, "round_to": round_to, "scope": scope, "heads": heads,
-        "head_ratio": ratio if heads == "whole" and head_ratio is None else head_ratio, "bottleneck": bottleneck,
-        "params_before": params_before, "params": params_after, "macs_before": macs_before, "macs": macs_after,
-        "attention": arch["attention"], "widths": widths(model),
+        "importance": importance,
+        "ratio": ratio,
+        "round_to": round_to,
+        "scope": scope,
+        "heads": heads,
+        "head_ratio": ratio if heads == "whole" and head_ratio is None else head_ratio,
+        "bottleneck": bottleneck,
+        "params_before": params_before,
+        "params": params_after,
+        "macs_before": macs_before,
+        "macs": macs_after,
+        "attention": arch["attention"],
+        "widths": widths(model),
     }
     store.write_sidecar(out, "prune", parent=str(model_path), data_config=dc, **report)
     return report

@@ -15,6 +15,7 @@ accuracy (cosine 0.88 on x86, 7-bit activations) and ExecuTorch cannot load it (
 For ExecuTorch the model is first rewritten with `layers.for_xnnpack` (same function, ops that
 XNNPACK runs whole) and exported at a fixed batch of one image.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,6 +53,7 @@ class HalfPrecision(nn.Module):
 
 # ---- TorchScript family (Lite Interpreter) -------------------------------------------------
 
+
 def _ts_int8_dynamic(model, engine, calibration):
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
@@ -77,6 +79,7 @@ TORCHSCRIPT: dict[str, Callable] = {
 
 
 # ---- torch.export family (ExecuTorch, XNNPACK) -------------------------------------------
+
 
 def _export(model, example):
     return torch.export.export(model, (example[:PROGRAM_BATCH],))
@@ -148,16 +151,21 @@ def check(precision: str, engine: str, ir: str | None = None) -> None:
         if formats is None:
             raise PQVError(f"unknown output type '.{ir}'", f"write .{' or .'.join(registry.IRS)}")
         if not any(f in registry.PRECISIONS[precision]["formats"] for f in formats):
-            raise PQVError(f"precision '{precision}' cannot be exported as .{' or .'.join(formats)}",
-                           f"use one of {', '.join(registry.PRECISIONS[precision]['formats'])}")
+            raise PQVError(
+                f"precision '{precision}' cannot be exported as .{' or .'.join(formats)}",
+                f"use one of {', '.join(registry.PRECISIONS[precision]['formats'])}",
+            )
         engines = {e for f in formats for e in registry.FORMATS[f]["engines"]}
         if engine != NO_ENGINE and engine not in engines:
-            raise PQVError(f"engine '{engine}' does not run in .{' or .'.join(formats)} files",
-                           f"use one of {', '.join(sorted(engines))}")
+            raise PQVError(
+                f"engine '{engine}' does not run in .{' or .'.join(formats)} files", f"use one of {', '.join(sorted(engines))}"
+            )
         if engine != NO_ENGINE and not registry.runs(engine, precision):
             takes = registry.ORT_RECIPES[engine]["precisions"]
-            raise PQVError(f"engine '{engine}' makes {' and '.join(takes)} files, not {precision}",
-                           f"use precision {' or '.join(takes)}, or another engine")
+            raise PQVError(
+                f"engine '{engine}' makes {' and '.join(takes)} files, not {precision}",
+                f"use precision {' or '.join(takes)}, or another engine",
+            )
 
 
 @contextlib.contextmanager
@@ -211,8 +219,15 @@ def save(program, path: str, ir: str) -> None:
         torch.export.save(program, path)
 
 
-def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
-        calibration_images: int = default(Quantize, "calibration_images"), merge_r: int = 0) -> dict:
+def run(
+    model_path: str,
+    out: str,
+    precision: str,
+    engine: str,
+    manifest=None,
+    calibration_images: int = default(Quantize, "calibration_images"),
+    merge_r: int = 0,
+) -> dict:
     """CLI entry: quantize a finetuned model; the output's extension (.ts/.pt2/.onnx) picks the family.
     `merge_r`: tokens merged in each block (pqv.common.tome), applied first: the file carries it."""
     from ..common import datasets, store, tome
@@ -238,9 +253,17 @@ def run(model_path: str, out: str, precision: str, engine: str, manifest=None,
     program = quantize(model, precision, engine, ir, calibration)
     with fileio.atomic_path(out, need_bytes=2 * os.path.getsize(model_path)) as tmp:
         save(program, tmp, ir)
-    facts = {"precision": precision, "engine": engine, "ir": ir, "params": parent.get("params"),
-             "macs": parent.get("macs"), "data_config": dc, "device": parent.get("device"),
-             "calibration_images": sum(len(b) for b in calibration) if calibration else 0,
-             **{k: parent[k] for k in ("status", "reason") if k in parent}, **merged}  # a failed branch stays failed
+    facts = {
+        "precision": precision,
+        "engine": engine,
+        "ir": ir,
+        "params": parent.get("params"),
+        "macs": parent.get("macs"),
+        "data_config": dc,
+        "device": parent.get("device"),
+        "calibration_images": sum(len(b) for b in calibration) if calibration else 0,
+        **{k: parent[k] for k in ("status", "reason") if k in parent},
+        **merged,
+    }  # a failed branch stays failed
     store.write_sidecar(out, "quantize", parent=str(model_path), **facts)
     return facts

@@ -1,4 +1,5 @@
 """Summary: one row per evaluated artifact, gathered from the evaluate stage's JSON files."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,40 @@ from ..plan.registry import EAGER
 
 KEYS = ["model", "importance", "ratio", "precision", "engine", "merge_r", "format"]  # merge_r: tokens merged per block
 COLUMNS = KEYS + [
-    "status", "reason", "top1", "top5", "eager_top1", "top1_agreement", "cosine_min",
-    "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "latency_ms_paper_method",
-    "size_mb", "peak_rss_mb", "rss_model_mb", "params", "macs", "device",
-    "threads", "warmup", "runs", "batch_size", "runtime", "accuracy_threads", "accuracy_workers", "accuracy_device",
-    "accuracy_images_per_s", "cpu", "cpu_features", "node_exclusive", "torch", "search", "without_pqv", "artifact",
+    "status",
+    "reason",
+    "top1",
+    "top5",
+    "eager_top1",
+    "top1_agreement",
+    "cosine_min",
+    "latency_ms_median",
+    "latency_ms_min",
+    "latency_ms_max",
+    "latency_ms_p90",
+    "latency_ms_paper_method",
+    "size_mb",
+    "peak_rss_mb",
+    "rss_model_mb",
+    "params",
+    "macs",
+    "device",
+    "threads",
+    "warmup",
+    "runs",
+    "batch_size",
+    "runtime",
+    "accuracy_threads",
+    "accuracy_workers",
+    "accuracy_device",
+    "accuracy_images_per_s",
+    "cpu",
+    "cpu_features",
+    "node_exclusive",
+    "torch",
+    "search",
+    "without_pqv",
+    "artifact",
 ]
 
 
@@ -91,13 +121,29 @@ def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> p
             row["cpu_s"] = max(row["cpu_s"], counted["cpu_s"])
         rows.append(row)
     jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values(), "cpu_from_log"])
-    table = jobs.groupby("stage", sort=False).agg(
-        jobs=("wall_s", "size"), wall_s=("wall_s", "sum"), wall_s_max=("wall_s", "max"), cpu_s=("cpu_s", "sum"),
-        max_pss_mb=("max_pss_mb", "max"), max_rss_mb=("max_rss_mb", "max"),
-        cpu_from_log=("cpu_from_log", "sum")).reset_index()
-    total = {"stage": "total", "jobs": len(jobs), "wall_s": jobs["wall_s"].sum(), "wall_s_max": jobs["wall_s"].max(),
-             "cpu_s": jobs["cpu_s"].sum(), "max_pss_mb": jobs["max_pss_mb"].max(), "max_rss_mb": jobs["max_rss_mb"].max(),
-             "cpu_from_log": jobs["cpu_from_log"].sum()}
+    table = (
+        jobs.groupby("stage", sort=False)
+        .agg(
+            jobs=("wall_s", "size"),
+            wall_s=("wall_s", "sum"),
+            wall_s_max=("wall_s", "max"),
+            cpu_s=("cpu_s", "sum"),
+            max_pss_mb=("max_pss_mb", "max"),
+            max_rss_mb=("max_rss_mb", "max"),
+            cpu_from_log=("cpu_from_log", "sum"),
+        )
+        .reset_index()
+    )
+    total = {
+        "stage": "total",
+        "jobs": len(jobs),
+        "wall_s": jobs["wall_s"].sum(),
+        "wall_s_max": jobs["wall_s"].max(),
+        "cpu_s": jobs["cpu_s"].sum(),
+        "max_pss_mb": jobs["max_pss_mb"].max(),
+        "max_rss_mb": jobs["max_rss_mb"].max(),
+        "cpu_from_log": jobs["cpu_from_log"].sum(),
+    }
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
     table.insert(table.columns.get_loc("cpu_s") + 1, "mean_load", table["cpu_s"] / table["wall_s"])
     table["cpu_from_log"] = table["cpu_from_log"].astype(int)
