@@ -117,6 +117,17 @@ def test_the_per_host_latency_tables_are_the_csvs_of_the_runs():
     assert hosts.split(paths) in page, again
 
 
+def test_the_token_merging_table_is_the_benchs_csv(monkeypatch):
+    """docs/latency.md's token-merging table is bench/merge_table.py's rendering of the run's CSV."""
+    monkeypatch.chdir(REPO)  # the table names the CSV as the command was given it
+    spec = importlib.util.spec_from_file_location("merge_table", REPO / "bench/merge_table.py")
+    merge_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge_table)
+    page = (REPO / "docs/latency.md").read_text()
+    csv = re.search(r"`(docs/data/latency-merge-[0-9-]+\.csv)`", page)[1]
+    assert "\n".join(merge_table.table(csv)) in page, f"render it again: python bench/merge_table.py {csv}"
+
+
 def test_the_round_to_comparison_is_the_two_runs_csvs(monkeypatch):
     """docs/cifar10.md's round_to table is scripts/compare_runs.py's rendering of the CSVs it cites."""
     monkeypatch.syspath_prepend(str(REPO / "scripts"))  # it imports summary_table.py beside it
