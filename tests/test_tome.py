@@ -222,12 +222,12 @@ def test_attention_other_than_plain_is_one_clear_error():
 
 # ---- the mobile files of a merging model -------------------------------------------------------------
 
+# FP32 where the program is TorchScript (scripting is the strict path), int8 in every runtime; an
+# FP32 .pte or .onnx lowers the same graph as its int8 twin (CI time: each .pte lowering is ~20 s)
 FILES = [
     ("fp32", "none", "ptl"),
     ("int8_dynamic", "x86", "ptl"),
-    ("fp32", "none", "pte"),
     ("int8_dynamic", "xnnpack", "pte"),
-    ("fp32", "none", "onnx"),
     ("int8_dynamic", "mlas_plain", "onnx"),
 ]
 
