@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 FAKE = {
     "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"\necho 4242',
-    "sacct": "echo '4242|FAILED'",  # every job 'fails' at once, so the run ends after submitting
+    # every job 'completes' at the first status check without its files, so the run ends after
+    # submitting (a job reported FAILED makes the plugin wait 10 s more before Snakemake can stop)
+    "sacct": "echo '4242|COMPLETED'",
     "sacctmgr": "echo acct",  # the plugin checks the account exists
     "squeue": "true",
     "sinfo": "true",
@@ -85,6 +87,8 @@ def submit(tmp_path):
                 str(work / "site.yaml"),
                 "--slurm-init-seconds-before-status-checks",
                 "1",
+                "--latency-wait",
+                "0",
                 "--default-resources",
                 "slurm_account=acct",
                 "slurm_partition=part",
