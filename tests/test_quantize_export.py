@@ -20,9 +20,23 @@ def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
 
 
 @pytest.fixture(scope="module")
-def fp32_artifacts(saved_tiny, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fp32")
-    return {fmt: _export(saved_tiny, tmp, "fp32", "none", fmt)[0] for fmt in registry.FORMATS}
+def exported(saved_tiny, tmp_path_factory):
+    """`_export` of the trained tiny model, made once per recipe and options in this module (tests
+    only read the files): several tests check the same file in different ways (CI time)."""
+    made = {}
+
+    def get(precision, engine, fmt="ptl", **options):
+        key = (precision, engine, fmt, tuple(sorted(options.items())))
+        if key not in made:
+            made[key] = _export(saved_tiny, tmp_path_factory.mktemp(f"{precision}-{engine}-{fmt}"), precision, engine, fmt, **options)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def fp32_artifacts(exported):
+    return {fmt: exported("fp32", "none", fmt)[0] for fmt in registry.FORMATS}
 
 
 def _reference(saved, n=64):
@@ -36,8 +50,8 @@ def _reference(saved, n=64):
     "fmt, options",
     [("ptl", {}), ("ptl", {"mobile_optimizer": False}), ("ptl", {"xnnpack_rewrite": False}), ("pte", {}), ("onnx", {}), ("ort", {})],
 )
-def test_fp32_artifact_matches_its_eager_parent(saved_tiny, tmp_path, fmt, options):
-    out, fidelity = _export(saved_tiny, tmp_path, "fp32", "none", fmt, **options)
+def test_fp32_artifact_matches_its_eager_parent(saved_tiny, exported, fmt, options):
+    out, fidelity = exported("fp32", "none", fmt, **options)
     x, ref = _reference(saved_tiny)
     lite = export.load(str(out), fmt, "none")
     torch.testing.assert_close(lite(x), ref, atol=1e-4, rtol=0)
@@ -64,8 +78,8 @@ QUANTIZED_TARGETS = [
 
 
 @pytest.mark.parametrize("precision, engine, fmt", QUANTIZED_TARGETS)
-def test_every_quantized_artifact_agrees_with_its_parent(saved_tiny, fp32_artifacts, tmp_path, precision, engine, fmt):
-    out, fidelity = _export(saved_tiny, tmp_path, precision, engine, fmt)
+def test_every_quantized_artifact_agrees_with_its_parent(saved_tiny, fp32_artifacts, exported, precision, engine, fmt):
+    out, fidelity = exported(precision, engine, fmt)
     x, ref = _reference(saved_tiny)
     got = export.load(str(out), fmt, engine)(x)
     assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
@@ -134,10 +148,10 @@ FAST_RECIPES = [
 
 
 @pytest.mark.parametrize("precision, engine, fmt, options", FAST_RECIPES)
-def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(saved_tiny, tmp_path, precision, engine, fmt, options):
+def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(saved_tiny, exported, precision, engine, fmt, options):
     if engine not in quantize.available_engines():
         pytest.skip(f"engine {engine} not in this build")
-    out, _ = _export(saved_tiny, tmp_path, precision, engine, fmt, **options)
+    out, _ = exported(precision, engine, fmt, **options)
     artifact = export.load(str(out), fmt, engine)
     model, a = store.load_model(saved_tiny)
     got, ref = [], []
@@ -150,12 +164,12 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
     assert fidelity["top1_agreement"] >= 0.99
 
 
-def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_tiny, tmp_path):
+def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_tiny, exported, tmp_path):
     out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86", min_cosine=1.0)
     meta = fileio.read_sidecar(out)
     assert out.exists() and meta["status"] == "rejected"
     assert "cosine similarity" in meta["reason"] and f"{fidelity['cosine_min']:.4f}" in meta["reason"]
-    ok, _ = _export(saved_tiny, tmp_path / "ok", "int8_dynamic", "x86")
+    ok, _ = exported("int8_dynamic", "x86")
     assert fileio.read_sidecar(ok)["status"] == "verified" and fileio.read_sidecar(ok)["reason"] == ""
 
 
