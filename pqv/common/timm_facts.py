@@ -2,8 +2,9 @@
 the keys of its preprocessing, its optimizers.
 
 The plan (pqv.plan.config) never imports timm or torch, not even lazily: it runs this module in a
-child process, `python -m pqv.common.timm_facts FACT [JSON args]`, once per timm version and
-question, and keeps the answer (printed as JSON) in $PQV_CACHE.
+child process, `python -m pqv.common.timm_facts '[[FACT, args...], ...]'`, with every question it
+has not answered yet for this timm version (one timm import for all), and keeps the answers
+(printed as a JSON list) in $PQV_CACHE.
 """
 
 from __future__ import annotations
@@ -41,24 +42,27 @@ def _on_meta(timm_name: str, **kwargs):
         return timm.create_model(timm_name, pretrained=False, **kwargs)
 
 
-def model_kwargs(timm_name: str) -> list[str]:
-    """The keywords of the class timm builds `timm_name` from (for "did you mean"): the model built
-    on the meta device with its defaults, its class's signature read."""
-    try:
-        model = _on_meta(timm_name)
-    except Exception:  # noqa: BLE001 - no list then; the error line still names the keyword
-        return []
+def _model_kwargs(timm_name: str) -> list[str]:
+    """The keywords of the class timm builds `timm_name` from: its signature read."""
+    model = _on_meta(timm_name)
     return [p for p in inspect.signature(type(model).__init__).parameters if p not in ("self", "args", "kwargs")]
 
 
-def refused_kwarg(timm_name: str, kwargs: dict) -> str | None:
-    """The keyword argument timm's model refuses, if any. Only an unknown keyword counts; any other
-    failure is left to the model job, which reports it with the model built for real."""
+def refused_kwarg(timm_name: str, kwargs: dict) -> tuple[str, list[str]] | None:
+    """The keyword argument timm's model refuses, if any, and the keywords its class takes (for "did
+    you mean"; empty where the model cannot be built with its defaults). Only an unknown keyword
+    counts; any other failure is left to the model job, which reports it with the model built for real."""
     try:
         _on_meta(timm_name, **kwargs)
     except TypeError as e:
         found = re.search(r"unexpected keyword argument '([^']+)'", str(e))
-        return found.group(1) if found else None
+        if not found:
+            return None
+        try:
+            accepted = _model_kwargs(timm_name)
+        except Exception:  # noqa: BLE001 - no list then; the error line still names the keyword
+            accepted = []
+        return found.group(1), accepted
     except Exception:  # noqa: BLE001 - not ours to judge here (meta tensors, values): the model job says
         return None
     return None
@@ -68,14 +72,13 @@ FACTS = {
     "models": models,
     "data-config-keys": data_config_keys,
     "optimizers": optimizers,
-    "model-kwargs": model_kwargs,
     "refused-kwarg": refused_kwarg,
 }
 
 
 def main(argv: list[str]) -> None:
-    fact, *args = argv
-    print(json.dumps(FACTS[fact](*(json.loads(a) for a in args))))
+    (questions,) = argv
+    print(json.dumps([FACTS[fact](*args) for fact, *args in json.loads(questions)]))
 
 
 if __name__ == "__main__":

@@ -432,6 +432,7 @@ class Config(Section):
         self._check_dataset()
         self.prune.check()
         self._check_sweep()
+        ask_timm([(m.timm_name, m.kwargs) for m in self.models])  # what the next two need: one child process, if any
         self._check_training()
         self._check_models()
         self._check_profile(default_selectors or [])
@@ -534,8 +535,8 @@ class Config(Section):
                         f"models[{i}].data_config: unknown key '{key}'{_close(key, keys)}",
                         f"use one of {', '.join(keys)} (timm's preprocessing)",
                     )
-            if m.kwargs and (refused := timm_refused_kwarg(m.timm_name, m.kwargs)):
-                accepted = timm_model_kwargs(m.timm_name)
+            if m.kwargs and (refusal := timm_refused_kwarg(m.timm_name, m.kwargs)):
+                refused, accepted = refusal
                 raise PQVError(
                     f"models[{i}].kwargs: timm's {m.timm_name} takes no keyword '{refused}'{_close(refused, accepted)}",
                     f"use a keyword its model class takes, e.g. {', '.join(accepted[:8])}{', ...' if len(accepted) > 8 else ''}",
@@ -704,19 +705,22 @@ def tracer_python() -> str | None:
     return str(SIDE_ENV_PYTHON) if SIDE_ENV_PYTHON.exists() else None
 
 
-def _ask_timm(fact: str, *args) -> Any:
-    """An answer of pqv.common.timm_facts, asked in a child process: the plan never imports timm or
-    torch (seconds), and a question is asked once per timm version (cached by the callers)."""
+# timm's facts that follow its version alone; one missing is asked with the others (one child process)
+VERSION_FACTS = ("models", "data-config-keys", "optimizers")
+_KNOWN: dict[str, Any] = {}  # this process's answers by cache file (the cache may be read-only)
+
+
+def _ask_timm(questions: list[list]) -> list:
+    """Answers of pqv.common.timm_facts to several questions, asked in one child process: the plan
+    never imports timm or torch, and a child pays timm's import (seconds) once for all of them."""
     import json
     import subprocess
 
-    done = subprocess.run(
-        [sys.executable, "-m", "pqv.common.timm_facts", fact, *(json.dumps(a) for a in args)], capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-m", "pqv.common.timm_facts", json.dumps(questions)], capture_output=True, text=True)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PQVError(
-            f"asking the installed timm for its {fact} failed: {last}",
+            f"asking the installed timm for {', '.join(q[0] for q in questions)} failed: {last}",
             "check the installation: `python -c 'import timm'` in the environment that runs snakemake",
         )
     return json.loads(done.stdout)
@@ -741,53 +745,73 @@ def _write_json(path: Path, value) -> None:
         pass  # a read-only home: check without the cache
 
 
-def _timm_cache(name: str, compute) -> Any:
-    """A fact about the installed timm, computed once per timm version and kept as JSON in
-    `$PQV_CACHE` (default ~/.cache/pqv), so a config check stays free of the timm import
-    (seconds) on every later run."""
+def _cached(name: str) -> Any:
+    """A fact kept in `$PQV_CACHE` (default ~/.cache/pqv) per timm version, else this process's
+    answer (a read-only cache), else None."""
     import json
 
     path = _timm_cache_path(name)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
-    value = compute()
-    _write_json(path, value)
-    return value
+        return _KNOWN.get(str(path))
+
+
+def _keep(name: str, answer: Any) -> None:
+    path = _timm_cache_path(name)
+    _KNOWN[str(path)] = answer
+    _write_json(path, answer)
+
+
+def ask_timm(models: list[tuple[str, dict]] = ()) -> None:
+    """Learn what a config check needs of the installed timm and is not cached yet, in one child
+    process: the version facts and, for each (timm name, kwargs), whether timm refuses a keyword
+    (the model built on the meta device: no weights, no memory). Kept as JSON per timm version, so
+    later checks stay free of the timm import; a user's first check pays it once, not per fact."""
+    import json
+
+    facts = [name for name in VERSION_FACTS if _cached(name) is None]
+    refusals = dict(_cached("refused-kwargs") or {})
+    new = {json.dumps([n, k], sort_keys=True): (n, k) for n, k in models if k}
+    new = {key: nk for key, nk in new.items() if key not in refusals}
+    if not facts and not new:
+        return
+    answers = _ask_timm([[name] for name in facts] + [["refused-kwarg", n, k] for n, k in new.values()])
+    for name, answer in zip(facts, answers):
+        _keep(name, answer)
+    if new:
+        refusals.update(zip(new, answers[len(facts) :]))
+        _keep("refused-kwargs", refusals)
+
+
+def _fact(name: str) -> Any:
+    if _cached(name) is None:
+        ask_timm()
+    return _cached(name)
 
 
 def optimizers() -> list[str]:
     """timm's optimizer names."""
-    return _timm_cache("optimizers", lambda: _ask_timm("optimizers"))
+    return _fact("optimizers")
 
 
 def timm_models() -> set[str]:
     """timm's model names."""
-    return set(_timm_cache("models", lambda: _ask_timm("models")))
+    return set(_fact("models"))
 
 
 def timm_data_config_keys() -> list[str]:
     """The keys of timm's preprocessing (resolve_data_config): what models[].data_config may override."""
-    return _timm_cache("data-config-keys", lambda: _ask_timm("data-config-keys"))
+    return _fact("data-config-keys")
 
 
-def timm_model_kwargs(timm_name: str) -> list[str]:
-    """The keywords the class of `timm_name` accepts (for "did you mean"); asked only after a refusal."""
-    return _ask_timm("model-kwargs", timm_name)
-
-
-def timm_refused_kwarg(timm_name: str, kwargs: dict) -> str | None:
-    """The keyword argument timm's model refuses, if any: the model is built on the meta device (no
-    weights, no memory) once per timm version, model and kwargs."""
+def timm_refused_kwarg(timm_name: str, kwargs: dict) -> tuple[str, list[str]] | None:
+    """The keyword argument timm's model refuses, if any, with the keywords its class takes (for
+    "did you mean")."""
     import json
 
-    key = json.dumps([timm_name, kwargs], sort_keys=True)
-    known = _timm_cache("kwargs", dict)
-    if key not in known:
-        known[key] = _ask_timm("refused-kwarg", timm_name, kwargs)
-        _write_json(_timm_cache_path("kwargs"), known)
-    return known[key]
+    ask_timm([(timm_name, kwargs)])
+    return _cached("refused-kwargs")[json.dumps([timm_name, kwargs], sort_keys=True)]
 
 
 if __name__ == "__main__":
