@@ -254,10 +254,13 @@ def test_stage_costs_sum_every_jobs_benchmark(finished):
     assert (costs["cpu_s"] > 0).all()
 
 
-def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
+def test_a_recipe_failing_its_check_is_a_result_not_a_crash(finished, tmp_path):
     """An impossible cosine gate rejects every int8 file: the sweep still completes, the rows say why.
     The files are ONNX Runtime's ORT Mobile format: a format of the workflow like any other, from
-    the quantize job's .onnx program to `pqv choose`."""
+    the quantize job's .onnx program to `pqv choose`. On a copy of the finished run (its data and
+    base model reused)."""
+    work = tmp_path / "run"
+    shutil.copytree(finished, work, symlinks=True)
     config = {
         **TINY_CONFIG,
         "prune": {**TINY_CONFIG["prune"], "importances": ["l2"], "ratios": [0.0]},
@@ -266,17 +269,17 @@ def test_a_recipe_failing_its_check_is_a_result_not_a_crash(tmp_path):
         "profile": {"artifacts": []},
         "evaluate": {**TINY_CONFIG["evaluate"], "eager_baseline": False},
     }
-    result = snakemake(tmp_path, config=config)
+    result = snakemake(work, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    summary = pd.read_csv(work / "results/summary.csv")
     assert set(summary["format"]) == {"ort"} and summary["runtime"].str.startswith("onnxruntime ").all()
     assert (summary[summary["precision"] == "fp32"]["top1"] > 15).all()  # above chance (10 %): the file computes the model
     int8 = summary[summary["precision"] == "int8_dynamic"]
     assert set(int8["status"]) == {"rejected"} and int8["reason"].str.contains("cosine similarity").all()
     assert set(summary[summary["precision"] == "fp32"]["status"]) == {"verified"}
-    assert (tmp_path / "results/figures/pareto_accuracy_latency.png").exists()
+    assert (work / "results/figures/pareto_accuracy_latency.png").exists()
     chosen = subprocess.run(
-        [sys.executable, "-m", "pqv", "choose", "--summary", str(tmp_path / "results/summary.csv"), "--max-accuracy-loss", "100"],
+        [sys.executable, "-m", "pqv", "choose", "--summary", str(work / "results/summary.csv"), "--max-accuracy-loss", "100"],
         capture_output=True,
         text=True,
     )
