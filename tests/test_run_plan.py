@@ -146,24 +146,39 @@ def _manifest(split: str, images: int, largest: int = 0) -> dict:
 
 
 def test_locally_heavy_and_timing_stages_take_every_core_and_the_rest_one():
-    p = plan(config(), Facts(cores=6))
-    assert {s: run_plan.threads(p, s) for s in ("data", "finetune", "accuracy", "latency", "profile", "quantize", "export")} == {
-        "data": 6,
-        "finetune": 6,
-        "accuracy": 6,
+    p = plan(config(device="cpu"), Facts(cores=6))
+    demo = {"model": "demo_vit"}
+    assert {s: run_plan.threads(p, s) for s in ("latency", "profile", "quantize", "export")} == {
         "latency": 6,
         "profile": 6,
         "quantize": 1,
         "export": 1,
     }
-    assert run_plan.threads_follow_wildcards(p, "prune") and run_plan.threads_follow_wildcards(p, "model")
-    assert run_plan.threads(p, "prune", {"importance": "taylor", "ratio": "0.25"}) == 6  # gradients: calibration batches
-    assert run_plan.threads(p, "prune", {"importance": "l2", "ratio": "0.25"}) == 1
-    assert run_plan.threads(p, "prune", {"importance": "taylor", "ratio": "0"}) == 1  # the dense branch ranks nothing
-    assert run_plan.threads(p, "model", {"model": "demo_vit"}) == 6  # the demo trains its base model
-    hub = config(models=[{"id": "d", "timm_name": "deit_tiny_patch16_224", "weights": "hub"}])
+    assert all(run_plan.threads_follow_wildcards(p, s) for s in ("prune", "model", "finetune", "accuracy"))
+    assert run_plan.threads(p, "finetune", {**demo, "importance": "l2", "ratio": "0.25"}) == 6  # ~40 s of training
+    assert run_plan.threads(p, "model", demo) == 6  # the demo trains its base model
+    hub = config(device="cpu", models=[{"id": "d", "timm_name": "deit_tiny_patch16_224", "weights": "hub"}])
     assert run_plan.threads(plan(hub, Facts(cores=6)), "model", {"model": "d"}) == 1
-    assert run_plan.threads(plan(config(), Facts()), "finetune") == 1  # no --cores: one
+    assert run_plan.threads(plan(config(), Facts()), "finetune", demo) == 1  # no --cores: one
+    # the gradient importances rank channels on calibration batches: DeiT-B's take every core
+    deit_b = plan(paper(device="cpu"), Facts(cores=6), images=IMAGENET)
+    assert run_plan.threads(deit_b, "prune", {"model": "deit-b", "importance": "taylor", "ratio": "0.25"}) == 6
+    assert run_plan.threads(deit_b, "prune", {"model": "deit-b", "importance": "l2", "ratio": "0.25"}) == 1
+    assert run_plan.threads(deit_b, "prune", {"model": "deit-b", "importance": "taylor", "ratio": "0"}) == 1  # ranks nothing
+
+
+def test_locally_a_heavy_stages_short_job_takes_one_core():
+    """The digits demo's data jobs, accuracy passes (~1 s of work each, after ~4 s of imports) and
+    its Taylor prune (4 calibration batches) take one core, so the next job runs beside them; the
+    same stages on ImageNet's sizes take every core."""
+    p = plan(config(device="cpu"), Facts(cores=6))
+    assert run_plan.threads(p, "data") == 1
+    for fmt in ("eager", "ptl", "pte"):
+        assert run_plan.threads(p, "accuracy", {"model": "demo_vit", "format": fmt}) == 1
+    assert run_plan.threads(p, "prune", {"model": "demo_vit", "importance": "taylor", "ratio": "0.25"}) == 1
+    large = plan(config(device="cpu"), Facts(cores=6), images=IMAGENET)
+    assert run_plan.threads(large, "data") == 6
+    assert run_plan.threads(large, "accuracy", {"model": "demo_vit", "format": "ptl"}) == 6
 
 
 def test_on_a_cluster_threads_follow_the_data_sets_size_not_the_cores():

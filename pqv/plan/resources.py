@@ -32,6 +32,11 @@ TIMING_STAGES = ("latency", "profile")
 # (they run calibration batches forward and backward); the rest take one, and so does a model job
 # that only reads a weights file (one that trains its base model takes every core).
 ALL_CORES_LOCALLY = ("data", "model", "finetune", "accuracy") + TIMING_STAGES
+# ... unless its work is short: a job budgeted under SHORT_JOB_S seconds on one core (compute_seconds)
+# takes one core, since its imports (~4 s, one core) outweigh the work, a small model computes
+# fastest on one torch thread, and the job on the next core finishes sooner (the digits demo's
+# accuracy passes took ~1 s of work each and ran one at a time). Timing stages always take every core.
+SHORT_JOB_S = 20
 
 # Per-image costs, core-seconds on one CPU core: the multiply-accumulates of one forward pass at
 # these rates (eager FP32 DeiT-B, 17.6 GMAC: ~0.4 core-s to infer and ~3 core-s to train, on the
@@ -277,6 +282,13 @@ def _per_image(work: Work, gpu: bool, cores: int, workers: int = 0) -> tuple[flo
 def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: int | None = None, fmt: str = "") -> int:
     """Wall-time limit in minutes: MARGIN x (images x seconds per image) + MIN_RUNTIME."""
     cores = cores or threads(stage, config, work.train_images + work.eval_images)
+    seconds = compute_seconds(stage, config, work, importance, cores, fmt)
+    return (MIN_RUNTIME_TIMING if stage in TIMING_STAGES else MIN_RUNTIME) + math.ceil(MARGIN * seconds / 60)
+
+
+def compute_seconds(stage: str, config: dict, work: Work, importance: str = "", cores: int = 1, fmt: str = "") -> float:
+    """A job's budgeted work in wall seconds on `cores` cores (images x seconds per image), before
+    the margin and the floor of its wall-time limit."""
     gpu = gpus(stage, config, importance, 1.0, fmt) > 0
     workers = config["dataset"].get("workers", 0) if stage in LOADER_STAGES else 0
     train_s, infer_s = _per_image(work, gpu, cores // (config["finetune"]["nproc"] if stage == "finetune" else 1), workers)
@@ -301,7 +313,7 @@ def runtime(stage: str, config: dict, work: Work, importance: str = "", cores: i
         seconds = (config["evaluate"]["warmup"] + config["evaluate"]["runs"] + 2) * infer_s * cores + 30
     else:  # profile
         seconds = (config["profile"].get("warmup", 5) + config["profile"].get("runs", 20)) * infer_s * cores * 2
-    return (MIN_RUNTIME_TIMING if stage in TIMING_STAGES else MIN_RUNTIME) + math.ceil(MARGIN * seconds / 60)
+    return seconds
 
 
 def mem_mb(stage: str, config: dict, work: Work, fmt: str = "") -> int:

@@ -136,21 +136,38 @@ def budgeted(stage: str) -> str:
 
 def threads_follow_wildcards(plan: Plan, stage: str) -> bool:
     """Whether a rule's threads differ between its jobs (threads() then needs each job's wildcards)."""
-    return not plan.on_cluster and stage in ("prune", "model")
+    return not plan.on_cluster and stage in ("prune", "model", "finetune", "accuracy")
 
 
 def threads(plan: Plan, stage: str, wildcards: dict | None = None) -> int:
     """A job's threads. One machine (`snakemake --cores N`): heavy and timing stages take every core
-    Snakemake has, the rest one. On a cluster they follow the data set's estimated size (the same in
-    the process that submits a job and in the ones that run it): pqv.plan.resources.threads."""
+    Snakemake has, the rest one, and so does a heavy stage's short job (RES.SHORT_JOB_S). On a
+    cluster they follow the data set's estimated size (the same in the process that submits a job
+    and in the ones that run it): pqv.plan.resources.threads."""
     if plan.on_cluster:
         return RES.threads(stage, plan.config, plan.planned_images)
     wc = wildcards or {}
+    if stage in RES.TIMING_STAGES:
+        return plan.cores
     if stage == "prune":  # gradient importances compute (calibration batches forward and backward)
-        return plan.cores if wc["importance"] in GRADIENT_IMPORTANCES and float(wc["ratio"]) > 0 else 1
-    if stage == "model":  # training a base model computes; reading a weights file is one core's work
-        return plan.cores if _models(plan)[wc["model"]]["weights"] == "train" else 1
-    return plan.cores if stage in RES.ALL_CORES_LOCALLY else 1
+        heavy = wc["importance"] in GRADIENT_IMPORTANCES and float(wc["ratio"]) > 0
+    elif stage == "model":  # training a base model computes; reading a weights file is one core's work
+        heavy = _models(plan)[wc["model"]]["weights"] == "train"
+    else:
+        heavy = stage in RES.ALL_CORES_LOCALLY
+    return plan.cores if heavy and not _short(plan, stage, wc) else 1
+
+
+def _short(plan: Plan, stage: str, wildcards: dict) -> bool:
+    """Whether a job's planned work is under RES.SHORT_JOB_S on one core: the data set's planned
+    size, and the model's size estimated from the config (unpruned: the larger)."""
+    model = RES.estimate_macs(_models(plan)[wildcards["model"]]) if "model" in wildcards else (0, 0)
+    images = (0, plan.images["eval"]) if stage == "accuracy" else (plan.images["train"], 0)
+    if stage == "data":  # each data job reads its own split; the larger stands for both
+        images = (max(plan.images.values()), 0)
+    work = RES.Work(*images, *model, plan.config["dataset"]["name"])
+    fmt = wildcards.get("format", "")
+    return RES.compute_seconds(stage, plan.config, work, wildcards.get("importance", ""), 1, fmt) < RES.SHORT_JOB_S
 
 
 def _models(plan: Plan) -> dict:
