@@ -159,15 +159,21 @@ def threads(plan: Plan, stage: str, wildcards: dict | None = None) -> int:
 
 
 def _short(plan: Plan, stage: str, wildcards: dict) -> bool:
-    """Whether a job's planned work is under RES.SHORT_JOB_S on one core: the data set's planned
-    size, and the model's size estimated from the config (unpruned: the larger)."""
-    model = RES.estimate_macs(_models(plan)[wildcards["model"]]) if "model" in wildcards else (0, 0)
-    images = (0, plan.images["eval"]) if stage == "accuracy" else (plan.images["train"], 0)
+    """Whether a job's planned work (planned_work) is under RES.SHORT_JOB_S on one core."""
+    rule = stage
     if stage == "data":  # each data job reads its own split; the larger stands for both
-        images = (max(plan.images.values()), 0)
-    work = RES.Work(*images, *model, plan.config["dataset"]["name"])
+        rule = "data_eval" if plan.images["eval"] > plan.images["train"] else "data_train"
+    work = planned_work(plan, rule, wildcards)
     fmt = wildcards.get("format", "")
     return RES.compute_seconds(stage, plan.config, work, wildcards.get("importance", ""), 1, fmt) < RES.SHORT_JOB_S
+
+
+def planned_work(plan: Plan, rule: str, wildcards: dict) -> RES.Work:
+    """A job's work before any file exists: the data set's planned size (the split it reads) and
+    its model's size estimated from the config (unpruned: the larger)."""
+    macs, params = RES.estimate_macs(_models(plan)[wildcards["model"]]) if "model" in wildcards else (0, 0)
+    images = (0, plan.images["eval"]) if rule in ("accuracy", "data_eval") else (plan.images["train"], 0)
+    return RES.Work(*images, macs, params, plan.config["dataset"]["name"])
 
 
 def _models(plan: Plan) -> dict:
@@ -258,15 +264,12 @@ def finetune_jobs(plan: Plan, facts: Facts) -> int:
         return 1
     limit = plan.max_minutes
     partition = RES.Partition(plan.partition, None, limit)
-    models = _models(plan)
     spans = [1]
     for rule, wc in sweep.jobs(plan.config):
         if rule in ("summary", "keep_dense"):  # run by Snakemake itself
             continue
         stage = budgeted(rule)
-        macs, params = RES.estimate_macs(models[wc["model"]]) if "model" in wc else (0, 0)
-        images = (0, plan.images["eval"]) if rule in ("accuracy", "data_eval") else (plan.images["train"], 0)
-        work = RES.Work(*images, macs, params, plan.config["dataset"]["name"])
+        work = planned_work(plan, rule, wc)
         minutes = RES.runtime(stage, plan.config, work, wc.get("importance", ""), None, wc.get("format", ""))
         user = facts.set_resources.get(rule, {}).get("runtime")
         if isinstance(user, str) and not user.strip().isdigit():
