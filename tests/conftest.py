@@ -34,6 +34,15 @@ def manifest_file(spec: dict = DIGITS_SPEC) -> str:
     return _MANIFESTS[key]
 
 
+def write_data_manifests(workdir: Path, spec: dict = DIGITS_SPEC) -> None:
+    """The data jobs' manifests of a workflow folder (results/data/{split}.json), written by the data
+    stage here: for tests that run the jobs after them."""
+    from pqv.plan import manifest as manifests
+
+    for split in manifests.SPLITS:
+        data.run(spec, str(Path(workdir) / f"results/data/{split}.json"), split=split)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_manifests():
     yield

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import write_data_manifests
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE = {
@@ -59,13 +61,9 @@ def submit(tmp_path):
     def run(config: dict, targets: list[str], *args: str, inputs: bool = True, site: tuple[str, ...] = ()) -> dict[str, str]:
         """sbatch's own options (space-delimited) per submitted job, keyed by rule and wildcards,
         for one run of the README's command with partition and account named on the command line."""
-        from pqv.plan import manifest as manifests
-        from pqv.stages import data
-
         work = tmp_path / f"work{next(runs)}"
         if inputs:  # the data jobs' manifests first, then the files made after them
-            for split in manifests.SPLITS:
-                data.run({"name": "digits"}, str(work / f"results/data/{split}.json"), split=split)
+            write_data_manifests(work)
         for name in INPUTS if inputs else []:
             (work / "results/demo_vit" / name).parent.mkdir(parents=True, exist_ok=True)
             (work / "results/demo_vit" / name).touch()

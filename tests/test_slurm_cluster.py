@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from .conftest import write_data_manifests
 from .test_workflow import TINY_CONFIG, scheduled
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,21 +262,12 @@ def test_tiny_workflow_runs_on_a_partition_shorter_than_its_finetune_and_a_rerun
     assert submitted(again) == []
 
 
-def made_data(workdir: Path) -> None:
-    """The data jobs' manifests, written here: the tests below need one cluster job, the model's."""
-    from pqv.plan import manifest as manifests
-    from pqv.stages import data
-
-    for split in manifests.SPLITS:
-        data.run({"name": "digits"}, str(workdir / f"results/data/{split}.json"), split=split)
-
-
 def test_a_job_larger_than_the_cluster_fails_at_submission(cluster, tmp_path):
     # as many DataLoader workers as the node has CPUs, plus the torch threads: more than the node
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], env=cluster, capture_output=True, text=True, check=True)
     cpus = max(int(n) for n in nodes.stdout.split())
     config = {**CONFIG, "dataset": {"name": "digits", "workers": cpus}}
-    made_data(tmp_path)
+    write_data_manifests(tmp_path)  # the test needs one cluster job, the model's
     result = snakemake(cluster, tmp_path, config, *FAST, "--", "results/tiny/model.safetensors", timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode != 0
@@ -285,7 +277,7 @@ def test_a_job_larger_than_the_cluster_fails_at_submission(cluster, tmp_path):
 
 def test_an_error_inside_a_cluster_job_reaches_the_terminal(cluster, tmp_path):
     config = {**CONFIG, "models": [{"id": "tiny", "timm_name": "vit_tiny_patch16_224", "weights": "missing.safetensors"}]}
-    made_data(tmp_path)
+    write_data_manifests(tmp_path)  # the test needs one cluster job, the model's
     result = snakemake(cluster, tmp_path, config, *FAST, "--", "results/tiny/model.safetensors", timeout=300)
     assert result.returncode != 0
     assert "pqv model: error: weights file missing.safetensors does not exist" in result.stdout + result.stderr
