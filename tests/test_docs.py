@@ -195,7 +195,9 @@ def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs(run_folder):
     assert all(Path(log).is_file() for log in logs), [log for log in logs if not Path(log).is_file()]
     again = summary.stage_costs([str(p) for p in benchmarks], str(run / "benchmarks"), logs).set_index("stage")
     written = pd.read_csv(run / "stage_costs.csv").set_index("stage")
-    pd.testing.assert_frame_equal(again.loc[written.index], written, check_dtype=False, rtol=1e-5)
+    # the columns the run wrote (`warm` came later: no job of theirs was forked, and it says so)
+    assert (again["warm"] == 0).all()
+    pd.testing.assert_frame_equal(again.loc[written.index, written.columns], written, check_dtype=False, rtol=1e-5)
     assert written.loc["total", "cpu_from_log"] == written.loc["total", "jobs"]
     page = (REPO / "docs/deit_b.md").read_text()
     assert costs_table.table(str(run / "stage_costs.csv")) in page, "render it again: python scripts/costs_table.py ..."

@@ -252,6 +252,15 @@ def test_stage_costs_sum_every_jobs_benchmark(finished):
     # every job's CPU seconds are its own count, from the usage line that ends its log (pqv.common.usage)
     assert costs["cpu_from_log"].to_dict() == costs["jobs"].to_dict()
     assert (costs["cpu_s"] > 0).all()
+    # forked from the warm-start server (pqv.common.warmstart): every job but the timed ones and the
+    # torch-free data jobs; and the server is gone with the run, its socket's folder with it
+    cold = ["data_train", "data_eval", "latency", "profile"]
+    assert (costs.loc[cold, "warm"] == 0).all()
+    assert costs["warm"].drop([*cold, "total"]).to_dict() == costs["jobs"].drop([*cold, "total"]).to_dict()
+    served = (finished / "results/logs/warm_start.log").read_text()
+    # and the two jobs the table leaves out: the plot and the table itself
+    assert served.count("pqv warm start: job ") == costs["warm"]["total"] + 2 and ": exit 0" in served
+    assert not Path(served.split("serving ")[1].split()[0]).parent.exists()
 
 
 def test_a_recipe_failing_its_check_is_a_result_not_a_crash(finished, tmp_path):

@@ -22,6 +22,14 @@ from pathlib import Path
 
 PREFIX = "pqv usage: "
 _IMPORTED = time.monotonic()
+_forked = False  # a job forked from a local run's warm-start server (pqv.common.warmstart)
+
+
+def mark_forked() -> None:
+    """This process is a job forked from the warm-start server: its clock and counts started at the
+    fork (the server's imports are not the job's), and its line says so."""
+    global _forked
+    _forked = True
 
 
 def _stat(pid: int | str) -> list[str]:
@@ -68,12 +76,13 @@ def measure() -> dict:
     cpu = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + live
     wall = _wall_s()
     rss_kb = own.ru_maxrss / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, kB elsewhere
-    return {
+    counts = {
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
         "mean_load": round(cpu / wall, 3) if wall > 0 else None,
         "max_rss_mb": round(rss_kb / 1024, 1),
     }
+    return {**counts, "warm": True} if _forked else counts
 
 
 def report(stream=sys.stderr) -> None:
@@ -96,4 +105,10 @@ def read(log: str | Path) -> dict | None:
             continue
     if not records:
         return None
-    return {"cpu_s": sum(r["cpu_s"] for r in records), "wall_s": max(r["wall_s"] for r in records), "processes": len(records)}
+    return {
+        "cpu_s": sum(r["cpu_s"] for r in records),
+        "wall_s": max(r["wall_s"] for r in records),
+        "max_rss_mb": max(r.get("max_rss_mb", 0) for r in records),
+        "warm": any(r.get("warm", False) for r in records),
+        "processes": len(records),
+    }

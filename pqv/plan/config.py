@@ -416,6 +416,12 @@ class Config(Section):
         "decides whether CUDA autocasts)",
         reads="none",
     )
+    warm_start: bool = setting(
+        True,
+        description="a local run's jobs fork from one process that imported torch and timm once "
+        "(saves each ~6 CPU-s); latency and profiles are always measured in fresh processes",
+        reads="none",
+    )
     dataset: Dataset = Field(description="the images (docs/data.md)")
     models: list[Model] = Field(min_length=1, description="the starting models, one sweep each")
     prune: Prune = Field(default_factory=Prune, description="one branch per importance x ratio")

@@ -102,7 +102,9 @@ def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> p
     of its log (`logs`, in the order of `paths`) where it has one: Snakemake's benchmark samples the
     CPU time every 30 s after a job's first 15 s and loses what came after the last sample
     (pqv.common.usage); the line is written just before the interpreter exits, so of the two (each a lower
-    bound) the larger counts. `cpu_from_log` counts the jobs whose log had the line."""
+    bound) the larger counts. `cpu_from_log` counts the jobs whose log had the line; `warm` those
+    forked from a local run's warm-start server (pqv.common.warmstart), whose peak RSS is the line's
+    (shared pages counted in full) and whose PSS is unknown (Snakemake sampled their client)."""
     from pathlib import Path
 
     from ..common import usage
@@ -117,10 +119,13 @@ def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> p
         row = {"stage": stage, **{c: pd.to_numeric(bench[c], errors="coerce").iloc[-1] for c in COST_COLUMNS.values()}}
         counted = usage.read(log) if log else None
         row["cpu_from_log"] = counted is not None
+        row["warm"] = counted is not None and counted["warm"]
         if counted is not None:  # both are lower bounds: the line misses the interpreter's exit
             row["cpu_s"] = max(row["cpu_s"], counted["cpu_s"])
+        if row["warm"]:  # Snakemake sampled the client, not the job forked from the warm-start server
+            row["max_rss_mb"], row["max_pss_mb"] = counted["max_rss_mb"], float("nan")
         rows.append(row)
-    jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values(), "cpu_from_log"])
+    jobs = pd.DataFrame(rows, columns=["stage", *COST_COLUMNS.values(), "cpu_from_log", "warm"])
     table = (
         jobs.groupby("stage", sort=False)
         .agg(
@@ -131,6 +136,7 @@ def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> p
             max_pss_mb=("max_pss_mb", "max"),
             max_rss_mb=("max_rss_mb", "max"),
             cpu_from_log=("cpu_from_log", "sum"),
+            warm=("warm", "sum"),
         )
         .reset_index()
     )
@@ -143,10 +149,12 @@ def stage_costs(paths: list[str], root: str, logs: list[str] | None = None) -> p
         "max_pss_mb": jobs["max_pss_mb"].max(),
         "max_rss_mb": jobs["max_rss_mb"].max(),
         "cpu_from_log": jobs["cpu_from_log"].sum(),
+        "warm": jobs["warm"].sum(),
     }
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
     table.insert(table.columns.get_loc("cpu_s") + 1, "mean_load", table["cpu_s"] / table["wall_s"])
     table["cpu_from_log"] = table["cpu_from_log"].astype(int)
+    table["warm"] = table["warm"].astype(int)
     return table
 
 

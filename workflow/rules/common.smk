@@ -17,6 +17,7 @@ from pqv.plan import run_plan as RUN
 from pqv.plan import search as pqv_search
 from pqv.plan import snakemake_api
 from pqv.plan import sweep as SWEEP
+from pqv.plan import warm as WARM
 
 # Rules call the interpreter Snakemake runs under, so an unactivated venv still works, and its
 # bin/ (ExecuTorch's flatc lives there) is on PATH for every job.
@@ -89,6 +90,16 @@ onstart:
     # does not: it may plan a sweep whose data is elsewhere).
     with pqv_config.reported():
         pqv_manifest.check_folders(config["dataset"])
+    # Local jobs fork from one process that imported torch and timm (pqv/common/warmstart.py).
+    WARM.start(config["warm_start"], SNAKEMAKE.on_cluster, f"{R}/logs/warm_start.log")
+
+
+onsuccess:
+    WARM.stop()
+
+
+onerror:
+    WARM.stop()
 
 
 MODELS = {m["id"]: m for m in config["models"]}

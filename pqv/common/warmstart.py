@@ -1,0 +1,221 @@
+"""Warm start: the jobs of a local run fork from one process that imported torch and timm once.
+
+Each job is its own `python -m pqv <stage>` process, and importing torch, torchvision, timm and
+torch-pruning costs it about 6 CPU-s on a 2-vCPU EPYC (DESIGN.md): more than most jobs of a laptop
+sweep compute. A local run (pqv.plan.warm starts this module's server when Snakemake starts) keeps
+one process that has imported them; a job's `python -m pqv` connects to it, hands over its argv,
+working directory, environment, umask and standard streams, and the server forks the job from its
+imported state. The job is the same code on the same streams: its log, exit status, error lines and
+usage line (pqv.common.usage: counted from the fork) read as they would cold.
+
+A job runs cold, as before, when there is no server (a dry run, a cluster run, the server not ready
+yet), when it cannot be reached, or when its command is a timing one (pqv.plan.warm.COLD): latency
+and profiles are measured in the same process layout as always, without the server's imports in
+their memory.
+
+Each connection gets a supervisor (forked from the single-threaded server) that forks the job,
+passes on the signals the client receives (SIGINT, SIGTERM, ...), kills the job if the client dies
+(Snakemake killed it), and reports how the job ended; the client ends the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+from ..plan.warm import ENV, STARTING_S, cold_command, starting
+from . import usage
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_HEADER = struct.Struct("!I")
+# What every job but the data's imports, and what it costs it cold (DESIGN.md: ~6 CPU-s); the stages'
+# own modules import their heavy packages inside functions, where a job needs them.
+PRELOAD = ("torch", "torchvision", "timm", "torch_pruning", "pqv.common.store", "pqv.common.datasets")
+
+
+@dataclass
+class Job:
+    """What a client asks the server to run."""
+
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    umask: int
+
+
+# ---- the client: `python -m pqv ...` (pqv/__main__.py), before anything heavy is imported
+
+
+def run_in_server(argv: list[str]) -> int | None:
+    """Run `pqv argv` in the warm-start server: its exit status, or None to run it cold here."""
+    path = os.environ.get(ENV)
+    if not path or cold_command(argv):
+        return None
+    waited = 0.0
+    while waited < STARTING_S and starting(path):  # its imports are under way: cheaper than ours
+        time.sleep(0.1)
+        waited += 0.1
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+        umask = os.umask(0)
+        os.umask(umask)
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}).encode()
+        message = _HEADER.pack(len(request)) + request
+        sent = socket.send_fds(conn, [message], [0, 1, 2])
+        conn.sendall(message[sent:])
+    except OSError:
+        conn.close()
+        return None  # no server (yet), or it went away: this job imports for itself
+    for sig in FORWARDED:
+        signal.signal(sig, lambda n, _frame: _send(conn, f"signal {n}\n"))
+    reply = b""
+    while not reply.endswith(b"\n"):
+        try:
+            chunk = conn.recv(64)
+        except InterruptedError:
+            continue
+        if not chunk:
+            print("pqv: the warm-start server ended before the job did (see its log)", file=sys.stderr)
+            return 1
+        reply += chunk
+    how, number = reply.decode().split()
+    if how == "signal":  # end as the job ended: killed by the same signal
+        signal.signal(int(number), signal.SIG_DFL)
+        os.kill(os.getpid(), int(number))
+        return 128 + int(number)
+    return int(number)
+
+
+def _send(conn: socket.socket, text: str) -> None:
+    try:
+        conn.sendall(text.encode())
+    except OSError:
+        pass
+
+
+# ---- the server: `python -m pqv --warm-start-server SOCKET` (pqv/__main__.py), started by pqv.plan.warm
+
+
+def serve(path: str) -> Job:
+    """Import, listen on `path`, and fork a supervisor per connection; returns only in a job's
+    process, with the job to run (so the job runs at the top of the stack, as a cold one would)."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    parent = os.getppid()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"{path}.new")
+    listener.listen(64)
+    os.rename(f"{path}.new", path)  # clients see the socket once it accepts
+    listener.settimeout(1.0)
+    print(f"pqv warm start: {len(PRELOAD)} packages imported, serving {path}", file=sys.stderr, flush=True)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            conn = None
+        _reap()
+        if os.getppid() != parent:  # Snakemake is gone, and no job can come
+            listener.close()
+            _unlink(path)
+            sys.exit(0)
+        if conn is None:
+            continue
+        conn.setblocking(True)
+        if os.fork() == 0:
+            listener.close()
+            return _supervise(conn)
+        conn.close()
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _receive(conn: socket.socket) -> tuple[Job, list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
+    size = _HEADER.unpack(data[: _HEADER.size])[0]
+    data = data[_HEADER.size :]
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the client left before its request was complete")
+        data += chunk
+    return Job(**json.loads(data)), fds
+
+
+def _supervise(conn: socket.socket) -> Job:
+    """In the supervisor: fork the job (which returns its Job), pass signals on, report its end."""
+    try:
+        job, fds = _receive(conn)
+    except (OSError, ValueError, struct.error):
+        os._exit(1)
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _become(job, fds)
+        return job
+    for fd in fds:
+        os.close(fd)
+    buffered = b""
+    while True:
+        ready, _, _ = select.select([conn], [], [], 0.05)
+        if ready:
+            chunk = conn.recv(256)
+            if not chunk:  # the client is gone (killed): so goes its job, as a cold job would have
+                _kill(pid, signal.SIGKILL)
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                _kill(pid, int(line.split()[1]))
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    end = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}"
+    print(f"pqv warm start: job {pid} (pqv {' '.join(job.argv)}): {end}", file=sys.stderr, flush=True)
+    _send(conn, end + "\n")
+    os._exit(0)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _become(job: Job, fds: list[int]) -> None:
+    """Turn this forked process into the job's own: its streams, folder, environment and signals."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(job.cwd)
+    os.environ.clear()
+    os.environ.update(job.env)
+    os.umask(job.umask)
+    usage.mark_forked()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.argv = [sys.argv[0], *job.argv]
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))  # as a cold job's stream would be

@@ -1,0 +1,146 @@
+"""The warm-start server (pqv/common/warmstart.py): a job forked from it makes what a cold job makes,
+fails with the same line and status, and ends as a cold job would when its client is signalled or
+killed; timing commands and the data stage never go through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pqv.plan import warm
+
+from .conftest import manifest_file
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server as a local run's onstart starts it (pqv.plan.warm), in this test process: its log."""
+    log = tmp_path_factory.mktemp("warm") / "warm_start.log"
+    warm.start(True, False, log)
+    path = os.environ[warm.ENV]
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):  # its imports
+        assert time.monotonic() < deadline and warm.starting(path), log.read_text()
+        time.sleep(0.2)
+    yield log
+    warm.stop()
+    assert warm.ENV not in os.environ and not os.path.exists(os.path.dirname(path))
+
+
+def pqv(*args: str, warm_socket: str | None, **kwargs) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != warm.ENV}
+    if warm_socket:
+        env[warm.ENV] = warm_socket
+    command = [sys.executable, "-m", "pqv", "--log-usage", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def jobs_in(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("pqv warm start: job ")]
+
+
+def test_a_job_forked_from_the_server_makes_what_a_cold_job_makes(server, saved_tiny, tmp_path):
+    before = len(jobs_in(server))
+    outputs = {}
+    for how, socket_path in (("cold", None), ("warm", os.environ[warm.ENV])):
+        out = tmp_path / how / "pruned.safetensors"
+        args = ("--model", str(saved_tiny), "--out", str(out), "--importance", "l2", "--ratio", "0.5")
+        job = pqv("prune", *args, warm_socket=socket_path)
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-3000:]
+        used = json.loads(err.strip().splitlines()[-1].removeprefix("pqv usage: "))
+        assert used.get("warm", False) == (how == "warm")  # its usage line says where it started
+        outputs[how] = (out.read_bytes(), json.loads(Path(f"{out}.json").read_text()))
+    assert outputs["warm"][0] == outputs["cold"][0]  # the same weights, byte for byte
+    assert {k: v for k, v in outputs["warm"][1].items() if "time" not in k} == {
+        k: v for k, v in outputs["cold"][1].items() if "time" not in k
+    }
+    ran = jobs_in(server)[before:]
+    assert len(ran) == 1 and ran[0].endswith(": exit 0") and " prune --model " in ran[0]
+
+
+def test_an_error_is_the_same_line_and_status_through_the_server(server, tmp_path):
+    ends = {}
+    for how, socket_path in (("cold", None), ("warm", os.environ[warm.ENV])):
+        job = pqv("prune", "--model", "missing.safetensors", "--out", str(tmp_path / "p.safetensors"), "--importance", "l2",
+                  "--ratio", "0.5", warm_socket=socket_path, cwd=tmp_path)  # fmt: skip
+        _, err = job.communicate(timeout=300)
+        ends[how] = (job.returncode, [line for line in err.splitlines() if "error" in line])
+    assert ends["warm"] == ends["cold"] and ends["cold"][0] == 2 and len(ends["cold"][1]) == 1, ends
+    assert "missing.safetensors" in ends["cold"][1][0] and not list(tmp_path.glob("p.safetensors*"))
+
+
+def _long_finetune(saved_tiny, out: Path, socket_path: str | None) -> subprocess.Popen:
+    hparams = {"epochs": 100000, "lr": 1e-4, "batch_size": 64, "warmup_epochs": 0}
+    return pqv("finetune", "--model", str(saved_tiny), "--out", str(out), "--data", manifest_file(),
+               "--hparams", json.dumps(hparams), "--metrics", str(out.parent / "metrics.csv"), "--threads", "1",
+               warm_socket=socket_path)  # fmt: skip
+
+
+def _training(job: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not any(Path(f"{out}.ckpt").glob("*")):  # an epoch's checkpoint written: the job trains
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_client_ends_the_job_as_it_ends_a_cold_one(server, saved_tiny, tmp_path, sig):
+    ends = {}
+    for how, socket_path in (("cold", None), ("warm", os.environ[warm.ENV])):
+        before = len(jobs_in(server))
+        out = tmp_path / how / "finetuned.safetensors"
+        job = _long_finetune(saved_tiny, out, socket_path)
+        _training(job, out)
+        job.send_signal(sig)
+        _, err = job.communicate(timeout=120)
+        ends[how] = job.returncode
+        assert not out.exists()  # nothing half made
+        if how == "warm":
+            ran = jobs_in(server)[before:]
+            assert len(ran) == 1 and " finetune --model " in ran[0], ran
+    assert ends["warm"] == ends["cold"] != 0, ends
+
+
+def test_a_killed_client_takes_its_job_with_it(server, saved_tiny, tmp_path):
+    before = len(jobs_in(server))
+    out = tmp_path / "finetuned.safetensors"
+    job = _long_finetune(saved_tiny, out, os.environ[warm.ENV])
+    _training(job, out)
+    job.kill()  # as Snakemake kills a job's process
+    job.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while len(jobs_in(server)) == before:  # the supervisor reports the job's end
+        assert time.monotonic() < deadline, server.read_text()[-3000:]
+        time.sleep(0.2)
+    assert jobs_in(server)[-1].endswith(f": signal {int(signal.SIGKILL)}") and not out.exists()
+
+
+def test_without_a_server_a_job_runs_cold(tmp_path):
+    """A socket that is gone (the server stopped) or never came: the job imports for itself."""
+    job = pqv("prune", "--model", "missing.safetensors", "--out", str(tmp_path / "p"), "--importance", "l2", "--ratio", "0.5",
+              warm_socket=str(tmp_path / "no-such-socket"))  # fmt: skip
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 2 and "missing.safetensors" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "cold"),
+    [
+        (["--log-usage", "evaluate", "latency", "--artifact", "a.ptl"], True),
+        (["profile", "--artifact", "a.ptl"], True),
+        (["--log-usage", "data", "--out", "d.json"], True),
+        (["--help"], True),
+        (["--log-usage", "evaluate", "accuracy", "--artifact", "a.ptl"], False),
+        (["--log-usage", "finetune", "--model", "m"], False),
+    ],
+)
+def test_timing_commands_and_the_data_stage_run_cold(argv, cold):
+    assert warm.cold_command(argv) is cold
