@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -112,6 +114,39 @@ def saved_tiny(trained_tiny, tmp_path_factory):
 # finetune must span SLURM jobs of one minute and each job trains less on a busy machine; the
 # workflow files (Snakemake runs on 2 cores) last, where they share the two workers evenly.
 FIRST = ("test_slurm_cluster.py",)
+CLUSTER_TESTS = Path(__file__).with_name("test_slurm_cluster.py")
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts/slurm-cluster.sh"
+CLUSTER_DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch")
+
+
+def cluster_unavailable() -> str | None:
+    """Why tests/test_slurm_cluster.py cannot run here (None: a test cluster runs, or can be started)."""
+    if subprocess.run([str(CLUSTER_SCRIPT), "status"], capture_output=True).returncode == 0:
+        return None
+    if os.geteuid() != 0:
+        return "a SLURM cluster is not running and starting one needs root (scripts/slurm-cluster.sh)"
+    conf = Path("/etc/slurm/slurm.conf")
+    if conf.exists() and "# written by scripts/slurm-cluster.sh" not in conf.read_text():
+        return f"{conf} belongs to another SLURM set-up: not starting a test cluster over it"
+    missing = [d for d in CLUSTER_DAEMONS if shutil.which(d) is None]
+    if missing:
+        return (
+            f"no SLURM cluster: {', '.join(missing)} not installed (apt-get install slurm-wlm munge "
+            "slurmdbd mariadb-server, or run .ci/run, which installs them and starts the cluster)"
+        )
+    return None
+
+
+def pytest_xdist_auto_num_workers(config):
+    """One worker per core, and one more where the cluster tests run: their file holds its worker for
+    minutes, mostly waiting for SLURM's status checks, and the other workers keep the cores busy."""
+    cores = len(os.sched_getaffinity(0))
+    chosen = [Path(str(a).split("::")[0]).resolve() for a in config.args] or [CLUSTER_TESTS.parent]
+    if any(p == CLUSTER_TESTS or p in CLUSTER_TESTS.parents for p in chosen) and cluster_unavailable() is None:
+        return cores + 1
+    return cores
+
+
 LAST = ("test_workflow.py", "test_search_workflow.py", "test_data_workflow.py")
 
 

@@ -21,17 +21,14 @@ from .conftest import manifest_file
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A server as a local run's onstart starts it (pqv.plan.warm), in this test process: its log."""
+    """A server's folder as a local run's onstart makes it (pqv.plan.warm), in this test process; the
+    first job that imports torch starts the server. Its log."""
     log = tmp_path_factory.mktemp("warm") / "warm_start.log"
-    warm.start(True, False, log)
-    path = os.environ[warm.ENV]
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):  # its imports
-        assert time.monotonic() < deadline and warm.starting(path), log.read_text()
-        time.sleep(0.2)
+    warm.prepare(True, False, log)
+    folder = os.path.dirname(os.environ[warm.ENV])
     yield log
     warm.stop()
-    assert warm.ENV not in os.environ and not os.path.exists(os.path.dirname(path))
+    assert warm.ENV not in os.environ and not os.path.exists(folder)
 
 
 def pqv(*args: str, warm_socket: str | None, **kwargs) -> subprocess.Popen:
@@ -43,7 +40,9 @@ def pqv(*args: str, warm_socket: str | None, **kwargs) -> subprocess.Popen:
 
 
 def jobs_in(log: Path) -> list[str]:
-    return [line for line in log.read_text().splitlines() if line.startswith("pqv warm start: job ")]
+    """The jobs the server's log lists (none before the first job started it)."""
+    text = log.read_text() if log.exists() else ""
+    return [line for line in text.splitlines() if line.startswith("pqv warm start: job ")]
 
 
 def test_a_job_forked_from_the_server_makes_what_a_cold_job_makes(server, saved_tiny, tmp_path):
@@ -144,3 +143,30 @@ def test_without_a_server_a_job_runs_cold(tmp_path):
 )
 def test_timing_commands_and_the_data_stage_run_cold(argv, cold):
     assert warm.cold_command(argv) is cold
+
+
+def test_the_server_leaves_when_snakemake_is_killed(tmp_path):
+    """Killed, Snakemake runs no onsuccess/onerror: the server sees the process that prepared it
+    gone and leaves, taking its folder with it. A timing command never starts it."""
+    log = tmp_path / "warm_start.log"
+    code = f"""import os, subprocess, sys, time
+from pqv.plan import warm
+warm.prepare(True, False, {str(log)!r})
+for stage in (["evaluate", "latency", "--artifact", "missing.ptl"], ["prune", "--model", "missing.safetensors", "--out", "p",
+              "--importance", "l2", "--ratio", "0.5"]):
+    subprocess.run([sys.executable, "-m", "pqv", *stage], capture_output=True)
+    print(os.path.exists(os.path.join(os.path.dirname(os.environ[warm.ENV]), "server.lock")), flush=True)
+print(os.environ[warm.ENV], flush=True)
+time.sleep(600)
+"""
+    env = {k: v for k, v in os.environ.items() if k != warm.ENV}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    assert [parent.stdout.readline().strip() for _ in range(2)] == ["False", "True"]  # the latency job started nothing
+    path = parent.stdout.readline().strip()
+    assert os.path.exists(path) and "job " in log.read_text()  # the prune job ran in it (and failed there)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while os.path.exists(os.path.dirname(path)):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)

@@ -2,14 +2,15 @@
 
 Each job is its own `python -m pqv <stage>` process, and importing torch, torchvision, timm and
 torch-pruning costs it about 6 CPU-s on a 2-vCPU EPYC (DESIGN.md): more than most jobs of a laptop
-sweep compute. A local run (pqv.plan.warm starts this module's server when Snakemake starts) keeps
-one process that has imported them; a job's `python -m pqv` connects to it, hands over its argv,
+sweep compute. A local run keeps one process that has imported them (the server: the run's first
+job that would import torch starts it, pqv.plan.warm says where, and Snakemake stops it at the
+end); a job's `python -m pqv` connects to it, hands over its argv,
 working directory, environment, umask and standard streams, and the server forks the job from its
 imported state. The job is the same code on the same streams: its log, exit status, error lines and
 usage line (pqv.common.usage: counted from the fork) read as they would cold.
 
-A job runs cold, as before, when there is no server (a dry run, a cluster run, the server not ready
-yet), when it cannot be reached, or when its command is a timing one (pqv.plan.warm.COLD): latency
+A job runs cold, as before, when there is no server (a cluster run, `warm_start: false`), when it
+cannot be reached, or when its command is a timing one (pqv.plan.warm.COLD): latency
 and profiles are measured in the same process layout as always, without the server's imports in
 their memory.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -30,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..plan.warm import ENV, STARTING_S, cold_command, starting
+from ..plan.warm import ENV, SERVE, STARTING_S, claim, cold_command, starting
 from . import usage
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -58,10 +60,12 @@ def run_in_server(argv: list[str]) -> int | None:
     path = os.environ.get(ENV)
     if not path or cold_command(argv):
         return None
+    if not os.path.exists(path) and claim(path):
+        _spawn_server(path)  # the run's first job that imports torch: the server imports instead
     waited = 0.0
     while waited < STARTING_S and starting(path):  # its imports are under way: cheaper than ours
-        time.sleep(0.1)
-        waited += 0.1
+        time.sleep(0.05)
+        waited += 0.05
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
@@ -94,6 +98,23 @@ def run_in_server(argv: list[str]) -> int | None:
     return int(number)
 
 
+def _spawn_server(path: str) -> None:
+    """Start the server in a session of its own, outside this job's process tree (Snakemake's
+    benchmark of this job samples the tree; and the server outlives the job)."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.execv(sys.executable, [sys.executable, "-m", "pqv", SERVE, path])
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+
+
 def _send(conn: socket.socket, text: str) -> None:
     try:
         conn.sendall(text.encode())
@@ -109,9 +130,18 @@ def serve(path: str) -> Job:
     process, with the job to run (so the job runs at the top of the stack, as a cold one would)."""
     import importlib
 
+    folder = os.path.dirname(path)
+    with open(os.path.join(folder, "server.pid.new"), "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(os.path.join(folder, "server.pid.new"), os.path.join(folder, "server.pid"))
+    with open(os.path.join(folder, "settings.json")) as f:
+        settings = json.load(f)
+    log = os.open(settings["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
     for name in PRELOAD:
         importlib.import_module(name)
-    parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(f"{path}.new")
     listener.listen(64)
@@ -124,9 +154,9 @@ def serve(path: str) -> Job:
         except TimeoutError:
             conn = None
         _reap()
-        if os.getppid() != parent:  # Snakemake is gone, and no job can come
+        if not _alive(settings["watch"]):  # Snakemake is gone (killed: no onsuccess/onerror), and no job can come
             listener.close()
-            _unlink(path)
+            shutil.rmtree(folder, ignore_errors=True)
             sys.exit(0)
         if conn is None:
             continue
@@ -137,18 +167,21 @@ def serve(path: str) -> Job:
         conn.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _reap() -> None:
     try:
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
     except ChildProcessError:
-        pass
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
         pass
 
 

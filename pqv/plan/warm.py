@@ -1,15 +1,17 @@
-"""Starting and stopping the warm-start server of a local run (pqv.common.warmstart), and which
-job commands run cold. Torch-free: the server is a child process, started when Snakemake starts
-running jobs (not in a dry run) and stopped when it ends; it also leaves by itself when Snakemake
-is gone."""
+"""The warm-start server of a local run (pqv.common.warmstart): where its jobs find it, who starts
+it, when it is stopped, and which job commands run cold. Torch-free. Snakemake prepares its folder
+when it starts running jobs (not in a dry run) and stops the server when it ends; the server also
+leaves by itself when Snakemake is gone."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ENV = "PQV_WARM_SOCKET"  # where a job's `python -m pqv` finds the server
@@ -27,51 +29,63 @@ def cold_command(argv: list[str]) -> bool:
     return not words or any(words[: len(c)] == list(c) for c in COLD)
 
 
-_server: subprocess.Popen | None = None  # this Snakemake process's, while it runs jobs
+_folder: str | None = None  # this Snakemake process's server folder, while it runs jobs
 
 
-def start(enabled: bool, on_cluster: bool, log: str | os.PathLike) -> None:
-    """Start the server for this run's jobs, unless it is off or they run elsewhere (a cluster run,
-    or a job process a cluster executor started). Jobs started before it is ready run cold."""
-    global _server
+def prepare(enabled: bool, on_cluster: bool, log: str | os.PathLike) -> None:
+    """Make the folder of this run's server and tell every job where it is, unless it is off or the
+    jobs run elsewhere (a cluster run, or a job process a cluster executor started). The first job
+    that would import torch starts the server (pqv.common.warmstart) and waits for it, as it would
+    have waited for its own imports; a run of timing jobs alone never starts it, so nothing imports
+    beside a latency job while it is timed."""
+    global _folder
     if not enabled or on_cluster or sys.platform != "linux" or os.environ.get(ENV):
         return
-    folder = tempfile.mkdtemp(prefix="pqv-warm-")  # short: a socket's path has ~100 bytes at most
-    path = os.path.join(folder, "socket")
+    _folder = tempfile.mkdtemp(prefix="pqv-warm-")  # short: a socket's path has ~100 bytes at most
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        _server = subprocess.Popen(
-            [sys.executable, "-m", "pqv", SERVE, path],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
-            start_new_session=True,  # a Ctrl-C reaches the jobs through their clients, once
-        )
-    Path(folder, "server.pid").write_text(str(_server.pid))
-    os.environ[ENV] = path  # the environment of every job Snakemake starts from now on
+    settings = {"log": str(Path(log).resolve()), "watch": os.getpid()}  # the server leaves when this process is gone
+    Path(_folder, "settings.json").write_text(json.dumps(settings))
+    os.environ[ENV] = os.path.join(_folder, "socket")  # the environment of every job Snakemake starts from now on
+
+
+def claim(path: str) -> bool:
+    """Whether this caller is the one to start the server of `path` (the first to ask, in a folder
+    that `prepare` made)."""
+    if not Path(path).with_name("settings.json").exists():
+        return False
+    try:
+        os.close(os.open(Path(path).with_name("server.lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def starting(path: str) -> bool:
-    """Whether the server of `path` still imports (its process lives, its socket is not there yet)."""
-    try:
-        pid = int(Path(path).with_name("server.pid").read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+    """Whether the server of `path` was started and still imports (its socket is not there yet)."""
+    folder = Path(path).parent
+    if os.path.exists(path) or not (folder / "server.lock").exists():
         return False
-    return not os.path.exists(path)
+    try:
+        os.kill(int((folder / "server.pid").read_text()), 0)
+    except (OSError, ValueError):  # no pid yet: the server's first act writes it, a moment after the claim
+        return (folder / "server.pid").exists() is False and time.time() - (folder / "server.lock").stat().st_mtime < 10
+    return True
 
 
 def stop() -> None:
-    global _server
-    if _server is None:
+    """Stop this run's server, if one was started, and remove its folder."""
+    global _folder
+    if _folder is None:
         return
-    server, _server = _server, None
-    path = os.environ.pop(ENV, None)
-    server.terminate()
+    folder, _folder = _folder, None
+    os.environ.pop(ENV, None)
     try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    if path:
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        pid = int(Path(folder, "server.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            time.sleep(0.1)
+            os.kill(pid, 0)
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass  # never started, or gone
+    shutil.rmtree(folder, ignore_errors=True)

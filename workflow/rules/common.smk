@@ -91,7 +91,7 @@ onstart:
     with pqv_config.reported():
         pqv_manifest.check_folders(config["dataset"])
     # Local jobs fork from one process that imported torch and timm (pqv/common/warmstart.py).
-    WARM.start(config["warm_start"], SNAKEMAKE.on_cluster, f"{R}/logs/warm_start.log")
+    WARM.prepare(config["warm_start"], SNAKEMAKE.on_cluster, f"{R}/logs/warm_start.log")
 
 
 onsuccess:
