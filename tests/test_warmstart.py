@@ -170,3 +170,28 @@ time.sleep(600)
     while os.path.exists(os.path.dirname(path)):
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("omp", ["1", "2", None])
+def test_a_forked_job_takes_torch_threads_from_its_own_environment(omp, tmp_path):
+    """A cold job's OpenMP reads OMP_NUM_THREADS (Snakemake sets it to the job's threads) when torch
+    loads; a forked job's torch was loaded by the server, under another job's environment."""
+    import torch
+
+    from pqv.common import warmstart
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": omp} if omp else {})
+    job = warmstart.Job(argv=["--help"], cwd=str(tmp_path), env=env, umask=0o022)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            warmstart._become(job, [devnull, os.dup(devnull), os.dup(devnull)])
+            os.write(write, str(torch.get_num_threads()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    threads = int(os.read(read, 16))
+    os.waitpid(pid, 0)
+    assert threads == (int(omp) if omp else len(os.sched_getaffinity(0)))

@@ -86,6 +86,8 @@ def run_in_server(argv: list[str]) -> int | None:
             chunk = conn.recv(64)
         except InterruptedError:
             continue
+        except OSError:
+            chunk = b""
         if not chunk:
             print("pqv: the warm-start server ended before the job did (see its log)", file=sys.stderr)
             return 1
@@ -247,6 +249,12 @@ def _become(job: Job, fds: list[int]) -> None:
     os.environ.update(job.env)
     os.umask(job.umask)
     usage.mark_forked()
+    # torch's threads, as a cold process takes them: OpenMP reads OMP_NUM_THREADS (Snakemake sets it to
+    # the job's threads) when it loads, which here was in the server, with another job's environment
+    import torch
+
+    threads = job.env.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else len(os.sched_getaffinity(0)))
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
