@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..plan.warm import ENV, SERVE, STARTING_S, claim, cold_command, starting
+from ..plan.warm import ENV, SERVE, STARTING_S, claim, cold_command, register, starting
 from . import usage
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -132,12 +132,7 @@ def serve(path: str) -> Job:
     process, with the job to run (so the job runs at the top of the stack, as a cold one would)."""
     import importlib
 
-    folder = os.path.dirname(path)
-    with open(os.path.join(folder, "server.pid.new"), "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(os.path.join(folder, "server.pid.new"), os.path.join(folder, "server.pid"))
-    with open(os.path.join(folder, "settings.json")) as f:
-        settings = json.load(f)
+    settings = register(path)
     log = os.open(settings["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -158,7 +153,7 @@ def serve(path: str) -> Job:
         _reap()
         if not _alive(settings["watch"]):  # Snakemake is gone (killed: no onsuccess/onerror), and no job can come
             listener.close()
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             sys.exit(0)
         if conn is None:
             continue

@@ -21,6 +21,10 @@ SERVE = "--warm-start-server"  # `python -m pqv --warm-start-server SOCKET` (pqv
 # memory; and the data stage's, which imports no torch and runs while the server starts.
 COLD = (("evaluate", "latency"), ("profile",), ("data",))
 STARTING_S = 60  # how long a job waits for a server that is still importing (it takes ~7 s)
+CLAIMED_S = 10  # how long a claim may go without the server's pid (its first act writes it)
+# The server's folder: the run's settings (prepare), the claim of the job that starts it (claim),
+# the server's pid (register) and its socket (the path in ENV).
+SETTINGS, LOCK, PID = "settings.json", "server.lock", "server.pid"
 
 
 def cold_command(argv: list[str]) -> bool:
@@ -44,31 +48,45 @@ def prepare(enabled: bool, on_cluster: bool, log: str | os.PathLike) -> None:
     _folder = tempfile.mkdtemp(prefix="pqv-warm-")  # short: a socket's path has ~100 bytes at most
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     settings = {"log": str(Path(log).resolve()), "watch": os.getpid()}  # the server leaves when this process is gone
-    Path(_folder, "settings.json").write_text(json.dumps(settings))
+    Path(_folder, SETTINGS).write_text(json.dumps(settings))
     os.environ[ENV] = os.path.join(_folder, "socket")  # the environment of every job Snakemake starts from now on
 
 
 def claim(path: str) -> bool:
     """Whether this caller is the one to start the server of `path` (the first to ask, in a folder
     that `prepare` made)."""
-    if not Path(path).with_name("settings.json").exists():
+    if not Path(path).with_name(SETTINGS).exists():
         return False
     try:
-        os.close(os.open(Path(path).with_name("server.lock"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(Path(path).with_name(LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return False
     return True
 
 
+def register(path: str) -> dict:
+    """The server's first act: say which process it is (for `starting` and `stop`); the run's
+    settings: its log and the process whose end it outlives by no more than a second."""
+    folder = Path(path).parent
+    (folder / f"{PID}.new").write_text(str(os.getpid()))
+    os.replace(folder / f"{PID}.new", folder / PID)
+    return json.loads((folder / SETTINGS).read_text())
+
+
 def starting(path: str) -> bool:
     """Whether the server of `path` was started and still imports (its socket is not there yet)."""
     folder = Path(path).parent
-    if os.path.exists(path) or not (folder / "server.lock").exists():
+    if os.path.exists(path) or not (folder / LOCK).exists():
         return False
+    if not (folder / PID).exists():  # claimed a moment ago, or the claimant died before it started one
+        try:
+            return time.time() - (folder / LOCK).stat().st_mtime < CLAIMED_S
+        except OSError:
+            return False
     try:
-        os.kill(int((folder / "server.pid").read_text()), 0)
-    except (OSError, ValueError):  # no pid yet: the server's first act writes it, a moment after the claim
-        return (folder / "server.pid").exists() is False and time.time() - (folder / "server.lock").stat().st_mtime < 10
+        os.kill(int((folder / PID).read_text()), 0)
+    except (OSError, ValueError):  # it died while importing: the jobs run cold
+        return False
     return True
 
 
@@ -80,9 +98,9 @@ def stop() -> None:
     folder, _folder = _folder, None
     os.environ.pop(ENV, None)
     try:
-        pid = int(Path(folder, "server.pid").read_text())
+        pid = int(Path(folder, PID).read_text())
         os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
+        for _ in range(100):  # up to 10 s to leave; os.kill raises once it is gone
             time.sleep(0.1)
             os.kill(pid, 0)
         os.kill(pid, signal.SIGKILL)
