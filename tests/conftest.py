@@ -140,7 +140,7 @@ def cluster_unavailable() -> str | None:
 def pytest_xdist_auto_num_workers(config):
     """One worker per core, and one more where the cluster tests run: their file holds its worker for
     minutes, mostly waiting for SLURM's status checks, and the other workers keep the cores busy."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     chosen = [Path(str(a).split("::")[0]).resolve() for a in config.args] or [CLUSTER_TESTS.parent]
     if any(p == CLUSTER_TESTS or p in CLUSTER_TESTS.parents for p in chosen) and cluster_unavailable() is None:
         return cores + 1
