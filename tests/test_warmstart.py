@@ -16,7 +16,7 @@ import pytest
 
 from pqv.plan import warm
 
-from .conftest import manifest_file
+from .conftest import job_environment, manifest_file
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def server(tmp_path_factory):
     assert warm.ENV not in os.environ and not os.path.exists(folder)
 
 
-def pqv(*args: str, warm_socket: str | None, **kwargs) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != warm.ENV}
+def pqv(*args: str, warm_socket: str | None, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = {k: v for k, v in (env or job_environment()).items() if k != warm.ENV}
     if warm_socket:
         env[warm.ENV] = warm_socket
     command = [sys.executable, "-m", "pqv", "--log-usage", *args]
@@ -74,6 +74,28 @@ def test_an_error_is_the_same_line_and_status_through_the_server(server, tmp_pat
         ends[how] = (job.returncode, [line for line in err.splitlines() if "error" in line])
     assert ends["warm"] == ends["cold"] and ends["cold"][0] == 2 and len(ends["cold"][1]) == 1, ends
     assert "missing.safetensors" in ends["cold"][1][0] and not list(tmp_path.glob("p.safetensors*"))
+
+
+def test_a_job_whose_environment_differs_from_the_servers_runs_cold(server, tmp_path):
+    """The preloaded packages read their environment when imported (huggingface_hub's HF_HOME,
+    HF_ENDPOINT, HF_HUB_OFFLINE): a job with other values runs cold, and the server's log says why.
+    The variables Snakemake sets per job (threads, tmpdir) are the job's own in a forked job."""
+    before = len(jobs_in(server))
+    args = ("prune", "--model", "missing.safetensors", "--out", str(tmp_path / "p.safetensors"), "--importance", "l2",
+            "--ratio", "0.5")  # fmt: skip
+    per_job = {**job_environment(), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    for env, forked in ((per_job, 1), ({**job_environment(), "HF_HOME": str(tmp_path / "hf")}, 0)):
+        job = pqv(*args, warm_socket=os.environ[warm.ENV], env=env, cwd=tmp_path)
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 2 and "missing.safetensors" in err.splitlines()[-1], err[-3000:]
+        assert len(jobs_in(server)) == before + forked  # the server's log lists the jobs forked from it
+        before += forked
+    cold = [line for line in server.read_text().splitlines() if " runs cold: " in line]
+    assert (
+        cold[-1]
+        == "pqv warm start: pqv --log-usage " + " ".join(args) + " runs cold: its environment differs from the server's in HF_HOME"
+    )
+    assert warm.differing({"A": "1", "TMPDIR": "/x", "B": "2"}, {"A": "1", "TMPDIR": "/y", "C": "3"}) == {"B", "C"}
 
 
 def _long_finetune(saved_tiny, out: Path, socket_path: str | None) -> subprocess.Popen:
@@ -172,26 +194,42 @@ time.sleep(600)
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("omp", ["1", "2", None])
-def test_a_forked_job_takes_torch_threads_from_its_own_environment(omp, tmp_path):
-    """A cold job's OpenMP reads OMP_NUM_THREADS (Snakemake sets it to the job's threads) when torch
-    loads; a forked job's torch was loaded by the server, under another job's environment."""
-    import torch
-
+def _in_a_forked_job(env: dict, folder: Path, ask) -> str:
+    """What `ask()` returns in a process forked from this one and made a job's as the server makes
+    it (pqv.common.warmstart._become), with `env` as the job's environment."""
     from pqv.common import warmstart
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": omp} if omp else {})
-    job = warmstart.Job(argv=["--help"], cwd=str(tmp_path), env=env, umask=0o022)
+    job = warmstart.Job(argv=["--help"], cwd=str(folder), env=env, umask=0o022)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             devnull = os.open(os.devnull, os.O_RDWR)
             warmstart._become(job, [devnull, os.dup(devnull), os.dup(devnull)])
-            os.write(write, str(torch.get_num_threads()).encode())
+            os.write(write, str(ask()).encode())
         finally:
             os._exit(0)
     os.close(write)
-    threads = int(os.read(read, 16))
+    answer = os.read(read, 4096).decode()
     os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.parametrize("omp", ["1", "2", None])
+def test_a_forked_job_takes_torch_threads_from_its_own_environment(omp, tmp_path):
+    """A cold job's OpenMP reads OMP_NUM_THREADS (Snakemake sets it to the job's threads) when torch
+    loads; a forked job's torch was loaded by the server, under another job's environment."""
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": omp} if omp else {})
+    threads = int(_in_a_forked_job(env, tmp_path, torch.get_num_threads))
     assert threads == (int(omp) if omp else len(os.sched_getaffinity(0)))
+
+
+def test_a_forked_job_finds_its_temporary_folder_in_its_own_environment(tmp_path):
+    """tempfile keeps the folder it found first; a forked job finds it again from its TMPDIR
+    (Snakemake's tmpdir resource), as a cold job does."""
+    import tempfile
+
+    tempfile.gettempdir()  # found in this process, as the server may have
+    assert _in_a_forked_job({**os.environ, "TMPDIR": str(tmp_path)}, tmp_path, tempfile.gettempdir) == str(tmp_path)

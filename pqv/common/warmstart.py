@@ -10,9 +10,12 @@ imported state. The job is the same code on the same streams: its log, exit stat
 usage line (pqv.common.usage: counted from the fork) read as they would cold.
 
 A job runs cold, as before, when there is no server (a cluster run, `warm_start: false`), when it
-cannot be reached, or when its command is a timing one (pqv.plan.warm.COLD): latency
+cannot be reached, when its command is a timing one (pqv.plan.warm.COLD): latency
 and profiles are measured in the same process layout as always, without the server's imports in
-their memory.
+their memory; or when its environment differs from the server's in more than what may differ
+between a run's jobs (pqv.plan.warm.JOB_OWN: Snakemake's threads and tmpdir, the shell's, PATH):
+the preloaded packages read theirs when imported (huggingface_hub's HF_HUB_OFFLINE, HF_HOME and
+HF_ENDPOINT, for one), and a forked job would run with the server's.
 
 Each connection gets a supervisor (forked from the single-threaded server) that forks the job,
 passes on the signals the client receives (SIGINT, SIGTERM, ...), kills the job if the client dies
@@ -29,10 +32,11 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
-from ..plan.warm import ENV, SERVE, STARTING_S, claim, cold_command, register, starting
+from ..plan.warm import ENV, SERVE, STARTING_S, claim, cold_command, differing, register, starting
 from . import usage
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -93,6 +97,8 @@ def run_in_server(argv: list[str]) -> int | None:
             return 1
         reply += chunk
     how, number = reply.decode().split()
+    if how == "cold":  # its environment differs from the server's where the preloaded packages read it
+        return None
     if how == "signal":  # end as the job ended: killed by the same signal
         signal.signal(int(number), signal.SIG_DFL)
         os.kill(os.getpid(), int(number))
@@ -133,6 +139,7 @@ def serve(path: str) -> Job:
     import importlib
 
     settings = register(path)
+    imported_under = dict(os.environ)  # what the preloaded packages read when they are imported
     log = os.open(settings["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -160,7 +167,7 @@ def serve(path: str) -> Job:
         conn.setblocking(True)
         if os.fork() == 0:
             listener.close()
-            return _supervise(conn)
+            return _supervise(conn, imported_under)
         conn.close()
 
 
@@ -194,12 +201,22 @@ def _receive(conn: socket.socket) -> tuple[Job, list[int]]:
     return Job(**json.loads(data)), fds
 
 
-def _supervise(conn: socket.socket) -> Job:
-    """In the supervisor: fork the job (which returns its Job), pass signals on, report its end."""
+def _supervise(conn: socket.socket, imported_under: dict[str, str]) -> Job:
+    """In the supervisor: fork the job (which returns its Job), pass signals on, report its end; or
+    send it back to run cold, when its environment is not the one the server imported under."""
     try:
         job, fds = _receive(conn)
     except (OSError, ValueError, struct.error):
         os._exit(1)
+    differ = sorted(differing(job.env, imported_under))
+    if differ:
+        print(
+            f"pqv warm start: pqv {' '.join(job.argv)} runs cold: its environment differs from the server's in {', '.join(differ)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        _send(conn, "cold 0\n")
+        os._exit(0)
     pid = os.fork()
     if pid == 0:
         conn.close()
@@ -242,6 +259,7 @@ def _become(job: Job, fds: list[int]) -> None:
     os.chdir(job.cwd)
     os.environ.clear()
     os.environ.update(job.env)
+    tempfile.tempdir = None  # found again from the job's TMPDIR (Snakemake's tmpdir resource), as a cold job finds it
     os.umask(job.umask)
     usage.mark_forked()
     # torch's threads, as a cold process takes them: OpenMP reads OMP_NUM_THREADS (Snakemake sets it to

@@ -14,12 +14,41 @@ import tempfile
 import time
 from pathlib import Path
 
+from .resources import PLAN_ENV
+
 ENV = "PQV_WARM_SOCKET"  # where a job's `python -m pqv` finds the server
 SERVE = "--warm-start-server"  # `python -m pqv --warm-start-server SOCKET` (pqv/__main__.py)
 # Commands that run in a fresh process: the timing rules' (pqv.plan.resources.TIMING_STAGES: latency,
 # profile), measured in the process layout they always had, without the server's imports in their
 # memory; and the data stage's, which imports no torch and runs while the server starts.
 COLD = (("evaluate", "latency"), ("profile",), ("data",))
+# What may differ between a job's environment and the server's, since no preloaded package reads it
+# when imported: what Snakemake sets per job (its threads and its tmpdir resource, which a forked job
+# takes from its own: pqv.common.warmstart sets torch's threads and tempfile's folder again), what the
+# shell that runs a job's command sets (PWD, SHLVL, _), PATH (read when a program is run), and pqv's
+# own (its run's plan, read when a job plans; the server's socket). A job whose environment differs
+# from the server's in anything else runs cold.
+JOB_OWN = frozenset(
+    {
+        "OMP_NUM_THREADS",
+        "GOTO_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+        "TMPDIR",
+        "TMP",
+        "TEMPDIR",
+        "TEMP",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+        "PATH",
+        PLAN_ENV,
+        ENV,
+    }
+)
 STARTING_S = 60  # how long a job waits for a server that is still importing (it takes ~7 s)
 CLAIMED_S = 10  # how long a claim may go without the server's pid (its first act writes it)
 # The server's folder: the run's settings (prepare), the claim of the job that starts it (claim),
@@ -31,6 +60,11 @@ def cold_command(argv: list[str]) -> bool:
     """Whether `pqv argv` runs in its own fresh process (a timing command, or no command at all)."""
     words = [a for a in argv if not a.startswith("-")]
     return not words or any(words[: len(c)] == list(c) for c in COLD)
+
+
+def differing(job: dict[str, str], server: dict[str, str]) -> set[str]:
+    """The variables of a job's environment that the server was not started with (JOB_OWN aside)."""
+    return {name for name in job.keys() | server.keys() if job.get(name) != server.get(name)} - JOB_OWN
 
 
 _folder: str | None = None  # this Snakemake process's server folder, while it runs jobs
@@ -45,11 +79,18 @@ def prepare(enabled: bool, on_cluster: bool, log: str | os.PathLike) -> None:
     global _folder
     if not enabled or on_cluster or sys.platform != "linux" or os.environ.get(ENV):
         return
-    _folder = tempfile.mkdtemp(prefix="pqv-warm-")  # short: a socket's path has ~100 bytes at most
+    path = make_folder(log, watch=os.getpid())
+    _folder = os.path.dirname(path)
+    os.environ[ENV] = path  # the environment of every job Snakemake starts from now on
+
+
+def make_folder(log: str | os.PathLike, watch: int) -> str:
+    """A server's folder, with its settings: its log, and the process whose end it outlives by no
+    more than a second. The path of its socket (for ENV)."""
+    folder = tempfile.mkdtemp(prefix="pqv-warm-")  # short: a socket's path has ~100 bytes at most
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    settings = {"log": str(Path(log).resolve()), "watch": os.getpid()}  # the server leaves when this process is gone
-    Path(_folder, SETTINGS).write_text(json.dumps(settings))
-    os.environ[ENV] = os.path.join(_folder, "socket")  # the environment of every job Snakemake starts from now on
+    Path(folder, SETTINGS).write_text(json.dumps({"log": str(Path(log).resolve()), "watch": watch}))
+    return os.path.join(folder, "socket")
 
 
 def claim(path: str) -> bool:
@@ -97,6 +138,11 @@ def stop() -> None:
         return
     folder, _folder = _folder, None
     os.environ.pop(ENV, None)
+    remove(folder)
+
+
+def remove(folder: str) -> None:
+    """Stop the server of `folder`, if one was started, and remove the folder."""
     try:
         pid = int(Path(folder, PID).read_text())
         os.kill(pid, signal.SIGTERM)
