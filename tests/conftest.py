@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,6 +35,46 @@ def manifest_file(spec: dict = DIGITS_SPEC) -> str:
         data.run(spec, str(path))
         _MANIFESTS[key] = str(path)
     return _MANIFESTS[key]
+
+
+# What this test process's environment holds that a job's would not: pytest's name of the running
+# test, and what the stages run here set in it for themselves (pqv.stages.export's flatc, torch
+# inductor's cache folder), as a job sets them in its own
+NOT_FOR_JOBS = ("PYTEST_CURRENT_TEST", "FLATC_EXECUTABLE", "TORCHINDUCTOR_CACHE_DIR")
+
+
+def job_environment(**extra: str) -> dict[str, str]:
+    """This test process's environment for a job it starts, less NOT_FOR_JOBS: the same for every
+    job of the session, as in a run (a warm-start server runs a job cold whose environment differs
+    from its own)."""
+    return {**{k: v for k, v in os.environ.items() if k not in NOT_FOR_JOBS}, **extra}
+
+
+@pytest.fixture(scope="session")
+def warm_server(tmp_path_factory):
+    """One warm-start server (pqv.common.warmstart) for this test process, started with
+    job_environment() as a local run's first job starts one: the path of its socket. The jobs of
+    the files that use `warm_jobs` fork from it instead of importing torch each (about 6 CPU-s a
+    job); tests/test_warmstart.py shows that a forked job makes what a cold one makes."""
+    from pqv.plan import warm
+
+    path = warm.make_folder(tmp_path_factory.mktemp("warm-server") / "warm_start.log", watch=os.getpid())
+    assert warm.claim(path)
+    subprocess.Popen([sys.executable, "-m", "pqv", warm.SERVE, path], env=job_environment(**{warm.ENV: path}), start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    yield path
+    warm.remove(os.path.dirname(path))
+
+
+@pytest.fixture(scope="module")
+def warm_jobs(warm_server):
+    """The jobs this file's tests start (`python -m pqv`, Snakemake's jobs) fork from this test
+    process's warm-start server, where their environment is job_environment()'s (CI time)."""
+    from pqv.plan import warm
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(warm.ENV, warm_server)
+        yield warm_server
 
 
 def write_data_manifests(workdir: Path, spec: dict = DIGITS_SPEC) -> None:
@@ -80,13 +121,53 @@ def private_cache(tmp_path_factory):
         os.environ["PQV_CACHE"] = before
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """A folder `make(folder)` fills once per test session, by whichever test process asks first;
+    the others wait for it and read it (CI time: an ExecuTorch lowering takes ~20 s). Tests only
+    read what is in it."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, above each worker's
+    folder = root / f"made-once-{name}"
+    with open(root / f"made-once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():
+            part = root / f"made-once-{name}.part"
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir()
+            make(part)
+            part.rename(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def trained_tiny():
-    """A tiny ViT trained on digits for a few epochs: (model, arch description, top-1 %)."""
-    m = tiny_vit()
-    a = tiny_arch(m)
-    finetune.train(m, DIGITS, a["data_config"], {"epochs": 8, "lr": 3e-3, "batch_size": 32, "smoothing": 0.0, "warmup_epochs": 1})
-    return m, a, held_out_top1(m, a["data_config"])
+def saved_tiny(tmp_path_factory):
+    """A tiny ViT trained on digits for a few epochs, saved as a finetuned artifact (safetensors +
+    sidecar, with its held-out top-1)."""
+    from pqv.common import store
+
+    def train(folder: Path) -> None:
+        m = tiny_vit()
+        a = tiny_arch(m)
+        hparams = {"epochs": 8, "lr": 3e-3, "batch_size": 32, "smoothing": 0.0, "warmup_epochs": 1}
+        finetune.train(m, DIGITS, a["data_config"], hparams)
+        path = folder / "finetuned.safetensors"
+        store.save_model(m, path, a)
+        top1 = held_out_top1(m.eval(), a["data_config"])
+        store.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
+
+    return made_once(tmp_path_factory, "tiny", train) / "finetuned.safetensors"
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(saved_tiny):
+    """saved_tiny's model: (model, arch description, top-1 %)."""
+    from pqv.common import store
+    from pqv.plan import fileio
+
+    m, a = store.load_model(saved_tiny)
+    return m.eval(), a, fileio.read_sidecar(saved_tiny)["top1"]
 
 
 def held_out_top1(model, data_config: dict, manifest=None) -> float:
@@ -98,15 +179,22 @@ def held_out_top1(model, data_config: dict, manifest=None) -> float:
 
 
 @pytest.fixture(scope="session")
-def saved_tiny(trained_tiny, tmp_path_factory):
-    """The trained tiny model saved as a finetuned artifact (safetensors + sidecar)."""
-    from pqv.common import store
+def tiny_file(saved_tiny, tmp_path_factory):
+    """saved_tiny quantized and exported as the workflow does (its defaults), once per recipe in the
+    session: `tiny_file(precision, engine, fmt)` is the file; its program lies in quantized/ beside it."""
+    from pqv.plan import registry
+    from pqv.stages import export, quantize
 
-    m, a, top1 = trained_tiny
-    path = tmp_path_factory.mktemp("tiny") / "finetuned.safetensors"
-    store.save_model(m, path, a)
-    store.write_sidecar(path, "finetune", top1=top1, params=arch.count_params(m), macs=0, data_config=a["data_config"])
-    return path
+    def get(precision: str, engine: str, fmt: str) -> Path:
+        def make(folder: Path) -> None:
+            (folder / "quantized").mkdir()
+            program = folder / "quantized" / f"{precision}-{engine}.{registry.ir_of(fmt)}"
+            quantize.run(str(saved_tiny), str(program), precision, engine, DIGITS)
+            export.run(str(program), str(saved_tiny), str(folder / f"{precision}-{engine}.{fmt}"), fmt, DIGITS)
+
+        return made_once(tmp_path_factory, f"{precision}-{engine}-{fmt}", make) / f"{precision}-{engine}.{fmt}"
+
+    return get
 
 
 # The order files are handed to the worker processes (`--dist=loadfile` with `--no-loadscope-reorder`,

@@ -5,11 +5,13 @@ import sys
 
 import pytest
 
-from .conftest import manifest_file
+from .conftest import job_environment, manifest_file
+
+pytestmark = pytest.mark.usefixtures("warm_jobs")  # their jobs fork from a warm-start server (tests/conftest.py)
 
 
 def pqv(*args):
-    return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True, env=job_environment())
 
 
 @pytest.mark.parametrize(

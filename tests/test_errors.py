@@ -20,17 +20,19 @@ from safetensors.torch import load_file, save_file
 from pqv.common import arch, checkpoint, store
 from pqv.plan import fileio
 from pqv.plan.errors import PQVError
-from pqv.stages import data, export, finetune, quantize
+from pqv.stages import data, export, finetune
 
-from .conftest import DIGITS, manifest_file
+from .conftest import job_environment, manifest_file
 from .test_workflow import TINY_CONFIG, pqv_commands, snakemake
+
+pytestmark = pytest.mark.usefixtures("warm_jobs")  # their jobs fork from a warm-start server (tests/conftest.py)
 
 SMALL = {"name": "digits", "max_train": 64, "max_eval": 32}
 
 
 def pqv(*args, env: dict | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "pqv", *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "pqv", *map(str, args)], capture_output=True, text=True, env=job_environment(**(env or {}))
     )
 
 
@@ -59,19 +61,14 @@ def nothing_in(folder: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def artifacts(saved_tiny, tmp_path_factory):
-    """A finetuned model and its quantized and exported files in both families (.ts/.ptl, .pt2/.pte)."""
-    tmp = tmp_path_factory.mktemp("artifacts")
-    model = tmp / "finetuned.safetensors"
-    model.write_bytes(Path(saved_tiny).read_bytes())
-    fileio.sidecar_path(model).write_text(fileio.sidecar_path(saved_tiny).read_text())
-    files = {"model": model}
+def artifacts(saved_tiny, tiny_file):
+    """A finetuned model and its quantized and exported files in both families (.ts/.ptl, .pt2/.pte).
+    Tests damage copies of them."""
+    files = {"model": saved_tiny}
     for fmt in ("ptl", "pte"):
         ir = {"ptl": "ts", "pte": "pt2"}[fmt]
-        files[ir] = tmp / f"fp32-none.{ir}"
-        quantize.run(str(model), str(files[ir]), "fp32", "none", DIGITS, 2)
-        files[fmt] = tmp / f"fp32-none.{fmt}"
-        export.run(str(files[ir]), str(model), str(files[fmt]), fmt, DIGITS, check_images=8)
+        files[fmt] = tiny_file("fp32", "none", fmt)
+        files[ir] = files[fmt].parent / "quantized" / f"fp32-none.{ir}"
     return files
 
 

@@ -48,20 +48,18 @@ def test_rejected_artifacts_never_make_the_pareto_front():
     assert sorted(plot.pareto_front(table).index) == [1, 2]
 
 
-def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_threads(saved_tiny, tmp_path, monkeypatch):
+def test_the_accuracy_pass_uses_every_core_the_job_holds_and_latency_keeps_its_threads(tiny_file, tmp_path, monkeypatch):
     """Two jobs: a .pte's accuracy pass runs on an XNNPACK pool as wide as the job's cores (its
     DataLoader workers decode beside it); its latency on evaluate.threads."""
     from executorch.extension.pybindings import portable_lib
 
     from pqv.common import datasets
     from pqv.plan import fileio
-    from pqv.stages import export, quantize
+    from pqv.stages import export
 
     from .conftest import DIGITS
 
-    program, pte = tmp_path / "int8.pt2", tmp_path / "int8.pte"
-    quantize.run(str(saved_tiny), str(program), "int8_dynamic", "xnnpack", DIGITS)
-    export.run(str(program), str(saved_tiny), str(pte), "pte", DIGITS)
+    pte = tiny_file("int8_dynamic", "xnnpack", "pte")
     dc = fileio.read_sidecar(pte)["data_config"]
     whole = evaluate.accuracy(export.load(str(pte), "pte", "xnnpack"), datasets.loader(DIGITS, "eval", dc, 64))
     pools = {}

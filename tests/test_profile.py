@@ -38,8 +38,8 @@ def _artifact(saved, tmp_path, precision, engine, fmt):
 
 
 @pytest.fixture(scope="module")
-def pte(saved_tiny, tmp_path_factory):
-    return _artifact(saved_tiny, tmp_path_factory.mktemp("pte"), "int8_dynamic", "xnnpack", "pte")
+def pte(tiny_file):
+    return tiny_file("int8_dynamic", "xnnpack", "pte")
 
 
 def _profile(artifact, tmp_path, env=None, runs=5):

@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from .conftest import job_environment
+
+pytestmark = pytest.mark.usefixtures("warm_jobs")  # their jobs fork from a warm-start server (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = {"models": [{"id": "m", "timm_name": "vit_tiny_patch16_224", "weights": "missing.safetensors"}]}
@@ -37,6 +42,7 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         cwd=tmp_path,
         timeout=300,
+        env=job_environment(),
     )
 
 

@@ -10,7 +10,9 @@ from pqv.plan import fileio, registry
 from pqv.plan.errors import PQVError
 from pqv.stages import prune
 
-from .conftest import TIMM_NAME, TINY_KWARGS, manifest_file, tiny_arch, tiny_vit
+from .conftest import TIMM_NAME, TINY_KWARGS, job_environment, manifest_file, tiny_arch, tiny_vit
+
+pytestmark = pytest.mark.usefixtures("warm_jobs")  # their jobs fork from a warm-start server (tests/conftest.py)
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 IMPORTANCES = list(registry.IMPORTANCES)  # every entry: a new importance is tested here with no edit
@@ -313,7 +315,7 @@ def test_qk_norm_attention_is_rejected():
 
 
 def _pqv(*args):
-    return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "pqv", *args], capture_output=True, text=True, env=job_environment())
 
 
 @pytest.fixture

@@ -20,15 +20,21 @@ def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
 
 
 @pytest.fixture(scope="module")
-def exported(saved_tiny, tmp_path_factory):
-    """`_export` of the trained tiny model, made once per recipe and options in this module (tests
-    only read the files): several tests check the same file in different ways (CI time)."""
+def exported(saved_tiny, tiny_file, tmp_path_factory):
+    """`_export` of the trained tiny model, made once per recipe and options (tests only read the
+    files): several tests check the same file in different ways, and with the workflow's options
+    other test files read it too (tiny_file; CI time). (file, its fidelity check)."""
     made = {}
 
     def get(precision, engine, fmt="ptl", **options):
         key = (precision, engine, fmt, tuple(sorted(options.items())))
         if key not in made:
-            made[key] = _export(saved_tiny, tmp_path_factory.mktemp(f"{precision}-{engine}-{fmt}"), precision, engine, fmt, **options)
+            if options:
+                folder = tmp_path_factory.mktemp(f"{precision}-{engine}-{fmt}")
+                made[key] = _export(saved_tiny, folder, precision, engine, fmt, **options)
+            else:
+                out = tiny_file(precision, engine, fmt)
+                made[key] = out, fileio.read_sidecar(out)["fidelity"]
         return made[key]
 
     return get

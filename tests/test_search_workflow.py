@@ -16,6 +16,8 @@ import pytest
 
 from .test_workflow import TINY_CONFIG, scheduled, snakemake
 
+pytestmark = pytest.mark.usefixtures("warm_jobs")  # their jobs fork from a warm-start server (tests/conftest.py)
+
 SEARCH = {
     "enabled": True,
     "budget": 2.0,

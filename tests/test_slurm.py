@@ -1,6 +1,7 @@
 """The SLURM profile makes valid submissions: Snakemake's SLURM executor plugin runs for real
 against stand-ins of every SLURM command it runs (sbatch records what it was asked), so these tests
-pass the same on a machine without SLURM (.ci/run runs them again with its real commands hidden).
+pass the same on a machine without SLURM (two of them run again with this machine's own SLURM
+commands hidden: `slurm_on_path`).
 (tests/test_slurm_cluster.py runs the workflow on a real SLURM cluster.)"""
 
 from __future__ import annotations
@@ -45,6 +46,42 @@ INPUTS = ["model.safetensors", "model.safetensors.json", "taylor_0.25/pruned.saf
         "export/int8_dynamic-x86.ptl.json",
     )
 ]
+
+
+SLURM_COMMANDS = frozenset(
+    "sacct sacctmgr salloc sattach sbatch sbcast scancel scontrol scrontab sdiag sh5util sinfo sprio squeue sreport srun sshare "
+    "sstat strigger sview".split()
+)
+
+
+def path_without_slurm(path: str, links: Path) -> str | None:
+    """PATH as on a machine without SLURM: each folder that holds a SLURM command becomes a folder of
+    links to its other files. None where no SLURM command is on PATH."""
+    folders, hidden = [], False
+    for i, folder in enumerate(path.split(os.pathsep)):
+        if os.path.isdir(folder) and SLURM_COMMANDS & set(os.listdir(folder)):
+            copy = links / str(i)
+            copy.mkdir(parents=True)
+            for name in set(os.listdir(folder)) - SLURM_COMMANDS:
+                (copy / name).symlink_to(Path(folder, name))
+            folder, hidden = str(copy), True
+        folders.append(folder)
+    return os.pathsep.join(folders) if hidden else None
+
+
+@pytest.fixture(params=[True, False], ids=["slurm-on-path", "no-slurm"])
+def slurm_on_path(request, tmp_path_factory, monkeypatch):
+    """Run once as on this machine and once with its SLURM commands hidden (Snakemake imports the SLURM
+    plugin, which looks for sinfo, sacct and squeue): where there are none, the first run was the
+    second."""
+    if not request.param:
+        path = path_without_slurm(os.environ["PATH"], tmp_path_factory.mktemp("no-slurm"))
+        if path is None:
+            pytest.skip("no SLURM command on PATH here: the run with PATH as it is ran without SLURM")
+        for name in ("sinfo", "sacct", "squeue", "sbatch", "scontrol"):
+            assert shutil.which(name, path=path) is None, name
+        monkeypatch.setenv("PATH", path)
+    return request.param
 
 
 @pytest.fixture
@@ -178,7 +215,7 @@ def test_device_auto_asks_for_gpus_only_where_the_partition_has_them(submit, tmp
     assert all((" --gpus=" in call) == gpus for call in jobs.values()), jobs
 
 
-def test_max_threads_and_resources_cap_every_job(submit):
+def test_max_threads_and_resources_cap_every_job(slurm_on_path, submit):
     (finetune,) = submit({"finetune": {"nproc": 4}}, [FINETUNE], "--max-threads", "2", "--resources", "mem_mb=1500").values()
     assert " --cpus-per-task=2 " in finetune and " --mem 1500 " in finetune
 
@@ -215,7 +252,7 @@ def _node_hours():
     return module
 
 
-def test_the_paper_sweep_fits_a_partitions_time_limit_and_a_cpu_finetune_stops_in_one_line(tmp_path):
+def test_the_paper_sweep_fits_a_partitions_time_limit_and_a_cpu_finetune_stops_in_one_line(slurm_on_path, tmp_path):
     """config/paper.yaml planned on ImageNet's counts (bench/node_hours.py) against partitions a
     stand-in sinfo describes: with GPUs and a 24- or 12-hour limit no request exceeds it, and on
     12 hours the DeiT-B finetunes run as successive jobs; on a 24-hour partition with device cpu

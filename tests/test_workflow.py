@@ -14,7 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import TIMM_NAME, TINY_KWARGS
+from pqv.plan import warm
+
+from .conftest import TIMM_NAME, TINY_KWARGS, job_environment
+
+pytestmark = pytest.mark.usefixtures("warm_jobs")  # their jobs fork from a warm-start server (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +43,7 @@ TINY_CONFIG = {
 }
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, config: dict | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config or TINY_CONFIG))
     cmd = [
@@ -56,7 +60,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subproce
         "2",
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or job_environment())
 
 
 def pqv_commands(result: subprocess.CompletedProcess) -> list[str]:
@@ -79,7 +83,8 @@ def finished(tmp_path_factory):
     """The workflow on the tiny config, run once: the folder it ran in. Tests that change a file in
     it put it back as it was (bytes and times)."""
     workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(workdir)
+    # with a warm-start server of its own, as a user's run has (test_stage_costs_sum_every_jobs_benchmark)
+    result = snakemake(workdir, env={k: v for k, v in job_environment().items() if k != warm.ENV})
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
