@@ -198,10 +198,29 @@ def tiny_file(saved_tiny, tmp_path_factory):
 
 
 # The order files are handed to the worker processes (`--dist=loadfile` with `--no-loadscope-reorder`,
-# pyproject.toml): the cluster file first, beside the light files (one torch thread each), since its
-# finetune must span SLURM jobs of one minute and each job trains less on a busy machine; the
-# workflow files (Snakemake runs on 2 cores) last, where they share the two workers evenly.
+# pyproject.toml; a process gets the next file when it is nearly done with its last): the cluster
+# file first, in a process of its own (it waits on SLURM most of its ~11 minutes); then the others,
+# longest first (their minutes on the 2-vCPU EPYC, docs/development.md "CI time"), so that the short
+# ones fill in at the end and the processes finish together. A file not named here comes last.
 FIRST = ("test_slurm_cluster.py",)
+LONGEST_FIRST = (
+    "test_workflow.py",  # ~5.5
+    "test_errors.py",  # ~3.5
+    "test_search_workflow.py",  # ~3
+    "test_finetune.py",  # ~2
+    "test_quantize_export.py",
+    "test_slurm.py",
+    "test_evaluate.py",
+    "test_data_workflow.py",
+    "test_warmstart.py",
+    "test_config.py",
+    "test_layers.py",
+    "test_prune.py",
+    "test_tome.py",
+    "test_plot.py",
+    "test_profile.py",
+    "test_cli.py",
+)
 CLUSTER_TESTS = Path(__file__).with_name("test_slurm_cluster.py")
 CLUSTER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts/slurm-cluster.sh"
 CLUSTER_DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch")
@@ -235,12 +254,11 @@ def pytest_xdist_auto_num_workers(config):
     return cores
 
 
-LAST = ("test_workflow.py", "test_search_workflow.py", "test_data_workflow.py")
-
-
 def pytest_collection_modifyitems(config, items):
     def rank(item):
         name = item.path.name
-        return (0, 0) if name in FIRST else (2, LAST.index(name)) if name in LAST else (1, 0)
+        if name in FIRST:
+            return 0
+        return 1 + (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable: each file keeps its own order
