@@ -98,11 +98,11 @@ def test_a_job_whose_environment_differs_from_the_servers_runs_cold(server, tmp_
     assert warm.differing({"A": "1", "TMPDIR": "/x", "B": "2"}, {"A": "1", "TMPDIR": "/y", "C": "3"}) == {"B", "C"}
 
 
-def _long_finetune(saved_tiny, out: Path, socket_path: str | None) -> subprocess.Popen:
+def _long_finetune(saved_tiny, out: Path, socket_path: str | None, env: dict | None = None) -> subprocess.Popen:
     hparams = {"epochs": 100000, "lr": 1e-4, "batch_size": 64, "warmup_epochs": 0}
     return pqv("finetune", "--model", str(saved_tiny), "--out", str(out), "--data", manifest_file(),
                "--hparams", json.dumps(hparams), "--metrics", str(out.parent / "metrics.csv"), "--threads", "1",
-               warm_socket=socket_path)  # fmt: skip
+               warm_socket=socket_path, env=env)  # fmt: skip
 
 
 def _training(job: subprocess.Popen, out: Path) -> None:
@@ -114,20 +114,26 @@ def _training(job: subprocess.Popen, out: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_client_ends_the_job_as_it_ends_a_cold_one(server, saved_tiny, tmp_path, sig):
+    """Forked, or sent back by the server to run cold (its environment differs from the server's):
+    the job ends as a cold one does."""
     ends = {}
-    for how, socket_path in (("cold", None), ("warm", os.environ[warm.ENV])):
+    sent_back = job_environment(HF_HOME=str(tmp_path / "hf"))
+    for how, socket_path, env in (
+        ("cold", None, None),
+        ("warm", os.environ[warm.ENV], None),
+        ("sent back", os.environ[warm.ENV], sent_back),
+    ):
         before = len(jobs_in(server))
         out = tmp_path / how / "finetuned.safetensors"
-        job = _long_finetune(saved_tiny, out, socket_path)
+        job = _long_finetune(saved_tiny, out, socket_path, env)
         _training(job, out)
         job.send_signal(sig)
         _, err = job.communicate(timeout=120)
         ends[how] = job.returncode
         assert not out.exists()  # nothing half made
-        if how == "warm":
-            ran = jobs_in(server)[before:]
-            assert len(ran) == 1 and " finetune --model " in ran[0], ran
-    assert ends["warm"] == ends["cold"] != 0, ends
+        ran = jobs_in(server)[before:]
+        assert len(ran) == (how == "warm") and all(" finetune --model " in line for line in ran), ran
+    assert ends["warm"] == ends["cold"] == ends["sent back"] != 0, ends
 
 
 def test_a_killed_client_takes_its_job_with_it(server, saved_tiny, tmp_path):

@@ -82,8 +82,7 @@ def run_in_server(argv: list[str]) -> int | None:
     except OSError:
         conn.close()
         return None  # no server (yet), or it went away: this job imports for itself
-    for sig in FORWARDED:
-        signal.signal(sig, lambda n, _frame: _send(conn, f"signal {n}\n"))
+    before = {sig: signal.signal(sig, lambda n, _frame: _send(conn, f"signal {n}\n")) for sig in FORWARDED}
     reply = b""
     while not reply.endswith(b"\n"):
         try:
@@ -98,6 +97,9 @@ def run_in_server(argv: list[str]) -> int | None:
         reply += chunk
     how, number = reply.decode().split()
     if how == "cold":  # its environment differs from the server's where the preloaded packages read it
+        for sig, handler in before.items():  # a signal is this process's own again
+            signal.signal(sig, handler)
+        conn.close()
         return None
     if how == "signal":  # end as the job ended: killed by the same signal
         signal.signal(int(number), signal.SIG_DFL)
