@@ -182,19 +182,27 @@ def held_out_top1(model, data_config: dict, manifest=None) -> float:
 def tiny_file(saved_tiny, tmp_path_factory):
     """saved_tiny quantized and exported as the workflow does (its defaults), once per recipe in the
     session: `tiny_file(precision, engine, fmt)` is the file; its program lies in quantized/ beside it."""
+
+    def get(precision: str, engine: str, fmt: str) -> Path:
+        folder = made_once(
+            tmp_path_factory, f"{precision}-{engine}-{fmt}", lambda f: quantize_and_export(saved_tiny, f, precision, engine, fmt)
+        )
+        return folder / f"{precision}-{engine}.{fmt}"
+
+    return get
+
+
+def quantize_and_export(saved: Path, folder: Path, precision: str, engine: str, fmt: str = "ptl", **options):
+    """`saved` quantized into folder/quantized/ and exported into `folder` as the workflow does (an
+    .onnx program and its .onnx file: two folders): (the file, its fidelity check)."""
     from pqv.plan import registry
     from pqv.stages import export, quantize
 
-    def get(precision: str, engine: str, fmt: str) -> Path:
-        def make(folder: Path) -> None:
-            (folder / "quantized").mkdir()
-            program = folder / "quantized" / f"{precision}-{engine}.{registry.ir_of(fmt)}"
-            quantize.run(str(saved_tiny), str(program), precision, engine, DIGITS)
-            export.run(str(program), str(saved_tiny), str(folder / f"{precision}-{engine}.{fmt}"), fmt, DIGITS)
-
-        return made_once(tmp_path_factory, f"{precision}-{engine}-{fmt}", make) / f"{precision}-{engine}.{fmt}"
-
-    return get
+    (folder / "quantized").mkdir(parents=True, exist_ok=True)
+    program = folder / "quantized" / f"{precision}-{engine}.{registry.ir_of(fmt)}"
+    quantize.run(str(saved), str(program), precision, engine, DIGITS)  # calibration_images: the workflow's default
+    out = folder / f"{precision}-{engine}.{fmt}"
+    return out, export.run(str(program), str(saved), str(out), fmt, DIGITS, **options)
 
 
 # The order files are handed to the worker processes (`--dist=loadfile` with `--no-loadscope-reorder`,

@@ -6,17 +6,7 @@ from pqv.plan import fileio, registry
 from pqv.plan.errors import PQVError
 from pqv.stages import export, quantize
 
-from .conftest import DIGITS, manifest_file
-
-
-def _export(saved, tmp_path, precision, engine, fmt="ptl", **options):
-    (tmp_path / "quantized").mkdir(parents=True, exist_ok=True)  # an .onnx program and its .onnx file: two folders, as in the workflow
-    program = tmp_path / "quantized" / f"{precision}-{engine}.{registry.ir_of(fmt)}"
-    # the workflow default (quantize.calibration_images)
-    quantize.run(str(saved), str(program), precision, engine, DIGITS, calibration_images=128)
-    out = tmp_path / f"{precision}-{engine}.{fmt}"
-    fidelity = export.run(str(program), str(saved), str(out), fmt, DIGITS, **options)
-    return out, fidelity
+from .conftest import DIGITS, manifest_file, quantize_and_export
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +21,7 @@ def exported(saved_tiny, tiny_file, tmp_path_factory):
         if key not in made:
             if options:
                 folder = tmp_path_factory.mktemp(f"{precision}-{engine}-{fmt}")
-                made[key] = _export(saved_tiny, folder, precision, engine, fmt, **options)
+                made[key] = quantize_and_export(saved_tiny, folder, precision, engine, fmt, **options)
             else:
                 out = tiny_file(precision, engine, fmt)
                 made[key] = out, fileio.read_sidecar(out)["fidelity"]
@@ -66,7 +56,7 @@ def test_fp32_artifact_matches_its_eager_parent(saved_tiny, exported, fmt, optio
 
 
 def test_fp16_lite_artifact_is_close_to_its_parent(saved_tiny, tmp_path):
-    out, fidelity = _export(saved_tiny, tmp_path, "fp16", "none")
+    out, fidelity = quantize_and_export(saved_tiny, tmp_path, "fp16", "none")
     x, ref = _reference(saved_tiny)
     lite = export.load(str(out), "ptl", "none")
     assert lite(x).dtype == torch.float32
@@ -171,7 +161,7 @@ def test_fast_recipes_agree_with_the_trained_parent_on_the_whole_held_out_split(
 
 
 def test_a_recipe_below_the_gate_is_written_as_rejected_with_its_reason(saved_tiny, exported, tmp_path):
-    out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86", min_cosine=1.0)
+    out, fidelity = quantize_and_export(saved_tiny, tmp_path, "int8_dynamic", "x86", min_cosine=1.0)
     meta = fileio.read_sidecar(out)
     assert out.exists() and meta["status"] == "rejected"
     assert "cosine similarity" in meta["reason"] and f"{fidelity['cosine_min']:.4f}" in meta["reason"]
@@ -207,7 +197,7 @@ def test_an_fp32_artifact_that_changed_the_function_is_a_failed_file_never_verif
     """A bug of the exporter for this model, said loudly; the branch's row says failed (issue 29: one
     such file must not stop a sweep or a search)."""
     _broken_runtime(monkeypatch, lambda y: y + 1e-2)
-    out, _ = _export(saved_tiny, tmp_path, "fp32", "none")
+    out, _ = quantize_and_export(saved_tiny, tmp_path, "fp32", "none")
     meta = fileio.read_sidecar(out)
     assert meta["status"] == "failed" and "exporting to .ptl changed the model's function" in meta["reason"]
     assert any(r.levelname == "ERROR" and "changed the model's function" in r.message for r in caplog.records)
@@ -230,7 +220,7 @@ def test_a_failed_branch_stays_failed_in_every_file_made_from_it(saved_tiny, tmp
 
 def test_a_lossy_recipe_with_nan_outputs_is_rejected_not_verified(saved_tiny, tmp_path, monkeypatch):
     _broken_runtime(monkeypatch, lambda y: y * float("nan"))
-    out, fidelity = _export(saved_tiny, tmp_path, "int8_dynamic", "x86")
+    out, fidelity = quantize_and_export(saved_tiny, tmp_path, "int8_dynamic", "x86")
     meta = fileio.read_sidecar(out)
     assert meta["status"] == "rejected" and "non-finite outputs" in meta["reason"] and fidelity["finite"] is False
 
