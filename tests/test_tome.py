@@ -34,7 +34,9 @@ def test_merging_adds_no_parameter_and_keeps_every_state_dict_key():
     merged = tome.apply(copy.deepcopy(plain), R)
     assert isinstance(merged.blocks, tome.MergingBlocks)
     assert merged.state_dict().keys() == plain.state_dict().keys()
-    assert type(merged.blocks[:1]) is nn.Sequential and merged.blocks[:1][0] is merged.blocks[0]  # timm slices
+    first = merged.blocks[:1]  # timm's prune_intermediate_layers keeps the first blocks: they still merge
+    assert isinstance(first, tome.MergingBlocks) and first[0] is merged.blocks[0] and first.tokens == [17, 13]
+    assert type(merged.blocks[1:]) is nn.Sequential  # a later block cannot know the sizes of its tokens
     assert arch.count_params(merged) == arch.count_params(plain)
     other = tome.apply(tiny_vit(seed=1), R)
     other.load_state_dict(plain.state_dict(), strict=True)  # a plain checkpoint loads into a merging model
@@ -305,3 +307,48 @@ def test_the_pte_keeps_the_merge_matmuls_delegated_and_splits_once_per_merging_b
         "dim_order_ops::_to_dim_order_copy",
         "aten::view_copy",
     }, portable
+
+
+def test_forward_intermediates_unmerge_to_the_plain_models_features():
+    """Merging identical tokens changes nothing (above), so the intermediates un-merged to the patch
+    grid are the plain model's, in timm's shapes; the final features are forward_features' merged tokens."""
+    plain = _generic(tiny_vit())
+    images = _identical_pairs(plain)
+    merged = tome.apply(copy.deepcopy(plain), [len(PAIRS), 0])
+    with torch.no_grad():
+        expected_final, expected = plain.forward_intermediates(images, norm=True)
+        final, got = tome.forward_intermediates(merged, images, norm=True)
+        torch.testing.assert_close(final, merged.forward_features(images), atol=0, rtol=0)
+        assert final.shape[1] == 17 - len(PAIRS) and expected_final.shape[1] == 17
+        assert [y.shape for y in got] == [y.shape for y in expected] == [(2, 48, 4, 4)] * 2
+        for y, reference in zip(got, expected, strict=True):
+            torch.testing.assert_close(y, reference, atol=TOLERANCE, rtol=0)
+        # the check can fail: one more merge joins two different tokens, and its patches share features
+        one_more = tome.apply(copy.deepcopy(plain), [len(PAIRS) + 1, 0])
+        assert (tome.forward_intermediates(one_more, images, norm=True)[1][0] - expected[0]).abs().max() > 10 * TOLERANCE
+        # a plain model runs timm's own method
+        plain_final, plain_maps = tome.forward_intermediates(plain, images, norm=True)
+        torch.testing.assert_close(plain_final, expected_final, atol=0, rtol=0)
+
+
+def test_every_patch_carries_the_features_of_the_token_that_holds_it():
+    model = tome.apply(tiny_vit(), R)  # 17 -> 13 -> 9 tokens
+    with torch.no_grad():
+        final, maps = tome.forward_intermediates(model, IMAGES, output_fmt="NLC", return_prefix_tokens=True, norm=True)
+        first_only = tome.forward_intermediates(model, IMAGES, indices=[0], stop_early=True, intermediates_only=True)
+    assert [(y.shape, prefix.shape) for y, prefix in maps] == [((8, 16, 48), (8, 1, 48))] * 2
+    last, prefix = maps[-1]
+    assert torch.equal(prefix, final[:, :1])  # the class token is never merged
+    for image in range(8):  # each of the 8 patch tokens left is copied to the patches it holds, and nothing else is
+        rows = torch.unique(last[image], dim=0)
+        assert torch.equal(rows, torch.unique(final[image, 1:], dim=0)) and rows.shape[0] == 8
+        assert torch.unique(first_only[0][image].flatten(1).T, dim=0).shape[0] == 12
+    assert len(first_only) == 1 and first_only[0].shape == (8, 48, 4, 4)
+
+
+def test_prune_intermediate_layers_keeps_merging():
+    model = tome.apply(tiny_vit(), R)
+    assert model.prune_intermediate_layers([0]) == [0]
+    assert tome.tokens_per_block(model) == [17, 13]
+    with torch.no_grad():
+        assert model.forward_features(IMAGES).shape == (8, 13, 48)

@@ -29,6 +29,9 @@ forward_features calls as `self.blocks(x)`) for `MergingBlocks`, an nn.Sequentia
 same Block modules under the same names: state-dict keys (`blocks.0.attn.qkv.weight`, ...) and
 parameters are unchanged, a checkpoint loads into either, and nothing is monkey-patched. Dropouts
 of attention (attn_drop, proj_drop) are not applied: merging is for inference and export.
+timm's `forward_intermediates` runs the blocks one by one with the tokens alone, which cannot merge:
+for a merging model call `forward_intermediates(model, x, ...)` here, which un-merges each
+intermediate to the patch grid.
 """
 
 from collections.abc import Sequence
@@ -125,6 +128,76 @@ def merged_per_block(model: nn.Module) -> list[int]:
     return list(blocks.r) if isinstance(blocks, MergingBlocks) else [0] * len(blocks)
 
 
+def forward_intermediates(
+    model: nn.Module,
+    x: torch.Tensor,
+    indices: int | list[int] | None = None,
+    *,
+    norm: bool = False,
+    stop_early: bool = False,
+    output_fmt: str = "NCHW",
+    intermediates_only: bool = False,
+    return_prefix_tokens: bool = False,
+) -> list | tuple[torch.Tensor, list]:
+    """timm's `VisionTransformer.forward_intermediates` for a model that merges tokens: the same
+    arguments and return values. timm's method runs `model.blocks` one Block at a time with only the
+    tokens, so on a merging model it would run the plain blocks; and its patch-grid reshape needs every
+    patch. Here each intermediate is un-merged through the tokens' sources (as the paper's
+    visualizations do): every patch carries the features of the token that holds it, so an NCHW
+    intermediate has timm's (B, C, H, W) shape and NLC one token per patch. The final features
+    (without `intermediates_only`) are the merged tokens, as `forward_features` returns them. A model
+    that does not merge runs timm's own method."""
+    blocks = model.blocks
+    if not isinstance(blocks, MergingBlocks):
+        return model.forward_intermediates(
+            x,
+            indices,
+            norm=norm,
+            stop_early=stop_early,
+            output_fmt=output_fmt,
+            intermediates_only=intermediates_only,
+            return_prefix_tokens=return_prefix_tokens,
+        )
+    if output_fmt not in ("NCHW", "NLC"):
+        raise PQVError(f"output_fmt {output_fmt!r} is not one of timm's", "use output_fmt='NCHW' or 'NLC'")
+    from timm.models._features import feature_take_indices
+
+    take, last = feature_take_indices(len(blocks), indices)
+    B, _, height, width = x.shape
+    # forward_features' steps before the blocks (timm has no public method for the position embedding)
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    size: torch.Tensor | None = None
+    source: torch.Tensor | None = None  # (B, tokens now, tokens entering the first block): which token holds which
+    intermediates = []
+    for i, block in enumerate(blocks):
+        if stop_early and i > last:
+            break
+        attn = block.attn
+        bias = None if size is None else torch.log(size).reshape(B, 1, blocks.tokens[i])
+        qkv = attn.qkv(block.norm1(x))
+        x = x + block.drop_path1(block.ls1(attn.proj(attend(qkv, attn.num_heads, attn.head_dim, attn.scale, bias))))
+        if blocks.r[i] > 0:
+            metric = key_metric(qkv, attn.num_heads, attn.head_dim, blocks.prefix_tokens)
+            onehot = matching(metric, blocks.r[i], blocks.prefix_tokens, blocks.tokens[i], x)
+            x, size = combine(onehot, x, size)
+            source = onehot if source is None else torch.bmm(onehot, source)
+        x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        if i in take:
+            y = model.norm(x) if norm else x
+            intermediates.append(y if source is None else torch.bmm(source.transpose(1, 2), y))
+    prefix = blocks.prefix_tokens
+    prefix_tokens = [y[:, :prefix] for y in intermediates]
+    intermediates = [y[:, prefix:] for y in intermediates]
+    if output_fmt == "NCHW":
+        H, W = model.patch_embed.dynamic_feat_size((height, width))
+        intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+    if return_prefix_tokens and prefix:
+        intermediates = list(zip(intermediates, prefix_tokens))
+    if intermediates_only:
+        return intermediates
+    return model.norm(x), intermediates
+
+
 def _name(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return str(cfg.get("architecture") or type(model).__name__)
@@ -146,11 +219,15 @@ class MergingBlocks(nn.Sequential):
         self.tokens: list[int] = counts  # entering each block, then leaving the last
 
     def __getitem__(self, index):
-        """A slice is a plain nn.Sequential of those blocks (timm's forward_intermediates and
-        prune_intermediate_layers slice `model.blocks`, and run what they get block by block)."""
-        if isinstance(index, slice):
-            return nn.Sequential(*list(self._modules.values())[index])
-        return super().__getitem__(index)
+        """The first blocks (`blocks[:n]`, as timm's prune_intermediate_layers keeps them) merge as
+        they did; any other slice is a plain nn.Sequential of its blocks, since the sizes of the tokens
+        entering a later block are made by the blocks before it."""
+        if not isinstance(index, slice):
+            return super().__getitem__(index)
+        picked = list(self._modules.values())[index]
+        if index.start in (None, 0) and index.step in (None, 1) and any(self.r[: len(picked)]):
+            return MergingBlocks(nn.Sequential(*picked), self.r[: len(picked)], self.prefix_tokens, self.tokens[0])
+        return nn.Sequential(*picked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size: torch.Tensor | None = None
@@ -203,12 +280,18 @@ def merge(
     x: torch.Tensor, size: torch.Tensor | None, metric: torch.Tensor, r: int, prefix_tokens: int, tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bipartite soft matching of the `tokens` - `prefix_tokens` patch tokens of x (B, tokens, C),
-    given their `metric` as vectors of one length (B, patches, c) (`key_metric`), whose dot products
-    are then cosine similarities: A = the even patches, B = the odd ones; the r A tokens whose best
-    match in B is closest are averaged into it, weighted by size (None: all 1). Returns the tokens (B, tokens - r, C) in
-    the order [prefix tokens, A tokens kept (most similar first), B tokens] and their sizes
-    (B, tokens - r, 1). The average is two matrix products with a one-hot matrix built from each
-    input token's destination row."""
+    given their `metric` (`matching`), then the size-weighted average of every merged pair (`combine`).
+    Returns the tokens (B, tokens - r, C) in the order [prefix tokens, A tokens kept (most similar
+    first), B tokens] and their sizes (B, tokens - r, 1)."""
+    return combine(matching(metric, r, prefix_tokens, tokens, x), x, size)
+
+
+def matching(metric: torch.Tensor, r: int, prefix_tokens: int, tokens: int, like: torch.Tensor) -> torch.Tensor:
+    """Where each of `tokens` tokens goes when r of them merge: a one-hot matrix (B, tokens - r, tokens)
+    of `like`'s dtype. The patch tokens' `metric` are vectors of one length (B, patches, c)
+    (`key_metric`), whose dot products are then cosine similarities: A = the even patches, B = the odd
+    ones; the r A tokens whose best match in B is closest go to their match's row. Built from each
+    input token's destination row, compared with an arange (no scatter)."""
     P, T = prefix_tokens, tokens - prefix_tokens
     n_a, n_b = (T + 1) // 2, T // 2
     kept = n_a - r
@@ -224,15 +307,20 @@ def merge(
     # its place by rank. int64 throughout, which XNNPACK declines: the index work stays one portable
     # run between two delegated graphs. The offsets are tensors, not Python ints: PT2E's prepare
     # turns a scalar operand of add into an FP32 constant, which would make these tensors float.
-    first_b, first_kept = _index(P + kept, x), _index(P - r, x)
+    first_b, first_kept = _index(P + kept, like), _index(P - r, like)
     dest_a = torch.where(rank < r, partner + first_b, rank + first_kept)
-    dest_b = (torch.arange(n_b, device=x.device) + first_b).unsqueeze(0).expand_as(dest_a[:, :n_b])
+    dest_b = (torch.arange(n_b, device=like.device) + first_b).unsqueeze(0).expand_as(dest_a[:, :n_b])
     pairs = torch.stack([dest_a[:, :n_b], dest_b], dim=2).reshape(dest_a.shape[0], 2 * n_b)
-    dest = [torch.arange(P, device=x.device).unsqueeze(0).expand(dest_a.shape[0], P), pairs]
+    dest = [torch.arange(P, device=like.device).unsqueeze(0).expand(dest_a.shape[0], P), pairs]
     if T % 2 == 1:
         dest.append(dest_a[:, n_b:])  # an odd count: the last patch is an A token without a B twin
-    rows = torch.arange(tokens - r, device=x.device).reshape(1, tokens - r, 1)
-    onehot = (torch.cat(dest, dim=1).unsqueeze(1) == rows).to(x.dtype)  # (B, tokens - r, tokens)
+    rows = torch.arange(tokens - r, device=like.device).reshape(1, tokens - r, 1)
+    return (torch.cat(dest, dim=1).unsqueeze(1) == rows).to(like.dtype)
+
+
+def combine(onehot: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens x (B, N, C) of sizes `size` (B, N, 1; None: all 1) averaged by size into the rows
+    of `onehot` (B, M, N), and the sizes of the rows: two matrix products."""
     if size is None:
         size = onehot.sum(dim=-1, keepdim=True)
         return torch.bmm(onehot, x) / size, size
