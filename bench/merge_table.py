@@ -18,7 +18,7 @@ ORDER = ["without PQV"]  # the bar first, then by format, model and r
 
 def table(csv: str) -> list[str]:
     runs = pd.read_csv(csv)
-    runs = runs[runs["row"].isin(ORDER) | runs["row"].str.contains(" r[0-9]+$") | runs["row"].str.startswith("pte int8_dynamic")]
+    runs = runs[runs["row"].isin(ORDER) | (runs["merge_r"] > 0) | runs["row"].str.startswith("pte int8_dynamic")]
     runs = runs.assign(bar=~runs["row"].isin(ORDER), merged=runs["merge_r"]).sort_values(["bar", "format", "pruned", "merged"])
     head = runs.iloc[0]
     lines = [
