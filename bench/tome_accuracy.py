@@ -16,10 +16,11 @@ sqrt(p(1-p)/n) in points. One process; torch threads = --threads (default 1); Da
 
     python bench/tome_accuracy.py --config config/config.yaml --r 0 1 2 4 8 --finetune-epochs 1 \
         --csv docs/data/tome_accuracy.csv
-    python bench/tome_accuracy.py --config config/cifar10.yaml --r 0 8 16 32 --max-train 3000 \
-        --max-eval 1000 --epochs 4 --csv docs/data/tome_accuracy.csv
+    python bench/tome_accuracy.py --config config/cifar10.yaml --r 0 4 8 16 32 --max-eval 10000 \
+        --threads 2 --csv docs/data/tome_accuracy.csv
+    python bench/tome_table.py docs/data/tome_accuracy.csv
 
-(the runs behind docs/merging.md, 2026-12-07: ~4 and ~6 min on a shared 2-vCPU VM.)
+(the runs behind docs/merging.md, 2026-12-07: ~4 min, and ~45 min beside another job on a 2-vCPU VM.)
 
 --max-train / --max-eval / --epochs override the config's dataset.max_train/max_eval and the model's
 train.epochs (the full CIFAR-10 training is ~18 min on a 2-core VM). Rows are appended to --csv

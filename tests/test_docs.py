@@ -95,11 +95,17 @@ def test_config_keys_named_in_the_text_exist(page):
         assert key in sections[section].model_fields, f"{page.name}: `{section}.{key}` is not a config key"
 
 
+def script(path: str):
+    """A script of the repository (bench/, scripts/) imported as a module, to render its table again."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_readme_table_is_the_csv_it_names():
     """The README's results table is scripts/summary_table.py's rendering of the run's CSV it cites."""
-    spec = importlib.util.spec_from_file_location("summary_table", REPO / "scripts/summary_table.py")
-    summary_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary_table)
+    summary_table = script("scripts/summary_table.py")
     readme = (REPO / "README.md").read_text()
     csv = re.search(r"`(docs/data/default-summary-[0-9-]+\.csv)`", readme)[1]
     assert "\n".join(summary_table.table(str(REPO / csv))) in readme, f"render it again: python scripts/summary_table.py {csv}"
@@ -107,9 +113,7 @@ def test_the_readme_table_is_the_csv_it_names():
 
 def test_the_per_host_latency_tables_are_the_csvs_of_the_runs():
     """docs/latency.md's per-host tables are bench/hosts.py's rendering of the CSVs the runs wrote."""
-    spec = importlib.util.spec_from_file_location("bench_hosts", REPO / "bench/hosts.py")
-    hosts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hosts)
+    hosts = script("bench/hosts.py")
     paths = [str(p) for p in sorted((REPO / "docs/data/latency-hosts").glob("*.csv"))]
     page = (REPO / "docs/latency.md").read_text()
     again = "render them again: python bench/hosts.py docs/data/latency-hosts/*.csv"
@@ -120,20 +124,26 @@ def test_the_per_host_latency_tables_are_the_csvs_of_the_runs():
 def test_the_token_merging_table_is_the_benchs_csv(monkeypatch):
     """docs/latency.md's token-merging table is bench/merge_table.py's rendering of the run's CSV."""
     monkeypatch.chdir(REPO)  # the table names the CSV as the command was given it
-    spec = importlib.util.spec_from_file_location("merge_table", REPO / "bench/merge_table.py")
-    merge_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(merge_table)
+    merge_table = script("bench/merge_table.py")
     page = (REPO / "docs/latency.md").read_text()
     csv = re.search(r"`(docs/data/latency-merge-[0-9-]+\.csv)`", page)[1]
     assert "\n".join(merge_table.table(csv)) in page, f"render it again: python bench/merge_table.py {csv}"
 
 
+def test_the_token_merging_accuracy_tables_are_the_benchs_csv():
+    """docs/merging.md's accuracy tables are bench/tome_table.py's rendering of the CSV it names, one per run."""
+    tome_table = script("bench/tome_table.py")
+    page = (REPO / "docs/merging.md").read_text()
+    csv = re.search(r"\(data/(tome_accuracy-[0-9-]+\.csv)\)", page)[1]
+    shown = [t for t in tome_table.tables(REPO / "docs/data" / csv) if "\n".join(t) in page]
+    again = f"render them again: python bench/tome_table.py docs/data/{csv}"
+    assert len(shown) == page.count("\nCommand: `python bench/tome_accuracy.py") > 0, again
+
+
 def test_the_round_to_comparison_is_the_two_runs_csvs(monkeypatch):
     """docs/cifar10.md's round_to table is scripts/compare_runs.py's rendering of the CSVs it cites."""
     monkeypatch.syspath_prepend(str(REPO / "scripts"))  # it imports summary_table.py beside it
-    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts/compare_runs.py")
-    compare_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_runs)
+    compare_runs = script("scripts/compare_runs.py")
     folder = REPO / "docs/data/cifar10-wide"
     lines = compare_runs.table(
         str(folder / "summary-2026-11-30.csv"), str(folder / "summary-round_to64-2026-11-30.csv"), ("default", "round_to 64")
@@ -150,26 +160,20 @@ def test_the_rerun_tables_are_the_declaration_and_the_tests_data():
 
 
 def test_the_search_noise_table_is_the_benchs_csv():
-    spec = importlib.util.spec_from_file_location("search_noise", REPO / "bench/search_noise.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = script("bench/search_noise.py")
     assert bench.table(bench.read(REPO / "docs/data/search-noise.csv")) in (REPO / "docs/search.md").read_text(), (
         "render it again: python bench/search_noise.py"
     )
 
 
 def test_the_paper_sweeps_cluster_table_is_the_benchs_csv():
-    spec = importlib.util.spec_from_file_location("node_hours", REPO / "bench/node_hours.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = script("bench/node_hours.py")
     csv = REPO / "docs/data/2026-12-03-node-hours/node_hours-24h-gpu.csv"
     assert bench.markdown(csv) in (REPO / "docs/clusters.md").read_text(), "render it again: python bench/node_hours.py"
 
 
 def test_the_import_cost_table_is_the_benchs_csv():
-    spec = importlib.util.spec_from_file_location("import_cost", REPO / "bench/import_cost.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = script("bench/import_cost.py")
     assert bench.markdown(REPO / "docs/data/import_cost-2026-12-03.csv") in (REPO / "docs/default-run.md").read_text(), (
         "render it again: python bench/import_cost.py"
     )
@@ -183,9 +187,7 @@ def test_the_deit_b_stage_costs_are_the_runs_benchmarks_and_logs(run_folder):
     from pqv.plan import jobs
     from pqv.stages import summary
 
-    spec = importlib.util.spec_from_file_location("costs_table", REPO / "scripts/costs_table.py")
-    costs_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(costs_table)
+    costs_table = script("scripts/costs_table.py")
     run = REPO / "docs/data" / run_folder
     benchmarks = sorted((run / "benchmarks").rglob("*.tsv"))
     # each benchmark file's log, as the rules name them (pqv.plan.jobs)
