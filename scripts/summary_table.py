@@ -39,9 +39,15 @@ def table(path: str) -> list[str]:
     first = t.iloc[0]
     return lines + [
         "",
-        f"{first['cpu']}, torch {first['torch']}; latency: batch {first['batch_size']}, "
+        f"{first['cpu']}{_features(first)}, torch {first['torch']}; latency: batch {first['batch_size']}, "
         f"{first['threads']} thread(s), median of {first['runs']} after {first['warmup']} warm-ups.",
     ]
+
+
+def _features(row) -> str:
+    """The CPU's vector features: two hosts named alike (AVX2 or AVX-512 EPYC) train to other top-1s."""
+    features = row.get("cpu_features")
+    return f" ({features})" if isinstance(features, str) and features else ""
 
 
 if __name__ == "__main__":

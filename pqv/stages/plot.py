@@ -323,7 +323,9 @@ def pareto(table: pd.DataFrame):
             zorder=3,
         )
     front = pareto_front(table).sort_values("latency_ms_median")
-    ax.plot(front["latency_ms_median"], front["top1"], "k--", lw=1, label="Pareto front")
+    ax.plot(  # circled too: a front of one file has no line to dash
+        front["latency_ms_median"], front["top1"], "k--", lw=1, marker="o", ms=10, mfc="none", label="Pareto front"
+    )
     for k, (_, r) in enumerate(front.iterrows()):  # each label names its file; neighbours alternate sides
         name = f"{r['model']} " if several else ""
         ax.annotate(
@@ -336,7 +338,7 @@ def pareto(table: pd.DataFrame):
     ax.set(
         xlabel="latency per image, median (ms)",
         ylabel="top-1 accuracy (%)",
-        title="Accuracy vs latency of every artifact\n(dashed: the Pareto front, where nothing is both faster and more accurate)",
+        title="Accuracy vs latency of every artifact\n(circled, dashed: the Pareto front, nothing both faster and more accurate)",
     )
     ax.grid(alpha=0.3)
     _legend(ax, ncol=2 if len(ax.get_legend_handles_labels()[0]) > 16 else 1)
