@@ -231,6 +231,7 @@ FILES = [
     ("int8_dynamic", "x86", "ptl"),
     ("int8_dynamic", "xnnpack", "pte"),
     ("int8_dynamic", "mlas_plain", "onnx"),
+    ("int8_dynamic", "mlas_plain", "ort"),  # ONNX Runtime Mobile's format, converted by ORT's own tool
 ]
 
 
@@ -243,7 +244,7 @@ def merged_files(tmp_path_factory):
 
     def make(precision, engine, fmt):
         if (precision, engine, fmt) not in made:
-            if fmt == "onnx" and not ort.available():
+            if fmt in registry.ONNX_FORMATS and not ort.available():
                 pytest.skip("ONNX Runtime is not installed")
             ir = registry.ir_of(fmt)
             program = quantize.quantize(model, precision, engine, ir, None)
