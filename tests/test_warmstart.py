@@ -31,12 +31,22 @@ def server(tmp_path_factory):
     assert warm.ENV not in os.environ and not os.path.exists(folder)
 
 
-def pqv(*args: str, warm_socket: str | None, env: dict | None = None, **kwargs) -> subprocess.Popen:
+def pqv(*args: str, warm_socket: str | None, env: dict | None = None, ignoring: tuple = (), **kwargs) -> subprocess.Popen:
+    """A job's process, started with SIGINT handled as a shell's foreground job has it, whatever this
+    test process inherited (a shell's background job ignores SIGINT), or with the signals `ignoring`."""
     env = {k: v for k, v in (env or job_environment()).items() if k != warm.ENV}
     if warm_socket:
         env[warm.ENV] = warm_socket
     command = [sys.executable, "-m", "pqv", "--log-usage", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def dispositions():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in ignoring:
+            signal.signal(sig, signal.SIG_IGN)
+
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=dispositions, **kwargs
+    )
 
 
 def jobs_in(log: Path) -> list[str]:
@@ -98,11 +108,11 @@ def test_a_job_whose_environment_differs_from_the_servers_runs_cold(server, tmp_
     assert warm.differing({"A": "1", "TMPDIR": "/x", "B": "2"}, {"A": "1", "TMPDIR": "/y", "C": "3"}) == {"B", "C"}
 
 
-def _long_finetune(saved_tiny, out: Path, socket_path: str | None, env: dict | None = None) -> subprocess.Popen:
+def _long_finetune(saved_tiny, out: Path, socket_path: str | None, env: dict | None = None, ignoring: tuple = ()):
     hparams = {"epochs": 100000, "lr": 1e-4, "batch_size": 64, "warmup_epochs": 0}
     return pqv("finetune", "--model", str(saved_tiny), "--out", str(out), "--data", manifest_file(),
                "--hparams", json.dumps(hparams), "--metrics", str(out.parent / "metrics.csv"), "--threads", "1",
-               warm_socket=socket_path, env=env)  # fmt: skip
+               warm_socket=socket_path, env=env, ignoring=ignoring)  # fmt: skip
 
 
 def _training(job: subprocess.Popen, out: Path) -> None:
@@ -134,6 +144,25 @@ def test_a_signal_to_the_client_ends_the_job_as_it_ends_a_cold_one(server, saved
         ran = jobs_in(server)[before:]
         assert len(ran) == (how == "warm") and all(" finetune --model " in line for line in ran), ran
     assert ends["warm"] == ends["cold"] == ends["sent back"] != 0, ends
+
+
+def test_a_signal_the_job_was_started_ignoring_it_ignores_warm_as_cold(server, saved_tiny, tmp_path):
+    """A shell's background job starts with SIGINT ignored, and a cold process keeps it so: a forked job
+    too (the client neither forwards it nor handles it). SIGTERM then ends both alike."""
+    ends = {}
+    for how, socket_path in (("cold", None), ("warm", os.environ[warm.ENV])):
+        before = len(jobs_in(server))
+        out = tmp_path / how / "finetuned.safetensors"
+        job = _long_finetune(saved_tiny, out, socket_path, ignoring=(signal.SIGINT,))
+        _training(job, out)
+        job.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            job.wait(timeout=5)  # still training
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=120)
+        ends[how] = job.returncode
+        assert not out.exists() and len(jobs_in(server)[before:]) == (how == "warm")
+    assert ends["warm"] == ends["cold"] != 0, ends
 
 
 def test_a_killed_client_takes_its_job_with_it(server, saved_tiny, tmp_path):

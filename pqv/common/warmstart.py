@@ -34,7 +34,7 @@ import struct
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..plan.warm import ENV, SERVE, STARTING_S, claim, cold_command, differing, register, starting
 from . import usage
@@ -54,6 +54,7 @@ class Job:
     cwd: str
     env: dict[str, str]
     umask: int
+    ignored: list[int] = field(default_factory=list)  # signals the client was started ignoring (SIG_IGN)
 
 
 # ---- the client: `python -m pqv ...` (pqv/__main__.py), before anything heavy is imported
@@ -75,14 +76,18 @@ def run_in_server(argv: list[str]) -> int | None:
         conn.connect(path)
         umask = os.umask(0)
         os.umask(umask)
-        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}).encode()
+        # a signal the client was started ignoring (a shell's background job ignores SIGINT) is the job's
+        # to ignore too, as a cold process keeps it ignored: neither forwarded nor handled
+        ignored = [int(sig) for sig in FORWARDED if signal.getsignal(sig) is signal.SIG_IGN]
+        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "ignored": ignored}
+        request = json.dumps(request).encode()
         message = _HEADER.pack(len(request)) + request
         sent = socket.send_fds(conn, [message], [0, 1, 2])
         conn.sendall(message[sent:])
     except OSError:
         conn.close()
         return None  # no server (yet), or it went away: this job imports for itself
-    before = {sig: signal.signal(sig, lambda n, _frame: _send(conn, f"signal {n}\n")) for sig in FORWARDED}
+    before = {sig: signal.signal(sig, lambda n, _frame: _send(conn, f"signal {n}\n")) for sig in FORWARDED if sig not in ignored}
     reply = b""
     while not reply.endswith(b"\n"):
         try:
@@ -273,5 +278,7 @@ def _become(job: Job, fds: list[int]) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    for number in job.ignored:
+        signal.signal(number, signal.SIG_IGN)
     sys.argv = [sys.argv[0], *job.argv]
     sys.stdout.reconfigure(line_buffering=os.isatty(1))  # as a cold job's stream would be
